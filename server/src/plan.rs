@@ -1,0 +1,228 @@
+//! A batch resolved to table rows, the step lookup and push share.
+//!
+//! Planning validates the batch against the registry (unknown feature, value
+//! type, lengths, weights, batch size), hashes every value of every chunk
+//! once, and folds pooling into one factor per (value, chunk) entry. Lookup
+//! hands the plan's [`GatherPlan`] to the backend; push runs the same entries
+//! backwards ([`BatchPlan::row_gradients`]): un-pool, split chunks and sum the
+//! gradients of duplicate rows across the whole batch. Because a plan is
+//! self-contained, a lookup can keep it as a "ticket" so the matching push
+//! sends only gradients.
+//!
+//! Slot layout: output block `i` (one per batch feature) owns consecutive
+//! slots, one per (output row, chunk); slot `s` is floats `[s*d, (s+1)*d)`,
+//! so a block's floats are exactly its row-major `[rows, chunks*d]` output.
+
+use crate::backend::{GatherPlan, RowGradients};
+use crate::batch::{Batch, FeatureBatch, FeatureEmbeddings, Values};
+use crate::error::EngineError;
+use crate::hashing::{chunk_seed, hash_key};
+use crate::pooling::Pooling;
+use crate::registry::{Feature, FeatureRegistry};
+use crate::schema::{TableSpec, ValueType};
+
+/// Where one feature's output sits in the plan's slots.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputBlock {
+    pub feature: String,
+    /// Batch size, or the number of values for `none` pooling.
+    pub rows: usize,
+    /// `chunks * chunk_dim`.
+    pub width: usize,
+    first_slot: usize,
+}
+
+/// A validated, hashed batch: the gather entries and the output layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchPlan {
+    pub gather: GatherPlan,
+    pub outputs: Vec<OutputBlock>,
+    chunk_dim: usize,
+}
+
+impl BatchPlan {
+    /// Validates `batch` against the table and resolves it to rows.
+    pub fn build(table: &TableSpec, registry: &FeatureRegistry, batch: &Batch) -> Result<Self, EngineError> {
+        let mut plan = BatchPlan {
+            gather: GatherPlan::default(),
+            outputs: Vec::with_capacity(batch.features.len()),
+            chunk_dim: table.chunk_dim,
+        };
+        let batch_size = batch.features.first().map(|f| f.lengths.len());
+        for (i, fb) in batch.features.iter().enumerate() {
+            let feature = registry
+                .get(&fb.feature)
+                .ok_or_else(|| EngineError::UnknownFeature(fb.feature.clone()))?;
+            if batch.features[..i].iter().any(|other| other.feature == fb.feature) {
+                return Err(EngineError::batch(&fb.feature, "appears more than once in the batch"));
+            }
+            if Some(fb.lengths.len()) != batch_size {
+                return Err(EngineError::batch(
+                    &fb.feature,
+                    format!(
+                        "has {} examples but feature `{}` has {}",
+                        fb.lengths.len(),
+                        batch.features[0].feature,
+                        batch_size.unwrap_or(0)
+                    ),
+                ));
+            }
+            validate_feature_batch(feature, fb)?;
+            plan.add_feature(table, feature, fb)?;
+        }
+        Ok(plan)
+    }
+
+    fn add_feature(&mut self, table: &TableSpec, feature: &Feature, fb: &FeatureBatch) -> Result<(), EngineError> {
+        let chunks = feature.chunks as usize;
+        let rows = match feature.pooling {
+            Pooling::None => fb.values.len(),
+            _ => fb.lengths.len(),
+        };
+        let first_slot = self.gather.num_slots;
+        self.gather.num_slots = rows
+            .checked_mul(chunks)
+            .and_then(|n| n.checked_add(first_slot))
+            .filter(|&n| n <= u32::MAX as usize)
+            .ok_or_else(|| EngineError::batch(&fb.feature, "the batch's output exceeds 2^32 rows"))?;
+        self.outputs.push(OutputBlock {
+            feature: fb.feature.clone(),
+            rows,
+            width: feature.width(table.chunk_dim),
+            first_slot,
+        });
+
+        let span = feature.span(table.rows);
+        let seeds: Vec<u64> = (0..feature.chunks)
+            .map(|j| chunk_seed(table.seed, feature.salt, j))
+            .collect();
+        let entries = fb.values.len() * chunks;
+        self.gather.rows.reserve(entries);
+        self.gather.slots.reserve(entries);
+        self.gather.weights.reserve(entries);
+        let mut value = 0usize;
+        for (example, &len) in fb.lengths.iter().enumerate() {
+            let scale = feature.pooling.scale(len as usize);
+            for _ in 0..len {
+                let weight = scale * fb.weights.as_ref().map_or(1.0, |w| w[value]);
+                let out_row = if feature.pooling == Pooling::None { value } else { example };
+                let key = fb.values.key(value);
+                for (j, &seed) in seeds.iter().enumerate() {
+                    self.gather.rows.push(span.row(hash_key(key, seed)));
+                    self.gather.slots.push((first_slot + out_row * chunks + j) as u32);
+                    self.gather.weights.push(weight);
+                }
+                value += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Splits the backend's pooled `[num_slots, d]` output into one
+    /// embedding block per feature, in batch order.
+    pub fn embeddings(&self, mut pooled: Vec<f32>) -> Vec<FeatureEmbeddings> {
+        let mut out: Vec<FeatureEmbeddings> = self
+            .outputs
+            .iter()
+            .rev()
+            .map(|block| FeatureEmbeddings {
+                feature: block.feature.clone(),
+                rows: block.rows,
+                width: block.width,
+                data: pooled.split_off(block.first_slot * self.chunk_dim),
+            })
+            .collect();
+        out.reverse();
+        out
+    }
+
+    /// Validates per-feature output gradients (one `[rows, width]` block per
+    /// output, in plan order), then un-pools them onto rows and sums
+    /// duplicates: the push's [`RowGradients`].
+    pub fn row_gradients<G: AsRef<[f32]>>(&self, grads: &[G]) -> Result<RowGradients, EngineError> {
+        if grads.len() != self.outputs.len() {
+            let feature = self.outputs.get(grads.len()).map_or("<batch>", |b| &b.feature);
+            return Err(EngineError::gradients(
+                feature,
+                format!("the batch has {} features but {} gradient blocks were sent", self.outputs.len(), grads.len()),
+            ));
+        }
+        for (block, g) in self.outputs.iter().zip(grads) {
+            let g = g.as_ref();
+            let expected = block.rows * block.width;
+            if g.len() != expected {
+                return Err(EngineError::gradients(
+                    &block.feature,
+                    format!("expected {} × {} = {expected} values, got {}", block.rows, block.width, g.len()),
+                ));
+            }
+            if let Some(i) = g.iter().position(|v| !v.is_finite()) {
+                return Err(EngineError::gradients(&block.feature, format!("value {i} is {}", g[i])));
+            }
+        }
+        let d = self.chunk_dim;
+        let slot_grad = |slot: usize| -> &[f32] {
+            let b = self.outputs.partition_point(|b| b.first_slot <= slot) - 1;
+            let start = (slot - self.outputs[b].first_slot) * d;
+            &grads[b].as_ref()[start..start + d]
+        };
+
+        // Sort entries by row (ties by entry index, so sums are deterministic).
+        let gather = &self.gather;
+        let mut order: Vec<u32> = (0..gather.rows.len() as u32).collect();
+        order.sort_unstable_by_key(|&e| (gather.rows[e as usize], e));
+        let mut update = RowGradients::default();
+        for e in order {
+            let e = e as usize;
+            let row = gather.rows[e];
+            if update.rows.last() != Some(&row) {
+                update.rows.push(row);
+                update.grads.resize(update.grads.len() + d, 0.0);
+            }
+            let acc = update.grads.len() - d;
+            let weight = gather.weights[e];
+            for (a, g) in update.grads[acc..].iter_mut().zip(slot_grad(gather.slots[e] as usize)) {
+                *a += weight * g;
+            }
+        }
+        if update.grads.iter().any(|v| !v.is_finite()) {
+            return Err(EngineError::gradients(
+                "<batch>",
+                "summing the gradients of duplicate rows overflows f32",
+            ));
+        }
+        Ok(update)
+    }
+}
+
+fn validate_feature_batch(feature: &Feature, fb: &FeatureBatch) -> Result<(), EngineError> {
+    let name = &fb.feature;
+    match (&fb.values, feature.value_type) {
+        (Values::Strings(_), ValueType::String) | (Values::Int64(_), ValueType::Int64) => {}
+        (Values::Strings(_), ValueType::Int64) => {
+            return Err(EngineError::batch(name, "expects int64 values, got strings"));
+        }
+        (Values::Int64(_), ValueType::String) => {
+            return Err(EngineError::batch(name, "expects string values, got int64"));
+        }
+    }
+    let total: u64 = fb.lengths.iter().map(|&l| l as u64).sum();
+    if total != fb.values.len() as u64 {
+        return Err(EngineError::batch(
+            name,
+            format!("lengths sum to {total} but {} values were sent", fb.values.len()),
+        ));
+    }
+    if let Some(weights) = &fb.weights {
+        if weights.len() != fb.values.len() {
+            return Err(EngineError::batch(
+                name,
+                format!("{} weights for {} values", weights.len(), fb.values.len()),
+            ));
+        }
+        if let Some(i) = weights.iter().position(|w| !w.is_finite()) {
+            return Err(EngineError::batch(name, format!("weight {i} is {}", weights[i])));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! One shared embedding table: its spec, its registered features and its
+//! storage backend. The engine's entry point for lookups and pushes.
+//!
+//! `Table` is `Sync`: lookups, pushes and feature registration may run from
+//! any number of threads (the service shares tables behind an `Arc`). The
+//! registry sits behind a lock held only while a batch is planned; rows are
+//! protected by the backend's own striping.
+
+use parking_lot::RwLock;
+
+use crate::backend::{self, Backend, BackendKind, StorageSpec};
+use crate::batch::{Batch, FeatureEmbeddings, Values};
+use crate::error::EngineError;
+use crate::hashing::{chunk_seed, hash_key};
+use crate::plan::BatchPlan;
+use crate::registry::{Feature, FeatureRegistry};
+use crate::schema::{FeatureSpec, TableSpec};
+
+/// What a push did, for metrics and callers' bookkeeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushSummary {
+    /// (value, chunk) entries un-pooled from the gradients.
+    pub entries: usize,
+    /// Distinct rows that received one optimizer step.
+    pub unique_rows: usize,
+}
+
+/// A shared embedding table with its features and storage.
+pub struct Table {
+    spec: TableSpec,
+    registry: RwLock<FeatureRegistry>,
+    backend: Box<dyn Backend>,
+}
+
+impl Table {
+    /// Validates `spec` and creates its storage on `backend`. Nothing is
+    /// written per row beyond the in-memory initial values.
+    pub fn create(spec: TableSpec, backend: BackendKind) -> Result<Self, EngineError> {
+        spec.validate()?;
+        let storage = StorageSpec {
+            rows: spec.rows,
+            dim: spec.chunk_dim,
+            seed: spec.seed,
+            initializer: spec.initializer,
+            optimizer: spec.optimizer,
+        };
+        Ok(Table {
+            backend: backend::create(backend, storage)?,
+            registry: RwLock::new(FeatureRegistry::default()),
+            spec,
+        })
+    }
+
+    /// The table's configuration.
+    pub fn spec(&self) -> &TableSpec {
+        &self.spec
+    }
+
+    /// The storage backend (read and write whole rows for persistence).
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// Registers a feature; it gets the next salt and, if partitioned, a slice.
+    pub fn add_feature(&self, spec: FeatureSpec) -> Result<Feature, EngineError> {
+        self.registry.write().register(spec, self.spec.rows)
+    }
+
+    /// Registered features in registration order.
+    pub fn features(&self) -> Vec<Feature> {
+        self.registry.read().features().to_vec()
+    }
+
+    /// Validates and hashes a batch (reusable for the matching push).
+    pub fn plan(&self, batch: &Batch) -> Result<BatchPlan, EngineError> {
+        BatchPlan::build(&self.spec, &self.registry.read(), batch)
+    }
+
+    /// Looks up a batch: one pooled `[rows, chunks*chunk_dim]` block per
+    /// feature of the batch, in batch order.
+    pub fn lookup(&self, batch: &Batch) -> Result<Vec<FeatureEmbeddings>, EngineError> {
+        self.lookup_plan(&self.plan(batch)?)
+    }
+
+    /// Looks up an already planned batch.
+    pub fn lookup_plan(&self, plan: &BatchPlan) -> Result<Vec<FeatureEmbeddings>, EngineError> {
+        Ok(plan.embeddings(self.backend.gather(&plan.gather)?))
+    }
+
+    /// Applies the gradients of a batch's outputs (one `[rows, width]` block
+    /// per batch feature, in batch order). Everything is validated before the
+    /// first row changes; a refused push changes nothing.
+    pub fn push<G: AsRef<[f32]>>(&self, batch: &Batch, grads: &[G]) -> Result<PushSummary, EngineError> {
+        self.push_plan(&self.plan(batch)?, grads)
+    }
+
+    /// Applies gradients to an already planned batch (e.g. from a ticket).
+    pub fn push_plan<G: AsRef<[f32]>>(&self, plan: &BatchPlan, grads: &[G]) -> Result<PushSummary, EngineError> {
+        let update = plan.row_gradients(grads)?;
+        self.backend.apply(&update)?;
+        Ok(PushSummary {
+            entries: plan.gather.rows.len(),
+            unique_rows: update.rows.len(),
+        })
+    }
+
+    /// The row each chunk of each value maps to (`[value][chunk]`): what a
+    /// user needs to see to debug collisions.
+    pub fn explain(&self, feature: &str, values: &Values) -> Result<Vec<Vec<u64>>, EngineError> {
+        let registry = self.registry.read();
+        let feature = registry
+            .get(feature)
+            .ok_or_else(|| EngineError::UnknownFeature(feature.to_owned()))?;
+        let span = feature.span(self.spec.rows);
+        let seeds: Vec<u64> = (0..feature.chunks)
+            .map(|j| chunk_seed(self.spec.seed, feature.salt, j))
+            .collect();
+        Ok((0..values.len())
+            .map(|i| seeds.iter().map(|&s| span.row(hash_key(values.key(i), s))).collect())
+            .collect())
+    }
+}
