@@ -168,6 +168,9 @@ fn optimizer_step(
     let state = || s.ok_or_else(|| candle_core::Error::Msg("optimizer state is missing".into()));
     // Scalars are rounded to f32 before candle sees them, as the CPU code does.
     let f = |x: f32| x as f64;
+    // candle's `tensor / f64` multiplies by the reciprocal; divide for real so
+    // results match `Optimizer::step` to the last bit where possible.
+    let div = |t: Tensor, x: f32| t.broadcast_div(&Tensor::new(x, t.device())?);
     Ok(match *optimizer {
         Optimizer::Sgd { lr } => ((w - (g * f(lr))?)?, None),
         Optimizer::Adagrad { lr, eps, .. } => {
@@ -176,7 +179,7 @@ fn optimizer_step(
             ((w - step)?, Some(acc))
         }
         Optimizer::RowWiseAdagrad { lr, eps, .. } => {
-            let mean_sq = (g.sqr()?.sum_keepdim(1)? / d as f64)?;
+            let mean_sq = div(g.sqr()?.sum_keepdim(1)?, d as f32)?;
             let acc = (state()? + mean_sq)?;
             let denom = (acc.sqrt()? + f(eps))?;
             let step = (g * f(lr))?.broadcast_div(&denom)?;
@@ -199,10 +202,10 @@ fn optimizer_step(
             let s = state()?;
             let (z, n) = (s.narrow(1, 0, d)?, s.narrow(1, d, d)?);
             let n_new = (&n + g.sqr()?)?;
-            let sigma = ((n_new.sqrt()? - n.sqrt()?)? / f(alpha))?;
-            let z = ((z + g)? - (sigma * w)?)?;
+            let sigma = div((n_new.sqrt()? - n.sqrt()?)?, alpha)?;
+            let z = (z + (g - (sigma * w)?)?)?;
             let shrunk = (&z - (z.sign()? * f(l1))?)?;
-            let denom = ((n_new.sqrt()? + f(beta))? / f(alpha))?.affine(1.0, f(l2))?;
+            let denom = (div((n_new.sqrt()? + f(beta))?, alpha)? + f(l2))?;
             let dense = (shrunk.neg()? / denom)?;
             let new_w = z.abs()?.le(f(l1))?.where_cond(&dense.zeros_like()?, &dense)?;
             (new_w, Some(Tensor::cat(&[&z, &n_new], 1)?))
