@@ -79,7 +79,10 @@ mod tests {
 
     #[test]
     fn partitioned_span_offsets_the_slice() {
-        let span = RowSpan { offset: 100, rows: 10 };
+        let span = RowSpan {
+            offset: 100,
+            rows: 10,
+        };
         assert_eq!(span.row(0), 100);
         assert_eq!(span.row(u64::MAX), 109);
     }

@@ -166,7 +166,9 @@ mod tests {
 
     #[test]
     fn invalid_parameters_name_the_initializer() {
-        let err = Initializer::Normal { std: f32::NAN }.validate().unwrap_err();
+        let err = Initializer::Normal { std: f32::NAN }
+            .validate()
+            .unwrap_err();
         assert!(err.to_string().contains("initializer"), "{err}");
     }
 }

@@ -111,7 +111,11 @@ impl Optimizer {
             } => {
                 check("lr", lr, lr >= 0.0)?;
                 check("eps", eps, eps > 0.0)?;
-                check("initial_accumulator", initial_accumulator, initial_accumulator >= 0.0)
+                check(
+                    "initial_accumulator",
+                    initial_accumulator,
+                    initial_accumulator >= 0.0,
+                )
             }
             Optimizer::Adam {
                 lr,
@@ -135,7 +139,11 @@ impl Optimizer {
                 check("beta", beta, beta >= 0.0)?;
                 check("l1", l1, l1 >= 0.0)?;
                 check("l2", l2, l2 >= 0.0)?;
-                check("initial_accumulator", initial_accumulator, initial_accumulator >= 0.0)
+                check(
+                    "initial_accumulator",
+                    initial_accumulator,
+                    initial_accumulator >= 0.0,
+                )
             }
         }
     }
@@ -248,7 +256,10 @@ mod tests {
     fn assert_close(actual: &[f32], expected: &[f32]) {
         assert_eq!(actual.len(), expected.len());
         for (a, e) in actual.iter().zip(expected) {
-            assert!((a - e).abs() <= 1e-6 * e.abs().max(1.0), "{actual:?} != {expected:?}");
+            assert!(
+                (a - e).abs() <= 1e-6 * e.abs().max(1.0),
+                "{actual:?} != {expected:?}"
+            );
         }
     }
 
@@ -264,7 +275,11 @@ mod tests {
 
     #[test]
     fn sgd_moves_against_the_gradient() {
-        let (w, state) = run(Optimizer::Sgd { lr: 0.1 }, &[1.0, -2.0], &[&[0.5, -1.0], &[1.0, 1.0]]);
+        let (w, state) = run(
+            Optimizer::Sgd { lr: 0.1 },
+            &[1.0, -2.0],
+            &[&[0.5, -1.0], &[1.0, 1.0]],
+        );
         // 1 - 0.05 - 0.1 = 0.85; -2 + 0.1 - 0.1 = -2.0
         assert_close(&w, &[0.85, -2.0]);
         assert!(state.is_empty());
@@ -329,7 +344,11 @@ mod tests {
         let v_hat = 0.000_312_25 / (1.0 - 0.999f64 * 0.999);
         let expected = 0.9 - 0.1 * m_hat / v_hat.sqrt();
         assert_close(&state, &[0.02, 0.000_312_25, 2.0]);
-        assert!((w[0] as f64 - expected).abs() < 1e-5, "{} vs {expected}", w[0]);
+        assert!(
+            (w[0] as f64 - expected).abs() < 1e-5,
+            "{} vs {expected}",
+            w[0]
+        );
     }
 
     #[test]

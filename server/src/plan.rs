@@ -42,7 +42,11 @@ pub struct BatchPlan {
 
 impl BatchPlan {
     /// Validates `batch` against the table and resolves it to rows.
-    pub fn build(table: &TableSpec, registry: &FeatureRegistry, batch: &Batch) -> Result<Self, EngineError> {
+    pub fn build(
+        table: &TableSpec,
+        registry: &FeatureRegistry,
+        batch: &Batch,
+    ) -> Result<Self, EngineError> {
         let mut plan = BatchPlan {
             gather: GatherPlan::default(),
             outputs: Vec::with_capacity(batch.features.len()),
@@ -53,8 +57,14 @@ impl BatchPlan {
             let feature = registry
                 .get(&fb.feature)
                 .ok_or_else(|| EngineError::UnknownFeature(fb.feature.clone()))?;
-            if batch.features[..i].iter().any(|other| other.feature == fb.feature) {
-                return Err(EngineError::batch(&fb.feature, "appears more than once in the batch"));
+            if batch.features[..i]
+                .iter()
+                .any(|other| other.feature == fb.feature)
+            {
+                return Err(EngineError::batch(
+                    &fb.feature,
+                    "appears more than once in the batch",
+                ));
             }
             if Some(fb.lengths.len()) != batch_size {
                 return Err(EngineError::batch(
@@ -73,7 +83,12 @@ impl BatchPlan {
         Ok(plan)
     }
 
-    fn add_feature(&mut self, table: &TableSpec, feature: &Feature, fb: &FeatureBatch) -> Result<(), EngineError> {
+    fn add_feature(
+        &mut self,
+        table: &TableSpec,
+        feature: &Feature,
+        fb: &FeatureBatch,
+    ) -> Result<(), EngineError> {
         let chunks = feature.chunks as usize;
         let rows = match feature.pooling {
             Pooling::None => fb.values.len(),
@@ -84,7 +99,9 @@ impl BatchPlan {
             .checked_mul(chunks)
             .and_then(|n| n.checked_add(first_slot))
             .filter(|&n| n <= u32::MAX as usize)
-            .ok_or_else(|| EngineError::batch(&fb.feature, "the batch's output exceeds 2^32 rows"))?;
+            .ok_or_else(|| {
+                EngineError::batch(&fb.feature, "the batch's output exceeds 2^32 rows")
+            })?;
         self.outputs.push(OutputBlock {
             feature: fb.feature.clone(),
             rows,
@@ -105,11 +122,17 @@ impl BatchPlan {
             let scale = feature.pooling.scale(len as usize);
             for _ in 0..len {
                 let weight = scale * fb.weights.as_ref().map_or(1.0, |w| w[value]);
-                let out_row = if feature.pooling == Pooling::None { value } else { example };
+                let out_row = if feature.pooling == Pooling::None {
+                    value
+                } else {
+                    example
+                };
                 let key = fb.values.key(value);
                 for (j, &seed) in seeds.iter().enumerate() {
                     self.gather.rows.push(span.row(hash_key(key, seed)));
-                    self.gather.slots.push((first_slot + out_row * chunks + j) as u32);
+                    self.gather
+                        .slots
+                        .push((first_slot + out_row * chunks + j) as u32);
                     self.gather.weights.push(weight);
                 }
                 value += 1;
@@ -141,10 +164,17 @@ impl BatchPlan {
     /// duplicates: the push's [`RowGradients`].
     pub fn row_gradients<G: AsRef<[f32]>>(&self, grads: &[G]) -> Result<RowGradients, EngineError> {
         if grads.len() != self.outputs.len() {
-            let feature = self.outputs.get(grads.len()).map_or("<batch>", |b| &b.feature);
+            let feature = self
+                .outputs
+                .get(grads.len())
+                .map_or("<batch>", |b| &b.feature);
             return Err(EngineError::gradients(
                 feature,
-                format!("the batch has {} features but {} gradient blocks were sent", self.outputs.len(), grads.len()),
+                format!(
+                    "the batch has {} features but {} gradient blocks were sent",
+                    self.outputs.len(),
+                    grads.len()
+                ),
             ));
         }
         for (block, g) in self.outputs.iter().zip(grads) {
@@ -153,11 +183,19 @@ impl BatchPlan {
             if g.len() != expected {
                 return Err(EngineError::gradients(
                     &block.feature,
-                    format!("expected {} × {} = {expected} values, got {}", block.rows, block.width, g.len()),
+                    format!(
+                        "expected {} × {} = {expected} values, got {}",
+                        block.rows,
+                        block.width,
+                        g.len()
+                    ),
                 ));
             }
             if let Some(i) = g.iter().position(|v| !v.is_finite()) {
-                return Err(EngineError::gradients(&block.feature, format!("value {i} is {}", g[i])));
+                return Err(EngineError::gradients(
+                    &block.feature,
+                    format!("value {i} is {}", g[i]),
+                ));
             }
         }
         let d = self.chunk_dim;
@@ -181,7 +219,10 @@ impl BatchPlan {
             }
             let acc = update.grads.len() - d;
             let weight = gather.weights[e];
-            for (a, g) in update.grads[acc..].iter_mut().zip(slot_grad(gather.slots[e] as usize)) {
+            for (a, g) in update.grads[acc..]
+                .iter_mut()
+                .zip(slot_grad(gather.slots[e] as usize))
+            {
                 *a += weight * g;
             }
         }
@@ -200,7 +241,10 @@ fn validate_feature_batch(feature: &Feature, fb: &FeatureBatch) -> Result<(), En
     match (&fb.values, feature.value_type) {
         (Values::Strings(_), ValueType::String) | (Values::Int64(_), ValueType::Int64) => {}
         (Values::Strings(_), ValueType::Int64) => {
-            return Err(EngineError::batch(name, "expects int64 values, got strings"));
+            return Err(EngineError::batch(
+                name,
+                "expects int64 values, got strings",
+            ));
         }
         (Values::Int64(_), ValueType::String) => {
             return Err(EngineError::batch(name, "expects string values, got int64"));
@@ -210,7 +254,10 @@ fn validate_feature_batch(feature: &Feature, fb: &FeatureBatch) -> Result<(), En
     if total != fb.values.len() as u64 {
         return Err(EngineError::batch(
             name,
-            format!("lengths sum to {total} but {} values were sent", fb.values.len()),
+            format!(
+                "lengths sum to {total} but {} values were sent",
+                fb.values.len()
+            ),
         ));
     }
     if let Some(weights) = &fb.weights {
@@ -221,7 +268,10 @@ fn validate_feature_batch(feature: &Feature, fb: &FeatureBatch) -> Result<(), En
             ));
         }
         if let Some(i) = weights.iter().position(|w| !w.is_finite()) {
-            return Err(EngineError::batch(name, format!("weight {i} is {}", weights[i])));
+            return Err(EngineError::batch(
+                name,
+                format!("weight {i} is {}", weights[i]),
+            ));
         }
     }
     Ok(())

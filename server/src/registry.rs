@@ -76,9 +76,9 @@ impl FeatureRegistry {
             return Err(EngineError::FeatureExists(spec.name));
         }
         let salt = self.next_salt;
-        let next_salt = salt.checked_add(1).ok_or_else(|| {
-            EngineError::invalid("features", "the table has used all 2^32 salts")
-        })?;
+        let next_salt = salt
+            .checked_add(1)
+            .ok_or_else(|| EngineError::invalid("features", "the table has used all 2^32 salts"))?;
         let placement = match spec.placement {
             Placement::Shared => Placement::Shared,
             Placement::Partitioned { offset, rows } => {
@@ -101,7 +101,8 @@ impl FeatureRegistry {
             placement,
         };
         self.next_salt = next_salt;
-        self.by_name.insert(feature.name.clone(), self.features.len());
+        self.by_name
+            .insert(feature.name.clone(), self.features.len());
         self.features.push(feature.clone());
         Ok(feature)
     }
@@ -125,7 +126,11 @@ impl FeatureRegistry {
 
     fn check_free(&self, name: &str, offset: u64, rows: u64) -> Result<u64, EngineError> {
         let end = offset + rows;
-        if let Some((s, e, other)) = self.taken().into_iter().find(|&(s, e, _)| offset < e && s < end) {
+        if let Some((s, e, other)) = self
+            .taken()
+            .into_iter()
+            .find(|&(s, e, _)| offset < e && s < end)
+        {
             return Err(EngineError::invalid(
                 format!("features.{name}.placement"),
                 format!("slice [{offset}, {end}) overlaps feature `{other}`'s slice [{s}, {e})"),
@@ -178,22 +183,37 @@ mod tests {
     #[test]
     fn partitions_are_allocated_first_fit_and_never_overlap() {
         let mut reg = FeatureRegistry::default();
-        let pinned = reg.register(partitioned("pinned", Some(10), 10), 100).unwrap();
-        assert_eq!(pinned.span(100), RowSpan { offset: 10, rows: 10 });
+        let pinned = reg
+            .register(partitioned("pinned", Some(10), 10), 100)
+            .unwrap();
+        assert_eq!(
+            pinned.span(100),
+            RowSpan {
+                offset: 10,
+                rows: 10
+            }
+        );
         // Fits in the gap before the pinned slice.
         let small = reg.register(partitioned("small", None, 10), 100).unwrap();
         assert_eq!(small.span(100).offset, 0);
         // Does not fit before 20 any more: goes after the pinned slice.
         let next = reg.register(partitioned("next", None, 5), 100).unwrap();
         assert_eq!(next.span(100).offset, 20);
-        let err = reg.register(partitioned("clash", Some(22), 5), 100).unwrap_err();
+        let err = reg
+            .register(partitioned("clash", Some(22), 5), 100)
+            .unwrap_err();
         assert!(err.to_string().contains("overlaps feature `next`"), "{err}");
-        let err = reg.register(partitioned("huge", None, 80), 100).unwrap_err();
+        let err = reg
+            .register(partitioned("huge", None, 80), 100)
+            .unwrap_err();
         assert!(err.to_string().contains("no free slice"), "{err}");
         // Shared features still cover the whole table.
         assert_eq!(
             reg.register(FeatureSpec::new("s"), 100).unwrap().span(100),
-            RowSpan { offset: 0, rows: 100 }
+            RowSpan {
+                offset: 0,
+                rows: 100
+            }
         );
     }
 }

@@ -212,11 +212,41 @@ mod tests {
         let ok = TableSpec::new("t", 10, 8);
         assert!(ok.validate().is_ok());
         let cases = [
-            (TableSpec { rows: 0, ..ok.clone() }, "rows"),
-            (TableSpec { chunk_dim: 0, ..ok.clone() }, "chunk_dim"),
-            (TableSpec { chunk_dim: 1025, ..ok.clone() }, "chunk_dim"),
-            (TableSpec { name: "a b".into(), ..ok.clone() }, "name"),
-            (TableSpec { name: String::new(), ..ok.clone() }, "name"),
+            (
+                TableSpec {
+                    rows: 0,
+                    ..ok.clone()
+                },
+                "rows",
+            ),
+            (
+                TableSpec {
+                    chunk_dim: 0,
+                    ..ok.clone()
+                },
+                "chunk_dim",
+            ),
+            (
+                TableSpec {
+                    chunk_dim: 1025,
+                    ..ok.clone()
+                },
+                "chunk_dim",
+            ),
+            (
+                TableSpec {
+                    name: "a b".into(),
+                    ..ok.clone()
+                },
+                "name",
+            ),
+            (
+                TableSpec {
+                    name: String::new(),
+                    ..ok.clone()
+                },
+                "name",
+            ),
             (
                 TableSpec {
                     optimizer: Optimizer::Sgd { lr: f32::INFINITY },
@@ -240,7 +270,10 @@ mod tests {
             offset: Some(5),
             rows: 6,
         });
-        assert_eq!(field_of(too_big.validate(10).unwrap_err()), "features.age.placement");
+        assert_eq!(
+            field_of(too_big.validate(10).unwrap_err()),
+            "features.age.placement"
+        );
         let empty = FeatureSpec::new("age").placement(Placement::Partitioned {
             offset: None,
             rows: 0,
@@ -253,7 +286,8 @@ mod tests {
 
     #[test]
     fn specs_round_trip_through_json_with_defaults() {
-        let spec: FeatureSpec = serde_json::from_str(r#"{"name": "genres", "pooling": "mean"}"#).unwrap();
+        let spec: FeatureSpec =
+            serde_json::from_str(r#"{"name": "genres", "pooling": "mean"}"#).unwrap();
         assert_eq!(spec, FeatureSpec::new("genres").pooling(Pooling::Mean));
         let table: TableSpec =
             serde_json::from_str(r#"{"name": "t", "rows": 100, "chunk_dim": 16, "optimizer": {"kind": "sgd", "lr": 0.1}}"#)

@@ -90,12 +90,20 @@ impl Table {
     /// Applies the gradients of a batch's outputs (one `[rows, width]` block
     /// per batch feature, in batch order). Everything is validated before the
     /// first row changes; a refused push changes nothing.
-    pub fn push<G: AsRef<[f32]>>(&self, batch: &Batch, grads: &[G]) -> Result<PushSummary, EngineError> {
+    pub fn push<G: AsRef<[f32]>>(
+        &self,
+        batch: &Batch,
+        grads: &[G],
+    ) -> Result<PushSummary, EngineError> {
         self.push_plan(&self.plan(batch)?, grads)
     }
 
     /// Applies gradients to an already planned batch (e.g. from a ticket).
-    pub fn push_plan<G: AsRef<[f32]>>(&self, plan: &BatchPlan, grads: &[G]) -> Result<PushSummary, EngineError> {
+    pub fn push_plan<G: AsRef<[f32]>>(
+        &self,
+        plan: &BatchPlan,
+        grads: &[G],
+    ) -> Result<PushSummary, EngineError> {
         let update = plan.row_gradients(grads)?;
         self.backend.apply(&update)?;
         Ok(PushSummary {
@@ -116,7 +124,12 @@ impl Table {
             .map(|j| chunk_seed(self.spec.seed, feature.salt, j))
             .collect();
         Ok((0..values.len())
-            .map(|i| seeds.iter().map(|&s| span.row(hash_key(values.key(i), s))).collect())
+            .map(|i| {
+                seeds
+                    .iter()
+                    .map(|&s| span.row(hash_key(values.key(i), s)))
+                    .collect()
+            })
             .collect())
     }
 }

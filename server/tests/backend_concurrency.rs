@@ -49,7 +49,11 @@ fn run(backend: BackendKind) {
                             table.backend().write_rows(&[row], &data).unwrap();
                         } else {
                             let key = &keys[i % keys.len()];
-                            let batch = Batch::new(vec![FeatureBatch::strings("f", [key.as_str()], vec![1])]);
+                            let batch = Batch::new(vec![FeatureBatch::strings(
+                                "f",
+                                [key.as_str()],
+                                vec![1],
+                            )]);
                             table.push(&batch, &[vec![0.5; DIM]]).unwrap();
                         }
                     }
@@ -60,13 +64,22 @@ fn run(backend: BackendKind) {
             .map(|_| {
                 let (table, keys, done, rows_checked) = (&table, &keys, &done, &rows_checked);
                 s.spawn(move || {
-                    let batch = Batch::new(vec![FeatureBatch::strings("f", keys.iter().map(String::as_str), vec![1; keys.len()])]);
+                    let batch = Batch::new(vec![FeatureBatch::strings(
+                        "f",
+                        keys.iter().map(String::as_str),
+                        vec![1; keys.len()],
+                    )]);
                     let all: Vec<u64> = (0..ROWS).collect();
                     while !done.load(Ordering::Relaxed) {
                         let looked_up = table.lookup(&batch).unwrap().remove(0).data;
                         let read = table.backend().read_rows(&all).unwrap().weights;
                         for row in looked_up.chunks(DIM).chain(read.chunks(DIM)) {
-                            assert!(row.iter().all(|&v| v == row[0]), "torn row: {:?} … {:?}", &row[..4], &row[DIM - 4..]);
+                            assert!(
+                                row.iter().all(|&v| v == row[0]),
+                                "torn row: {:?} … {:?}",
+                                &row[..4],
+                                &row[DIM - 4..]
+                            );
                         }
                         rows_checked.fetch_add(keys.len() + all.len(), Ordering::Relaxed);
                     }
@@ -81,7 +94,10 @@ fn run(backend: BackendKind) {
             r.join().unwrap();
         }
     });
-    assert!(rows_checked.load(Ordering::Relaxed) > 0, "readers never ran");
+    assert!(
+        rows_checked.load(Ordering::Relaxed) > 0,
+        "readers never ran"
+    );
 }
 
 #[test]

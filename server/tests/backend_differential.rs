@@ -50,14 +50,25 @@ fn optimizers() -> [Optimizer; 5] {
 fn features() -> Vec<(FeatureSpec, u32)> {
     vec![
         (FeatureSpec::new("user"), 40),
-        (FeatureSpec::new("genres").pooling(Pooling::Mean).chunks(2), 15),
-        (FeatureSpec::new("tags").pooling(Pooling::Sqrtn).value_type(ValueType::Int64), 30),
+        (
+            FeatureSpec::new("genres").pooling(Pooling::Mean).chunks(2),
+            15,
+        ),
+        (
+            FeatureSpec::new("tags")
+                .pooling(Pooling::Sqrtn)
+                .value_type(ValueType::Int64),
+            30,
+        ),
         (FeatureSpec::new("history").pooling(Pooling::None), 25),
         (
             FeatureSpec::new("item")
                 .chunks(3)
                 .value_type(ValueType::Int64)
-                .placement(Placement::Partitioned { offset: None, rows: 31 }),
+                .placement(Placement::Partitioned {
+                    offset: None,
+                    rows: 31,
+                }),
             200,
         ),
     ]
@@ -87,8 +98,14 @@ fn random_batch(rng: &mut impl Rng) -> Batch {
         let n: u32 = lengths.iter().sum();
         let ids: Vec<u32> = (0..n).map(|_| rng.random_range(0..vocab)).collect();
         let mut fb = match spec.value_type {
-            ValueType::String => FeatureBatch::strings(&spec.name, ids.iter().map(|i| format!("v{i}")), lengths),
-            ValueType::Int64 => FeatureBatch::int64(&spec.name, ids.iter().map(|&i| i as i64 - 100).collect(), lengths),
+            ValueType::String => {
+                FeatureBatch::strings(&spec.name, ids.iter().map(|i| format!("v{i}")), lengths)
+            }
+            ValueType::Int64 => FeatureBatch::int64(
+                &spec.name,
+                ids.iter().map(|&i| i as i64 - 100).collect(),
+                lengths,
+            ),
         };
         if rng.random_bool(0.3) {
             fb = fb.with_weights((0..n).map(|_| rng.random_range(-2.0..2.0)).collect());
@@ -102,7 +119,10 @@ fn assert_close(what: &str, a: &[f32], b: &[f32]) {
     assert_eq!(a.len(), b.len(), "{what}: lengths differ");
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
         let tolerance = 1e-5 * x.abs().max(y.abs()).max(1e-3);
-        assert!((x - y).abs() <= tolerance, "{what}[{i}]: cpu {x} vs candle {y}");
+        assert!(
+            (x - y).abs() <= tolerance,
+            "{what}[{i}]: cpu {x} vs candle {y}"
+        );
     }
 }
 
@@ -127,7 +147,11 @@ fn cpu_and_candle_backends_agree_on_a_random_workload() {
             }
             let grads: Vec<Vec<f32>> = out_cpu
                 .iter()
-                .map(|o| (0..o.data.len()).map(|_| rng.random_range(-1.0..1.0)).collect())
+                .map(|o| {
+                    (0..o.data.len())
+                        .map(|_| rng.random_range(-1.0..1.0))
+                        .collect()
+                })
                 .collect();
             let a = cpu.push(&batch, &grads).unwrap();
             let b = candle.push(&batch, &grads).unwrap();
@@ -137,15 +161,35 @@ fn cpu_and_candle_backends_agree_on_a_random_workload() {
         let all: Vec<u64> = (0..ROWS).collect();
         let end_cpu = cpu.backend().read_rows(&all).unwrap();
         let end_candle = candle.backend().read_rows(&all).unwrap();
-        assert_close(&format!("{} final weights", optimizer.name()), &end_cpu.weights, &end_candle.weights);
-        assert_close(&format!("{} final state", optimizer.name()), &end_cpu.state, &end_candle.state);
+        assert_close(
+            &format!("{} final weights", optimizer.name()),
+            &end_cpu.weights,
+            &end_candle.weights,
+        );
+        assert_close(
+            &format!("{} final state", optimizer.name()),
+            &end_cpu.state,
+            &end_candle.state,
+        );
         // The workload must really have trained: the vocabularies reach at most
         // 40 + 15·2 + 30 + 25 + 31 = 156 rows; most of them must have moved.
-        let fresh = make_table(optimizer, BackendKind::Cpu).backend().read_rows(&all).unwrap();
+        let fresh = make_table(optimizer, BackendKind::Cpu)
+            .backend()
+            .read_rows(&all)
+            .unwrap();
         let moved = (0..ROWS as usize)
-            .filter(|&r| fresh.weights[r * DIM..(r + 1) * DIM] != end_cpu.weights[r * DIM..(r + 1) * DIM])
+            .filter(|&r| {
+                fresh.weights[r * DIM..(r + 1) * DIM] != end_cpu.weights[r * DIM..(r + 1) * DIM]
+            })
             .count();
-        assert!(moved >= 100, "{}: only {moved} rows trained", optimizer.name());
+        assert!(
+            moved >= 100,
+            "{}: only {moved} rows trained",
+            optimizer.name()
+        );
     }
-    assert!(lookups + pushes >= 10_000 && pushes > 4_000, "{lookups} lookups, {pushes} pushes");
+    assert!(
+        lookups + pushes >= 10_000 && pushes > 4_000,
+        "{lookups} lookups, {pushes} pushes"
+    );
 }

@@ -22,14 +22,27 @@ fn table(optimizer: Optimizer) -> Table {
     };
     let table = Table::create(spec, BackendKind::Cpu).unwrap();
     table.add_feature(FeatureSpec::new("s")).unwrap();
-    table.add_feature(FeatureSpec::new("m").pooling(Pooling::Mean)).unwrap();
-    table.add_feature(FeatureSpec::new("q").pooling(Pooling::Sqrtn)).unwrap();
-    table.add_feature(FeatureSpec::new("seq").pooling(Pooling::None)).unwrap();
     table
-        .add_feature(FeatureSpec::new("wide").chunks(3).value_type(ValueType::Int64))
+        .add_feature(FeatureSpec::new("m").pooling(Pooling::Mean))
         .unwrap();
     table
-        .add_feature(FeatureSpec::new("p").placement(Placement::Partitioned { offset: Some(900), rows: 50 }))
+        .add_feature(FeatureSpec::new("q").pooling(Pooling::Sqrtn))
+        .unwrap();
+    table
+        .add_feature(FeatureSpec::new("seq").pooling(Pooling::None))
+        .unwrap();
+    table
+        .add_feature(
+            FeatureSpec::new("wide")
+                .chunks(3)
+                .value_type(ValueType::Int64),
+        )
+        .unwrap();
+    table
+        .add_feature(FeatureSpec::new("p").placement(Placement::Partitioned {
+            offset: Some(900),
+            rows: 50,
+        }))
         .unwrap();
     table
 }
@@ -85,7 +98,12 @@ fn pooling_sums_scales_and_keeps_sequences() {
     assert_close(&out[0].data[DIM..2 * DIM], &[0.0; DIM]); // empty bag → zeros
     assert_close(&out[0].data[2 * DIM..], c);
 
-    let mean: Vec<f32> = m[0].1.iter().zip(&m[1].1).map(|(x, y)| (x + y) / 2.0).collect();
+    let mean: Vec<f32> = m[0]
+        .1
+        .iter()
+        .zip(&m[1].1)
+        .map(|(x, y)| (x + y) / 2.0)
+        .collect();
     assert_close(&out[1].data[..DIM], &mean);
     assert_close(&out[1].data[2 * DIM..], &m[2].1);
 
@@ -107,7 +125,9 @@ fn weights_multiply_values_but_not_the_mean_divisor() {
         FeatureBatch::strings("m", ["x", "y"], vec![2]).with_weights(vec![2.0, -1.0])
     ]);
     let out = t.lookup(&batch).unwrap();
-    let expected: Vec<f32> = (0..DIM).map(|i| (2.0 * m[0].1[i] - m[1].1[i]) / 2.0).collect();
+    let expected: Vec<f32> = (0..DIM)
+        .map(|i| (2.0 * m[0].1[i] - m[1].1[i]) / 2.0)
+        .collect();
     assert_close(&out[0].data, &expected);
 }
 
@@ -118,7 +138,11 @@ fn chunks_are_concatenated_in_chunk_order() {
     assert_eq!(rows[0].len(), 3);
     let expected = t.backend().read_rows(&rows[0]).unwrap().weights;
     let out = t
-        .lookup(&Batch::new(vec![FeatureBatch::int64("wide", vec![-7], vec![1])]))
+        .lookup(&Batch::new(vec![FeatureBatch::int64(
+            "wide",
+            vec![-7],
+            vec![1],
+        )]))
         .unwrap();
     assert_eq!(out[0].width, 3 * DIM);
     assert_close(&out[0].data, &expected);
@@ -147,7 +171,11 @@ fn duplicate_rows_across_the_batch_get_one_step_with_summed_gradients() {
     let row = t.explain("s", &strings(&["dup"])).unwrap()[0][0];
     let before = t.backend().read_rows(&[row]).unwrap();
     // "dup" appears in example 0 twice (sum pooling) and in example 1 once.
-    let batch = Batch::new(vec![FeatureBatch::strings("s", ["dup", "dup", "dup"], vec![2, 1])]);
+    let batch = Batch::new(vec![FeatureBatch::strings(
+        "s",
+        ["dup", "dup", "dup"],
+        vec![2, 1],
+    )]);
     let g0 = [1.0, 2.0, 0.0, -1.0];
     let g1 = [0.5, 0.5, 0.5, 0.5];
     let grads = vec![[g0, g1].concat()];
@@ -167,7 +195,11 @@ fn duplicate_rows_across_the_batch_get_one_step_with_summed_gradients() {
 fn mean_and_sqrtn_unpool_gradients_by_the_bag_length() {
     let t = table(Optimizer::Sgd { lr: 1.0 });
     let m = row_of(&t, "m", strings(&["a", "b", "c", "d"]));
-    let batch = Batch::new(vec![FeatureBatch::strings("m", ["a", "b", "c", "d"], vec![4])]);
+    let batch = Batch::new(vec![FeatureBatch::strings(
+        "m",
+        ["a", "b", "c", "d"],
+        vec![4],
+    )]);
     t.push(&batch, &[vec![4.0; DIM]]).unwrap();
     for (row, before) in m {
         let after = t.backend().read_rows(&[row]).unwrap().weights;
@@ -175,7 +207,11 @@ fn mean_and_sqrtn_unpool_gradients_by_the_bag_length() {
         assert_close(&after, &expected);
     }
     let q = row_of(&t, "q", strings(&["a", "b", "c", "d"]));
-    let batch = Batch::new(vec![FeatureBatch::strings("q", ["a", "b", "c", "d"], vec![4])]);
+    let batch = Batch::new(vec![FeatureBatch::strings(
+        "q",
+        ["a", "b", "c", "d"],
+        vec![4],
+    )]);
     t.push(&batch, &[vec![4.0; DIM]]).unwrap();
     for (row, before) in q {
         let after = t.backend().read_rows(&[row]).unwrap().weights;
@@ -218,43 +254,103 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     let before = all_rows(&t);
 
     let bad_batches: Vec<(Batch, &str)> = vec![
-        (Batch::new(vec![FeatureBatch::strings("nope", ["a"], vec![1])]), "unknown feature `nope`"),
-        (Batch::new(vec![FeatureBatch::strings("s", ["a", "b"], vec![1])]), "lengths sum to 1 but 2 values"),
         (
-            Batch::new(vec![good.clone(), FeatureBatch::strings("m", ["a"], vec![1])]),
+            Batch::new(vec![FeatureBatch::strings("nope", ["a"], vec![1])]),
+            "unknown feature `nope`",
+        ),
+        (
+            Batch::new(vec![FeatureBatch::strings("s", ["a", "b"], vec![1])]),
+            "lengths sum to 1 but 2 values",
+        ),
+        (
+            Batch::new(vec![
+                good.clone(),
+                FeatureBatch::strings("m", ["a"], vec![1]),
+            ]),
             "has 1 examples but feature `s` has 2",
         ),
-        (Batch::new(vec![FeatureBatch::int64("s", vec![1, 2], vec![1, 1])]), "expects string values"),
-        (Batch::new(vec![FeatureBatch::strings("wide", ["1"], vec![1])]), "expects int64 values"),
-        (Batch::new(vec![good.clone(), good.clone()]), "appears more than once"),
-        (Batch::new(vec![good.clone().with_weights(vec![1.0])]), "1 weights for 2 values"),
-        (Batch::new(vec![good.clone().with_weights(vec![1.0, f32::NAN])]), "weight 1 is NaN"),
+        (
+            Batch::new(vec![FeatureBatch::int64("s", vec![1, 2], vec![1, 1])]),
+            "expects string values",
+        ),
+        (
+            Batch::new(vec![FeatureBatch::strings("wide", ["1"], vec![1])]),
+            "expects int64 values",
+        ),
+        (
+            Batch::new(vec![good.clone(), good.clone()]),
+            "appears more than once",
+        ),
+        (
+            Batch::new(vec![good.clone().with_weights(vec![1.0])]),
+            "1 weights for 2 values",
+        ),
+        (
+            Batch::new(vec![good.clone().with_weights(vec![1.0, f32::NAN])]),
+            "weight 1 is NaN",
+        ),
     ];
     for (batch, message) in &bad_batches {
         let err = t.lookup(batch).unwrap_err().to_string();
-        assert!(err.contains(message), "lookup: `{err}` should contain `{message}`");
-        let err = t.push(batch, &[vec![0.0; 2 * DIM]]).unwrap_err().to_string();
-        assert!(err.contains(message), "push: `{err}` should contain `{message}`");
+        assert!(
+            err.contains(message),
+            "lookup: `{err}` should contain `{message}`"
+        );
+        let err = t
+            .push(batch, &[vec![0.0; 2 * DIM]])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(message),
+            "push: `{err}` should contain `{message}`"
+        );
     }
 
-    let ok_batch = Batch::new(vec![good.clone(), FeatureBatch::strings("m", ["a", "b"], vec![1, 1])]);
+    let ok_batch = Batch::new(vec![
+        good.clone(),
+        FeatureBatch::strings("m", ["a", "b"], vec![1, 1]),
+    ]);
     let grads_ok = vec![0.1; 2 * DIM];
     let bad_grads: Vec<(Vec<Vec<f32>>, &str)> = vec![
-        (vec![grads_ok.clone()], "the batch has 2 features but 1 gradient blocks"),
-        (vec![grads_ok.clone(), vec![0.1; 3]], "expected 2 × 4 = 8 values, got 3"),
-        (vec![grads_ok.clone(), [vec![0.1; 7], vec![f32::NAN]].concat()], "value 7 is NaN"),
-        (vec![[vec![f32::INFINITY], vec![0.1; 7]].concat(), grads_ok.clone()], "value 0 is inf"),
+        (
+            vec![grads_ok.clone()],
+            "the batch has 2 features but 1 gradient blocks",
+        ),
+        (
+            vec![grads_ok.clone(), vec![0.1; 3]],
+            "expected 2 × 4 = 8 values, got 3",
+        ),
+        (
+            vec![grads_ok.clone(), [vec![0.1; 7], vec![f32::NAN]].concat()],
+            "value 7 is NaN",
+        ),
+        (
+            vec![
+                [vec![f32::INFINITY], vec![0.1; 7]].concat(),
+                grads_ok.clone(),
+            ],
+            "value 0 is inf",
+        ),
     ];
     for (grads, message) in &bad_grads {
         let err = t.push(&ok_batch, grads).unwrap_err();
-        assert!(matches!(err, EngineError::InvalidGradients { .. }), "{err:?}");
-        assert!(err.to_string().contains(message), "`{err}` should contain `{message}`");
+        assert!(
+            matches!(err, EngineError::InvalidGradients { .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains(message),
+            "`{err}` should contain `{message}`"
+        );
     }
     // Each value is finite, but "a" twice sums past f32::MAX.
     let twice = Batch::new(vec![FeatureBatch::strings("s", ["a", "a"], vec![1, 1])]);
     let err = t.push(&twice, &[vec![f32::MAX; 2 * DIM]]).unwrap_err();
     assert!(err.to_string().contains("overflows f32"), "{err}");
-    assert!(all_rows(&t) == before, "a refused request changed the table");
+    assert!(
+        all_rows(&t) == before,
+        "a refused request changed the table"
+    );
 
     // And the good request does change it, so the comparison above can fail.
     t.push(&ok_batch, &[grads_ok.clone(), grads_ok]).unwrap();

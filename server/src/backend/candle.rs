@@ -48,8 +48,13 @@ impl CandleBackend {
     pub fn new(spec: StorageSpec, device: Device) -> Result<Self, EngineError> {
         let rows = usize::try_from(spec.rows)
             .ok()
-            .filter(|_| spec.memory_bytes().is_some_and(|b| usize::try_from(b).is_ok()))
-            .ok_or_else(|| EngineError::invalid("rows", format!("{} rows do not fit in memory", spec.rows)))?;
+            .filter(|_| {
+                spec.memory_bytes()
+                    .is_some_and(|b| usize::try_from(b).is_ok())
+            })
+            .ok_or_else(|| {
+                EngineError::invalid("rows", format!("{} rows do not fit in memory", spec.rows))
+            })?;
         let d = spec.dim;
         let mut host = vec![0.0f32; rows * d];
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -116,10 +121,17 @@ impl CandleBackend {
             Some(state) => Some(state.index_select(&ids, 0)?),
             None => None,
         };
-        let (new_weights, new_state) = optimizer_step(&self.spec.optimizer, &weights, state.as_ref(), &grads)?;
-        tensors.weights.scatter_set(&Self::row_scatter_index(&ids, d)?, &new_weights, 0)?;
+        let (new_weights, new_state) =
+            optimizer_step(&self.spec.optimizer, &weights, state.as_ref(), &grads)?;
+        tensors
+            .weights
+            .scatter_set(&Self::row_scatter_index(&ids, d)?, &new_weights, 0)?;
         if let (Some(state), Some(new_state)) = (&tensors.state, new_state) {
-            state.scatter_set(&Self::row_scatter_index(&ids, self.state_width)?, &new_state, 0)?;
+            state.scatter_set(
+                &Self::row_scatter_index(&ids, self.state_width)?,
+                &new_state,
+                0,
+            )?;
         }
         Ok(())
     }
@@ -130,7 +142,11 @@ impl CandleBackend {
         }
         let ids = self.row_ids(rows)?;
         let tensors = self.tensors.read();
-        let weights = tensors.weights.index_select(&ids, 0)?.flatten_all()?.to_vec1()?;
+        let weights = tensors
+            .weights
+            .index_select(&ids, 0)?
+            .flatten_all()?
+            .to_vec1()?;
         let state = match &tensors.state {
             Some(state) => state.index_select(&ids, 0)?.flatten_all()?.to_vec1()?,
             None => Vec::new(),
@@ -146,10 +162,16 @@ impl CandleBackend {
         let ids = self.row_ids(rows)?;
         let weights = Tensor::from_slice(&data.weights, (n, d), &self.device)?;
         let tensors = self.tensors.write();
-        tensors.weights.scatter_set(&Self::row_scatter_index(&ids, d)?, &weights, 0)?;
+        tensors
+            .weights
+            .scatter_set(&Self::row_scatter_index(&ids, d)?, &weights, 0)?;
         if let Some(state) = &tensors.state {
             let values = Tensor::from_slice(&data.state, (n, self.state_width), &self.device)?;
-            state.scatter_set(&Self::row_scatter_index(&ids, self.state_width)?, &values, 0)?;
+            state.scatter_set(
+                &Self::row_scatter_index(&ids, self.state_width)?,
+                &values,
+                0,
+            )?;
         }
         Ok(())
     }
@@ -185,9 +207,18 @@ fn optimizer_step(
             let step = (g * f(lr))?.broadcast_div(&denom)?;
             ((w - step)?, Some(acc))
         }
-        Optimizer::Adam { lr, beta1, beta2, eps } => {
+        Optimizer::Adam {
+            lr,
+            beta1,
+            beta2,
+            eps,
+        } => {
             let s = state()?;
-            let (m, v, t) = (s.narrow(1, 0, d)?, s.narrow(1, d, d)?, s.narrow(1, 2 * d, 1)?);
+            let (m, v, t) = (
+                s.narrow(1, 0, d)?,
+                s.narrow(1, d, d)?,
+                s.narrow(1, 2 * d, 1)?,
+            );
             let t = (t + 1.0)?;
             let correction1 = (t.clone() * f(beta1.ln()))?.exp()?.affine(-1.0, 1.0)?;
             let correction2 = (t.clone() * f(beta2.ln()))?.exp()?.affine(-1.0, 1.0)?;
@@ -198,7 +229,13 @@ fn optimizer_step(
             let step = ((m_hat * f(lr))? / (v_hat.sqrt()? + f(eps))?)?;
             ((w - step)?, Some(Tensor::cat(&[&m, &v, &t], 1)?))
         }
-        Optimizer::Ftrl { alpha, beta, l1, l2, .. } => {
+        Optimizer::Ftrl {
+            alpha,
+            beta,
+            l1,
+            l2,
+            ..
+        } => {
             let s = state()?;
             let (z, n) = (s.narrow(1, 0, d)?, s.narrow(1, d, d)?);
             let n_new = (&n + g.sqr()?)?;
@@ -207,7 +244,10 @@ fn optimizer_step(
             let shrunk = (&z - (z.sign()? * f(l1))?)?;
             let denom = (div((n_new.sqrt()? + f(beta))?, alpha)? + f(l2))?;
             let dense = (shrunk.neg()? / denom)?;
-            let new_w = z.abs()?.le(f(l1))?.where_cond(&dense.zeros_like()?, &dense)?;
+            let new_w = z
+                .abs()?
+                .le(f(l1))?
+                .where_cond(&dense.zeros_like()?, &dense)?;
             (new_w, Some(Tensor::cat(&[&z, &n_new], 1)?))
         }
     })

@@ -127,7 +127,9 @@ impl std::str::FromStr for BackendKind {
 pub fn create(kind: BackendKind, spec: StorageSpec) -> Result<Box<dyn Backend>, EngineError> {
     Ok(match kind {
         BackendKind::Cpu => Box::new(cpu::CpuBackend::new(spec)?),
-        BackendKind::CandleCpu => Box::new(candle::CandleBackend::new(spec, candle_core::Device::Cpu)?),
+        BackendKind::CandleCpu => {
+            Box::new(candle::CandleBackend::new(spec, candle_core::Device::Cpu)?)
+        }
         BackendKind::CandleCuda(n) => {
             let device = candle_core::Device::new_cuda(n).map_err(|e| EngineError::Backend {
                 backend: "candle",
@@ -145,7 +147,11 @@ impl GatherPlan {
         if self.slots.len() != n || self.weights.len() != n {
             return Err(EngineError::invalid(
                 "gather plan",
-                format!("{n} rows but {} slots and {} weights", self.slots.len(), self.weights.len()),
+                format!(
+                    "{n} rows but {} slots and {} weights",
+                    self.slots.len(),
+                    self.weights.len()
+                ),
             ));
         }
         if let Some(s) = self.slots.iter().find(|&&s| s as usize >= self.num_slots) {
@@ -164,11 +170,19 @@ impl RowGradients {
         if self.grads.len() != self.rows.len() * spec.dim {
             return Err(EngineError::invalid(
                 "row gradients",
-                format!("{} rows need {} gradients, got {}", self.rows.len(), self.rows.len() * spec.dim, self.grads.len()),
+                format!(
+                    "{} rows need {} gradients, got {}",
+                    self.rows.len(),
+                    self.rows.len() * spec.dim,
+                    self.grads.len()
+                ),
             ));
         }
         if self.rows.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(EngineError::invalid("row gradients", "rows must be sorted and unique"));
+            return Err(EngineError::invalid(
+                "row gradients",
+                "rows must be sorted and unique",
+            ));
         }
         check_rows(spec, &self.rows)
     }
