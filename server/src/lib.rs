@@ -3,8 +3,8 @@
 //!
 //! Every feature value is hashed with a per-feature salt into the shared
 //! table; a feature with `c` chunks does `c` lookups and concatenates them.
-//! This crate holds the engine; the transports and persistence plug in on top
-//! of [`table::Table`] without changing it.
+//! The engine ([`table::Table`] and below) knows nothing about storage or
+//! transports; [`catalog::Catalog`] makes tables durable on top of it.
 //!
 //! # Layout
 //!
@@ -18,11 +18,19 @@
 //! - [`optimizer`]: sparse SGD, Adagrad, row-wise Adagrad, Adam, FTRL.
 //! - [`backend`]: the storage trait, with [`backend::cpu`] and [`backend::candle`].
 //! - [`table`]: the table object tying the above together.
+//! - [`dirty`]: rows changed since they were last persisted.
+//! - [`store`]: the RocksDB database (layout, options, atomic batches).
+//! - [`flusher`]: the background thread that persists dirty rows.
+//! - [`catalog`]: durable tables of a data directory: config, flush,
+//!   recovery, checkpoints. What the service layer talks to.
 //! - [`error`]: the engine's error type.
 
 pub mod backend;
 pub mod batch;
+pub mod catalog;
+pub mod dirty;
 pub mod error;
+pub mod flusher;
 pub mod hashing;
 pub mod init;
 pub mod optimizer;
@@ -30,4 +38,5 @@ pub mod plan;
 pub mod pooling;
 pub mod registry;
 pub mod schema;
+pub mod store;
 pub mod table;

@@ -63,6 +63,56 @@ impl FeatureRegistry {
         &self.features
     }
 
+    /// The salt the next registered feature will get (persisted, so salts
+    /// are never reused across restarts).
+    pub fn next_salt(&self) -> u32 {
+        self.next_salt
+    }
+
+    /// Rebuilds a registry from persisted parts, checking that they could
+    /// have come from [`FeatureRegistry::register`]: unique names, distinct
+    /// salts below `next_salt`, resolved, non-overlapping partitions.
+    pub fn restore(
+        features: Vec<Feature>,
+        next_salt: u32,
+        table_rows: u64,
+    ) -> Result<Self, EngineError> {
+        let mut registry = FeatureRegistry::default();
+        let mut salts = std::collections::HashSet::new();
+        for feature in features {
+            let corrupt =
+                |reason: String| EngineError::invalid(format!("features.{}", feature.name), reason);
+            if feature.salt >= next_salt || !salts.insert(feature.salt) {
+                return Err(corrupt(format!(
+                    "salt {} is reused or not below {next_salt}",
+                    feature.salt
+                )));
+            }
+            let spec = FeatureSpec {
+                name: feature.name.clone(),
+                chunks: feature.chunks,
+                value_type: feature.value_type,
+                pooling: feature.pooling,
+                placement: feature.placement,
+            };
+            spec.validate(table_rows)?;
+            if registry.by_name.contains_key(&feature.name) {
+                return Err(EngineError::FeatureExists(feature.name));
+            }
+            if let Placement::Partitioned { offset, rows } = feature.placement {
+                let offset =
+                    offset.ok_or_else(|| corrupt("a stored partition has no offset".into()))?;
+                registry.check_free(&feature.name, offset, rows)?;
+            }
+            registry
+                .by_name
+                .insert(feature.name.clone(), registry.features.len());
+            registry.features.push(feature);
+        }
+        registry.next_salt = next_salt;
+        Ok(registry)
+    }
+
     /// The feature called `name`.
     pub fn get(&self, name: &str) -> Option<&Feature> {
         self.by_name.get(name).map(|&i| &self.features[i])
@@ -178,6 +228,20 @@ mod tests {
         // A refused registration does not consume a salt.
         assert_eq!(reg.register(FeatureSpec::new("c"), 100).unwrap().salt, 2);
         assert_eq!(reg.get("b").unwrap().salt, 1);
+    }
+
+    #[test]
+    fn restore_accepts_what_register_produced_and_rejects_tampering() {
+        let mut reg = FeatureRegistry::default();
+        reg.register(FeatureSpec::new("a"), 100).unwrap();
+        reg.register(partitioned("p", None, 10), 100).unwrap();
+        let restored =
+            FeatureRegistry::restore(reg.features().to_vec(), reg.next_salt(), 100).unwrap();
+        assert_eq!(restored.features(), reg.features());
+        assert_eq!(restored.next_salt(), 2);
+        // A salt at or above next_salt would be handed out again.
+        let err = FeatureRegistry::restore(reg.features().to_vec(), 1, 100).unwrap_err();
+        assert!(err.to_string().contains("salt 1"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use parking_lot::RwLock;
 
 use crate::backend::{self, Backend, BackendKind, StorageSpec};
 use crate::batch::{Batch, FeatureEmbeddings, Values};
+use crate::dirty::DirtyRows;
 use crate::error::EngineError;
 use crate::hashing::{chunk_seed, hash_key};
 use crate::plan::BatchPlan;
@@ -29,13 +30,27 @@ pub struct PushSummary {
 pub struct Table {
     spec: TableSpec,
     registry: RwLock<FeatureRegistry>,
+    /// Serialises feature registration (prepare, persist, then publish).
+    registration: parking_lot::Mutex<()>,
     backend: Box<dyn Backend>,
+    /// Rows changed by pushes since the persistence layer last drained them.
+    dirty: DirtyRows,
 }
 
 impl Table {
     /// Validates `spec` and creates its storage on `backend`. Nothing is
     /// written per row beyond the in-memory initial values.
     pub fn create(spec: TableSpec, backend: BackendKind) -> Result<Self, EngineError> {
+        Self::with_registry(spec, FeatureRegistry::default(), backend)
+    }
+
+    /// A table with already registered features (restored from storage).
+    /// Rows start at their initial values; the caller loads stored rows.
+    pub fn with_registry(
+        spec: TableSpec,
+        registry: FeatureRegistry,
+        backend: BackendKind,
+    ) -> Result<Self, EngineError> {
         spec.validate()?;
         let storage = StorageSpec {
             rows: spec.rows,
@@ -46,7 +61,9 @@ impl Table {
         };
         Ok(Table {
             backend: backend::create(backend, storage)?,
-            registry: RwLock::new(FeatureRegistry::default()),
+            registry: RwLock::new(registry),
+            registration: parking_lot::Mutex::new(()),
+            dirty: DirtyRows::new(spec.rows),
             spec,
         })
     }
@@ -61,9 +78,35 @@ impl Table {
         self.backend.as_ref()
     }
 
+    /// Rows changed since they were last drained (by the flusher).
+    pub fn dirty(&self) -> &DirtyRows {
+        &self.dirty
+    }
+
     /// Registers a feature; it gets the next salt and, if partitioned, a slice.
     pub fn add_feature(&self, spec: FeatureSpec) -> Result<Feature, EngineError> {
-        self.registry.write().register(spec, self.spec.rows)
+        self.add_feature_with(spec, |_| Ok::<(), EngineError>(()))
+    }
+
+    /// Registers a feature, calling `persist` with the new registry before
+    /// anyone can use it: if `persist` fails, the feature does not exist.
+    /// That is how registration becomes durable before it is acknowledged.
+    pub fn add_feature_with<E: From<EngineError>>(
+        &self,
+        spec: FeatureSpec,
+        persist: impl FnOnce(&FeatureRegistry) -> Result<(), E>,
+    ) -> Result<Feature, E> {
+        let _serial = self.registration.lock();
+        let mut next = self.registry.read().clone();
+        let feature = next.register(spec, self.spec.rows)?;
+        persist(&next)?;
+        *self.registry.write() = next;
+        Ok(feature)
+    }
+
+    /// A copy of the registry (what persistence stores).
+    pub fn registry(&self) -> FeatureRegistry {
+        self.registry.read().clone()
     }
 
     /// Registered features in registration order.
@@ -106,6 +149,7 @@ impl Table {
     ) -> Result<PushSummary, EngineError> {
         let update = plan.row_gradients(grads)?;
         self.backend.apply(&update)?;
+        self.dirty.mark(&update.rows);
         Ok(PushSummary {
             entries: plan.gather.rows.len(),
             unique_rows: update.rows.len(),

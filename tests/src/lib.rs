@@ -1,8 +1,11 @@
-//! Workspace-level integration tests for featmux.
+//! Workspace-level integration tests for featmux, and the helpers they share.
 //!
 //! # Layout
 //!
-//! - `tests/`: tests that drive featmux only through its public crates
-//!   (today the engine; later a real server on ephemeral ports with a temp
-//!   RocksDB directory). Engine unit and property tests live beside the
-//!   engine in `server/`.
+//! - `tests/`: tests that drive featmux only through its public crates: the
+//!   engine, and the durable catalog in a temp dir with real RocksDB.
+//! - `src/bin/crash_worker.rs`: a process linking engine + store that the
+//!   crash test kills with SIGKILL under load.
+//! - [`crash`]: the workload both sides of the crash test share.
+
+pub mod crash;
