@@ -205,12 +205,13 @@ fn sigkill_under_push_load_never_corrupts_and_keeps_every_flushed_push() {
     let dir = tempfile::tempdir().unwrap();
     let mut start = prepare(dir.path());
     let mut rng = rand::rngs::StdRng::seed_from_u64(17);
-    let mut total_acked = 0;
+    let (mut total_acked, mut total_durable) = (0, 0);
     for round in 0..12 {
         let worker = start_worker(dir.path(), round, 20);
         std::thread::sleep(Duration::from_millis(rng.random_range(150..900)));
         let heard = worker.kill();
         total_acked += heard.last_ack.map_or(0, |i| i + 1);
+        total_durable += heard.flushed.saturating_sub(heard.ready.unwrap());
         start = verify(dir.path(), round, heard, &start, false);
     }
     assert!(
