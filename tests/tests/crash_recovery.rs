@@ -218,6 +218,12 @@ fn sigkill_under_push_load_never_corrupts_and_keeps_every_flushed_push() {
         total_acked > 1000,
         "the workers barely pushed ({total_acked} pushes)"
     );
+    // The durability bound must have been exercised, not vacuous.
+    assert!(
+        total_durable > total_acked / 2,
+        "only {total_durable} of {total_acked} pushes were flushed before their kill"
+    );
+    eprintln!("12 kills: {total_acked} pushes acknowledged, {total_durable} flushed before their kill");
 }
 
 #[test]
