@@ -30,7 +30,7 @@ use crate::plan::BatchPlan;
 use crate::registry::{Feature, FeatureRegistry};
 use crate::schema::{FeatureSpec, TableSpec};
 use crate::store::records::{CheckpointRecord, TableRecord};
-use crate::store::{Store, StoreBatch, StoreError, StoreOptions};
+use crate::store::{Store, StoreError, StoreOptions};
 use crate::table::{PushSummary, Table};
 
 /// Rows copied per read while flushing or loading (bounds temporary memory).
@@ -245,10 +245,10 @@ impl Catalog {
             return Err(EngineError::invalid("table", "all 2^32 - 1 table ids are used").into());
         }
         let table = Arc::new(Table::create(spec.clone(), inner.options.backend)?);
-        let mut batch = StoreBatch::default();
+        let mut batch = inner.store.batch();
         batch.put_table(&record(id, &spec, &FeatureRegistry::default()));
         batch.put_next_table_id(id + 1);
-        inner.store.commit(batch, true)?;
+        batch.commit(true)?;
         let live = Arc::new(LiveTable {
             id,
             table: table.clone(),
@@ -263,10 +263,10 @@ impl Catalog {
         let _admin = inner.admin.lock();
         let live = inner.live(name)?;
         let _flush = inner.flush_lock.lock();
-        let mut batch = StoreBatch::default();
+        let mut batch = inner.store.batch();
         batch.delete_table(live.id);
         batch.delete_rows(live.id);
-        inner.store.commit(batch, true)?;
+        batch.commit(true)?;
         inner.tables.write().remove(name);
         Ok(())
     }
@@ -277,9 +277,9 @@ impl Catalog {
         let _admin = inner.admin.lock();
         let live = inner.live(table)?;
         live.table.add_feature_with(spec, |registry| {
-            let mut batch = StoreBatch::default();
+            let mut batch = inner.store.batch();
             batch.put_table(&record(live.id, live.table.spec(), registry));
-            inner.store.commit(batch, true).map_err(CatalogError::from)
+            batch.commit(true).map_err(CatalogError::from)
         })
     }
 
@@ -372,9 +372,9 @@ impl Catalog {
             tables: self.table_names(),
             dir,
         };
-        let mut batch = StoreBatch::default();
+        let mut batch = inner.store.batch();
         batch.put_checkpoint(&checkpoint);
-        if let Err(e) = inner.store.commit(batch, true) {
+        if let Err(e) = batch.commit(true) {
             let _ = std::fs::remove_dir_all(&path);
             return Err(e.into());
         }
@@ -403,9 +403,9 @@ impl Catalog {
         let inner = self.writable()?;
         let _admin = inner.admin.lock();
         let checkpoint = self.checkpoint_record(id)?;
-        let mut batch = StoreBatch::default();
+        let mut batch = inner.store.batch();
         batch.delete_checkpoint(id);
-        inner.store.commit(batch, true)?;
+        batch.commit(true)?;
         let path = inner.data_dir.join(&checkpoint.dir);
         std::fs::remove_dir_all(&path).map_err(|e| StoreError::Io {
             path,
@@ -447,7 +447,7 @@ impl Catalog {
                 (id, Some(id + 1))
             }
         };
-        let mut batch = StoreBatch::default();
+        let mut batch = inner.store.batch();
         batch.delete_rows(target_id);
         source.load_rows(
             record.id,
@@ -463,7 +463,7 @@ impl Catalog {
         let restored = Arc::new(restored);
         let _flush = inner.flush_lock.lock();
         let _gate = inner.push_gate.write();
-        inner.store.commit(batch, true)?;
+        batch.commit(true)?;
         let live = Arc::new(LiveTable {
             id: target_id,
             table: restored.clone(),
@@ -515,7 +515,7 @@ impl Inner {
         let started = Instant::now();
         self.wake_pending.store(false, Ordering::Release);
         let tables: Vec<Arc<LiveTable>> = self.tables.read().values().cloned().collect();
-        let mut batch = StoreBatch::default();
+        let mut batch = self.store.batch();
         let mut drained: Vec<(Arc<LiveTable>, Vec<u64>)> = Vec::new();
         let mut report = FlushReport::default();
         let copied = {
@@ -541,7 +541,7 @@ impl Inner {
             Ok(()) => {
                 batch.put_version(report.version);
                 report.bytes = batch.payload_bytes() as u64;
-                self.store.commit(batch, false).map_err(CatalogError::from)
+                batch.commit(false).map_err(CatalogError::from)
             }
             Err(e) => Err(e.into()),
         };

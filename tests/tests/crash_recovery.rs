@@ -223,7 +223,9 @@ fn sigkill_under_push_load_never_corrupts_and_keeps_every_flushed_push() {
         total_durable > total_acked / 2,
         "only {total_durable} of {total_acked} pushes were flushed before their kill"
     );
-    eprintln!("12 kills: {total_acked} pushes acknowledged, {total_durable} flushed before their kill");
+    eprintln!(
+        "12 kills: {total_acked} pushes acknowledged, {total_durable} flushed before their kill"
+    );
 }
 
 #[test]
