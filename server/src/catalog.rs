@@ -22,11 +22,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::backend::BackendKind;
+use crate::backend::{BackendKind, RowData};
 use crate::batch::Batch;
 use crate::error::EngineError;
 use crate::flusher::{unix_ms, FlushReport, FlushStats, Flusher};
-use crate::plan::BatchPlan;
 use crate::registry::{Feature, FeatureRegistry};
 use crate::schema::{FeatureSpec, TableSpec};
 use crate::store::records::{CheckpointRecord, TableRecord};
@@ -63,7 +62,7 @@ pub struct CatalogOptions {
     pub backend: BackendKind,
     /// Longest time an acknowledged push stays only in memory.
     pub flush_interval: Duration,
-    /// Dirty rows (over all tables) that trigger an early flush.
+    /// Dirty rows in one table that trigger an early flush.
     pub max_dirty_rows: usize,
 }
 
@@ -183,8 +182,8 @@ impl Catalog {
         let started = Instant::now();
         let mut tables = HashMap::new();
         for record in store.tables()? {
-            let (table, rows) = build_table(&store, &record, &record.spec.name, options.backend)?;
-            report.rows_loaded += rows;
+            let table = table_from_record(&record, &record.spec.name, options.backend)?;
+            report.rows_loaded += load_rows(&store, record.id, &table, |_, _| {})?;
             tables.insert(
                 record.spec.name.clone(),
                 Arc::new(LiveTable {
@@ -195,12 +194,11 @@ impl Catalog {
         }
         report.tables = tables.len();
         report.load_time = started.elapsed();
+        let version = store.version()?;
         let stats = FlushStats::default();
-        stats
-            .flushed_version
-            .store(store.version()?, Ordering::Relaxed);
+        stats.flushed_version.store(version, Ordering::Relaxed);
         Ok(Inner {
-            version: AtomicU64::new(store.version()?),
+            version: AtomicU64::new(version),
             store,
             data_dir: data_dir.to_owned(),
             options,
@@ -291,31 +289,12 @@ impl Catalog {
         batch: &Batch,
         grads: &[G],
     ) -> Result<(PushSummary, u64), CatalogError> {
-        let live = self.writable()?.live(table)?;
-        self.push_plan_to(&live.table, &live.table.plan(batch)?, grads)
-    }
-
-    /// Pushes gradients for an already planned batch (a lookup ticket).
-    pub fn push_plan<G: AsRef<[f32]>>(
-        &self,
-        table: &str,
-        plan: &BatchPlan,
-        grads: &[G],
-    ) -> Result<(PushSummary, u64), CatalogError> {
-        let live = self.writable()?.live(table)?;
-        self.push_plan_to(&live.table, plan, grads)
-    }
-
-    fn push_plan_to<G: AsRef<[f32]>>(
-        &self,
-        table: &Table,
-        plan: &BatchPlan,
-        grads: &[G],
-    ) -> Result<(PushSummary, u64), CatalogError> {
-        let inner = &self.inner;
-        let summary = {
+        let inner = self.writable()?;
+        let table = inner.live(table)?.table.clone();
+        let plan = table.plan(batch)?;
+        let pushed = {
             let _gate = inner.push_gate.read();
-            let summary = table.push_plan(plan, grads)?;
+            let summary = table.push_plan(&plan, grads)?;
             (summary, inner.version.fetch_add(1, Ordering::AcqRel) + 1)
         };
         if table.dirty().len() >= inner.options.max_dirty_rows
@@ -325,7 +304,7 @@ impl Catalog {
                 flusher.wake();
             }
         }
-        Ok(summary)
+        Ok(pushed)
     }
 
     /// Writes every dirty row now.
@@ -341,11 +320,6 @@ impl Catalog {
     /// Pushes applied so far (the training version).
     pub fn version(&self) -> u64 {
         self.inner.version.load(Ordering::Acquire)
-    }
-
-    /// Bytes the database occupies on disk.
-    pub fn db_size_bytes(&self) -> u64 {
-        self.inner.store.size_bytes()
     }
 
     /// Flushes, then takes a RocksDB checkpoint (hard links) that holds
@@ -439,7 +413,7 @@ impl Catalog {
         if into.is_some() && existing.is_some() {
             return Err(CatalogError::TableExists(target));
         }
-        let (restored, _) = build_table(&source, &record, &target, inner.options.backend)?;
+        let restored = table_from_record(&record, &target, inner.options.backend)?;
         let (target_id, next_id) = match &existing {
             Some(live) => (live.id, None),
             None => {
@@ -449,13 +423,10 @@ impl Catalog {
         };
         let mut batch = inner.store.batch();
         batch.delete_rows(target_id);
-        source.load_rows(
-            record.id,
-            record.spec.chunk_dim,
-            record.spec.optimizer.state_width(record.spec.chunk_dim),
-            ROW_CHUNK,
-            |rows, data| batch.put_rows(target_id, rows, data),
-        )?;
+        // One scan of the checkpoint fills both the new table and the batch.
+        load_rows(&source, record.id, &restored, |rows, data| {
+            batch.put_rows(target_id, rows, data)
+        })?;
         batch.put_table(&record_of(target_id, &restored));
         if let Some(next) = next_id {
             batch.put_next_table_id(next);
@@ -570,34 +541,44 @@ fn record_of(id: u32, table: &Table) -> TableRecord {
     record(id, table.spec(), &table.registry())
 }
 
-/// Rebuilds a table from its record (named `name`) and loads its stored rows.
-fn build_table(
-    store: &Store,
+/// Rebuilds a table (named `name`) from its record, rows at initial values.
+fn table_from_record(
     record: &TableRecord,
     name: &str,
     backend: BackendKind,
-) -> Result<(Table, u64), CatalogError> {
+) -> Result<Table, CatalogError> {
     let spec = TableSpec {
         name: name.to_owned(),
         ..record.spec.clone()
     };
     let registry = FeatureRegistry::restore(record.features.clone(), record.next_salt, spec.rows)?;
-    let table = Table::with_registry(spec, registry, backend)?;
-    let state_width = table.spec().optimizer.state_width(table.spec().chunk_dim);
+    Ok(Table::with_registry(spec, registry, backend)?)
+}
+
+/// Loads the rows `store` holds for table `id` into `table`, showing each
+/// chunk to `also` as well; returns the number of rows.
+fn load_rows(
+    store: &Store,
+    id: u32,
+    table: &Table,
+    mut also: impl FnMut(&[u64], &RowData),
+) -> Result<u64, CatalogError> {
+    let (dim, optimizer) = (table.spec().chunk_dim, table.spec().optimizer);
     let mut failed = None;
     let rows = store.load_rows(
-        record.id,
-        table.spec().chunk_dim,
-        state_width,
+        id,
+        dim,
+        optimizer.state_width(dim),
         ROW_CHUNK,
         |rows, data| {
             if failed.is_none() {
                 failed = table.backend().write_rows(rows, data).err();
             }
+            also(rows, data);
         },
     )?;
-    if let Some(e) = failed {
-        return Err(e.into());
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(rows),
     }
-    Ok((table, rows))
 }

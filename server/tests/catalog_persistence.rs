@@ -367,13 +367,7 @@ fn a_database_from_a_newer_featmux_is_refused_and_not_modified() {
     let dir = tempfile::tempdir().unwrap();
     with_table(dir.path(), "t").close().unwrap();
     let db_path = dir.path().join("db");
-    {
-        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &db_path).unwrap();
-        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &db_path, &cfs).unwrap();
-        let meta = db.cf_handle("meta").unwrap();
-        db.put_cf(meta, b"schema_version", 7u32.to_be_bytes())
-            .unwrap();
-    }
+    write_meta_behind_featmux(&db_path, b"schema_version", &7u32.to_be_bytes());
     let files_before = listing(&db_path);
     let err = Catalog::open(dir.path(), CatalogOptions::default())
         .err()
@@ -388,6 +382,15 @@ fn a_database_from_a_newer_featmux_is_refused_and_not_modified() {
         files_before,
         "a refused database is not written to"
     );
+}
+
+/// Writes `key = value` into the `meta` family with plain RocksDB, as an
+/// operator's tool or a newer featmux might.
+fn write_meta_behind_featmux(db_path: &Path, key: &[u8], value: &[u8]) {
+    let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), db_path).unwrap();
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), db_path, &cfs).unwrap();
+    db.put_cf(db.cf_handle("meta").unwrap(), key, value)
+        .unwrap();
 }
 
 fn listing(dir: &Path) -> Vec<(String, u64)> {
@@ -409,18 +412,8 @@ fn listing(dir: &Path) -> Vec<(String, u64)> {
 fn a_corrupt_table_record_is_reported_not_panicked_on() {
     let dir = tempfile::tempdir().unwrap();
     with_table(dir.path(), "t").close().unwrap();
-    let db_path = dir.path().join("db");
-    {
-        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &db_path).unwrap();
-        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &db_path, &cfs).unwrap();
-        let meta = db.cf_handle("meta").unwrap();
-        db.put_cf(
-            meta,
-            [b"table/".as_slice(), &1u32.to_be_bytes()].concat(),
-            b"{not json",
-        )
-        .unwrap();
-    }
+    let table_key = [b"table/".as_slice(), &1u32.to_be_bytes()].concat();
+    write_meta_behind_featmux(&dir.path().join("db"), &table_key, b"{not json");
     let err = Catalog::open(dir.path(), CatalogOptions::default())
         .err()
         .unwrap();

@@ -110,7 +110,10 @@ fn replica(data: &RowData) -> Table {
     table
 }
 
-fn row_of(data: &RowData, row: usize, width: usize, state_width: usize) -> (Vec<u32>, Vec<u32>) {
+/// A row's weights and optimizer state as bit patterns (compared exactly).
+type RowBits = (Vec<u32>, Vec<u32>);
+
+fn row_of(data: &RowData, row: usize, width: usize, state_width: usize) -> RowBits {
     let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
     (
         bits(&data.weights[row * width..(row + 1) * width]),
@@ -143,7 +146,7 @@ fn verify(dir: &Path, round: u64, heard: Heard, start: &RowData, exact: bool) ->
     // Replay pushes 0..=acked (the last may have been in flight) and record,
     // per row, every state it went through.
     let replay = replica(start);
-    let mut history: HashMap<usize, Vec<(Vec<u32>, Vec<u32>)>> = HashMap::new();
+    let mut history: HashMap<usize, Vec<RowBits>> = HashMap::new();
     let mut min_touches: HashMap<usize, usize> = HashMap::new();
     for i in 0..=acked {
         let (batch, grads) = crash::push(round, i);

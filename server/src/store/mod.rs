@@ -464,13 +464,4 @@ impl Store {
             .and_then(|c| c.create_checkpoint(dir))
             .map_err(|e| classify(dir, e))
     }
-
-    /// Bytes of SST files on disk (what the database occupies once compacted).
-    pub fn size_bytes(&self) -> u64 {
-        self.db
-            .property_int_value("rocksdb.total-sst-files-size")
-            .ok()
-            .flatten()
-            .unwrap_or(0)
-    }
 }
