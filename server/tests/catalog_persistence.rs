@@ -21,6 +21,13 @@ fn open(dir: &Path) -> Catalog {
     Catalog::open(dir, CatalogOptions::default()).unwrap().0
 }
 
+/// The error opening `dir` fails with.
+fn open_error(dir: &Path) -> CatalogError {
+    Catalog::open(dir, CatalogOptions::default())
+        .err()
+        .expect("opening should fail")
+}
+
 fn spec(name: &str) -> TableSpec {
     TableSpec {
         seed: 3,
@@ -298,9 +305,7 @@ fn checkpoints_restore_clone_serve_read_only_and_delete() {
 fn a_second_process_on_the_same_directory_is_refused_as_locked() {
     let dir = tempfile::tempdir().unwrap();
     let _first = open(dir.path());
-    let err = Catalog::open(dir.path(), CatalogOptions::default())
-        .err()
-        .unwrap();
+    let err = open_error(dir.path());
     assert!(
         matches!(err, CatalogError::Store(StoreError::Locked { .. })),
         "{err}"
@@ -318,9 +323,7 @@ fn foreign_and_unusable_directories_are_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("db")).unwrap();
     std::fs::write(dir.path().join("db/notes.txt"), "hello").unwrap();
-    let err = Catalog::open(dir.path(), CatalogOptions::default())
-        .err()
-        .unwrap();
+    let err = open_error(dir.path());
     assert!(
         matches!(err, CatalogError::Store(StoreError::Foreign { .. })),
         "{err}"
@@ -338,9 +341,7 @@ fn foreign_and_unusable_directories_are_refused_with_a_clear_error() {
         let other = rocksdb::DB::open(&opts, dir.path().join("db")).unwrap();
         other.put(b"their", b"data").unwrap();
     }
-    let err = Catalog::open(dir.path(), CatalogOptions::default())
-        .err()
-        .unwrap();
+    let err = open_error(dir.path());
     assert!(
         matches!(err, CatalogError::Store(StoreError::Foreign { .. })),
         "{err}"
@@ -353,9 +354,7 @@ fn foreign_and_unusable_directories_are_refused_with_a_clear_error() {
     // A path that is a file, not a directory.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("db"), "").unwrap();
-    let err = Catalog::open(dir.path(), CatalogOptions::default())
-        .err()
-        .unwrap();
+    let err = open_error(dir.path());
     assert!(
         matches!(err, CatalogError::Store(StoreError::Io { .. })),
         "{err}"
@@ -369,9 +368,7 @@ fn a_database_from_a_newer_featmux_is_refused_and_not_modified() {
     let db_path = dir.path().join("db");
     write_meta_behind_featmux(&db_path, b"schema_version", &7u32.to_be_bytes());
     let files_before = listing(&db_path);
-    let err = Catalog::open(dir.path(), CatalogOptions::default())
-        .err()
-        .unwrap();
+    let err = open_error(dir.path());
     assert!(
         err.to_string()
             .contains("schema version 7 is newer than this featmux binary knows (1)"),
@@ -414,9 +411,7 @@ fn a_corrupt_table_record_is_reported_not_panicked_on() {
     with_table(dir.path(), "t").close().unwrap();
     let table_key = [b"table/".as_slice(), &1u32.to_be_bytes()].concat();
     write_meta_behind_featmux(&dir.path().join("db"), &table_key, b"{not json");
-    let err = Catalog::open(dir.path(), CatalogOptions::default())
-        .err()
-        .unwrap();
+    let err = open_error(dir.path());
     assert!(
         matches!(err, CatalogError::Store(StoreError::Corrupt { .. })),
         "{err}"
