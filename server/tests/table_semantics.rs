@@ -194,29 +194,17 @@ fn duplicate_rows_across_the_batch_get_one_step_with_summed_gradients() {
 #[test]
 fn mean_and_sqrtn_unpool_gradients_by_the_bag_length() {
     let t = table(Optimizer::Sgd { lr: 1.0 });
-    let m = row_of(&t, "m", strings(&["a", "b", "c", "d"]));
-    let batch = Batch::new(vec![FeatureBatch::strings(
-        "m",
-        ["a", "b", "c", "d"],
-        vec![4],
-    )]);
-    t.push(&batch, &[vec![4.0; DIM]]).unwrap();
-    for (row, before) in m {
-        let after = t.backend().read_rows(&[row]).unwrap().weights;
-        let expected: Vec<f32> = before.iter().map(|w| w - 1.0).collect();
-        assert_close(&after, &expected);
-    }
-    let q = row_of(&t, "q", strings(&["a", "b", "c", "d"]));
-    let batch = Batch::new(vec![FeatureBatch::strings(
-        "q",
-        ["a", "b", "c", "d"],
-        vec![4],
-    )]);
-    t.push(&batch, &[vec![4.0; DIM]]).unwrap();
-    for (row, before) in q {
-        let after = t.backend().read_rows(&[row]).unwrap().weights;
-        let expected: Vec<f32> = before.iter().map(|w| w - 2.0).collect();
-        assert_close(&after, &expected);
+    let bag = ["a", "b", "c", "d"];
+    // A gradient of 4 on a bag of 4: mean gives each value 4/4, sqrtn 4/√4.
+    for (feature, step) in [("m", 1.0), ("q", 2.0)] {
+        let rows = row_of(&t, feature, strings(&bag));
+        let batch = Batch::new(vec![FeatureBatch::strings(feature, bag, vec![4])]);
+        t.push(&batch, &[vec![4.0; DIM]]).unwrap();
+        for (row, before) in rows {
+            let after = t.backend().read_rows(&[row]).unwrap().weights;
+            let expected: Vec<f32> = before.iter().map(|w| w - step).collect();
+            assert_close(&after, &expected);
+        }
     }
 }
 
