@@ -1,10 +1,51 @@
-//! featmux's wire contract.
-//!
-//! # Layout
-//!
-//! - `featmux.proto` (to come with the service issue): `EmbeddingService`
-//!   (Lookup, Push, Train stream) and `AdminService`, compiled here with
-//!   protox + tonic-prost-build so no system `protoc` is needed.
-//!
-//! Today this crate is empty on purpose: the engine (server crate) comes
-//! first, and the contract is designed with the transports that use it.
+//! featmux's wire contract: the gRPC services and messages generated from
+//! `proto/featmux.proto`, shared by the server and the client, plus the
+//! encoding of embedding payloads.
+
+/// Version 1 of the API (`package featmux.v1`).
+pub mod v1 {
+    tonic::include_proto!("featmux.v1");
+}
+
+/// Embeddings and gradients travel as raw little-endian `f32` bytes: no
+/// per-float tags as with `repeated float`, and a straight copy on
+/// little-endian machines.
+pub mod payload {
+    use bytes::Bytes;
+
+    /// Encodes floats as little-endian bytes.
+    pub fn encode(values: &[f32]) -> Bytes {
+        let mut out = Vec::with_capacity(values.len() * 4);
+        for v in values {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        Bytes::from(out)
+    }
+
+    /// Decodes little-endian `f32` bytes; `None` if the length is not a
+    /// multiple of 4.
+    pub fn decode(bytes: &[u8]) -> Option<Vec<f32>> {
+        if bytes.len() % 4 != 0 {
+            return None;
+        }
+        Some(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        )
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn round_trips_and_refuses_ragged_lengths() {
+            let values = [0.0, -1.5, f32::MAX, f32::MIN_POSITIVE, 3.25];
+            let bytes = super::encode(&values);
+            assert_eq!(bytes.len(), 20);
+            assert_eq!(&bytes[4..8], &(-1.5f32).to_le_bytes());
+            assert_eq!(super::decode(&bytes).unwrap(), values);
+            assert!(super::decode(&bytes[..7]).is_none());
+        }
+    }
+}

@@ -26,6 +26,7 @@ use crate::backend::{BackendKind, RowData};
 use crate::batch::Batch;
 use crate::error::EngineError;
 use crate::flusher::{unix_ms, FlushReport, FlushStats, Flusher};
+use crate::plan::BatchPlan;
 use crate::registry::{Feature, FeatureRegistry};
 use crate::schema::{FeatureSpec, TableSpec};
 use crate::store::records::{CheckpointRecord, TableRecord};
@@ -50,6 +51,8 @@ pub enum CatalogError {
     UnknownCheckpoint(u64),
     #[error("checkpoint {checkpoint} has no table `{table}`")]
     NotInCheckpoint { checkpoint: u64, table: String },
+    #[error("table `{0}` was dropped or restored since this batch was planned; look it up again")]
+    TableReplaced(String),
     #[error("this catalog is a read-only serving copy")]
     ReadOnly,
 }
@@ -289,9 +292,25 @@ impl Catalog {
         batch: &Batch,
         grads: &[G],
     ) -> Result<(PushSummary, u64), CatalogError> {
+        let live = self.table(table)?;
+        let plan = live.plan(batch)?;
+        self.push_plan(&live, &plan, grads)
+    }
+
+    /// Pushes gradients for a batch planned earlier on `table` (a lookup's
+    /// ticket). Refused if that table object was dropped or replaced since,
+    /// because the plan's rows belong to it.
+    pub fn push_plan<G: AsRef<[f32]>>(
+        &self,
+        table: &Arc<Table>,
+        plan: &BatchPlan,
+        grads: &[G],
+    ) -> Result<(PushSummary, u64), CatalogError> {
         let inner = self.writable()?;
-        let table = inner.live(table)?.table.clone();
-        let plan = table.plan(batch)?;
+        let name = &table.spec().name;
+        if !Arc::ptr_eq(&inner.live(name)?.table, table) {
+            return Err(CatalogError::TableReplaced(name.clone()));
+        }
         let pushed = {
             let _gate = inner.push_gate.read();
             let summary = table.push_plan(&plan, grads)?;
@@ -315,6 +334,20 @@ impl Catalog {
     /// Flusher counters, for metrics.
     pub fn flush_stats(&self) -> &FlushStats {
         &self.inner.stats
+    }
+
+    /// Bytes of the live database on disk (SST files, WAL, manifest), for
+    /// metrics and stats.
+    pub fn database_bytes(&self) -> u64 {
+        std::fs::read_dir(self.inner.store.path())
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
     }
 
     /// Pushes applied so far (the training version).

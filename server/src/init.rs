@@ -31,7 +31,7 @@ fn mix64(mut z: u64) -> u64 {
 }
 
 /// How rows that were never trained are initialised.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Initializer {
     /// Uniform on [-bound, bound); `bound = None` means `1/sqrt(chunk_dim)`,

@@ -24,6 +24,7 @@
 //! - [`catalog`]: durable tables of a data directory: config, flush,
 //!   recovery, checkpoints. What the service layer talks to.
 //! - [`error`]: the engine's error type.
+//! - [`service`]: the gRPC + HTTP server over a catalog.
 
 pub mod backend;
 pub mod batch;
@@ -38,5 +39,6 @@ pub mod plan;
 pub mod pooling;
 pub mod registry;
 pub mod schema;
+pub mod service;
 pub mod store;
 pub mod table;

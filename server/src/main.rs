@@ -1,12 +1,14 @@
-//! The `featmux` command. Until the network service lands it offers the
-//! engine's demo (a unified table trained in-process on synthetic clicks)
-//! and `migrate`, which brings a data directory's RocksDB layout up to date.
+//! The `featmux` command: the server (`serve`), the client CLI (tables,
+//! features, lookups, explain, checkpoints, stats), the in-process engine
+//! demo, and `migrate`.
 
+mod cli;
 mod demo;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use featmux::service::config::{ServeArgs, ServerConfig};
 
 #[derive(Parser)]
 #[command(
@@ -15,12 +17,16 @@ use clap::{Parser, Subcommand};
     about = "One shared embedding table for many categorical features"
 )]
 struct Cli {
+    #[command(flatten)]
+    connection: cli::Connection,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the server: gRPC for trainers, HTTP for serving and admin.
+    Serve(ServeArgs),
     /// Train a unified table in-process on synthetic click data and report
     /// creation time, lookup/push throughput and the falling log loss.
     Demo(demo::DemoArgs),
@@ -31,6 +37,8 @@ enum Command {
         #[arg(long, default_value = "./featmux-data")]
         data_dir: PathBuf,
     },
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 fn migrate(data_dir: PathBuf) -> Result<(), featmux::store::StoreError> {
@@ -60,11 +68,28 @@ fn migrate(data_dir: PathBuf) -> Result<(), featmux::store::StoreError> {
     Ok(())
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let config = ServerConfig::load(&args).map_err(|e| e.to_string())?;
+    featmux::service::logging::init(config.log_format, &config.log_level);
+    runtime()
+        .block_on(featmux::service::serve(config))
+        .map_err(|e| e.to_string())
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => serve(args),
         Command::Demo(args) => demo::run(args).map_err(|e| e.to_string()),
         Command::Migrate { data_dir } => migrate(data_dir).map_err(|e| e.to_string()),
+        Command::Client(command) => runtime().block_on(cli::run(cli.connection, command)),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::EngineError;
 
 /// A sparse optimizer and its hyper-parameters (one per table).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Optimizer {
     /// `w -= lr * g`.

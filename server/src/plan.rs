@@ -41,6 +41,19 @@ pub struct BatchPlan {
 }
 
 impl BatchPlan {
+    /// Heap bytes the plan holds (what keeping it as a ticket costs).
+    pub fn memory_bytes(&self) -> usize {
+        let g = &self.gather;
+        g.rows.capacity() * 8
+            + g.slots.capacity() * 4
+            + g.weights.capacity() * 4
+            + self
+                .outputs
+                .iter()
+                .map(|o| std::mem::size_of::<OutputBlock>() + o.feature.capacity())
+                .sum::<usize>()
+    }
+
     /// Validates `batch` against the table and resolves it to rows.
     pub fn build(
         table: &TableSpec,

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Pooling of a bag of values (TorchRec's `PoolingType`, plus `none`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Pooling {
     /// Weighted sum of the bag's rows.

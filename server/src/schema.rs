@@ -25,7 +25,7 @@ pub const MAX_CHUNKS: u32 = 1024;
 pub const MAX_NAME_LEN: usize = 128;
 
 /// Configuration of one shared embedding table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TableSpec {
     pub name: String,
     /// Number of buckets (M).
@@ -75,7 +75,7 @@ impl TableSpec {
 }
 
 /// Type of a feature's values; a batch with the other type is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ValueType {
     #[default]
@@ -84,7 +84,7 @@ pub enum ValueType {
 }
 
 /// Where a feature's values hash to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Placement {
     /// The whole table (Unified Embedding: feature multiplexing).
@@ -97,7 +97,7 @@ pub enum Placement {
 }
 
 /// A feature to register in a table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FeatureSpec {
     pub name: String,
     /// Lookups concatenated for this feature (output width `chunks * chunk_dim`).

@@ -70,7 +70,10 @@ fn run(backend: BackendKind) {
                         vec![1; keys.len()],
                     )]);
                     let all: Vec<u64> = (0..ROWS).collect();
-                    while !done.load(Ordering::Relaxed) {
+                    // Check at least once, even if the writers finish first
+                    // (a loaded CI machine may schedule readers late).
+                    loop {
+                        let finished = done.load(Ordering::Relaxed);
                         let looked_up = table.lookup(&batch).unwrap().remove(0).data;
                         let read = table.backend().read_rows(&all).unwrap().weights;
                         for row in looked_up.chunks(DIM).chain(read.chunks(DIM)) {
@@ -82,6 +85,9 @@ fn run(backend: BackendKind) {
                             );
                         }
                         rows_checked.fetch_add(keys.len() + all.len(), Ordering::Relaxed);
+                        if finished {
+                            break;
+                        }
                     }
                 })
             })

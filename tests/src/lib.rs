@@ -7,5 +7,9 @@
 //! - `src/bin/crash_worker.rs`: a process linking engine + store that the
 //!   crash test kills with SIGKILL under load.
 //! - [`crash`]: the workload both sides of the crash test share.
+//! - [`requests`]: configs and an HTTP helper for the service tests.
+//! - [`server`]: a real `featmux serve` process on ephemeral ports.
 
 pub mod crash;
+pub mod requests;
+pub mod server;

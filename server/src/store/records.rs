@@ -19,7 +19,7 @@ pub struct TableRecord {
 }
 
 /// A checkpoint in the catalog of the live database.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckpointRecord {
     pub id: u64,
     /// Training version: the checkpoint holds exactly the pushes `<= version`.
