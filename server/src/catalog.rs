@@ -313,7 +313,7 @@ impl Catalog {
         }
         let pushed = {
             let _gate = inner.push_gate.read();
-            let summary = table.push_plan(&plan, grads)?;
+            let summary = table.push_plan(plan, grads)?;
             (summary, inner.version.fetch_add(1, Ordering::AcqRel) + 1)
         };
         if table.dirty().len() >= inner.options.max_dirty_rows

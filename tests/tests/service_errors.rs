@@ -118,7 +118,7 @@ fn bad_requests_get_the_right_status_and_change_nothing() {
             .unwrap();
         let good_grads = vec![vec![0.5f32; 2 * 4], vec![0.5f32; 2 * 8]];
         data.push("t", &probe(), &good_grads).await.unwrap();
-        let before = snapshot(&admin).await;
+        let mut before = snapshot(&admin).await;
         assert_eq!(before.version, 1);
 
         macro_rules! unchanged {
@@ -396,6 +396,22 @@ fn bad_requests_get_the_right_status_and_change_nothing() {
             "expired",
         );
         unchanged!("gRPC tickets");
+        // A refused ticket push leaves the ticket usable.
+        let kept = data
+            .lookup("t", &probe(), true)
+            .await
+            .unwrap()
+            .ticket
+            .unwrap();
+        expect_status(
+            data.push_ticket("t", kept, &nan).await,
+            Code::InvalidArgument,
+            "n",
+        );
+        unchanged!("refused ticket push");
+        let pushed = data.push_ticket("t", kept, &good_grads).await.unwrap();
+        assert_eq!(pushed.version, before.version + 1);
+        before = snapshot(&admin).await;
 
         // --- HTTP serving errors
         let lookup = |body: Value| http.post("/v1/tables/t/lookup", DATA, body);
