@@ -55,8 +55,22 @@ impl TestServer {
         Self::start_at(data_dir, settings, any, any)
     }
 
-    /// Starts a server listening on the given addresses.
+    /// Starts a server listening on the given addresses and waits until
+    /// it is ready.
     pub fn start_at(
+        data_dir: &Path,
+        settings: &ServerSettings,
+        grpc: SocketAddr,
+        http: SocketAddr,
+    ) -> TestServer {
+        let mut server = Self::spawn(data_dir, settings, grpc, http);
+        server.wait_for_log("ready");
+        server
+    }
+
+    /// Starts a server and returns as soon as it listens (recovery may
+    /// still be running).
+    pub fn spawn(
         data_dir: &Path,
         settings: &ServerSettings,
         grpc: SocketAddr,
@@ -106,7 +120,6 @@ impl TestServer {
         };
         server.grpc = addr("grpc");
         server.http = addr("http");
-        server.wait_for_log("ready");
         server
     }
 

@@ -104,3 +104,73 @@ fn a_table_trained_over_grpc_survives_a_graceful_restart() {
     });
     assert!(server.stop().success());
 }
+
+#[test]
+fn until_recovery_finishes_readyz_is_503_and_calls_are_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = TestServer::start(&data_dir, &ServerSettings::default());
+    runtime.block_on(async {
+        // Big enough that loading it at start-up takes a noticeable time
+        // (2·10^7 rows × 8 floats, 640 MB, initialised on every start).
+        let table = pb::TableConfig {
+            name: "big".into(),
+            rows: 20_000_000,
+            chunk_dim: 8,
+            optimizer: Some(pb::Optimizer {
+                kind: Some(pb::optimizer::Kind::Sgd(pb::Sgd { lr: 0.1 })),
+            }),
+            ..Default::default()
+        };
+        let client = server.client(None).await;
+        client
+            .create_table(
+                table,
+                vec![feature("user", pb::ValueType::String, pb::Pooling::Sum, 1)],
+            )
+            .await
+            .unwrap();
+    });
+    assert!(server.stop().success());
+
+    let any = "127.0.0.1:0".parse().unwrap();
+    let mut server = TestServer::spawn(&data_dir, &ServerSettings::default(), any, any);
+    runtime.block_on(async {
+        let readyz = reqwest::get(format!("{}/readyz", server.http_url()))
+            .await
+            .unwrap();
+        assert_eq!(readyz.status().as_u16(), 503);
+        assert!(readyz
+            .text()
+            .await
+            .unwrap()
+            .contains("recovery in progress"));
+        assert_eq!(
+            reqwest::get(format!("{}/healthz", server.http_url()))
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+            200
+        );
+        let mut options = ClientOptions::new(server.grpc_url());
+        options.retries = 0;
+        let impatient = Client::connect(options).await.unwrap();
+        let err = impatient.list_tables().await.unwrap_err();
+        assert_eq!(err.code(), Some(featmux_client::Code::Unavailable), "{err}");
+    });
+    let ready = server.wait_for_log("ready");
+    eprintln!("recovery took {} ms", ready["load_ms"]);
+    runtime.block_on(async {
+        let readyz = reqwest::get(format!("{}/readyz", server.http_url()))
+            .await
+            .unwrap();
+        assert_eq!(readyz.status().as_u16(), 200);
+        assert_eq!(
+            server.client(None).await.list_tables().await.unwrap().len(),
+            1
+        );
+    });
+    assert!(server.stop().success());
+}
