@@ -1,9 +1,10 @@
 //! The `featmux` command: the server (`serve`), the client CLI (tables,
-//! features, lookups, explain, checkpoints, stats), the in-process engine
-//! demo, and `migrate`.
+//! features, lookups, explain, checkpoints, stats), the load generator
+//! (`bench`), the in-process engine demo, and `migrate`.
 
 mod cli;
 mod demo;
+mod loadgen;
 
 use std::path::PathBuf;
 
@@ -37,6 +38,9 @@ enum Command {
         #[arg(long, default_value = "./featmux-data")]
         data_dir: PathBuf,
     },
+    /// Load generator: gRPC lookup / push / train-stream or HTTP lookup
+    /// traffic against a running server; throughput and latency percentiles.
+    Bench(loadgen::BenchArgs),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -89,6 +93,7 @@ fn main() {
         Command::Serve(args) => serve(args),
         Command::Demo(args) => demo::run(args).map_err(|e| e.to_string()),
         Command::Migrate { data_dir } => migrate(data_dir).map_err(|e| e.to_string()),
+        Command::Bench(args) => runtime().block_on(loadgen::run(cli.connection, args)),
         Command::Client(command) => runtime().block_on(cli::run(cli.connection, command)),
     };
     if let Err(e) = result {

@@ -1,0 +1,458 @@
+//! `featmux bench`: the load generator. Drives a running server with gRPC
+//! Lookup, Push or Train-stream traffic, or HTTP serving lookups, from
+//! `concurrency` clients (one connection each) and reports throughput and
+//! HDR-histogram latency.
+//!
+//! Closed loop by default (each client sends its next request when the last
+//! one is answered: peak throughput). With `--rate`, open loop: requests are
+//! due on a fixed schedule and latency is measured from the moment a
+//! request was *due*, so a stalled server is charged for the requests it
+//! delayed (no coordinated omission).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use featmux_client::{pb, BatchBuilder, Client, ClientOptions, Code};
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
+use serde_json::{json, Value};
+
+use crate::cli::{feature, Connection};
+
+/// What each request does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// gRPC Lookup of a batch.
+    Lookup,
+    /// gRPC Push of a batch with gradients (no ticket).
+    Push,
+    /// One training step on a Train stream: lookup with ticket, push.
+    Train,
+    /// HTTP JSON lookup (`POST /v1/tables/{t}/lookup`).
+    HttpLookup,
+}
+
+/// Load generator settings.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value = "lookup")]
+    pub workload: Workload,
+    /// Table to use; created (with features f0..) if it does not exist.
+    #[arg(long, default_value = "bench")]
+    pub table: String,
+    /// Rows of a created table.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rows: u64,
+    #[arg(long, default_value_t = 16)]
+    pub chunk_dim: u32,
+    /// Chunks per feature.
+    #[arg(long, default_value_t = 1)]
+    pub chunks: u32,
+    /// Features per example (f0, f1, …).
+    #[arg(long, default_value_t = 26)]
+    pub features: usize,
+    /// Values per feature per example (bag size).
+    #[arg(long, default_value_t = 1)]
+    pub values: usize,
+    /// Pooling of a created table's features: sum, mean, sqrtn.
+    #[arg(long, default_value = "sum")]
+    pub pooling: String,
+    /// Examples per request.
+    #[arg(long, default_value_t = 4096)]
+    pub examples: usize,
+    /// Distinct keys per feature.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub vocab: u64,
+    /// Zipf exponent of key popularity; 0 = uniform.
+    #[arg(long, default_value_t = 0.0)]
+    pub zipf: f64,
+    /// Concurrent clients (one connection each).
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// How long to run, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Stop after this many requests instead.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Open loop: total requests per second over all clients.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Distinct pre-built batches per client (cycled).
+    #[arg(long, default_value_t = 8)]
+    pub batches: usize,
+    /// HTTP base URL for `http-lookup`.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub http: String,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// Draws keys uniformly or Zipf-distributed.
+enum Keys {
+    Uniform(u64),
+    Zipf(Zipf<f64>),
+}
+
+impl Keys {
+    fn new(vocab: u64, exponent: f64) -> Result<Self, String> {
+        if vocab == 0 {
+            return Err("--vocab must be at least 1".into());
+        }
+        if exponent == 0.0 {
+            return Ok(Keys::Uniform(vocab));
+        }
+        Zipf::new(vocab as f64, exponent)
+            .map(Keys::Zipf)
+            .map_err(|e| format!("--zipf {exponent}: {e}"))
+    }
+
+    fn draw(&self, rng: &mut StdRng) -> u64 {
+        match self {
+            Keys::Uniform(n) => rng.random_range(0..*n),
+            Keys::Zipf(z) => z.sample(rng) as u64 - 1,
+        }
+    }
+}
+
+/// One request's inputs, prepared before the clock starts.
+struct Prepared {
+    batch: pb::Batch,
+    /// The same examples as the HTTP JSON body.
+    json: Value,
+    /// Gradient blocks (push / train), one per feature.
+    grads: Vec<Vec<f32>>,
+}
+
+fn prepare(args: &BenchArgs, keys: &Keys, rng: &mut StdRng) -> Prepared {
+    let mut batch = BatchBuilder::new();
+    let mut examples = Vec::with_capacity(args.examples);
+    for _ in 0..args.examples {
+        batch.example();
+        let mut example = serde_json::Map::new();
+        for f in 0..args.features {
+            let name = format!("f{f}");
+            let values: Vec<String> = (0..args.values)
+                .map(|_| format!("k{}", keys.draw(rng)))
+                .collect();
+            example.insert(name.clone(), json!(values));
+            batch.add_strs(&name, values);
+        }
+        examples.push(Value::Object(example));
+    }
+    let width = (args.chunks * args.chunk_dim) as usize;
+    Prepared {
+        batch: batch.build().expect("a well-formed generated batch"),
+        json: json!({ "examples": examples }),
+        grads: (0..args.features)
+            .map(|_| vec![0.001; args.examples * width])
+            .collect(),
+    }
+}
+
+/// What one client measured.
+struct Measured {
+    latency: Histogram<u64>,
+    requests: u64,
+    errors: u64,
+    payload_bytes: u64,
+    first_error: Option<String>,
+}
+
+// One per client, built once before the clock starts: its size is irrelevant.
+#[allow(clippy::large_enum_variant)]
+enum Transport {
+    Grpc(Client),
+    Stream(featmux_client::TrainStream),
+    Http(reqwest::Client),
+}
+
+/// Sends one request; returns the payload bytes it moved.
+async fn send(
+    args: &BenchArgs,
+    transport: &mut Transport,
+    input: &Prepared,
+) -> Result<u64, String> {
+    let floats = |e: &[featmux_client::Embedding]| e.iter().map(|b| b.data.len() as u64 * 4).sum();
+    let grad_bytes: u64 = input.grads.iter().map(|g| g.len() as u64 * 4).sum();
+    match (args.workload, transport) {
+        (Workload::Lookup, Transport::Grpc(c)) => c
+            .lookup(&args.table, &input.batch, false)
+            .await
+            .map(|l| floats(&l.embeddings))
+            .map_err(|e| e.to_string()),
+        (Workload::Push, Transport::Grpc(c)) => c
+            .push(&args.table, &input.batch, &input.grads)
+            .await
+            .map(|_| grad_bytes)
+            .map_err(|e| e.to_string()),
+        (Workload::Train, Transport::Stream(stream)) => {
+            let looked_up = stream
+                .lookup(&args.table, input.batch.clone(), true)
+                .await
+                .map_err(|e| e.to_string())?;
+            let ticket = looked_up.ticket.ok_or("no ticket")?;
+            stream
+                .push_ticket(&args.table, ticket, &input.grads)
+                .await
+                .map(|_| floats(&looked_up.embeddings) + grad_bytes)
+                .map_err(|e| e.to_string())
+        }
+        (Workload::HttpLookup, Transport::Http(h)) => {
+            let url = format!("{}/v1/tables/{}/lookup", args.http, args.table);
+            let response = h
+                .post(url)
+                .json(&input.json)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status();
+            let body = response.bytes().await.map_err(|e| e.to_string())?;
+            if !status.is_success() {
+                return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
+            }
+            Ok(body.len() as u64)
+        }
+        _ => unreachable!("transport chosen by workload"),
+    }
+}
+
+/// Runs one client until the deadline or the shared request budget ends.
+async fn client_loop(
+    args: Arc<BenchArgs>,
+    mut transport: Transport,
+    inputs: Vec<Prepared>,
+    budget: Arc<AtomicU64>,
+    started: Instant,
+    interval: Option<Duration>,
+) -> Measured {
+    let mut measured = Measured {
+        latency: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
+        requests: 0,
+        errors: 0,
+        payload_bytes: 0,
+        first_error: None,
+    };
+    let deadline = started + Duration::from_secs_f64(args.duration);
+    let mut due = started;
+    for input in inputs.iter().cycle() {
+        let granted = budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok();
+        if Instant::now() >= deadline || !granted {
+            break;
+        }
+        // Open loop: wait for this request's slot; latency counts from it.
+        let sent = match interval {
+            Some(interval) => {
+                tokio::time::sleep_until(due.into()).await;
+                let slot = due;
+                due += interval;
+                slot
+            }
+            None => Instant::now(),
+        };
+        match send(&args, &mut transport, input).await {
+            Ok(bytes) => {
+                measured.requests += 1;
+                measured.payload_bytes += bytes;
+                let micros = sent.elapsed().as_micros().max(1) as u64;
+                measured.latency.saturating_record(micros);
+            }
+            Err(e) => {
+                measured.errors += 1;
+                measured.first_error.get_or_insert(e);
+            }
+        }
+    }
+    measured
+}
+
+async fn ensure_table(args: &BenchArgs, admin: &Client) -> Result<(), String> {
+    match admin.get_table(&args.table).await {
+        Ok(info) => {
+            let missing = (0..args.features).map(|f| format!("f{f}")).find(|name| {
+                !info
+                    .features
+                    .iter()
+                    .any(|x| x.config.as_ref().is_some_and(|c| &c.name == name))
+            });
+            match missing {
+                Some(name) => Err(format!(
+                    "table `{}` exists without feature `{name}`",
+                    args.table
+                )),
+                None => Ok(()),
+            }
+        }
+        Err(e) if e.code() == Some(Code::NotFound) => {
+            let features = (0..args.features)
+                .map(|f| {
+                    feature(&format!(
+                        "f{f}:chunks={},pooling={}",
+                        args.chunks, args.pooling
+                    ))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let table = pb::TableConfig {
+                name: args.table.clone(),
+                rows: args.rows,
+                chunk_dim: args.chunk_dim,
+                seed: args.seed,
+                initializer: None,
+                optimizer: None,
+            };
+            admin
+                .create_table(table, features)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Runs the benchmark and prints its report.
+pub async fn run(connection: Connection, args: BenchArgs) -> Result<(), String> {
+    if args.concurrency == 0 || args.examples == 0 || args.features == 0 || args.values == 0 {
+        return Err("--concurrency, --examples, --features and --values must be at least 1".into());
+    }
+    let options = || {
+        let mut options = ClientOptions::new(connection.addr.clone());
+        options.token = connection.token.clone();
+        options
+    };
+    let admin = Client::connect(options())
+        .await
+        .map_err(|e| e.to_string())?;
+    ensure_table(&args, &admin).await?;
+    let keys = Keys::new(args.vocab, args.zipf)?;
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let mut clients = Vec::with_capacity(args.concurrency);
+    for _ in 0..args.concurrency {
+        let inputs: Vec<Prepared> = (0..args.batches.max(1))
+            .map(|_| prepare(&args, &keys, &mut rng))
+            .collect();
+        let transport = match args.workload {
+            Workload::HttpLookup => {
+                let mut headers = reqwest::header::HeaderMap::new();
+                if let Some(token) = &connection.token {
+                    let value = format!("Bearer {token}").parse().map_err(|_| "bad token")?;
+                    headers.insert(reqwest::header::AUTHORIZATION, value);
+                }
+                Transport::Http(
+                    reqwest::Client::builder()
+                        .default_headers(headers)
+                        .tcp_nodelay(true)
+                        .build()
+                        .map_err(|e| e.to_string())?,
+                )
+            }
+            Workload::Train => {
+                let client = Client::connect(options())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Transport::Stream(client.train().await.map_err(|e| e.to_string())?)
+            }
+            Workload::Lookup | Workload::Push => Transport::Grpc(
+                Client::connect(options())
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ),
+        };
+        clients.push((transport, inputs));
+    }
+    let interval = args
+        .rate
+        .map(|rate| Duration::from_secs_f64(args.concurrency as f64 / rate));
+    let budget = Arc::new(AtomicU64::new(args.requests.unwrap_or(u64::MAX)));
+    let args = Arc::new(args);
+    let started = Instant::now();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, (transport, inputs))| {
+            // Stagger open-loop clients across one interval.
+            let start = started
+                + interval.map_or(Duration::ZERO, |d| d * i as u32 / args.concurrency as u32);
+            tokio::spawn(client_loop(
+                args.clone(),
+                transport,
+                inputs,
+                budget.clone(),
+                start,
+                interval,
+            ))
+        })
+        .collect();
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+    let (mut requests, mut errors, mut payload) = (0u64, 0u64, 0u64);
+    let mut first_error = None;
+    for task in tasks {
+        let m = task.await.map_err(|e| e.to_string())?;
+        latency.add(&m.latency).map_err(|e| e.to_string())?;
+        requests += m.requests;
+        errors += m.errors;
+        payload += m.payload_bytes;
+        first_error = first_error.or(m.first_error);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let rows_per_request =
+        (args.examples * args.features * args.values) as u64 * args.chunks as u64;
+    let report = json!({
+        "workload": format!("{:?}", args.workload).to_lowercase(),
+        "table": args.table,
+        "examples": args.examples,
+        "features": args.features,
+        "values": args.values,
+        "chunks": args.chunks,
+        "chunk_dim": args.chunk_dim,
+        "concurrency": args.concurrency,
+        "zipf": args.zipf,
+        "rate": args.rate,
+        "elapsed_s": elapsed,
+        "requests": requests,
+        "errors": errors,
+        "first_error": first_error,
+        "requests_per_s": requests as f64 / elapsed,
+        "examples_per_s": (requests * args.examples as u64) as f64 / elapsed,
+        "rows_per_s": (requests * rows_per_request) as f64 / elapsed,
+        "payload_mb_per_s": payload as f64 / elapsed / 1e6,
+        "latency_us": {
+            "p50": latency.value_at_quantile(0.50),
+            "p90": latency.value_at_quantile(0.90),
+            "p99": latency.value_at_quantile(0.99),
+            "max": latency.max(),
+            "mean": latency.mean(),
+        },
+    });
+    if connection.json {
+        println!("{report}");
+    } else {
+        println!(
+            "{}: {requests} requests ({errors} errors) in {elapsed:.2} s: {:.0} req/s, {:.0} examples/s, {:.3e} rows/s, {:.1} MB/s; latency µs p50 {} p90 {} p99 {} max {}",
+            report["workload"].as_str().unwrap_or_default(),
+            report["requests_per_s"].as_f64().unwrap_or_default(),
+            report["examples_per_s"].as_f64().unwrap_or_default(),
+            report["rows_per_s"].as_f64().unwrap_or_default(),
+            report["payload_mb_per_s"].as_f64().unwrap_or_default(),
+            latency.value_at_quantile(0.50),
+            latency.value_at_quantile(0.90),
+            latency.value_at_quantile(0.99),
+            latency.max(),
+        );
+        if let Some(e) = &first_error {
+            println!("first error: {e}");
+        }
+    }
+    if errors > 0 {
+        return Err(format!("{errors} requests failed"));
+    }
+    Ok(())
+}
