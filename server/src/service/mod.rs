@@ -171,8 +171,8 @@ impl RunningServer {
 
     /// Waits until the server has stopped (after [`Self::shutdown`], or on
     /// a fatal error) and every dirty row is flushed.
-    pub async fn wait(self) -> Result<(), ServeError> {
-        self.task.await.map_err(|e| ServeError::Transport {
+    pub async fn wait(&mut self) -> Result<(), ServeError> {
+        (&mut self.task).await.map_err(|e| ServeError::Transport {
             transport: "server",
             reason: e.to_string(),
         })?
@@ -448,13 +448,16 @@ pub async fn shutdown_signal() {
 
 /// `featmux serve`: starts, serves until SIGTERM/ctrl-c, shuts down.
 pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
-    let server = start(config).await?;
-    let stop = server.stop.clone();
-    let signal = tokio::spawn(async move {
-        shutdown_signal().await;
-        stop.send_replace(true);
-    });
-    let result = server.wait().await;
-    signal.abort();
-    result
+    let mut server = start(config).await?;
+    let stopped_by_itself = tokio::select! {
+        result = server.wait() => Some(result),
+        () = shutdown_signal() => None,
+    };
+    match stopped_by_itself {
+        Some(result) => result,
+        None => {
+            server.shutdown();
+            server.wait().await
+        }
+    }
 }
