@@ -241,8 +241,7 @@ impl Client {
         let channel = loop {
             match endpoint.connect().await {
                 Ok(channel) => break channel,
-                Err(e) if attempt < options.retries => {
-                    let _ = e;
+                Err(_) if attempt < options.retries => {
                     tokio::time::sleep(options.backoff * 2u32.pow(attempt)).await;
                     attempt += 1;
                 }

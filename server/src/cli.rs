@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use featmux::service::api::TableInfo;
-use featmux::service::convert;
+use featmux::service::api::{FeatureInfo, TableInfo};
+use featmux::service::{convert, examples};
 use featmux_client::{pb, BatchBuilder, Client, ClientOptions};
 use serde_json::{json, Value};
 
@@ -248,39 +248,19 @@ fn checkpoint_json(c: &pb::Checkpoint) -> Value {
     })
 }
 
-/// Builds a batch from JSON examples, typed by the table's features.
+/// Builds a batch from JSON examples with the server's own serving-format
+/// decoder, typed by the table's features.
 fn examples_batch(info: &TableInfo, examples: &[String]) -> Result<pb::Batch, String> {
-    let mut batch = BatchBuilder::new();
-    for (i, text) in examples.iter().enumerate() {
-        let example: serde_json::Map<String, Value> = serde_json::from_str(text)
-            .map_err(|e| format!("example {i} is not a JSON object: {e}"))?;
-        batch.example();
-        for (name, value) in example {
-            let feature = info
-                .features
-                .iter()
-                .find(|f| f.spec.name == name)
-                .ok_or_else(|| format!("example {i}: table has no feature `{name}`"))?;
-            let items = match value {
-                Value::Array(items) => items,
-                Value::Null => Vec::new(),
-                one => vec![one],
-            };
-            let bad = |v: &Value| format!("example {i}, feature `{name}`: unexpected value {v}");
-            for item in &items {
-                match (feature.spec.value_type, item) {
-                    (featmux::schema::ValueType::String, Value::String(s)) => {
-                        batch.add_str(&name, s.clone())
-                    }
-                    (featmux::schema::ValueType::Int64, Value::Number(n)) => {
-                        batch.add_i64(&name, n.as_i64().ok_or_else(|| bad(item))?)
-                    }
-                    _ => return Err(bad(item)),
-                };
-            }
-        }
-    }
-    batch.build().map_err(|e| e.to_string())
+    let examples = examples
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            serde_json::from_str(text).map_err(|e| format!("example {i} is not a JSON object: {e}"))
+        })
+        .collect::<Result<Vec<examples::Example>, _>>()?;
+    let features: Vec<_> = info.features.iter().map(FeatureInfo::feature).collect();
+    let batch = examples::batch(&features, &examples, false).map_err(|e| e.to_string())?;
+    Ok(convert::batch_to_pb(batch))
 }
 
 /// Runs a client command.

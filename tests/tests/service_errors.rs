@@ -116,6 +116,14 @@ fn bad_requests_get_the_right_status_and_change_nothing() {
             )
             .await
             .unwrap();
+        // 4 chunks × 64 floats = 1 KiB of output per example.
+        admin
+            .create_table(
+                sgd_table("wide", 100, 64, 0.1),
+                vec![feature("w", pb::ValueType::String, pb::Pooling::Sum, 4)],
+            )
+            .await
+            .unwrap();
         let good_grads = vec![vec![0.5f32; 2 * 4], vec![0.5f32; 2 * 8]];
         data.push("t", &probe(), &good_grads).await.unwrap();
         let mut before = snapshot(&admin).await;
@@ -351,6 +359,15 @@ fn bad_requests_get_the_right_status_and_change_nothing() {
             Code::ResourceExhausted,
             "max_message_bytes",
         );
+        // 100 examples × 1 KiB of embeddings > the 64 KiB message limit.
+        let wide = pb::Batch {
+            features: vec![column("w", &["a"; 100], vec![1; 100])],
+        };
+        expect_status(
+            data.lookup("wide", &wide, false).await,
+            Code::ResourceExhausted,
+            "split the batch",
+        );
         unchanged!("gRPC too large");
 
         // --- gRPC: bytes that are not a protobuf message
@@ -468,6 +485,17 @@ fn bad_requests_get_the_right_status_and_change_nothing() {
             lookup(json!({"examples": [{"n": ints}]})).await,
             413,
             "max_batch_values",
+        );
+        let wide_examples: Vec<Value> = (0..100).map(|_| json!({"w": "a"})).collect();
+        expect_http(
+            http.post(
+                "/v1/tables/wide/lookup",
+                DATA,
+                json!({"examples": wide_examples}),
+            )
+            .await,
+            413,
+            "split the batch",
         );
         let long = "y".repeat(20_000);
         expect_http(

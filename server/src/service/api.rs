@@ -26,6 +26,9 @@ pub struct Limits {
     /// Most values in one batch, summed over its features; also bounds
     /// examples × features.
     pub max_batch_values: usize,
+    /// Most embedding bytes one lookup may return (the gRPC message limit,
+    /// `limits.max_message_bytes`); checked on the plan, before gathering.
+    pub max_output_bytes: usize,
 }
 
 /// What a push applies its gradients to.
@@ -98,6 +101,20 @@ pub struct FeatureInfo {
     pub salt: u32,
     /// Output floats per example: `chunks * chunk_dim`.
     pub width: usize,
+}
+
+impl FeatureInfo {
+    /// The registered feature this describes.
+    pub fn feature(&self) -> Feature {
+        Feature {
+            name: self.spec.name.clone(),
+            salt: self.salt,
+            chunks: self.spec.chunks,
+            value_type: self.spec.value_type,
+            pooling: self.spec.pooling,
+            placement: self.spec.placement,
+        }
+    }
 }
 
 /// A table's configuration, features and footprint.
@@ -211,6 +228,14 @@ impl Api {
         self.check_size(batch)?;
         let table = self.catalog.table(table)?;
         let plan = table.plan(batch)?;
+        let bytes: usize = plan.outputs.iter().map(|o| o.rows * o.width * 4).sum();
+        let max = self.limits.max_output_bytes;
+        if bytes > max {
+            return Err(ApiError::too_large(format!(
+                "the response would carry {bytes} bytes of embeddings, over the {max}-byte \
+                 message limit (limits.max_message_bytes); split the batch"
+            )));
+        }
         let embeddings = table.lookup_plan(&plan)?;
         self.counters
             .rows_looked_up

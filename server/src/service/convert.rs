@@ -45,6 +45,28 @@ pub fn batch_from_pb(batch: Option<pb::Batch>) -> Result<Batch, ApiError> {
     Ok(Batch::new(features))
 }
 
+/// A batch in wire form (what the CLI sends).
+pub fn batch_to_pb(batch: Batch) -> pb::Batch {
+    let features = batch
+        .features
+        .into_iter()
+        .map(|f| pb::FeatureValues {
+            feature: f.feature,
+            values: Some(match f.values {
+                Values::Strings(values) => {
+                    pb::feature_values::Values::Strings(pb::StringValues { values })
+                }
+                Values::Int64(values) => {
+                    pb::feature_values::Values::Int64s(pb::Int64Values { values })
+                }
+            }),
+            lengths: f.lengths,
+            weights: f.weights.unwrap_or_default(),
+        })
+        .collect();
+    pb::Batch { features }
+}
+
 /// Output blocks as raw little-endian payloads.
 pub fn embeddings_to_pb(embeddings: Vec<FeatureEmbeddings>) -> Vec<pb::Embeddings> {
     embeddings
@@ -394,6 +416,18 @@ mod tests {
         assert_eq!(
             feature_spec_from_pb(feature_spec_to_pb(&feature)).unwrap(),
             feature
+        );
+    }
+
+    #[test]
+    fn batches_round_trip() {
+        let batch = Batch::new(vec![
+            FeatureBatch::strings("u", ["a", "b"], vec![2, 0]),
+            FeatureBatch::int64("n", vec![7], vec![0, 1]).with_weights(vec![0.5]),
+        ]);
+        assert_eq!(
+            batch_from_pb(Some(batch_to_pb(batch.clone()))).unwrap(),
+            batch
         );
     }
 

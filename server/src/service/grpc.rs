@@ -82,20 +82,9 @@ impl Shared {
     }
 }
 
-fn lookup(
-    api: &Api,
-    req: pb::LookupRequest,
-    max_bytes: usize,
-) -> Result<pb::LookupResponse, ApiError> {
+fn lookup(api: &Api, req: pb::LookupRequest) -> Result<pb::LookupResponse, ApiError> {
     let batch = convert::batch_from_pb(req.batch)?;
     let result = api.lookup(&req.table, &batch, req.want_ticket)?;
-    let bytes: usize = result.embeddings.iter().map(|e| e.data.len() * 4).sum();
-    if bytes > max_bytes {
-        return Err(ApiError::too_large(format!(
-            "the response would carry {bytes} bytes of embeddings, over the {max_bytes}-byte \
-             message limit (limits.max_message_bytes); split the batch"
-        )));
-    }
     Ok(pb::LookupResponse {
         embeddings: convert::embeddings_to_pb(result.embeddings),
         ticket: result.ticket.unwrap_or(0),
@@ -128,11 +117,8 @@ impl EmbeddingService for EmbeddingGrpc {
         &self,
         request: Request<pb::LookupRequest>,
     ) -> Result<Response<pb::LookupResponse>, Status> {
-        let max = self.shared.max_message_bytes;
         self.shared
-            .grpc_unary("Lookup", Role::Data, request, move |api, req| {
-                lookup(api, req, max)
-            })
+            .grpc_unary("Lookup", Role::Data, request, lookup)
             .await
     }
 
@@ -190,11 +176,10 @@ impl EmbeddingService for EmbeddingGrpc {
                     }
                 };
                 let started = Instant::now();
-                let max = shared.max_message_bytes;
                 let (endpoint, result) = match message.op {
                     Some(pb::train_request::Op::Lookup(req)) => (
                         "Train/Lookup",
-                        super::run_blocking(api.clone(), move |api| lookup(api, req, max))
+                        super::run_blocking(api.clone(), move |api| lookup(api, req))
                             .await
                             .map(pb::train_response::Result::Lookup),
                     ),

@@ -73,7 +73,6 @@ pub struct Shared {
     api: OnceLock<Arc<Api>>,
     tokens: Tokens,
     metrics: Metrics,
-    max_message_bytes: usize,
     /// Turns true when shutdown begins (ends Train streams).
     shutdown: watch::Receiver<bool>,
 }
@@ -221,7 +220,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
             data: config.auth.data_token.clone(),
         },
         metrics,
-        max_message_bytes: config.limits.max_message_bytes,
         shutdown: stop_rx.clone(),
     });
     info!(
@@ -368,6 +366,7 @@ async fn run(
     );
     let limits = Limits {
         max_batch_values: config.limits.max_batch_values,
+        max_output_bytes: config.limits.max_message_bytes,
     };
     let counters = shared.metrics.op_counters();
     let api = Arc::new(Api::new(catalog.clone(), tickets, limits, counters));
