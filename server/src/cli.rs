@@ -124,7 +124,9 @@ pub enum CheckpointCommand {
 
 type CliResult = Result<(), String>;
 
-fn optimizer(kind: &str, lr: f32) -> Result<pb::Optimizer, String> {
+/// Parses an optimizer name (`sgd`, `adagrad`, `row-wise-adagrad`, `adam`,
+/// `ftrl`) with its learning rate; shared by `table create` and `bench`.
+pub fn optimizer(kind: &str, lr: f32) -> Result<pb::Optimizer, String> {
     use pb::optimizer::Kind;
     let adagrad = pb::Adagrad {
         lr,

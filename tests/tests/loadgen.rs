@@ -1,6 +1,8 @@
 //! Smoke test of `featmux bench` against a real server: every workload
 //! runs briefly with zero errors and a well-formed JSON report; pushes land
 //! (the training version counts them); open-loop mode keeps to its rate.
+//! The peers (in-process engine, TCP exchange, Redis MGET against a real
+//! `redis-server`) run through the same harness.
 
 use std::process::Command;
 
@@ -8,15 +10,22 @@ use featmux_tests::server::{featmux_binary, ServerSettings, TestServer};
 use serde_json::Value;
 
 fn bench(server: &TestServer, args: &[&str]) -> Value {
-    let out = Command::new(featmux_binary())
-        .args([
+    bench_with(
+        &[
             "--addr",
             &server.grpc_url(),
             "--json",
             "bench",
             "--http",
             &server.http_url(),
-        ])
+        ],
+        args,
+    )
+}
+
+fn bench_with(prefix: &[&str], args: &[&str]) -> Value {
+    let out = Command::new(featmux_binary())
+        .args(prefix)
         .args([
             "--table",
             "lg",
@@ -59,25 +68,7 @@ fn every_workload_runs_and_reports() {
                 "1.1",
             ],
         );
-        assert_eq!(report["errors"], 0, "{report}");
-        let requests = report["requests"].as_u64().unwrap();
-        assert!(requests > 0, "{report}");
-        let rows = report["rows_per_s"].as_f64().unwrap();
-        let expected = requests as f64 * 32.0 * 4.0 / report["elapsed_s"].as_f64().unwrap();
-        assert!((rows - expected).abs() < 1e-6 * expected, "{report}");
-        assert!(
-            report["payload_mb_per_s"].as_f64().unwrap() > 0.0,
-            "{report}"
-        );
-        let p = &report["latency_us"];
-        assert!(
-            p["p50"].as_u64().unwrap() <= p["p99"].as_u64().unwrap(),
-            "{report}"
-        );
-        assert!(
-            p["p99"].as_u64().unwrap() <= p["max"].as_u64().unwrap(),
-            "{report}"
-        );
+        assert_well_formed(&report, workload, 1);
     }
 
     // A request budget is exact, and every push is applied.
@@ -106,6 +97,133 @@ fn every_workload_runs_and_reports() {
     let requests = report["requests"].as_u64().unwrap();
     assert!((30..=42).contains(&requests), "{report}");
     assert!(server.stop().success());
+}
+
+/// Zero errors, rows/s = requests × 32 examples × 4 features × `values`
+/// per second, payload moved, ordered percentiles.
+fn assert_well_formed(report: &Value, workload: &str, values: u64) {
+    assert_eq!(report["workload"], workload, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    let requests = report["requests"].as_u64().unwrap();
+    assert!(requests > 0, "{report}");
+    let rows = report["rows_per_s"].as_f64().unwrap();
+    let expected = (requests * 32 * 4 * values) as f64 / report["elapsed_s"].as_f64().unwrap();
+    assert!((rows - expected).abs() < 1e-6 * expected, "{report}");
+    assert!(
+        report["payload_mb_per_s"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    let p = &report["latency_us"];
+    assert!(
+        p["p50"].as_u64().unwrap() <= p["p99"].as_u64().unwrap(),
+        "{report}"
+    );
+    assert!(
+        p["p99"].as_u64().unwrap() <= p["max"].as_u64().unwrap(),
+        "{report}"
+    );
+}
+
+/// The peers need no featmux server: the in-process engine, the plain TCP
+/// exchange, and Redis (a real `redis-server` on a free port) with the
+/// client pooling bags of 3 in one MGET and in pipelined MGETs of 7 keys.
+#[test]
+fn peers_run_through_the_same_harness() {
+    let peer = |args: &[&str]| {
+        bench_with(
+            &["--json", "bench"],
+            &[&["--duration", "0.5", "--concurrency", "2"], args].concat(),
+        )
+    };
+    for workload in ["engine-lookup", "engine-push", "tcp-blast"] {
+        assert_well_formed(&peer(&["--workload", workload]), workload, 1);
+    }
+    let tcp = peer(&["--workload", "tcp-blast", "--requests", "10"]);
+    // Each exchange returns a lookup's embeddings: 32 × 4 × 16 floats.
+    let mb = tcp["payload_mb_per_s"].as_f64().unwrap() * tcp["elapsed_s"].as_f64().unwrap();
+    assert!(
+        (mb * 1e6 - 10.0 * 32.0 * 4.0 * 16.0 * 4.0).abs() < 1.0,
+        "{tcp}"
+    );
+
+    let redis = RedisServer::start();
+    let addr = redis.addr();
+    for mget_keys in ["0", "7"] {
+        let report = peer(&[
+            "--workload",
+            "redis-mget",
+            "--redis",
+            &addr,
+            "--values",
+            "3",
+            "--mget-keys",
+            mget_keys,
+        ]);
+        assert_well_formed(&report, "redis-mget", 3);
+    }
+    // Only the keys the batches use were loaded: 2 clients × 8 batches ×
+    // 32 examples × 4 features × 3 values draws from 4 × 500 keys.
+    let keys: u64 = redis.command(&["dbsize"]).trim().parse().unwrap();
+    assert!(keys > 1000 && keys <= 2000, "{keys} keys");
+}
+
+/// A `redis-server` on a free loopback port, without persistence; killed on
+/// drop.
+struct RedisServer {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server; ./dev test installs it)");
+        let server = RedisServer {
+            child,
+            port,
+            _dir: dir,
+        };
+        for _ in 0..100 {
+            if server.command(&["ping"]).trim() == "PONG" {
+                return server;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("redis-server did not answer on port {port}");
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn command(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn stats_version(server: &TestServer) -> u64 {

@@ -3,12 +3,24 @@
 //! `concurrency` clients (one connection each) and reports throughput and
 //! HDR-histogram latency.
 //!
+//! The same harness (same batches, same concurrency, same clock) also drives
+//! the peers featmux is measured against: Redis MGET ([`redis`]), a plain
+//! TCP exchange of the same sizes ([`blast`]) and the engine in-process
+//! ([`engine`]), so every ratio in the performance report comes from one
+//! instrument.
+//!
 //! Closed loop by default (each client sends its next request when the last
 //! one is answered: peak throughput). With `--rate`, open loop: requests are
-//! due on a fixed schedule and latency is measured from the moment a
-//! request was *due*, so a stalled server is charged for the requests it
+//! due on a fixed schedule and a request that could not be sent on time
+//! because the previous answer was late has its latency measured from the
+//! moment it was *due*, so a stalled server is charged for the requests it
 //! delayed (no coordinated omission).
 
+mod blast;
+mod engine;
+mod redis;
+
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +33,9 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use serde_json::{json, Value};
 
-use crate::cli::{feature, Connection};
+use crate::cli::{feature, optimizer, Connection};
+use featmux::batch::Batch;
+use featmux::service::convert;
 
 /// What each request does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -34,6 +48,25 @@ pub enum Workload {
     Train,
     /// HTTP JSON lookup (`POST /v1/tables/{t}/lookup`).
     HttpLookup,
+    /// Peer: the same lookups in-process (no server, no network).
+    EngineLookup,
+    /// Peer: the same pushes in-process.
+    EnginePush,
+    /// Peer: the same embeddings fetched from Redis with MGET (`--redis`),
+    /// bags pooled by the client.
+    RedisMget,
+    /// Peer: a plain TCP exchange of a lookup's request and response sizes.
+    TcpBlast,
+}
+
+impl Workload {
+    /// Whether it talks to a featmux server.
+    fn uses_server(self) -> bool {
+        matches!(
+            self,
+            Workload::Lookup | Workload::Push | Workload::Train | Workload::HttpLookup
+        )
+    }
 }
 
 /// Load generator settings.
@@ -61,6 +94,13 @@ pub struct BenchArgs {
     /// Pooling of a created table's features: sum, mean, sqrtn.
     #[arg(long, default_value = "sum")]
     pub pooling: String,
+    /// Optimizer of a created table: sgd, adagrad, row-wise-adagrad, adam,
+    /// ftrl.
+    #[arg(long, default_value = "sgd")]
+    pub optimizer: String,
+    /// Its learning rate.
+    #[arg(long, default_value_t = 0.05)]
+    pub lr: f32,
     /// Examples per request.
     #[arg(long, default_value_t = 4096)]
     pub examples: usize,
@@ -88,6 +128,14 @@ pub struct BenchArgs {
     /// HTTP base URL for `http-lookup`.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub http: String,
+    /// Redis address for `redis-mget` (the keys the batches use are loaded
+    /// first).
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    pub redis: String,
+    /// Keys per MGET command for `redis-mget`; a batch's commands are
+    /// pipelined. 0: one MGET per batch.
+    #[arg(long, default_value_t = 0)]
+    pub mget_keys: usize,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 }
@@ -119,11 +167,18 @@ impl Keys {
     }
 }
 
-/// One request's inputs, prepared before the clock starts.
+/// One request's inputs, prepared before the clock starts, in the form its
+/// workload sends.
 struct Prepared {
     batch: pb::Batch,
-    /// The same examples as the HTTP JSON body.
+    /// The same examples as the HTTP JSON body (`http-lookup`).
     json: Value,
+    /// The same batch as the engine takes it (`engine-*`).
+    engine: Option<Batch>,
+    /// The same batch as Redis keys (`redis-mget`).
+    redis: Option<redis::RedisBatch>,
+    /// Size of the encoded gRPC LookupRequest (`tcp-blast` sends as much).
+    request_bytes: usize,
     /// Gradient blocks (push / train), one per feature.
     grads: Vec<Vec<f32>>,
 }
@@ -131,23 +186,46 @@ struct Prepared {
 fn prepare(args: &BenchArgs, keys: &Keys, rng: &mut StdRng) -> Prepared {
     let mut batch = BatchBuilder::new();
     let mut examples = Vec::with_capacity(args.examples);
+    let mut redis_keys: Vec<Vec<String>> = vec![Vec::new(); args.features];
     for _ in 0..args.examples {
         batch.example();
         let mut example = serde_json::Map::new();
-        for f in 0..args.features {
+        for (f, feature_keys) in redis_keys.iter_mut().enumerate() {
             let name = format!("f{f}");
             let values: Vec<String> = (0..args.values)
                 .map(|_| format!("k{}", keys.draw(rng)))
                 .collect();
-            example.insert(name.clone(), json!(values));
+            if args.workload == Workload::RedisMget {
+                feature_keys.extend(values.iter().map(|v| redis::key(f, v)));
+            }
+            if args.workload == Workload::HttpLookup {
+                example.insert(name.clone(), json!(values));
+            }
             batch.add_strs(&name, values);
         }
         examples.push(Value::Object(example));
     }
     let width = (args.chunks * args.chunk_dim) as usize;
+    let batch = batch.build().expect("a well-formed generated batch");
+    let engine =
+        matches!(args.workload, Workload::EngineLookup | Workload::EnginePush).then(|| {
+            convert::batch_from_pb(Some(batch.clone())).expect("a well-formed generated batch")
+        });
+    let redis = (args.workload == Workload::RedisMget).then(|| redis::RedisBatch {
+        keys: redis_keys.concat(),
+        values: args.values,
+    });
+    let request_bytes = prost::Message::encoded_len(&pb::LookupRequest {
+        table: args.table.clone(),
+        batch: Some(batch.clone()),
+        want_ticket: false,
+    });
     Prepared {
-        batch: batch.build().expect("a well-formed generated batch"),
+        batch,
         json: json!({ "examples": examples }),
+        engine,
+        redis,
+        request_bytes,
         grads: (0..args.features)
             .map(|_| vec![0.001; args.examples * width])
             .collect(),
@@ -169,6 +247,9 @@ enum Transport {
     Grpc(Client),
     Stream(featmux_client::TrainStream),
     Http(reqwest::Client),
+    Engine(Arc<engine::InProcess>),
+    Redis(redis::RedisConnection, Vec<f32>),
+    Blast(blast::BlastConnection),
 }
 
 /// Sends one request; returns the payload bytes it moved.
@@ -217,6 +298,24 @@ async fn send(
             }
             Ok(body.len() as u64)
         }
+        (Workload::EngineLookup, Transport::Engine(e)) => {
+            e.lookup(input.engine.as_ref().expect("prepared for the engine"))
+        }
+        (Workload::EnginePush, Transport::Engine(e)) => e.push(
+            input.engine.as_ref().expect("prepared for the engine"),
+            &input.grads,
+        ),
+        (Workload::RedisMget, Transport::Redis(conn, pooled)) => {
+            let width = (args.chunks * args.chunk_dim) as usize;
+            let batch = input.redis.as_ref().expect("prepared for redis");
+            conn.fetch_pooled(batch, args.mget_keys, width, pooled)
+                .await
+        }
+        (Workload::TcpBlast, Transport::Blast(conn)) => {
+            let width = (args.chunks * args.chunk_dim) as usize;
+            let response = args.examples * args.features * width * 4;
+            conn.exchange(input.request_bytes, response).await
+        }
         _ => unreachable!("transport chosen by workload"),
     }
 }
@@ -248,13 +347,21 @@ async fn client_loop(
         if Instant::now() >= deadline || !granted {
             break;
         }
-        // Open loop: wait for this request's slot; latency counts from it.
+        // Open loop: wait for this request's slot. If the previous answer
+        // came after the slot, the server held this request back and its
+        // latency counts from the slot (no coordinated omission); otherwise
+        // it counts from when the timer woke us (tokio's timer wheel has
+        // 1 ms ticks, a delay of the generator's own, not the server's).
         let sent = match interval {
             Some(interval) => {
-                tokio::time::sleep_until(due.into()).await;
                 let slot = due;
                 due += interval;
-                slot
+                if Instant::now() >= slot {
+                    slot
+                } else {
+                    tokio::time::sleep_until(slot.into()).await;
+                    Instant::now()
+                }
             }
             None => Instant::now(),
         };
@@ -272,6 +379,85 @@ async fn client_loop(
         }
     }
     measured
+}
+
+/// The benchmark table: `rows` × `chunk_dim`, features f0.. with `chunks`
+/// and `pooling`, the chosen optimizer.
+fn table_config(args: &BenchArgs) -> Result<(pb::TableConfig, Vec<pb::FeatureConfig>), String> {
+    let features = (0..args.features)
+        .map(|f| {
+            feature(&format!(
+                "f{f}:chunks={},pooling={}",
+                args.chunks, args.pooling
+            ))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let table = pb::TableConfig {
+        name: args.table.clone(),
+        rows: args.rows,
+        chunk_dim: args.chunk_dim,
+        seed: args.seed,
+        initializer: None,
+        optimizer: Some(optimizer(&args.optimizer, args.lr)?),
+    };
+    Ok((table, features))
+}
+
+async fn grpc_client(connection: &Connection) -> Result<Client, String> {
+    let mut options = ClientOptions::new(connection.addr.clone());
+    options.token = connection.token.clone();
+    Client::connect(options).await.map_err(|e| e.to_string())
+}
+
+/// Connects one client of a server workload.
+async fn server_transport(
+    workload: Workload,
+    connection: &Connection,
+) -> Result<Transport, String> {
+    Ok(match workload {
+        Workload::HttpLookup => {
+            let mut headers = reqwest::header::HeaderMap::new();
+            if let Some(token) = &connection.token {
+                let value = format!("Bearer {token}").parse().map_err(|_| "bad token")?;
+                headers.insert(reqwest::header::AUTHORIZATION, value);
+            }
+            Transport::Http(
+                reqwest::Client::builder()
+                    .default_headers(headers)
+                    .tcp_nodelay(true)
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        Workload::Train => Transport::Stream(
+            grpc_client(connection)
+                .await?
+                .train()
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+        _ => Transport::Grpc(grpc_client(connection).await?),
+    })
+}
+
+/// Loads into Redis every key the prepared batches use (same vector width
+/// as featmux returns per feature).
+async fn load_redis(args: &BenchArgs, inputs: &[Vec<Prepared>]) -> Result<(), String> {
+    let keys: HashSet<String> = inputs
+        .iter()
+        .flatten()
+        .filter_map(|p| p.redis.as_ref())
+        .flat_map(|b| b.keys.iter().cloned())
+        .collect();
+    let width = (args.chunks * args.chunk_dim) as usize;
+    let mut conn = redis::RedisConnection::connect(&args.redis).await?;
+    conn.load(&keys, |key| {
+        let seed = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
+        (0..width)
+            .flat_map(|i| (((seed >> (i % 64)) & 0xff) as f32 / 2048.0).to_le_bytes())
+            .collect()
+    })
+    .await
 }
 
 async fn ensure_table(args: &BenchArgs, admin: &Client) -> Result<(), String> {
@@ -292,22 +478,7 @@ async fn ensure_table(args: &BenchArgs, admin: &Client) -> Result<(), String> {
             }
         }
         Err(e) if e.code() == Some(Code::NotFound) => {
-            let features = (0..args.features)
-                .map(|f| {
-                    feature(&format!(
-                        "f{f}:chunks={},pooling={}",
-                        args.chunks, args.pooling
-                    ))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let table = pb::TableConfig {
-                name: args.table.clone(),
-                rows: args.rows,
-                chunk_dim: args.chunk_dim,
-                seed: args.seed,
-                initializer: None,
-                optimizer: None,
-            };
+            let (table, features) = table_config(args)?;
             admin
                 .create_table(table, features)
                 .await
@@ -323,48 +494,46 @@ pub async fn run(connection: Connection, args: BenchArgs) -> Result<(), String> 
     if args.concurrency == 0 || args.examples == 0 || args.features == 0 || args.values == 0 {
         return Err("--concurrency, --examples, --features and --values must be at least 1".into());
     }
-    let options = || {
-        let mut options = ClientOptions::new(connection.addr.clone());
-        options.token = connection.token.clone();
-        options
-    };
-    let admin = Client::connect(options())
-        .await
-        .map_err(|e| e.to_string())?;
-    ensure_table(&args, &admin).await?;
+    if args.workload.uses_server() {
+        ensure_table(&args, &grpc_client(&connection).await?).await?;
+    }
     let keys = Keys::new(args.vocab, args.zipf)?;
     let mut rng = StdRng::seed_from_u64(args.seed);
+    let inputs: Vec<Vec<Prepared>> = (0..args.concurrency)
+        .map(|_| {
+            (0..args.batches.max(1))
+                .map(|_| prepare(&args, &keys, &mut rng))
+                .collect()
+        })
+        .collect();
+    let in_process = match args.workload {
+        Workload::EngineLookup | Workload::EnginePush => {
+            let (table, features) = table_config(&args)?;
+            Some(Arc::new(engine::InProcess::create(table, features)?))
+        }
+        _ => None,
+    };
+    let blast_addr = match args.workload {
+        Workload::TcpBlast => Some(blast::start_responder()?),
+        _ => None,
+    };
+    if args.workload == Workload::RedisMget {
+        load_redis(&args, &inputs).await?;
+    }
     let mut clients = Vec::with_capacity(args.concurrency);
-    for _ in 0..args.concurrency {
-        let inputs: Vec<Prepared> = (0..args.batches.max(1))
-            .map(|_| prepare(&args, &keys, &mut rng))
-            .collect();
+    for inputs in inputs {
         let transport = match args.workload {
-            Workload::HttpLookup => {
-                let mut headers = reqwest::header::HeaderMap::new();
-                if let Some(token) = &connection.token {
-                    let value = format!("Bearer {token}").parse().map_err(|_| "bad token")?;
-                    headers.insert(reqwest::header::AUTHORIZATION, value);
-                }
-                Transport::Http(
-                    reqwest::Client::builder()
-                        .default_headers(headers)
-                        .tcp_nodelay(true)
-                        .build()
-                        .map_err(|e| e.to_string())?,
-                )
+            Workload::EngineLookup | Workload::EnginePush => {
+                Transport::Engine(in_process.clone().expect("opened above"))
             }
-            Workload::Train => {
-                let client = Client::connect(options())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Transport::Stream(client.train().await.map_err(|e| e.to_string())?)
-            }
-            Workload::Lookup | Workload::Push => Transport::Grpc(
-                Client::connect(options())
-                    .await
-                    .map_err(|e| e.to_string())?,
+            Workload::RedisMget => Transport::Redis(
+                redis::RedisConnection::connect(&args.redis).await?,
+                Vec::new(),
             ),
+            Workload::TcpBlast => Transport::Blast(
+                blast::BlastConnection::connect(blast_addr.expect("started above")).await?,
+            ),
+            _ => server_transport(args.workload, &connection).await?,
         };
         clients.push((transport, inputs));
     }
@@ -403,16 +572,28 @@ pub async fn run(connection: Connection, args: BenchArgs) -> Result<(), String> 
         first_error = first_error.or(m.first_error);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let rows_per_request =
-        (args.examples * args.features * args.values) as u64 * args.chunks as u64;
+    let values_per_request = (args.examples * args.features * args.values) as u64;
+    let rows_per_request = values_per_request * args.chunks as u64;
+    // Floats the caller receives (lookups) or sends (gradients): one pooled
+    // vector per example and feature.
+    let floats_per_request =
+        (args.examples * args.features) as u64 * (args.chunks * args.chunk_dim) as u64;
+    let workload = args
+        .workload
+        .to_possible_value()
+        .expect("no skipped variants");
     let report = json!({
-        "workload": format!("{:?}", args.workload).to_lowercase(),
+        "workload": workload.get_name(),
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
         "table": args.table,
         "examples": args.examples,
         "features": args.features,
         "values": args.values,
         "chunks": args.chunks,
         "chunk_dim": args.chunk_dim,
+        "rows": args.rows,
+        "optimizer": args.optimizer,
+        "mget_keys": args.mget_keys,
         "concurrency": args.concurrency,
         "zipf": args.zipf,
         "rate": args.rate,
@@ -423,6 +604,8 @@ pub async fn run(connection: Connection, args: BenchArgs) -> Result<(), String> 
         "requests_per_s": requests as f64 / elapsed,
         "examples_per_s": (requests * args.examples as u64) as f64 / elapsed,
         "rows_per_s": (requests * rows_per_request) as f64 / elapsed,
+        "values_per_s": (requests * values_per_request) as f64 / elapsed,
+        "floats_per_s": (requests * floats_per_request) as f64 / elapsed,
         "payload_mb_per_s": payload as f64 / elapsed / 1e6,
         "latency_us": {
             "p50": latency.value_at_quantile(0.50),

@@ -1,0 +1,149 @@
+#!/bin/sh
+# Reproduces docs/results/performance.md and performance.png in one run:
+# featmux (gRPC and HTTP, through a real `featmux serve`), the same lookups
+# in-process, Redis MGET (plain and pipelined) over the same batches, a plain
+# TCP exchange of the same sizes, and iperf3 over loopback.
+#
+#   scripts/bench-peers.sh              # full run (~6 min), writes the report
+#   DURATION=2 scripts/bench-peers.sh   # shorter runs
+#   RESULTS=/tmp/run BEFORE=docs/results/performance-before scripts/bench-peers.sh
+#
+# RESULTS is where the raw JSON goes (default docs/results/performance-run);
+# BEFORE, if set, is an earlier run's folder shown beside this one;
+# FEATMUX, if set, is the featmux binary to measure (e.g. one built from an
+# earlier commit) instead of this tree's release build.
+# Installs redis-server, iperf3 and a font for the plot if missing.
+set -eu
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/featmux-target}"
+DURATION="${DURATION:-5}"
+SCALE_DURATION="${SCALE_DURATION:-3}"
+RESULTS="${RESULTS:-docs/results/performance-run}"
+REDIS_PORT=6399
+GRPC=127.0.0.1:50071
+HTTP=127.0.0.1:8091
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+missing=""
+for pkg in redis-server iperf3 fonts-dejavu-core; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+    as_root apt-get update -q
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q $missing
+fi
+
+cargo build --release -p featmux-server -p featmux-tools
+FEATMUX="${FEATMUX:-$CARGO_TARGET_DIR/release/featmux}"
+REPORT="$CARGO_TARGET_DIR/release/featmux-report"
+
+work=$(mktemp -d)
+pids=""
+cleanup() {
+    for pid in $pids; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+    --dir "$work" >"$work/redis.log" 2>&1 &
+pids="$pids $!"
+"$FEATMUX" serve --data-dir "$work/data" --grpc-addr "$GRPC" --http-addr "$HTTP" \
+    >"$work/featmux.log" 2>&1 &
+pids="$pids $!"
+for _ in $(seq 100); do
+    if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 &&
+        curl -sf "http://$HTTP/readyz" >/dev/null 2>&1; then
+        break
+    fi
+    sleep 0.1
+done
+curl -sf "http://$HTTP/readyz" >/dev/null || { cat "$work/featmux.log"; exit 1; }
+
+rm -rf "$RESULTS"
+mkdir -p "$RESULTS" docs/results
+{
+    echo "date:     $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "commit:   $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (with uncommitted changes)')"
+    echo "cpu:      $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"
+    echo "memory:   $(free -g | awk '/Mem:/ {print $2}') GiB"
+    echo "kernel:   $(uname -r)"
+    echo "rustc:    $(rustc --version)"
+    echo "redis:    $(redis-server --version | cut -d' ' -f3)"
+    echo "iperf3:   $(iperf3 --version | head -1)"
+} >"$RESULTS/machine.txt"
+
+# bench NAME [featmux bench flags...]: one run, its JSON report in RESULTS.
+bench() {
+    name=$1
+    shift
+    echo "== $name: $*" >&2
+    "$FEATMUX" --addr "http://$GRPC" --json bench --http "http://$HTTP" \
+        --redis "127.0.0.1:$REDIS_PORT" --duration "$DURATION" --batches 4 "$@" \
+        >"$RESULTS/$name.json"
+}
+
+# Loopback bandwidth, one stream.
+iperf3 -s -1 -p 5299 >/dev/null 2>&1 &
+sleep 0.5
+iperf3 -c 127.0.0.1 -p 5299 -t 5 -J >"$RESULTS/iperf3.json"
+
+# Single-valued: 4096 examples × 26 features × 16 dims, 8 clients.
+single="--examples 4096 --features 26 --values 1 --vocab 100000 --concurrency 8"
+bench lookup --workload lookup --table single $single
+bench engine-lookup --workload engine-lookup --table single $single
+bench redis-mget --workload redis-mget $single
+bench redis-mget-pipelined --workload redis-mget --mget-keys 1000 $single
+bench tcp-blast --workload tcp-blast $single
+
+# Bags of 20 values, sum pooling: Redis ships every row to the client.
+redis-cli -p "$REDIS_PORT" flushall >/dev/null
+bags="--examples 512 --features 26 --values 20 --vocab 100000 --concurrency 8"
+bench bags-lookup --workload lookup --table bags $bags
+bench bags-engine-lookup --workload engine-lookup --table bags $bags
+bench bags-redis-mget --workload redis-mget $bags
+bench bags-redis-mget-pipelined --workload redis-mget --mget-keys 1000 $bags
+redis-cli -p "$REDIS_PORT" flushall >/dev/null
+
+# Training with row-wise Adagrad.
+train="--optimizer row-wise-adagrad --lr 0.05 $single"
+bench push-rowwise-adagrad --workload push --table rwa $train
+bench engine-push-rowwise-adagrad --workload engine-push --table rwa $train
+bench train-rowwise-adagrad --workload train --table rwa $train
+
+# HTTP serving: one example of 26 features, open loop.
+for rate in 100 1000 5000; do
+    bench "http-$rate" --workload http-lookup --table single --examples 1 \
+        --features 26 --vocab 100000 --concurrency 16 --rate "$rate"
+done
+
+# Scaling curves (shorter runs).
+DURATION=$SCALE_DURATION
+for n in 64 256 1024 4096 16384; do
+    bench "scale-batch-$n" --workload lookup --table single --examples "$n" \
+        --features 26 --vocab 100000 --concurrency 8
+    bench "scale-batch-engine-$n" --workload engine-lookup --table single \
+        --examples "$n" --features 26 --vocab 100000 --concurrency 8
+done
+for rows in 10000 100000 1000000 10000000 100000000; do
+    vocab=$((rows * 10))
+    bench "scale-rows-$rows" --workload lookup --table "rows$rows" --rows "$rows" \
+        --examples 4096 --features 26 --vocab "$vocab" --concurrency 8
+    "$FEATMUX" --addr "http://$GRPC" table drop "rows$rows" >/dev/null
+    bench "scale-rows-engine-$rows" --workload engine-lookup --table "rows$rows" \
+        --rows "$rows" --examples 4096 --features 26 --vocab "$vocab" --concurrency 8
+done
+for f in 1 4 16 26 64; do
+    bench "scale-features-$f" --workload lookup --table "features$f" --examples 4096 \
+        --features "$f" --vocab 100000 --concurrency 8
+    bench "scale-features-engine-$f" --workload engine-lookup --table "features$f" \
+        --examples 4096 --features "$f" --vocab 100000 --concurrency 8
+done
+
+"$REPORT" performance --results "$RESULTS" ${BEFORE:+--before "$BEFORE"} \
+    --out docs/results/performance.md --plot docs/results/performance.png
+echo "wrote docs/results/performance.md and docs/results/performance.png (raw results: $RESULTS)"

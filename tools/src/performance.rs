@@ -1,0 +1,519 @@
+//! `featmux-report performance`: turns one run of `scripts/bench-peers.sh`
+//! (a folder of `featmux bench` JSON reports, iperf3's JSON and a machine
+//! description) into `docs/results/performance.md` and its scaling plot.
+//!
+//! Every ratio divides two figures of the same run; with `--before`, the
+//! same figures of an earlier run (before an optimization) are shown beside
+//! them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::plot::{self, Panel, Series};
+
+/// One run's results, by file stem (`lookup`, `redis-mget`, …).
+pub struct Results {
+    runs: BTreeMap<String, Value>,
+    machine: String,
+}
+
+impl Results {
+    /// Reads every `*.json` of `dir` and its `machine.txt`.
+    pub fn load(dir: &Path) -> Result<Self, String> {
+        let mut runs = BTreeMap::new();
+        let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for entry in entries {
+            let path = entry.map_err(|e| e.to_string())?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let value: Value = serde_json::from_str(&text)
+                    .map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+                let stem = path
+                    .file_stem()
+                    .expect("a file name")
+                    .to_string_lossy()
+                    .into_owned();
+                runs.insert(stem, value);
+            }
+        }
+        if runs.is_empty() {
+            return Err(format!("{}: no JSON results", dir.display()));
+        }
+        let machine = std::fs::read_to_string(dir.join("machine.txt")).unwrap_or_default();
+        Ok(Results { runs, machine })
+    }
+
+    fn run(&self, name: &str) -> Result<&Value, String> {
+        self.runs
+            .get(name)
+            .ok_or_else(|| format!("missing result `{name}.json`"))
+    }
+
+    /// A number of run `name` at JSON pointer `field` (e.g. `/floats_per_s`).
+    fn get(&self, name: &str, field: &str) -> Result<f64, String> {
+        self.run(name)?
+            .pointer(field)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| format!("`{name}.json` has no number at `{field}`"))
+    }
+}
+
+/// iperf3's received bandwidth, in bits/s.
+const IPERF3_BITS: (&str, &str) = ("iperf3", "/end/sum_received/bits_per_second");
+
+/// A row of the ratio table: `featmux` ÷ `peer`, both of one run.
+struct Ratio {
+    what: &'static str,
+    target: &'static str,
+    featmux: (&'static str, &'static str),
+    peer: (&'static str, &'static str),
+    /// Converts the peer's figure to the unit of featmux's (bits → MB).
+    peer_scale: f64,
+    unit: &'static str,
+}
+
+const RATIOS: &[Ratio] = &[
+    Ratio {
+        what: "gRPC lookup vs Redis, one MGET per batch (floats/s; 4096 ex × 26 single-valued features × 16 dims, 8 clients)",
+        target: "≥ 2×",
+        featmux: ("lookup", "/floats_per_s"),
+        peer: ("redis-mget", "/floats_per_s"),
+        peer_scale: 1.0,
+        unit: "floats/s",
+    },
+    Ratio {
+        what: "… vs Redis, pipelined MGETs of 1,000 keys",
+        target: "≥ 2×",
+        featmux: ("lookup", "/floats_per_s"),
+        peer: ("redis-mget-pipelined", "/floats_per_s"),
+        peer_scale: 1.0,
+        unit: "floats/s",
+    },
+    Ratio {
+        what: "gRPC lookup payload vs plain TCP exchange of the same sizes",
+        target: "",
+        featmux: ("lookup", "/payload_mb_per_s"),
+        peer: ("tcp-blast", "/payload_mb_per_s"),
+        peer_scale: 1.0,
+        unit: "MB/s",
+    },
+    Ratio {
+        what: "gRPC lookup payload vs iperf3 over loopback, one stream",
+        target: "≥ 60%",
+        featmux: ("lookup", "/payload_mb_per_s"),
+        peer: IPERF3_BITS,
+        peer_scale: 1.0 / 8e6,
+        unit: "MB/s",
+    },
+    Ratio {
+        what: "bags of 20, sum pooling: gRPC lookup vs Redis MGET + client pooling (values/s; 512 ex × 26 features)",
+        target: "≥ 10×",
+        featmux: ("bags-lookup", "/values_per_s"),
+        peer: ("bags-redis-mget", "/values_per_s"),
+        peer_scale: 1.0,
+        unit: "values/s",
+    },
+    Ratio {
+        what: "… vs Redis, pipelined MGETs of 1,000 keys",
+        target: "≥ 10×",
+        featmux: ("bags-lookup", "/values_per_s"),
+        peer: ("bags-redis-mget-pipelined", "/values_per_s"),
+        peer_scale: 1.0,
+        unit: "values/s",
+    },
+    Ratio {
+        what: "lookup: service vs in-process engine (examples/s)",
+        target: "",
+        featmux: ("lookup", "/examples_per_s"),
+        peer: ("engine-lookup", "/examples_per_s"),
+        peer_scale: 1.0,
+        unit: "examples/s",
+    },
+    Ratio {
+        what: "push, row-wise Adagrad: service vs in-process engine (examples/s)",
+        target: "≥ 50%",
+        featmux: ("push-rowwise-adagrad", "/examples_per_s"),
+        peer: ("engine-push-rowwise-adagrad", "/examples_per_s"),
+        peer_scale: 1.0,
+        unit: "examples/s",
+    },
+    Ratio {
+        what: "train stream (lookup with ticket + push), row-wise Adagrad: service vs in-process lookup + push",
+        target: "",
+        featmux: ("train-rowwise-adagrad", "/examples_per_s"),
+        peer: ("engine-push-rowwise-adagrad", "/examples_per_s"),
+        peer_scale: 1.0,
+        unit: "examples/s",
+    },
+];
+
+fn fmt_num(v: f64) -> String {
+    plot::si(v)
+}
+
+fn ratio_cell(results: &Results, r: &Ratio) -> Result<(f64, f64), String> {
+    Ok((
+        results.get(r.featmux.0, r.featmux.1)?,
+        results.get(r.peer.0, r.peer.1)? * r.peer_scale,
+    ))
+}
+
+/// The markdown report.
+pub fn markdown(
+    results: &Results,
+    before: Option<&Results>,
+    plot_name: &str,
+) -> Result<String, String> {
+    let mut md = String::new();
+    let w = &mut md;
+    writeln!(
+        w,
+        "# featmux performance: side by side with Redis and the loopback limit\n"
+    )
+    .unwrap();
+    writeln!(
+        w,
+        "Generated by `scripts/bench-peers.sh` (which ran every command below in one run, \
+         then `featmux-report performance`). Client and server share the same machine, so \
+         every figure includes the client's own cost. Ratios divide two figures of the same \
+         run.{}\n",
+        if before.is_some() {
+            " *Before* columns are the same figures from the run before the optimizations \
+             listed in [profile.md](profile.md)."
+        } else {
+            ""
+        }
+    )
+    .unwrap();
+    writeln!(w, "## Machine\n\n```\n{}```\n", results.machine).unwrap();
+
+    writeln!(w, "## Ratios\n").unwrap();
+    if before.is_some() {
+        writeln!(
+            w,
+            "| comparison | featmux | peer | ratio | before: featmux | before: ratio | target |"
+        )
+        .unwrap();
+        writeln!(w, "|---|---:|---:|---:|---:|---:|---|").unwrap();
+    } else {
+        writeln!(w, "| comparison | featmux | peer | ratio | target |").unwrap();
+        writeln!(w, "|---|---:|---:|---:|---|").unwrap();
+    }
+    for r in RATIOS {
+        let (f, p) = ratio_cell(results, r)?;
+        let old = before.map(|b| ratio_cell(b, r)).transpose()?;
+        let (what, unit, target) = (r.what, r.unit, r.target);
+        let ratio = |f: f64, p: f64| {
+            let x = f / p;
+            if x < 1.0 {
+                format!("{:.0}%", x * 100.0)
+            } else {
+                format!("{x:.2}×")
+            }
+        };
+        match old {
+            Some((of, op)) => writeln!(
+                w,
+                "| {what} | {} {unit} | {} | **{}** | {} | {} | {target} |",
+                fmt_num(f),
+                fmt_num(p),
+                ratio(f, p),
+                fmt_num(of),
+                ratio(of, op)
+            ),
+            None if before.is_none() => writeln!(
+                w,
+                "| {what} | {} {unit} | {} | **{}** | {target} |",
+                fmt_num(f),
+                fmt_num(p),
+                ratio(f, p)
+            ),
+            None => unreachable!("before figures exist when --before is given"),
+        }
+        .unwrap();
+    }
+
+    writeln!(
+        w,
+        "\n## HTTP single-example lookup (26 features), open loop\n"
+    )
+    .unwrap();
+    writeln!(w, "Latency counted from each request's scheduled time (no coordinated omission). Target: p99 < 1 ms at 1,000 req/s.\n").unwrap();
+    writeln!(
+        w,
+        "| rate (req/s) | achieved | p50 µs | p90 µs | p99 µs | max µs |{}",
+        if before.is_some() {
+            " before: p50 | before: p99 |"
+        } else {
+            ""
+        }
+    )
+    .unwrap();
+    writeln!(
+        w,
+        "|---:|---:|---:|---:|---:|---:|{}",
+        if before.is_some() { "---:|---:|" } else { "" }
+    )
+    .unwrap();
+    for rate in [100, 1000, 5000] {
+        let name = format!("http-{rate}");
+        let p = |r: &Results, q: &str| r.get(&name, &format!("/latency_us/{q}"));
+        let old = match before {
+            Some(b) => format!(" {} | {} |", p(b, "p50")?, p(b, "p99")?),
+            None => String::new(),
+        };
+        writeln!(
+            w,
+            "| {rate} | {:.0} | {} | {} | {} | {} |{old}",
+            results.get(&name, "/requests_per_s")?,
+            p(results, "p50")?,
+            p(results, "p90")?,
+            p(results, "p99")?,
+            p(results, "max")?,
+        )
+        .unwrap();
+    }
+
+    writeln!(
+        w,
+        "\n## Scaling\n\n![throughput vs batch size, table rows and features]({plot_name})\n"
+    )
+    .unwrap();
+    writeln!(w, "Rows/s of gRPC lookups through the service and of the same lookups in-process, 8 clients; single-valued features, 16 dims. Left: 26 features, 10^6 rows, varying examples per batch. Middle: 4,096 × 26, varying table rows (uniform keys over a vocabulary of 10× the rows, so larger tables miss the CPU caches). Right: 4,096 examples, 10^6 rows, varying features.\n").unwrap();
+
+    writeln!(w, "## Every run\n").unwrap();
+    writeln!(w, "| run | workload | examples × features × values | clients | req/s | examples/s | rows/s | MB/s | p50 ms | p99 ms |").unwrap();
+    writeln!(w, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|").unwrap();
+    for (name, run) in &results.runs {
+        if name == "iperf3" {
+            continue;
+        }
+        let n = |f: &str| run.pointer(f).and_then(Value::as_f64).unwrap_or(f64::NAN);
+        writeln!(
+            w,
+            "| {name} | {} | {} × {} × {} | {} | {:.0} | {} | {} | {:.0} | {:.2} | {:.2} |",
+            run["workload"].as_str().unwrap_or("?"),
+            n("/examples"),
+            n("/features"),
+            n("/values"),
+            n("/concurrency"),
+            n("/requests_per_s"),
+            fmt_num(n("/examples_per_s")),
+            fmt_num(n("/rows_per_s")),
+            n("/payload_mb_per_s"),
+            n("/latency_us/p50") / 1e3,
+            n("/latency_us/p99") / 1e3,
+        )
+        .unwrap();
+    }
+    writeln!(
+        w,
+        "\nLoopback (iperf3, one stream, 5 s): {:.0} MB/s.\n",
+        results.get(IPERF3_BITS.0, IPERF3_BITS.1)? / 8e6
+    )
+    .unwrap();
+    writeln!(w, "### Commands\n\n```sh").unwrap();
+    for (name, run) in &results.runs {
+        if let Some(command) = run["command"].as_str() {
+            writeln!(w, "# {name}\n{command}").unwrap();
+        }
+    }
+    writeln!(w, "```").unwrap();
+    Ok(md)
+}
+
+/// Series of `scale-<axis>-…` runs: x from `field`, y = rows/s, one series
+/// per workload.
+fn scaling_panel(results: &Results, axis: &str, field: &str, title: &str, x_label: &str) -> Panel {
+    let mut by_workload: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    let prefix = format!("scale-{axis}-");
+    for (name, run) in &results.runs {
+        if !name.starts_with(&prefix) {
+            continue;
+        }
+        let (Some(x), Some(y)) = (run[field].as_f64(), run["rows_per_s"].as_f64()) else {
+            continue;
+        };
+        let workload = match run["workload"].as_str() {
+            Some("lookup") => "gRPC lookup (service)",
+            Some("engine-lookup") => "in-process engine",
+            Some(other) => other,
+            None => "?",
+        };
+        by_workload
+            .entry(workload.to_owned())
+            .or_default()
+            .push((x, y));
+    }
+    Panel {
+        title: title.to_owned(),
+        x_label: x_label.to_owned(),
+        y_label: "rows/s".to_owned(),
+        y_from_zero: true,
+        series: by_workload
+            .into_iter()
+            .map(|(name, mut points)| {
+                points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                Series { name, points }
+            })
+            .collect(),
+    }
+}
+
+/// Writes the report and its plot.
+pub fn write(
+    dir: &Path,
+    before: Option<&Path>,
+    out: &Path,
+    plot_path: &Path,
+) -> Result<(), String> {
+    let results = Results::load(dir)?;
+    let before = before.map(Results::load).transpose()?;
+    let plot_name = plot_path
+        .file_name()
+        .ok_or("--plot needs a file name")?
+        .to_string_lossy()
+        .into_owned();
+    let md = markdown(&results, before.as_ref(), &plot_name)?;
+    std::fs::write(out, md).map_err(|e| format!("{}: {e}", out.display()))?;
+    let panels = [
+        scaling_panel(
+            &results,
+            "batch",
+            "examples",
+            "Batch size",
+            "examples per request",
+        ),
+        scaling_panel(&results, "rows", "rows", "Table rows", "table rows"),
+        scaling_panel(
+            &results,
+            "features",
+            "features",
+            "Features",
+            "features per example",
+        ),
+    ];
+    plot::draw(plot_path, &panels)
+}
+
+/// The default font: DejaVu Sans from Debian's fonts-dejavu-core.
+pub fn default_font() -> PathBuf {
+    PathBuf::from("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn run(workload: &str, figure: f64) -> Value {
+        json!({
+            "workload": workload, "command": format!("featmux bench --workload {workload}"),
+            "examples": 4096, "features": 26, "values": 1, "concurrency": 8, "rows": 1_000_000,
+            "requests_per_s": 10.0, "examples_per_s": figure, "rows_per_s": figure * 26.0,
+            "values_per_s": figure, "floats_per_s": figure, "payload_mb_per_s": figure / 1e6,
+            "latency_us": {"p50": 100, "p90": 200, "p99": 300, "max": 400},
+        })
+    }
+
+    fn write_run(dir: &Path, name: &str, value: &Value) {
+        std::fs::write(dir.join(format!("{name}.json")), value.to_string()).unwrap();
+    }
+
+    fn complete_run(dir: &Path, featmux: f64) {
+        for (name, workload, figure) in [
+            ("lookup", "lookup", featmux),
+            ("redis-mget", "redis-mget", 1e6),
+            ("redis-mget-pipelined", "redis-mget", 2e6),
+            ("tcp-blast", "tcp-blast", 8e6),
+            ("bags-lookup", "lookup", 30e6),
+            ("bags-redis-mget", "redis-mget", 1e6),
+            ("bags-redis-mget-pipelined", "redis-mget", 1.5e6),
+            ("engine-lookup", "engine-lookup", 5e6),
+            ("push-rowwise-adagrad", "push", 3e6),
+            ("engine-push-rowwise-adagrad", "engine-push", 4e6),
+            ("train-rowwise-adagrad", "train", 1e6),
+            ("http-100", "http-lookup", 1.0),
+            ("http-1000", "http-lookup", 1.0),
+            ("http-5000", "http-lookup", 1.0),
+        ] {
+            write_run(dir, name, &run(workload, figure));
+        }
+        for (i, n) in [64.0, 4096.0].into_iter().enumerate() {
+            let mut r = run("lookup", 1e6 * (i + 1) as f64);
+            r["examples"] = json!(n);
+            write_run(dir, &format!("scale-batch-{n}"), &r);
+        }
+        write_run(
+            dir,
+            "iperf3",
+            &json!({"end": {"sum_received": {"bits_per_second": 16e6}}}),
+        );
+        std::fs::write(dir.join("machine.txt"), "cpu: test\n").unwrap();
+    }
+
+    #[test]
+    fn ratios_divide_figures_of_the_same_run() {
+        let dir = tempfile::tempdir().unwrap();
+        complete_run(dir.path(), 4e6);
+        let results = Results::load(dir.path()).unwrap();
+        let md = markdown(&results, None, "p.png").unwrap();
+        // 4 M floats/s against Redis's 1 M and 2 M.
+        assert!(
+            md.contains("| 4.0M floats/s | 1.0M | **4.00×** | ≥ 2× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 4.0M floats/s | 2.0M | **2.00×** | ≥ 2× |"),
+            "{md}"
+        );
+        // 4 MB/s of payload against iperf3's 16 Mbit/s = 2 MB/s.
+        assert!(md.contains("| 4 MB/s | 2 | **2.00×** | ≥ 60% |"), "{md}");
+        // Service push 3 M vs in-process 4 M examples/s.
+        assert!(
+            md.contains("| 3.0M examples/s | 4.0M | **75%** | ≥ 50% |"),
+            "{md}"
+        );
+        assert!(md.contains("cpu: test"));
+        assert!(md.contains("featmux bench --workload redis-mget"));
+        assert!(md.contains("| 1000 | 10 | 100 | 200 | 300 | 400 |"), "{md}");
+
+        let before = tempfile::tempdir().unwrap();
+        complete_run(before.path(), 1e6);
+        let old = Results::load(before.path()).unwrap();
+        let md = markdown(&results, Some(&old), "p.png").unwrap();
+        assert!(
+            md.contains("| 4.0M floats/s | 1.0M | **4.00×** | 1.0M | 1.00× | ≥ 2× |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn a_missing_run_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        complete_run(dir.path(), 4e6);
+        std::fs::remove_file(dir.path().join("engine-lookup.json")).unwrap();
+        let results = Results::load(dir.path()).unwrap();
+        let err = markdown(&results, None, "p.png").unwrap_err();
+        assert_eq!(err, "missing result `engine-lookup.json`");
+    }
+
+    #[test]
+    fn the_plot_is_a_png_with_one_series_per_workload() {
+        let dir = tempfile::tempdir().unwrap();
+        complete_run(dir.path(), 4e6);
+        let results = Results::load(dir.path()).unwrap();
+        let panel = scaling_panel(&results, "batch", "examples", "Batch size", "examples");
+        assert_eq!(panel.series.len(), 1);
+        assert_eq!(panel.series[0].points, vec![(64.0, 26e6), (4096.0, 52e6)]);
+        plot::load_font(&default_font()).unwrap();
+        let png = dir.path().join("p.png");
+        plot::draw(&png, &[panel]).unwrap();
+        let bytes = std::fs::read(&png).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+    }
+}
