@@ -19,10 +19,51 @@ pub enum BatchError {
     },
 }
 
+/// One feature's values while the batch is being built. Strings go straight
+/// into the packed wire form (bytes back to back plus u32 lengths): no
+/// allocation per value here, and none when the server decodes them.
+#[derive(Debug, Clone)]
+enum Column {
+    Strings { data: Vec<u8>, lengths: Vec<u8> },
+    Int64(Vec<i64>),
+}
+
+impl Column {
+    fn len(&self) -> usize {
+        match self {
+            Column::Strings { lengths, .. } => lengths.len() / 4,
+            Column::Int64(v) => v.len(),
+        }
+    }
+
+    fn push_str(data: &mut Vec<u8>, lengths: &mut Vec<u8>, value: &str) {
+        data.extend_from_slice(value.as_bytes());
+        lengths.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    }
+
+    fn into_pb(self) -> Values {
+        match self {
+            Column::Strings { data, lengths } => Values::PackedStrings(pb::PackedStrings {
+                data: data.into(),
+                lengths: lengths.into(),
+            }),
+            Column::Int64(values) => Values::Int64s(pb::Int64Values { values }),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Feature {
+    name: String,
+    column: Column,
+    lengths: Vec<u32>,
+    weights: Vec<f32>,
+}
+
 /// Builds a [`pb::Batch`].
 #[derive(Debug, Clone, Default)]
 pub struct BatchBuilder {
-    features: Vec<pb::FeatureValues>,
+    features: Vec<Feature>,
     examples: usize,
     error: Option<BatchError>,
 }
@@ -43,22 +84,25 @@ impl BatchBuilder {
         self
     }
 
-    fn feature(&mut self, name: &str, strings: bool) -> Option<&mut pb::FeatureValues> {
+    fn feature(&mut self, name: &str, strings: bool) -> Option<&mut Feature> {
         if self.examples == 0 {
             self.error.get_or_insert(BatchError::NoExample);
             return None;
         }
-        let index = match self.features.iter().position(|f| f.feature == name) {
+        let index = match self.features.iter().position(|f| f.name == name) {
             Some(i) => i,
             None => {
-                let values = if strings {
-                    Values::Strings(pb::StringValues::default())
+                let column = if strings {
+                    Column::Strings {
+                        data: Vec::new(),
+                        lengths: Vec::new(),
+                    }
                 } else {
-                    Values::Int64s(pb::Int64Values::default())
+                    Column::Int64(Vec::new())
                 };
-                self.features.push(pb::FeatureValues {
-                    feature: name.to_owned(),
-                    values: Some(values),
+                self.features.push(Feature {
+                    name: name.to_owned(),
+                    column,
                     lengths: vec![0; self.examples],
                     weights: Vec::new(),
                 });
@@ -67,8 +111,8 @@ impl BatchBuilder {
         };
         let f = &mut self.features[index];
         let matches = matches!(
-            (&f.values, strings),
-            (Some(Values::Strings(_)), true) | (Some(Values::Int64s(_)), false)
+            (&f.column, strings),
+            (Column::Strings { .. }, true) | (Column::Int64(_), false)
         );
         if !matches {
             self.error
@@ -79,23 +123,25 @@ impl BatchBuilder {
     }
 
     /// Adds one string value of `feature` to the current example.
-    pub fn add_str(&mut self, feature: &str, value: impl Into<String>) -> &mut Self {
+    pub fn add_str(&mut self, feature: &str, value: impl AsRef<str>) -> &mut Self {
         self.add_strs(feature, [value])
     }
 
     /// Adds string values of `feature` to the current example.
-    pub fn add_strs<S: Into<String>>(
+    pub fn add_strs<S: AsRef<str>>(
         &mut self,
         feature: &str,
         values: impl IntoIterator<Item = S>,
     ) -> &mut Self {
         if let Some(f) = self.feature(feature, true) {
-            let Some(Values::Strings(s)) = &mut f.values else {
+            let Column::Strings { data, lengths } = &mut f.column else {
                 unreachable!("checked by `feature`")
             };
-            let before = s.values.len();
-            s.values.extend(values.into_iter().map(Into::into));
-            let added = (s.values.len() - before) as u32;
+            let mut added = 0;
+            for value in values {
+                Column::push_str(data, lengths, value.as_ref());
+                added += 1;
+            }
             *f.lengths.last_mut().expect("an example is open") += added;
         }
         self
@@ -109,12 +155,12 @@ impl BatchBuilder {
     /// Adds int64 values of `feature` to the current example.
     pub fn add_i64s(&mut self, feature: &str, values: impl IntoIterator<Item = i64>) -> &mut Self {
         if let Some(f) = self.feature(feature, false) {
-            let Some(Values::Int64s(v)) = &mut f.values else {
+            let Column::Int64(v) = &mut f.column else {
                 unreachable!("checked by `feature`")
             };
-            let before = v.values.len();
-            v.values.extend(values);
-            let added = (v.values.len() - before) as u32;
+            let before = v.len();
+            v.extend(values);
+            let added = (v.len() - before) as u32;
             *f.lengths.last_mut().expect("an example is open") += added;
         }
         self
@@ -122,7 +168,7 @@ impl BatchBuilder {
 
     /// Sets per-value weights of `feature` (one per value, in order).
     pub fn weights(&mut self, feature: &str, weights: Vec<f32>) -> &mut Self {
-        if let Some(f) = self.features.iter_mut().find(|f| f.feature == feature) {
+        if let Some(f) = self.features.iter_mut().find(|f| f.name == feature) {
             f.weights = weights;
         }
         self
@@ -134,33 +180,48 @@ impl BatchBuilder {
             return Err(e);
         }
         for f in &self.features {
-            let values = match &f.values {
-                Some(Values::Strings(s)) => s.values.len(),
-                Some(Values::Int64s(v)) => v.values.len(),
-                None => 0,
-            };
+            let values = f.column.len();
             if !f.weights.is_empty() && f.weights.len() != values {
                 return Err(BatchError::Weights {
-                    feature: f.feature.clone(),
+                    feature: f.name.clone(),
                     weights: f.weights.len(),
                     values,
                 });
             }
         }
         Ok(pb::Batch {
-            features: self.features,
+            features: self
+                .features
+                .into_iter()
+                .map(|f| pb::FeatureValues {
+                    feature: f.name,
+                    values: Some(f.column.into_pb()),
+                    lengths: f.lengths,
+                    weights: f.weights,
+                })
+                .collect(),
         })
     }
 
-    /// A one-feature column of strings with explicit bag lengths.
-    pub fn strings_column(
+    /// A one-feature column of strings with explicit bag lengths (packed).
+    pub fn strings_column<S: AsRef<str>>(
         feature: &str,
-        values: Vec<String>,
+        values: impl IntoIterator<Item = S>,
         lengths: Vec<u32>,
     ) -> pb::FeatureValues {
+        let (mut data, mut value_lengths) = (Vec::new(), Vec::new());
+        for value in values {
+            Column::push_str(&mut data, &mut value_lengths, value.as_ref());
+        }
         pb::FeatureValues {
             feature: feature.to_owned(),
-            values: Some(Values::Strings(pb::StringValues { values })),
+            values: Some(
+                Column::Strings {
+                    data,
+                    lengths: value_lengths,
+                }
+                .into_pb(),
+            ),
             lengths,
             weights: Vec::new(),
         }
@@ -170,7 +231,7 @@ impl BatchBuilder {
     pub fn int64_column(feature: &str, values: Vec<i64>, lengths: Vec<u32>) -> pb::FeatureValues {
         pb::FeatureValues {
             feature: feature.to_owned(),
-            values: Some(Values::Int64s(pb::Int64Values { values })),
+            values: Some(Column::Int64(values).into_pb()),
             lengths,
             weights: Vec::new(),
         }
@@ -194,6 +255,18 @@ mod tests {
         assert_eq!(by_name("user").lengths, vec![1, 0, 1]);
         assert_eq!(by_name("genres").lengths, vec![2, 0, 0]);
         assert_eq!(by_name("age").lengths, vec![0, 1, 0]);
+        // Strings travel packed: bytes back to back, u32 LE lengths.
+        let Some(Values::PackedStrings(genres)) = &by_name("genres").values else {
+            panic!("strings are packed")
+        };
+        assert_eq!(&genres.data[..], b"ab");
+        assert_eq!(&genres.lengths[..], &[1, 0, 0, 0, 1, 0, 0, 0]);
+        let column = BatchBuilder::strings_column("g", ["xy", "", "é"], vec![3]);
+        let Some(Values::PackedStrings(p)) = column.values else {
+            panic!("strings are packed")
+        };
+        assert_eq!(&p.data[..], "xyé".as_bytes());
+        assert_eq!(&p.lengths[..], &[2, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0]);
     }
 
     #[test]

@@ -216,7 +216,12 @@ impl Client {
             .map_err(|e| endpoint_error(e.to_string()))?
             .connect_timeout(options.connect_timeout)
             .tcp_nodelay(true)
-            .http2_adaptive_window(true);
+            // Lookup responses are megabytes: fixed large windows let the
+            // server send a whole response without waiting for
+            // WINDOW_UPDATEs (an adaptive window stays small on loopback,
+            // where the measured bandwidth-delay product is tiny).
+            .initial_stream_window_size(8 << 20)
+            .initial_connection_window_size(32 << 20);
         if options.endpoint.starts_with("https://") {
             let mut tls = ClientTlsConfig::new().with_webpki_roots();
             if let Some(ca) = &options.ca_cert {

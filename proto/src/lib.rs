@@ -22,6 +22,27 @@ pub mod payload {
         Bytes::from(out)
     }
 
+    /// Encodes floats the caller is done with: on a little-endian machine
+    /// the vector itself becomes the payload, with no copy (a lookup's
+    /// embeddings are megabytes).
+    pub fn encode_owned(values: Vec<f32>) -> Bytes {
+        if cfg!(target_endian = "little") {
+            Bytes::from_owner(LittleEndianFloats(values))
+        } else {
+            encode(&values)
+        }
+    }
+
+    /// Floats viewed as their in-memory bytes (the wire's little-endian
+    /// encoding where the machine is little-endian).
+    struct LittleEndianFloats(Vec<f32>);
+
+    impl AsRef<[u8]> for LittleEndianFloats {
+        fn as_ref(&self) -> &[u8] {
+            bytemuck::cast_slice(&self.0)
+        }
+    }
+
     /// Decodes little-endian `f32` bytes; `None` if the length is not a
     /// multiple of 4.
     pub fn decode(bytes: &[u8]) -> Option<Vec<f32>> {
@@ -46,6 +67,7 @@ pub mod payload {
             assert_eq!(&bytes[4..8], &(-1.5f32).to_le_bytes());
             assert_eq!(super::decode(&bytes).unwrap(), values);
             assert!(super::decode(&bytes[..7]).is_none());
+            assert_eq!(super::encode_owned(values.to_vec()), bytes);
         }
     }
 }

@@ -86,7 +86,7 @@ fn hashing(c: &mut Criterion) {
         b.iter(|| {
             strings
                 .iter()
-                .fold(0u64, |acc, s| acc ^ hash_key(Key::Str(s), seed))
+                .fold(0u64, |acc, s| acc ^ hash_key(Key::Str(s.as_bytes()), seed))
         })
     });
     group.bench_function("int64_keys", |b| {

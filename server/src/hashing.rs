@@ -22,7 +22,9 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 /// may declare. Borrowed so hashing a batch copies no strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Key<'a> {
-    Str(&'a str),
+    /// A string value's UTF-8 bytes (bytes, so packed request buffers are
+    /// hashed in place).
+    Str(&'a [u8]),
     Int(i64),
 }
 
@@ -38,7 +40,7 @@ pub fn chunk_seed(table_seed: u64, salt: u32, chunk: u32) -> u64 {
 /// 64-bit hash of one value under a chunk seed.
 pub fn hash_key(key: Key<'_>, chunk_seed: u64) -> u64 {
     match key {
-        Key::Str(s) => xxh3_64_with_seed(s.as_bytes(), chunk_seed),
+        Key::Str(s) => xxh3_64_with_seed(s, chunk_seed),
         Key::Int(v) => xxh3_64_with_seed(&v.to_le_bytes(), chunk_seed),
     }
 }

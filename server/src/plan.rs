@@ -252,8 +252,9 @@ impl BatchPlan {
 fn validate_feature_batch(feature: &Feature, fb: &FeatureBatch) -> Result<(), EngineError> {
     let name = &fb.feature;
     match (&fb.values, feature.value_type) {
-        (Values::Strings(_), ValueType::String) | (Values::Int64(_), ValueType::Int64) => {}
-        (Values::Strings(_), ValueType::Int64) => {
+        (Values::Strings(_) | Values::PackedStrings(_), ValueType::String)
+        | (Values::Int64(_), ValueType::Int64) => {}
+        (Values::Strings(_) | Values::PackedStrings(_), ValueType::Int64) => {
             return Err(EngineError::batch(
                 name,
                 "expects int64 values, got strings",

@@ -24,7 +24,7 @@ fn hashing_matches_the_independent_golden_vectors() {
         let seed = chunk_seed(u("table_seed"), u("salt") as u32, u("chunk") as u32);
         assert_eq!(seed, u("chunk_seed"), "chunk seed of {case}");
         let key = match case["value_type"].as_str().unwrap() {
-            "string" => Key::Str(case["value"].as_str().unwrap()),
+            "string" => Key::Str(case["value"].as_str().unwrap().as_bytes()),
             _ => Key::Int(case["value"].as_i64().unwrap()),
         };
         let hash = hash_key(key, seed);

@@ -165,7 +165,7 @@ fn every_endpoint_works_through_the_client_and_raw_http() {
 
         // Explain: gRPC and HTTP agree, one row per chunk.
         let explained = admin
-            .explain("ads", vec![BatchBuilder::strings_column("user_id", vec!["u1".into()], vec![1]), BatchBuilder::int64_column("age", vec![25], vec![1])])
+            .explain("ads", vec![BatchBuilder::strings_column("user_id", ["u1"], vec![1]), BatchBuilder::int64_column("age", vec![25], vec![1])])
             .await
             .unwrap();
         assert_eq!(explained.features[1].values[0].rows.len(), 2);

@@ -81,11 +81,23 @@ fn expect_http(response: (u16, Value), status: u16, needle: &str) {
 }
 
 fn column(name: &str, values: &[&str], lengths: Vec<u32>) -> pb::FeatureValues {
-    BatchBuilder::strings_column(
-        name,
-        values.iter().map(|v| v.to_string()).collect(),
-        lengths,
-    )
+    BatchBuilder::strings_column(name, values, lengths)
+}
+
+/// Feature `u` of the probe as hand-made packed strings.
+fn packed(data: &[u8], lengths: &[u32]) -> pb::Batch {
+    let mut batch = probe();
+    batch.features[0].values = Some(pb::feature_values::Values::PackedStrings(
+        pb::PackedStrings {
+            data: data.to_vec().into(),
+            lengths: lengths
+                .iter()
+                .flat_map(|l| l.to_le_bytes())
+                .collect::<Vec<u8>>()
+                .into(),
+        },
+    ));
+    batch
 }
 
 #[test]
@@ -189,6 +201,40 @@ fn bad_requests_get_the_right_status_and_change_nothing() {
             data.lookup("t", &mismatched, false).await,
             Code::InvalidArgument,
             "n",
+        );
+        for (bad, needle) in [
+            (
+                packed(b"abc", &[1, 1]),
+                "lengths add up to 2 bytes but `data` has 3",
+            ),
+            (packed(b"abc", &[1, 1, 5]), "more than the 3 bytes"),
+            (packed(b"a\xffc", &[1, 1, 1]), "not UTF-8"),
+            (
+                packed("aéc".as_bytes(), &[2, 1, 1]),
+                "value 0 ends inside a UTF-8 character",
+            ),
+        ] {
+            expect_status(
+                data.lookup("t", &bad, false).await,
+                Code::InvalidArgument,
+                needle,
+            );
+            expect_status(
+                data.push("t", &bad, &good_grads).await,
+                Code::InvalidArgument,
+                needle,
+            );
+        }
+        let mut ragged_lengths = packed(b"abc", &[1, 1, 1]);
+        if let Some(pb::feature_values::Values::PackedStrings(p)) =
+            &mut ragged_lengths.features[0].values
+        {
+            p.lengths.truncate(11);
+        }
+        expect_status(
+            data.lookup("t", &ragged_lengths, false).await,
+            Code::InvalidArgument,
+            "`lengths` has 11 bytes",
         );
         let mut wrong_type = probe();
         wrong_type.features[1] = column("n", &["7", "-1"], vec![1, 1]);

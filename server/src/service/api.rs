@@ -461,6 +461,7 @@ impl Api {
 fn value_text(values: &Values, i: usize) -> String {
     match values {
         Values::Strings(v) => v[i].clone(),
+        Values::PackedStrings(p) => String::from_utf8_lossy(p.get(i)).into_owned(),
         Values::Int64(v) => v[i].to_string(),
     }
 }

@@ -7,7 +7,7 @@ use featmux_proto::v1 as pb;
 
 use super::api::{ExplainedValue, FeatureInfo, GradientBlock, PushResult, Stats, TableInfo};
 use super::error::ApiError;
-use crate::batch::{Batch, FeatureBatch, FeatureEmbeddings, Values};
+use crate::batch::{Batch, FeatureBatch, FeatureEmbeddings, PackedStrings, Values};
 use crate::init::Initializer;
 use crate::optimizer::Optimizer;
 use crate::pooling::Pooling;
@@ -18,6 +18,13 @@ use crate::store::records::CheckpointRecord;
 pub fn values_from_pb(fv: &mut pb::FeatureValues) -> Result<Values, ApiError> {
     match fv.values.take() {
         Some(pb::feature_values::Values::Strings(s)) => Ok(Values::Strings(s.values)),
+        Some(pb::feature_values::Values::PackedStrings(p)) => {
+            PackedStrings::new(p.data, &p.lengths)
+                .map(Values::PackedStrings)
+                .map_err(|e| {
+                    ApiError::invalid(format!("feature `{}`: packed strings: {e}", fv.feature))
+                })
+        }
         Some(pb::feature_values::Values::Int64s(v)) => Ok(Values::Int64(v.values)),
         None => Err(ApiError::invalid(format!(
             "feature `{}`: set `strings` or `int64s`",
@@ -56,6 +63,12 @@ pub fn batch_to_pb(batch: Batch) -> pb::Batch {
                 Values::Strings(values) => {
                     pb::feature_values::Values::Strings(pb::StringValues { values })
                 }
+                Values::PackedStrings(p) => {
+                    pb::feature_values::Values::PackedStrings(pb::PackedStrings {
+                        lengths: p.lengths_le().into(),
+                        data: p.data().clone(),
+                    })
+                }
                 Values::Int64(values) => {
                     pb::feature_values::Values::Int64s(pb::Int64Values { values })
                 }
@@ -72,7 +85,7 @@ pub fn embeddings_to_pb(embeddings: Vec<FeatureEmbeddings>) -> Vec<pb::Embedding
     embeddings
         .into_iter()
         .map(|e| pb::Embeddings {
-            data: payload::encode(&e.data),
+            data: payload::encode_owned(e.data),
             rows: e.rows as u32,
             width: e.width as u32,
             feature: e.feature,

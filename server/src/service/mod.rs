@@ -91,6 +91,10 @@ impl Shared {
 
 /// Runs `op` on tokio's blocking pool: hashing, gathering and RocksDB
 /// writes must not stall the async workers that move bytes.
+/// HTTP/2 flow-control windows of the gRPC server (see `start`).
+const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
+
 async fn run_blocking<T: Send + 'static>(
     api: Arc<Api>,
     op: impl FnOnce(&Api) -> Result<T, ApiError> + Send + 'static,
@@ -233,7 +237,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
 
     let grpc = {
         let max = config.limits.max_message_bytes;
-        let mut builder = tonic::transport::Server::builder();
+        // Push requests carry megabytes of gradients: with HTTP/2's default
+        // 64 KiB windows the client stalls for a WINDOW_UPDATE every 64 KiB.
+        // Windows are flow-control credit, not buffers allocated up front.
+        let mut builder = tonic::transport::Server::builder()
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
         if let Some((cert, key)) = &tls {
             builder = builder
                 .tls_config(
