@@ -172,7 +172,7 @@ impl Keys {
 struct Prepared {
     batch: pb::Batch,
     /// The same examples as the HTTP JSON body (`http-lookup`).
-    json: Value,
+    json: Option<Value>,
     /// The same batch as the engine takes it (`engine-*`).
     engine: Option<Batch>,
     /// The same batch as Redis keys (`redis-mget`).
@@ -222,7 +222,7 @@ fn prepare(args: &BenchArgs, keys: &Keys, rng: &mut StdRng) -> Prepared {
     });
     Prepared {
         batch,
-        json: json!({ "examples": examples }),
+        json: (args.workload == Workload::HttpLookup).then(|| json!({ "examples": examples })),
         engine,
         redis,
         request_bytes,
@@ -287,7 +287,7 @@ async fn send(
             let url = format!("{}/v1/tables/{}/lookup", args.http, args.table);
             let response = h
                 .post(url)
-                .json(&input.json)
+                .json(input.json.as_ref().expect("prepared for HTTP"))
                 .send()
                 .await
                 .map_err(|e| e.to_string())?;
