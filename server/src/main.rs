@@ -1,10 +1,12 @@
 //! The `featmux` command: the server (`serve`), the client CLI (tables,
 //! features, lookups, explain, checkpoints, stats), the load generator
-//! (`bench`), the in-process engine demo, and `migrate`.
+//! (`bench`), the dataset reader of the trainer (`dataset`), the in-process
+//! engine demo, and `migrate`.
 
 mod cli;
 mod demo;
 mod loadgen;
+mod trainer;
 
 use std::path::PathBuf;
 
@@ -41,6 +43,10 @@ enum Command {
     /// Load generator: gRPC lookup / push / train-stream or HTTP lookup
     /// traffic against a running server; throughput and latency percentiles.
     Bench(loadgen::BenchArgs),
+    /// Read a CSV/TSV of events as training would (label rule, categorical,
+    /// multi-valued and bucketized numeric columns, split) and print split
+    /// sizes, positives and each feature's vocabulary.
+    Dataset(trainer::DataArgs),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -110,6 +116,7 @@ fn main() {
         Command::Demo(args) => demo::run(args).map_err(|e| e.to_string()),
         Command::Migrate { data_dir } => migrate(data_dir).map_err(|e| e.to_string()),
         Command::Bench(args) => runtime().block_on(loadgen::run(cli.connection, args)),
+        Command::Dataset(args) => trainer::describe(&args, cli.connection.json),
         Command::Client(command) => runtime().block_on(cli::run(cli.connection, command)),
     };
     if let Err(e) = result {
