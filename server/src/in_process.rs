@@ -1,16 +1,21 @@
-//! The in-process peer of `featmux bench`: the same table configuration and
-//! the same batches, sent straight to a [`Catalog`] (planning, gathering,
-//! the optimizer, dirty-row tracking and the background flusher, exactly as
-//! the server runs them) with no network, no protobuf and no request
-//! scheduling. The service's rate over this one is what the wire costs.
+//! The engine without the server: a [`Catalog`] in a scratch directory
+//! (planning, gathering, the optimizer, dirty-row tracking and the
+//! background flusher, exactly as the server runs them) with no network, no
+//! protobuf and no request scheduling. `featmux bench` measures it beside
+//! the service, and `featmux train --in-process` trains on it, so the rate
+//! of the service over this one is what the wire costs.
 
 use std::path::PathBuf;
 
 use featmux_client::pb;
 
-use featmux::batch::Batch;
+use std::sync::Arc;
+
+use featmux::batch::{Batch, FeatureEmbeddings};
 use featmux::catalog::{Catalog, CatalogOptions};
+use featmux::plan::BatchPlan;
 use featmux::service::convert;
+use featmux::table::Table;
 
 /// A catalog in a scratch directory that is removed when this is dropped.
 pub struct InProcess {
@@ -63,6 +68,34 @@ impl InProcess {
             .map_err(|e| e.to_string())?;
         let embeddings = table.lookup(batch).map_err(|e| e.to_string())?;
         Ok(embeddings.iter().map(|e| e.data.len() as u64 * 4).sum())
+    }
+
+    /// Looks `batch` up and keeps its plan for a later [`Self::push_planned`]
+    /// (what a ticket does in the service).
+    pub fn lookup_planned(
+        &self,
+        batch: &Batch,
+    ) -> Result<(Vec<FeatureEmbeddings>, Arc<Table>, BatchPlan), String> {
+        let table = self
+            .catalog()
+            .table(&self.table)
+            .map_err(|e| e.to_string())?;
+        let plan = table.plan(batch).map_err(|e| e.to_string())?;
+        let embeddings = table.lookup_plan(&plan).map_err(|e| e.to_string())?;
+        Ok((embeddings, table, plan))
+    }
+
+    /// Pushes gradients for a plan from [`Self::lookup_planned`].
+    pub fn push_planned(
+        &self,
+        table: &Arc<Table>,
+        plan: &BatchPlan,
+        grads: &[Vec<f32>],
+    ) -> Result<(), String> {
+        self.catalog()
+            .push_plan(table, plan, grads)
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 
     /// Pushes `grads` for `batch`; returns the gradient bytes applied.

@@ -1,10 +1,11 @@
 //! The `featmux` command: the server (`serve`), the client CLI (tables,
 //! features, lookups, explain, checkpoints, stats), the load generator
-//! (`bench`), the dataset reader of the trainer (`dataset`), the in-process
+//! (`bench`), the trainer (`train`, `dataset`), the in-process
 //! engine demo, and `migrate`.
 
 mod cli;
 mod demo;
+mod in_process;
 mod loadgen;
 mod trainer;
 
@@ -47,6 +48,10 @@ enum Command {
     /// multi-valued and bucketized numeric columns, split) and print split
     /// sizes, positives and each feature's vocabulary.
     Dataset(trainer::DataArgs),
+    /// Train a model on a CSV/TSV through featmux: embeddings in a table of
+    /// the chosen layout (sparse optimizer in the server), an MLP here;
+    /// AUC and log loss on validation and test, as JSON.
+    Train(trainer::TrainArgs),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -117,6 +122,7 @@ fn main() {
         Command::Migrate { data_dir } => migrate(data_dir).map_err(|e| e.to_string()),
         Command::Bench(args) => runtime().block_on(loadgen::run(cli.connection, args)),
         Command::Dataset(args) => trainer::describe(&args, cli.connection.json),
+        Command::Train(args) => runtime().block_on(trainer::train(cli.connection, args)),
         Command::Client(command) => runtime().block_on(cli::run(cli.connection, command)),
     };
     if let Err(e) = result {

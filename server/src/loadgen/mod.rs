@@ -6,7 +6,7 @@
 //! The same harness (same batches, same concurrency, same clock) also drives
 //! the peers featmux is measured against: Redis MGET ([`redis`]), a plain
 //! TCP exchange of the same sizes ([`blast`]) and the engine in-process
-//! ([`engine`]), so every ratio in the performance report comes from one
+//! ([`crate::in_process`]), so every ratio in the performance report comes from one
 //! instrument.
 //!
 //! Closed loop by default (each client sends its next request when the last
@@ -17,7 +17,6 @@
 //! delayed (no coordinated omission).
 
 mod blast;
-mod engine;
 mod redis;
 
 use std::collections::HashSet;
@@ -34,6 +33,7 @@ use rand_distr::{Distribution, Zipf};
 use serde_json::{json, Value};
 
 use crate::cli::{feature, optimizer, Connection};
+use crate::in_process::InProcess;
 use featmux::batch::Batch;
 use featmux::service::convert;
 
@@ -247,7 +247,7 @@ enum Transport {
     Grpc(Client),
     Stream(featmux_client::TrainStream),
     Http(reqwest::Client),
-    Engine(Arc<engine::InProcess>),
+    Engine(Arc<InProcess>),
     Redis(redis::RedisConnection, Vec<f32>),
     Blast(blast::BlastConnection),
 }
@@ -509,7 +509,7 @@ pub async fn run(connection: Connection, args: BenchArgs) -> Result<(), String> 
     let in_process = match args.workload {
         Workload::EngineLookup | Workload::EnginePush => {
             let (table, features) = table_config(&args)?;
-            Some(Arc::new(engine::InProcess::create(table, features)?))
+            Some(Arc::new(InProcess::create(table, features)?))
         }
         _ => None,
     };

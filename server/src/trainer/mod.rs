@@ -1,18 +1,39 @@
-//! Training on a user's own data: reading a CSV/TSV of events into labelled
-//! examples of categorical features ([`data`]).
+//! Training on a user's own data through featmux: `featmux train` reads a
+//! CSV/TSV of events into labelled examples of categorical features
+//! ([`data`]), places the features in a table ([`layout`]), and trains an
+//! MLP ([`model`]) whose embeddings live in featmux: each step looks a batch
+//! up with a ticket, runs forward and backward, and pushes the embedding
+//! gradients (the sparse optimizer runs in the server). `--in-process` does
+//! the same against the engine in this process, to measure what the network
+//! path costs. AUC and log loss ([`metrics`]) on validation and test.
 //!
 //! `featmux dataset` shows what a set of flags makes of a file (split sizes,
-//! label balance, each feature's vocabulary, which sizes a collisionless
-//! table and a memory budget are computed from).
+//! label balance, each feature's vocabulary).
 
 pub mod data;
+pub mod layout;
+pub mod metrics;
+pub mod model;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
 
-use clap::Args;
-use serde_json::json;
+use clap::{Args, ValueEnum};
+use featmux::plan::BatchPlan;
+use featmux::service::convert;
+use featmux::table::Table;
+use featmux_client::{pb, BatchBuilder, Client, ClientOptions};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde_json::{json, Value};
 
-use data::{DataSpec, PositiveRule, Split};
+use crate::cli::{optimizer, Connection};
+use crate::in_process::InProcess;
+use data::{DataSpec, Dataset, Example, PositiveRule, Split};
+use layout::Layout;
 
 /// Which file and which columns.
 #[derive(Debug, Clone, Args)]
@@ -115,5 +136,296 @@ pub fn describe(args: &DataArgs, as_json: bool) -> Result<(), String> {
             println!("feature {name}: {v} distinct values");
         }
     }
+    Ok(())
+}
+
+/// `featmux train` settings.
+#[derive(Debug, Clone, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Table to create and train (it must not exist yet).
+    #[arg(long, default_value = "train")]
+    pub table: String,
+    /// How the features share the table.
+    #[arg(long, value_enum, default_value = "unified")]
+    pub layout: Layout,
+    /// Table rows: the memory budget (`collisionless` sizes its own).
+    #[arg(long, default_value_t = 100_000)]
+    pub rows: u64,
+    #[arg(long, default_value_t = 16)]
+    pub chunk_dim: u32,
+    /// Optimizer of the embeddings, run in featmux: sgd, adagrad,
+    /// row-wise-adagrad, adam, ftrl.
+    #[arg(long, default_value = "adagrad")]
+    pub sparse_optimizer: String,
+    /// Its learning rate (the loss is summed over the batch).
+    #[arg(long, default_value_t = 0.05)]
+    pub sparse_lr: f32,
+    /// Adam's learning rate on the dense weights.
+    #[arg(long, default_value_t = 1e-3)]
+    pub dense_lr: f64,
+    /// Hidden layer widths of the MLP.
+    #[arg(long, value_delimiter = ',', default_value = "64,32")]
+    pub hidden: Vec<usize>,
+    #[arg(long, default_value_t = 5)]
+    pub epochs: usize,
+    /// Examples per step.
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Train against the engine in this process instead of the server.
+    #[arg(long)]
+    pub in_process: bool,
+    /// Also write the result JSON to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Where the embeddings live. One per run: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Sparse {
+    Service(Client),
+    InProcess(InProcess),
+}
+
+/// What a training lookup leaves for its push.
+enum Ticket {
+    Service(u64),
+    InProcess(Arc<Table>, BatchPlan),
+}
+
+impl Sparse {
+    async fn lookup(
+        &self,
+        table: &str,
+        batch: pb::Batch,
+        for_training: bool,
+    ) -> Result<(Vec<Vec<f32>>, Option<Ticket>), String> {
+        match self {
+            Sparse::Service(client) => {
+                let looked_up = client
+                    .lookup(table, &batch, for_training)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let blocks = looked_up.embeddings.into_iter().map(|e| e.data).collect();
+                Ok((blocks, looked_up.ticket.map(Ticket::Service)))
+            }
+            Sparse::InProcess(engine) => {
+                let batch = convert::batch_from_pb(Some(batch)).map_err(|e| e.to_string())?;
+                let (embeddings, table, plan) = engine.lookup_planned(&batch)?;
+                let blocks = embeddings.into_iter().map(|e| e.data).collect();
+                Ok((
+                    blocks,
+                    for_training.then_some(Ticket::InProcess(table, plan)),
+                ))
+            }
+        }
+    }
+
+    async fn push(&self, table: &str, ticket: Ticket, grads: Vec<Vec<f32>>) -> Result<(), String> {
+        match (self, ticket) {
+            (Sparse::Service(client), Ticket::Service(id)) => client
+                .push_ticket(table, id, &grads)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            (Sparse::InProcess(engine), Ticket::InProcess(table, plan)) => {
+                engine.push_planned(&table, &plan, &grads)
+            }
+            _ => unreachable!("tickets come from the same backend"),
+        }
+    }
+}
+
+/// The examples as a featmux batch: every feature, bags as they are.
+fn to_batch(features: &[String], examples: &[&Example]) -> pb::Batch {
+    let mut batch = BatchBuilder::new();
+    for example in examples {
+        batch.example();
+        for (name, bag) in features.iter().zip(&example.values) {
+            batch.add_strs(name, bag);
+        }
+    }
+    batch.build().expect("every feature is strings")
+}
+
+/// Per-feature blocks `[n, width]` → one row-major `[n, features × width]`.
+fn concatenate(blocks: &[Vec<f32>], n: usize, width: usize) -> Vec<f32> {
+    let mut x = Vec::with_capacity(n * blocks.len() * width);
+    for i in 0..n {
+        for block in blocks {
+            x.extend_from_slice(&block[i * width..(i + 1) * width]);
+        }
+    }
+    x
+}
+
+/// The inverse of [`concatenate`].
+fn split_blocks(x: &[f32], n: usize, features: usize, width: usize) -> Vec<Vec<f32>> {
+    (0..features)
+        .map(|f| {
+            (0..n)
+                .flat_map(|i| {
+                    let start = (i * features + f) * width;
+                    x[start..start + width].iter().copied()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// AUC and log loss of the model on `examples`.
+async fn evaluate(
+    sparse: &Sparse,
+    table: &str,
+    model: &model::Mlp,
+    features: &[String],
+    examples: &[Example],
+    width: usize,
+) -> Result<Value, String> {
+    let (mut labels, mut scores) = (Vec::new(), Vec::new());
+    for chunk in examples.chunks(2048) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let (blocks, _) = sparse
+            .lookup(table, to_batch(features, &refs), false)
+            .await?;
+        scores.extend(model.predict(concatenate(&blocks, chunk.len(), width), chunk.len())?);
+        labels.extend(chunk.iter().map(|e| e.label));
+    }
+    Ok(json!({
+        "examples": examples.len(),
+        "auc": metrics::auc(&labels, &scores),
+        "log_loss": metrics::log_loss(&labels, &scores),
+    }))
+}
+
+/// `featmux train`: creates the table, trains, evaluates, prints JSON.
+pub async fn train(connection: Connection, args: TrainArgs) -> Result<(), String> {
+    if args.batch == 0 || args.epochs == 0 {
+        return Err("--batch and --epochs must be at least 1".into());
+    }
+    let dataset: Dataset = data::load(&args.data.data, &args.data.spec()?)?;
+    let vocabulary = dataset.vocabulary_sizes();
+    let placement = layout::place(args.layout, &vocabulary, args.rows)?;
+    let table = pb::TableConfig {
+        name: args.table.clone(),
+        rows: placement.rows,
+        chunk_dim: args.chunk_dim,
+        seed: args.data.seed,
+        initializer: None,
+        optimizer: Some(optimizer(&args.sparse_optimizer, args.sparse_lr)?),
+    };
+    let features: Vec<pb::FeatureConfig> = dataset
+        .features
+        .iter()
+        .zip(&placement.slices)
+        .map(|(name, slice)| pb::FeatureConfig {
+            name: name.clone(),
+            chunks: 1,
+            pooling: pb::Pooling::Mean as i32,
+            partitioned: slice.map(|rows| pb::Partitioned { offset: None, rows }),
+            ..Default::default()
+        })
+        .collect();
+    let sparse = if args.in_process {
+        Sparse::InProcess(InProcess::create(table, features)?)
+    } else {
+        let mut options = ClientOptions::new(connection.addr.clone());
+        options.token = connection.token.clone();
+        let client = Client::connect(options).await.map_err(|e| e.to_string())?;
+        client
+            .create_table(table, features)
+            .await
+            .map_err(|e| e.to_string())?;
+        Sparse::Service(client)
+    };
+    let width = args.chunk_dim as usize;
+    let n_features = dataset.features.len();
+    let mut model = model::Mlp::new(
+        n_features * width,
+        &args.hidden,
+        args.dense_lr,
+        args.data.seed,
+    )?;
+    let mut order: Vec<usize> = (0..dataset.train.len()).collect();
+    let mut rng = StdRng::seed_from_u64(args.data.seed);
+    let mut epochs = Vec::new();
+    let mut training_seconds = 0.0;
+    let started = Instant::now();
+    for epoch in 1..=args.epochs {
+        order.shuffle(&mut rng);
+        let bar = ProgressBar::new(order.len() as u64)
+            .with_prefix(format!("epoch {epoch}/{}", args.epochs));
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} {bar:40} {pos}/{len} examples {msg}")
+                .expect("a valid template"),
+        );
+        let (mut loss_sum, mut seen) = (0.0f64, 0usize);
+        let clock = Instant::now();
+        for chunk in order.chunks(args.batch) {
+            let examples: Vec<&Example> = chunk.iter().map(|&i| &dataset.train[i]).collect();
+            let labels: Vec<f32> = examples.iter().map(|e| e.label).collect();
+            let (blocks, ticket) = sparse
+                .lookup(&args.table, to_batch(&dataset.features, &examples), true)
+                .await?;
+            let n = examples.len();
+            let (loss, grad) = model.train_step(concatenate(&blocks, n, width), &labels)?;
+            let ticket = ticket.ok_or("the lookup returned no ticket")?;
+            sparse
+                .push(
+                    &args.table,
+                    ticket,
+                    split_blocks(&grad, n, n_features, width),
+                )
+                .await?;
+            loss_sum += loss as f64;
+            seen += n;
+            bar.inc(n as u64);
+            bar.set_message(format!("loss {:.4}", loss_sum / seen as f64));
+        }
+        training_seconds += clock.elapsed().as_secs_f64();
+        bar.finish();
+        let valid = evaluate(
+            &sparse,
+            &args.table,
+            &model,
+            &dataset.features,
+            &dataset.valid,
+            width,
+        )
+        .await?;
+        epochs
+            .push(json!({ "epoch": epoch, "train_loss": loss_sum / seen as f64, "valid": valid }));
+    }
+    let test = evaluate(
+        &sparse,
+        &args.table,
+        &model,
+        &dataset.features,
+        &dataset.test,
+        width,
+    )
+    .await?;
+    let report = json!({
+        "mode": if args.in_process { "in-process" } else { "service" },
+        "layout": args.layout.to_possible_value().expect("no skipped variants").get_name(),
+        "rows": placement.rows,
+        "embedding_bytes": placement.rows * args.chunk_dim as u64 * 4,
+        "features": dataset.features.iter().zip(&vocabulary).zip(&placement.slices)
+            .map(|((name, v), slice)| json!({ "name": name, "vocabulary": v, "slice": slice }))
+            .collect::<Vec<_>>(),
+        "seed": args.data.seed,
+        "epochs": epochs,
+        "valid": epochs.last().map(|e| e["valid"].clone()),
+        "test": test,
+        "train_examples_per_s": (dataset.train.len() * args.epochs) as f64 / training_seconds,
+        "seconds": started.elapsed().as_secs_f64(),
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+    });
+    if let Some(path) = &args.out {
+        std::fs::write(path, format!("{report:#}\n"))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    println!("{report:#}");
     Ok(())
 }
