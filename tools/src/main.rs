@@ -3,6 +3,7 @@
 //! report is always regenerated from one run's raw figures, never edited by
 //! hand.
 
+mod movielens;
 mod performance;
 mod plot;
 
@@ -39,6 +40,16 @@ enum Command {
         #[arg(long, default_value = "docs/results/performance.png")]
         plot: PathBuf,
     },
+    /// `docs/results/movielens.md` and its plot from a folder of
+    /// `scripts/experiment-movielens.sh` results.
+    Movielens {
+        #[arg(long)]
+        results: PathBuf,
+        #[arg(long, default_value = "docs/results/movielens.md")]
+        out: PathBuf,
+        #[arg(long, default_value = "docs/results/movielens.png")]
+        plot: PathBuf,
+    },
 }
 
 fn main() {
@@ -50,6 +61,7 @@ fn main() {
             out,
             plot,
         } => performance::write(&results, before.as_deref(), &out, &plot),
+        Command::Movielens { results, out, plot } => movielens::write(&results, &out, &plot),
     });
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -354,6 +354,7 @@ fn scaling_panel(results: &Results, axis: &str, field: &str, title: &str, x_labe
         x_label: x_label.to_owned(),
         y_label: "rows/s".to_owned(),
         y_from_zero: true,
+        legend_at_bottom: false,
         series: by_workload
             .into_iter()
             .map(|(name, mut points)| {

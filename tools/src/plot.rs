@@ -24,6 +24,9 @@ pub struct Panel {
     /// Start the y axis at zero (throughput) instead of at the data's
     /// minimum (AUC).
     pub y_from_zero: bool,
+    /// Legend in the lower right corner instead of the upper right (where
+    /// the data rises to the right).
+    pub legend_at_bottom: bool,
     pub series: Vec<Series>,
 }
 
@@ -132,7 +135,11 @@ fn draw_panel(
         .label_font((FAMILY, 13))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
+        .position(if panel.legend_at_bottom {
+            SeriesLabelPosition::LowerRight
+        } else {
+            SeriesLabelPosition::UpperRight
+        })
         .draw()
         .map_err(|e| e.to_string())
 }

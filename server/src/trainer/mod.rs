@@ -410,6 +410,7 @@ pub async fn train(connection: Connection, args: TrainArgs) -> Result<(), String
         "mode": if args.in_process { "in-process" } else { "service" },
         "layout": args.layout.to_possible_value().expect("no skipped variants").get_name(),
         "rows": placement.rows,
+        "budget_rows": if args.layout == Layout::Collisionless { placement.rows } else { args.rows },
         "embedding_bytes": placement.rows * args.chunk_dim as u64 * 4,
         "features": dataset.features.iter().zip(&vocabulary).zip(&placement.slices)
             .map(|((name, v), slice)| json!({ "name": name, "vocabulary": v, "slice": slice }))
