@@ -61,7 +61,8 @@ pub struct DataArgs {
     /// instead of at random.
     #[arg(long)]
     pub split_by: Option<String>,
-    /// Seed of the random split.
+    /// Seed of the random split and, for `train`, of the table, the MLP's
+    /// initial weights and the batch order.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Fraction of rows for validation.
@@ -429,4 +430,18 @@ pub async fn train(connection: Connection, args: TrainArgs) -> Result<(), String
     }
     println!("{report:#}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feature_blocks_concatenate_per_example_and_split_back() {
+        // Two examples, features of width 2: a = [a0 | a1], b = [b0 | b1].
+        let blocks = vec![vec![1.0, 2.0, 3.0, 4.0], vec![5.0, 6.0, 7.0, 8.0]];
+        let x = concatenate(&blocks, 2, 2);
+        assert_eq!(x, [1.0, 2.0, 5.0, 6.0, 3.0, 4.0, 7.0, 8.0]);
+        assert_eq!(split_blocks(&x, 2, 2, 2), blocks);
+    }
 }
