@@ -54,7 +54,8 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
 pids="$pids $!"
 "$FEATMUX" serve --data-dir "$work/data" --grpc-addr "$GRPC" --http-addr "$HTTP" \
     >"$work/featmux.log" 2>&1 &
-pids="$pids $!"
+featmux_pid=$!
+pids="$pids $featmux_pid"
 for _ in $(seq 100); do
     if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 &&
         curl -sf "http://$HTTP/readyz" >/dev/null 2>&1; then
@@ -62,7 +63,12 @@ for _ in $(seq 100); do
     fi
     sleep 0.1
 done
-curl -sf "http://$HTTP/readyz" >/dev/null || { cat "$work/featmux.log"; exit 1; }
+# Ready, and ours: another server already on these ports would answer too.
+if ! curl -sf "http://$HTTP/readyz" >/dev/null || ! kill -0 "$featmux_pid" 2>/dev/null; then
+    echo "featmux serve did not start (ports $GRPC / $HTTP taken?):" >&2
+    cat "$work/featmux.log" >&2
+    exit 1
+fi
 
 rm -rf "$RESULTS"
 mkdir -p "$RESULTS" docs/results

@@ -40,6 +40,12 @@ for _ in $(seq 100); do
     curl -sf "http://$HTTP/readyz" >/dev/null 2>&1 && break
     sleep 0.1
 done
+# Ready, and ours: another server already on these ports would answer too.
+if ! curl -sf "http://$HTTP/readyz" >/dev/null || ! kill -0 "$server" 2>/dev/null; then
+    echo "featmux serve did not start (ports $GRPC / $HTTP taken?):" >&2
+    cat "$work/featmux.log" >&2
+    exit 1
+fi
 
 features="--data $DATA --label rating --positive >=4 \
 --categorical user_id,item_id,age,gender,occupation,zip_code,release_year --multi genres:|"
