@@ -5,7 +5,7 @@
 //! (looked up with a ticket), and the gradient of the loss with respect to
 //! them is what goes back to featmux, where the sparse optimizer runs.
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use candle_nn::{AdamW, Linear, Module, Optimizer, ParamsAdamW};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -99,7 +99,6 @@ impl Mlp {
         let x = Tensor::from_vec(inputs, (n, width), &Device::Cpu).map_err(error)?;
         self.logits(&x)
             .and_then(|z| candle_nn::ops::sigmoid(&z))
-            .and_then(|p| p.to_dtype(DType::F32))
             .and_then(|p| p.to_vec1::<f32>())
             .map_err(error)
     }
