@@ -218,8 +218,7 @@ impl Client {
             .tcp_nodelay(true)
             // Lookup responses are megabytes: fixed large windows let the
             // server send a whole response without waiting for
-            // WINDOW_UPDATEs (an adaptive window stays small on loopback,
-            // where the measured bandwidth-delay product is tiny).
+            // WINDOW_UPDATEs, from the first request on.
             .initial_stream_window_size(8 << 20)
             .initial_connection_window_size(32 << 20);
         if options.endpoint.starts_with("https://") {

@@ -62,11 +62,7 @@ impl InProcess {
 
     /// Looks `batch` up; returns the embedding bytes produced.
     pub fn lookup(&self, batch: &Batch) -> Result<u64, String> {
-        let table = self
-            .catalog()
-            .table(&self.table)
-            .map_err(|e| e.to_string())?;
-        let embeddings = table.lookup(batch).map_err(|e| e.to_string())?;
+        let (embeddings, _, _) = self.lookup_planned(batch)?;
         Ok(embeddings.iter().map(|e| e.data.len() as u64 * 4).sum())
     }
 

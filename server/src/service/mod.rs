@@ -236,8 +236,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
 
     let grpc = {
         let max = config.limits.max_message_bytes;
-        // Push requests carry megabytes of gradients: with HTTP/2's default
-        // 64 KiB windows the client stalls for a WINDOW_UPDATE every 64 KiB.
+        // Push requests carry megabytes of gradients: with hyper's default
+        // 1 MiB windows the client stalls for a WINDOW_UPDATE every MiB.
         // Windows are flow-control credit, not buffers allocated up front.
         let mut builder = tonic::transport::Server::builder()
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
