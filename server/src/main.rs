@@ -1,10 +1,11 @@
 //! The `featmux` command: the server (`serve`), the client CLI (tables,
 //! features, lookups, explain, checkpoints, stats), the load generator
-//! (`bench`), the trainer (`train`, `dataset`), the in-process
-//! engine demo, and `migrate`.
+//! (`bench`), the device benchmark (`device-bench`), the trainer (`train`,
+//! `dataset`), the in-process engine demo, and `migrate`.
 
 mod cli;
 mod demo;
+mod device_bench;
 mod in_process;
 mod loadgen;
 mod trainer;
@@ -34,6 +35,9 @@ enum Command {
     /// Train a unified table in-process on synthetic click data and report
     /// creation time, lookup/push throughput and the falling log loss.
     Demo(demo::DemoArgs),
+    /// Measure the candle backend's row kernels on one device (a GPU):
+    /// gather and optimizer-update rows/s and GB/s, as JSON.
+    DeviceBench(device_bench::DeviceBenchArgs),
     /// Apply pending migrations to a data directory's database and print
     /// what was done (the server also runs them at start-up).
     Migrate {
@@ -119,6 +123,7 @@ fn main() {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Demo(args) => demo::run(args).map_err(|e| e.to_string()),
+        Command::DeviceBench(args) => device_bench::run(args),
         Command::Migrate { data_dir } => migrate(data_dir).map_err(|e| e.to_string()),
         Command::Bench(args) => runtime().block_on(loadgen::run(cli.connection, args)),
         Command::Dataset(args) => trainer::describe(&args, cli.connection.json),

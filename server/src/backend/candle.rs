@@ -2,22 +2,24 @@
 //! with state, `state [rows, state_width]`, on `Device::Cpu` or
 //! `Device::Cuda(n)`; the code is device-agnostic.
 //!
-//! Lookup uploads the plan's row ids, slots and weights, gathers with
-//! `index_select`, scales, and sums into a small `[num_slots, dim]` output
-//! with `index_add` (on the output, never the table), then downloads once.
-//! Push uploads the unique rows' gradients, gathers their weights and state,
-//! runs the optimizer as tensor ops and writes the rows back in place with
-//! `scatter_set` (no whole-table copy).
+//! Lookup uploads the plan's row ids (and, when slots pool several rows,
+//! their weights and per-slot offsets), gathers the rows on the device,
+//! pools them into `[num_slots, dim]` there and downloads once. Push uploads
+//! the unique rows' gradients, gathers their weights and state, runs the
+//! optimizer as tensor ops and writes the rows back in place: never a
+//! whole-table copy. Gather, pooling and the in-place write are the
+//! [`row_ops`] kernels.
 //!
 //! Concurrency: lookups share a read lock, updates take the write lock for
-//! their read-modify-write, so rows are never torn and no update is lost.
+//! their read-modify-write, so rows are never torn and no update is lost (on
+//! CUDA the device's one stream also orders the queued kernels).
 //! On the CPU this backend is ~3× slower than [`super::cpu`] (candle's
-//! gather/scatter overhead); it exists for devices with their own memory.
+//! per-op overhead); it exists for devices with their own memory.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, DeviceLocation, Tensor};
 use parking_lot::RwLock;
 
-use super::{Backend, GatherPlan, RowData, RowGradients, StorageSpec};
+use super::{row_ops, Backend, GatherPlan, RowData, RowGradients, StorageSpec};
 use crate::error::EngineError;
 use crate::optimizer::Optimizer;
 
@@ -81,30 +83,62 @@ impl CandleBackend {
         })
     }
 
-    fn row_ids(&self, rows: &[u64]) -> candle_core::Result<Tensor> {
+    /// The device the tensors live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A device copy of the whole weight tensor: the memory-bandwidth
+    /// ceiling `featmux device-bench` compares the row kernels with.
+    pub fn copy_weights(&self) -> candle_core::Result<Tensor> {
+        self.tensors.read().weights.copy()
+    }
+
+    /// Uploads row ids, the index tensor every device operation takes.
+    pub fn upload_rows(&self, rows: &[u64]) -> candle_core::Result<Tensor> {
         let ids: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
         Tensor::from_vec(ids, rows.len(), &self.device)
     }
 
-    /// Index tensor for `scatter_set` of whole rows: `ids` repeated across
-    /// `width` columns.
-    fn row_scatter_index(ids: &Tensor, width: usize) -> candle_core::Result<Tensor> {
-        let n = ids.dim(0)?;
-        ids.reshape((n, 1))?.broadcast_as((n, width))?.contiguous()
+    /// Gathers rows `ids` (checked against the table) into a `[n, dim]`
+    /// tensor on the device: the lookup kernel without upload or download.
+    pub fn gather_on_device(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        row_ops::gather_rows(&self.tensors.read().weights, ids)
+    }
+
+    /// One optimizer step for unique rows `ids` with gradients `[n, dim]`,
+    /// both already on the device: gathers the rows and their state, runs
+    /// the optimizer as tensor ops and scatters both back in place.
+    pub fn apply_on_device(&self, ids: &Tensor, grads: &Tensor) -> candle_core::Result<()> {
+        let tensors = self.tensors.write();
+        let weights = row_ops::gather_rows(&tensors.weights, ids)?;
+        let state = match &tensors.state {
+            Some(state) => Some(row_ops::gather_rows(state, ids)?),
+            None => None,
+        };
+        let (new_weights, new_state) =
+            optimizer_step(&self.spec.optimizer, &weights, state.as_ref(), grads)?;
+        row_ops::scatter_rows(&tensors.weights, ids, &new_weights.contiguous()?)?;
+        if let (Some(state), Some(new_state)) = (&tensors.state, new_state) {
+            row_ops::scatter_rows(state, ids, &new_state.contiguous()?)?;
+        }
+        Ok(())
     }
 
     fn gather_impl(&self, plan: &GatherPlan) -> candle_core::Result<Vec<f32>> {
-        let d = self.spec.dim;
         if plan.rows.is_empty() {
-            return Ok(vec![0.0; plan.num_slots * d]);
+            return Ok(vec![0.0; plan.num_slots * self.spec.dim]);
         }
-        let n = plan.rows.len();
-        let ids = self.row_ids(&plan.rows)?;
-        let gathered = self.tensors.read().weights.index_select(&ids, 0)?;
-        let weights = Tensor::from_slice(&plan.weights, (n, 1), &self.device)?;
-        let slots = Tensor::from_slice(&plan.slots, n, &self.device)?;
-        let out = Tensor::zeros((plan.num_slots, d), DType::F32, &self.device)?;
-        let pooled = out.index_add(&slots, &gathered.broadcast_mul(&weights)?, 0)?;
+        if plan.is_one_row_per_slot() {
+            let gathered = self.gather_on_device(&self.upload_rows(&plan.rows)?)?;
+            return gathered.flatten_all()?.to_vec1();
+        }
+        let groups = plan.grouped_by_slot();
+        let n = groups.rows.len();
+        let gathered = self.gather_on_device(&self.upload_rows(&groups.rows)?)?;
+        let weights = Tensor::from_vec(groups.weights, n, &self.device)?;
+        let offsets = Tensor::from_vec(groups.offsets, plan.num_slots + 1, &self.device)?;
+        let pooled = row_ops::segment_sum(&gathered, &weights, &offsets)?;
         pooled.flatten_all()?.to_vec1()
     }
 
@@ -112,69 +146,82 @@ impl CandleBackend {
         if update.rows.is_empty() {
             return Ok(());
         }
-        let (n, d) = (update.rows.len(), self.spec.dim);
-        let ids = self.row_ids(&update.rows)?;
-        let grads = Tensor::from_slice(&update.grads, (n, d), &self.device)?;
-        let tensors = self.tensors.write();
-        let weights = tensors.weights.index_select(&ids, 0)?;
-        let state = match &tensors.state {
-            Some(state) => Some(state.index_select(&ids, 0)?),
-            None => None,
-        };
-        let (new_weights, new_state) =
-            optimizer_step(&self.spec.optimizer, &weights, state.as_ref(), &grads)?;
-        tensors
-            .weights
-            .scatter_set(&Self::row_scatter_index(&ids, d)?, &new_weights, 0)?;
-        if let (Some(state), Some(new_state)) = (&tensors.state, new_state) {
-            state.scatter_set(
-                &Self::row_scatter_index(&ids, self.state_width)?,
-                &new_state,
-                0,
-            )?;
-        }
-        Ok(())
+        let ids = self.upload_rows(&update.rows)?;
+        let grads = Tensor::from_slice(
+            &update.grads,
+            (update.rows.len(), self.spec.dim),
+            &self.device,
+        )?;
+        self.apply_on_device(&ids, &grads)
     }
 
     fn read_impl(&self, rows: &[u64]) -> candle_core::Result<RowData> {
         if rows.is_empty() {
             return Ok(RowData::default());
         }
-        let ids = self.row_ids(rows)?;
+        let ids = self.upload_rows(rows)?;
         let tensors = self.tensors.read();
-        let weights = tensors
-            .weights
-            .index_select(&ids, 0)?
-            .flatten_all()?
-            .to_vec1()?;
+        let weights = row_ops::gather_rows(&tensors.weights, &ids)?;
         let state = match &tensors.state {
-            Some(state) => state.index_select(&ids, 0)?.flatten_all()?.to_vec1()?,
+            Some(state) => row_ops::gather_rows(state, &ids)?
+                .flatten_all()?
+                .to_vec1()?,
             None => Vec::new(),
         };
-        Ok(RowData { weights, state })
+        Ok(RowData {
+            weights: weights.flatten_all()?.to_vec1()?,
+            state,
+        })
     }
 
     fn write_impl(&self, rows: &[u64], data: &RowData) -> candle_core::Result<()> {
+        // Rows written twice keep the last write, as on the CPU backend; the
+        // device scatter needs unique rows.
+        let (rows, data) = last_write_wins(rows, data, self.spec.dim, self.state_width);
         if rows.is_empty() {
             return Ok(());
         }
         let (n, d) = (rows.len(), self.spec.dim);
-        let ids = self.row_ids(rows)?;
-        let weights = Tensor::from_slice(&data.weights, (n, d), &self.device)?;
+        let ids = self.upload_rows(&rows)?;
+        let weights = Tensor::from_vec(data.weights, (n, d), &self.device)?;
         let tensors = self.tensors.write();
-        tensors
-            .weights
-            .scatter_set(&Self::row_scatter_index(&ids, d)?, &weights, 0)?;
+        row_ops::scatter_rows(&tensors.weights, &ids, &weights)?;
         if let Some(state) = &tensors.state {
-            let values = Tensor::from_slice(&data.state, (n, self.state_width), &self.device)?;
-            state.scatter_set(
-                &Self::row_scatter_index(&ids, self.state_width)?,
-                &values,
-                0,
-            )?;
+            let values = Tensor::from_vec(data.state, (n, self.state_width), &self.device)?;
+            row_ops::scatter_rows(state, &ids, &values)?;
         }
         Ok(())
     }
+}
+
+/// `rows` and `data` without earlier writes of a row written again later.
+fn last_write_wins(
+    rows: &[u64],
+    data: &RowData,
+    dim: usize,
+    state_width: usize,
+) -> (Vec<u64>, RowData) {
+    let mut last = std::collections::HashMap::with_capacity(rows.len());
+    for (i, &row) in rows.iter().enumerate() {
+        last.insert(row, i);
+    }
+    if last.len() == rows.len() {
+        return (rows.to_vec(), data.clone());
+    }
+    let keep: Vec<usize> = (0..rows.len()).filter(|&i| last[&rows[i]] == i).collect();
+    let pick = |values: &[f32], width: usize| -> Vec<f32> {
+        keep.iter()
+            .flat_map(|&i| &values[i * width..(i + 1) * width])
+            .copied()
+            .collect()
+    };
+    (
+        keep.iter().map(|&i| rows[i]).collect(),
+        RowData {
+            weights: pick(&data.weights, dim),
+            state: pick(&data.state, state_width),
+        },
+    )
 }
 
 /// The optimizer formulas of [`Optimizer::step`] as tensor ops over the
@@ -255,10 +302,10 @@ fn optimizer_step(
 
 impl Backend for CandleBackend {
     fn name(&self) -> String {
-        match self.device {
-            Device::Cpu => "candle-cpu".to_owned(),
-            Device::Cuda(_) => "candle-cuda".to_owned(),
-            _ => "candle".to_owned(),
+        match self.device.location() {
+            DeviceLocation::Cpu => "candle-cpu".to_owned(),
+            DeviceLocation::Cuda { gpu_id } => format!("candle-cuda:{gpu_id}"),
+            DeviceLocation::Metal { gpu_id } => format!("candle-metal:{gpu_id}"),
         }
     }
 

@@ -15,6 +15,7 @@
 
 pub mod candle;
 pub mod cpu;
+pub mod row_ops;
 
 use crate::error::EngineError;
 use crate::init::Initializer;
@@ -123,6 +124,33 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
+impl BackendKind {
+    /// Checks that this backend can run here (for `cuda:N`: a binary built
+    /// with CUDA and device N present), so a server configured for a GPU it
+    /// cannot use fails at start-up, saying why, not at its first table.
+    pub fn check_available(self) -> Result<(), EngineError> {
+        match self {
+            BackendKind::CandleCuda(n) => cuda_device(n).map(drop),
+            BackendKind::Cpu | BackendKind::CandleCpu => Ok(()),
+        }
+    }
+}
+
+fn cuda_device(n: usize) -> Result<candle_core::Device, EngineError> {
+    let unavailable = |reason: String| EngineError::Backend {
+        backend: "candle",
+        reason,
+    };
+    if !cfg!(feature = "cuda") {
+        return Err(unavailable(format!(
+            "backend `cuda:{n}` needs featmux built with CUDA (cargo feature `cuda`, \
+             scripts/build-cuda.sh); this binary was built without it"
+        )));
+    }
+    candle_core::Device::new_cuda(n)
+        .map_err(|e| unavailable(format!("CUDA device {n} is not available: {e}")))
+}
+
 /// Creates the storage of a table on the chosen backend.
 pub fn create(kind: BackendKind, spec: StorageSpec) -> Result<Box<dyn Backend>, EngineError> {
     Ok(match kind {
@@ -130,17 +158,55 @@ pub fn create(kind: BackendKind, spec: StorageSpec) -> Result<Box<dyn Backend>, 
         BackendKind::CandleCpu => {
             Box::new(candle::CandleBackend::new(spec, candle_core::Device::Cpu)?)
         }
-        BackendKind::CandleCuda(n) => {
-            let device = candle_core::Device::new_cuda(n).map_err(|e| EngineError::Backend {
-                backend: "candle",
-                reason: format!("CUDA device {n} is not available ({e}); build with `--features cuda` on a machine with a GPU"),
-            })?;
-            Box::new(candle::CandleBackend::new(spec, device)?)
-        }
+        BackendKind::CandleCuda(n) => Box::new(candle::CandleBackend::new(spec, cuda_device(n)?)?),
     })
 }
 
+/// A [`GatherPlan`]'s entries grouped by output slot, CSR-style: the
+/// entries of slot `s` are `offsets[s]..offsets[s + 1]`, in plan order. What
+/// a device pools with one thread per output float.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SlotGroups {
+    pub rows: Vec<u64>,
+    pub weights: Vec<f32>,
+    pub offsets: Vec<u32>,
+}
+
 impl GatherPlan {
+    /// True when output slot `i` is exactly row `i` with weight 1, so the
+    /// gathered rows are the output and no pooling is needed.
+    pub fn is_one_row_per_slot(&self) -> bool {
+        self.rows.len() == self.num_slots
+            && self.slots.iter().enumerate().all(|(i, &s)| s as usize == i)
+            && self.weights.iter().all(|&w| w == 1.0)
+    }
+
+    /// The entries grouped by slot (a stable counting sort: entries of one
+    /// slot keep their plan order, so sums keep the CPU backend's order).
+    pub fn grouped_by_slot(&self) -> SlotGroups {
+        let mut offsets = vec![0u32; self.num_slots + 1];
+        for &s in &self.slots {
+            offsets[s as usize + 1] += 1;
+        }
+        for s in 0..self.num_slots {
+            offsets[s + 1] += offsets[s];
+        }
+        let mut next: Vec<u32> = offsets[..self.num_slots].to_vec();
+        let mut rows = vec![0u64; self.rows.len()];
+        let mut weights = vec![0f32; self.rows.len()];
+        for ((&row, &slot), &weight) in self.rows.iter().zip(&self.slots).zip(&self.weights) {
+            let at = &mut next[slot as usize];
+            rows[*at as usize] = row;
+            weights[*at as usize] = weight;
+            *at += 1;
+        }
+        SlotGroups {
+            rows,
+            weights,
+            offsets,
+        }
+    }
+
     /// Checks that every entry addresses a row of the table and an output slot.
     pub(crate) fn check(&self, spec: &StorageSpec) -> Result<(), EngineError> {
         let n = self.rows.len();

@@ -281,7 +281,12 @@ impl ServerConfig {
 
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.backend_kind()?;
+        self.backend_kind()?
+            .check_available()
+            .map_err(|e| ConfigError::Invalid {
+                field: "backend",
+                reason: e.to_string(),
+            })?;
         let positive = [
             ("limits.max_batch_values", self.limits.max_batch_values),
             ("limits.max_request_bytes", self.limits.max_request_bytes),
@@ -394,5 +399,18 @@ mod tests {
         config.backend = "tpu".into();
         let err = config.validate().unwrap_err().to_string();
         assert!(err.starts_with("backend:"), "{err}");
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn a_cuda_backend_without_cuda_is_refused_at_start_up() {
+        let config = ServerConfig {
+            backend: "cuda:0".into(),
+            ..ServerConfig::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.starts_with("backend:"), "{err}");
+        assert!(err.contains("built without it"), "{err}");
+        assert!(err.contains("scripts/build-cuda.sh"), "{err}");
     }
 }

@@ -143,7 +143,8 @@ fn initializer_to_pb(init: Initializer) -> pb::Initializer {
     pb::Initializer { kind: Some(kind) }
 }
 
-fn optimizer_from_pb(opt: Option<pb::Optimizer>) -> Optimizer {
+/// The engine optimizer of a wire optimizer (unset: the default).
+pub fn optimizer_from_pb(opt: Option<pb::Optimizer>) -> Optimizer {
     use pb::optimizer::Kind;
     match opt.and_then(|o| o.kind) {
         None => Optimizer::default(),

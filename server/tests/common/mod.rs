@@ -1,0 +1,25 @@
+//! Which device the candle-backend tests run on: `candle-cpu` by default (CI
+//! has no GPU); `FEATMUX_TEST_CANDLE_BACKEND=cuda:0` runs the same tests on a
+//! GPU (`scripts/gpu-check.sh` does).
+
+use featmux::backend::BackendKind;
+
+pub fn candle_backend() -> BackendKind {
+    match std::env::var("FEATMUX_TEST_CANDLE_BACKEND") {
+        Ok(name) => name
+            .parse()
+            .unwrap_or_else(|e| panic!("FEATMUX_TEST_CANDLE_BACKEND: {e}")),
+        Err(_) => BackendKind::CandleCpu,
+    }
+}
+
+/// The candle device of [`candle_backend`].
+#[allow(dead_code)] // not every test file that includes this module uses it
+pub fn candle_device() -> candle_core::Device {
+    match candle_backend() {
+        BackendKind::CandleCuda(n) => {
+            candle_core::Device::new_cuda(n).expect("CUDA device for the tests")
+        }
+        _ => candle_core::Device::Cpu,
+    }
+}

@@ -1,0 +1,149 @@
+//! The candle backend's row kernels against plain loops, on random data, on
+//! the test device (CPU by default, a GPU under `scripts/gpu-check.sh`):
+//! widths with and without the 16-byte path, inputs at odd offsets, empty
+//! and crowded pooling segments.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use featmux::backend::row_ops::{gather_rows, scatter_rows, segment_sum};
+use featmux::backend::GatherPlan;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn random_floats(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
+fn ids(device: &Device, rows: &[u64]) -> Tensor {
+    let ids: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+    Tensor::from_vec(ids, rows.len(), device).unwrap()
+}
+
+#[test]
+fn gather_rows_copies_the_named_rows() {
+    let device = common::candle_device();
+    let mut rng = StdRng::seed_from_u64(1);
+    for width in [1, 3, 4, 17, 64] {
+        let rows = 1_000;
+        let host = random_floats(&mut rng, rows * width);
+        let table = Tensor::from_vec(host.clone(), (rows, width), &device).unwrap();
+        let picked: Vec<u64> = (0..5_000)
+            .map(|_| rng.random_range(0..rows as u64))
+            .collect();
+        let got = gather_rows(&table, &ids(&device, &picked)).unwrap();
+        assert_eq!(got.dims(), [picked.len(), width]);
+        let want: Vec<f32> = picked
+            .iter()
+            .flat_map(|&r| &host[r as usize * width..(r as usize + 1) * width])
+            .copied()
+            .collect();
+        assert_eq!(
+            got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            want,
+            "width {width}"
+        );
+    }
+}
+
+#[test]
+fn gather_rows_reads_a_table_view_at_an_odd_offset() {
+    let device = common::candle_device();
+    let mut rng = StdRng::seed_from_u64(2);
+    let (rows, width) = (300, 8);
+    let host = random_floats(&mut rng, (rows + 1) * width + 1);
+    // A [rows, width] view starting one float in: not 16-byte aligned.
+    let table = Tensor::from_vec(host.clone(), host.len(), &device)
+        .unwrap()
+        .narrow(0, 1, rows * width)
+        .unwrap()
+        .reshape((rows, width))
+        .unwrap();
+    let picked: Vec<u64> = (0..rows as u64).rev().collect();
+    let got = gather_rows(&table, &ids(&device, &picked)).unwrap();
+    let want: Vec<f32> = picked
+        .iter()
+        .flat_map(|&r| &host[1 + r as usize * width..1 + (r as usize + 1) * width])
+        .copied()
+        .collect();
+    assert_eq!(got.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
+}
+
+#[test]
+fn segment_sum_pools_in_entry_order_like_the_cpu_backend() {
+    let device = common::candle_device();
+    let mut rng = StdRng::seed_from_u64(3);
+    for width in [5, 16] {
+        let slots = 400;
+        // Three entries per slot on average (some slots empty, some crowded),
+        // in random slot order, as plans of bags produce.
+        let n = 1_200;
+        let plan = GatherPlan {
+            rows: (0..n as u64).collect(),
+            slots: (0..n).map(|_| rng.random_range(0..slots as u32)).collect(),
+            weights: random_floats(&mut rng, n),
+            num_slots: slots,
+        };
+        let values = random_floats(&mut rng, n * width);
+        let groups = plan.grouped_by_slot();
+        let grouped_values: Vec<f32> = groups
+            .rows
+            .iter()
+            .flat_map(|&e| &values[e as usize * width..(e as usize + 1) * width])
+            .copied()
+            .collect();
+        let got = segment_sum(
+            &Tensor::from_vec(grouped_values, (n, width), &device).unwrap(),
+            &Tensor::from_vec(groups.weights.clone(), n, &device).unwrap(),
+            &Tensor::from_vec(groups.offsets.clone(), slots + 1, &device).unwrap(),
+        )
+        .unwrap();
+        // The CPU backend's loop: out[slot] += weight * row, in plan order.
+        let mut want = vec![0.0f32; slots * width];
+        for e in 0..n {
+            let s = plan.slots[e] as usize;
+            for c in 0..width {
+                want[s * width + c] += plan.weights[e] * values[e * width + c];
+            }
+        }
+        let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(got, want, "width {width}: sums must match bit for bit");
+        assert!(
+            groups.offsets.windows(2).any(|w| w[0] == w[1]),
+            "no empty slot tested"
+        );
+    }
+}
+
+#[test]
+fn scatter_rows_overwrites_only_the_named_rows() {
+    let device = common::candle_device();
+    let mut rng = StdRng::seed_from_u64(4);
+    for width in [1, 7, 12] {
+        let rows = 2_000;
+        let mut host = random_floats(&mut rng, rows * width);
+        let table = Tensor::from_vec(host.clone(), (rows, width), &device).unwrap();
+        let mut picked: Vec<u64> = (0..rows as u64).filter(|_| rng.random_bool(0.3)).collect();
+        picked.reverse();
+        let new = random_floats(&mut rng, picked.len() * width);
+        let src = Tensor::from_vec(new.clone(), (picked.len(), width), &device).unwrap();
+        scatter_rows(&table, &ids(&device, &picked), &src).unwrap();
+        for (i, &r) in picked.iter().enumerate() {
+            let r = r as usize;
+            host[r * width..(r + 1) * width].copy_from_slice(&new[i * width..(i + 1) * width]);
+        }
+        let got = table.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(got, host, "width {width}");
+    }
+}
+
+#[test]
+fn row_ops_reject_non_f32_tables_with_a_named_error() {
+    let device = common::candle_device();
+    let table = Tensor::zeros((4, 4), DType::F64, &device).unwrap();
+    let err = gather_rows(&table, &ids(&device, &[0, 1])).unwrap_err();
+    assert!(
+        err.to_string().contains("F32") || err.to_string().contains("f32"),
+        "{err}"
+    );
+}
