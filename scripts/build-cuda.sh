@@ -2,8 +2,8 @@
 # Builds `featmux` with the candle CUDA backend (`--features cuda`) on a
 # machine that has neither a GPU nor a CUDA install:
 #
-#   scripts/build-cuda.sh    # -> dist/cuda/: featmux, tests/ (the candle-backend
-#                            #    tests), needed-libs.txt; all stripped
+#   scripts/build-cuda.sh    # -> dist/cuda/: featmux, tests/backends (the
+#                            #    backends' tests), needed-libs.txt; all stripped
 #
 # What it does, once (kept in $FEATMUX_CUDA_HOME, default
 # /var/tmp/featmux-cuda/13.0, outside the clone):
@@ -35,8 +35,8 @@ COMPUTE_CAP="${FEATMUX_CUDA_COMPUTE_CAP:-90}"
 WHEELS="nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88
 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cublas==13.0.2.14
 nvidia-curand==10.4.0.35 nvidia-cuda-nvrtc==13.0.88"
-# The candle-backend tests gpu-check.sh runs on the GPU.
-GPU_TESTS="row_ops backend_differential backend_concurrency"
+# The test binary gpu-check.sh runs on the GPU (server/tests/backends/).
+GPU_TESTS="backends"
 
 install_toolkit() {
     work=$(mktemp -d)

@@ -52,15 +52,13 @@ if ldd "$BIN" | grep -q "not found"; then
 fi
 
 echo "== (a) candle-backend tests on $BACKEND" >&2
-for test in row_ops backend_differential backend_concurrency; do
-    if FEATMUX_TEST_CANDLE_BACKEND="$BACKEND" "$DIST/tests/$test" >"$OUT/test-$test.log" 2>&1; then
-        echo "   $test: ok ($(grep -o '[0-9]* passed' "$OUT/test-$test.log"))" >&2
-    else
-        echo "   $test: FAILED (see test-$test.log)" >&2
-        tail -20 "$OUT/test-$test.log" >&2
-        failed="$failed test-$test"
-    fi
-done
+if FEATMUX_TEST_CANDLE_BACKEND="$BACKEND" "$DIST/tests/backends" >"$OUT/test-backends.log" 2>&1; then
+    echo "   $(grep '^test result' "$OUT/test-backends.log")" >&2
+else
+    echo "   FAILED (see test-backends.log)" >&2
+    tail -30 "$OUT/test-backends.log" >&2
+    failed="$failed tests"
+fi
 
 echo "== (b) device-bench" >&2
 if ! "$BIN" device-bench --backend "$BACKEND" --rows "$ROWS" --dims 16,64,128 --batch 65536 \

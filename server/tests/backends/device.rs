@@ -4,6 +4,7 @@
 
 use featmux::backend::BackendKind;
 
+/// The candle backend under test.
 pub fn candle_backend() -> BackendKind {
     match std::env::var("FEATMUX_TEST_CANDLE_BACKEND") {
         Ok(name) => name
@@ -14,7 +15,6 @@ pub fn candle_backend() -> BackendKind {
 }
 
 /// The candle device of [`candle_backend`].
-#[allow(dead_code)] // not every test file that includes this module uses it
 pub fn candle_device() -> candle_core::Device {
     match candle_backend() {
         BackendKind::CandleCuda(n) => {

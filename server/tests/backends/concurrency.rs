@@ -5,8 +5,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-mod common;
-
 use featmux::backend::{BackendKind, RowData};
 use featmux::batch::{Batch, FeatureBatch};
 use featmux::init::Initializer;
@@ -115,5 +113,5 @@ fn cpu_readers_never_see_a_torn_row() {
 
 #[test]
 fn candle_readers_never_see_a_torn_row() {
-    run(common::candle_backend());
+    run(super::device::candle_backend());
 }

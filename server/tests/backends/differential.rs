@@ -4,8 +4,6 @@
 //! every pooling, weights, multi-chunk features, both placements, and a small
 //! vocabulary so rows repeat inside and across batches.
 
-mod common;
-
 use featmux::backend::BackendKind;
 use featmux::batch::{Batch, FeatureBatch};
 use featmux::optimizer::Optimizer;
@@ -134,7 +132,7 @@ fn cpu_and_candle_backends_agree_on_a_random_workload() {
     let (mut lookups, mut pushes) = (0, 0);
     for optimizer in optimizers() {
         let cpu = make_table(optimizer, BackendKind::Cpu);
-        let candle = make_table(optimizer, common::candle_backend());
+        let candle = make_table(optimizer, super::device::candle_backend());
         for op in 0..OPS_PER_OPTIMIZER {
             let batch = random_batch(&mut rng);
             let what = format!("{} op {op}", optimizer.name());

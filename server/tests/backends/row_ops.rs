@@ -3,8 +3,6 @@
 //! widths with and without the 16-byte path, inputs at odd offsets, empty
 //! and crowded pooling segments.
 
-mod common;
-
 use candle_core::{DType, Device, Tensor};
 use featmux::backend::row_ops::{gather_rows, scatter_rows, segment_sum};
 use featmux::backend::GatherPlan;
@@ -22,7 +20,7 @@ fn ids(device: &Device, rows: &[u64]) -> Tensor {
 
 #[test]
 fn gather_rows_copies_the_named_rows() {
-    let device = common::candle_device();
+    let device = super::device::candle_device();
     let mut rng = StdRng::seed_from_u64(1);
     for width in [1, 3, 4, 17, 64] {
         let rows = 1_000;
@@ -48,7 +46,7 @@ fn gather_rows_copies_the_named_rows() {
 
 #[test]
 fn gather_rows_reads_a_table_view_at_an_odd_offset() {
-    let device = common::candle_device();
+    let device = super::device::candle_device();
     let mut rng = StdRng::seed_from_u64(2);
     let (rows, width) = (300, 8);
     let host = random_floats(&mut rng, (rows + 1) * width + 1);
@@ -71,7 +69,7 @@ fn gather_rows_reads_a_table_view_at_an_odd_offset() {
 
 #[test]
 fn segment_sum_pools_in_entry_order_like_the_cpu_backend() {
-    let device = common::candle_device();
+    let device = super::device::candle_device();
     let mut rng = StdRng::seed_from_u64(3);
     for width in [5, 16] {
         let slots = 400;
@@ -117,7 +115,7 @@ fn segment_sum_pools_in_entry_order_like_the_cpu_backend() {
 
 #[test]
 fn scatter_rows_overwrites_only_the_named_rows() {
-    let device = common::candle_device();
+    let device = super::device::candle_device();
     let mut rng = StdRng::seed_from_u64(4);
     for width in [1, 7, 12] {
         let rows = 2_000;
@@ -139,7 +137,7 @@ fn scatter_rows_overwrites_only_the_named_rows() {
 
 #[test]
 fn row_ops_reject_non_f32_tables_with_a_named_error() {
-    let device = common::candle_device();
+    let device = super::device::candle_device();
     let table = Tensor::zeros((4, 4), DType::F64, &device).unwrap();
     let err = gather_rows(&table, &ids(&device, &[0, 1])).unwrap_err();
     assert!(
