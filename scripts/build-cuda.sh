@@ -3,7 +3,8 @@
 # machine that has neither a GPU nor a CUDA install:
 #
 #   scripts/build-cuda.sh    # -> dist/cuda/: featmux, tests/backends (the
-#                            #    backends' tests), needed-libs.txt; all stripped
+#                            #    backends' tests), needed-libs.txt; all stripped;
+#                            #    and the same as dist/cuda.tar.xz to carry
 #
 # What it does, once (kept in $FEATMUX_CUDA_HOME, default
 # /var/tmp/featmux-cuda/13.0, outside the clone):
@@ -112,4 +113,7 @@ PY
 strip dist/cuda/featmux dist/cuda/tests/*
 # What the binary needs at run time, for the GPU machine's checks.
 readelf -d dist/cuda/featmux | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' >dist/cuda/needed-libs.txt
-echo "featmux: built dist/cuda ($(du -sh dist/cuda | cut -f1)); needs: $(tr '\n' ' ' <dist/cuda/needed-libs.txt)"
+# The GPU machine takes at most 64 MiB of carried files: ship one xz archive
+# (~19 MB; the binaries are ~120 MB, much of it PTX text).
+tar -C dist -cf - cuda | xz -T0 -6 >dist/cuda.tar.xz
+echo "featmux: built dist/cuda ($(du -sh dist/cuda | cut -f1)) and dist/cuda.tar.xz ($(du -h dist/cuda.tar.xz | cut -f1)); needs: $(tr '\n' ' ' <dist/cuda/needed-libs.txt)"

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Verifies the candle CUDA backend on a GPU machine, with the binaries
-# `scripts/build-cuda.sh` left in dist/cuda/ (that machine needs no Rust):
+# `scripts/build-cuda.sh` left in dist/cuda/ or dist/cuda.tar.xz (that
+# machine needs no Rust):
 #
 #   OUT=/some/dir scripts/gpu-check.sh      # default OUT: /tmp/featmux-gpu-check
 #
@@ -27,7 +28,10 @@ BIN="$DIST/featmux"
 BACKEND="${FEATMUX_CHECK_BACKEND:-cuda:0}"
 ROWS="${FEATMUX_CHECK_ROWS:-10000000}"
 mkdir -p "$OUT"
-[ -x "$BIN" ] || { echo "no $BIN: run scripts/build-cuda.sh first (and carry dist/cuda)" >&2; exit 2; }
+if [ ! -x "$BIN" ] && [ -f dist/cuda.tar.xz ]; then
+    python3 -c 'import tarfile; tarfile.open("dist/cuda.tar.xz").extractall("dist", filter="data")'
+fi
+[ -x "$BIN" ] || { echo "no $BIN: run scripts/build-cuda.sh first (and carry dist/cuda.tar.xz)" >&2; exit 2; }
 failed=""
 
 # The CUDA libraries the binary links (cuBLAS, cuRAND, NVRTC, runtime): use
