@@ -43,7 +43,9 @@ for lib in $(cat "$DIST/needed-libs.txt"); do
     path=$(find /usr/local /opt /usr/lib -name "$lib" 2>/dev/null | head -1)
     [ -n "$path" ] && libdirs="$libdirs:$(dirname "$path")"
 done
-export LD_LIBRARY_PATH="${libdirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if [ -n "$libdirs" ]; then
+    export LD_LIBRARY_PATH="${libdirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
 {
     nvidia-smi
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"

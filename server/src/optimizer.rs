@@ -215,8 +215,8 @@ impl Optimizer {
                 let (m, rest) = state.split_at_mut(dim);
                 let (v, t) = rest.split_at_mut(dim);
                 t[0] += 1.0;
-                let correction1 = 1.0 - (t[0] * beta1.ln()).exp();
-                let correction2 = 1.0 - (t[0] * beta2.ln()).exp();
+                let correction1 = bias_correction(beta1, t[0]);
+                let correction2 = bias_correction(beta2, t[0]);
                 for i in 0..dim {
                     m[i] = beta1 * m[i] + (1.0 - beta1) * g[i];
                     v[i] = beta2 * v[i] + (1.0 - beta2) * (g[i] * g[i]);
@@ -247,6 +247,14 @@ impl Optimizer {
             }
         }
     }
+}
+
+/// Adam's bias correction `1 - beta^t`, computed in f64 and rounded once.
+/// In f32 the subtraction cancels about ten bits at small `t` (1 - 0.999),
+/// so two correct f32 `exp`s a few ulp apart (the CPU's and a GPU's) would
+/// move the step by 1e-4 relative; in f64 every backend rounds to the same f32.
+fn bias_correction(beta: f32, t: f32) -> f32 {
+    (1.0 - (t as f64 * (beta as f64).ln()).exp()) as f32
 }
 
 #[cfg(test)]

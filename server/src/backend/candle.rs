@@ -16,7 +16,7 @@
 //! On the CPU this backend is ~3× slower than [`super::cpu`] (candle's
 //! per-op overhead); it exists for devices with their own memory.
 
-use candle_core::{Device, DeviceLocation, Tensor};
+use candle_core::{DType, Device, DeviceLocation, Tensor};
 use parking_lot::RwLock;
 
 use super::{row_ops, Backend, GatherPlan, RowData, RowGradients, StorageSpec};
@@ -248,8 +248,7 @@ fn optimizer_step(
             ((w - step)?, Some(acc))
         }
         Optimizer::RowWiseAdagrad { lr, eps, .. } => {
-            let mean_sq = div(g.sqr()?.sum_keepdim(1)?, d as f32)?;
-            let acc = (state()? + mean_sq)?;
+            let acc = (state()? + row_ops::row_mean_square(g)?)?;
             let denom = (acc.sqrt()? + f(eps))?;
             let step = (g * f(lr))?.broadcast_div(&denom)?;
             ((w - step)?, Some(acc))
@@ -267,8 +266,15 @@ fn optimizer_step(
                 s.narrow(1, 2 * d, 1)?,
             );
             let t = (t + 1.0)?;
-            let correction1 = (t.clone() * f(beta1.ln()))?.exp()?.affine(-1.0, 1.0)?;
-            let correction2 = (t.clone() * f(beta2.ln()))?.exp()?.affine(-1.0, 1.0)?;
+            // In f64, as `optimizer::bias_correction` does.
+            let t64 = t.to_dtype(DType::F64)?;
+            let correction = |beta: f32| {
+                (&t64 * (beta as f64).ln())?
+                    .exp()?
+                    .affine(-1.0, 1.0)?
+                    .to_dtype(DType::F32)
+            };
+            let (correction1, correction2) = (correction(beta1)?, correction(beta2)?);
             let m = ((m * f(beta1))? + (g * f(1.0 - beta1))?)?;
             let v = ((v * f(beta2))? + (g.sqr()? * f(1.0 - beta2))?)?;
             let m_hat = m.broadcast_div(&correction1)?;

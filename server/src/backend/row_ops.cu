@@ -3,9 +3,10 @@
 //
 // Why custom kernels: candle 0.11's CUDA `scatter` and `index_add` along
 // dim 0 run one thread per column and loop over all rows serially (a push of
-// 65,536 rows would use 16 threads), and its `index_select` indexes with
-// 32-bit integers (wrong past 2^32 floats). These are one thread per float,
-// 64-bit indexing, grid-stride loops.
+// 65,536 rows would use 16 threads), its `index_select` indexes with 32-bit
+// integers (wrong past 2^32 floats), and its `sum_keepdim` over rows of 8
+// floats returned 0 on an H100. These use 64-bit indexing and grid-stride
+// loops.
 
 typedef unsigned long long u64;
 
@@ -56,5 +57,19 @@ extern "C" __global__ void featmux_segment_sum(const float *rows, const float *w
             acc = __fadd_rn(acc, __fmul_rn(weights[e], rows[e * width + c]));
         }
         out[i] = acc;
+    }
+}
+
+// out[r] = (sum over c of rows[r, c]^2) / width, summed in column order from
+// 0 without FMA contraction, as the CPU backend's row-wise Adagrad does.
+extern "C" __global__ void featmux_row_mean_square(const float *rows, float *out, u64 n, u64 width) {
+    for (u64 r = blockIdx.x * (u64)blockDim.x + threadIdx.x; r < n;
+         r += (u64)blockDim.x * gridDim.x) {
+        float acc = 0.0f;
+        for (u64 c = 0; c < width; ++c) {
+            float x = rows[r * width + c];
+            acc = __fadd_rn(acc, __fmul_rn(x, x));
+        }
+        out[r] = __fdiv_rn(acc, (float)width);
     }
 }

@@ -4,14 +4,18 @@
 //! - [`gather_rows`]: `table[ids]` → `[n, width]`.
 //! - [`segment_sum`]: pools gathered rows into output slots, CSR-style.
 //! - [`scatter_rows`]: writes `[n, width]` rows into the table in place.
+//! - [`row_mean_square`]: `mean(row²)` per row, for row-wise Adagrad.
 //!
-//! candle's own `index_select` / `index_add` / `scatter_set` compute the
-//! same, but on CUDA the latter two run one thread per column over all rows
-//! serially and `index_select` indexes with 32 bits; `row_ops.cu` explains.
+//! candle's own `index_select` / `index_add` / `scatter_set` / `sum_keepdim`
+//! compute the same, but on CUDA the middle two run one thread per column
+//! over all rows serially, `index_select` indexes with 32 bits and
+//! `sum_keepdim` gave 0 for rows of 8 floats; `row_ops.cu` explains.
 //! Tensors handed to these ops must be contiguous f32 (rows, values) and
 //! i64 (ids) / u32 (offsets); ids must already be checked against the table.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, InplaceOp3, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, InplaceOp3, Layout, Result, Shape, Tensor,
+};
 
 /// Gathers rows: `out[i] = table[ids[i]]`; `table [rows, width]` f32, `ids [n]` i64.
 pub fn gather_rows(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
@@ -31,9 +35,16 @@ pub fn scatter_rows(table: &Tensor, ids: &Tensor, src: &Tensor) -> Result<()> {
     table.inplace_op3(ids, src, &ScatterRows)
 }
 
+/// `[n, 1]` mean of squares of each row of `rows [n, width]` f32, summed in
+/// column order like the CPU backend's row-wise Adagrad (bit-identical).
+pub fn row_mean_square(rows: &Tensor) -> Result<Tensor> {
+    rows.apply_op1_no_bwd(&RowMeanSquare)
+}
+
 struct GatherRows;
 struct SegmentSum;
 struct ScatterRows;
+struct RowMeanSquare;
 
 fn contiguous<'a, T: candle_core::WithDType>(
     op: &str,
@@ -184,6 +195,31 @@ impl InplaceOp3 for ScatterRows {
         src_layout: &Layout,
     ) -> Result<()> {
         cuda::scatter_rows(table, table_layout, ids, ids_layout, src, src_layout)
+    }
+}
+
+impl CustomOp1 for RowMeanSquare {
+    fn name(&self) -> &'static str {
+        "featmux-row-mean-square"
+    }
+
+    fn cpu_fwd(&self, rows: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, width) = rows_and_width(self.name(), layout)?;
+        let rows = contiguous::<f32>(self.name(), rows, layout)?;
+        let out = rows
+            .chunks_exact(width)
+            .map(|row| row.iter().map(|x| x * x).sum::<f32>() / width as f32)
+            .collect();
+        Ok((CpuStorage::F32(out), Shape::from((n, 1))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        rows: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::row_mean_square(rows, layout)
     }
 }
 
@@ -365,5 +401,29 @@ mod cuda {
         // checked against the table.
         unsafe { launch.launch(config(n * units as usize)) }.w()?;
         Ok(())
+    }
+
+    pub fn row_mean_square(rows: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (n, width) = super::rows_and_width("featmux-row-mean-square", layout)?;
+        let device = rows.device().clone();
+        let rows_view = view::<f32>(rows, layout)?;
+        // SAFETY: the kernel writes every element before anyone reads it.
+        let out: CudaSlice<f32> = unsafe { device.alloc::<f32>(n)? };
+        if n > 0 {
+            let func = function(&device, "featmux_row_mean_square")?;
+            let (n64, width64) = (n as u64, width as u64);
+            let stream = device.cuda_stream();
+            let mut launch = stream.launch_builder(&func);
+            launch.arg(&rows_view);
+            launch.arg(&out);
+            launch.arg(&n64);
+            launch.arg(&width64);
+            // SAFETY: argument types match the kernel.
+            unsafe { launch.launch(config(n)) }.w()?;
+        }
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, device),
+            Shape::from((n, 1)),
+        ))
     }
 }

@@ -193,3 +193,49 @@ fn cpu_and_candle_backends_agree_on_a_random_workload() {
         "{lookups} lookups, {pushes} pushes"
     );
 }
+
+/// One push per optimizer, every optimizer checked before failing, so one
+/// run on a device names every optimizer that disagrees.
+#[test]
+fn one_push_moves_every_optimizers_rows_identically() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let all: Vec<u64> = (0..ROWS).collect();
+    let mut failures = Vec::new();
+    for optimizer in optimizers() {
+        let cpu = make_table(optimizer, BackendKind::Cpu);
+        let candle = make_table(optimizer, super::device::candle_backend());
+        let batch = random_batch(&mut rng);
+        let shapes = cpu.lookup(&batch).unwrap();
+        let grads: Vec<Vec<f32>> = shapes
+            .iter()
+            .map(|o| {
+                (0..o.data.len())
+                    .map(|_| rng.random_range(-1.0..1.0))
+                    .collect()
+            })
+            .collect();
+        cpu.push(&batch, &grads).unwrap();
+        candle.push(&batch, &grads).unwrap();
+        let (a, b) = (
+            cpu.backend().read_rows(&all).unwrap(),
+            candle.backend().read_rows(&all).unwrap(),
+        );
+        for (what, x, y) in [
+            ("weights", &a.weights, &b.weights),
+            ("state", &a.state, &b.state),
+        ] {
+            if let Some((i, (p, q))) = x
+                .iter()
+                .zip(y)
+                .enumerate()
+                .find(|(_, (p, q))| (*p - *q).abs() > 1e-5 * p.abs().max(q.abs()).max(1e-3))
+            {
+                failures.push(format!(
+                    "{} {what}[{i}]: cpu {p} vs candle {q}",
+                    optimizer.name()
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

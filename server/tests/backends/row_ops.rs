@@ -4,7 +4,7 @@
 //! and crowded pooling segments.
 
 use candle_core::{DType, Device, Tensor};
-use featmux::backend::row_ops::{gather_rows, scatter_rows, segment_sum};
+use featmux::backend::row_ops::{gather_rows, row_mean_square, scatter_rows, segment_sum};
 use featmux::backend::GatherPlan;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -132,6 +132,28 @@ fn scatter_rows_overwrites_only_the_named_rows() {
         }
         let got = table.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(got, host, "width {width}");
+    }
+}
+
+#[test]
+fn row_mean_square_matches_the_cpu_optimizers_sum_bit_for_bit() {
+    let device = super::device::candle_device();
+    let mut rng = StdRng::seed_from_u64(6);
+    for width in [1, 8, 16, 33] {
+        let n = 3_000;
+        let host = random_floats(&mut rng, n * width);
+        let got =
+            row_mean_square(&Tensor::from_vec(host.clone(), (n, width), &device).unwrap()).unwrap();
+        assert_eq!(got.dims(), [n, 1]);
+        let want: Vec<f32> = host
+            .chunks_exact(width)
+            .map(|row| row.iter().map(|g| g * g).sum::<f32>() / width as f32)
+            .collect();
+        assert_eq!(
+            got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            want,
+            "width {width}"
+        );
     }
 }
 
