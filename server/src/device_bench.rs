@@ -75,6 +75,9 @@ pub fn run(args: DeviceBenchArgs) -> Result<(), String> {
     if args.batch == 0 || args.repeats == 0 || args.rows < args.batch as u64 {
         return Err("--batch and --repeats must be positive and --rows at least --batch".into());
     }
+    if args.dims.contains(&0) {
+        return Err("--dims: every row width must be positive".into());
+    }
     let optimizer = optimizer_from_pb(Some(crate::cli::optimizer(&args.optimizer, 0.01)?));
     let mut results = Vec::new();
     for &dim in &args.dims {

@@ -83,11 +83,6 @@ impl CandleBackend {
         })
     }
 
-    /// The device the tensors live on.
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
     /// A device copy of the whole weight tensor: the memory-bandwidth
     /// ceiling `featmux device-bench` compares the row kernels with.
     pub fn copy_weights(&self) -> candle_core::Result<Tensor> {

@@ -1,4 +1,4 @@
-//! The three row primitives the candle backend is built from, as candle
+//! The row primitives the candle backend is built from, as candle
 //! custom ops with a CPU and (feature `cuda`) a CUDA implementation:
 //!
 //! - [`gather_rows`]: `table[ids]` → `[n, width]`.
