@@ -5,9 +5,11 @@
 #
 #   OUT=/some/dir scripts/gpu-check.sh      # default OUT: /tmp/featmux-gpu-check
 #
-# (a) the candle-backend tests on `cuda:0`: the row kernels against plain
-#     loops, the CPU-vs-CUDA differential test (all optimizers, poolings,
-#     weights, chunks; 1e-5 relative), readers never seeing a torn row;
+# (a) the backends' tests (dist/cuda/tests/backends) with the candle backend
+#     on `cuda:0`: the row kernels against plain loops, the candle ops the
+#     optimizers use against candle's CPU device, the CPU-vs-CUDA
+#     differential test (all optimizers, poolings, weights, chunks; 1e-5
+#     relative), readers never seeing a torn row;
 # (b) `featmux device-bench`: gather and update rows/s and GB/s on a
 #     10^7-row table, chunk_dim 16, 64 and 128, batches of 65,536 rows,
 #     beside the device's measured copy bandwidth;
@@ -18,7 +20,7 @@
 # Everything lands under $OUT (JSON, logs, nvidia-smi); a summary is
 # printed last. Exit status: 0 only if every step passed.
 # A dry run without a GPU (checks the script itself):
-#   FEATMUX_DIST=<dir with featmux, tests/, needed-libs.txt> \
+#   FEATMUX_DIST=<dir with featmux, tests/backends, needed-libs.txt> \
 #   FEATMUX_CHECK_BACKEND=candle-cpu FEATMUX_CHECK_ROWS=100000 scripts/gpu-check.sh
 set -u
 cd "$(dirname "$0")/.."
@@ -48,7 +50,7 @@ if [ -n "$libdirs" ]; then
 fi
 {
     nvidia-smi
-    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+    echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
     ldd "$BIN"
 } >"$OUT/machine.txt" 2>&1
 if ldd "$BIN" | grep -q "not found"; then
