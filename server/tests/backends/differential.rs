@@ -5,7 +5,7 @@
 //! vocabulary so rows repeat inside and across batches.
 
 use featmux::backend::BackendKind;
-use featmux::batch::{Batch, FeatureBatch};
+use featmux::batch::{Batch, FeatureBatch, FeatureEmbeddings};
 use featmux::optimizer::Optimizer;
 use featmux::pooling::Pooling;
 use featmux::schema::{FeatureSpec, Placement, TableSpec, ValueType};
@@ -115,15 +115,36 @@ fn random_batch(rng: &mut impl Rng) -> Batch {
     Batch::new(parts)
 }
 
-fn assert_close(what: &str, a: &[f32], b: &[f32]) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths differ");
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        let tolerance = 1e-5 * x.abs().max(y.abs()).max(1e-3);
-        assert!(
-            (x - y).abs() <= tolerance,
-            "{what}[{i}]: cpu {x} vs candle {y}"
-        );
+/// The first element where `cpu` and `candle` differ by more than 1e-5
+/// relative (1e-8 absolute near zero), described.
+fn first_mismatch(what: &str, cpu: &[f32], candle: &[f32]) -> Option<String> {
+    if cpu.len() != candle.len() {
+        return Some(format!("{what}: {} vs {} values", cpu.len(), candle.len()));
     }
+    let (i, (x, y)) = cpu.iter().zip(candle).enumerate().find(|(_, (x, y))| {
+        // Written so that a NaN on either side is a mismatch.
+        let within = (*x - *y).abs() <= 1e-5 * x.abs().max(y.abs()).max(1e-3);
+        !within
+    })?;
+    Some(format!("{what}[{i}]: cpu {x} vs candle {y}"))
+}
+
+fn assert_close(what: &str, cpu: &[f32], candle: &[f32]) {
+    if let Some(mismatch) = first_mismatch(what, cpu, candle) {
+        panic!("{mismatch}");
+    }
+}
+
+/// A random gradient for every float of a lookup's outputs.
+fn random_grads(rng: &mut impl Rng, outputs: &[FeatureEmbeddings]) -> Vec<Vec<f32>> {
+    outputs
+        .iter()
+        .map(|o| {
+            (0..o.data.len())
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect()
+        })
+        .collect()
 }
 
 #[test]
@@ -145,14 +166,7 @@ fn cpu_and_candle_backends_agree_on_a_random_workload() {
                 lookups += 1;
                 continue;
             }
-            let grads: Vec<Vec<f32>> = out_cpu
-                .iter()
-                .map(|o| {
-                    (0..o.data.len())
-                        .map(|_| rng.random_range(-1.0..1.0))
-                        .collect()
-                })
-                .collect();
+            let grads = random_grads(&mut rng, &out_cpu);
             let a = cpu.push(&batch, &grads).unwrap();
             let b = candle.push(&batch, &grads).unwrap();
             assert_eq!(a, b);
@@ -205,37 +219,20 @@ fn one_push_moves_every_optimizers_rows_identically() {
         let cpu = make_table(optimizer, BackendKind::Cpu);
         let candle = make_table(optimizer, super::device::candle_backend());
         let batch = random_batch(&mut rng);
-        let shapes = cpu.lookup(&batch).unwrap();
-        let grads: Vec<Vec<f32>> = shapes
-            .iter()
-            .map(|o| {
-                (0..o.data.len())
-                    .map(|_| rng.random_range(-1.0..1.0))
-                    .collect()
-            })
-            .collect();
+        let grads = random_grads(&mut rng, &cpu.lookup(&batch).unwrap());
         cpu.push(&batch, &grads).unwrap();
         candle.push(&batch, &grads).unwrap();
         let (a, b) = (
             cpu.backend().read_rows(&all).unwrap(),
             candle.backend().read_rows(&all).unwrap(),
         );
-        for (what, x, y) in [
-            ("weights", &a.weights, &b.weights),
-            ("state", &a.state, &b.state),
-        ] {
-            if let Some((i, (p, q))) = x
-                .iter()
-                .zip(y)
-                .enumerate()
-                .find(|(_, (p, q))| (*p - *q).abs() > 1e-5 * p.abs().max(q.abs()).max(1e-3))
-            {
-                failures.push(format!(
-                    "{} {what}[{i}]: cpu {p} vs candle {q}",
-                    optimizer.name()
-                ));
-            }
-        }
+        let name = optimizer.name();
+        failures.extend(first_mismatch(
+            &format!("{name} weights"),
+            &a.weights,
+            &b.weights,
+        ));
+        failures.extend(first_mismatch(&format!("{name} state"), &a.state, &b.state));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

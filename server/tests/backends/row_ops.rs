@@ -13,6 +13,15 @@ fn random_floats(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
 }
 
+/// Row `r` of a row-major `[_, width]` host array.
+fn row(values: &[f32], r: u64, width: usize) -> &[f32] {
+    &values[r as usize * width..(r as usize + 1) * width]
+}
+
+fn to_host(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
 fn ids(device: &Device, rows: &[u64]) -> Tensor {
     let ids: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
     Tensor::from_vec(ids, rows.len(), device).unwrap()
@@ -33,14 +42,10 @@ fn gather_rows_copies_the_named_rows() {
         assert_eq!(got.dims(), [picked.len(), width]);
         let want: Vec<f32> = picked
             .iter()
-            .flat_map(|&r| &host[r as usize * width..(r as usize + 1) * width])
+            .flat_map(|&r| row(&host, r, width))
             .copied()
             .collect();
-        assert_eq!(
-            got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            want,
-            "width {width}"
-        );
+        assert_eq!(to_host(&got), want, "width {width}");
     }
 }
 
@@ -61,10 +66,10 @@ fn gather_rows_reads_a_table_view_at_an_odd_offset() {
     let got = gather_rows(&table, &ids(&device, &picked)).unwrap();
     let want: Vec<f32> = picked
         .iter()
-        .flat_map(|&r| &host[1 + r as usize * width..1 + (r as usize + 1) * width])
+        .flat_map(|&r| row(&host[1..], r, width))
         .copied()
         .collect();
-    assert_eq!(got.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
+    assert_eq!(to_host(&got), want);
 }
 
 #[test]
@@ -87,7 +92,7 @@ fn segment_sum_pools_in_entry_order_like_the_cpu_backend() {
         let grouped_values: Vec<f32> = groups
             .rows
             .iter()
-            .flat_map(|&e| &values[e as usize * width..(e as usize + 1) * width])
+            .flat_map(|&e| row(&values, e, width))
             .copied()
             .collect();
         let got = segment_sum(
@@ -104,7 +109,7 @@ fn segment_sum_pools_in_entry_order_like_the_cpu_backend() {
                 want[s * width + c] += plan.weights[e] * values[e * width + c];
             }
         }
-        let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let got = to_host(&got);
         assert_eq!(got, want, "width {width}: sums must match bit for bit");
         assert!(
             groups.offsets.windows(2).any(|w| w[0] == w[1]),
@@ -130,7 +135,7 @@ fn scatter_rows_overwrites_only_the_named_rows() {
             let r = r as usize;
             host[r * width..(r + 1) * width].copy_from_slice(&new[i * width..(i + 1) * width]);
         }
-        let got = table.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let got = to_host(&table);
         assert_eq!(got, host, "width {width}");
     }
 }
@@ -149,11 +154,7 @@ fn row_mean_square_matches_the_cpu_optimizers_sum_bit_for_bit() {
             .chunks_exact(width)
             .map(|row| row.iter().map(|g| g * g).sum::<f32>() / width as f32)
             .collect();
-        assert_eq!(
-            got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            want,
-            "width {width}"
-        );
+        assert_eq!(to_host(&got), want, "width {width}");
     }
 }
 
