@@ -262,6 +262,18 @@ mod cuda {
         }
     }
 
+    /// Queues `func` on `device`'s stream over `elements` work items, `args`
+    /// in the kernel's parameter order. It expands to the unsafe launch, so
+    /// it only compiles inside `unsafe { }`, next to the caller's SAFETY note.
+    macro_rules! launch {
+        ($device:expr, $func:expr, $elements:expr; $($arg:expr),+ $(,)?) => {{
+            let stream = $device.cuda_stream();
+            let mut builder = stream.launch_builder(&$func);
+            $(builder.arg($arg);)+
+            builder.launch(config($elements)).w().map(drop)
+        }};
+    }
+
     fn view<'a, T: CudaDType>(
         storage: &'a CudaStorage,
         layout: &Layout,
@@ -311,15 +323,11 @@ mod cuda {
         if n > 0 {
             let (func, units) = row_kernel(&device, "featmux_gather_rows", width, &[table_layout])?;
             let n64 = n as u64;
-            let stream = device.cuda_stream();
-            let mut launch = stream.launch_builder(&func);
-            launch.arg(&table_view);
-            launch.arg(&ids_view);
-            launch.arg(&out);
-            launch.arg(&n64);
-            launch.arg(&units);
             // SAFETY: argument types match the kernel; ids were checked against the table.
-            unsafe { launch.launch(config(n * units as usize)) }.w()?;
+            unsafe {
+                launch!(device, func, n * units as usize;
+                    &table_view, &ids_view, &out, &n64, &units)
+            }?;
         }
         Ok((
             CudaStorage::wrap_cuda_slice(out, device),
@@ -346,16 +354,11 @@ mod cuda {
         if segments > 0 {
             let func = function(&device, "featmux_segment_sum")?;
             let (segments64, width64) = (segments as u64, width as u64);
-            let stream = device.cuda_stream();
-            let mut launch = stream.launch_builder(&func);
-            launch.arg(&rows_view);
-            launch.arg(&weights_view);
-            launch.arg(&offsets_view);
-            launch.arg(&out);
-            launch.arg(&segments64);
-            launch.arg(&width64);
             // SAFETY: argument types match the kernel; offsets stay inside `rows`.
-            unsafe { launch.launch(config(segments * width)) }.w()?;
+            unsafe {
+                launch!(device, func, segments * width;
+                    &rows_view, &weights_view, &offsets_view, &out, &segments64, &width64)
+            }?;
         }
         Ok((
             CudaStorage::wrap_cuda_slice(out, device),
@@ -390,17 +393,12 @@ mod cuda {
         )?;
         let mut table_view = table.as_cuda_slice_mut::<f32>()?.slice_mut(start..end);
         let n64 = n as u64;
-        let stream = device.cuda_stream();
-        let mut launch = stream.launch_builder(&func);
-        launch.arg(&mut table_view);
-        launch.arg(&ids_view);
-        launch.arg(&src_view);
-        launch.arg(&n64);
-        launch.arg(&units);
         // SAFETY: argument types match the kernel; ids are unique and were
         // checked against the table.
-        unsafe { launch.launch(config(n * units as usize)) }.w()?;
-        Ok(())
+        unsafe {
+            launch!(device, func, n * units as usize;
+                &mut table_view, &ids_view, &src_view, &n64, &units)
+        }
     }
 
     pub fn row_mean_square(rows: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
@@ -412,14 +410,8 @@ mod cuda {
         if n > 0 {
             let func = function(&device, "featmux_row_mean_square")?;
             let (n64, width64) = (n as u64, width as u64);
-            let stream = device.cuda_stream();
-            let mut launch = stream.launch_builder(&func);
-            launch.arg(&rows_view);
-            launch.arg(&out);
-            launch.arg(&n64);
-            launch.arg(&width64);
             // SAFETY: argument types match the kernel.
-            unsafe { launch.launch(config(n)) }.w()?;
+            unsafe { launch!(device, func, n; &rows_view, &out, &n64, &width64) }?;
         }
         Ok((
             CudaStorage::wrap_cuda_slice(out, device),
