@@ -65,13 +65,13 @@ pub fn run(args: DeviceBenchArgs) -> Result<(), String> {
         .backend
         .parse()
         .map_err(|e| format!("--backend: {e}"))?;
-    kind.check_available().map_err(|e| e.to_string())?;
     if kind == BackendKind::Cpu {
         return Err(
             "--backend cpu: device-bench measures the candle backend; use `cuda:N` or `candle-cpu`"
                 .into(),
         );
     }
+    let device = kind.candle_device().map_err(|e| e.to_string())?;
     if args.batch == 0 || args.repeats == 0 || args.rows < args.batch as u64 {
         return Err("--batch and --repeats must be positive and --rows at least --batch".into());
     }
@@ -88,7 +88,7 @@ pub fn run(args: DeviceBenchArgs) -> Result<(), String> {
             initializer: Initializer::default(),
             optimizer,
         };
-        results.push(measure(&args, kind, spec).map_err(|e| format!("dim {dim}: {e}"))?);
+        results.push(measure(&args, &device, spec).map_err(|e| format!("dim {dim}: {e}"))?);
         eprintln!("{}", results.last().unwrap());
     }
     let report = json!({
@@ -106,13 +106,9 @@ pub fn run(args: DeviceBenchArgs) -> Result<(), String> {
 
 fn measure(
     args: &DeviceBenchArgs,
-    kind: BackendKind,
+    device: &candle_core::Device,
     spec: StorageSpec,
 ) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
-    let device = match kind {
-        BackendKind::CandleCuda(n) => candle_core::Device::new_cuda(n)?,
-        _ => candle_core::Device::Cpu,
-    };
     let started = Instant::now();
     let table = CandleBackend::new(spec, device.clone())?;
     device.synchronize()?;
@@ -146,7 +142,7 @@ fn measure(
     let (lookup_ids, update_ids) = (upload(&lookup_sets)?, upload(&row_sets)?);
     let grads: Vec<Tensor> = grad_sets
         .iter()
-        .map(|g| Tensor::from_slice(g, (batch, dim), &device))
+        .map(|g| Tensor::from_slice(g, (batch, dim), device))
         .collect::<Result<_, _>>()?;
 
     let timed = |f: &mut dyn FnMut(usize) -> Result<(), Box<dyn std::error::Error>>| {

@@ -130,8 +130,22 @@ impl BackendKind {
     /// cannot use fails at start-up, saying why, not at its first table.
     pub fn check_available(self) -> Result<(), EngineError> {
         match self {
-            BackendKind::CandleCuda(n) => cuda_device(n).map(drop),
-            BackendKind::Cpu | BackendKind::CandleCpu => Ok(()),
+            BackendKind::Cpu => Ok(()),
+            _ => self.candle_device().map(drop),
+        }
+    }
+
+    /// The candle device a candle backend keeps its tensors on, opened (for
+    /// `cuda:N` that checks the build and the device): the one place kinds
+    /// map to devices, for tables, `featmux device-bench` and the tests.
+    pub fn candle_device(self) -> Result<candle_core::Device, EngineError> {
+        match self {
+            BackendKind::CandleCpu => Ok(candle_core::Device::Cpu),
+            BackendKind::CandleCuda(n) => cuda_device(n),
+            BackendKind::Cpu => Err(EngineError::invalid(
+                "backend",
+                "`cpu` keeps tables in plain arrays, not on a candle device",
+            )),
         }
     }
 }
@@ -155,10 +169,9 @@ fn cuda_device(n: usize) -> Result<candle_core::Device, EngineError> {
 pub fn create(kind: BackendKind, spec: StorageSpec) -> Result<Box<dyn Backend>, EngineError> {
     Ok(match kind {
         BackendKind::Cpu => Box::new(cpu::CpuBackend::new(spec)?),
-        BackendKind::CandleCpu => {
-            Box::new(candle::CandleBackend::new(spec, candle_core::Device::Cpu)?)
+        BackendKind::CandleCpu | BackendKind::CandleCuda(_) => {
+            Box::new(candle::CandleBackend::new(spec, kind.candle_device()?)?)
         }
-        BackendKind::CandleCuda(n) => Box::new(candle::CandleBackend::new(spec, cuda_device(n)?)?),
     })
 }
 

@@ -16,10 +16,7 @@ pub fn candle_backend() -> BackendKind {
 
 /// The candle device of [`candle_backend`].
 pub fn candle_device() -> candle_core::Device {
-    match candle_backend() {
-        BackendKind::CandleCuda(n) => {
-            candle_core::Device::new_cuda(n).expect("CUDA device for the tests")
-        }
-        _ => candle_core::Device::Cpu,
-    }
+    candle_backend()
+        .candle_device()
+        .expect("the test backend's device")
 }
