@@ -87,9 +87,9 @@ fi
 
 export CUDA_PATH="$CUDA_HOME_DIR" CUDA_COMPUTE_CAP="$COMPUTE_CAP"
 export PATH="$CUDA_HOME_DIR/bin:$PATH"
-# One cargo invocation builds the binary and the test binaries that
-# gpu-check.sh runs on the device (separate `build` and `test --no-run`
-# invocations resolve features differently and would build RocksDB twice).
+# One cargo invocation builds both the binary and the test binary that
+# gpu-check.sh runs on the device (`cargo test` builds the package's binary
+# for its integration tests).
 cargo test --release -p featmux-server --features cuda --no-run --message-format=json \
     >"$CARGO_TARGET_DIR/featmux-cuda-build.json"
 
