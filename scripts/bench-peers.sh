@@ -36,7 +36,7 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q $missing
 fi
 
-cargo build --release -p featmux-server -p featmux-tools
+cargo build --release -p featmux-cli -p featmux-tools
 FEATMUX="${FEATMUX:-$CARGO_TARGET_DIR/release/featmux}"
 REPORT="$CARGO_TARGET_DIR/release/featmux-report"
 

@@ -36,7 +36,7 @@ COMPUTE_CAP="${FEATMUX_CUDA_COMPUTE_CAP:-90}"
 WHEELS="nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88
 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cublas==13.0.2.14
 nvidia-curand==10.4.0.35 nvidia-cuda-nvrtc==13.0.88"
-# The test binary gpu-check.sh runs on the GPU (server/tests/backends/).
+# The test binary gpu-check.sh runs on the GPU (engine/tests/backends/).
 GPU_TESTS="backends"
 
 install_toolkit() {
@@ -87,10 +87,11 @@ fi
 
 export CUDA_PATH="$CUDA_HOME_DIR" CUDA_COMPUTE_CAP="$COMPUTE_CAP"
 export PATH="$CUDA_HOME_DIR/bin:$PATH"
-# One cargo invocation builds both the binary and the test binary that
-# gpu-check.sh runs on the device (`cargo test` builds the package's binary
-# for its integration tests).
-cargo test --release -p featmux-server --features cuda --no-run --message-format=json \
+# The `featmux` binary (crate featmux-cli) and the engine's backends test
+# binary that gpu-check.sh runs on the device, both with the engine's cuda
+# feature.
+cargo build --release -p featmux-cli --features cuda --bin featmux
+cargo test --release -p featmux-engine --features cuda --no-run --message-format=json \
     >"$CARGO_TARGET_DIR/featmux-cuda-build.json"
 
 rm -rf dist/cuda

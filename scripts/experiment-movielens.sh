@@ -23,7 +23,7 @@ GRPC=127.0.0.1:50077
 HTTP=127.0.0.1:8097
 
 [ -f "$DATA" ] || scripts/fetch-movielens.sh "$DATA"
-cargo build --release -p featmux-server -p featmux-tools
+cargo build --release -p featmux-cli -p featmux-tools
 FEATMUX="$CARGO_TARGET_DIR/release/featmux"
 
 work=$(mktemp -d)

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Independent implementation of featmux's hashing spec (DESIGN.md, "Hashing").
+"""Independent implementation of featmux's hashing spec (docs/DESIGN.md, "Hashing").
 
 It uses PyPI's `xxhash` package (C xxHash), not the Rust code, and writes the
-golden vectors that `server/tests/hashing_golden.rs` checks the engine against:
+golden vectors that `engine/tests/hashing_golden.rs` checks the engine against:
 
     pip install xxhash==3.5.0
-    python3 scripts/hashing_golden.py > server/tests/fixtures/hashing_golden.json
+    python3 scripts/hashing_golden.py > engine/tests/fixtures/hashing_golden.json
 """
 import json
 import struct

@@ -13,7 +13,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/featmux-target}"
 REQUESTS="${REQUESTS:-16}"
 WORKLOAD="${WORKLOAD:-lookup}"
 if [ -z "${FEATMUX:-}" ]; then
-    cargo build --release -p featmux-server
+    cargo build --release -p featmux-cli
     FEATMUX="$CARGO_TARGET_DIR/release/featmux"
 fi
 command -v valgrind >/dev/null || {

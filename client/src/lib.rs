@@ -21,6 +21,7 @@
 //! ```
 
 mod batch;
+pub mod spec;
 mod train;
 
 use std::future::Future;

@@ -1,57 +1,134 @@
-//! The engine's one error type. Every variant names what was wrong (the field,
-//! the feature, the backend) because these messages travel unchanged to users
-//! of the gRPC and HTTP APIs; the service layer maps each variant to one status
-//! code in one place.
+//! The service's error: one kind per client-visible status, mapped once to
+//! gRPC codes and once to HTTP statuses, so both transports answer the same
+//! problem the same way.
 
-/// Why an engine operation was refused or failed. A refused operation never
-/// changes the table: validation always completes before any row is written.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum EngineError {
-    /// A table, feature or optimizer configuration is invalid.
-    #[error("invalid {field}: {reason}")]
-    InvalidConfig { field: String, reason: String },
-    /// A batch names a feature the table does not have.
-    #[error("unknown feature `{0}`")]
-    UnknownFeature(String),
-    /// A feature with this name is already registered.
-    #[error("feature `{0}` already exists")]
-    FeatureExists(String),
-    /// A lookup or push batch is malformed for this feature.
-    #[error("invalid batch for feature `{feature}`: {reason}")]
-    InvalidBatch { feature: String, reason: String },
-    /// Gradients of a push do not match the batch or are not finite.
-    #[error("invalid gradients for feature `{feature}`: {reason}")]
-    InvalidGradients { feature: String, reason: String },
-    /// The backend itself failed (device error, allocation failure).
-    #[error("{backend} backend failed: {reason}")]
-    Backend {
-        backend: &'static str,
-        reason: String,
-    },
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use featmux_engine::error::EngineError;
+use featmux_storage::catalog::CatalogError;
+use featmux_storage::store::StoreError;
+
+/// What went wrong, as the client should see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    NotFound,
+    AlreadyExists,
+    InvalidArgument,
+    Unauthenticated,
+    TooLarge,
+    FailedPrecondition,
+    Unavailable,
+    Internal,
 }
 
-impl EngineError {
-    /// Shorthand for [`EngineError::InvalidConfig`].
-    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        EngineError::InvalidConfig {
-            field: field.into(),
-            reason: reason.into(),
+/// A refused or failed request; `message` names the problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ApiError {
+            kind,
+            message: message.into(),
         }
     }
 
-    /// Shorthand for [`EngineError::InvalidBatch`].
-    pub fn batch(feature: &str, reason: impl Into<String>) -> Self {
-        EngineError::InvalidBatch {
-            feature: feature.to_owned(),
-            reason: reason.into(),
+    /// A malformed or inconsistent request.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidArgument, message)
+    }
+
+    /// A request over one of the configured limits.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::TooLarge, message)
+    }
+
+    /// The gRPC status code for this error.
+    pub fn grpc_code(&self) -> tonic::Code {
+        match self.kind {
+            ErrorKind::NotFound => tonic::Code::NotFound,
+            ErrorKind::AlreadyExists => tonic::Code::AlreadyExists,
+            ErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
+            ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
+            ErrorKind::TooLarge => tonic::Code::ResourceExhausted,
+            ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
+            ErrorKind::Unavailable => tonic::Code::Unavailable,
+            ErrorKind::Internal => tonic::Code::Internal,
         }
     }
 
-    /// Shorthand for [`EngineError::InvalidGradients`].
-    pub fn gradients(feature: &str, reason: impl Into<String>) -> Self {
-        EngineError::InvalidGradients {
-            feature: feature.to_owned(),
-            reason: reason.into(),
+    /// The HTTP status for this error.
+    pub fn http_status(&self) -> StatusCode {
+        match self.kind {
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::AlreadyExists => StatusCode::CONFLICT,
+            ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
+            ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::FailedPrecondition => StatusCode::CONFLICT,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        let kind = match e {
+            EngineError::UnknownFeature(_) => ErrorKind::NotFound,
+            EngineError::FeatureExists(_) => ErrorKind::AlreadyExists,
+            EngineError::InvalidConfig { .. }
+            | EngineError::InvalidBatch { .. }
+            | EngineError::InvalidGradients { .. } => ErrorKind::InvalidArgument,
+            EngineError::Backend { .. } => ErrorKind::Internal,
+        };
+        ApiError::new(kind, e.to_string())
+    }
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> Self {
+        let kind = match e {
+            CatalogError::Engine(engine) => return engine.into(),
+            CatalogError::UnknownTable(_)
+            | CatalogError::UnknownCheckpoint(_)
+            | CatalogError::NotInCheckpoint { .. } => ErrorKind::NotFound,
+            CatalogError::TableExists(_) => ErrorKind::AlreadyExists,
+            CatalogError::TableReplaced(_) | CatalogError::ReadOnly => {
+                ErrorKind::FailedPrecondition
+            }
+            CatalogError::Store(StoreError::DiskFull { .. }) => ErrorKind::Unavailable,
+            CatalogError::Store(_) => ErrorKind::Internal,
+        };
+        ApiError::new(kind, e.to_string())
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        tonic::Status::new(e.grpc_code(), e.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "error": { "code": format!("{:?}", self.grpc_code()), "message": self.message }
+        });
+        (self.http_status(), Json(body)).into_response()
     }
 }

@@ -1,10 +1,10 @@
 //! The crash test's workload, shared by the worker process that pushes and
 //! the test that replays the same pushes to know what every row may hold.
 
-use featmux::batch::{Batch, FeatureBatch};
-use featmux::init::Initializer;
-use featmux::optimizer::Optimizer;
-use featmux::schema::{FeatureSpec, TableSpec, ValueType};
+use featmux_engine::batch::{Batch, FeatureBatch};
+use featmux_engine::init::Initializer;
+use featmux_engine::optimizer::Optimizer;
+use featmux_engine::schema::{FeatureSpec, TableSpec, ValueType};
 
 /// Name of the table the crash test trains.
 pub const TABLE: &str = "crash";

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use featmux_client::{Client, ClientOptions};
 
 /// The `featmux` binary cargo built next to this test executable
-/// (`cargo test --workspace` builds the server package's binary for its
-/// own integration tests before any test runs).
+/// (`cargo test --workspace` builds featmux-cli's binary for its own
+/// integration test, `cli/tests/one_binary.rs`, before any test runs).
 pub fn featmux_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe

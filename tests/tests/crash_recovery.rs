@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use featmux::backend::{BackendKind, RowData};
-use featmux::catalog::{Catalog, CatalogOptions};
-use featmux::table::Table;
+use featmux_engine::backend::{BackendKind, RowData};
+use featmux_engine::table::Table;
+use featmux_storage::catalog::{Catalog, CatalogOptions};
 use featmux_tests::crash;
 use rand::{Rng, SeedableRng};
 

@@ -3,13 +3,13 @@
 //! rows), and gradients pushed through the table train a model on both
 //! backends.
 
-use featmux::backend::BackendKind;
-use featmux::batch::{Batch, FeatureBatch};
-use featmux::init::Initializer;
-use featmux::optimizer::Optimizer;
-use featmux::pooling::Pooling;
-use featmux::schema::{FeatureSpec, Placement, TableSpec, ValueType};
-use featmux::table::Table;
+use featmux_engine::backend::BackendKind;
+use featmux_engine::batch::{Batch, FeatureBatch};
+use featmux_engine::init::Initializer;
+use featmux_engine::optimizer::Optimizer;
+use featmux_engine::pooling::Pooling;
+use featmux_engine::schema::{FeatureSpec, Placement, TableSpec, ValueType};
+use featmux_engine::table::Table;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

@@ -1,5 +1,5 @@
 //! Explain, over gRPC and HTTP, returns exactly the rows of the golden
-//! hashing vectors (`server/tests/fixtures/hashing_golden.json`, computed
+//! hashing vectors (`engine/tests/fixtures/hashing_golden.json`, computed
 //! by an independent Python implementation) for every case a real table
 //! can reproduce: salts are handed out in registration order, so salt `s`
 //! is the `s`-th feature; rows up to 1,000,003 (larger tables would not fit
@@ -19,7 +19,7 @@ const MAX_ROWS: u64 = 1_000_003;
 fn explain_returns_the_golden_rows() {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../server/tests/fixtures/hashing_golden.json"
+        "/../engine/tests/fixtures/hashing_golden.json"
     );
     let golden: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     // One table per (seed, span rows, offset, value type), features f0..=f7.

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use featmux::catalog::{Catalog, CatalogError, CatalogOptions};
+use featmux_storage::catalog::{Catalog, CatalogError, CatalogOptions};
 use featmux_tests::crash;
 
 fn main() -> Result<(), CatalogError> {

@@ -1,0 +1,128 @@
+//! `featmux table …` and `featmux feature add`: table configuration.
+
+use clap::Subcommand;
+use featmux_client::spec::{feature, optimizer};
+use featmux_client::{pb, Client};
+use featmux_server::api::TableInfo;
+use serde_json::json;
+
+use super::output::{print_table, print_table_pb};
+use crate::wire::table_info_from_pb;
+
+#[derive(Debug, Subcommand)]
+pub enum TableCommand {
+    /// Create a table.
+    Create {
+        name: String,
+        /// Rows (hash buckets) of the shared table.
+        #[arg(long)]
+        rows: u64,
+        /// Floats per row.
+        #[arg(long)]
+        chunk_dim: u32,
+        /// Seed of hashing and initialisation.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// sgd, adagrad, row-wise-adagrad, adam or ftrl.
+        #[arg(long, default_value = "row-wise-adagrad")]
+        optimizer: String,
+        /// Learning rate (FTRL's alpha).
+        #[arg(long, default_value_t = 0.05)]
+        lr: f32,
+        /// A feature: `name[:chunks=N,type=string|int64,pooling=sum|mean|sqrtn|none,rows=N,offset=N]`
+        /// (`rows` makes it a private slice instead of shared).
+        #[arg(long = "feature")]
+        features: Vec<String>,
+    },
+    /// List tables.
+    List,
+    /// Show a table's configuration and features.
+    Show { name: String },
+    /// Drop a table and its stored rows.
+    Drop { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FeatureCommand {
+    /// Add features (same syntax as `table create --feature`).
+    Add {
+        table: String,
+        #[arg(required = true)]
+        features: Vec<String>,
+    },
+}
+
+fn feature_configs(specs: &[String]) -> anyhow::Result<Vec<pb::FeatureConfig>> {
+    specs
+        .iter()
+        .map(|f| feature(f).map_err(anyhow::Error::msg))
+        .collect()
+}
+
+pub async fn run(client: &Client, command: TableCommand, json: bool) -> anyhow::Result<()> {
+    match command {
+        TableCommand::Create {
+            name,
+            rows,
+            chunk_dim,
+            seed,
+            optimizer: kind,
+            lr,
+            features,
+        } => {
+            let config = pb::TableConfig {
+                name,
+                rows,
+                chunk_dim,
+                seed,
+                initializer: None,
+                optimizer: Some(optimizer(&kind, lr).map_err(anyhow::Error::msg)?),
+            };
+            let info = client
+                .create_table(config, feature_configs(&features)?)
+                .await?;
+            print_table_pb(info, json)?;
+        }
+        TableCommand::List => {
+            let tables: Vec<TableInfo> = client
+                .list_tables()
+                .await?
+                .into_iter()
+                .map(table_info_from_pb)
+                .collect::<anyhow::Result<_>>()?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "tables": tables }))
+                        .expect("serialisable")
+                );
+            } else {
+                for t in &tables {
+                    print_table(t, false);
+                }
+            }
+        }
+        TableCommand::Show { name } => print_table_pb(client.get_table(&name).await?, json)?,
+        TableCommand::Drop { name } => {
+            client.drop_table(&name).await?;
+            if json {
+                println!("{}", json!({ "dropped": name }));
+            } else {
+                println!("dropped {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn run_feature(
+    client: &Client,
+    command: FeatureCommand,
+    json: bool,
+) -> anyhow::Result<()> {
+    let FeatureCommand::Add { table, features } = command;
+    let info = client
+        .add_features(&table, feature_configs(&features)?)
+        .await?;
+    print_table_pb(info, json)
+}

@@ -1,0 +1,337 @@
+//! The table as candle tensors: `weights [rows, dim]` and, for optimizers
+//! with state, `state [rows, state_width]`, on `Device::Cpu` or
+//! `Device::Cuda(n)`; the code is device-agnostic.
+//!
+//! Lookup uploads the plan's row ids (and, when slots pool several rows,
+//! their weights and per-slot offsets), gathers the rows on the device,
+//! pools them into `[num_slots, dim]` there and downloads once. Push uploads
+//! the unique rows' gradients, gathers their weights and state, runs the
+//! optimizer as tensor ops and writes the rows back in place: never a
+//! whole-table copy. Gather, pooling and the in-place write are the
+//! [`row_ops`] kernels.
+//!
+//! Concurrency: lookups share a read lock, updates take the write lock for
+//! their read-modify-write, so rows are never torn and no update is lost (on
+//! CUDA the device's one stream also orders the queued kernels).
+//! On the CPU this backend is ~3× slower than [`super::cpu`] (candle's
+//! per-op overhead); it exists for devices with their own memory.
+
+use candle_core::{DType, Device, DeviceLocation, Tensor};
+use parking_lot::RwLock;
+
+use super::row_ops::{self, RowIds};
+use super::{Backend, GatherPlan, RowData, RowGradients, StorageSpec};
+use crate::error::EngineError;
+use crate::optimizer::Optimizer;
+
+struct Tensors {
+    weights: Tensor,
+    /// `None` for optimizers without state (SGD).
+    state: Option<Tensor>,
+}
+
+/// candle-tensor storage on any candle device.
+pub struct CandleBackend {
+    spec: StorageSpec,
+    device: Device,
+    state_width: usize,
+    tensors: RwLock<Tensors>,
+}
+
+fn backend_error(e: candle_core::Error) -> EngineError {
+    EngineError::Backend {
+        backend: "candle",
+        reason: e.to_string(),
+    }
+}
+
+impl CandleBackend {
+    /// Creates the tensors, filled on the host from the lazy initializer (so
+    /// values are bit-identical to the CPU backend) and uploaded once.
+    pub fn new(spec: StorageSpec, device: Device) -> Result<Self, EngineError> {
+        let rows = usize::try_from(spec.rows)
+            .ok()
+            .filter(|_| {
+                spec.memory_bytes()
+                    .is_some_and(|b| usize::try_from(b).is_ok())
+            })
+            .ok_or_else(|| {
+                EngineError::invalid("rows", format!("{} rows do not fit in memory", spec.rows))
+            })?;
+        let d = spec.dim;
+        let mut host = vec![0.0f32; rows * d];
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let rows_per_thread = rows.div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            for (i, part) in host.chunks_mut(rows_per_thread * d).enumerate() {
+                let first = (i * rows_per_thread) as u64;
+                scope.spawn(move || spec.initializer.fill_rows(spec.seed, first, d, part));
+            }
+        });
+        let weights = Tensor::from_vec(host, (rows, d), &device).map_err(backend_error)?;
+        let state_width = spec.optimizer.state_width(d);
+        let state = if state_width == 0 {
+            None
+        } else {
+            let initial = spec.optimizer.initial_state(d).repeat(rows);
+            Some(Tensor::from_vec(initial, (rows, state_width), &device).map_err(backend_error)?)
+        };
+        Ok(CandleBackend {
+            spec,
+            device,
+            state_width,
+            tensors: RwLock::new(Tensors { weights, state }),
+        })
+    }
+
+    /// A device copy of the whole weight tensor: the memory-bandwidth
+    /// ceiling `featmux device-bench` compares the row kernels with.
+    pub fn copy_weights(&self) -> candle_core::Result<Tensor> {
+        self.tensors.read().weights.copy()
+    }
+
+    /// Uploads row ids, checked against this table: the index every device
+    /// operation takes.
+    pub fn upload_rows(&self, rows: &[u64]) -> candle_core::Result<RowIds> {
+        RowIds::new(rows, self.spec.rows, &self.device)
+    }
+
+    /// Gathers rows `ids` into a `[n, dim]` tensor on the device: the lookup
+    /// kernel without upload or download.
+    pub fn gather_on_device(&self, ids: &RowIds) -> candle_core::Result<Tensor> {
+        row_ops::gather_rows(&self.tensors.read().weights, ids)
+    }
+
+    /// One optimizer step for unique rows `ids` with gradients `[n, dim]`,
+    /// both already on the device: gathers the rows and their state, runs
+    /// the optimizer as tensor ops and scatters both back in place.
+    pub fn apply_on_device(&self, ids: &RowIds, grads: &Tensor) -> candle_core::Result<()> {
+        let tensors = self.tensors.write();
+        let weights = row_ops::gather_rows(&tensors.weights, ids)?;
+        let state = match &tensors.state {
+            Some(state) => Some(row_ops::gather_rows(state, ids)?),
+            None => None,
+        };
+        let (new_weights, new_state) =
+            optimizer_step(&self.spec.optimizer, &weights, state.as_ref(), grads)?;
+        row_ops::scatter_rows(&tensors.weights, ids, &new_weights.contiguous()?)?;
+        if let (Some(state), Some(new_state)) = (&tensors.state, new_state) {
+            row_ops::scatter_rows(state, ids, &new_state.contiguous()?)?;
+        }
+        Ok(())
+    }
+
+    fn gather_impl(&self, plan: &GatherPlan) -> candle_core::Result<Vec<f32>> {
+        if plan.rows.is_empty() {
+            return Ok(vec![0.0; plan.num_slots * self.spec.dim]);
+        }
+        if plan.is_one_row_per_slot() {
+            let gathered = self.gather_on_device(&self.upload_rows(&plan.rows)?)?;
+            return gathered.flatten_all()?.to_vec1();
+        }
+        let groups = plan.grouped_by_slot();
+        let n = groups.rows.len();
+        let gathered = self.gather_on_device(&self.upload_rows(&groups.rows)?)?;
+        let weights = Tensor::from_vec(groups.weights, n, &self.device)?;
+        let pooled = row_ops::segment_sum(&gathered, &weights, &groups.offsets)?;
+        pooled.flatten_all()?.to_vec1()
+    }
+
+    fn apply_impl(&self, update: &RowGradients) -> candle_core::Result<()> {
+        if update.rows.is_empty() {
+            return Ok(());
+        }
+        let ids = self.upload_rows(&update.rows)?;
+        let grads = Tensor::from_slice(
+            &update.grads,
+            (update.rows.len(), self.spec.dim),
+            &self.device,
+        )?;
+        self.apply_on_device(&ids, &grads)
+    }
+
+    fn read_impl(&self, rows: &[u64]) -> candle_core::Result<RowData> {
+        if rows.is_empty() {
+            return Ok(RowData::default());
+        }
+        let ids = self.upload_rows(rows)?;
+        let tensors = self.tensors.read();
+        let weights = row_ops::gather_rows(&tensors.weights, &ids)?;
+        let state = match &tensors.state {
+            Some(state) => row_ops::gather_rows(state, &ids)?
+                .flatten_all()?
+                .to_vec1()?,
+            None => Vec::new(),
+        };
+        Ok(RowData {
+            weights: weights.flatten_all()?.to_vec1()?,
+            state,
+        })
+    }
+
+    fn write_impl(&self, rows: &[u64], data: &RowData) -> candle_core::Result<()> {
+        // Rows written twice keep the last write, as on the CPU backend; the
+        // device scatter needs unique rows.
+        let (rows, data) = last_write_wins(rows, data, self.spec.dim, self.state_width);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let (n, d) = (rows.len(), self.spec.dim);
+        let ids = self.upload_rows(&rows)?;
+        let weights = Tensor::from_vec(data.weights, (n, d), &self.device)?;
+        let tensors = self.tensors.write();
+        row_ops::scatter_rows(&tensors.weights, &ids, &weights)?;
+        if let Some(state) = &tensors.state {
+            let values = Tensor::from_vec(data.state, (n, self.state_width), &self.device)?;
+            row_ops::scatter_rows(state, &ids, &values)?;
+        }
+        Ok(())
+    }
+}
+
+/// `rows` and `data` without earlier writes of a row written again later.
+fn last_write_wins(
+    rows: &[u64],
+    data: &RowData,
+    dim: usize,
+    state_width: usize,
+) -> (Vec<u64>, RowData) {
+    let mut last = std::collections::HashMap::with_capacity(rows.len());
+    for (i, &row) in rows.iter().enumerate() {
+        last.insert(row, i);
+    }
+    if last.len() == rows.len() {
+        return (rows.to_vec(), data.clone());
+    }
+    let keep: Vec<usize> = (0..rows.len()).filter(|&i| last[&rows[i]] == i).collect();
+    let pick = |values: &[f32], width: usize| -> Vec<f32> {
+        keep.iter()
+            .flat_map(|&i| &values[i * width..(i + 1) * width])
+            .copied()
+            .collect()
+    };
+    (
+        keep.iter().map(|&i| rows[i]).collect(),
+        RowData {
+            weights: pick(&data.weights, dim),
+            state: pick(&data.state, state_width),
+        },
+    )
+}
+
+/// The optimizer formulas of [`Optimizer::step`] as tensor ops over the
+/// gathered rows `w [n, d]`, their state `s [n, state_width]` and gradients
+/// `g [n, d]`. Returns the new rows and state.
+fn optimizer_step(
+    optimizer: &Optimizer,
+    w: &Tensor,
+    s: Option<&Tensor>,
+    g: &Tensor,
+) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    let d = w.dim(1)?;
+    let state = || s.ok_or_else(|| candle_core::Error::Msg("optimizer state is missing".into()));
+    // Scalars are rounded to f32 before candle sees them, as the CPU code does.
+    let f = |x: f32| x as f64;
+    // candle's `tensor / f64` multiplies by the reciprocal; divide for real so
+    // results match `Optimizer::step` to the last bit where possible.
+    let div = |t: Tensor, x: f32| t.broadcast_div(&Tensor::new(x, t.device())?);
+    Ok(match *optimizer {
+        Optimizer::Sgd { lr } => ((w - (g * f(lr))?)?, None),
+        Optimizer::Adagrad { lr, eps, .. } => {
+            let acc = (state()? + g.sqr()?)?;
+            let step = ((g * f(lr))? / (acc.sqrt()? + f(eps))?)?;
+            ((w - step)?, Some(acc))
+        }
+        Optimizer::RowWiseAdagrad { lr, eps, .. } => {
+            let acc = (state()? + row_ops::row_mean_square(g)?)?;
+            let denom = (acc.sqrt()? + f(eps))?;
+            let step = (g * f(lr))?.broadcast_div(&denom)?;
+            ((w - step)?, Some(acc))
+        }
+        Optimizer::Adam {
+            lr,
+            beta1,
+            beta2,
+            eps,
+        } => {
+            let s = state()?;
+            let (m, v, t) = (
+                s.narrow(1, 0, d)?,
+                s.narrow(1, d, d)?,
+                s.narrow(1, 2 * d, 1)?,
+            );
+            let t = (t + 1.0)?;
+            // In f64, as `optimizer::bias_correction` does.
+            let t64 = t.to_dtype(DType::F64)?;
+            let correction = |beta: f32| {
+                (&t64 * (beta as f64).ln())?
+                    .exp()?
+                    .affine(-1.0, 1.0)?
+                    .to_dtype(DType::F32)
+            };
+            let (correction1, correction2) = (correction(beta1)?, correction(beta2)?);
+            let m = ((m * f(beta1))? + (g * f(1.0 - beta1))?)?;
+            let v = ((v * f(beta2))? + (g.sqr()? * f(1.0 - beta2))?)?;
+            let m_hat = m.broadcast_div(&correction1)?;
+            let v_hat = v.broadcast_div(&correction2)?;
+            let step = ((m_hat * f(lr))? / (v_hat.sqrt()? + f(eps))?)?;
+            ((w - step)?, Some(Tensor::cat(&[&m, &v, &t], 1)?))
+        }
+        Optimizer::Ftrl {
+            alpha,
+            beta,
+            l1,
+            l2,
+            ..
+        } => {
+            let s = state()?;
+            let (z, n) = (s.narrow(1, 0, d)?, s.narrow(1, d, d)?);
+            let n_new = (&n + g.sqr()?)?;
+            let sigma = div((n_new.sqrt()? - n.sqrt()?)?, alpha)?;
+            let z = (z + (g - (sigma * w)?)?)?;
+            let shrunk = (&z - (z.sign()? * f(l1))?)?;
+            let denom = (div((n_new.sqrt()? + f(beta))?, alpha)? + f(l2))?;
+            let dense = (shrunk.neg()? / denom)?;
+            let new_w = z
+                .abs()?
+                .le(f(l1))?
+                .where_cond(&dense.zeros_like()?, &dense)?;
+            (new_w, Some(Tensor::cat(&[&z, &n_new], 1)?))
+        }
+    })
+}
+
+impl Backend for CandleBackend {
+    fn name(&self) -> String {
+        match self.device.location() {
+            DeviceLocation::Cpu => "candle-cpu".to_owned(),
+            DeviceLocation::Cuda { gpu_id } => format!("candle-cuda:{gpu_id}"),
+            DeviceLocation::Metal { gpu_id } => format!("candle-metal:{gpu_id}"),
+        }
+    }
+
+    fn spec(&self) -> &StorageSpec {
+        &self.spec
+    }
+
+    fn gather(&self, plan: &GatherPlan) -> Result<Vec<f32>, EngineError> {
+        plan.check(&self.spec)?;
+        self.gather_impl(plan).map_err(backend_error)
+    }
+
+    fn apply(&self, update: &RowGradients) -> Result<(), EngineError> {
+        update.check(&self.spec)?;
+        self.apply_impl(update).map_err(backend_error)
+    }
+
+    fn read_rows(&self, rows: &[u64]) -> Result<RowData, EngineError> {
+        super::check_rows(&self.spec, rows)?;
+        self.read_impl(rows).map_err(backend_error)
+    }
+
+    fn write_rows(&self, rows: &[u64], data: &RowData) -> Result<(), EngineError> {
+        super::check_rows(&self.spec, rows)?;
+        data.check(&self.spec, rows.len())?;
+        self.write_impl(rows, data).map_err(backend_error)
+    }
+}

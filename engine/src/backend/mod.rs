@@ -1,0 +1,299 @@
+//! Where the table's floats live. One trait, several implementations that
+//! give the same results on the same inputs (docs/DESIGN.md, "Backends"):
+//!
+//! - [`cpu`]: plain Rust over flat per-block storage, lock-striped by row
+//!   block; the embedded default.
+//! - [`candle`]: the table and optimizer state as candle tensors, on
+//!   `Device::Cpu` or, with the `cuda` feature, `Device::Cuda(n)`.
+//!
+//! The engine does everything that is the same for every device (hashing,
+//! validation, pooling factors, de-duplicating gradients) on the host and hands
+//! a backend two dense, already-validated requests: a [`GatherPlan`] (lookup)
+//! and a [`RowGradients`] (push). That keeps backends small, lets a GPU
+//! backend do one upload and one download per batch, and means the
+//! differential test compares exactly the part that differs.
+
+pub mod candle;
+pub mod cpu;
+pub mod row_ops;
+
+use crate::error::EngineError;
+use crate::init::Initializer;
+use crate::optimizer::Optimizer;
+
+/// A pooled gather: `out[slot] += weight * table[row]` for every entry, over
+/// `num_slots` output rows of `dim` floats, starting from zeros. Entries are
+/// applied in order (so every backend sums in the same order).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GatherPlan {
+    pub rows: Vec<u64>,
+    pub slots: Vec<u32>,
+    pub weights: Vec<f32>,
+    pub num_slots: usize,
+}
+
+/// One push, reduced to one gradient per unique row: `rows` sorted and
+/// unique, `grads` row-major `[rows.len(), dim]`, all finite.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowGradients {
+    pub rows: Vec<u64>,
+    pub grads: Vec<f32>,
+}
+
+/// Full content of some rows: weights `[n, dim]` and optimizer state
+/// `[n, state_width]`. What persistence writes and restores.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowData {
+    pub weights: Vec<f32>,
+    pub state: Vec<f32>,
+}
+
+/// Everything a backend needs to create a table's storage.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StorageSpec {
+    pub rows: u64,
+    pub dim: usize,
+    pub seed: u64,
+    pub initializer: Initializer,
+    pub optimizer: Optimizer,
+}
+
+impl StorageSpec {
+    /// Bytes of memory the dense table and its optimizer state take.
+    pub fn memory_bytes(&self) -> Option<u64> {
+        let floats_per_row = (self.dim + self.optimizer.state_width(self.dim)) as u64;
+        self.rows.checked_mul(floats_per_row)?.checked_mul(4)
+    }
+}
+
+/// A table's storage: gather, optimizer updates and whole-row access.
+///
+/// Implementations must never let a reader observe a torn row: a row read
+/// concurrently with an update is entirely old or entirely new.
+pub trait Backend: Send + Sync {
+    /// Name for errors and metrics ("cpu", "candle-cpu", "candle-cuda:0").
+    fn name(&self) -> String;
+
+    /// The spec the storage was created with.
+    fn spec(&self) -> &StorageSpec;
+
+    /// Runs a pooled gather and returns `[num_slots, dim]` floats.
+    fn gather(&self, plan: &GatherPlan) -> Result<Vec<f32>, EngineError>;
+
+    /// Applies one optimizer step to each row in `update`.
+    fn apply(&self, update: &RowGradients) -> Result<(), EngineError>;
+
+    /// Reads weights and optimizer state of `rows` (any order, duplicates ok).
+    fn read_rows(&self, rows: &[u64]) -> Result<RowData, EngineError>;
+
+    /// Overwrites weights and optimizer state of `rows` (restore, recovery).
+    fn write_rows(&self, rows: &[u64], data: &RowData) -> Result<(), EngineError>;
+}
+
+/// Which backend holds a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendKind {
+    /// Plain Rust, lock-striped (the default).
+    #[default]
+    Cpu,
+    /// candle tensors on the CPU.
+    CandleCpu,
+    /// candle tensors on CUDA device `n` (needs the `cuda` cargo feature).
+    CandleCuda(usize),
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = EngineError;
+
+    /// Parses `cpu`, `candle` / `candle-cpu`, or `cuda:N`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cpu" => Ok(BackendKind::Cpu),
+            "candle" | "candle-cpu" => Ok(BackendKind::CandleCpu),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(BackendKind::CandleCuda)
+                .ok_or_else(|| {
+                    EngineError::invalid(
+                        "backend",
+                        format!("{s:?} is not one of `cpu`, `candle-cpu`, `cuda:N`"),
+                    )
+                }),
+        }
+    }
+}
+
+impl BackendKind {
+    /// Checks that this backend can run here (for `cuda:N`: a binary built
+    /// with CUDA and device N present), so a server configured for a GPU it
+    /// cannot use fails at start-up, saying why, not at its first table.
+    pub fn check_available(self) -> Result<(), EngineError> {
+        match self {
+            BackendKind::Cpu => Ok(()),
+            _ => self.candle_device().map(drop),
+        }
+    }
+
+    /// The candle device a candle backend keeps its tensors on, opened (for
+    /// `cuda:N` that checks the build and the device): the one place kinds
+    /// map to devices, for tables, `featmux device-bench` and the tests.
+    pub fn candle_device(self) -> Result<candle_core::Device, EngineError> {
+        match self {
+            BackendKind::CandleCpu => Ok(candle_core::Device::Cpu),
+            BackendKind::CandleCuda(n) => cuda_device(n),
+            BackendKind::Cpu => Err(EngineError::invalid(
+                "backend",
+                "`cpu` keeps tables in plain arrays, not on a candle device",
+            )),
+        }
+    }
+}
+
+fn cuda_device(n: usize) -> Result<candle_core::Device, EngineError> {
+    let unavailable = |reason: String| EngineError::Backend {
+        backend: "candle",
+        reason,
+    };
+    if !cfg!(feature = "cuda") {
+        return Err(unavailable(format!(
+            "backend `cuda:{n}` needs featmux built with CUDA (cargo feature `cuda`, \
+             scripts/build-cuda.sh); this binary was built without it"
+        )));
+    }
+    candle_core::Device::new_cuda(n)
+        .map_err(|e| unavailable(format!("CUDA device {n} is not available: {e}")))
+}
+
+/// Creates the storage of a table on the chosen backend.
+pub fn create(kind: BackendKind, spec: StorageSpec) -> Result<Box<dyn Backend>, EngineError> {
+    Ok(match kind {
+        BackendKind::Cpu => Box::new(cpu::CpuBackend::new(spec)?),
+        BackendKind::CandleCpu | BackendKind::CandleCuda(_) => {
+            Box::new(candle::CandleBackend::new(spec, kind.candle_device()?)?)
+        }
+    })
+}
+
+/// A [`GatherPlan`]'s entries grouped by output slot, CSR-style: the
+/// entries of slot `s` are `offsets[s]..offsets[s + 1]`, in plan order. What
+/// a device pools with one thread per output float.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SlotGroups {
+    pub rows: Vec<u64>,
+    pub weights: Vec<f32>,
+    pub offsets: Vec<u32>,
+}
+
+impl GatherPlan {
+    /// True when output slot `i` is exactly row `i` with weight 1, so the
+    /// gathered rows are the output and no pooling is needed.
+    pub fn is_one_row_per_slot(&self) -> bool {
+        self.rows.len() == self.num_slots
+            && self.slots.iter().enumerate().all(|(i, &s)| s as usize == i)
+            && self.weights.iter().all(|&w| w == 1.0)
+    }
+
+    /// The entries grouped by slot (a stable counting sort: entries of one
+    /// slot keep their plan order, so sums keep the CPU backend's order).
+    pub fn grouped_by_slot(&self) -> SlotGroups {
+        let mut offsets = vec![0u32; self.num_slots + 1];
+        for &s in &self.slots {
+            offsets[s as usize + 1] += 1;
+        }
+        for s in 0..self.num_slots {
+            offsets[s + 1] += offsets[s];
+        }
+        let mut next: Vec<u32> = offsets[..self.num_slots].to_vec();
+        let mut rows = vec![0u64; self.rows.len()];
+        let mut weights = vec![0f32; self.rows.len()];
+        for ((&row, &slot), &weight) in self.rows.iter().zip(&self.slots).zip(&self.weights) {
+            let at = &mut next[slot as usize];
+            rows[*at as usize] = row;
+            weights[*at as usize] = weight;
+            *at += 1;
+        }
+        SlotGroups {
+            rows,
+            weights,
+            offsets,
+        }
+    }
+
+    /// Checks that every entry addresses a row of the table and an output slot.
+    pub(crate) fn check(&self, spec: &StorageSpec) -> Result<(), EngineError> {
+        let n = self.rows.len();
+        if self.slots.len() != n || self.weights.len() != n {
+            return Err(EngineError::invalid(
+                "gather plan",
+                format!(
+                    "{n} rows but {} slots and {} weights",
+                    self.slots.len(),
+                    self.weights.len()
+                ),
+            ));
+        }
+        if let Some(s) = self.slots.iter().find(|&&s| s as usize >= self.num_slots) {
+            return Err(EngineError::invalid(
+                "gather plan",
+                format!("slot {s} is outside the plan's {} slots", self.num_slots),
+            ));
+        }
+        check_rows(spec, &self.rows)
+    }
+}
+
+impl RowGradients {
+    /// Checks shape and that rows are sorted, unique and inside the table.
+    pub(crate) fn check(&self, spec: &StorageSpec) -> Result<(), EngineError> {
+        if self.grads.len() != self.rows.len() * spec.dim {
+            return Err(EngineError::invalid(
+                "row gradients",
+                format!(
+                    "{} rows need {} gradients, got {}",
+                    self.rows.len(),
+                    self.rows.len() * spec.dim,
+                    self.grads.len()
+                ),
+            ));
+        }
+        if self.rows.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(EngineError::invalid(
+                "row gradients",
+                "rows must be sorted and unique",
+            ));
+        }
+        check_rows(spec, &self.rows)
+    }
+}
+
+impl RowData {
+    /// Checks the shape for `n` rows of a table with `spec`.
+    pub(crate) fn check(&self, spec: &StorageSpec, n: usize) -> Result<(), EngineError> {
+        let state_width = spec.optimizer.state_width(spec.dim);
+        if self.weights.len() != n * spec.dim || self.state.len() != n * state_width {
+            return Err(EngineError::invalid(
+                "row data",
+                format!(
+                    "{n} rows need {} weights and {} state values, got {} and {}",
+                    n * spec.dim,
+                    n * state_width,
+                    self.weights.len(),
+                    self.state.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks row indices against the table before any backend touches memory.
+pub(crate) fn check_rows(spec: &StorageSpec, rows: &[u64]) -> Result<(), EngineError> {
+    match rows.iter().find(|&&r| r >= spec.rows) {
+        Some(r) => Err(EngineError::invalid(
+            "rows",
+            format!("row {r} is outside the table's {} rows", spec.rows),
+        )),
+        None => Ok(()),
+    }
+}

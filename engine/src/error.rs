@@ -1,0 +1,57 @@
+//! The engine's one error type. Every variant names what was wrong (the field,
+//! the feature, the backend) because these messages travel unchanged to users
+//! of the gRPC and HTTP APIs; the service layer maps each variant to one status
+//! code in one place.
+
+/// Why an engine operation was refused or failed. A refused operation never
+/// changes the table: validation always completes before any row is written.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    /// A table, feature or optimizer configuration is invalid.
+    #[error("invalid {field}: {reason}")]
+    InvalidConfig { field: String, reason: String },
+    /// A batch names a feature the table does not have.
+    #[error("unknown feature `{0}`")]
+    UnknownFeature(String),
+    /// A feature with this name is already registered.
+    #[error("feature `{0}` already exists")]
+    FeatureExists(String),
+    /// A lookup or push batch is malformed for this feature.
+    #[error("invalid batch for feature `{feature}`: {reason}")]
+    InvalidBatch { feature: String, reason: String },
+    /// Gradients of a push do not match the batch or are not finite.
+    #[error("invalid gradients for feature `{feature}`: {reason}")]
+    InvalidGradients { feature: String, reason: String },
+    /// The backend itself failed (device error, allocation failure).
+    #[error("{backend} backend failed: {reason}")]
+    Backend {
+        backend: &'static str,
+        reason: String,
+    },
+}
+
+impl EngineError {
+    /// Shorthand for [`EngineError::InvalidConfig`].
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        EngineError::InvalidConfig {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`EngineError::InvalidBatch`].
+    pub fn batch(feature: &str, reason: impl Into<String>) -> Self {
+        EngineError::InvalidBatch {
+            feature: feature.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`EngineError::InvalidGradients`].
+    pub fn gradients(feature: &str, reason: impl Into<String>) -> Self {
+        EngineError::InvalidGradients {
+            feature: feature.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}

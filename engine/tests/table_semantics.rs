@@ -1,0 +1,346 @@
+//! Lookup and push semantics of a table, checked against rows read straight
+//! from the backend: pooling, chunks, placement, duplicate summing, lazy init,
+//! and refusal of bad input without any change.
+
+use featmux_engine::backend::BackendKind;
+use featmux_engine::batch::{Batch, FeatureBatch, Values};
+use featmux_engine::error::EngineError;
+use featmux_engine::init::Initializer;
+use featmux_engine::optimizer::Optimizer;
+use featmux_engine::pooling::Pooling;
+use featmux_engine::schema::{FeatureSpec, Placement, TableSpec, ValueType};
+use featmux_engine::table::Table;
+
+const DIM: usize = 4;
+const ROWS: u64 = 1000;
+
+fn table(optimizer: Optimizer) -> Table {
+    let spec = TableSpec {
+        seed: 11,
+        optimizer,
+        ..TableSpec::new("t", ROWS, DIM)
+    };
+    let table = Table::create(spec, BackendKind::Cpu).unwrap();
+    table.add_feature(FeatureSpec::new("s")).unwrap();
+    table
+        .add_feature(FeatureSpec::new("m").pooling(Pooling::Mean))
+        .unwrap();
+    table
+        .add_feature(FeatureSpec::new("q").pooling(Pooling::Sqrtn))
+        .unwrap();
+    table
+        .add_feature(FeatureSpec::new("seq").pooling(Pooling::None))
+        .unwrap();
+    table
+        .add_feature(
+            FeatureSpec::new("wide")
+                .chunks(3)
+                .value_type(ValueType::Int64),
+        )
+        .unwrap();
+    table
+        .add_feature(FeatureSpec::new("p").placement(Placement::Partitioned {
+            offset: Some(900),
+            rows: 50,
+        }))
+        .unwrap();
+    table
+}
+
+/// The row a single-chunk value maps to, and its current weights.
+fn row_of(table: &Table, feature: &str, values: Values) -> Vec<(u64, Vec<f32>)> {
+    table
+        .explain(feature, &values)
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .map(|r| (r, table.backend().read_rows(&[r]).unwrap().weights))
+        .collect()
+}
+
+fn strings(v: &[&str]) -> Values {
+    Values::Strings(v.iter().map(|s| s.to_string()).collect())
+}
+
+fn assert_close(a: &[f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert!((x - y).abs() <= 1e-6 * y.abs().max(1.0), "{a:?} != {b:?}");
+    }
+}
+
+fn all_rows(table: &Table) -> (Vec<f32>, Vec<f32>) {
+    let rows: Vec<u64> = (0..ROWS).collect();
+    let data = table.backend().read_rows(&rows).unwrap();
+    (data.weights, data.state)
+}
+
+#[test]
+fn pooling_sums_scales_and_keeps_sequences() {
+    let t = table(Optimizer::default());
+    let rows = row_of(&t, "s", strings(&["a", "b", "c"]));
+    let (a, b, c) = (&rows[0].1, &rows[1].1, &rows[2].1);
+    let sum_ab: Vec<f32> = a.iter().zip(b).map(|(x, y)| x + y).collect();
+    let batch = Batch::new(vec![
+        FeatureBatch::strings("s", ["a", "b", "c"], vec![2, 0, 1]),
+        FeatureBatch::strings("m", ["a", "b", "c"], vec![2, 0, 1]),
+        FeatureBatch::strings("q", ["a", "b", "c", "a"], vec![4, 0, 0]),
+        FeatureBatch::strings("seq", ["a", "b", "c"], vec![2, 0, 1]),
+    ]);
+    let out = t.lookup(&batch).unwrap();
+    // "m", "q", "seq" hash differently from "s" (other salts): read their rows.
+    let m = row_of(&t, "m", strings(&["a", "b", "c"]));
+    let q = row_of(&t, "q", strings(&["a", "b", "c"]));
+    let seq = row_of(&t, "seq", strings(&["a", "b", "c"]));
+
+    assert_eq!((out[0].rows, out[0].width), (3, DIM));
+    assert_close(&out[0].data[..DIM], &sum_ab);
+    assert_close(&out[0].data[DIM..2 * DIM], &[0.0; DIM]); // empty bag → zeros
+    assert_close(&out[0].data[2 * DIM..], c);
+
+    let mean: Vec<f32> = m[0]
+        .1
+        .iter()
+        .zip(&m[1].1)
+        .map(|(x, y)| (x + y) / 2.0)
+        .collect();
+    assert_close(&out[1].data[..DIM], &mean);
+    assert_close(&out[1].data[2 * DIM..], &m[2].1);
+
+    let sqrtn: Vec<f32> = (0..DIM)
+        .map(|i| (2.0 * q[0].1[i] + q[1].1[i] + q[2].1[i]) / 2.0)
+        .collect();
+    assert_close(&out[2].data[..DIM], &sqrtn);
+
+    assert_eq!(out[3].rows, 3, "`none` pooling returns one row per value");
+    let flat: Vec<f32> = seq.iter().flat_map(|(_, w)| w.clone()).collect();
+    assert_close(&out[3].data, &flat);
+}
+
+#[test]
+fn weights_multiply_values_but_not_the_mean_divisor() {
+    let t = table(Optimizer::default());
+    let m = row_of(&t, "m", strings(&["x", "y"]));
+    let batch = Batch::new(vec![
+        FeatureBatch::strings("m", ["x", "y"], vec![2]).with_weights(vec![2.0, -1.0])
+    ]);
+    let out = t.lookup(&batch).unwrap();
+    let expected: Vec<f32> = (0..DIM)
+        .map(|i| (2.0 * m[0].1[i] - m[1].1[i]) / 2.0)
+        .collect();
+    assert_close(&out[0].data, &expected);
+}
+
+#[test]
+fn chunks_are_concatenated_in_chunk_order() {
+    let t = table(Optimizer::default());
+    let rows = t.explain("wide", &Values::Int64(vec![-7])).unwrap();
+    assert_eq!(rows[0].len(), 3);
+    let expected = t.backend().read_rows(&rows[0]).unwrap().weights;
+    let out = t
+        .lookup(&Batch::new(vec![FeatureBatch::int64(
+            "wide",
+            vec![-7],
+            vec![1],
+        )]))
+        .unwrap();
+    assert_eq!(out[0].width, 3 * DIM);
+    assert_close(&out[0].data, &expected);
+}
+
+#[test]
+fn partitioned_features_stay_inside_their_slice() {
+    let t = table(Optimizer::default());
+    let values: Vec<String> = (0..500).map(|i| format!("v{i}")).collect();
+    let rows = t.explain("p", &Values::Strings(values)).unwrap();
+    assert!(rows.iter().flatten().all(|r| (900..950).contains(r)));
+    // Shared features use the whole table.
+    let values: Vec<String> = (0..500).map(|i| format!("v{i}")).collect();
+    let rows = t.explain("s", &Values::Strings(values)).unwrap();
+    assert!(rows.iter().flatten().any(|&r| r < 500));
+}
+
+#[test]
+fn duplicate_rows_across_the_batch_get_one_step_with_summed_gradients() {
+    let opt = Optimizer::RowWiseAdagrad {
+        lr: 0.1,
+        eps: 1e-8,
+        initial_accumulator: 0.0,
+    };
+    let t = table(opt);
+    let row = t.explain("s", &strings(&["dup"])).unwrap()[0][0];
+    let before = t.backend().read_rows(&[row]).unwrap();
+    // "dup" appears in example 0 twice (sum pooling) and in example 1 once.
+    let batch = Batch::new(vec![FeatureBatch::strings(
+        "s",
+        ["dup", "dup", "dup"],
+        vec![2, 1],
+    )]);
+    let g0 = [1.0, 2.0, 0.0, -1.0];
+    let g1 = [0.5, 0.5, 0.5, 0.5];
+    let grads = vec![[g0, g1].concat()];
+    let summary = t.push(&batch, &grads).unwrap();
+    assert_eq!((summary.entries, summary.unique_rows), (3, 1));
+    let total: Vec<f32> = (0..DIM).map(|i| 2.0 * g0[i] + g1[i]).collect();
+    let acc = total.iter().map(|g| g * g).sum::<f32>() / DIM as f32;
+    let after = t.backend().read_rows(&[row]).unwrap();
+    assert_close(&after.state, &[acc]);
+    let expected: Vec<f32> = (0..DIM)
+        .map(|i| before.weights[i] - 0.1 * total[i] / (acc.sqrt() + 1e-8))
+        .collect();
+    assert_close(&after.weights, &expected);
+}
+
+#[test]
+fn mean_and_sqrtn_unpool_gradients_by_the_bag_length() {
+    let t = table(Optimizer::Sgd { lr: 1.0 });
+    let bag = ["a", "b", "c", "d"];
+    // A gradient of 4 on a bag of 4: mean gives each value 4/4, sqrtn 4/√4.
+    for (feature, step) in [("m", 1.0), ("q", 2.0)] {
+        let rows = row_of(&t, feature, strings(&bag));
+        let batch = Batch::new(vec![FeatureBatch::strings(feature, bag, vec![4])]);
+        t.push(&batch, &[vec![4.0; DIM]]).unwrap();
+        for (row, before) in rows {
+            let after = t.backend().read_rows(&[row]).unwrap().weights;
+            let expected: Vec<f32> = before.iter().map(|w| w - step).collect();
+            assert_close(&after, &expected);
+        }
+    }
+}
+
+#[test]
+fn rows_never_pushed_keep_their_lazy_initial_value() {
+    let spec = TableSpec {
+        seed: 5,
+        initializer: Initializer::Normal { std: 0.1 },
+        ..TableSpec::new("t", 64, 8)
+    };
+    let t = Table::create(spec, BackendKind::Cpu).unwrap();
+    t.add_feature(FeatureSpec::new("f")).unwrap();
+    let pushed = t.explain("f", &strings(&["k"])).unwrap()[0][0];
+    let batch = Batch::new(vec![FeatureBatch::strings("f", ["k"], vec![1])]);
+    t.push(&batch, &[vec![1.0; 8]]).unwrap();
+    for row in 0..64 {
+        let mut init = vec![0.0; 8];
+        Initializer::Normal { std: 0.1 }.fill_row(5, row, &mut init);
+        let now = t.backend().read_rows(&[row]).unwrap().weights;
+        assert_eq!(now == init, row != pushed, "row {row}");
+    }
+}
+
+/// A bad batch or bad gradients must be refused with an error naming the
+/// problem, and leave every row and every optimizer state as it was.
+#[test]
+fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
+    let t = table(Optimizer::Adam {
+        lr: 0.1,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+    });
+    let good = FeatureBatch::strings("s", ["a", "b"], vec![1, 1]);
+    let before = all_rows(&t);
+
+    let bad_batches: Vec<(Batch, &str)> = vec![
+        (
+            Batch::new(vec![FeatureBatch::strings("nope", ["a"], vec![1])]),
+            "unknown feature `nope`",
+        ),
+        (
+            Batch::new(vec![FeatureBatch::strings("s", ["a", "b"], vec![1])]),
+            "lengths sum to 1 but 2 values",
+        ),
+        (
+            Batch::new(vec![
+                good.clone(),
+                FeatureBatch::strings("m", ["a"], vec![1]),
+            ]),
+            "has 1 examples but feature `s` has 2",
+        ),
+        (
+            Batch::new(vec![FeatureBatch::int64("s", vec![1, 2], vec![1, 1])]),
+            "expects string values",
+        ),
+        (
+            Batch::new(vec![FeatureBatch::strings("wide", ["1"], vec![1])]),
+            "expects int64 values",
+        ),
+        (
+            Batch::new(vec![good.clone(), good.clone()]),
+            "appears more than once",
+        ),
+        (
+            Batch::new(vec![good.clone().with_weights(vec![1.0])]),
+            "1 weights for 2 values",
+        ),
+        (
+            Batch::new(vec![good.clone().with_weights(vec![1.0, f32::NAN])]),
+            "weight 1 is NaN",
+        ),
+    ];
+    for (batch, message) in &bad_batches {
+        let err = t.lookup(batch).unwrap_err().to_string();
+        assert!(
+            err.contains(message),
+            "lookup: `{err}` should contain `{message}`"
+        );
+        let err = t
+            .push(batch, &[vec![0.0; 2 * DIM]])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(message),
+            "push: `{err}` should contain `{message}`"
+        );
+    }
+
+    let ok_batch = Batch::new(vec![
+        good.clone(),
+        FeatureBatch::strings("m", ["a", "b"], vec![1, 1]),
+    ]);
+    let grads_ok = vec![0.1; 2 * DIM];
+    let bad_grads: Vec<(Vec<Vec<f32>>, &str)> = vec![
+        (
+            vec![grads_ok.clone()],
+            "the batch has 2 features but 1 gradient blocks",
+        ),
+        (
+            vec![grads_ok.clone(), vec![0.1; 3]],
+            "expected 2 × 4 = 8 values, got 3",
+        ),
+        (
+            vec![grads_ok.clone(), [vec![0.1; 7], vec![f32::NAN]].concat()],
+            "value 7 is NaN",
+        ),
+        (
+            vec![
+                [vec![f32::INFINITY], vec![0.1; 7]].concat(),
+                grads_ok.clone(),
+            ],
+            "value 0 is inf",
+        ),
+    ];
+    for (grads, message) in &bad_grads {
+        let err = t.push(&ok_batch, grads).unwrap_err();
+        assert!(
+            matches!(err, EngineError::InvalidGradients { .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains(message),
+            "`{err}` should contain `{message}`"
+        );
+    }
+    // Each value is finite, but "a" twice sums past f32::MAX.
+    let twice = Batch::new(vec![FeatureBatch::strings("s", ["a", "a"], vec![1, 1])]);
+    let err = t.push(&twice, &[vec![f32::MAX; 2 * DIM]]).unwrap_err();
+    assert!(err.to_string().contains("overflows f32"), "{err}");
+    assert!(
+        all_rows(&t) == before,
+        "a refused request changed the table"
+    );
+
+    // And the good request does change it, so the comparison above can fail.
+    t.push(&ok_batch, &[grads_ok.clone(), grads_ok]).unwrap();
+    assert!(all_rows(&t) != before);
+}

@@ -1,0 +1,524 @@
+//! The service's operations, independent of the transport: gRPC and HTTP
+//! both decode their request, call one method here and encode the result,
+//! so limits, tickets and counters behave the same on both.
+//!
+//! Every method is synchronous (hashing, gathering and RocksDB writes are
+//! CPU or disk work); the transports run them on tokio's blocking pool.
+
+use std::sync::Arc;
+
+use prometheus::IntCounter;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+use crate::tickets::{Ticket, TicketCache};
+use featmux_engine::batch::{Batch, FeatureEmbeddings, Values};
+use featmux_engine::registry::Feature;
+use featmux_engine::schema::{FeatureSpec, TableSpec};
+use featmux_engine::table::{PushSummary, Table};
+use featmux_storage::catalog::Catalog;
+use featmux_storage::store::records::CheckpointRecord;
+
+/// A checkpoint, as the API describes it (the store keeps its own record).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Checkpoint {
+    pub id: u64,
+    /// Training version: the checkpoint holds exactly the pushes `<= version`.
+    pub version: u64,
+    pub created_unix_ms: u64,
+    /// Tables it contains.
+    pub tables: Vec<String>,
+    /// Directory of the RocksDB checkpoint (hard links), relative to the data dir.
+    pub dir: String,
+}
+
+impl From<CheckpointRecord> for Checkpoint {
+    fn from(c: CheckpointRecord) -> Self {
+        Checkpoint {
+            id: c.id,
+            version: c.version,
+            created_unix_ms: c.created_unix_ms,
+            tables: c.tables,
+            dir: c.dir,
+        }
+    }
+}
+
+/// Request-size limits; a request over one is refused, changing nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most values in one batch, summed over its features; also bounds
+    /// examples × features.
+    pub max_batch_values: usize,
+    /// Most embedding bytes one lookup may return (the gRPC message limit,
+    /// `limits.max_message_bytes`); checked on the plan, before gathering.
+    pub max_output_bytes: usize,
+}
+
+/// What a push applies its gradients to.
+pub enum PushTarget {
+    Batch(Batch),
+    Ticket(u64),
+}
+
+/// A lookup's result.
+pub struct LookupResult {
+    /// One block per batch feature, in batch order.
+    pub embeddings: Vec<FeatureEmbeddings>,
+    /// Set when a ticket was asked for.
+    pub ticket: Option<u64>,
+}
+
+/// The gradient of one output block; `feature` may be left empty, and is
+/// checked against the batch when set.
+#[derive(Debug, Clone, Default)]
+pub struct GradientBlock {
+    pub feature: String,
+    pub data: Vec<f32>,
+}
+
+/// Checks the blocks against the batch's features (count and, where given,
+/// names) and returns their data in batch order.
+fn match_gradients<'a>(
+    features: impl ExactSizeIterator<Item = &'a str>,
+    blocks: Vec<GradientBlock>,
+) -> Result<Vec<Vec<f32>>, ApiError> {
+    if features.len() != blocks.len() {
+        return Err(ApiError::invalid(format!(
+            "{} gradient blocks for a batch of {} features; send one per batch feature, in \
+             batch order",
+            blocks.len(),
+            features.len()
+        )));
+    }
+    features
+        .zip(blocks)
+        .enumerate()
+        .map(|(i, (feature, block))| {
+            if !block.feature.is_empty() && block.feature != feature {
+                return Err(ApiError::invalid(format!(
+                    "gradient block {i} is for `{}` but batch feature {i} is `{feature}`",
+                    block.feature
+                )));
+            }
+            Ok(block.data)
+        })
+        .collect()
+}
+
+/// A push's result.
+#[derive(Debug, Clone, Copy)]
+pub struct PushResult {
+    /// Training version of the push.
+    pub version: u64,
+    pub entries: u64,
+    pub unique_rows: u64,
+}
+
+/// A registered feature, as admin calls report it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct FeatureInfo {
+    /// Its configuration; a partitioned slice shows the offset it got.
+    #[serde(flatten)]
+    pub spec: FeatureSpec,
+    /// Hash salt (fixed at registration, never reused).
+    pub salt: u32,
+    /// Output floats per example: `chunks * chunk_dim`.
+    pub width: usize,
+}
+
+impl FeatureInfo {
+    /// The registered feature this describes.
+    pub fn feature(&self) -> Feature {
+        Feature {
+            name: self.spec.name.clone(),
+            salt: self.salt,
+            chunks: self.spec.chunks,
+            value_type: self.spec.value_type,
+            pooling: self.spec.pooling,
+            placement: self.spec.placement,
+        }
+    }
+}
+
+/// A table's configuration, features and footprint.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct TableInfo {
+    pub config: TableSpec,
+    pub features: Vec<FeatureInfo>,
+    /// Weights plus optimizer state held in memory.
+    pub bytes_in_memory: u64,
+    /// Rows changed since the last flush.
+    pub dirty_rows: u64,
+}
+
+/// Server-wide counters.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Stats {
+    /// Pushes applied since the data directory was created.
+    pub version: u64,
+    /// Highest version durable on disk.
+    pub flushed_version: u64,
+    pub flushes: u64,
+    pub flush_failures: u64,
+    pub rows_flushed: u64,
+    pub last_flush_unix_ms: u64,
+    pub database_bytes: u64,
+    pub live_tickets: u64,
+    pub tables: Vec<TableInfo>,
+}
+
+/// One table's footprint and how far its pushes are from disk.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TableStats {
+    pub table: TableInfo,
+    /// Pushes applied (to any table) since the data directory was created.
+    pub version: u64,
+    /// Highest version durable on disk; the table's `dirty_rows` are the
+    /// rows changed by pushes after it.
+    pub flushed_version: u64,
+    pub last_flush_unix_ms: u64,
+}
+
+/// The rows one value maps to, one per chunk.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ExplainedValue {
+    pub value: String,
+    pub rows: Vec<u64>,
+}
+
+/// Counters the operations keep for `/metrics`.
+pub struct OpCounters {
+    /// (value, chunk) entries gathered by lookups.
+    pub rows_looked_up: IntCounter,
+    /// Unique rows updated by pushes.
+    pub rows_updated: IntCounter,
+}
+
+/// The operations of one running server.
+pub struct Api {
+    catalog: Arc<Catalog>,
+    tickets: TicketCache,
+    limits: Limits,
+    counters: OpCounters,
+}
+
+impl Api {
+    /// Operations over `catalog`.
+    pub fn new(
+        catalog: Arc<Catalog>,
+        tickets: TicketCache,
+        limits: Limits,
+        counters: OpCounters,
+    ) -> Self {
+        Api {
+            catalog,
+            tickets,
+            limits,
+            counters,
+        }
+    }
+
+    /// The catalog (for shutdown and metrics).
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// Live tickets.
+    pub fn live_tickets(&self) -> usize {
+        self.tickets.len()
+    }
+
+    fn check_size(&self, batch: &Batch) -> Result<(), ApiError> {
+        let values: usize = batch.features.iter().map(|f| f.values.len()).sum();
+        let slots: usize = batch.features.iter().map(|f| f.lengths.len()).sum();
+        let max = self.limits.max_batch_values;
+        if values > max || slots > max {
+            return Err(ApiError::too_large(format!(
+                "batch has {values} values and {slots} (example, feature) bags; the limit is \
+                 {max} of each (limits.max_batch_values)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Looks up `batch` in `table`; keeps a ticket when asked.
+    pub fn lookup(
+        &self,
+        table: &str,
+        batch: &Batch,
+        want_ticket: bool,
+    ) -> Result<LookupResult, ApiError> {
+        self.check_size(batch)?;
+        let table = self.catalog.table(table)?;
+        let plan = table.plan(batch)?;
+        let bytes: usize = plan.outputs.iter().map(|o| o.rows * o.width * 4).sum();
+        let max = self.limits.max_output_bytes;
+        if bytes > max {
+            return Err(ApiError::too_large(format!(
+                "the response would carry {bytes} bytes of embeddings, over the {max}-byte \
+                 message limit (limits.max_message_bytes); split the batch"
+            )));
+        }
+        let embeddings = table.lookup_plan(&plan)?;
+        self.counters
+            .rows_looked_up
+            .inc_by(plan.gather.rows.len() as u64);
+        let ticket = if want_ticket {
+            Some(self.tickets.insert(Ticket {
+                table,
+                plan: Arc::new(plan),
+            })?)
+        } else {
+            None
+        };
+        Ok(LookupResult { embeddings, ticket })
+    }
+
+    /// Pushes gradients: one block per batch feature, in batch order.
+    pub fn push(
+        &self,
+        table: &str,
+        target: &PushTarget,
+        blocks: Vec<GradientBlock>,
+    ) -> Result<PushResult, ApiError> {
+        let (summary, version) = match target {
+            PushTarget::Batch(batch) => {
+                self.check_size(batch)?;
+                let names = batch.features.iter().map(|f| f.feature.as_str());
+                let grads = match_gradients(names, blocks)?;
+                self.catalog.push(table, batch, &grads)?
+            }
+            PushTarget::Ticket(id) => {
+                let taken = self.tickets.take(*id, table)?;
+                let ticket = taken.ticket();
+                let names = ticket.plan.outputs.iter().map(|o| o.feature.as_str());
+                let pushed = match_gradients(names, blocks).and_then(|grads| {
+                    Ok(self
+                        .catalog
+                        .push_plan(&ticket.table, &ticket.plan, &grads)?)
+                });
+                match pushed {
+                    Ok(pushed) => pushed,
+                    Err(e) => {
+                        self.tickets.restore(taken);
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        let PushSummary {
+            entries,
+            unique_rows,
+        } = summary;
+        self.counters.rows_updated.inc_by(unique_rows as u64);
+        Ok(PushResult {
+            version,
+            entries: entries as u64,
+            unique_rows: unique_rows as u64,
+        })
+    }
+
+    /// Creates a table with its first features, all or nothing.
+    pub fn create_table(
+        &self,
+        spec: TableSpec,
+        features: Vec<FeatureSpec>,
+    ) -> Result<TableInfo, ApiError> {
+        spec.validate()?;
+        let mut probe = featmux_engine::registry::FeatureRegistry::default();
+        for feature in &features {
+            probe.register(feature.clone(), spec.rows)?;
+        }
+        let name = spec.name.clone();
+        self.catalog.create_table(spec)?;
+        for feature in features {
+            if let Err(e) = self.catalog.add_feature(&name, feature) {
+                // Checked above, so only a storage failure gets here; undo
+                // the half-configured table.
+                let _ = self.catalog.drop_table(&name);
+                return Err(e.into());
+            }
+        }
+        self.table_info(&name)
+    }
+
+    /// Adds features to `table`, all or nothing.
+    pub fn add_features(
+        &self,
+        table: &str,
+        features: Vec<FeatureSpec>,
+    ) -> Result<TableInfo, ApiError> {
+        if features.is_empty() {
+            return Err(ApiError::invalid("no features to add"));
+        }
+        let live = self.catalog.table(table)?;
+        let mut probe = live.registry();
+        for feature in &features {
+            probe.register(feature.clone(), live.spec().rows)?;
+        }
+        for feature in features {
+            self.catalog.add_feature(table, feature)?;
+        }
+        self.table_info(table)
+    }
+
+    /// A table's configuration, features and footprint.
+    pub fn table_info(&self, name: &str) -> Result<TableInfo, ApiError> {
+        Ok(describe(&*self.catalog.table(name)?))
+    }
+
+    /// Every table, by name.
+    pub fn list_tables(&self) -> Vec<TableInfo> {
+        self.catalog
+            .table_names()
+            .iter()
+            .filter_map(|name| self.catalog.table(name).ok())
+            .map(|t| describe(&t))
+            .collect()
+    }
+
+    /// Drops a table and its stored rows.
+    pub fn drop_table(&self, name: &str) -> Result<(), ApiError> {
+        Ok(self.catalog.drop_table(name)?)
+    }
+
+    /// Flushes and checkpoints the whole database.
+    pub fn create_checkpoint(&self) -> Result<Checkpoint, ApiError> {
+        Ok(self.catalog.create_checkpoint()?.into())
+    }
+
+    /// Checkpoints, oldest first.
+    pub fn list_checkpoints(&self) -> Result<Vec<Checkpoint>, ApiError> {
+        Ok(self
+            .catalog
+            .checkpoints()?
+            .into_iter()
+            .map(Checkpoint::from)
+            .collect())
+    }
+
+    /// Deletes a checkpoint.
+    pub fn delete_checkpoint(&self, id: u64) -> Result<(), ApiError> {
+        Ok(self.catalog.delete_checkpoint(id)?)
+    }
+
+    /// Restores `table` from checkpoint `id`, in place or `into` a new name.
+    pub fn restore_checkpoint(
+        &self,
+        id: u64,
+        table: &str,
+        into: Option<&str>,
+    ) -> Result<TableInfo, ApiError> {
+        self.catalog.restore_checkpoint(id, table, into)?;
+        self.table_info(into.unwrap_or(table))
+    }
+
+    /// One table's footprint and flush state.
+    pub fn table_stats(&self, name: &str) -> Result<TableStats, ApiError> {
+        let table = self.table_info(name)?;
+        let stats = self.stats_without_tables();
+        Ok(TableStats {
+            table,
+            version: stats.version,
+            flushed_version: stats.flushed_version,
+            last_flush_unix_ms: stats.last_flush_unix_ms,
+        })
+    }
+
+    /// Server-wide counters and every table.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            tables: self.list_tables(),
+            ..self.stats_without_tables()
+        }
+    }
+
+    fn stats_without_tables(&self) -> Stats {
+        let flush = self.catalog.flush_stats();
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        Stats {
+            version: self.catalog.version(),
+            flushed_version: load(&flush.flushed_version),
+            flushes: load(&flush.flushes),
+            flush_failures: load(&flush.failures),
+            rows_flushed: load(&flush.rows_flushed),
+            last_flush_unix_ms: load(&flush.last_flush_unix_ms),
+            database_bytes: self.catalog.database_bytes(),
+            live_tickets: self.tickets.len() as u64,
+            tables: Vec::new(),
+        }
+    }
+
+    /// For each `(feature, values)`: the row of every chunk of every value.
+    pub fn explain(
+        &self,
+        table: &str,
+        features: &[(String, Values)],
+    ) -> Result<Vec<(String, Vec<ExplainedValue>)>, ApiError> {
+        let live = self.catalog.table(table)?;
+        let total: usize = features.iter().map(|(_, v)| v.len()).sum();
+        if total > self.limits.max_batch_values {
+            return Err(ApiError::too_large(format!(
+                "{total} values to explain; the limit is {} (limits.max_batch_values)",
+                self.limits.max_batch_values
+            )));
+        }
+        features
+            .iter()
+            .map(|(feature, values)| {
+                let rows = live.explain(feature, values)?;
+                let explained = rows
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, rows)| ExplainedValue {
+                        value: value_text(values, i),
+                        rows,
+                    })
+                    .collect();
+                Ok((feature.clone(), explained))
+            })
+            .collect()
+    }
+
+    /// The registered features of `table`, for decoding serving requests.
+    pub fn features(&self, table: &str) -> Result<Vec<Feature>, ApiError> {
+        Ok(self.catalog.table(table)?.features())
+    }
+}
+
+fn value_text(values: &Values, i: usize) -> String {
+    match values {
+        Values::Strings(v) => v[i].clone(),
+        Values::PackedStrings(p) => String::from_utf8_lossy(p.get(i)).into_owned(),
+        Values::Int64(v) => v[i].to_string(),
+    }
+}
+
+/// Describes a live table.
+fn describe(table: &Table) -> TableInfo {
+    let spec = table.spec().clone();
+    let d = spec.chunk_dim;
+    let floats_per_row = d + spec.optimizer.state_width(d);
+    TableInfo {
+        bytes_in_memory: spec.rows * floats_per_row as u64 * 4,
+        dirty_rows: table.dirty().len() as u64,
+        features: table
+            .features()
+            .into_iter()
+            .map(|f| FeatureInfo {
+                width: f.width(d),
+                salt: f.salt,
+                spec: FeatureSpec {
+                    name: f.name,
+                    chunks: f.chunks,
+                    value_type: f.value_type,
+                    pooling: f.pooling,
+                    placement: f.placement,
+                },
+            })
+            .collect(),
+        config: spec,
+    }
+}

@@ -1,0 +1,416 @@
+//! Server configuration: one TOML file, overridden by `FEATMUX_*`
+//! environment variables, overridden by `featmux serve` flags. Every field
+//! has a default, so `featmux serve` with nothing works.
+//!
+//! Unknown keys are refused (a misspelt key must not silently do nothing).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use featmux_engine::backend::BackendKind;
+use featmux_storage::catalog::CatalogOptions;
+
+/// Why the configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("config file {path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("environment variable {var}={value:?}: {reason}")]
+    Env {
+        var: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// Storage and flushing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Longest time an acknowledged push stays only in memory.
+    pub flush_interval_ms: u64,
+    /// Dirty rows in one table that trigger an early flush.
+    pub max_dirty_rows: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        let catalog = CatalogOptions::default();
+        StorageConfig {
+            flush_interval_ms: catalog.flush_interval.as_millis() as u64,
+            max_dirty_rows: catalog.max_dirty_rows,
+        }
+    }
+}
+
+/// Bearer tokens; unset leaves that role open.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Required by every admin endpoint.
+    pub admin_token: Option<String>,
+    /// Required by lookup and push (the admin token works too).
+    pub data_token: Option<String>,
+}
+
+/// Request-size limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most values (and most example×feature bags) in one batch.
+    pub max_batch_values: usize,
+    /// Largest HTTP request body.
+    pub max_request_bytes: usize,
+    /// Largest gRPC message, in either direction.
+    pub max_message_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_batch_values: 4 << 20,
+            max_request_bytes: 16 << 20,
+            max_message_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Lookup tickets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TicketsConfig {
+    /// How long a lookup's ticket waits for its push.
+    pub ttl_secs: u64,
+    /// Memory all live tickets may hold.
+    pub max_bytes: usize,
+}
+
+impl Default for TicketsConfig {
+    fn default() -> Self {
+        TicketsConfig {
+            ttl_secs: 60,
+            max_bytes: 1 << 30,
+        }
+    }
+}
+
+/// TLS for both listeners (PEM files); absent means plaintext.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
+}
+
+/// The whole server configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    /// `cpu`, `candle-cpu` or `cuda:N`.
+    pub backend: String,
+    pub log_format: LogFormat,
+    /// A tracing filter (`info`, `featmux=debug,tower=warn`, …).
+    pub log_level: String,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub shutdown_grace_secs: u64,
+    pub storage: StorageConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub tickets: TicketsConfig,
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            data_dir: PathBuf::from("./featmux-data"),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            backend: "cpu".into(),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            shutdown_grace_secs: 30,
+            storage: StorageConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            tickets: TicketsConfig::default(),
+            tls: None,
+        }
+    }
+}
+
+/// `featmux serve` flags: the last layer of overrides.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML config file (all keys optional).
+    #[arg(long, short = 'c', env = "FEATMUX_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./featmux-data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:50051].
+    #[arg(long)]
+    pub grpc_addr: Option<SocketAddr>,
+    /// HTTP listen address [default: 127.0.0.1:8080].
+    #[arg(long)]
+    pub http_addr: Option<SocketAddr>,
+    /// Table backend: cpu, candle-cpu or cuda:N [default: cpu].
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Log format [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+fn env_parse<T: std::str::FromStr>(var: &'static str, value: String) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse().map_err(|e: T::Err| ConfigError::Env {
+        var,
+        reason: e.to_string(),
+        value,
+    })
+}
+
+impl ServerConfig {
+    /// Defaults, then the file, then the environment, then the flags.
+    pub fn load(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let mut config = match &args.config {
+            Some(path) => Self::from_file(path)?,
+            None => ServerConfig::default(),
+        };
+        config.apply_env(|var| std::env::var(var).ok())?;
+        config.apply_flags(args);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML file (missing keys take their defaults).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Applies `FEATMUX_*` variables (documented in the README).
+    pub fn apply_env(
+        &mut self,
+        get: impl Fn(&'static str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        if let Some(v) = get("FEATMUX_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = get("FEATMUX_GRPC_ADDR") {
+            self.grpc_addr = env_parse("FEATMUX_GRPC_ADDR", v)?;
+        }
+        if let Some(v) = get("FEATMUX_HTTP_ADDR") {
+            self.http_addr = env_parse("FEATMUX_HTTP_ADDR", v)?;
+        }
+        if let Some(v) = get("FEATMUX_BACKEND") {
+            self.backend = v;
+        }
+        if let Some(v) = get("FEATMUX_LOG_LEVEL") {
+            self.log_level = v;
+        }
+        if let Some(v) = get("FEATMUX_ADMIN_TOKEN") {
+            self.auth.admin_token = Some(v);
+        }
+        if let Some(v) = get("FEATMUX_DATA_TOKEN") {
+            self.auth.data_token = Some(v);
+        }
+        if let Some(v) = get("FEATMUX_MAX_BATCH_VALUES") {
+            self.limits.max_batch_values = env_parse("FEATMUX_MAX_BATCH_VALUES", v)?;
+        }
+        if let Some(v) = get("FEATMUX_FLUSH_INTERVAL_MS") {
+            self.storage.flush_interval_ms = env_parse("FEATMUX_FLUSH_INTERVAL_MS", v)?;
+        }
+        if let (Some(cert), Some(key)) = (get("FEATMUX_TLS_CERT"), get("FEATMUX_TLS_KEY")) {
+            self.tls = Some(TlsConfig {
+                cert: cert.into(),
+                key: key.into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies the `serve` flags that were given.
+    pub fn apply_flags(&mut self, args: &ServeArgs) {
+        if let Some(v) = &args.data_dir {
+            self.data_dir = v.clone();
+        }
+        if let Some(v) = args.grpc_addr {
+            self.grpc_addr = v;
+        }
+        if let Some(v) = args.http_addr {
+            self.http_addr = v;
+        }
+        if let Some(v) = &args.backend {
+            self.backend = v.clone();
+        }
+        if let Some(v) = args.log_format {
+            self.log_format = v;
+        }
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.backend_kind()?
+            .check_available()
+            .map_err(|e| ConfigError::Invalid {
+                field: "backend",
+                reason: e.to_string(),
+            })?;
+        let positive = [
+            ("limits.max_batch_values", self.limits.max_batch_values),
+            ("limits.max_request_bytes", self.limits.max_request_bytes),
+            ("limits.max_message_bytes", self.limits.max_message_bytes),
+            ("storage.max_dirty_rows", self.storage.max_dirty_rows),
+            (
+                "storage.flush_interval_ms",
+                self.storage.flush_interval_ms as usize,
+            ),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: "must be greater than 0".into(),
+                });
+            }
+        }
+        for (field, token) in [
+            ("auth.admin_token", &self.auth.admin_token),
+            ("auth.data_token", &self.auth.data_token),
+        ] {
+            if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: "an empty token would accept `Bearer ` alone; remove it or set one"
+                        .into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The parsed backend.
+    pub fn backend_kind(&self) -> Result<BackendKind, ConfigError> {
+        self.backend.parse().map_err(|e| ConfigError::Invalid {
+            field: "backend",
+            reason: format!("{e}"),
+        })
+    }
+
+    /// Catalog options from this configuration.
+    pub fn catalog_options(&self) -> Result<CatalogOptions, ConfigError> {
+        Ok(CatalogOptions {
+            backend: self.backend_kind()?,
+            flush_interval: Duration::from_millis(self.storage.flush_interval_ms),
+            max_dirty_rows: self.storage.max_dirty_rows,
+            ..CatalogOptions::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_override_in_order_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("featmux.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/from/file\"\nbackend = \"candle-cpu\"\n[auth]\nadmin_token = \"file\"\n",
+        )
+        .unwrap();
+        let mut config = ServerConfig::from_file(&path).unwrap();
+        assert_eq!(config.grpc_addr.port(), 50051, "defaults fill the rest");
+        config
+            .apply_env(|var| match var {
+                "FEATMUX_DATA_DIR" => Some("/from/env".into()),
+                "FEATMUX_ADMIN_TOKEN" => Some("env".into()),
+                _ => None,
+            })
+            .unwrap();
+        config.apply_flags(&ServeArgs {
+            data_dir: Some("/from/flag".into()),
+            ..ServeArgs::default()
+        });
+        assert_eq!(config.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(config.auth.admin_token.as_deref(), Some("env"));
+        assert_eq!(config.backend, "candle-cpu");
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_documented_sample_config_is_the_defaults() {
+        let sample: ServerConfig =
+            toml::from_str(include_str!("../../deploy/featmux.toml")).unwrap();
+        assert_eq!(
+            serde_json::to_value(sample).unwrap(),
+            serde_json::to_value(ServerConfig::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn bad_configs_name_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("featmux.toml");
+        std::fs::write(&path, "[limits]\nmax_batch_value = 3\n").unwrap();
+        let err = ServerConfig::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("max_batch_value"), "{err}");
+
+        let mut config = ServerConfig::default();
+        let err = config
+            .apply_env(|var| (var == "FEATMUX_GRPC_ADDR").then(|| "nope".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("FEATMUX_GRPC_ADDR"), "{err}");
+
+        config.backend = "tpu".into();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.starts_with("backend:"), "{err}");
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn a_cuda_backend_without_cuda_is_refused_at_start_up() {
+        let config = ServerConfig {
+            backend: "cuda:0".into(),
+            ..ServerConfig::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.starts_with("backend:"), "{err}");
+        assert!(err.contains("built without it"), "{err}");
+        assert!(err.contains("scripts/build-cuda.sh"), "{err}");
+    }
+}

@@ -1,0 +1,159 @@
+//! A server's life after its listeners are bound: recovery (the catalog is
+//! opened on the blocking pool; until it is, data and admin calls answer
+//! UNAVAILABLE/503 and `/readyz` says not ready), serving, and shutdown
+//! (SIGTERM, ctrl-c or [`crate::RunningServer::shutdown`]): both listeners
+//! stop accepting, in-flight requests finish (Train streams are ended), then
+//! the catalog flushes every dirty row and closes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use featmux_storage::catalog::{Catalog, CatalogOptions};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::api::{Api, Limits};
+use crate::config::ServerConfig;
+use crate::shared::Shared;
+use crate::startup::{start, ServeError};
+use crate::tickets::TicketCache;
+
+/// Recovers, serves until shutdown, then drains and flushes.
+pub(crate) async fn run(
+    config: ServerConfig,
+    catalog_options: CatalogOptions,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    mut stopped: watch::Receiver<bool>,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    http: JoinHandle<std::io::Result<()>>,
+) -> Result<(), ServeError> {
+    let started = Instant::now();
+    let data_dir = config.data_dir.clone();
+    let opened = tokio::task::spawn_blocking(move || Catalog::open(&data_dir, catalog_options))
+        .await
+        .map_err(|e| ServeError::Transport {
+            transport: "recovery",
+            reason: e.to_string(),
+        })?;
+    let catalog = match opened {
+        Ok((catalog, report)) => {
+            for (version, description) in &report.migrations {
+                info!(version, description, "applied migration");
+            }
+            info!(
+                tables = report.tables,
+                rows_loaded = report.rows_loaded,
+                load_ms = started.elapsed().as_millis() as u64,
+                "ready"
+            );
+            Arc::new(catalog)
+        }
+        Err(e) => {
+            error!(error = %e, "cannot open the data directory; stopping");
+            stop.send_replace(true);
+            let _ = tokio::join!(grpc, http);
+            return Err(e.into());
+        }
+    };
+    let tickets = TicketCache::new(
+        Duration::from_secs(config.tickets.ttl_secs),
+        config.tickets.max_bytes,
+    );
+    let limits = Limits {
+        max_batch_values: config.limits.max_batch_values,
+        max_output_bytes: config.limits.max_message_bytes,
+    };
+    let counters = shared.metrics.op_counters();
+    let api = Arc::new(Api::new(catalog.clone(), tickets, limits, counters));
+    let _ = shared.api.set(api);
+
+    let _ = stopped.wait_for(|stop| *stop).await;
+    info!("shutting down: draining in-flight requests");
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let drained = tokio::time::timeout(grace, async { tokio::join!(grpc, http) }).await;
+    let mut failure = None;
+    match drained {
+        Err(_) => warn!(
+            grace_secs = grace.as_secs(),
+            "requests still running after the grace period"
+        ),
+        Ok((grpc, http)) => {
+            if let Ok(Err(e)) = grpc {
+                failure = Some(ServeError::Transport {
+                    transport: "gRPC",
+                    reason: e.to_string(),
+                });
+            }
+            if let Ok(Err(e)) = http {
+                failure = Some(ServeError::Transport {
+                    transport: "HTTP",
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    // Drop our handles on the catalog, so closing it can own it.
+    drop(shared);
+    let closed = tokio::task::spawn_blocking(move || match Arc::try_unwrap(catalog) {
+        Ok(catalog) => catalog.close().map(|()| true),
+        // A request outlived the grace period: flush what is there anyway.
+        Err(catalog) => catalog.flush().map(|_| false),
+    })
+    .await
+    .map_err(|e| ServeError::Transport {
+        transport: "shutdown",
+        reason: e.to_string(),
+    })?;
+    match closed {
+        Ok(true) => info!("flushed and closed; stopped"),
+        Ok(false) => warn!("flushed; requests still hold the catalog"),
+        Err(e) => {
+            error!(error = %e, "final flush failed");
+            failure = Some(ServeError::Open(e));
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => info!("ctrl-c received"),
+        _ = terminate => info!("SIGTERM received"),
+    }
+}
+
+/// `featmux serve`: starts, serves until SIGTERM/ctrl-c, shuts down.
+pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
+    let mut server = start(config).await?;
+    let stopped_by_itself = tokio::select! {
+        result = server.wait() => Some(result),
+        () = shutdown_signal() => None,
+    };
+    match stopped_by_itself {
+        Some(result) => result,
+        None => {
+            server.shutdown();
+            server.wait().await
+        }
+    }
+}

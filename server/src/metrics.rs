@@ -1,0 +1,186 @@
+//! Prometheus metrics: request counts and latency per transport, endpoint
+//! and status, rows looked up and updated, and gauges read from the catalog
+//! at scrape time (dirty rows, flush lag, table bytes, database size).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::api::{Api, OpCounters};
+use featmux_storage::flusher::unix_ms;
+
+/// Every metric of one server, registered in its own registry (so tests
+/// can run several servers in one process).
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    rows_looked_up: IntCounter,
+    rows_updated: IntCounter,
+    version: IntGauge,
+    flushed_version: IntGauge,
+    flush_lag_versions: IntGauge,
+    flush_age_ms: IntGauge,
+    flushes: IntGauge,
+    flush_failures: IntGauge,
+    database_bytes: IntGauge,
+    live_tickets: IntGauge,
+    dirty_rows: IntGaugeVec,
+    table_bytes: IntGaugeVec,
+}
+
+fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let r = &registry;
+        let gauge =
+            |name: &str, help: &str| register(r, IntGauge::new(name, help).expect("valid metric"));
+        let table_gauge = |name: &str, help: &str| {
+            register(
+                r,
+                IntGaugeVec::new(Opts::new(name, help), &["table"]).expect("valid metric"),
+            )
+        };
+        // 50 µs .. ~13 s: lookups of one example up to full training batches.
+        let buckets = prometheus::exponential_buckets(50e-6, 2.0, 19).expect("valid buckets");
+        Metrics {
+            requests: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "featmux_requests_total",
+                        "Requests by transport, endpoint and status",
+                    ),
+                    &["transport", "endpoint", "code"],
+                )
+                .expect("valid metric"),
+            ),
+            latency: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "featmux_request_duration_seconds",
+                        "Request latency by transport, endpoint and status",
+                    )
+                    .buckets(buckets),
+                    &["transport", "endpoint", "code"],
+                )
+                .expect("valid metric"),
+            ),
+            rows_looked_up: register(
+                r,
+                IntCounter::new(
+                    "featmux_rows_looked_up_total",
+                    "(value, chunk) rows gathered by lookups",
+                )
+                .expect("valid metric"),
+            ),
+            rows_updated: register(
+                r,
+                IntCounter::new(
+                    "featmux_rows_updated_total",
+                    "Unique rows updated by pushes",
+                )
+                .expect("valid metric"),
+            ),
+            version: gauge(
+                "featmux_training_version",
+                "Pushes applied (training version)",
+            ),
+            flushed_version: gauge("featmux_flushed_version", "Highest version durable on disk"),
+            flush_lag_versions: gauge(
+                "featmux_flush_lag_versions",
+                "Pushes applied but not yet durable",
+            ),
+            flush_age_ms: gauge(
+                "featmux_flush_age_milliseconds",
+                "Time since the last successful flush",
+            ),
+            flushes: gauge("featmux_flushes", "Flushes written"),
+            flush_failures: gauge("featmux_flush_failures", "Flushes that failed"),
+            database_bytes: gauge("featmux_database_bytes", "Bytes of the RocksDB database"),
+            live_tickets: gauge("featmux_live_tickets", "Lookup tickets held for pushes"),
+            dirty_rows: table_gauge("featmux_dirty_rows", "Rows changed since the last flush"),
+            table_bytes: table_gauge(
+                "featmux_table_bytes",
+                "Bytes of weights and optimizer state in memory",
+            ),
+            registry,
+        }
+    }
+
+    /// Counters the operations increment.
+    pub fn op_counters(&self) -> OpCounters {
+        OpCounters {
+            rows_looked_up: self.rows_looked_up.clone(),
+            rows_updated: self.rows_updated.clone(),
+        }
+    }
+
+    /// Records one finished request.
+    pub fn observe(&self, transport: &str, endpoint: &str, code: &str, elapsed: Duration) {
+        let labels = [transport, endpoint, code];
+        self.requests.with_label_values(&labels).inc();
+        self.latency
+            .with_label_values(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition, with gauges refreshed from `api`
+    /// (absent while the server is still recovering).
+    pub fn render(&self, api: Option<&Api>) -> String {
+        if let Some(api) = api {
+            self.refresh(api);
+        }
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding of valid metrics");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+
+    fn refresh(&self, api: &Api) {
+        let catalog = api.catalog();
+        let flush = catalog.flush_stats();
+        let version = catalog.version();
+        let flushed = flush.flushed_version.load(Ordering::Relaxed);
+        let gauge = |g: &IntGauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        gauge(&self.version, version);
+        gauge(&self.flushed_version, flushed);
+        gauge(&self.flush_lag_versions, version.saturating_sub(flushed));
+        let last = flush.last_flush_unix_ms.load(Ordering::Relaxed);
+        gauge(&self.flush_age_ms, unix_ms().saturating_sub(last));
+        gauge(&self.flushes, flush.flushes.load(Ordering::Relaxed));
+        gauge(&self.flush_failures, flush.failures.load(Ordering::Relaxed));
+        gauge(&self.database_bytes, catalog.database_bytes());
+        gauge(&self.live_tickets, api.live_tickets() as u64);
+        self.dirty_rows.reset();
+        self.table_bytes.reset();
+        for table in api.list_tables() {
+            let name = [table.config.name.as_str()];
+            gauge(&self.dirty_rows.with_label_values(&name), table.dirty_rows);
+            gauge(
+                &self.table_bytes.with_label_values(&name),
+                table.bytes_in_memory,
+            );
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,223 @@
+//! Starting the server: both listeners are bound at once (so `start` can
+//! report the addresses, and `/healthz` answers during recovery), the
+//! transports are spawned, and recovery continues in the background (see
+//! [`crate::lifecycle`]).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use featmux_proto::v1::admin_service_server::AdminServiceServer;
+use featmux_proto::v1::embedding_service_server::EmbeddingServiceServer;
+use featmux_storage::catalog::CatalogError;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::auth::Tokens;
+use crate::codec::translate_codec_response;
+use crate::config::{ConfigError, ServerConfig};
+use crate::metrics::Metrics;
+use crate::shared::Shared;
+use crate::{grpc, http, lifecycle};
+
+/// HTTP/2 flow-control windows of the gRPC server (see [`start`]).
+const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("cannot open the data directory: {0}")]
+    Open(#[from] CatalogError),
+    #[error("{transport} server failed: {reason}")]
+    Transport {
+        transport: &'static str,
+        reason: String,
+    },
+}
+
+/// A started server.
+pub struct RunningServer {
+    /// Where gRPC listens (the real port when configured with port 0).
+    pub grpc_addr: SocketAddr,
+    /// Where HTTP listens.
+    pub http_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl RunningServer {
+    /// Begins a graceful shutdown.
+    pub fn shutdown(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Waits until the server has stopped (after [`Self::shutdown`], or on
+    /// a fatal error) and every dirty row is flushed.
+    pub async fn wait(&mut self) -> Result<(), ServeError> {
+        (&mut self.task).await.map_err(|e| ServeError::Transport {
+            transport: "server",
+            reason: e.to_string(),
+        })?
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).await.map_err(|e| ServeError::Bind {
+        addr,
+        reason: e.to_string(),
+    })
+}
+
+fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, ServeError> {
+    std::fs::read(path).map_err(|e| ServeError::Tls(format!("cannot read {}: {e}", path.display())))
+}
+
+/// Starts the server: binds, then recovers in the background.
+pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
+    config.validate()?;
+    let catalog_options = config.catalog_options()?;
+    let grpc_listener = bind(config.grpc_addr).await?;
+    let http_listener = bind(config.http_addr).await?;
+    let grpc_addr = grpc_listener.local_addr().map_err(|e| ServeError::Bind {
+        addr: config.grpc_addr,
+        reason: e.to_string(),
+    })?;
+    let http_addr = http_listener.local_addr().map_err(|e| ServeError::Bind {
+        addr: config.http_addr,
+        reason: e.to_string(),
+    })?;
+    let tls = match &config.tls {
+        Some(tls) => Some((read_pem(&tls.cert)?, read_pem(&tls.key)?)),
+        None => None,
+    };
+    if config.auth.admin_token.is_none() {
+        warn!("no admin token configured: admin endpoints are open to anyone who can connect");
+    }
+
+    let (stop, stop_rx) = watch::channel(false);
+    let metrics = Metrics::new();
+    let shared = Arc::new(Shared {
+        api: OnceLock::new(),
+        tokens: Tokens {
+            admin: config.auth.admin_token.clone(),
+            data: config.auth.data_token.clone(),
+        },
+        metrics,
+        shutdown: stop_rx.clone(),
+    });
+    info!(
+        grpc = %grpc_addr,
+        http = %http_addr,
+        tls = tls.is_some(),
+        data_dir = %config.data_dir.display(),
+        backend = %config.backend,
+        "listening"
+    );
+
+    let grpc = {
+        let max = config.limits.max_message_bytes;
+        // Push requests carry megabytes of gradients: with hyper's default
+        // 1 MiB windows the client stalls for a WINDOW_UPDATE every MiB.
+        // Windows are flow-control credit, not buffers allocated up front.
+        let mut builder = tonic::transport::Server::builder()
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
+        if let Some((cert, key)) = &tls {
+            builder = builder
+                .tls_config(
+                    tonic::transport::ServerTlsConfig::new()
+                        .identity(tonic::transport::Identity::from_pem(cert, key)),
+                )
+                .map_err(|e| ServeError::Tls(e.to_string()))?;
+        }
+        let router = builder
+            .layer(tower::util::MapResponseLayer::new(translate_codec_response))
+            .add_service(
+                EmbeddingServiceServer::new(grpc::EmbeddingGrpc {
+                    shared: shared.clone(),
+                })
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+            )
+            .add_service(
+                AdminServiceServer::new(grpc::AdminGrpc {
+                    shared: shared.clone(),
+                })
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+            );
+        let mut stopped = stop_rx.clone();
+        // TCP_NODELAY explicitly: tonic ignores its own nodelay setting for
+        // an incoming stream, and with Nagle on, a small response (headers,
+        // data and trailers in separate writes) waits for the client's
+        // delayed ACK: ~40 ms per training step of a small batch.
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+        tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }))
+    };
+
+    let app = http::router(shared.clone(), config.limits.max_request_bytes);
+    let http = {
+        let mut stopped = stop_rx.clone();
+        let until_stopped = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        match tls {
+            None => tokio::spawn(async move {
+                axum::serve(http_listener, app)
+                    .with_graceful_shutdown(until_stopped)
+                    .await
+            }),
+            Some((cert, key)) => {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let rustls_config = axum_server::tls_rustls::RustlsConfig::from_pem(cert, key)
+                    .await
+                    .map_err(|e| ServeError::Tls(e.to_string()))?;
+                let handle = axum_server::Handle::new();
+                let grace = Duration::from_secs(config.shutdown_grace_secs);
+                let shutdown_handle = handle.clone();
+                tokio::spawn(async move {
+                    until_stopped.await;
+                    shutdown_handle.graceful_shutdown(Some(grace));
+                });
+                let listener = http_listener.into_std().map_err(|e| ServeError::Bind {
+                    addr: http_addr,
+                    reason: e.to_string(),
+                })?;
+                tokio::spawn(async move {
+                    axum_server::from_tcp_rustls(listener, rustls_config)
+                        .handle(handle)
+                        .serve(app.into_make_service())
+                        .await
+                })
+            }
+        }
+    };
+
+    let task = tokio::spawn(lifecycle::run(
+        config,
+        catalog_options,
+        shared,
+        stop.clone(),
+        stop_rx,
+        grpc,
+        http,
+    ));
+    Ok(RunningServer {
+        grpc_addr,
+        http_addr,
+        stop,
+        task,
+    })
+}

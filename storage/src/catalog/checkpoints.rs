@@ -1,0 +1,137 @@
+//! Checkpoints: RocksDB checkpoints (hard links) taken right after a flush,
+//! at a moment no push is in flight, so one holds exactly the pushes `<=`
+//! its version; listing, deleting, and restoring a table in place or into a
+//! new table.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use featmux_engine::table::Table;
+
+use super::{load_rows, record_of, table_from_record, Catalog, CatalogError, LiveTable};
+use crate::flusher::unix_ms;
+use crate::store::records::CheckpointRecord;
+use crate::store::{Store, StoreError};
+
+impl Catalog {
+    /// Flushes, then takes a RocksDB checkpoint (hard links) that holds
+    /// exactly the pushes up to the returned record's version.
+    pub fn create_checkpoint(&self) -> Result<CheckpointRecord, CatalogError> {
+        let inner = self.writable()?;
+        let _admin = inner.admin.lock();
+        let _flush = inner.flush_lock.lock();
+        let report = inner.flush_locked(true)?;
+        let id = inner.store.next_checkpoint_id()?;
+        let dir = format!("checkpoints/{id:010}");
+        let path = inner.data_dir.join(&dir);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Io {
+                path: parent.to_owned(),
+                reason: e.to_string(),
+            })?;
+        }
+        inner.store.checkpoint(&path)?;
+        let checkpoint = CheckpointRecord {
+            id,
+            version: report.version,
+            created_unix_ms: unix_ms(),
+            tables: self.table_names(),
+            dir,
+        };
+        let mut batch = inner.store.batch();
+        batch.put_checkpoint(&checkpoint);
+        if let Err(e) = batch.commit(true) {
+            let _ = std::fs::remove_dir_all(&path);
+            return Err(e.into());
+        }
+        Ok(checkpoint)
+    }
+
+    /// Checkpoints, oldest first.
+    pub fn checkpoints(&self) -> Result<Vec<CheckpointRecord>, CatalogError> {
+        Ok(self.inner.store.checkpoints()?)
+    }
+
+    fn checkpoint_record(&self, id: u64) -> Result<CheckpointRecord, CatalogError> {
+        self.checkpoints()?
+            .into_iter()
+            .find(|c| c.id == id)
+            .ok_or(CatalogError::UnknownCheckpoint(id))
+    }
+
+    /// Directory of checkpoint `id` (to open it read-only as a serving copy).
+    pub fn checkpoint_path(&self, id: u64) -> Result<PathBuf, CatalogError> {
+        Ok(self.inner.data_dir.join(self.checkpoint_record(id)?.dir))
+    }
+
+    /// Deletes a checkpoint's record, then its files.
+    pub fn delete_checkpoint(&self, id: u64) -> Result<(), CatalogError> {
+        let inner = self.writable()?;
+        let _admin = inner.admin.lock();
+        let checkpoint = self.checkpoint_record(id)?;
+        let mut batch = inner.store.batch();
+        batch.delete_checkpoint(id);
+        batch.commit(true)?;
+        let path = inner.data_dir.join(&checkpoint.dir);
+        std::fs::remove_dir_all(&path).map_err(|e| StoreError::Io {
+            path,
+            reason: e.to_string(),
+        })?;
+        Ok(())
+    }
+
+    /// Restores `table` from checkpoint `id`: replaces its content (`into:
+    /// None`) or clones it into a new table `into`. Durable when this returns.
+    pub fn restore_checkpoint(
+        &self,
+        id: u64,
+        table: &str,
+        into: Option<&str>,
+    ) -> Result<Arc<Table>, CatalogError> {
+        let inner = self.writable()?;
+        let _admin = inner.admin.lock();
+        let checkpoint_path = self.checkpoint_path(id)?;
+        let source = Store::open_read_only(&checkpoint_path)?;
+        let record = source
+            .tables()?
+            .into_iter()
+            .find(|r| r.spec.name == table)
+            .ok_or_else(|| CatalogError::NotInCheckpoint {
+                checkpoint: id,
+                table: table.to_owned(),
+            })?;
+        let target = into.unwrap_or(table).to_owned();
+        let existing = inner.tables.read().get(&target).cloned();
+        if into.is_some() && existing.is_some() {
+            return Err(CatalogError::TableExists(target));
+        }
+        let restored = table_from_record(&record, &target, inner.options.backend)?;
+        let (target_id, next_id) = match &existing {
+            Some(live) => (live.id, None),
+            None => {
+                let id = inner.store.next_table_id()?;
+                (id, Some(id + 1))
+            }
+        };
+        let mut batch = inner.store.batch();
+        batch.delete_rows(target_id);
+        // One scan of the checkpoint fills both the new table and the batch.
+        load_rows(&source, record.id, &restored, |rows, data| {
+            batch.put_rows(target_id, rows, data)
+        })?;
+        batch.put_table(&record_of(target_id, &restored));
+        if let Some(next) = next_id {
+            batch.put_next_table_id(next);
+        }
+        let restored = Arc::new(restored);
+        let _flush = inner.flush_lock.lock();
+        let _gate = inner.push_gate.write();
+        batch.commit(true)?;
+        let live = Arc::new(LiveTable {
+            id: target_id,
+            table: restored.clone(),
+        });
+        inner.tables.write().insert(target, live);
+        Ok(restored)
+    }
+}

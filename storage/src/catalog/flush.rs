@@ -1,0 +1,94 @@
+//! Flushing: dirty rows of every table copied out (row by row, under their
+//! stripe locks) and written in ONE WriteBatch with the training version they
+//! cover, by the background flusher, on demand, before a checkpoint and at
+//! shutdown.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use featmux_engine::error::EngineError;
+
+use super::{Catalog, CatalogError, Inner, LiveTable, ROW_CHUNK};
+use crate::flusher::{FlushReport, FlushStats};
+
+impl Catalog {
+    /// Writes every dirty row now.
+    pub fn flush(&self) -> Result<FlushReport, CatalogError> {
+        self.writable()?.flush(false)
+    }
+
+    /// Flusher counters, for metrics.
+    pub fn flush_stats(&self) -> &FlushStats {
+        &self.inner.stats
+    }
+
+    /// Bytes of the live database on disk (SST files, WAL, manifest), for
+    /// metrics and stats.
+    pub fn database_bytes(&self) -> u64 {
+        std::fs::read_dir(self.inner.store.path())
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Inner {
+    pub(super) fn flush(&self, hold_gate: bool) -> Result<FlushReport, CatalogError> {
+        let _flush = self.flush_lock.lock();
+        self.flush_locked(hold_gate)
+    }
+
+    /// One flush: drain dirty rows of every table, copy them (row by row,
+    /// under their stripe locks), write them in ONE WriteBatch with the
+    /// version they cover. On failure the rows are marked dirty again.
+    pub(super) fn flush_locked(&self, hold_gate: bool) -> Result<FlushReport, CatalogError> {
+        let started = Instant::now();
+        self.wake_pending.store(false, Ordering::Release);
+        let tables: Vec<Arc<LiveTable>> = self.tables.read().values().cloned().collect();
+        let mut batch = self.store.batch();
+        let mut drained: Vec<(Arc<LiveTable>, Vec<u64>)> = Vec::new();
+        let mut report = FlushReport::default();
+        let copied = {
+            let _gate = hold_gate.then(|| self.push_gate.write());
+            // Every push numbered <= version marked its rows before this load.
+            report.version = self.version.load(Ordering::Acquire);
+            tables.iter().try_for_each(|live| {
+                let rows = live.table.dirty().drain();
+                report.rows += rows.len() as u64;
+                drained.push((live.clone(), rows));
+                let rows = &drained.last().expect("just pushed").1;
+                rows.chunks(ROW_CHUNK).try_for_each(|chunk| {
+                    let data = live.table.backend().read_rows(chunk)?;
+                    batch.put_rows(live.id, chunk, &data);
+                    Ok::<(), EngineError>(())
+                })
+            })
+        };
+        let unchanged = report.rows == 0
+            && report.version == self.stats.flushed_version.load(Ordering::Acquire);
+        let written = match copied {
+            Ok(()) if unchanged => Ok(()),
+            Ok(()) => {
+                batch.put_version(report.version);
+                report.bytes = batch.payload_bytes() as u64;
+                batch.commit(false).map_err(CatalogError::from)
+            }
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = written {
+            for (live, rows) in drained {
+                live.table.dirty().mark(&rows);
+            }
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        self.stats.record(&report, started.elapsed());
+        Ok(report)
+    }
+}

@@ -1,0 +1,293 @@
+//! The durable set of tables of one data directory, on which the network
+//! service runs. It ties the engine ([`Table`]) to the store ([`Store`]):
+//!
+//! - configuration (create/drop table, add feature) is written to RocksDB with
+//!   sync *before* it takes effect in memory, so an acknowledged change
+//!   survives any crash and a failed write changes nothing;
+//! - pushes mark rows dirty; the [`Flusher`] writes them in one atomic
+//!   WriteBatch per flush, with the training version it covers;
+//! - start-up runs migrations, then bulk-loads stored rows over the lazily
+//!   initialised tables;
+//! - checkpoints are RocksDB checkpoints taken right after a flush, at a
+//!   moment no push is in flight, so one holds exactly the pushes `<=` its
+//!   version.
+//!
+//! Lock order (outer to inner): `admin` → `flush_lock` → `push_gate`.
+//!
+//! # Layout
+//!
+//! - this file: the catalog's state, table access, pushes, closing;
+//! - [`open`]: opening and recovery;
+//! - [`admin`]: configuration changes;
+//! - [`flush`]: writing dirty rows;
+//! - [`checkpoints`]: checkpoints and restore.
+
+mod admin;
+mod checkpoints;
+mod flush;
+mod open;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use featmux_engine::backend::{BackendKind, RowData};
+use featmux_engine::batch::Batch;
+use featmux_engine::error::EngineError;
+use featmux_engine::plan::BatchPlan;
+use featmux_engine::registry::FeatureRegistry;
+use featmux_engine::schema::TableSpec;
+use featmux_engine::table::{PushSummary, Table};
+use parking_lot::{Mutex, RwLock};
+
+use crate::flusher::{FlushStats, Flusher};
+use crate::store::records::TableRecord;
+use crate::store::{Store, StoreError, StoreOptions};
+
+/// Rows copied per read while flushing or loading (bounds temporary memory).
+const ROW_CHUNK: usize = 4096;
+
+/// Why a catalog operation failed. A failed operation changes nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("unknown table `{0}`")]
+    UnknownTable(String),
+    #[error("table `{0}` already exists")]
+    TableExists(String),
+    #[error("unknown checkpoint {0}")]
+    UnknownCheckpoint(u64),
+    #[error("checkpoint {checkpoint} has no table `{table}`")]
+    NotInCheckpoint { checkpoint: u64, table: String },
+    #[error("table `{0}` was dropped or restored since this batch was planned; look it up again")]
+    TableReplaced(String),
+    #[error("this catalog is a read-only serving copy")]
+    ReadOnly,
+}
+
+/// How a catalog runs.
+#[derive(Debug, Clone, Copy)]
+pub struct CatalogOptions {
+    pub store: StoreOptions,
+    /// Backend for every table of this process.
+    pub backend: BackendKind,
+    /// Longest time an acknowledged push stays only in memory.
+    pub flush_interval: Duration,
+    /// Dirty rows in one table that trigger an early flush.
+    pub max_dirty_rows: usize,
+}
+
+impl Default for CatalogOptions {
+    fn default() -> Self {
+        CatalogOptions {
+            store: StoreOptions::default(),
+            backend: BackendKind::Cpu,
+            flush_interval: Duration::from_secs(1),
+            max_dirty_rows: 1_000_000,
+        }
+    }
+}
+
+/// What opening a catalog did.
+#[derive(Debug, Clone, Default)]
+pub struct OpenReport {
+    /// Migrations applied, as `(version, description)`.
+    pub migrations: Vec<(u32, &'static str)>,
+    pub tables: usize,
+    pub rows_loaded: u64,
+    pub load_time: Duration,
+}
+
+/// A table with the id its rows are stored under.
+struct LiveTable {
+    id: u32,
+    table: Arc<Table>,
+}
+
+struct Inner {
+    store: Store,
+    data_dir: PathBuf,
+    options: CatalogOptions,
+    read_only: bool,
+    tables: RwLock<HashMap<String, Arc<LiveTable>>>,
+    /// Serialises configuration changes and checkpoint operations.
+    admin: Mutex<()>,
+    /// Serialises writers of rows to the store (flush, restore, drop).
+    flush_lock: Mutex<()>,
+    /// Pushes hold it shared; a checkpoint holds it exclusively while it
+    /// copies dirty rows, so no push is half-applied in a checkpoint.
+    push_gate: RwLock<()>,
+    /// Pushes applied so far (the training version); persisted by flushes.
+    version: AtomicU64,
+    wake_pending: AtomicBool,
+    stats: FlushStats,
+}
+
+/// The tables of one data directory, durable in RocksDB.
+pub struct Catalog {
+    inner: Arc<Inner>,
+    flusher: Mutex<Option<Flusher>>,
+}
+
+fn db_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("db")
+}
+
+impl Catalog {
+    fn writable(&self) -> Result<&Inner, CatalogError> {
+        if self.inner.read_only {
+            return Err(CatalogError::ReadOnly);
+        }
+        Ok(&self.inner)
+    }
+
+    /// The table called `name`, for lookups.
+    pub fn table(&self, name: &str) -> Result<Arc<Table>, CatalogError> {
+        self.inner.live(name).map(|t| t.table.clone())
+    }
+
+    /// Names of all tables, sorted.
+    pub fn table_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.inner.tables.read().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Pushes gradients for `batch` into `table`; returns the push's training
+    /// version (durable once a flush reports a version at least as high).
+    pub fn push<G: AsRef<[f32]>>(
+        &self,
+        table: &str,
+        batch: &Batch,
+        grads: &[G],
+    ) -> Result<(PushSummary, u64), CatalogError> {
+        let live = self.table(table)?;
+        let plan = live.plan(batch)?;
+        self.push_plan(&live, &plan, grads)
+    }
+
+    /// Pushes gradients for a batch planned earlier on `table` (a lookup's
+    /// ticket). Refused if that table object was dropped or replaced since,
+    /// because the plan's rows belong to it.
+    pub fn push_plan<G: AsRef<[f32]>>(
+        &self,
+        table: &Arc<Table>,
+        plan: &BatchPlan,
+        grads: &[G],
+    ) -> Result<(PushSummary, u64), CatalogError> {
+        let inner = self.writable()?;
+        let name = &table.spec().name;
+        if !Arc::ptr_eq(&inner.live(name)?.table, table) {
+            return Err(CatalogError::TableReplaced(name.clone()));
+        }
+        let pushed = {
+            let _gate = inner.push_gate.read();
+            let summary = table.push_plan(plan, grads)?;
+            (summary, inner.version.fetch_add(1, Ordering::AcqRel) + 1)
+        };
+        if table.dirty().len() >= inner.options.max_dirty_rows
+            && !inner.wake_pending.swap(true, Ordering::AcqRel)
+        {
+            if let Some(flusher) = self.flusher.lock().as_ref() {
+                flusher.wake();
+            }
+        }
+        Ok(pushed)
+    }
+
+    /// Pushes applied so far (the training version).
+    pub fn version(&self) -> u64 {
+        self.inner.version.load(Ordering::Acquire)
+    }
+
+    /// Graceful shutdown: stops the flusher after a last flush of everything.
+    pub fn close(self) -> Result<(), CatalogError> {
+        if let Some(flusher) = self.flusher.lock().take() {
+            flusher.stop();
+        }
+        if self.inner.read_only {
+            return Ok(());
+        }
+        // The flusher's last flush may have failed; try once more and report.
+        self.inner.flush(false)?;
+        Ok(())
+    }
+}
+
+impl Drop for Catalog {
+    fn drop(&mut self) {
+        if let Some(flusher) = self.flusher.lock().take() {
+            flusher.stop();
+        }
+    }
+}
+
+impl Inner {
+    fn live(&self, name: &str) -> Result<Arc<LiveTable>, CatalogError> {
+        self.tables
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| CatalogError::UnknownTable(name.to_owned()))
+    }
+}
+
+fn record(id: u32, spec: &TableSpec, registry: &FeatureRegistry) -> TableRecord {
+    TableRecord {
+        id,
+        spec: spec.clone(),
+        features: registry.features().to_vec(),
+        next_salt: registry.next_salt(),
+    }
+}
+
+fn record_of(id: u32, table: &Table) -> TableRecord {
+    record(id, table.spec(), &table.registry())
+}
+
+/// Rebuilds a table (named `name`) from its record, rows at initial values.
+fn table_from_record(
+    record: &TableRecord,
+    name: &str,
+    backend: BackendKind,
+) -> Result<Table, CatalogError> {
+    let spec = TableSpec {
+        name: name.to_owned(),
+        ..record.spec.clone()
+    };
+    let registry = FeatureRegistry::restore(record.features.clone(), record.next_salt, spec.rows)?;
+    Ok(Table::with_registry(spec, registry, backend)?)
+}
+
+/// Loads the rows `store` holds for table `id` into `table`, showing each
+/// chunk to `also` as well; returns the number of rows.
+fn load_rows(
+    store: &Store,
+    id: u32,
+    table: &Table,
+    mut also: impl FnMut(&[u64], &RowData),
+) -> Result<u64, CatalogError> {
+    let (dim, optimizer) = (table.spec().chunk_dim, table.spec().optimizer);
+    let mut failed = None;
+    let rows = store.load_rows(
+        id,
+        dim,
+        optimizer.state_width(dim),
+        ROW_CHUNK,
+        |rows, data| {
+            if failed.is_none() {
+                failed = table.backend().write_rows(rows, data).err();
+            }
+            also(rows, data);
+        },
+    )?;
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(rows),
+    }
+}

@@ -1,0 +1,468 @@
+//! featmux's RocksDB database: opening (with migrations and the checks that
+//! keep foreign, newer or locked directories safe), column families and
+//! options, and typed reads and writes over the key layout in [`keys`].
+//!
+//! The store knows bytes and records, not tables: the catalog decides what to
+//! write and when; the store makes each write one atomic WriteBatch.
+//!
+//! # Layout
+//!
+//! - [`keys`]: the key layout (version 1).
+//! - [`records`]: table and checkpoint records kept in `meta`.
+
+pub mod keys;
+pub mod records;
+
+use std::path::{Path, PathBuf};
+
+use featmux_migrations::layout::{
+    COLUMN_FAMILIES, FORMAT_KEY, FORMAT_VALUE, META_CF, ROWS_CF, STATE_CF,
+};
+use featmux_migrations::{Applied, Migration, MigrationError};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Direction, ErrorKind,
+    IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
+
+use featmux_engine::backend::RowData;
+use records::{CheckpointRecord, TableRecord};
+
+/// Why a store operation failed. Each names the directory and the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("data directory {path} is locked by another featmux process ({reason})")]
+    Locked { path: PathBuf, reason: String },
+    #[error("{path} is not a featmux data directory: {reason}")]
+    Foreign { path: PathBuf, reason: String },
+    #[error("data directory {path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("disk full writing to {path}: {reason}")]
+    DiskFull { path: PathBuf, reason: String },
+    #[error("I/O error on {path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    Migration {
+        path: PathBuf,
+        #[source]
+        source: MigrationError,
+    },
+}
+
+/// RocksDB tuning that matters for an embedding store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Shared LRU block cache for reads (checkpoint restore, bulk load).
+    pub block_cache_bytes: usize,
+    /// Memtable size per column family: larger means fewer, bigger flushes.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            block_cache_bytes: 256 << 20,
+            write_buffer_bytes: 64 << 20,
+        }
+    }
+}
+
+/// One atomic write (a RocksDB WriteBatch): rows, state and meta records
+/// together. Row values are encoded straight into the batch through one
+/// reused buffer, so a flush of 10^6 rows allocates almost nothing.
+pub struct StoreBatch<'a> {
+    store: &'a Store,
+    batch: WriteBatch,
+    scratch: Vec<u8>,
+}
+
+impl StoreBatch<'_> {
+    fn put_floats(&mut self, cf: &str, key: &[u8], values: &[f32]) {
+        self.scratch.clear();
+        self.scratch
+            .extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        self.batch.put_cf(self.store.cf(cf), key, &self.scratch);
+    }
+
+    fn put_meta(&mut self, key: &[u8], value: &[u8]) {
+        self.batch.put_cf(self.store.cf(META_CF), key, value);
+    }
+
+    /// Writes weights and state of `rows` of table `table_id`.
+    pub fn put_rows(&mut self, table_id: u32, rows: &[u64], data: &RowData) {
+        let d = data.weights.len() / rows.len().max(1);
+        let s = data.state.len() / rows.len().max(1);
+        for (i, &row) in rows.iter().enumerate() {
+            let key = keys::row_key(table_id, row);
+            self.put_floats(ROWS_CF, &key, &data.weights[i * d..(i + 1) * d]);
+            self.put_floats(STATE_CF, &key, &data.state[i * s..(i + 1) * s]);
+        }
+    }
+
+    /// Deletes every stored row and state of table `table_id`.
+    pub fn delete_rows(&mut self, table_id: u32) {
+        let (start, end) = keys::table_range(table_id);
+        for cf in [ROWS_CF, STATE_CF] {
+            self.batch.delete_range_cf(self.store.cf(cf), start, end);
+        }
+    }
+
+    /// Writes a table record.
+    pub fn put_table(&mut self, record: &TableRecord) {
+        self.put_meta(&keys::table_key(record.id), &record.encode());
+    }
+
+    /// Removes a table record.
+    pub fn delete_table(&mut self, id: u32) {
+        self.batch
+            .delete_cf(self.store.cf(META_CF), keys::table_key(id));
+    }
+
+    /// Sets the next table id.
+    pub fn put_next_table_id(&mut self, id: u32) {
+        self.put_meta(keys::NEXT_TABLE_ID, &id.to_be_bytes());
+    }
+
+    /// Writes a checkpoint record and the next checkpoint id.
+    pub fn put_checkpoint(&mut self, record: &CheckpointRecord) {
+        self.put_meta(&keys::checkpoint_key(record.id), &record.encode());
+        self.put_meta(keys::NEXT_CHECKPOINT_ID, &(record.id + 1).to_be_bytes());
+    }
+
+    /// Removes a checkpoint record.
+    pub fn delete_checkpoint(&mut self, id: u64) {
+        self.batch
+            .delete_cf(self.store.cf(META_CF), keys::checkpoint_key(id));
+    }
+
+    /// Records the training version this write completes.
+    pub fn put_version(&mut self, version: u64) {
+        self.put_meta(keys::VERSION, &version.to_be_bytes());
+    }
+
+    /// Bytes of the encoded batch (keys, values and RocksDB's framing).
+    pub fn payload_bytes(&self) -> usize {
+        self.batch.size_in_bytes()
+    }
+
+    /// Applies the batch atomically; `sync` waits until it is on stable
+    /// storage (configuration), otherwise it is in the WAL and survives a
+    /// process crash (row flushes).
+    pub fn commit(self, sync: bool) -> Result<(), StoreError> {
+        let mut options = WriteOptions::default();
+        options.set_sync(sync);
+        self.store
+            .db
+            .write_opt(self.batch, &options)
+            .map_err(|e| classify(&self.store.path, e))
+    }
+}
+
+/// An open featmux database.
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+}
+
+/// Maps a RocksDB error to what it means for an operator.
+fn classify(path: &Path, e: rocksdb::Error) -> StoreError {
+    let reason = e.to_string();
+    let path = path.to_owned();
+    if reason.contains("No space left") {
+        StoreError::DiskFull { path, reason }
+    } else if reason.contains("lock")
+        && (reason.contains("Resource temporarily unavailable") || reason.contains("LOCK"))
+    {
+        StoreError::Locked { path, reason }
+    } else if e.kind() == ErrorKind::Corruption {
+        StoreError::Corrupt { path, reason }
+    } else {
+        StoreError::Io { path, reason }
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `path`, then brings it up
+    /// to date with `migrations`. Refuses — without writing anything — a
+    /// directory that holds something else, a database of another program, or
+    /// one written by a newer featmux.
+    pub fn open(
+        path: &Path,
+        options: StoreOptions,
+        migrations: &[Migration],
+    ) -> Result<(Store, Vec<Applied>), StoreError> {
+        let io = |e: std::io::Error| StoreError::Io {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        };
+        std::fs::create_dir_all(path).map_err(io)?;
+        if path.join("CURRENT").exists() {
+            // Inspect read-only first, so a refused database is never touched.
+            let existing = Self::open_read_only(path)?;
+            let version = featmux_migrations::schema_version(&existing.db).map_err(|source| {
+                StoreError::Migration {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
+            featmux_migrations::check_version(version, migrations).map_err(|source| {
+                StoreError::Migration {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
+        } else if std::fs::read_dir(path).map_err(io)?.next().is_some() {
+            return Err(StoreError::Foreign {
+                path: path.to_owned(),
+                reason: "the directory is not empty and holds no RocksDB database".into(),
+            });
+        }
+        let mut db_options = Options::default();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        let cf_options = Self::cf_options(options);
+        let cfs = COLUMN_FAMILIES
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options.clone()));
+        let db = DB::open_cf_descriptors(&db_options, path, cfs).map_err(|e| classify(path, e))?;
+        let applied = featmux_migrations::migrate(&db, migrations).map_err(|source| {
+            StoreError::Migration {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        let store = Store {
+            db,
+            path: path.to_owned(),
+        };
+        store.check_format()?;
+        Ok((store, applied))
+    }
+
+    /// Opens a database (or a checkpoint) read-only: for inspection before
+    /// migrating, and for serving copies.
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        let options = Options::default();
+        let existing = DB::list_cf(&options, path).map_err(|e| classify(path, e))?;
+        if !existing.iter().any(|cf| cf == META_CF) {
+            return Err(StoreError::Foreign {
+                path: path.to_owned(),
+                reason: format!("a RocksDB database without featmux's `{META_CF}` column family"),
+            });
+        }
+        let db = DB::open_cf_for_read_only(&options, path, &existing, false)
+            .map_err(|e| classify(path, e))?;
+        let store = Store {
+            db,
+            path: path.to_owned(),
+        };
+        if featmux_migrations::schema_version(&store.db).map_err(|source| {
+            StoreError::Migration {
+                path: path.to_owned(),
+                source,
+            }
+        })? > 0
+        {
+            store.check_format()?;
+        }
+        Ok(store)
+    }
+
+    fn cf_options(options: StoreOptions) -> Options {
+        let mut cf = Options::default();
+        cf.set_compression_type(DBCompressionType::Lz4);
+        cf.set_write_buffer_size(options.write_buffer_bytes);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&Cache::new_lru_cache(options.block_cache_bytes));
+        cf.set_block_based_table_factory(&table);
+        cf
+    }
+
+    fn check_format(&self) -> Result<(), StoreError> {
+        let meta = self.cf(META_CF);
+        let format = self
+            .db
+            .get_cf(meta, FORMAT_KEY)
+            .map_err(|e| classify(&self.path, e))?;
+        if format.as_deref() != Some(FORMAT_VALUE) {
+            return Err(StoreError::Foreign {
+                path: self.path.clone(),
+                reason: "the database is not marked as featmux's".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("the store opens every column family")
+    }
+
+    /// The database directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A new, empty atomic write.
+    pub fn batch(&self) -> StoreBatch<'_> {
+        StoreBatch {
+            store: self,
+            batch: WriteBatch::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db
+            .get_cf(self.cf(META_CF), key)
+            .map_err(|e| classify(&self.path, e))
+    }
+
+    fn get_u64(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
+        self.get_meta(key)?
+            .map(|bytes| match bytes.len() {
+                4 => Ok(u32::from_be_bytes(bytes[..].try_into().unwrap()) as u64),
+                8 => Ok(u64::from_be_bytes(bytes[..].try_into().unwrap())),
+                n => Err(self.corrupt(format!(
+                    "meta key {:?} holds {n} bytes",
+                    String::from_utf8_lossy(key)
+                ))),
+            })
+            .transpose()
+    }
+
+    fn corrupt(&self, reason: String) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+
+    /// Next table id to assign.
+    pub fn next_table_id(&self) -> Result<u32, StoreError> {
+        Ok(self.get_u64(keys::NEXT_TABLE_ID)?.unwrap_or(1) as u32)
+    }
+
+    /// Next checkpoint id to assign.
+    pub fn next_checkpoint_id(&self) -> Result<u64, StoreError> {
+        Ok(self.get_u64(keys::NEXT_CHECKPOINT_ID)?.unwrap_or(1))
+    }
+
+    /// Training version of the last completed flush (0 if none).
+    pub fn version(&self) -> Result<u64, StoreError> {
+        Ok(self.get_u64(keys::VERSION)?.unwrap_or(0))
+    }
+
+    fn records<T>(
+        &self,
+        prefix: &[u8],
+        decode: impl Fn(&[u8]) -> Result<T, String>,
+    ) -> Result<Vec<T>, StoreError> {
+        let iter = self.db.iterator_cf(
+            self.cf(META_CF),
+            IteratorMode::From(prefix, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            let (key, value) = item.map_err(|e| classify(&self.path, e))?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let record = decode(&value).map_err(|e| {
+                self.corrupt(format!("record {:?}: {e}", String::from_utf8_lossy(&key)))
+            })?;
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    /// Every table record, by id.
+    pub fn tables(&self) -> Result<Vec<TableRecord>, StoreError> {
+        self.records(keys::TABLE_PREFIX, TableRecord::decode)
+    }
+
+    /// Every checkpoint record, by id.
+    pub fn checkpoints(&self) -> Result<Vec<CheckpointRecord>, StoreError> {
+        self.records(keys::CHECKPOINT_PREFIX, CheckpointRecord::decode)
+    }
+
+    /// Streams every stored row of `table_id` (weights `dim` floats, state
+    /// `state_width` floats) to `sink` in ascending row order, `chunk` rows at
+    /// a time: two forward scans in lockstep, no point reads.
+    pub fn load_rows(
+        &self,
+        table_id: u32,
+        dim: usize,
+        state_width: usize,
+        chunk: usize,
+        mut sink: impl FnMut(&[u64], &RowData),
+    ) -> Result<u64, StoreError> {
+        let (start, _) = keys::table_range(table_id);
+        let scan = |cf| {
+            self.db
+                .iterator_cf(self.cf(cf), IteratorMode::From(&start, Direction::Forward))
+        };
+        let (mut rows_it, mut state_it) = (scan(ROWS_CF), scan(STATE_CF));
+        let mut rows = Vec::with_capacity(chunk);
+        let mut data = RowData::default();
+        let mut total = 0u64;
+        loop {
+            let next = rows_it
+                .next()
+                .transpose()
+                .map_err(|e| classify(&self.path, e))?;
+            let Some((key, weights)) = next else { break };
+            let Some(row) = keys::parse_row_key(table_id, &key) else {
+                break;
+            };
+            let state = state_it
+                .next()
+                .transpose()
+                .map_err(|e| classify(&self.path, e))?;
+            let state = match state {
+                Some((state_key, state)) if state_key == key => state,
+                _ => {
+                    return Err(self.corrupt(format!(
+                        "row {row} of table {table_id} has no optimizer state"
+                    )))
+                }
+            };
+            if weights.len() != dim * 4 || state.len() != state_width * 4 {
+                return Err(self.corrupt(format!(
+                    "row {row} of table {table_id} holds {} + {} bytes, expected {} + {}",
+                    weights.len(),
+                    state.len(),
+                    dim * 4,
+                    state_width * 4
+                )));
+            }
+            rows.push(row);
+            let floats = |b: &[u8]| {
+                b.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect::<Vec<_>>()
+            };
+            data.weights.extend(floats(&weights));
+            data.state.extend(floats(&state));
+            if rows.len() == chunk {
+                sink(&rows, &data);
+                total += rows.len() as u64;
+                rows.clear();
+                data = RowData::default();
+            }
+        }
+        if !rows.is_empty() {
+            sink(&rows, &data);
+            total += rows.len() as u64;
+        }
+        Ok(total)
+    }
+
+    /// Creates a RocksDB checkpoint (hard links) of the current database in
+    /// `dir`, which must not exist yet.
+    pub fn checkpoint(&self, dir: &Path) -> Result<(), StoreError> {
+        rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .and_then(|c| c.create_checkpoint(dir))
+            .map_err(|e| classify(dir, e))
+    }
+}
