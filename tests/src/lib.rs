@@ -8,8 +8,10 @@
 //!   crash test kills with SIGKILL under load.
 //! - [`crash`]: the workload both sides of the crash test share.
 //! - [`requests`]: configs and an HTTP helper for the service tests.
+//! - [`refusals`]: the fixture of the bad-request tests.
 //! - [`server`]: a real `featmux serve` process on ephemeral ports.
 
 pub mod crash;
+pub mod refusals;
 pub mod requests;
 pub mod server;

@@ -1,0 +1,209 @@
+//! Every kind of bad request over HTTP gets the right status and a message
+//! naming the problem, and leaves every table unchanged (a lookup, the
+//! training version and the tables are compared before and after each).
+//! One server per test; the fixture is `featmux_tests::refusals`.
+
+use featmux_tests::refusals::*;
+use featmux_tests::requests::Http;
+use featmux_tests::unchanged;
+use serde_json::{json, Value};
+
+#[test]
+fn http_serving_errors_use_the_same_statuses() {
+    run(async |f| {
+        let Fixture { admin, http, .. } = f;
+        let before = snapshot(admin).await;
+        let lookup = |body: Value| http.post("/v1/tables/t/lookup", DATA, body);
+        expect_http(
+            http.post(
+                "/v1/tables/nope/lookup",
+                DATA,
+                json!({"examples": [{"u": "a"}]}),
+            )
+            .await,
+            404,
+            "unknown table `nope`",
+        );
+        expect_http(
+            lookup(json!({"examples": [{"u": "a"}, {"zzz": 1}]})).await,
+            404,
+            "example 1: unknown feature `zzz`",
+        );
+        expect_http(
+            lookup(json!({"examples": [{"n": "seven"}]})).await,
+            400,
+            "example 0, feature `n`: expected a 64-bit integer",
+        );
+        expect_http(
+            lookup(json!({"examples": [{"u": 3}]})).await,
+            400,
+            "expected a string",
+        );
+        expect_http(lookup(json!({"examples": "nope"})).await, 400, "examples");
+        expect_http(
+            lookup(json!({"examples": [], "extra": 1})).await,
+            400,
+            "extra",
+        );
+        expect_http(
+            http.send_raw(
+                "/v1/tables/t/lookup",
+                DATA,
+                "application/json",
+                b"{\"examples\": [".to_vec(),
+            )
+            .await,
+            400,
+            "EOF",
+        );
+        expect_http(
+            http.send_raw("/v1/tables/t/lookup", DATA, "text/plain", b"{}".to_vec())
+                .await,
+            400,
+            "Content-Type",
+        );
+        let ints: Vec<i64> = (0..1001).collect();
+        expect_http(
+            lookup(json!({"examples": [{"n": ints}]})).await,
+            413,
+            "max_batch_values",
+        );
+        let wide_examples: Vec<Value> = (0..100).map(|_| json!({"w": "a"})).collect();
+        expect_http(
+            http.post(
+                "/v1/tables/wide/lookup",
+                DATA,
+                json!({"examples": wide_examples}),
+            )
+            .await,
+            413,
+            "split the batch",
+        );
+        let long = "y".repeat(20_000);
+        expect_http(
+            lookup(json!({"examples": [{"u": long}]})).await,
+            413,
+            "max_request_bytes",
+        );
+        expect_http(
+            http.send(
+                reqwest::Method::POST,
+                "/v1/tables/t/lookup",
+                None,
+                Some(json!({"examples": []})),
+            )
+            .await,
+            401,
+            "missing",
+        );
+        expect_http(lookup_with(http, "nope").await, 401, "wrong token");
+        unchanged!(admin, before, "HTTP serving errors");
+    });
+}
+
+#[test]
+fn http_admin_errors_use_the_same_statuses() {
+    run(async |f| {
+        let Fixture { admin, http, .. } = f;
+        let before = snapshot(admin).await;
+        expect_http(
+            http.post(
+                "/v1/tables",
+                ADMIN,
+                json!({"table": {"name": "z", "rows": 0, "chunk_dim": 4}}),
+            )
+            .await,
+            400,
+            "rows",
+        );
+        expect_http(
+            http.post(
+                "/v1/tables",
+                ADMIN,
+                json!({"table": {"name": "t", "rows": 10, "chunk_dim": 4}}),
+            )
+            .await,
+            409,
+            "already exists",
+        );
+        expect_http(
+            http.post(
+                "/v1/tables",
+                DATA,
+                json!({"table": {"name": "z", "rows": 10, "chunk_dim": 4}}),
+            )
+            .await,
+            401,
+            "admin token",
+        );
+        expect_http(
+            http.send(reqwest::Method::GET, "/v1/tables", None, None)
+                .await,
+            401,
+            "missing",
+        );
+        expect_http(
+            http.get("/v1/tables/nope").await,
+            404,
+            "unknown table `nope`",
+        );
+        expect_http(
+            http.send(
+                reqwest::Method::DELETE,
+                "/v1/tables/nope",
+                Some(ADMIN),
+                None,
+            )
+            .await,
+            404,
+            "nope",
+        );
+        expect_http(
+            http.send(
+                reqwest::Method::DELETE,
+                "/v1/checkpoints/42",
+                Some(ADMIN),
+                None,
+            )
+            .await,
+            404,
+            "checkpoint 42",
+        );
+        expect_http(
+            http.post(
+                "/v1/tables/t/features",
+                ADMIN,
+                json!({"features": [{"name": "ok"}, {"name": "n"}]}),
+            )
+            .await,
+            409,
+            "n",
+        );
+        expect_http(
+            http.post(
+                "/v1/tables/t/features",
+                ADMIN,
+                json!({"features": [{"name": "q", "pooling": "max"}]}),
+            )
+            .await,
+            400,
+            "max",
+        );
+        expect_http(
+            http.post(
+                "/v1/tables/t/explain",
+                ADMIN,
+                json!({"features": {"zzz": "a"}}),
+            )
+            .await,
+            404,
+            "zzz",
+        );
+        unchanged!(admin, before, "HTTP admin errors");
+    });
+}
+
+async fn lookup_with(http: &Http, token: &str) -> (u16, Value) {
+    http.post("/v1/tables/t/lookup", token, json!({"examples": []}))
+        .await
+}
