@@ -1,0 +1,107 @@
+//! The load generator's command line: the workload and the shape of its
+//! batches, concurrency, duration or request count, and open-loop rate.
+
+use clap::{Args, ValueEnum};
+
+/// What each request does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// gRPC Lookup of a batch.
+    Lookup,
+    /// gRPC Push of a batch with gradients (no ticket).
+    Push,
+    /// One training step on a Train stream: lookup with ticket, push.
+    Train,
+    /// HTTP JSON lookup (`POST /v1/tables/{t}/lookup`).
+    HttpLookup,
+    /// Peer: the same lookups in-process (no server, no network).
+    EngineLookup,
+    /// Peer: the same pushes in-process.
+    EnginePush,
+    /// Peer: the same embeddings fetched from Redis with MGET (`--redis`),
+    /// bags pooled by the client.
+    RedisMget,
+    /// Peer: a plain TCP exchange of a lookup's request and response sizes.
+    TcpBlast,
+}
+
+impl Workload {
+    /// Whether it talks to a featmux server.
+    pub(super) fn uses_server(self) -> bool {
+        matches!(
+            self,
+            Workload::Lookup | Workload::Push | Workload::Train | Workload::HttpLookup
+        )
+    }
+}
+
+/// Load generator settings.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value = "lookup")]
+    pub workload: Workload,
+    /// Table to use; created (with features f0..) if it does not exist.
+    #[arg(long, default_value = "bench")]
+    pub table: String,
+    /// Rows of a created table.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rows: u64,
+    #[arg(long, default_value_t = 16)]
+    pub chunk_dim: u32,
+    /// Chunks per feature.
+    #[arg(long, default_value_t = 1)]
+    pub chunks: u32,
+    /// Features per example (f0, f1, …).
+    #[arg(long, default_value_t = 26)]
+    pub features: usize,
+    /// Values per feature per example (bag size).
+    #[arg(long, default_value_t = 1)]
+    pub values: usize,
+    /// Pooling of a created table's features: sum, mean, sqrtn.
+    #[arg(long, default_value = "sum")]
+    pub pooling: String,
+    /// Optimizer of a created table: sgd, adagrad, row-wise-adagrad, adam,
+    /// ftrl.
+    #[arg(long, default_value = "sgd")]
+    pub optimizer: String,
+    /// Its learning rate.
+    #[arg(long, default_value_t = 0.05)]
+    pub lr: f32,
+    /// Examples per request.
+    #[arg(long, default_value_t = 4096)]
+    pub examples: usize,
+    /// Distinct keys per feature.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub vocab: u64,
+    /// Zipf exponent of key popularity; 0 = uniform.
+    #[arg(long, default_value_t = 0.0)]
+    pub zipf: f64,
+    /// Concurrent clients (one connection each).
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// How long to run, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Stop after this many requests instead.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Open loop: total requests per second over all clients.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Distinct pre-built batches per client (cycled).
+    #[arg(long, default_value_t = 8)]
+    pub batches: usize,
+    /// HTTP base URL for `http-lookup`.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub http: String,
+    /// Redis address for `redis-mget` (the keys the batches use are loaded
+    /// first).
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    pub redis: String,
+    /// Keys per MGET command for `redis-mget`; a batch's commands are
+    /// pipelined. 0: one MGET per batch.
+    #[arg(long, default_value_t = 0)]
+    pub mget_keys: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}

@@ -1,0 +1,166 @@
+//! One load-generating client: its transport (a gRPC client or stream, an
+//! HTTP client, the in-process engine, a Redis or TCP connection), sending
+//! one request, and the closed- or open-loop send loop that measures it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use featmux_client::Client;
+use hdrhistogram::Histogram;
+
+use super::args::{BenchArgs, Workload};
+use super::batches::Prepared;
+use super::{blast, redis};
+use crate::in_process::InProcess;
+
+/// What one client measured.
+pub(super) struct Measured {
+    pub(super) latency: Histogram<u64>,
+    pub(super) requests: u64,
+    pub(super) errors: u64,
+    pub(super) payload_bytes: u64,
+    pub(super) first_error: Option<String>,
+}
+
+// One per client, built once before the clock starts: its size is irrelevant.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Transport {
+    Grpc(Client),
+    Stream(featmux_client::TrainStream),
+    Http(reqwest::Client),
+    Engine(Arc<InProcess>),
+    Redis(redis::RedisConnection, Vec<f32>),
+    Blast(blast::BlastConnection),
+}
+
+/// Sends one request; returns the payload bytes it moved.
+pub(super) async fn send(
+    args: &BenchArgs,
+    transport: &mut Transport,
+    input: &Prepared,
+) -> anyhow::Result<u64> {
+    let floats = |e: &[featmux_client::Embedding]| e.iter().map(|b| b.data.len() as u64 * 4).sum();
+    let grad_bytes: u64 = input.grads.iter().map(|g| g.len() as u64 * 4).sum();
+    match (args.workload, transport) {
+        (Workload::Lookup, Transport::Grpc(c)) => c
+            .lookup(&args.table, &input.batch, false)
+            .await
+            .map(|l| floats(&l.embeddings))
+            .map_err(Into::into),
+        (Workload::Push, Transport::Grpc(c)) => c
+            .push(&args.table, &input.batch, &input.grads)
+            .await
+            .map(|_| grad_bytes)
+            .map_err(Into::into),
+        (Workload::Train, Transport::Stream(stream)) => {
+            let looked_up = stream
+                .lookup(&args.table, input.batch.clone(), true)
+                .await?;
+            let ticket = looked_up.ticket.context("no ticket")?;
+            stream
+                .push_ticket(&args.table, ticket, &input.grads)
+                .await
+                .map(|_| floats(&looked_up.embeddings) + grad_bytes)
+                .map_err(Into::into)
+        }
+        (Workload::HttpLookup, Transport::Http(h)) => {
+            let url = format!("{}/v1/tables/{}/lookup", args.http, args.table);
+            let response = h
+                .post(url)
+                .json(input.json.as_ref().expect("prepared for HTTP"))
+                .send()
+                .await?;
+            let status = response.status();
+            let body = response.bytes().await?;
+            if !status.is_success() {
+                return Err(anyhow::anyhow!(
+                    "HTTP {status}: {}",
+                    String::from_utf8_lossy(&body)
+                ));
+            }
+            Ok(body.len() as u64)
+        }
+        (Workload::EngineLookup, Transport::Engine(e)) => {
+            e.lookup(input.engine.as_ref().expect("prepared for the engine"))
+        }
+        (Workload::EnginePush, Transport::Engine(e)) => e.push(
+            input.engine.as_ref().expect("prepared for the engine"),
+            &input.grads,
+        ),
+        (Workload::RedisMget, Transport::Redis(conn, pooled)) => {
+            let width = (args.chunks * args.chunk_dim) as usize;
+            let batch = input.redis.as_ref().expect("prepared for redis");
+            conn.fetch_pooled(batch, args.mget_keys, width, pooled)
+                .await
+        }
+        (Workload::TcpBlast, Transport::Blast(conn)) => {
+            let width = (args.chunks * args.chunk_dim) as usize;
+            let response = args.examples * args.features * width * 4;
+            conn.exchange(input.request_bytes, response).await
+        }
+        _ => unreachable!("transport chosen by workload"),
+    }
+}
+
+/// Runs one client until the deadline or the shared request budget ends.
+pub(super) async fn client_loop(
+    args: Arc<BenchArgs>,
+    mut transport: Transport,
+    inputs: Vec<Prepared>,
+    budget: Arc<AtomicU64>,
+    started: Instant,
+    interval: Option<Duration>,
+) -> Measured {
+    let mut measured = Measured {
+        latency: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
+        requests: 0,
+        errors: 0,
+        payload_bytes: 0,
+        first_error: None,
+    };
+    let deadline = started + Duration::from_secs_f64(args.duration);
+    let mut due = started;
+    for input in inputs.iter().cycle() {
+        let granted = budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok();
+        if Instant::now() >= deadline || !granted {
+            break;
+        }
+        // Open loop: wait for this request's slot. If the previous answer
+        // came after the slot, the server held this request back and its
+        // latency counts from the slot (no coordinated omission); otherwise
+        // it counts from when the timer woke us (tokio's timer wheel has
+        // 1 ms ticks, a delay of the generator's own, not the server's).
+        let sent = match interval {
+            Some(interval) => {
+                let slot = due;
+                due += interval;
+                if Instant::now() >= slot {
+                    slot
+                } else {
+                    tokio::time::sleep_until(slot.into()).await;
+                    Instant::now()
+                }
+            }
+            None => Instant::now(),
+        };
+        match send(&args, &mut transport, input).await {
+            Ok(bytes) => {
+                measured.requests += 1;
+                measured.payload_bytes += bytes;
+                let micros = sent.elapsed().as_micros().max(1) as u64;
+                measured.latency.saturating_record(micros);
+            }
+            Err(e) => {
+                measured.errors += 1;
+                measured.first_error.get_or_insert(format!("{e:#}"));
+            }
+        }
+    }
+    measured
+}

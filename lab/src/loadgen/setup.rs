@@ -1,0 +1,114 @@
+//! What a run prepares before measuring: the benchmark table on the server
+//! (created if missing), the clients' connections, and the keys the Redis
+//! peer serves.
+
+use std::collections::HashSet;
+
+use featmux_client::spec::{feature, optimizer};
+use featmux_client::{pb, Client, ClientOptions, Code};
+
+use super::args::{BenchArgs, Workload};
+use super::batches::Prepared;
+use super::client::Transport;
+use super::redis;
+
+/// The benchmark table: `rows` × `chunk_dim`, features f0.. with `chunks`
+/// and `pooling`, the chosen optimizer.
+pub(super) fn table_config(
+    args: &BenchArgs,
+) -> anyhow::Result<(pb::TableConfig, Vec<pb::FeatureConfig>)> {
+    let features = (0..args.features)
+        .map(|f| {
+            feature(&format!(
+                "f{f}:chunks={},pooling={}",
+                args.chunks, args.pooling
+            ))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let table = pb::TableConfig {
+        name: args.table.clone(),
+        rows: args.rows,
+        chunk_dim: args.chunk_dim,
+        seed: args.seed,
+        initializer: None,
+        optimizer: Some(optimizer(&args.optimizer, args.lr).map_err(anyhow::Error::msg)?),
+    };
+    Ok((table, features))
+}
+
+pub(super) async fn grpc_client(options: &ClientOptions) -> anyhow::Result<Client> {
+    Ok(Client::connect(options.clone()).await?)
+}
+
+/// Connects one client of a server workload.
+pub(super) async fn server_transport(
+    workload: Workload,
+    options: &ClientOptions,
+) -> anyhow::Result<Transport> {
+    Ok(match workload {
+        Workload::HttpLookup => {
+            let mut headers = reqwest::header::HeaderMap::new();
+            if let Some(token) = &options.token {
+                let value = format!("Bearer {token}")
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("the token is not a valid header value"))?;
+                headers.insert(reqwest::header::AUTHORIZATION, value);
+            }
+            Transport::Http(
+                reqwest::Client::builder()
+                    .default_headers(headers)
+                    .tcp_nodelay(true)
+                    .build()?,
+            )
+        }
+        Workload::Train => Transport::Stream(grpc_client(options).await?.train().await?),
+        _ => Transport::Grpc(grpc_client(options).await?),
+    })
+}
+
+/// Loads into Redis every key the prepared batches use (same vector width
+/// as featmux returns per feature).
+pub(super) async fn load_redis(args: &BenchArgs, inputs: &[Vec<Prepared>]) -> anyhow::Result<()> {
+    let keys: HashSet<String> = inputs
+        .iter()
+        .flatten()
+        .filter_map(|p| p.redis.as_ref())
+        .flat_map(|b| b.keys.iter().cloned())
+        .collect();
+    let width = (args.chunks * args.chunk_dim) as usize;
+    let mut conn = redis::RedisConnection::connect(&args.redis).await?;
+    conn.load(&keys, |key| {
+        let seed = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
+        (0..width)
+            .flat_map(|i| (((seed >> (i % 64)) & 0xff) as f32 / 2048.0).to_le_bytes())
+            .collect()
+    })
+    .await
+}
+
+pub(super) async fn ensure_table(args: &BenchArgs, admin: &Client) -> anyhow::Result<()> {
+    match admin.get_table(&args.table).await {
+        Ok(info) => {
+            let missing = (0..args.features).map(|f| format!("f{f}")).find(|name| {
+                !info
+                    .features
+                    .iter()
+                    .any(|x| x.config.as_ref().is_some_and(|c| &c.name == name))
+            });
+            match missing {
+                Some(name) => Err(anyhow::anyhow!(
+                    "table `{}` exists without feature `{name}`",
+                    args.table
+                )),
+                None => Ok(()),
+            }
+        }
+        Err(e) if e.code() == Some(Code::NotFound) => {
+            let (table, features) = table_config(args)?;
+            admin.create_table(table, features).await?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
