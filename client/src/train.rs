@@ -5,7 +5,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
-use crate::{decode_lookup, encode_gradients, pb, ClientError, Lookup, Transport};
+use crate::client::Transport;
+use crate::{decode_lookup, encode_gradients, pb, ClientError, Lookup};
 use pb::embedding_service_client::EmbeddingServiceClient;
 
 /// An open Train stream. Requests may be pipelined: send several, then

@@ -1,0 +1,196 @@
+//! The connection and the data plane: connecting (with retries), the retry
+//! loop every unary call goes through, lookups, pushes and the Train stream.
+
+use std::future::Future;
+
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::embeddings::{decode_lookup, encode_gradients, Lookup};
+use crate::error::source_chain;
+use crate::options::Auth;
+use crate::pb::admin_service_client::AdminServiceClient;
+use crate::pb::embedding_service_client::EmbeddingServiceClient;
+use crate::{pb, ClientError, ClientOptions, TrainStream};
+
+/// Every call goes through the token interceptor.
+pub(crate) type Transport = InterceptedService<Channel, Auth>;
+
+/// A connection to one featmux server.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) embedding: EmbeddingServiceClient<Transport>,
+    pub(crate) admin: AdminServiceClient<Transport>,
+    options: ClientOptions,
+}
+
+impl Client {
+    /// Connects (with retries while the server is not up yet).
+    pub async fn connect(options: ClientOptions) -> Result<Client, ClientError> {
+        let endpoint_error = |reason: String| ClientError::Endpoint {
+            endpoint: options.endpoint.clone(),
+            reason,
+        };
+        let mut endpoint = Endpoint::from_shared(options.endpoint.clone())
+            .map_err(|e| endpoint_error(e.to_string()))?
+            .connect_timeout(options.connect_timeout)
+            .tcp_nodelay(true)
+            // Lookup responses are megabytes: fixed large windows let the
+            // server send a whole response without waiting for
+            // WINDOW_UPDATEs, from the first request on.
+            .initial_stream_window_size(8 << 20)
+            .initial_connection_window_size(32 << 20);
+        if options.endpoint.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new().with_webpki_roots();
+            if let Some(ca) = &options.ca_cert {
+                tls = tls.ca_certificate(Certificate::from_pem(ca));
+            }
+            if let Some(domain) = &options.tls_domain {
+                tls = tls.domain_name(domain.clone());
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| endpoint_error(e.to_string()))?;
+        }
+        let token = match &options.token {
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| endpoint_error("the token is not valid header text".into()))?,
+            ),
+            None => None,
+        };
+        let mut attempt = 0;
+        let channel = loop {
+            match endpoint.connect().await {
+                Ok(channel) => break channel,
+                Err(_) if attempt < options.retries => {
+                    tokio::time::sleep(options.backoff * 2u32.pow(attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(ClientError::Connect {
+                        endpoint: options.endpoint.clone(),
+                        reason: format!("{e}: {}", source_chain(&e)),
+                    })
+                }
+            }
+        };
+        let auth = Auth(token);
+        let max = options.max_message_bytes;
+        Ok(Client {
+            embedding: EmbeddingServiceClient::with_interceptor(channel.clone(), auth.clone())
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+            admin: AdminServiceClient::with_interceptor(channel, auth)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+            options,
+        })
+    }
+
+    /// Runs one unary call with a deadline, retrying on UNAVAILABLE.
+    pub(crate) async fn call<C: Clone, M: Clone, T, Fut>(
+        &self,
+        rpc: &C,
+        message: M,
+        send: impl Fn(C, Request<M>) -> Fut,
+    ) -> Result<T, ClientError>
+    where
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let mut attempt = 0;
+        loop {
+            let mut request = Request::new(message.clone());
+            request.set_timeout(self.options.timeout);
+            let result = match tokio::time::timeout(
+                self.options.timeout,
+                send(rpc.clone(), request),
+            )
+            .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(Status::deadline_exceeded(format!(
+                    "no answer within {:?}",
+                    self.options.timeout
+                ))),
+            };
+            match result {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status)
+                    if status.code() == Code::Unavailable && attempt < self.options.retries =>
+                {
+                    tokio::time::sleep(self.options.backoff * 2u32.pow(attempt)).await;
+                    attempt += 1;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+    }
+
+    /// Looks up a batch; with `want_ticket` the server keeps the hashed
+    /// batch for [`Client::push_ticket`].
+    pub async fn lookup(
+        &self,
+        table: &str,
+        batch: &pb::Batch,
+        want_ticket: bool,
+    ) -> Result<Lookup, ClientError> {
+        let request = pb::LookupRequest {
+            table: table.to_owned(),
+            batch: Some(batch.clone()),
+            want_ticket,
+        };
+        let response = self
+            .call(&self.embedding, request, |mut c, r| async move {
+                c.lookup(r).await
+            })
+            .await?;
+        decode_lookup(response)
+    }
+
+    /// Pushes gradients (one block per batch feature, in batch order).
+    pub async fn push(
+        &self,
+        table: &str,
+        batch: &pb::Batch,
+        grads: &[Vec<f32>],
+    ) -> Result<pb::PushResponse, ClientError> {
+        self.push_to(table, pb::push_request::Target::Batch(batch.clone()), grads)
+            .await
+    }
+
+    /// Pushes gradients for the batch of an earlier lookup's ticket.
+    pub async fn push_ticket(
+        &self,
+        table: &str,
+        ticket: u64,
+        grads: &[Vec<f32>],
+    ) -> Result<pb::PushResponse, ClientError> {
+        self.push_to(table, pb::push_request::Target::Ticket(ticket), grads)
+            .await
+    }
+
+    async fn push_to(
+        &self,
+        table: &str,
+        target: pb::push_request::Target,
+        grads: &[Vec<f32>],
+    ) -> Result<pb::PushResponse, ClientError> {
+        let request = pb::PushRequest {
+            table: table.to_owned(),
+            target: Some(target),
+            gradients: encode_gradients(grads),
+        };
+        self.call(&self.embedding, request, |mut c, r| async move {
+            c.push(r).await
+        })
+        .await
+    }
+
+    /// Opens a Train stream (lookups and pushes answered in order).
+    pub async fn train(&self) -> Result<TrainStream, ClientError> {
+        TrainStream::open(self.embedding.clone()).await
+    }
+}

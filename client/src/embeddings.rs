@@ -1,0 +1,66 @@
+//! Embedding and gradient payloads: a lookup response decoded into float
+//! blocks (checked against their shapes), gradients encoded for a push.
+
+use featmux_proto::payload;
+
+use crate::{pb, ClientError};
+
+/// One decoded output block: `rows × width` floats, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedding {
+    pub feature: String,
+    pub rows: usize,
+    pub width: usize,
+    pub data: Vec<f32>,
+}
+
+/// A lookup's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lookup {
+    /// One block per batch feature, in batch order.
+    pub embeddings: Vec<Embedding>,
+    /// Set when a ticket was asked for.
+    pub ticket: Option<u64>,
+}
+
+/// Decodes a lookup response.
+pub fn decode_lookup(response: pb::LookupResponse) -> Result<Lookup, ClientError> {
+    let embeddings = response
+        .embeddings
+        .into_iter()
+        .map(|e| {
+            let data = payload::decode(&e.data)
+                .ok_or_else(|| ClientError::Response(format!("`{}`: ragged payload", e.feature)))?;
+            if data.len() != e.rows as usize * e.width as usize {
+                return Err(ClientError::Response(format!(
+                    "`{}`: {} floats for {}×{}",
+                    e.feature,
+                    data.len(),
+                    e.rows,
+                    e.width
+                )));
+            }
+            Ok(Embedding {
+                feature: e.feature,
+                rows: e.rows as usize,
+                width: e.width as usize,
+                data,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Lookup {
+        embeddings,
+        ticket: (response.ticket != 0).then_some(response.ticket),
+    })
+}
+
+/// Gradient blocks in wire form (names left empty: order is what counts).
+pub fn encode_gradients(grads: &[Vec<f32>]) -> Vec<pb::Gradient> {
+    grads
+        .iter()
+        .map(|g| pb::Gradient {
+            feature: String::new(),
+            data: payload::encode(g),
+        })
+        .collect()
+}
