@@ -37,18 +37,12 @@ pub(crate) async fn run(
             transport: "recovery",
             reason: e.to_string(),
         })?;
-    let catalog = match opened {
+    let (catalog, report) = match opened {
         Ok((catalog, report)) => {
             for (version, description) in &report.migrations {
                 info!(version, description, "applied migration");
             }
-            info!(
-                tables = report.tables,
-                rows_loaded = report.rows_loaded,
-                load_ms = started.elapsed().as_millis() as u64,
-                "ready"
-            );
-            Arc::new(catalog)
+            (Arc::new(catalog), report)
         }
         Err(e) => {
             error!(error = %e, "cannot open the data directory; stopping");
@@ -68,6 +62,14 @@ pub(crate) async fn run(
     let counters = shared.metrics.op_counters();
     let api = Arc::new(Api::new(catalog.clone(), tickets, limits, counters));
     let _ = shared.api.set(api);
+    // Only now: whoever waits for this line (an operator, a test, a script)
+    // finds `/readyz` answering 200.
+    info!(
+        tables = report.tables,
+        rows_loaded = report.rows_loaded,
+        load_ms = started.elapsed().as_millis() as u64,
+        "ready"
+    );
 
     let _ = stopped.wait_for(|stop| *stop).await;
     info!("shutting down: draining in-flight requests");
