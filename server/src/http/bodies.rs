@@ -1,0 +1,108 @@
+//! The JSON bodies of the HTTP API: requests, responses and the error
+//! body, each with its OpenAPI schema.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::api::{Checkpoint, ExplainedValue, TableInfo};
+use crate::examples::Example;
+use featmux_engine::schema::{FeatureSpec, TableSpec};
+
+/// The error body every failing endpoint returns.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// An error's gRPC-style code name and message.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// e.g. `NotFound`, `InvalidArgument`.
+    pub code: String,
+    pub message: String,
+}
+
+/// A serving lookup.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LookupBody {
+    /// Examples as `{feature: value | [values]}`; a missing feature is an
+    /// empty bag.
+    #[schema(value_type = Vec<Object>)]
+    pub examples: Vec<Example>,
+    /// Return one vector per example: every feature of the table, in table
+    /// order, concatenated.
+    #[serde(default)]
+    pub concat: bool,
+}
+
+/// A serving lookup's answer: `examples` (per-feature vectors) or, with
+/// `concat`, `vectors` with the `features` they concatenate.
+#[derive(Serialize, ToSchema)]
+pub struct LookupOutput {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub examples: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vectors: Option<Vec<Vec<f32>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<usize>,
+}
+
+/// A table to create with its first features.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTableBody {
+    pub table: TableSpec,
+    #[serde(default)]
+    pub features: Vec<FeatureSpec>,
+}
+
+/// Features to add.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddFeaturesBody {
+    pub features: Vec<FeatureSpec>,
+}
+
+/// Values to explain, per feature.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainBody {
+    /// `{feature: value | [values]}`.
+    #[schema(value_type = Object)]
+    pub features: Example,
+}
+
+/// The rows of each explained value, per feature.
+#[derive(Serialize, ToSchema)]
+pub struct ExplainOutput {
+    pub features: BTreeMap<String, Vec<ExplainedValue>>,
+}
+
+/// Every table.
+#[derive(Serialize, ToSchema)]
+pub struct TableList {
+    pub tables: Vec<TableInfo>,
+}
+
+/// Every checkpoint.
+#[derive(Serialize, ToSchema)]
+pub struct CheckpointList {
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+/// What to restore from a checkpoint.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreBody {
+    pub table: String,
+    /// Restore under this name instead of replacing `table`.
+    #[serde(default)]
+    pub into: Option<String>,
+}

@@ -1,0 +1,36 @@
+//! `/metrics`, `/healthz` and `/readyz`: what operators and orchestrators
+//! poll.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::ApiError;
+use crate::shared::Shared;
+
+use super::bodies::ErrorBody;
+
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub(super) async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let api = shared.api().ok();
+    let text = tokio::task::spawn_blocking(move || shared.metrics.render(api.as_deref()))
+        .await
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is up")))]
+pub(super) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Tables are loaded"),
+        (status = 503, body = ErrorBody, description = "Still recovering")))]
+pub(super) async fn readyz(State(shared): State<Arc<Shared>>) -> Result<&'static str, ApiError> {
+    shared.api().map(|_| "ready\n")
+}

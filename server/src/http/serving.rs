@@ -1,0 +1,76 @@
+//! `POST /v1/tables/{table}/lookup`: JSON examples in, embeddings out.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::Json;
+
+use crate::error::ApiError;
+use crate::examples::{self};
+use crate::shared::Shared;
+
+use super::bodies::{ErrorBody, LookupBody, LookupOutput};
+use super::{api_call, ApiJson};
+
+/// Serving lookups of at most this many examples run on the async worker
+/// itself: they take tens of microseconds, less than the two thread
+/// wake-ups a hop to the blocking pool costs (which dominated the p99 of
+/// single-example lookups).
+const INLINE_MAX_EXAMPLES: usize = 16;
+
+#[utoipa::path(post, path = "/v1/tables/{table}/lookup", tag = "serving",
+    params(("table" = String, Path, description = "Table name")),
+    request_body = LookupBody,
+    responses(
+        (status = 200, body = LookupOutput),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn lookup(
+    State(shared): State<Arc<Shared>>,
+    Path(table): Path<String>,
+    ApiJson(body): ApiJson<LookupBody>,
+) -> Result<Json<LookupOutput>, ApiError> {
+    let body_is_small = body.examples.len() <= INLINE_MAX_EXAMPLES;
+    let op = move |api: &crate::api::Api| {
+        let features = api.features(&table)?;
+        if body.concat {
+            examples::check_concatenable(&features)?;
+        }
+        let batch = examples::batch(&features, &body.examples, body.concat)?;
+        let result = api.lookup(&table, &batch, false)?;
+        let n = body.examples.len();
+        Ok(if body.concat {
+            LookupOutput {
+                width: Some(result.embeddings.iter().map(|e| e.width).sum()),
+                vectors: Some(examples::concatenated(&result.embeddings, n)),
+                features: Some(batch.features.into_iter().map(|f| f.feature).collect()),
+                examples: None,
+            }
+        } else {
+            let used: Vec<_> = batch
+                .features
+                .iter()
+                .filter_map(|fb| features.iter().find(|f| f.name == fb.feature).cloned())
+                .collect();
+            let lengths: Vec<_> = batch.features.into_iter().map(|f| f.lengths).collect();
+            LookupOutput {
+                examples: Some(examples::per_example(
+                    &used,
+                    &lengths,
+                    &result.embeddings,
+                    n,
+                )),
+                vectors: None,
+                features: None,
+                width: None,
+            }
+        })
+    };
+    if body_is_small {
+        op(shared.api()?.as_ref())
+    } else {
+        api_call(&shared, op).await
+    }
+    .map(Json)
+}
