@@ -31,7 +31,7 @@ for _ in $(seq 120); do
     sleep 0.5
 done
 # The table is created first and on its own, so its initialisation can be
-# told apart (featmux::init::Initializer::fill_row) from the requests.
+# told apart (featmux_engine::init::Initializer::fill_row) from the requests.
 "$FEATMUX" --addr http://127.0.0.1:50079 bench --workload "$WORKLOAD" --table t \
     --requests "$REQUESTS" --duration 600 --batches 2 --concurrency 2 --vocab 100000
 kill -TERM "$server"

@@ -2,7 +2,7 @@
 //! per optimizer for both backends on a 10^6-row table with chunk_dim 16 and
 //! 64, batches of 4,096 examples × 26 single-valued features (Criteo-shaped).
 //!
-//!     cargo bench -p featmux-server --bench engine
+//!     cargo bench -p featmux-engine --bench engine
 //!
 //! "rows" = (value, chunk) lookups: 4,096 × 26 = 106,496 per batch.
 

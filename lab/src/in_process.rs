@@ -1,15 +1,15 @@
 //! The engine without the server: a [`Catalog`] in a scratch directory
 //! (planning, gathering, the optimizer, dirty-row tracking and the
-//! background flusher, exactly as the server runs them) with no network, no
-//! protobuf and no request scheduling. `featmux bench` measures it beside
-//! the service, and `featmux train --in-process` trains on it, so the rate
-//! of the service over this one is what the wire costs.
+//! background flusher, exactly as the server runs them) with no network and
+//! no request scheduling: batches are engine batches, and protobuf appears
+//! only once, to read the benchmark's table config. `featmux bench`
+//! measures it beside the service, and `featmux train --in-process` trains
+//! on it, so the rate of the service over this one is what the wire costs.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use featmux_client::pb;
-
-use std::sync::Arc;
 
 use featmux_engine::batch::{Batch, FeatureEmbeddings};
 use featmux_engine::plan::BatchPlan;

@@ -1,7 +1,7 @@
 //! Persistence benchmark: flush rate and recovery load rate for 10^6 touched
 //! rows × 16 dims with row-wise Adagrad state (docs/DESIGN.md, "Storage").
 //!
-//!     cargo bench -p featmux-server --bench persistence
+//!     cargo bench -p featmux-storage --bench persistence
 //!
 //! Each flush/recovery takes seconds, so this is a plain timed harness (three
 //! runs, median reported) rather than criterion's many-sample loop. Bytes are
