@@ -22,6 +22,11 @@ pub enum EngineError {
     /// Gradients of a push do not match the batch or are not finite.
     #[error("invalid gradients for feature `{feature}`: {reason}")]
     InvalidGradients { feature: String, reason: String },
+    /// An optimizer step would make a row's weights or optimizer state NaN
+    /// or infinite; the backend refused the whole update, so nothing
+    /// changed. [`crate::table::Table`] names the feature.
+    #[error("the update would make row {row} non-finite (NaN or inf); nothing was applied")]
+    NonFiniteUpdate { row: u64 },
     /// The backend itself failed (device error, allocation failure).
     #[error("{backend} backend failed: {reason}")]
     Backend {

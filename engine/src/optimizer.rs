@@ -144,7 +144,17 @@ impl Optimizer {
                     "initial_accumulator",
                     initial_accumulator,
                     initial_accumulator >= 0.0,
-                )
+                )?;
+                // The step divides by (beta + sqrt(n)) / alpha + l2, and n
+                // stays 0 for gradients whose square underflows.
+                if beta == 0.0 && l2 == 0.0 && initial_accumulator == 0.0 {
+                    return Err(EngineError::invalid(
+                        "optimizer.beta",
+                        "ftrl needs beta, l2 or initial_accumulator above 0, or its step \
+                         divides by zero",
+                    ));
+                }
+                Ok(())
             }
         }
     }
@@ -183,6 +193,8 @@ impl Optimizer {
 
     /// Applies one step to a row `w` with state `state`, given the row's
     /// gradient `g` (already summed over every occurrence in the batch).
+    /// The result may overflow to inf or NaN; backends check it (see
+    /// [`all_finite`]) before they keep it.
     pub fn step(&self, w: &mut [f32], state: &mut [f32], g: &[f32]) {
         let dim = w.len();
         debug_assert_eq!(g.len(), dim);
@@ -248,6 +260,12 @@ impl Optimizer {
             }
         }
     }
+}
+
+/// Whether every value is finite: what a row and its state must stay, since
+/// a NaN in a shared row spreads to every feature hashed into it.
+pub fn all_finite(values: &[f32]) -> bool {
+    values.iter().all(|v| v.is_finite())
 }
 
 /// Adam's bias correction `1 - beta^t`, computed in f64 and rounded once.

@@ -54,6 +54,18 @@ impl BatchPlan {
                 .sum::<usize>()
     }
 
+    /// The feature of the first entry that maps to `row` (to name it when
+    /// an update of that row is refused).
+    pub fn feature_of_row(&self, row: u64) -> Option<&str> {
+        let entry = self.gather.rows.iter().position(|&r| r == row)?;
+        let slot = self.gather.slots[entry] as usize;
+        self.outputs
+            .iter()
+            .rev()
+            .find(|o| o.first_slot <= slot)
+            .map(|o| o.feature.as_str())
+    }
+
     /// Validates `batch` against the table and resolves it to rows.
     pub fn build(
         table: &TableSpec,

@@ -142,13 +142,24 @@ impl Table {
     }
 
     /// Applies gradients to an already planned batch (e.g. from a ticket).
+    /// A push whose step would make any row or optimizer state non-finite is
+    /// refused as a whole, naming the feature and the row.
     pub fn push_plan<G: AsRef<[f32]>>(
         &self,
         plan: &BatchPlan,
         grads: &[G],
     ) -> Result<PushSummary, EngineError> {
         let update = plan.row_gradients(grads)?;
-        self.backend.apply(&update)?;
+        self.backend.apply(&update).map_err(|e| match e {
+            EngineError::NonFiniteUpdate { row } => EngineError::gradients(
+                plan.feature_of_row(row).unwrap_or("?"),
+                format!(
+                    "{e}: the {} step would overflow; lower the learning rate or clip gradients",
+                    self.spec.optimizer.name()
+                ),
+            ),
+            e => e,
+        })?;
         self.dirty.mark(&update.rows);
         Ok(PushSummary {
             entries: plan.gather.rows.len(),

@@ -104,21 +104,42 @@ impl CandleBackend {
 
     /// One optimizer step for unique rows `ids` with gradients `[n, dim]`,
     /// both already on the device: gathers the rows and their state, runs
-    /// the optimizer as tensor ops and scatters both back in place.
-    pub fn apply_on_device(&self, ids: &RowIds, grads: &Tensor) -> candle_core::Result<()> {
+    /// the optimizer as tensor ops, checks that every new value is finite
+    /// and scatters both back in place. A step that would overflow writes
+    /// nothing ([`EngineError::NonFiniteUpdate`]).
+    pub fn apply_on_device(&self, ids: &RowIds, grads: &Tensor) -> Result<(), EngineError> {
         let tensors = self.tensors.write();
-        let weights = row_ops::gather_rows(&tensors.weights, ids)?;
-        let state = match &tensors.state {
-            Some(state) => Some(row_ops::gather_rows(state, ids)?),
-            None => None,
+        let next = || -> candle_core::Result<_> {
+            let weights = row_ops::gather_rows(&tensors.weights, ids)?;
+            let state = match &tensors.state {
+                Some(state) => Some(row_ops::gather_rows(state, ids)?),
+                None => None,
+            };
+            let (weights, state) =
+                optimizer_step(&self.spec.optimizer, &weights, state.as_ref(), grads)?;
+            let bad = match first_non_finite_row(&weights)? {
+                Some(i) => Some(i),
+                None => state
+                    .as_ref()
+                    .map(first_non_finite_row)
+                    .transpose()?
+                    .flatten(),
+            };
+            Ok((weights, state, bad))
         };
-        let (new_weights, new_state) =
-            optimizer_step(&self.spec.optimizer, &weights, state.as_ref(), grads)?;
-        row_ops::scatter_rows(&tensors.weights, ids, &new_weights.contiguous()?)?;
-        if let (Some(state), Some(new_state)) = (&tensors.state, new_state) {
-            row_ops::scatter_rows(state, ids, &new_state.contiguous()?)?;
+        let (new_weights, new_state, bad) = next().map_err(backend_error)?;
+        if let Some(i) = bad {
+            let rows = ids.to_host().map_err(backend_error)?;
+            return Err(EngineError::NonFiniteUpdate { row: rows[i] });
         }
-        Ok(())
+        let write = || -> candle_core::Result<()> {
+            row_ops::scatter_rows(&tensors.weights, ids, &new_weights.contiguous()?)?;
+            if let (Some(state), Some(new_state)) = (&tensors.state, new_state) {
+                row_ops::scatter_rows(state, ids, &new_state.contiguous()?)?;
+            }
+            Ok(())
+        };
+        write().map_err(backend_error)
     }
 
     fn gather_impl(&self, plan: &GatherPlan) -> candle_core::Result<Vec<f32>> {
@@ -137,16 +158,20 @@ impl CandleBackend {
         pooled.flatten_all()?.to_vec1()
     }
 
-    fn apply_impl(&self, update: &RowGradients) -> candle_core::Result<()> {
+    fn apply_impl(&self, update: &RowGradients) -> Result<(), EngineError> {
         if update.rows.is_empty() {
             return Ok(());
         }
-        let ids = self.upload_rows(&update.rows)?;
-        let grads = Tensor::from_slice(
-            &update.grads,
-            (update.rows.len(), self.spec.dim),
-            &self.device,
-        )?;
+        let upload = || -> candle_core::Result<_> {
+            let ids = self.upload_rows(&update.rows)?;
+            let grads = Tensor::from_slice(
+                &update.grads,
+                (update.rows.len(), self.spec.dim),
+                &self.device,
+            )?;
+            Ok((ids, grads))
+        };
+        let (ids, grads) = upload().map_err(backend_error)?;
         self.apply_on_device(&ids, &grads)
     }
 
@@ -187,6 +212,21 @@ impl CandleBackend {
         }
         Ok(())
     }
+}
+
+/// The first row of `values [n, width]` holding a NaN or an infinity. The
+/// common answer (none) costs one element-wise compare and one reduction on
+/// the device; only a refusal downloads the mask.
+fn first_non_finite_row(values: &Tensor) -> candle_core::Result<Option<usize>> {
+    // |x| <= f32::MAX is false exactly for inf and NaN.
+    let finite = values.abs()?.le(f32::MAX as f64)?;
+    if finite.flatten_all()?.min(0)?.to_scalar::<u8>()? == 1 {
+        return Ok(None);
+    }
+    Ok(finite
+        .to_vec2::<u8>()?
+        .iter()
+        .position(|row| row.contains(&0)))
 }
 
 /// `rows` and `data` without earlier writes of a row written again later.
@@ -321,7 +361,7 @@ impl Backend for CandleBackend {
 
     fn apply(&self, update: &RowGradients) -> Result<(), EngineError> {
         update.check(&self.spec)?;
-        self.apply_impl(update).map_err(backend_error)
+        self.apply_impl(update)
     }
 
     fn read_rows(&self, rows: &[u64]) -> Result<RowData, EngineError> {

@@ -7,8 +7,12 @@
 //! `b` is guarded by stripe `b % STRIPES`. Any number of lookups and pushes
 //! run in parallel on different stripes, and a row is never torn: readers
 //! hold the stripe's read lock while copying a row, an update holds its write
-//! lock for the whole read-modify-write. Pushes arrive sorted by row, so an
-//! update takes each block's lock once, not once per row. A block is also the
+//! lock while it writes. Pushes arrive sorted by row, so an update takes
+//! each block's lock once, not once per row. An update is checked before it
+//! is written: every row's next value is computed beside the table, and a
+//! step that would make any row or state non-finite refuses the whole push
+//! (writes take turns on one mutex so the checked rows cannot change
+//! before they are written). A block is also the
 //! unit the persistence flusher copies, so it never holds a lock longer than
 //! one block copy.
 //!
@@ -19,10 +23,13 @@
 
 use std::cell::UnsafeCell;
 
-use parking_lot::RwLock;
+use std::ops::Range;
+
+use parking_lot::{Mutex, RwLock};
 
 use super::{Backend, GatherPlan, RowData, RowGradients, StorageSpec};
 use crate::error::EngineError;
+use crate::optimizer::all_finite;
 
 /// Rows per block: the unit of locking and of flushing.
 pub const BLOCK_ROWS: u64 = 64;
@@ -139,12 +146,35 @@ fn advise_huge_pages(values: &mut [f32]) {
     }
 }
 
+/// Index ranges of `rows` (sorted) whose rows share a block, so a caller
+/// takes each block's lock once.
+fn same_block_runs(rows: &[u64]) -> impl Iterator<Item = Range<usize>> + '_ {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start == rows.len() {
+            return None;
+        }
+        let block = rows[start] / BLOCK_ROWS;
+        let len = rows[start..]
+            .iter()
+            .take_while(|&&r| r / BLOCK_ROWS == block)
+            .count();
+        let run = start..start + len;
+        start += len;
+        Some(run)
+    })
+}
+
 /// Plain-Rust, lock-striped storage.
 pub struct CpuBackend {
     spec: StorageSpec,
     weights: RowArray,
     state: RowArray,
     stripes: Box<[RwLock<()>]>,
+    /// Held by every write (push or restore) for its whole duration: a push
+    /// checks its rows' next values before it writes any of them, and no
+    /// other write may change those rows in between.
+    writer: Mutex<()>,
 }
 
 impl CpuBackend {
@@ -177,6 +207,7 @@ impl CpuBackend {
             weights,
             state,
             stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
+            writer: Mutex::new(()),
         })
     }
 
@@ -216,24 +247,54 @@ impl Backend for CpuBackend {
 
     fn apply(&self, update: &RowGradients) -> Result<(), EngineError> {
         update.check(&self.spec)?;
-        let d = self.spec.dim;
+        let (d, sw) = (self.spec.dim, self.state.width);
         let rows = &update.rows;
-        let mut i = 0;
-        while i < rows.len() {
-            let block = rows[i] / BLOCK_ROWS;
-            let _guard = self.stripe(rows[i]).write();
-            while i < rows.len() && rows[i] / BLOCK_ROWS == block {
+        // Writers take turns, so the rows checked below are the rows written.
+        let _writer = self.writer.lock();
+        // 1. Every row's next value, computed beside the table and checked:
+        //    a step that would overflow refuses the whole push.
+        let mut weights = vec![0.0f32; rows.len() * d];
+        let mut state = vec![0.0f32; rows.len() * sw];
+        for block in same_block_runs(rows) {
+            let _guard = self.stripe(rows[block.start]).read();
+            for i in block {
                 if let Some(&next) = rows.get(i + PREFETCH_AHEAD) {
                     self.weights.prefetch(next as usize);
                     self.state.prefetch(next as usize);
                 }
                 let row = rows[i] as usize;
-                // SAFETY: the row's stripe is write-locked.
-                let (w, s) = unsafe { (self.weights.row_mut(row), self.state.row_mut(row)) };
+                let (w, s) = (
+                    &mut weights[i * d..(i + 1) * d],
+                    &mut state[i * sw..(i + 1) * sw],
+                );
+                // SAFETY: the row's stripe is read-locked.
+                unsafe {
+                    w.copy_from_slice(self.weights.row(row));
+                    s.copy_from_slice(self.state.row(row));
+                }
                 self.spec
                     .optimizer
                     .step(w, s, &update.grads[i * d..(i + 1) * d]);
-                i += 1;
+                if !all_finite(w) || !all_finite(s) {
+                    return Err(EngineError::NonFiniteUpdate { row: rows[i] });
+                }
+            }
+        }
+        // 2. Commit, one block lock at a time (readers see old or new rows,
+        //    never a torn one).
+        for block in same_block_runs(rows) {
+            let _guard = self.stripe(rows[block.start]).write();
+            for i in block {
+                let row = rows[i] as usize;
+                // SAFETY: the row's stripe is write-locked.
+                unsafe {
+                    self.weights
+                        .row_mut(row)
+                        .copy_from_slice(&weights[i * d..(i + 1) * d]);
+                    self.state
+                        .row_mut(row)
+                        .copy_from_slice(&state[i * sw..(i + 1) * sw]);
+                }
             }
         }
         Ok(())
@@ -260,6 +321,7 @@ impl Backend for CpuBackend {
     fn write_rows(&self, rows: &[u64], data: &RowData) -> Result<(), EngineError> {
         super::check_rows(&self.spec, rows)?;
         data.check(&self.spec, rows.len())?;
+        let _writer = self.writer.lock();
         let (d, sw) = (self.weights.width, self.state.width);
         for (i, &row) in rows.iter().enumerate() {
             let _guard = self.stripe(row).write();

@@ -56,6 +56,16 @@ impl RowIds {
         self.len == 0
     }
 
+    /// The ids, downloaded (to name a row in an error).
+    pub fn to_host(&self) -> Result<Vec<u64>> {
+        Ok(self
+            .ids
+            .to_vec1::<i64>()?
+            .into_iter()
+            .map(|id| id as u64)
+            .collect())
+    }
+
     /// Refuses `table` (`[rows, width]`) unless every id is one of its rows.
     fn check_table(&self, op: &str, table: &Tensor) -> Result<()> {
         let (rows, _) = table.dims2()?;

@@ -6,4 +6,5 @@ mod candle_ops;
 mod concurrency;
 mod device;
 mod differential;
+mod numerics;
 mod row_ops;

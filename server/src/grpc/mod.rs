@@ -1,0 +1,366 @@
+//! The gRPC transport: `EmbeddingService` for trainers and `AdminService`
+//! for operators, both thin wrappers around [`Api`]; [`auth`] checks tokens
+//! before a message is decoded.
+
+pub mod auth;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use featmux_proto::v1 as pb;
+use featmux_proto::v1::admin_service_server::AdminService;
+use featmux_proto::v1::embedding_service_server::EmbeddingService;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::api::{Api, PushTarget};
+use crate::convert;
+use crate::error::{ApiError, ErrorKind};
+use crate::shared::Shared;
+
+/// gRPC's name for a status code, as a metric label.
+pub(crate) fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+impl Shared {
+    /// Runs `op` on the blocking pool and records the request (the caller
+    /// was authorized by [`auth::GrpcAuthLayer`] before its message was
+    /// decoded).
+    async fn grpc_unary<Req, Resp>(
+        self: &Arc<Self>,
+        endpoint: &'static str,
+        request: Request<Req>,
+        op: impl FnOnce(&Api, Req) -> Result<Resp, ApiError> + Send + 'static,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+    {
+        let started = Instant::now();
+        let result = match self.api() {
+            Ok(api) => {
+                let message = request.into_inner();
+                crate::shared::run_blocking(api, move |api| op(api, message)).await
+            }
+            Err(e) => Err(e),
+        };
+        let code = result
+            .as_ref()
+            .map_or_else(ApiError::grpc_code, |_| tonic::Code::Ok);
+        self.metrics
+            .observe("grpc", endpoint, code_label(code), started.elapsed());
+        if let Err(e) = &result {
+            if e.kind == ErrorKind::Internal {
+                tracing::error!(endpoint, error = %e, "request failed");
+            }
+        }
+        result.map(Response::new).map_err(Status::from)
+    }
+}
+
+fn lookup(api: &Api, req: pb::LookupRequest) -> Result<pb::LookupResponse, ApiError> {
+    let batch = convert::batch_from_pb(req.batch)?;
+    let result = api.lookup(&req.table, &batch, req.want_ticket)?;
+    Ok(pb::LookupResponse {
+        embeddings: convert::embeddings_to_pb(result.embeddings),
+        ticket: result.ticket.unwrap_or(0),
+    })
+}
+
+fn push(api: &Api, req: pb::PushRequest) -> Result<pb::PushResponse, ApiError> {
+    let target = match req.target {
+        Some(pb::push_request::Target::Batch(batch)) => {
+            PushTarget::Batch(convert::batch_from_pb(Some(batch))?)
+        }
+        Some(pb::push_request::Target::Ticket(id)) => PushTarget::Ticket(id),
+        None => return Err(ApiError::invalid("set `batch` or `ticket`")),
+    };
+    let gradients = convert::gradients_from_pb(req.gradients)?;
+    api.push(&req.table, &target, gradients)
+        .map(convert::push_result_to_pb)
+}
+
+/// `EmbeddingService`: lookup, push and the train stream.
+pub struct EmbeddingGrpc {
+    pub(super) shared: Arc<Shared>,
+}
+
+type TrainStream = Pin<Box<dyn Stream<Item = Result<pb::TrainResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl EmbeddingService for EmbeddingGrpc {
+    async fn lookup(
+        &self,
+        request: Request<pb::LookupRequest>,
+    ) -> Result<Response<pb::LookupResponse>, Status> {
+        self.shared.grpc_unary("Lookup", request, lookup).await
+    }
+
+    async fn push(
+        &self,
+        request: Request<pb::PushRequest>,
+    ) -> Result<Response<pb::PushResponse>, Status> {
+        self.shared.grpc_unary("Push", request, push).await
+    }
+
+    type TrainStream = TrainStream;
+
+    /// Serves the stream's messages one at a time, in order; a failed
+    /// message gets a `StreamError` and the stream goes on. The stream ends
+    /// when the client closes it or the server shuts down.
+    async fn train(
+        &self,
+        request: Request<Streaming<pb::TrainRequest>>,
+    ) -> Result<Response<TrainStream>, Status> {
+        let shared = self.shared.clone();
+        let api = shared.api().map_err(|e| {
+            shared.metrics.observe(
+                "grpc",
+                "Train",
+                code_label(e.grpc_code()),
+                Default::default(),
+            );
+            Status::from(e)
+        })?;
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        let mut shutdown = shared.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    next = inbound.message() => next,
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                };
+                let message = match next {
+                    Ok(Some(message)) => message,
+                    Ok(None) => break,
+                    Err(status) => {
+                        let _ = tx
+                            .send(Err(crate::codec::translate_codec_status(status)))
+                            .await;
+                        break;
+                    }
+                };
+                let started = Instant::now();
+                let (endpoint, result) = match message.op {
+                    Some(pb::train_request::Op::Lookup(req)) => (
+                        "Train/Lookup",
+                        crate::shared::run_blocking(api.clone(), move |api| lookup(api, req))
+                            .await
+                            .map(pb::train_response::Result::Lookup),
+                    ),
+                    Some(pb::train_request::Op::Push(req)) => (
+                        "Train/Push",
+                        crate::shared::run_blocking(api.clone(), move |api| push(api, req))
+                            .await
+                            .map(pb::train_response::Result::Push),
+                    ),
+                    None => ("Train", Err(ApiError::invalid("set `lookup` or `push`"))),
+                };
+                let code = result
+                    .as_ref()
+                    .map_or_else(ApiError::grpc_code, |_| tonic::Code::Ok);
+                shared
+                    .metrics
+                    .observe("grpc", endpoint, code_label(code), started.elapsed());
+                let result = result.unwrap_or_else(|e| {
+                    pb::train_response::Result::Error(pb::StreamError {
+                        code: e.grpc_code() as i32,
+                        message: e.message,
+                    })
+                });
+                let response = pb::TrainResponse {
+                    id: message.id,
+                    result: Some(result),
+                };
+                if tx.send(Ok(response)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// `AdminService`: tables, features, checkpoints, stats, explain.
+pub struct AdminGrpc {
+    pub(super) shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminGrpc {
+    async fn create_table(
+        &self,
+        request: Request<pb::CreateTableRequest>,
+    ) -> Result<Response<pb::TableInfo>, Status> {
+        self.shared
+            .grpc_unary("CreateTable", request, |api, req| {
+                let spec = convert::table_spec_from_pb(req.table)?;
+                let features = convert::feature_specs_from_pb(req.features)?;
+                Ok(convert::table_info_to_pb(
+                    &api.create_table(spec, features)?,
+                ))
+            })
+            .await
+    }
+
+    async fn get_table(
+        &self,
+        request: Request<pb::TableName>,
+    ) -> Result<Response<pb::TableInfo>, Status> {
+        self.shared
+            .grpc_unary("GetTable", request, |api, req| {
+                Ok(convert::table_info_to_pb(&api.table_info(&req.table)?))
+            })
+            .await
+    }
+
+    async fn list_tables(
+        &self,
+        request: Request<pb::ListTablesRequest>,
+    ) -> Result<Response<pb::ListTablesResponse>, Status> {
+        self.shared
+            .grpc_unary("ListTables", request, |api, _| {
+                Ok(pb::ListTablesResponse {
+                    tables: api
+                        .list_tables()
+                        .iter()
+                        .map(convert::table_info_to_pb)
+                        .collect(),
+                })
+            })
+            .await
+    }
+
+    async fn drop_table(
+        &self,
+        request: Request<pb::TableName>,
+    ) -> Result<Response<pb::DropTableResponse>, Status> {
+        self.shared
+            .grpc_unary("DropTable", request, |api, req| {
+                api.drop_table(&req.table)?;
+                Ok(pb::DropTableResponse {})
+            })
+            .await
+    }
+
+    async fn add_features(
+        &self,
+        request: Request<pb::AddFeaturesRequest>,
+    ) -> Result<Response<pb::TableInfo>, Status> {
+        self.shared
+            .grpc_unary("AddFeatures", request, |api, req| {
+                let features = convert::feature_specs_from_pb(req.features)?;
+                Ok(convert::table_info_to_pb(
+                    &api.add_features(&req.table, features)?,
+                ))
+            })
+            .await
+    }
+
+    async fn create_checkpoint(
+        &self,
+        request: Request<pb::CreateCheckpointRequest>,
+    ) -> Result<Response<pb::Checkpoint>, Status> {
+        self.shared
+            .grpc_unary("CreateCheckpoint", request, |api, _| {
+                Ok(convert::checkpoint_to_pb(api.create_checkpoint()?))
+            })
+            .await
+    }
+
+    async fn list_checkpoints(
+        &self,
+        request: Request<pb::ListCheckpointsRequest>,
+    ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+        self.shared
+            .grpc_unary("ListCheckpoints", request, |api, _| {
+                Ok(pb::ListCheckpointsResponse {
+                    checkpoints: api
+                        .list_checkpoints()?
+                        .into_iter()
+                        .map(convert::checkpoint_to_pb)
+                        .collect(),
+                })
+            })
+            .await
+    }
+
+    async fn delete_checkpoint(
+        &self,
+        request: Request<pb::CheckpointId>,
+    ) -> Result<Response<pb::DeleteCheckpointResponse>, Status> {
+        self.shared
+            .grpc_unary("DeleteCheckpoint", request, |api, req| {
+                api.delete_checkpoint(req.id)?;
+                Ok(pb::DeleteCheckpointResponse {})
+            })
+            .await
+    }
+
+    async fn restore_checkpoint(
+        &self,
+        request: Request<pb::RestoreCheckpointRequest>,
+    ) -> Result<Response<pb::TableInfo>, Status> {
+        self.shared
+            .grpc_unary("RestoreCheckpoint", request, |api, req| {
+                let into = (!req.into.is_empty()).then_some(req.into.as_str());
+                Ok(convert::table_info_to_pb(
+                    &api.restore_checkpoint(req.id, &req.table, into)?,
+                ))
+            })
+            .await
+    }
+
+    async fn stats(
+        &self,
+        request: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        self.shared
+            .grpc_unary("Stats", request, |api, _| {
+                Ok(convert::stats_to_pb(&api.stats()))
+            })
+            .await
+    }
+
+    async fn explain(
+        &self,
+        request: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::ExplainResponse>, Status> {
+        self.shared
+            .grpc_unary("Explain", request, |api, req| {
+                let features = req
+                    .features
+                    .into_iter()
+                    .map(|mut fv| Ok((fv.feature.clone(), convert::values_from_pb(&mut fv)?)))
+                    .collect::<Result<Vec<_>, ApiError>>()?;
+                Ok(convert::explanation_to_pb(
+                    api.explain(&req.table, &features)?,
+                ))
+            })
+            .await
+    }
+}
