@@ -1,6 +1,12 @@
 //! Bearer tokens. The admin token guards every admin endpoint (gRPC and
 //! HTTP); the optional data-plane token guards lookups and pushes (the
-//! admin token is accepted there too). Tokens are compared in constant time.
+//! admin token is accepted there too); `/metrics` takes either token
+//! unless `auth.public_metrics` opens it. Tokens are compared in constant
+//! time.
+//!
+//! gRPC calls are authorized by [`GrpcAuthLayer`], before tonic decodes the
+//! message: an anonymous client must not be able to make the server decode
+//! (and allocate for) a message up to `limits.max_message_bytes`.
 
 use subtle::ConstantTimeEq;
 
@@ -13,6 +19,8 @@ pub enum Role {
     Data,
     /// Table, feature and checkpoint management, stats, explain.
     Admin,
+    /// `/metrics`: table names and sizes.
+    Metrics,
 }
 
 /// The configured tokens; `None` leaves that role open.
@@ -20,6 +28,8 @@ pub enum Role {
 pub struct Tokens {
     pub admin: Option<String>,
     pub data: Option<String>,
+    /// `/metrics` is open even when tokens are set.
+    pub public_metrics: bool,
 }
 
 fn matches(presented: &[u8], expected: &str) -> bool {
@@ -37,6 +47,13 @@ impl Tokens {
                     .chain(self.admin.as_deref())
                     .collect(),
             },
+            Role::Metrics if self.public_metrics => Vec::new(),
+            Role::Metrics => self
+                .admin
+                .iter()
+                .chain(&self.data)
+                .map(String::as_str)
+                .collect(),
         };
         if accepted.is_empty() {
             return Ok(());
@@ -44,6 +61,7 @@ impl Tokens {
         let what = match role {
             Role::Admin => "the admin token",
             Role::Data => "the data-plane (or admin) token",
+            Role::Metrics => "a token (or auth.public_metrics = true)",
         };
         let Some(header) = header else {
             return Err(ApiError::new(
@@ -81,6 +99,7 @@ mod tests {
         let tokens = Tokens {
             admin: Some("adm".into()),
             data: Some("dat".into()),
+            public_metrics: false,
         };
         let ok = |role, h: &str| tokens.authorize(role, Some(h.as_bytes())).is_ok();
         assert!(ok(Role::Admin, "Bearer adm"));
@@ -89,6 +108,8 @@ mod tests {
         assert!(ok(Role::Data, "Bearer adm"));
         assert!(!ok(Role::Data, "Bearer da"));
         assert!(!ok(Role::Data, "dat"));
+        assert!(ok(Role::Metrics, "Bearer adm") && ok(Role::Metrics, "Bearer dat"));
+        assert!(!ok(Role::Metrics, "Bearer x"));
         let missing = tokens.authorize(Role::Data, None).unwrap_err();
         assert_eq!(missing.kind, ErrorKind::Unauthenticated);
         assert!(missing.message.contains("missing"), "{missing}");
@@ -99,9 +120,11 @@ mod tests {
         let tokens = Tokens {
             admin: Some("adm".into()),
             data: None,
+            public_metrics: true,
         };
         assert!(tokens.authorize(Role::Data, None).is_ok());
         assert!(tokens.authorize(Role::Admin, None).is_err());
+        assert!(tokens.authorize(Role::Metrics, None).is_ok());
         assert!(Tokens::default().authorize(Role::Admin, None).is_ok());
     }
 }

@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 use featmux_engine::backend::BackendKind;
 use featmux_storage::catalog::CatalogOptions;
 
+/// The largest `limits.max_batch_values`: a batch's entries are counted in
+/// `u32` when it is planned.
+pub const MAX_BATCH_VALUES: u64 = u32::MAX as u64;
+
 /// Why the configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -58,6 +62,9 @@ pub struct AuthConfig {
     pub admin_token: Option<String>,
     /// Required by lookup and push (the admin token works too).
     pub data_token: Option<String>,
+    /// Serve `/metrics` without a token even when tokens are configured
+    /// (it names every table and its size, so it is guarded by default).
+    pub public_metrics: bool,
 }
 
 /// Request-size limits.
@@ -70,6 +77,10 @@ pub struct LimitsConfig {
     pub max_request_bytes: usize,
     /// Largest gRPC message, in either direction.
     pub max_message_bytes: usize,
+    /// Memory all tables together may hold (weights and optimizer state, on
+    /// the host or the device); unset: 80 % of the machine's or the
+    /// cgroup's memory, whichever is smaller.
+    pub max_memory_bytes: Option<u64>,
 }
 
 impl Default for LimitsConfig {
@@ -78,6 +89,7 @@ impl Default for LimitsConfig {
             max_batch_values: 4 << 20,
             max_request_bytes: 16 << 20,
             max_message_bytes: 256 << 20,
+            max_memory_bytes: None,
         }
     }
 }
@@ -248,6 +260,9 @@ impl ServerConfig {
         if let Some(v) = get("FEATMUX_MAX_BATCH_VALUES") {
             self.limits.max_batch_values = env_parse("FEATMUX_MAX_BATCH_VALUES", v)?;
         }
+        if let Some(v) = get("FEATMUX_MAX_MEMORY_BYTES") {
+            self.limits.max_memory_bytes = Some(env_parse("FEATMUX_MAX_MEMORY_BYTES", v)?);
+        }
         if let Some(v) = get("FEATMUX_FLUSH_INTERVAL_MS") {
             self.storage.flush_interval_ms = env_parse("FEATMUX_FLUSH_INTERVAL_MS", v)?;
         }
@@ -287,21 +302,61 @@ impl ServerConfig {
                 field: "backend",
                 reason: e.to_string(),
             })?;
-        let positive = [
-            ("limits.max_batch_values", self.limits.max_batch_values),
-            ("limits.max_request_bytes", self.limits.max_request_bytes),
-            ("limits.max_message_bytes", self.limits.max_message_bytes),
-            ("storage.max_dirty_rows", self.storage.max_dirty_rows),
+        // (key, value, least, most): every numeric key's accepted range. The
+        // upper bounds keep arithmetic on them (`now + ttl`, timers, prost's
+        // 2 GiB message limit, u32 entry counts) from overflowing.
+        const DAY_SECS: u64 = 24 * 3600;
+        let ranges: [(&'static str, u64, u64, u64); 9] = [
+            (
+                "limits.max_batch_values",
+                self.limits.max_batch_values as u64,
+                1,
+                MAX_BATCH_VALUES,
+            ),
+            (
+                "limits.max_request_bytes",
+                self.limits.max_request_bytes as u64,
+                1,
+                1 << 30,
+            ),
+            (
+                "limits.max_message_bytes",
+                self.limits.max_message_bytes as u64,
+                1,
+                (2 << 30) - 1,
+            ),
+            (
+                "storage.max_dirty_rows",
+                self.storage.max_dirty_rows as u64,
+                1,
+                u32::MAX as u64,
+            ),
             (
                 "storage.flush_interval_ms",
-                self.storage.flush_interval_ms as usize,
+                self.storage.flush_interval_ms,
+                1,
+                3600 * 1000,
+            ),
+            ("tickets.ttl_secs", self.tickets.ttl_secs, 1, DAY_SECS),
+            (
+                "tickets.max_bytes",
+                self.tickets.max_bytes as u64,
+                0,
+                1 << 40,
+            ),
+            ("shutdown_grace_secs", self.shutdown_grace_secs, 0, DAY_SECS),
+            (
+                "limits.max_memory_bytes",
+                self.limits.max_memory_bytes.unwrap_or(1),
+                1,
+                1 << 50,
             ),
         ];
-        for (field, value) in positive {
-            if value == 0 {
+        for (field, value, least, most) in ranges {
+            if !(least..=most).contains(&value) {
                 return Err(ConfigError::Invalid {
                     field,
-                    reason: "must be greater than 0".into(),
+                    reason: format!("{value} is outside {least}..={most}"),
                 });
             }
         }
@@ -399,6 +454,42 @@ mod tests {
         config.backend = "tpu".into();
         let err = config.validate().unwrap_err().to_string();
         assert!(err.starts_with("backend:"), "{err}");
+    }
+
+    /// Every numeric key has a range; a value outside it (e.g. a ticket TTL
+    /// that overflows `now + ttl` on every lookup) is refused at start-up
+    /// with the key's name.
+    #[test]
+    fn numeric_keys_outside_their_range_are_refused() {
+        type Set = fn(&mut ServerConfig);
+        let cases: [(&str, Set); 9] = [
+            ("tickets.ttl_secs", |c| c.tickets.ttl_secs = u64::MAX),
+            ("tickets.ttl_secs", |c| c.tickets.ttl_secs = 0),
+            ("shutdown_grace_secs", |c| c.shutdown_grace_secs = u64::MAX),
+            ("storage.flush_interval_ms", |c| {
+                c.storage.flush_interval_ms = u64::MAX
+            }),
+            ("limits.max_message_bytes", |c| {
+                c.limits.max_message_bytes = usize::MAX
+            }),
+            ("limits.max_request_bytes", |c| {
+                c.limits.max_request_bytes = usize::MAX
+            }),
+            ("limits.max_batch_values", |c| {
+                c.limits.max_batch_values = usize::MAX
+            }),
+            ("storage.max_dirty_rows", |c| c.storage.max_dirty_rows = 0),
+            ("tickets.max_bytes", |c| c.tickets.max_bytes = usize::MAX),
+        ];
+        for (key, set) in cases {
+            let mut config = ServerConfig::default();
+            set(&mut config);
+            let err = config
+                .validate()
+                .expect_err(&format!("{key} out of range was accepted"))
+                .to_string();
+            assert!(err.starts_with(key), "{key}: {err}");
+        }
     }
 
     #[cfg(not(feature = "cuda"))]

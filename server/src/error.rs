@@ -19,6 +19,9 @@ pub enum ErrorKind {
     Unauthenticated,
     TooLarge,
     FailedPrecondition,
+    /// An HTTP method the path does not serve (no gRPC equivalent but
+    /// UNIMPLEMENTED).
+    MethodNotAllowed,
     Unavailable,
     Internal,
 }
@@ -58,6 +61,7 @@ impl ApiError {
             ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorKind::TooLarge => tonic::Code::ResourceExhausted,
             ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
+            ErrorKind::MethodNotAllowed => tonic::Code::Unimplemented,
             ErrorKind::Unavailable => tonic::Code::Unavailable,
             ErrorKind::Internal => tonic::Code::Internal,
         }
@@ -72,6 +76,7 @@ impl ApiError {
             ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
             ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::FailedPrecondition => StatusCode::CONFLICT,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -93,7 +98,8 @@ impl From<EngineError> for ApiError {
             EngineError::FeatureExists(_) => ErrorKind::AlreadyExists,
             EngineError::InvalidConfig { .. }
             | EngineError::InvalidBatch { .. }
-            | EngineError::InvalidGradients { .. } => ErrorKind::InvalidArgument,
+            | EngineError::InvalidGradients { .. }
+            | EngineError::NonFiniteUpdate { .. } => ErrorKind::InvalidArgument,
             EngineError::Backend { .. } => ErrorKind::Internal,
         };
         ApiError::new(kind, e.to_string())

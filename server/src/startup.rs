@@ -110,6 +110,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         tokens: Tokens {
             admin: config.auth.admin_token.clone(),
             data: config.auth.data_token.clone(),
+            public_metrics: config.auth.public_metrics,
         },
         metrics,
         shutdown: stop_rx.clone(),
@@ -140,6 +141,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
                 .map_err(|e| ServeError::Tls(e.to_string()))?;
         }
         let router = builder
+            .layer(grpc::auth::GrpcAuthLayer {
+                shared: shared.clone(),
+            })
             .layer(tower::util::MapResponseLayer::new(translate_codec_response))
             .add_service(
                 EmbeddingServiceServer::new(grpc::EmbeddingGrpc {

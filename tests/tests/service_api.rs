@@ -219,7 +219,7 @@ fn every_endpoint_works_through_the_client_and_raw_http() {
         assert_eq!(remaining, ["ads"]);
 
         // Metrics reflect what happened.
-        let (status, metrics) = http.send(reqwest::Method::GET, "/metrics", None, None).await;
+        let (status, metrics) = http.get("/metrics").await;
         assert_eq!(status, 200);
         let metrics = metrics.as_str().unwrap().to_owned();
         for needle in [

@@ -180,6 +180,32 @@ fn wrong_or_non_finite_gradients_are_invalid_arguments() {
             "1 gradient blocks",
         );
         unchanged!(admin, before, "gRPC bad gradients");
+        // Finite gradients whose step overflows f32 (lr 1e30 × 1e10) would
+        // write inf into shared rows: refused, naming feature and row.
+        admin
+            .create_table(
+                sgd_table("hot", 100, 4, 1e30),
+                vec![feature("u", pb::ValueType::String, pb::Pooling::Sum, 1)],
+            )
+            .await
+            .unwrap();
+        let before = snapshot(admin).await;
+        let mut users = BatchBuilder::new();
+        users.example().add_str("u", "alice");
+        users.example().add_strs("u", ["bob", "carol"]);
+        let users = users.build().unwrap();
+        let hot_rows = admin.lookup("hot", &users, false).await.unwrap();
+        expect_status(
+            data.push("hot", &users, &[vec![1e10f32; 2 * 4]]).await,
+            Code::InvalidArgument,
+            "feature `u`: the update would make row",
+        );
+        assert_eq!(
+            admin.lookup("hot", &users, false).await.unwrap(),
+            hot_rows,
+            "a refused overflowing push changed rows"
+        );
+        unchanged!(admin, before, "gRPC bad gradients");
     });
 }
 
@@ -345,6 +371,7 @@ fn bytes_that_are_not_protobuf_are_invalid_arguments() {
         let status = raw::call(
             f.server.grpc_url(),
             "/featmux.v1.EmbeddingService/Push",
+            Some(DATA),
             vec![0xff, 0xff, 0xff],
         )
         .await;
@@ -354,6 +381,33 @@ fn bytes_that_are_not_protobuf_are_invalid_arguments() {
             "{status:?}"
         );
         unchanged!(admin, before, "gRPC malformed protobuf");
+    });
+}
+
+/// Tokens are checked before a message is decoded (a message of garbage
+/// from a client without the right token is refused for its token, so an
+/// anonymous client cannot make the server decode hundreds of MiB).
+#[test]
+fn tokens_are_checked_before_the_message_is_decoded() {
+    run(async |f| {
+        let Fixture { admin, .. } = f;
+        let before = snapshot(admin).await;
+        let garbage = vec![0xff, 0xff, 0xff];
+        for (path, token) in [
+            ("/featmux.v1.EmbeddingService/Lookup", None),
+            ("/featmux.v1.EmbeddingService/Push", Some("nope")),
+            ("/featmux.v1.AdminService/CreateTable", None),
+            ("/featmux.v1.AdminService/CreateTable", Some(DATA)),
+        ] {
+            let status = raw::call(f.server.grpc_url(), path, token, garbage.clone()).await;
+            assert_eq!(status.code(), Code::Unauthenticated, "{path}: {status:?}");
+        }
+        let status = raw::train(f.server.grpc_url(), None, garbage.clone()).await;
+        assert_eq!(status.code(), Code::Unauthenticated, "Train: {status:?}");
+        // With the right token the same bytes reach the decoder.
+        let status = raw::train(f.server.grpc_url(), Some(DATA), garbage).await;
+        assert_eq!(status.code(), Code::InvalidArgument, "Train: {status:?}");
+        unchanged!(admin, before, "gRPC unauthenticated garbage");
     });
 }
 
@@ -459,7 +513,7 @@ mod raw {
     }
 
     /// Calls `path` with `body`; the status the server answered.
-    pub async fn call(url: String, path: &'static str, body: Vec<u8>) -> Status {
+    async fn grpc(url: String) -> tonic::client::Grpc<tonic::transport::Channel> {
         let channel = tonic::transport::Endpoint::from_shared(url)
             .unwrap()
             .connect()
@@ -467,13 +521,51 @@ mod raw {
             .unwrap();
         let mut grpc = tonic::client::Grpc::new(channel);
         grpc.ready().await.unwrap();
+        grpc
+    }
+
+    fn with_token<T>(body: T, token: Option<&str>) -> tonic::Request<T> {
         let mut request = tonic::Request::new(body);
+        if let Some(token) = token {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
         request
-            .metadata_mut()
-            .insert("authorization", "Bearer dat".parse().unwrap());
+    }
+
+    /// Calls `path` with `body` and `token`; the status the server answered.
+    pub async fn call(
+        url: String,
+        path: &'static str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> Status {
         let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
-        grpc.unary(request, path, RawCodec)
+        grpc(url)
+            .await
+            .unary(with_token(body, token), path, RawCodec)
             .await
             .expect_err("refused")
+    }
+
+    /// Opens the `Train` stream with one raw message; the status the server
+    /// answered (at the call or as the stream's first item).
+    pub async fn train(url: String, token: Option<&str>, body: Vec<u8>) -> Status {
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+            "/featmux.v1.EmbeddingService/Train",
+        );
+        let messages = tokio_stream::iter([body]);
+        match grpc(url)
+            .await
+            .streaming(with_token(messages, token), path, RawCodec)
+            .await
+        {
+            Err(status) => status,
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                stream.message().await.expect_err("refused")
+            }
+        }
     }
 }

@@ -5,6 +5,7 @@
 
 use featmux_tests::refusals::*;
 use featmux_tests::requests::Http;
+use featmux_tests::server::TestServer;
 use featmux_tests::unchanged;
 use serde_json::{json, Value};
 
@@ -201,6 +202,91 @@ fn http_admin_errors_use_the_same_statuses() {
         );
         unchanged!(admin, before, "HTTP admin errors");
     });
+}
+
+/// Path, routing and method refusals come back in the same JSON error body
+/// as every other refusal, with the status a client expects.
+#[test]
+fn every_refusal_uses_the_api_error_body() {
+    run(async |f| {
+        let Fixture { admin, http, .. } = f;
+        let before = snapshot(admin).await;
+        expect_http(
+            http.post("/v1/checkpoints/abc/restore", ADMIN, json!({"table": "t"}))
+                .await,
+            400,
+            "abc",
+        );
+        expect_http(
+            http.send(
+                reqwest::Method::DELETE,
+                "/v1/checkpoints/-1",
+                Some(ADMIN),
+                None,
+            )
+            .await,
+            400,
+            "-1",
+        );
+        expect_http(http.get("/v1/nothing/here").await, 404, "/v1/nothing/here");
+        expect_http(
+            http.send(reqwest::Method::PUT, "/v1/tables", Some(ADMIN), None)
+                .await,
+            405,
+            "PUT",
+        );
+        unchanged!(admin, before, "HTTP path and method refusals");
+    });
+}
+
+/// `/metrics` names tables and their sizes: with tokens configured it needs
+/// one (either token), unless the operator opts out with
+/// `auth.public_metrics`.
+#[test]
+fn metrics_need_a_token_when_tokens_are_configured() {
+    run(async |f| {
+        let Fixture { http, .. } = f;
+        expect_http(
+            http.send(reqwest::Method::GET, "/metrics", None, None)
+                .await,
+            401,
+            "missing",
+        );
+        expect_http(
+            http.send(reqwest::Method::GET, "/metrics", Some("nope"), None)
+                .await,
+            401,
+            "wrong token",
+        );
+        for token in [ADMIN, DATA] {
+            let (status, text) = http
+                .send(reqwest::Method::GET, "/metrics", Some(token), None)
+                .await;
+            assert_eq!(status, 200, "{text}");
+            assert!(text.as_str().unwrap().contains("featmux_"), "{text}");
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut opted_out = settings();
+    opted_out.extra_toml = opted_out
+        .extra_toml
+        .replace("[auth]\n", "[auth]\npublic_metrics = true\n");
+    let server = TestServer::start(&dir.path().join("data"), &opted_out);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let http = Http::new(reqwest::Client::new(), server.http_url(), ADMIN);
+        let (status, text) = http
+            .send(reqwest::Method::GET, "/metrics", None, None)
+            .await;
+        assert_eq!(status, 200, "{text}");
+        expect_http(
+            http.send(reqwest::Method::GET, "/v1/tables", None, None)
+                .await,
+            401,
+            "missing",
+        );
+    });
+    assert!(server.stop().success());
 }
 
 async fn lookup_with(http: &Http, token: &str) -> (u16, Value) {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 
@@ -15,7 +15,7 @@ use super::bodies::{
     AddFeaturesBody, CheckpointList, CreateTableBody, ErrorBody, ExplainBody, ExplainOutput,
     RestoreBody, TableList,
 };
-use super::{api_call, ApiJson};
+use super::{api_call, ApiJson, ApiPath};
 
 #[utoipa::path(get, path = "/v1/tables", tag = "admin",
     responses((status = 200, body = TableList), (status = 401, body = ErrorBody)),
@@ -54,7 +54,7 @@ pub(super) async fn create_table(
     security(("bearer" = [])))]
 pub(super) async fn get_table(
     State(shared): State<Arc<Shared>>,
-    Path(table): Path<String>,
+    ApiPath(table): ApiPath<String>,
 ) -> Result<Json<TableInfo>, ApiError> {
     api_call(&shared, move |api| api.table_info(&table))
         .await
@@ -67,7 +67,7 @@ pub(super) async fn get_table(
     security(("bearer" = [])))]
 pub(super) async fn drop_table(
     State(shared): State<Arc<Shared>>,
-    Path(table): Path<String>,
+    ApiPath(table): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     api_call(&shared, move |api| api.drop_table(&table))
         .await
@@ -82,7 +82,7 @@ pub(super) async fn drop_table(
     security(("bearer" = [])))]
 pub(super) async fn add_features(
     State(shared): State<Arc<Shared>>,
-    Path(table): Path<String>,
+    ApiPath(table): ApiPath<String>,
     ApiJson(body): ApiJson<AddFeaturesBody>,
 ) -> Result<Json<TableInfo>, ApiError> {
     api_call(&shared, move |api| api.add_features(&table, body.features))
@@ -98,7 +98,7 @@ pub(super) async fn add_features(
     security(("bearer" = [])))]
 pub(super) async fn explain(
     State(shared): State<Arc<Shared>>,
-    Path(table): Path<String>,
+    ApiPath(table): ApiPath<String>,
     ApiJson(body): ApiJson<ExplainBody>,
 ) -> Result<Json<ExplainOutput>, ApiError> {
     api_call(&shared, move |api| {
@@ -124,7 +124,7 @@ pub(super) async fn explain(
     security(("bearer" = [])))]
 pub(super) async fn table_stats(
     State(shared): State<Arc<Shared>>,
-    Path(table): Path<String>,
+    ApiPath(table): ApiPath<String>,
 ) -> Result<Json<TableStats>, ApiError> {
     api_call(&shared, move |api| api.table_stats(&table))
         .await
@@ -170,7 +170,7 @@ pub(super) async fn list_checkpoints(
     security(("bearer" = [])))]
 pub(super) async fn delete_checkpoint(
     State(shared): State<Arc<Shared>>,
-    Path(id): Path<u64>,
+    ApiPath(id): ApiPath<u64>,
 ) -> Result<StatusCode, ApiError> {
     api_call(&shared, move |api| api.delete_checkpoint(id))
         .await
@@ -184,7 +184,7 @@ pub(super) async fn delete_checkpoint(
     security(("bearer" = [])))]
 pub(super) async fn restore_checkpoint(
     State(shared): State<Arc<Shared>>,
-    Path(id): Path<u64>,
+    ApiPath(id): ApiPath<u64>,
     ApiJson(body): ApiJson<RestoreBody>,
 ) -> Result<Json<TableInfo>, ApiError> {
     api_call(&shared, move |api| {

@@ -4,13 +4,15 @@
 //!
 //! # Layout
 //!
-//! - this file: the router, its auth and metrics middleware, the JSON
-//!   extractor and the hop to the blocking pool;
+//! - this file: the router, its auth and metrics middleware and the hop
+//!   to the blocking pool;
+//! - [`extract`]: extractors that refuse in the API's error format;
 //! - [`bodies`]: request and response bodies; [`openapi`]: the document;
 //! - `serving`, `admin`, `operations`: the handlers.
 
 mod admin;
 pub mod bodies;
+mod extract;
 pub mod openapi;
 mod operations;
 mod serving;
@@ -18,43 +20,19 @@ mod serving;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::Router;
 
 use crate::auth::Role;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
 use crate::shared::Shared;
 
+use extract::{ApiJson, ApiPath};
 pub use openapi::openapi;
-
-/// A JSON body whose rejections (syntax, wrong shape, too large) come back
-/// in the API's error format with the right status.
-pub struct ApiJson<T>(pub T);
-
-impl<S: Send + Sync, T> FromRequest<S> for ApiJson<T>
-where
-    Json<T>: FromRequest<S, Rejection = JsonRejection>,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(ApiError::too_large(format!(
-                    "{} (limits.max_request_bytes)",
-                    rejection.body_text()
-                )))
-            }
-            Err(rejection) => Err(ApiError::invalid(rejection.body_text())),
-        }
-    }
-}
 
 pub(super) async fn api_call<T: Send + 'static>(
     shared: &Shared,
@@ -84,6 +62,33 @@ async fn require_admin(
 
 async fn require_data(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
     require(shared, Role::Data, request, next).await
+}
+
+async fn require_metrics(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    require(shared, Role::Metrics, request, next).await
+}
+
+/// No route has this path.
+async fn no_route(uri: Uri) -> ApiError {
+    ApiError::new(
+        ErrorKind::NotFound,
+        format!("no endpoint at {}; see /openapi.json", uri.path()),
+    )
+}
+
+/// The path exists but not with this method.
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        format!(
+            "{method} is not allowed on {}; see /openapi.json",
+            uri.path()
+        ),
+    )
 }
 
 /// Counts and times every request by route and status.
@@ -141,13 +146,21 @@ pub fn router(shared: Arc<Shared>, max_request_bytes: usize) -> Router {
     let data = Router::new()
         .route("/v1/tables/{table}/lookup", post(serving::lookup))
         .route_layer(middleware::from_fn_with_state(shared.clone(), require_data));
+    let metrics = Router::new()
+        .route("/metrics", get(operations::metrics))
+        .route_layer(middleware::from_fn_with_state(
+            shared.clone(),
+            require_metrics,
+        ));
     Router::new()
         .merge(admin)
         .merge(data)
-        .route("/metrics", get(operations::metrics))
+        .merge(metrics)
         .route("/healthz", get(operations::healthz))
         .route("/readyz", get(operations::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(max_request_bytes))
         .layer(middleware::from_fn_with_state(shared.clone(), track))
         .with_state(shared)

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 
 use crate::error::ApiError;
@@ -10,7 +10,7 @@ use crate::examples::{self};
 use crate::shared::Shared;
 
 use super::bodies::{ErrorBody, LookupBody, LookupOutput};
-use super::{api_call, ApiJson};
+use super::{api_call, ApiJson, ApiPath};
 
 /// Serving lookups of at most this many examples run on the async worker
 /// itself: they take tens of microseconds, less than the two thread
@@ -28,7 +28,7 @@ const INLINE_MAX_EXAMPLES: usize = 16;
     security(("bearer" = [])))]
 pub(super) async fn lookup(
     State(shared): State<Arc<Shared>>,
-    Path(table): Path<String>,
+    ApiPath(table): ApiPath<String>,
     ApiJson(body): ApiJson<LookupBody>,
 ) -> Result<Json<LookupOutput>, ApiError> {
     let body_is_small = body.examples.len() <= INLINE_MAX_EXAMPLES;
