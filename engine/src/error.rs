@@ -19,6 +19,12 @@ pub enum EngineError {
     /// A lookup or push batch is malformed for this feature.
     #[error("invalid batch for feature `{feature}`: {reason}")]
     InvalidBatch { feature: String, reason: String },
+    /// A batch has more (value, chunk) entries than the caller allows.
+    #[error(
+        "the batch has {entries} (value, chunk) entries (values × their features' chunks); \
+         the limit is {max} (limits.max_batch_values)"
+    )]
+    BatchTooLarge { entries: usize, max: usize },
     /// Gradients of a push do not match the batch or are not finite.
     #[error("invalid gradients for feature `{feature}`: {reason}")]
     InvalidGradients { feature: String, reason: String },

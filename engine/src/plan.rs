@@ -66,12 +66,32 @@ impl BatchPlan {
             .map(|o| o.feature.as_str())
     }
 
-    /// Validates `batch` against the table and resolves it to rows.
+    /// Validates `batch` against the table and resolves it to rows. A
+    /// batch of more than `max_entries` (value, chunk) entries is refused
+    /// before anything is allocated for it: what a batch costs is its
+    /// values times their features' chunks, not its values. Entries are
+    /// indexed with `u32`, so `max_entries` is capped at `u32::MAX`.
     pub fn build(
         table: &TableSpec,
         registry: &FeatureRegistry,
         batch: &Batch,
+        max_entries: usize,
     ) -> Result<Self, EngineError> {
+        let max_entries = max_entries.min(u32::MAX as usize);
+        let mut entries = 0usize;
+        for fb in &batch.features {
+            let chunks = registry
+                .get(&fb.feature)
+                .ok_or_else(|| EngineError::UnknownFeature(fb.feature.clone()))?
+                .chunks as usize;
+            entries = entries.saturating_add(fb.values.len().saturating_mul(chunks));
+        }
+        if entries > max_entries {
+            return Err(EngineError::BatchTooLarge {
+                entries,
+                max: max_entries,
+            });
+        }
         let mut plan = BatchPlan {
             gather: GatherPlan::default(),
             outputs: Vec::with_capacity(batch.features.len()),

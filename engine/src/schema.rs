@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::StorageSpec;
 use crate::error::EngineError;
 use crate::init::{Initializer, MAX_CHUNK_DIM};
 use crate::optimizer::Optimizer;
@@ -53,6 +54,23 @@ impl TableSpec {
             initializer: Initializer::default(),
             optimizer: Optimizer::default(),
         }
+    }
+
+    /// What a backend needs to create this table's storage.
+    pub fn storage(&self) -> StorageSpec {
+        StorageSpec {
+            rows: self.rows,
+            dim: self.chunk_dim,
+            seed: self.seed,
+            initializer: self.initializer,
+            optimizer: self.optimizer,
+        }
+    }
+
+    /// Bytes the dense table and its optimizer state take in memory (what a
+    /// memory budget reserves before creating it); `None` past `u64`.
+    pub fn memory_bytes(&self) -> Option<u64> {
+        self.storage().memory_bytes()
     }
 
     /// Checks every field; the error names the first one that is wrong.

@@ -8,7 +8,7 @@
 
 use parking_lot::RwLock;
 
-use crate::backend::{self, Backend, BackendKind, StorageSpec};
+use crate::backend::{self, Backend, BackendKind};
 use crate::batch::{Batch, FeatureEmbeddings, Values};
 use crate::dirty::DirtyRows;
 use crate::error::EngineError;
@@ -52,15 +52,8 @@ impl Table {
         backend: BackendKind,
     ) -> Result<Self, EngineError> {
         spec.validate()?;
-        let storage = StorageSpec {
-            rows: spec.rows,
-            dim: spec.chunk_dim,
-            seed: spec.seed,
-            initializer: spec.initializer,
-            optimizer: spec.optimizer,
-        };
         Ok(Table {
-            backend: backend::create(backend, storage)?,
+            backend: backend::create(backend, spec.storage())?,
             registry: RwLock::new(registry),
             registration: parking_lot::Mutex::new(()),
             dirty: DirtyRows::new(spec.rows),
@@ -85,23 +78,28 @@ impl Table {
 
     /// Registers a feature; it gets the next salt and, if partitioned, a slice.
     pub fn add_feature(&self, spec: FeatureSpec) -> Result<Feature, EngineError> {
-        self.add_feature_with(spec, |_| Ok::<(), EngineError>(()))
+        let mut added = self.add_features_with(vec![spec], |_| Ok::<(), EngineError>(()))?;
+        Ok(added.remove(0))
     }
 
-    /// Registers a feature, calling `persist` with the new registry before
-    /// anyone can use it: if `persist` fails, the feature does not exist.
-    /// That is how registration becomes durable before it is acknowledged.
-    pub fn add_feature_with<E: From<EngineError>>(
+    /// Registers features, all or none, calling `persist` with the new
+    /// registry before anyone can use them: if `persist` fails, none of them
+    /// exists. That is how registration becomes durable before it is
+    /// acknowledged.
+    pub fn add_features_with<E: From<EngineError>>(
         &self,
-        spec: FeatureSpec,
+        specs: Vec<FeatureSpec>,
         persist: impl FnOnce(&FeatureRegistry) -> Result<(), E>,
-    ) -> Result<Feature, E> {
+    ) -> Result<Vec<Feature>, E> {
         let _serial = self.registration.lock();
         let mut next = self.registry.read().clone();
-        let feature = next.register(spec, self.spec.rows)?;
+        let added = specs
+            .into_iter()
+            .map(|spec| next.register(spec, self.spec.rows))
+            .collect::<Result<Vec<_>, _>>()?;
         persist(&next)?;
         *self.registry.write() = next;
-        Ok(feature)
+        Ok(added)
     }
 
     /// A copy of the registry (what persistence stores).
@@ -116,7 +114,17 @@ impl Table {
 
     /// Validates and hashes a batch (reusable for the matching push).
     pub fn plan(&self, batch: &Batch) -> Result<BatchPlan, EngineError> {
-        BatchPlan::build(&self.spec, &self.registry.read(), batch)
+        self.plan_bounded(batch, usize::MAX)
+    }
+
+    /// [`Self::plan`], refusing a batch of more than `max_entries` (value,
+    /// chunk) entries before allocating for it (a service's limit).
+    pub fn plan_bounded(
+        &self,
+        batch: &Batch,
+        max_entries: usize,
+    ) -> Result<BatchPlan, EngineError> {
+        BatchPlan::build(&self.spec, &self.registry.read(), batch, max_entries)
     }
 
     /// Looks up a batch: one pooled `[rows, chunks*chunk_dim]` block per

@@ -344,3 +344,47 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     t.push(&ok_batch, &[grads_ok.clone(), grads_ok]).unwrap();
     assert!(all_rows(&t) != before);
 }
+
+/// A batch costs its values times their features' chunks: planning refuses
+/// more entries than asked before allocating them, and never more than the
+/// `u32` entry indices can address (4M values of a 1,024-chunk feature used
+/// to plan 2^32 entries, 64 GB, whose index truncated to 0).
+#[test]
+fn planning_bounds_values_times_chunks_before_allocating() {
+    let t = Table::create(TableSpec::new("t", 1000, 4), BackendKind::Cpu).unwrap();
+    t.add_feature(FeatureSpec::new("wide").chunks(4)).unwrap();
+    t.add_feature(
+        FeatureSpec::new("huge")
+            .chunks(1024)
+            .value_type(ValueType::Int64),
+    )
+    .unwrap();
+    let three = Batch::new(vec![FeatureBatch::strings(
+        "wide",
+        ["a", "b", "c"],
+        vec![3],
+    )]);
+    t.plan_bounded(&three, 12).unwrap();
+    match t.plan_bounded(&three, 11) {
+        Err(EngineError::BatchTooLarge {
+            entries: 12,
+            max: 11,
+        }) => {}
+        other => panic!("3 values × 4 chunks under a limit of 11: {other:?}"),
+    }
+    let values = 1usize << 22;
+    let huge = Batch::new(vec![FeatureBatch::int64(
+        "huge",
+        vec![0; values],
+        vec![values as u32],
+    )]);
+    match t.plan(&huge) {
+        Err(EngineError::BatchTooLarge { entries, max }) => {
+            assert_eq!((entries, max), (1 << 32, u32::MAX as usize));
+        }
+        other => panic!(
+            "2^32 entries were planned: {:?}",
+            other.map(|p| p.gather.rows.len())
+        ),
+    }
+}

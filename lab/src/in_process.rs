@@ -45,11 +45,9 @@ impl InProcess {
             table: name.clone(),
         };
         let spec = convert::table_spec_from_pb(Some(table))?;
-        let catalog = engine.catalog();
-        catalog.create_table(spec)?;
-        for feature in convert::feature_specs_from_pb(features)? {
-            catalog.add_feature(&name, feature)?;
-        }
+        engine
+            .catalog()
+            .create_table(spec, convert::feature_specs_from_pb(features)?)?;
         Ok(engine)
     }
 

@@ -383,12 +383,21 @@ impl ServerConfig {
         })
     }
 
+    /// The memory budget: `limits.max_memory_bytes`, or 80 % of the
+    /// machine's (or the cgroup's) memory; `None` where neither is known.
+    pub fn memory_budget(&self) -> Option<u64> {
+        self.limits
+            .max_memory_bytes
+            .or_else(|| crate::machine::available_memory().map(crate::machine::default_budget))
+    }
+
     /// Catalog options from this configuration.
     pub fn catalog_options(&self) -> Result<CatalogOptions, ConfigError> {
         Ok(CatalogOptions {
             backend: self.backend_kind()?,
             flush_interval: Duration::from_millis(self.storage.flush_interval_ms),
             max_dirty_rows: self.storage.max_dirty_rows,
+            max_memory_bytes: self.memory_budget(),
             ..CatalogOptions::default()
         })
     }

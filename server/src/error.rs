@@ -100,6 +100,7 @@ impl From<EngineError> for ApiError {
             | EngineError::InvalidBatch { .. }
             | EngineError::InvalidGradients { .. }
             | EngineError::NonFiniteUpdate { .. } => ErrorKind::InvalidArgument,
+            EngineError::BatchTooLarge { .. } => ErrorKind::TooLarge,
             EngineError::Backend { .. } => ErrorKind::Internal,
         };
         ApiError::new(kind, e.to_string())
@@ -117,6 +118,7 @@ impl From<CatalogError> for ApiError {
             CatalogError::TableReplaced(_) | CatalogError::ReadOnly => {
                 ErrorKind::FailedPrecondition
             }
+            CatalogError::OverBudget(_) => ErrorKind::TooLarge,
             CatalogError::Store(StoreError::DiskFull { .. }) => ErrorKind::Unavailable,
             CatalogError::Store(_) => ErrorKind::Internal,
         };

@@ -3,6 +3,9 @@
 //! example or one concatenated vector per example (what a serving model
 //! consumes, in the table's feature order).
 
+use std::collections::BTreeMap;
+
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::error::{ApiError, ErrorKind};
@@ -70,10 +73,35 @@ pub fn feature_batch(feature: &Feature, examples: &[Example]) -> Result<FeatureB
     })
 }
 
+/// The (value, chunk) entries `examples` ask for: what a lookup of them
+/// costs, counted before anything is built for them (unknown features
+/// count nothing here; [`batch`] refuses them).
+pub fn entries(features: &[Feature], examples: &[Example]) -> usize {
+    examples
+        .iter()
+        .flat_map(|example| example.iter())
+        .filter_map(|(name, value)| {
+            let feature = features.iter().find(|f| &f.name == name)?;
+            let values = match value {
+                Value::Null => 0,
+                Value::Array(items) => items.len(),
+                _ => 1,
+            };
+            Some(values.saturating_mul(feature.chunks as usize))
+        })
+        .fold(0, usize::saturating_add)
+}
+
 /// The batch for `examples`: every feature of `features` that some
 /// example mentions (all of them when `all` is set), in table order.
-/// Unknown feature names are refused.
-pub fn batch(features: &[Feature], examples: &[Example], all: bool) -> Result<Batch, ApiError> {
+/// Unknown feature names are refused, and so are more than `max_bags`
+/// (example, feature) bags, before the per-feature lengths are built.
+pub fn batch(
+    features: &[Feature],
+    examples: &[Example],
+    all: bool,
+    max_bags: usize,
+) -> Result<Batch, ApiError> {
     for (i, example) in examples.iter().enumerate() {
         if let Some(name) = example
             .keys()
@@ -85,18 +113,38 @@ pub fn batch(features: &[Feature], examples: &[Example], all: bool) -> Result<Ba
             ));
         }
     }
-    let used = features
+    let used: Vec<&Feature> = features
         .iter()
-        .filter(|f| all || examples.iter().any(|e| e.contains_key(&f.name)));
+        .filter(|f| all || examples.iter().any(|e| e.contains_key(&f.name)))
+        .collect();
+    let bags = examples.len().saturating_mul(used.len());
+    if bags > max_bags {
+        return Err(ApiError::too_large(format!(
+            "{} examples × {} features = {bags} (example, feature) bags; the limit is \
+             {max_bags} (limits.max_batch_values)",
+            examples.len(),
+            used.len()
+        )));
+    }
     Ok(Batch::new(
-        used.map(|f| feature_batch(f, examples))
+        used.into_iter()
+            .map(|f| feature_batch(f, examples))
             .collect::<Result<_, _>>()?,
     ))
 }
 
-fn floats(row: &[f32]) -> Value {
-    Value::Array(row.iter().map(|&x| Value::from(x)).collect())
+/// One feature's output for one example: a vector, or for features with
+/// `none` pooling one vector per value. Serialized straight from the
+/// floats (a `serde_json::Value` per float took 8× the memory).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ExampleEmbedding {
+    Pooled(Vec<f32>),
+    PerValue(Vec<Vec<f32>>),
 }
+
+/// One example's outputs, by feature name.
+pub type ExampleOutput = BTreeMap<String, ExampleEmbedding>;
 
 /// One object per example: feature → vector (a list of vectors for
 /// features with `none` pooling).
@@ -105,23 +153,30 @@ pub fn per_example(
     lengths: &[Vec<u32>],
     embeddings: &[FeatureEmbeddings],
     examples: usize,
-) -> Vec<Value> {
-    let mut out = vec![Map::new(); examples];
+) -> Vec<ExampleOutput> {
+    let mut out = vec![ExampleOutput::new(); examples];
     for ((feature, lengths), block) in features.iter().zip(lengths).zip(embeddings) {
         let rows = block.data.chunks_exact(block.width.max(1));
         if feature.pooling == Pooling::None {
             let mut rows = rows;
             for (example, &n) in out.iter_mut().zip(lengths) {
-                let bag: Vec<Value> = rows.by_ref().take(n as usize).map(floats).collect();
-                example.insert(block.feature.clone(), Value::Array(bag));
+                let bag = rows
+                    .by_ref()
+                    .take(n as usize)
+                    .map(<[f32]>::to_vec)
+                    .collect();
+                example.insert(block.feature.clone(), ExampleEmbedding::PerValue(bag));
             }
         } else {
             for (example, row) in out.iter_mut().zip(rows) {
-                example.insert(block.feature.clone(), floats(row));
+                example.insert(
+                    block.feature.clone(),
+                    ExampleEmbedding::Pooled(row.to_vec()),
+                );
             }
         }
     }
-    out.into_iter().map(Value::Object).collect()
+    out
 }
 
 /// One concatenated vector per example, features in batch (= table) order.
@@ -179,7 +234,7 @@ mod tests {
             feature("unused", ValueType::String, Pooling::Sum),
         ];
         let ex = examples(json!([{"u": "a", "n": [1, 2]}, {"n": null}, {"u": ["b", "c"]}]));
-        let b = batch(&features, &ex, false).unwrap();
+        let b = batch(&features, &ex, false, 100).unwrap();
         assert_eq!(
             b.features.len(),
             2,
@@ -192,7 +247,12 @@ mod tests {
         assert_eq!(b.features[0].lengths, vec![1, 0, 2]);
         assert_eq!(b.features[1].values, Values::Int64(vec![1, 2]));
         assert_eq!(b.features[1].lengths, vec![2, 0, 0]);
-        assert_eq!(batch(&features, &ex, true).unwrap().features.len(), 3);
+        assert_eq!(batch(&features, &ex, true, 100).unwrap().features.len(), 3);
+        assert_eq!(entries(&features, &ex), 5);
+        // 3 examples × 3 features = 9 bags, refused before they are built.
+        let err = batch(&features, &ex, true, 8).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::TooLarge);
+        assert!(err.message.contains("9 (example, feature) bags"), "{err}");
     }
 
     #[test]
@@ -202,13 +262,14 @@ mod tests {
             &features,
             &examples(json!([{"n": 1}, {"n": [2, 2.5]}])),
             false,
+            100,
         )
         .unwrap_err();
         assert_eq!(
             err.message,
             "example 1, feature `n`: expected a 64-bit integer (or a list of them), got 2.5"
         );
-        let err = batch(&features, &examples(json!([{"m": 1}])), false).unwrap_err();
+        let err = batch(&features, &examples(json!([{"m": 1}])), false, 100).unwrap_err();
         assert_eq!(err.kind, ErrorKind::NotFound);
         assert!(err.message.contains("`m`"));
         let none = [feature("seq", ValueType::String, Pooling::None)];
@@ -239,6 +300,7 @@ mod tests {
             },
         ];
         let out = per_example(&features, &[vec![1, 1], vec![2, 1]], &blocks, 2);
+        let out = serde_json::to_value(out).unwrap();
         assert_eq!(out[0], json!({"a": [1.0, 2.0], "s": [[5.0], [6.0]]}));
         assert_eq!(out[1], json!({"a": [3.0, 4.0], "s": [[7.0]]}));
         let flat = concatenated(&blocks[..1], 2);

@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the TOML file, environment and flags, validated at start-up.
+//! - [`config`]: the TOML file, environment and flags, validated at start-up;
+//!   [`machine`]: the memory the default memory budget comes from.
 //! - [`startup`]: binding the listeners and spawning the transports;
 //!   [`lifecycle`]: recovery, serving, draining and the final flush.
 //! - [`shared`]: what both transports share (operations, tokens, metrics).
@@ -15,7 +16,8 @@
 //! - [`grpc`], [`http`]: the transports; [`convert`] (protobuf) and
 //!   [`examples`] (JSON examples) their message formats; [`codec`] maps
 //!   tonic's own refusals to ours.
-//! - [`auth`]: bearer tokens, compared in constant time.
+//! - [`auth`]: bearer tokens, compared in constant time (gRPC calls are
+//!   checked before their message is decoded: [`grpc::auth`]).
 //! - [`tickets`]: planned lookups kept for the matching push.
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`error`]: the service's error type and its gRPC/HTTP mapping.
@@ -32,6 +34,7 @@ pub mod grpc;
 pub mod http;
 pub mod lifecycle;
 pub mod logging;
+pub mod machine;
 pub mod metrics;
 pub mod shared;
 pub mod startup;

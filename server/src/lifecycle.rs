@@ -64,10 +64,13 @@ pub(crate) async fn run(
     let _ = shared.api.set(api);
     // Only now: whoever waits for this line (an operator, a test, a script)
     // finds `/readyz` answering 200.
+    let (budget, reserved) = catalog.memory();
     info!(
         tables = report.tables,
         rows_loaded = report.rows_loaded,
         load_ms = started.elapsed().as_millis() as u64,
+        memory_budget_bytes = budget,
+        memory_reserved_bytes = reserved,
         "ready"
     );
 

@@ -1,6 +1,7 @@
 //! Prometheus metrics: request counts and latency per transport, endpoint
 //! and status, rows looked up and updated, and gauges read from the catalog
-//! at scrape time (dirty rows, flush lag, table bytes, database size).
+//! at scrape time (dirty rows, flush lag, table bytes, database size, the
+//! memory budget).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -31,6 +32,8 @@ pub struct Metrics {
     live_tickets: IntGauge,
     dirty_rows: IntGaugeVec,
     table_bytes: IntGaugeVec,
+    memory_budget_bytes: IntGauge,
+    memory_reserved_bytes: IntGauge,
 }
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
@@ -117,6 +120,14 @@ impl Metrics {
                 "featmux_table_bytes",
                 "Bytes of weights and optimizer state in memory",
             ),
+            memory_budget_bytes: gauge(
+                "featmux_memory_budget_bytes",
+                "Memory all tables may hold (limits.max_memory_bytes)",
+            ),
+            memory_reserved_bytes: gauge(
+                "featmux_memory_reserved_bytes",
+                "Memory the tables hold against the budget",
+            ),
             registry,
         }
     }
@@ -166,6 +177,9 @@ impl Metrics {
         gauge(&self.flush_failures, flush.failures.load(Ordering::Relaxed));
         gauge(&self.database_bytes, catalog.database_bytes());
         gauge(&self.live_tickets, api.live_tickets() as u64);
+        let (limit, reserved) = catalog.memory();
+        gauge(&self.memory_budget_bytes, limit.unwrap_or(u64::MAX));
+        gauge(&self.memory_reserved_bytes, reserved);
         self.dirty_rows.reset();
         self.table_bytes.reset();
         for table in api.list_tables() {

@@ -44,7 +44,7 @@ fn main() {
     let mut bytes = 0;
     {
         let (catalog, _) = Catalog::open(dir.path(), options).unwrap();
-        let table = catalog.create_table(spec).unwrap();
+        let table = catalog.create_table(spec, Vec::new()).unwrap();
         for _ in 0..RUNS {
             table.dirty().mark(&touched);
             let started = Instant::now();

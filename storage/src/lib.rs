@@ -11,10 +11,12 @@
 //! - [`store`]: the RocksDB database: opening (with migrations and the
 //!   checks that keep foreign, newer or locked directories safe), column
 //!   families, typed atomic writes.
+//! - [`budget`]: the memory budget every table allocation reserves from.
 //! - [`flusher`]: the background thread that persists dirty rows.
 //! - [`catalog`]: the tables of a data directory: open and recovery,
 //!   configuration changes, flushes, checkpoints.
 
+pub mod budget;
 pub mod catalog;
 pub mod flusher;
 pub mod store;

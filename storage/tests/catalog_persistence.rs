@@ -42,7 +42,7 @@ fn spec(name: &str) -> TableSpec {
 
 fn with_table(dir: &Path, name: &str) -> Catalog {
     let catalog = open(dir);
-    catalog.create_table(spec(name)).unwrap();
+    catalog.create_table(spec(name), Vec::new()).unwrap();
     catalog
         .add_feature(name, FeatureSpec::new("id").value_type(ValueType::Int64))
         .unwrap();
@@ -126,10 +126,10 @@ fn a_fresh_directory_is_migrated_and_migrate_is_idempotent() {
 fn config_changes_are_durable_and_refused_ones_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = with_table(dir.path(), "t");
-    catalog.create_table(spec("gone")).unwrap();
+    catalog.create_table(spec("gone"), Vec::new()).unwrap();
     catalog.drop_table("gone").unwrap();
     assert!(matches!(
-        catalog.create_table(spec("t")),
+        catalog.create_table(spec("t"), Vec::new()),
         Err(CatalogError::TableExists(_))
     ));
     let err = catalog
@@ -173,7 +173,7 @@ fn a_checkpoint_holds_exactly_the_pushes_up_to_its_version_under_concurrent_load
         optimizer: Optimizer::Sgd { lr: 1.0 },
         ..TableSpec::new("c", 64, 2)
     };
-    catalog.create_table(counting).unwrap();
+    catalog.create_table(counting, Vec::new()).unwrap();
     catalog
         .add_feature("c", FeatureSpec::new("id").value_type(ValueType::Int64))
         .unwrap();
@@ -258,7 +258,7 @@ fn checkpoints_restore_clone_serve_read_only_and_delete() {
         Err(CatalogError::ReadOnly)
     ));
     assert!(matches!(
-        serving.create_table(spec("x")),
+        serving.create_table(spec("x"), Vec::new()),
         Err(CatalogError::ReadOnly)
     ));
     drop(serving);
@@ -445,7 +445,7 @@ fn a_full_disk_is_reported_and_loses_no_acknowledged_configuration() {
         };
         let (catalog, _) = Catalog::open(dir.path(), options).unwrap();
         let big = TableSpec::new("big", 400_000, 16);
-        catalog.create_table(big).unwrap();
+        catalog.create_table(big, Vec::new()).unwrap();
         catalog
             .add_feature("big", FeatureSpec::new("id").value_type(ValueType::Int64))
             .unwrap();
@@ -463,7 +463,7 @@ fn a_full_disk_is_reported_and_loses_no_acknowledged_configuration() {
             400_000,
             "unwritten rows stay dirty for the next try"
         );
-        let refused = catalog.create_table(spec("later"));
+        let refused = catalog.create_table(spec("later"), Vec::new());
         assert!(refused.is_err(), "a config change on a full disk must fail");
         assert_eq!(
             catalog.table_names(),

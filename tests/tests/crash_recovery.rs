@@ -194,7 +194,9 @@ fn verify(dir: &Path, round: u64, heard: Heard, start: &RowData, exact: bool) ->
 
 fn prepare(dir: &Path) -> RowData {
     let (catalog, _) = Catalog::open(dir, CatalogOptions::default()).unwrap();
-    let table = catalog.create_table(crash::table_spec()).unwrap();
+    let table = catalog
+        .create_table(crash::table_spec(), Vec::new())
+        .unwrap();
     catalog
         .add_feature(crash::TABLE, crash::feature_spec())
         .unwrap();

@@ -350,6 +350,21 @@ fn requests_over_the_limits_are_resource_exhausted() {
             Code::ResourceExhausted,
             "max_message_bytes",
         );
+        // 300 values of a 4-chunk feature are 1,200 (value, chunk) entries:
+        // over the limit of 1,000 although the values are not.
+        let wide_bag = pb::Batch {
+            features: vec![column("w", &["a"; 300], vec![300])],
+        };
+        expect_status(
+            data.lookup("wide", &wide_bag, false).await,
+            Code::ResourceExhausted,
+            "1200 (value, chunk) entries",
+        );
+        expect_status(
+            data.push("wide", &wide_bag, &[vec![0.0; 256]]).await,
+            Code::ResourceExhausted,
+            "1200 (value, chunk) entries",
+        );
         // 100 examples × 1 KiB of embeddings > the 64 KiB message limit.
         let wide = pb::Batch {
             features: vec![column("w", &["a"; 100], vec![1; 100])],

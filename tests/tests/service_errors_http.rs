@@ -80,6 +80,48 @@ fn http_serving_errors_use_the_same_statuses() {
             413,
             "split the batch",
         );
+        // As JSON, 20 examples × 256 floats (up to 16 bytes each) are over
+        // the 64 KiB message limit although their 20 KiB of floats are not.
+        let json_examples: Vec<Value> = (0..20).map(|_| json!({"w": "a"})).collect();
+        expect_http(
+            http.post(
+                "/v1/tables/wide/lookup",
+                DATA,
+                json!({"examples": json_examples}),
+            )
+            .await,
+            413,
+            "5120 floats",
+        );
+        // Values × chunks, before anything is built: 300 × 4 = 1,200.
+        expect_http(
+            http.post(
+                "/v1/tables/wide/lookup",
+                DATA,
+                json!({"examples": [{"w": vec!["a"; 300]}]}),
+            )
+            .await,
+            413,
+            "1200 (value, chunk) entries",
+        );
+        expect_http(
+            http.post(
+                "/v1/tables/wide/explain",
+                ADMIN,
+                json!({"features": {"w": vec!["a"; 300]}}),
+            )
+            .await,
+            413,
+            "1200 (value, chunk) rows",
+        );
+        // 5,000 empty examples × 2 features: refused before the per-feature
+        // lengths are built.
+        let empty: Vec<Value> = (0..5000).map(|_| json!({})).collect();
+        expect_http(
+            lookup(json!({"examples": empty, "concat": true})).await,
+            413,
+            "10000 (example, feature) bags",
+        );
         let long = "y".repeat(20_000);
         expect_http(
             lookup(json!({"examples": [{"u": long}]})).await,

@@ -20,7 +20,8 @@ fn examples_batch(info: &TableInfo, examples: &[String]) -> anyhow::Result<pb::B
         })
         .collect::<anyhow::Result<Vec<examples::Example>>>()?;
     let features: Vec<_> = info.features.iter().map(FeatureInfo::feature).collect();
-    let batch = examples::batch(&features, &examples, false)?;
+    // The server enforces its own limit; the CLI builds what it was given.
+    let batch = examples::batch(&features, &examples, false, usize::MAX)?;
     Ok(batch_to_pb(batch))
 }
 

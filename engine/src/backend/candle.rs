@@ -59,7 +59,7 @@ impl CandleBackend {
                 EngineError::invalid("rows", format!("{} rows do not fit in memory", spec.rows))
             })?;
         let d = spec.dim;
-        let mut host = vec![0.0f32; rows * d];
+        let mut host = super::try_zeroed_floats(rows * d, "the table")?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let rows_per_thread = rows.div_ceil(threads).max(1);
         std::thread::scope(|scope| {
@@ -73,7 +73,11 @@ impl CandleBackend {
         let state = if state_width == 0 {
             None
         } else {
-            let initial = spec.optimizer.initial_state(d).repeat(rows);
+            let row = spec.optimizer.initial_state(d);
+            let mut initial = super::try_zeroed_floats(rows * state_width, "the optimizer state")?;
+            for chunk in initial.chunks_exact_mut(state_width) {
+                chunk.copy_from_slice(&row);
+            }
             Some(Tensor::from_vec(initial, (rows, state_width), &device).map_err(backend_error)?)
         };
         Ok(CandleBackend {

@@ -57,8 +57,12 @@ unsafe impl Sync for RowArray {}
 impl RowArray {
     /// Allocates `rows` rows of `width` floats and lets `fill(first_row, part)`
     /// initialise them, in parallel over all cores.
-    fn new(rows: usize, width: usize, fill: impl Fn(u64, &mut [f32]) + Sync) -> Self {
-        let mut values = vec![0.0f32; rows * width];
+    fn new(
+        rows: usize,
+        width: usize,
+        fill: impl Fn(u64, &mut [f32]) + Sync,
+    ) -> Result<Self, EngineError> {
+        let mut values = super::try_zeroed_floats(rows * width, "the table")?;
         advise_huge_pages(&mut values);
         if width > 0 {
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -80,10 +84,10 @@ impl RowArray {
                 values.capacity(),
             )
         };
-        RowArray {
+        Ok(RowArray {
             cells: cells.into_boxed_slice(),
             width,
-        }
+        })
     }
 
     /// Asks the CPU to start loading `row` into its cache. Batches read rows
@@ -196,12 +200,12 @@ impl CpuBackend {
         let initial_state = spec.optimizer.initial_state(spec.dim);
         let weights = RowArray::new(rows, spec.dim, |first, part| {
             spec.initializer.fill_rows(spec.seed, first, spec.dim, part)
-        });
+        })?;
         let state = RowArray::new(rows, initial_state.len(), |_, part| {
             for row in part.chunks_exact_mut(initial_state.len()) {
                 row.copy_from_slice(&initial_state);
             }
-        });
+        })?;
         Ok(CpuBackend {
             spec,
             weights,

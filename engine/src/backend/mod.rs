@@ -287,6 +287,32 @@ impl RowData {
     }
 }
 
+/// `len` zeroed floats, or an error where the allocator refuses: a table's
+/// size comes from a client, and a failed allocation must refuse the
+/// request, not abort the process. Zeroed pages come from the kernel
+/// lazily (calloc), so this costs no pass over the memory.
+pub(crate) fn try_zeroed_floats(len: usize, what: &str) -> Result<Vec<f32>, EngineError> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let refused = || EngineError::Backend {
+        backend: "memory",
+        reason: format!(
+            "cannot allocate {what}: {len} floats ({} bytes)",
+            len as u128 * 4
+        ),
+    };
+    let layout = std::alloc::Layout::array::<f32>(len).map_err(|_| refused())?;
+    // SAFETY: the layout's size is non-zero (len > 0).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<f32>();
+    if ptr.is_null() {
+        return Err(refused());
+    }
+    // SAFETY: `ptr` was allocated by the global allocator with the layout of
+    // `len` f32s, and all-zero bytes are a valid f32 (0.0).
+    Ok(unsafe { Vec::from_raw_parts(ptr, len, len) })
+}
+
 /// Checks row indices against the table before any backend touches memory.
 pub(crate) fn check_rows(spec: &StorageSpec, rows: &[u64]) -> Result<(), EngineError> {
     match rows.iter().find(|&&r| r >= spec.rows) {

@@ -14,6 +14,8 @@ use prometheus::IntCounter;
 use crate::error::ApiError;
 use crate::tickets::{Ticket, TicketCache};
 use featmux_engine::batch::{Batch, FeatureEmbeddings, Values};
+use featmux_engine::error::EngineError;
+use featmux_engine::plan::BatchPlan;
 use featmux_engine::registry::Feature;
 use featmux_engine::schema::{FeatureSpec, TableSpec};
 use featmux_engine::table::{PushSummary, Table};
@@ -27,12 +29,31 @@ pub use types::{
 /// Request-size limits; a request over one is refused, changing nothing.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Most values in one batch, summed over its features; also bounds
+    /// Most (value, chunk) entries in one batch, summed over its features
+    /// (a value of a 4-chunk feature counts 4); also bounds values and
     /// examples × features.
     pub max_batch_values: usize,
     /// Most embedding bytes one lookup may return (the gRPC message limit,
     /// `limits.max_message_bytes`); checked on the plan, before gathering.
     pub max_output_bytes: usize,
+}
+
+/// How a lookup's embeddings travel: what bounds the response's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// Raw little-endian floats (gRPC): 4 bytes each.
+    Binary,
+    /// JSON numbers: up to 16 bytes each (`-1.2345678e-12,`).
+    Json,
+}
+
+impl Encoding {
+    fn bytes_per_float(self) -> usize {
+        match self {
+            Encoding::Binary => 4,
+            Encoding::Json => 16,
+        }
+    }
 }
 
 /// What a push applies its gradients to.
@@ -115,6 +136,11 @@ impl Api {
         &self.catalog
     }
 
+    /// The request-size limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// Live tickets.
     pub fn live_tickets(&self) -> usize {
         self.tickets.len()
@@ -133,22 +159,31 @@ impl Api {
         Ok(())
     }
 
-    /// Looks up `batch` in `table`; keeps a ticket when asked.
+    /// Validates and hashes `batch` for `table` within the limits.
+    fn plan(&self, table: &Table, batch: &Batch) -> Result<BatchPlan, ApiError> {
+        self.check_size(batch)?;
+        Ok(table.plan_bounded(batch, self.limits.max_batch_values)?)
+    }
+
+    /// Looks up `batch` in `table`; keeps a ticket when asked. The response
+    /// in `encoding` must fit `limits.max_message_bytes`, checked on the
+    /// plan before anything is gathered.
     pub fn lookup(
         &self,
         table: &str,
         batch: &Batch,
         want_ticket: bool,
+        encoding: Encoding,
     ) -> Result<LookupResult, ApiError> {
-        self.check_size(batch)?;
         let table = self.catalog.table(table)?;
-        let plan = table.plan(batch)?;
-        let bytes: usize = plan.outputs.iter().map(|o| o.rows * o.width * 4).sum();
+        let plan = self.plan(&table, batch)?;
+        let floats: usize = plan.outputs.iter().map(|o| o.rows * o.width).sum();
+        let bytes = floats.saturating_mul(encoding.bytes_per_float());
         let max = self.limits.max_output_bytes;
         if bytes > max {
             return Err(ApiError::too_large(format!(
-                "the response would carry {bytes} bytes of embeddings, over the {max}-byte \
-                 message limit (limits.max_message_bytes); split the batch"
+                "the response would carry {floats} floats ({bytes} bytes as {encoding:?}), over \
+                 the {max}-byte message limit (limits.max_message_bytes); split the batch"
             )));
         }
         let embeddings = table.lookup_plan(&plan)?;
@@ -175,10 +210,11 @@ impl Api {
     ) -> Result<PushResult, ApiError> {
         let (summary, version) = match target {
             PushTarget::Batch(batch) => {
-                self.check_size(batch)?;
                 let names = batch.features.iter().map(|f| f.feature.as_str());
                 let grads = match_gradients(names, blocks)?;
-                self.catalog.push(table, batch, &grads)?
+                let table = self.catalog.table(table)?;
+                let plan = self.plan(&table, batch)?;
+                self.catalog.push_plan(&table, &plan, &grads)?
             }
             PushTarget::Ticket(id) => {
                 let taken = self.tickets.take(*id, table)?;
@@ -210,31 +246,19 @@ impl Api {
         })
     }
 
-    /// Creates a table with its first features, all or nothing.
+    /// Creates a table with its first features, all or nothing (one synced
+    /// write), within the memory budget.
     pub fn create_table(
         &self,
         spec: TableSpec,
         features: Vec<FeatureSpec>,
     ) -> Result<TableInfo, ApiError> {
-        spec.validate()?;
-        let mut probe = featmux_engine::registry::FeatureRegistry::default();
-        for feature in &features {
-            probe.register(feature.clone(), spec.rows)?;
-        }
         let name = spec.name.clone();
-        self.catalog.create_table(spec)?;
-        for feature in features {
-            if let Err(e) = self.catalog.add_feature(&name, feature) {
-                // Checked above, so only a storage failure gets here; undo
-                // the half-configured table.
-                let _ = self.catalog.drop_table(&name);
-                return Err(e.into());
-            }
-        }
+        self.catalog.create_table(spec, features)?;
         self.table_info(&name)
     }
 
-    /// Adds features to `table`, all or nothing.
+    /// Adds features to `table`, all or nothing (one synced write).
     pub fn add_features(
         &self,
         table: &str,
@@ -243,14 +267,7 @@ impl Api {
         if features.is_empty() {
             return Err(ApiError::invalid("no features to add"));
         }
-        let live = self.catalog.table(table)?;
-        let mut probe = live.registry();
-        for feature in &features {
-            probe.register(feature.clone(), live.spec().rows)?;
-        }
-        for feature in features {
-            self.catalog.add_feature(table, feature)?;
-        }
+        self.catalog.add_features(table, features)?;
         self.table_info(table)
     }
 
@@ -348,10 +365,19 @@ impl Api {
         features: &[(String, Values)],
     ) -> Result<Vec<(String, Vec<ExplainedValue>)>, ApiError> {
         let live = self.catalog.table(table)?;
-        let total: usize = features.iter().map(|(_, v)| v.len()).sum();
-        if total > self.limits.max_batch_values {
+        let registered = live.features();
+        let mut entries = 0usize;
+        for (name, values) in features {
+            let feature = registered
+                .iter()
+                .find(|f| &f.name == name)
+                .ok_or_else(|| EngineError::UnknownFeature(name.clone()))?;
+            entries = entries.saturating_add(values.len().saturating_mul(feature.chunks as usize));
+        }
+        if entries > self.limits.max_batch_values {
             return Err(ApiError::too_large(format!(
-                "{total} values to explain; the limit is {} (limits.max_batch_values)",
+                "{entries} (value, chunk) rows to explain; the limit is {} \
+                 (limits.max_batch_values)",
                 self.limits.max_batch_values
             )));
         }
@@ -390,9 +416,8 @@ fn value_text(values: &Values, i: usize) -> String {
 fn describe(table: &Table) -> TableInfo {
     let spec = table.spec().clone();
     let d = spec.chunk_dim;
-    let floats_per_row = d + spec.optimizer.state_width(d);
     TableInfo {
-        bytes_in_memory: spec.rows * floats_per_row as u64 * 4,
+        bytes_in_memory: spec.memory_bytes().unwrap_or(u64::MAX),
         dirty_rows: table.dirty().len() as u64,
         features: table
             .features()

@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::api::{Api, PushTarget};
+use crate::api::{Api, Encoding, PushTarget};
 use crate::convert;
 use crate::error::{ApiError, ErrorKind};
 use crate::shared::Shared;
@@ -83,7 +83,7 @@ impl Shared {
 
 fn lookup(api: &Api, req: pb::LookupRequest) -> Result<pb::LookupResponse, ApiError> {
     let batch = convert::batch_from_pb(req.batch)?;
-    let result = api.lookup(&req.table, &batch, req.want_ticket)?;
+    let result = api.lookup(&req.table, &batch, req.want_ticket, Encoding::Binary)?;
     Ok(pb::LookupResponse {
         embeddings: convert::embeddings_to_pb(result.embeddings),
         ticket: result.ticket.unwrap_or(0),

@@ -104,7 +104,7 @@ pub(super) async fn explain(
     api_call(&shared, move |api| {
         let registered = api.features(&table)?;
         let example = [body.features];
-        let batch = examples::batch(&registered, &example, false)?;
+        let batch = examples::batch(&registered, &example, false, api.limits().max_batch_values)?;
         let features: Vec<_> = batch
             .features
             .into_iter()

@@ -4,11 +4,10 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::api::{Checkpoint, ExplainedValue, TableInfo};
-use crate::examples::Example;
+use crate::examples::{Example, ExampleOutput};
 use featmux_engine::schema::{FeatureSpec, TableSpec};
 
 /// The error body every failing endpoint returns.
@@ -45,7 +44,7 @@ pub struct LookupBody {
 pub struct LookupOutput {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<Object>>)]
-    pub examples: Option<Vec<Value>>,
+    pub examples: Option<Vec<ExampleOutput>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vectors: Option<Vec<Vec<f32>>>,
     #[serde(skip_serializing_if = "Option::is_none")]

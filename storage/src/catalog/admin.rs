@@ -1,6 +1,7 @@
 //! Configuration changes: create and drop tables, register features. Each is
-//! written to RocksDB with sync *before* it takes effect in memory, so an
-//! acknowledged change survives any crash and a failed write changes nothing.
+//! one RocksDB write with sync *before* it takes effect in memory, so an
+//! acknowledged change survives any crash, a crash part-way leaves no half
+//! of it, and a failed write changes nothing.
 
 use std::sync::Arc;
 
@@ -9,28 +10,68 @@ use featmux_engine::registry::{Feature, FeatureRegistry};
 use featmux_engine::schema::{FeatureSpec, TableSpec};
 use featmux_engine::table::Table;
 
-use super::{record, Catalog, CatalogError, LiveTable};
+use super::{record, Catalog, CatalogError, Inner, LiveTable};
+
+/// A table name claimed by a create in progress; released when dropped.
+struct NameClaim<'a> {
+    inner: &'a Inner,
+    name: String,
+}
+
+impl Drop for NameClaim<'_> {
+    fn drop(&mut self) {
+        self.inner.creating.lock().remove(&self.name);
+    }
+}
 
 impl Catalog {
-    /// Creates a table; durable when this returns.
-    pub fn create_table(&self, spec: TableSpec) -> Result<Arc<Table>, CatalogError> {
+    /// Creates a table with its first features in one synced write: after a
+    /// crash it exists with all of them or not at all. The table's memory is
+    /// reserved against the budget first, and it is allocated and filled
+    /// without holding the admin lock, so other admin calls go on meanwhile.
+    pub fn create_table(
+        &self,
+        spec: TableSpec,
+        features: Vec<FeatureSpec>,
+    ) -> Result<Arc<Table>, CatalogError> {
         let inner = self.writable()?;
-        let _admin = inner.admin.lock();
-        if inner.tables.read().contains_key(&spec.name) {
-            return Err(CatalogError::TableExists(spec.name));
+        spec.validate()?;
+        let mut registry = FeatureRegistry::default();
+        for feature in features {
+            registry.register(feature, spec.rows)?;
         }
+        let (_claim, memory) = {
+            let _admin = inner.admin.lock();
+            if inner.tables.read().contains_key(&spec.name)
+                || !inner.creating.lock().insert(spec.name.clone())
+            {
+                return Err(CatalogError::TableExists(spec.name));
+            }
+            let claim = NameClaim {
+                inner,
+                name: spec.name.clone(),
+            };
+            let memory = inner.reserve_table(&spec, &format!("table `{}`", spec.name))?;
+            (claim, memory)
+        };
+        let table = Arc::new(Table::with_registry(
+            spec.clone(),
+            registry.clone(),
+            inner.options.backend,
+        )?);
+        let _admin = inner.admin.lock();
         let id = inner.store.next_table_id()?;
         if id == u32::MAX {
             return Err(EngineError::invalid("table", "all 2^32 - 1 table ids are used").into());
         }
-        let table = Arc::new(Table::create(spec.clone(), inner.options.backend)?);
         let mut batch = inner.store.batch();
-        batch.put_table(&record(id, &spec, &FeatureRegistry::default()));
+        batch.put_table(&record(id, &spec, &registry));
         batch.put_next_table_id(id + 1);
         batch.commit(true)?;
         let live = Arc::new(LiveTable {
             id,
             table: table.clone(),
+            _memory: memory,
         });
         inner.tables.write().insert(spec.name, live);
         Ok(table)
@@ -50,12 +91,23 @@ impl Catalog {
         Ok(())
     }
 
-    /// Registers a feature; durable when this returns.
+    /// Registers one feature; durable when this returns.
     pub fn add_feature(&self, table: &str, spec: FeatureSpec) -> Result<Feature, CatalogError> {
+        let mut added = self.add_features(table, vec![spec])?;
+        Ok(added.remove(0))
+    }
+
+    /// Registers features in one synced write: all of them or none, even
+    /// across a crash.
+    pub fn add_features(
+        &self,
+        table: &str,
+        specs: Vec<FeatureSpec>,
+    ) -> Result<Vec<Feature>, CatalogError> {
         let inner = self.writable()?;
         let _admin = inner.admin.lock();
         let live = inner.live(table)?;
-        live.table.add_feature_with(spec, |registry| {
+        live.table.add_features_with(specs, |registry| {
             let mut batch = inner.store.batch();
             batch.put_table(&record(live.id, live.table.spec(), registry));
             batch.commit(true).map_err(CatalogError::from)

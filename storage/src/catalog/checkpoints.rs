@@ -102,9 +102,14 @@ impl Catalog {
             })?;
         let target = into.unwrap_or(table).to_owned();
         let existing = inner.tables.read().get(&target).cloned();
-        if into.is_some() && existing.is_some() {
+        if (into.is_some() && existing.is_some()) || inner.creating.lock().contains(&target) {
             return Err(CatalogError::TableExists(target));
         }
+        // The restored table is built beside the one it replaces.
+        let memory = inner.reserve_table(
+            &record.spec,
+            &format!("restoring table `{table}` of checkpoint {id}"),
+        )?;
         let restored = table_from_record(&record, &target, inner.options.backend)?;
         let (target_id, next_id) = match &existing {
             Some(live) => (live.id, None),
@@ -130,6 +135,7 @@ impl Catalog {
         let live = Arc::new(LiveTable {
             id: target_id,
             table: restored.clone(),
+            _memory: memory,
         });
         inner.tables.write().insert(target, live);
         Ok(restored)

@@ -27,7 +27,7 @@ mod checkpoints;
 mod flush;
 mod open;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,6 +42,7 @@ use featmux_engine::schema::TableSpec;
 use featmux_engine::table::{PushSummary, Table};
 use parking_lot::{Mutex, RwLock};
 
+use crate::budget::{MemoryBudget, OverBudget, Reservation};
 use crate::flusher::{FlushStats, Flusher};
 use crate::store::records::TableRecord;
 use crate::store::{Store, StoreError, StoreOptions};
@@ -68,6 +69,8 @@ pub enum CatalogError {
     TableReplaced(String),
     #[error("this catalog is a read-only serving copy")]
     ReadOnly,
+    #[error(transparent)]
+    OverBudget(#[from] OverBudget),
 }
 
 /// How a catalog runs.
@@ -80,6 +83,9 @@ pub struct CatalogOptions {
     pub flush_interval: Duration,
     /// Dirty rows in one table that trigger an early flush.
     pub max_dirty_rows: usize,
+    /// Bytes all tables may hold in memory (see [`MemoryBudget`]); `None`
+    /// counts without limit.
+    pub max_memory_bytes: Option<u64>,
 }
 
 impl Default for CatalogOptions {
@@ -89,6 +95,7 @@ impl Default for CatalogOptions {
             backend: BackendKind::Cpu,
             flush_interval: Duration::from_secs(1),
             max_dirty_rows: 1_000_000,
+            max_memory_bytes: None,
         }
     }
 }
@@ -103,10 +110,12 @@ pub struct OpenReport {
     pub load_time: Duration,
 }
 
-/// A table with the id its rows are stored under.
+/// A table with the id its rows are stored under and the memory it holds
+/// against the budget (given back when the table is dropped or replaced).
 struct LiveTable {
     id: u32,
     table: Arc<Table>,
+    _memory: Reservation,
 }
 
 struct Inner {
@@ -115,8 +124,13 @@ struct Inner {
     options: CatalogOptions,
     read_only: bool,
     tables: RwLock<HashMap<String, Arc<LiveTable>>>,
-    /// Serialises configuration changes and checkpoint operations.
+    /// Serialises configuration changes and checkpoint operations (held
+    /// only briefly: tables are allocated and filled outside it).
     admin: Mutex<()>,
+    /// Names of tables being created (claimed under `admin`, allocated
+    /// outside it), so a second create of the same name is refused.
+    creating: Mutex<HashSet<String>>,
+    budget: Arc<MemoryBudget>,
     /// Serialises writers of rows to the store (flush, restore, drop).
     flush_lock: Mutex<()>,
     /// Pushes hold it shared; a checkpoint holds it exclusively while it
@@ -200,6 +214,11 @@ impl Catalog {
         Ok(pushed)
     }
 
+    /// The memory budget's limit, if any, and the bytes tables hold now.
+    pub fn memory(&self) -> (Option<u64>, u64) {
+        (self.inner.budget.limit(), self.inner.budget.used())
+    }
+
     /// Pushes applied so far (the training version).
     pub fn version(&self) -> u64 {
         self.inner.version.load(Ordering::Acquire)
@@ -228,6 +247,12 @@ impl Drop for Catalog {
 }
 
 impl Inner {
+    /// Reserves the memory of a table with `spec` before it is allocated.
+    fn reserve_table(&self, spec: &TableSpec, what: &str) -> Result<Reservation, CatalogError> {
+        let bytes = spec.memory_bytes().unwrap_or(u64::MAX);
+        Ok(self.budget.reserve(bytes, what)?)
+    }
+
     fn live(&self, name: &str) -> Result<Arc<LiveTable>, CatalogError> {
         self.tables
             .read()

@@ -2,7 +2,7 @@
 //! with its stored rows bulk-loaded over the lazily initialised values
 //! (recovery), then the background flusher.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use super::{
     db_dir, load_rows, table_from_record, Catalog, CatalogError, CatalogOptions, Inner, LiveTable,
     OpenReport,
 };
+use crate::budget::MemoryBudget;
 use crate::flusher::{FlushStats, Flusher};
 use crate::store::Store;
 
@@ -76,8 +77,13 @@ impl Catalog {
         report: &mut OpenReport,
     ) -> Result<Inner, CatalogError> {
         let started = Instant::now();
+        let budget = MemoryBudget::new(options.max_memory_bytes);
         let mut tables = HashMap::new();
         for record in store.tables()? {
+            // Tables on disk are loaded whatever the budget says now (a
+            // lowered budget must not make stored tables unreachable); new
+            // allocations are refused until enough is freed.
+            let memory = budget.reserve_anyway(record.spec.memory_bytes().unwrap_or(u64::MAX));
             let table = table_from_record(&record, &record.spec.name, options.backend)?;
             report.rows_loaded += load_rows(&store, record.id, &table, |_, _| {})?;
             tables.insert(
@@ -85,7 +91,16 @@ impl Catalog {
                 Arc::new(LiveTable {
                     id: record.id,
                     table: Arc::new(table),
+                    _memory: memory,
                 }),
+            );
+        }
+        if let Some(limit) = budget.limit().filter(|&limit| budget.used() > limit) {
+            tracing::warn!(
+                used = budget.used(),
+                limit,
+                "the stored tables exceed the memory budget (limits.max_memory_bytes); \
+                 new tables and restores are refused until tables are dropped"
             );
         }
         report.tables = tables.len();
@@ -101,6 +116,8 @@ impl Catalog {
             read_only,
             tables: RwLock::new(tables),
             admin: Mutex::new(()),
+            creating: Mutex::new(HashSet::new()),
+            budget,
             flush_lock: Mutex::new(()),
             push_gate: RwLock::new(()),
             wake_pending: AtomicBool::new(false),
