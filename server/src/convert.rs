@@ -324,6 +324,14 @@ pub fn stats_to_pb(s: &Stats) -> pb::StatsResponse {
         database_bytes: s.database_bytes,
         live_tickets: s.live_tickets,
         tables: s.tables.iter().map(table_info_to_pb).collect(),
+        lost_versions: s
+            .lost_versions
+            .iter()
+            .map(|r| pb::VersionRange {
+                first: r.first,
+                last: r.last,
+            })
+            .collect(),
     }
 }
 

@@ -27,6 +27,8 @@ const WORKER: &str = env!("CARGO_BIN_EXE_crash_worker");
 struct Heard {
     ready: Option<u64>,
     last_ack: Option<u64>,
+    /// Training version of the last acknowledged push.
+    last_version: u64,
     flushed: u64,
     closed: bool,
 }
@@ -55,7 +57,11 @@ fn start_worker(dir: &Path, round: u64, flush_ms: u64) -> Worker {
             let mut heard = sink.lock().unwrap();
             match line.split_once(' ') {
                 Some(("ready", v)) => heard.ready = Some(v.parse().unwrap()),
-                Some(("ack", i)) => heard.last_ack = Some(i.parse().unwrap()),
+                Some(("ack", rest)) => {
+                    let (i, version) = rest.split_once(' ').expect("ack <i> <version>");
+                    heard.last_ack = Some(i.parse().unwrap());
+                    heard.last_version = version.parse().unwrap();
+                }
                 Some(("flushed", v)) => heard.flushed = v.parse().unwrap(),
                 _ if line == "closed" => heard.closed = true,
                 _ => panic!("unexpected worker output {line:?}"),
@@ -211,12 +217,38 @@ fn sigkill_under_push_load_never_corrupts_and_keeps_every_flushed_push() {
     let mut start = prepare(dir.path());
     let mut rng = rand::rngs::StdRng::seed_from_u64(17);
     let (mut total_acked, mut total_durable) = (0, 0);
+    let mut handed_out = 0u64; // the highest version any run acknowledged
     for round in 0..12 {
         let worker = start_worker(dir.path(), round, 20);
+        let ready = worker.heard.lock().unwrap().ready.unwrap();
+        assert!(
+            ready >= handed_out,
+            "round {round}: versions restart at {ready} after a kill although {handed_out} \
+             was already handed out"
+        );
         std::thread::sleep(Duration::from_millis(rng.random_range(150..900)));
         let heard = worker.kill();
         total_acked += heard.last_ack.map_or(0, |i| i + 1);
         total_durable += heard.flushed.saturating_sub(heard.ready.unwrap());
+        handed_out = handed_out.max(heard.last_version);
+        // Every acknowledged push the kill lost is reported lost: never
+        // "durable" by `flushed_version` later.
+        let (catalog, _) = Catalog::open(dir.path(), CatalogOptions::default()).unwrap();
+        let lost = catalog.lost_versions().to_vec();
+        let on_disk = catalog
+            .flush_stats()
+            .flushed_version
+            .load(std::sync::atomic::Ordering::Acquire);
+        drop(catalog);
+        if heard.last_version > on_disk {
+            assert!(
+                lost.iter()
+                    .any(|&(first, last)| first <= on_disk + 1 && heard.last_version <= last),
+                "round {round}: versions {}..={} were lost but the catalog reports {lost:?}",
+                on_disk + 1,
+                heard.last_version
+            );
+        }
         start = verify(dir.path(), round, heard, &start, false);
     }
     assert!(

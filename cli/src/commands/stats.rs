@@ -14,6 +14,7 @@ pub async fn run(client: &Client, json: bool) -> anyhow::Result<()> {
         .into_iter()
         .map(table_info_from_pb)
         .collect::<anyhow::Result<_>>()?;
+    let lost: Vec<(u64, u64)> = s.lost_versions.iter().map(|r| (r.first, r.last)).collect();
     if json {
         let out = json!({
             "version": s.version,
@@ -24,6 +25,7 @@ pub async fn run(client: &Client, json: bool) -> anyhow::Result<()> {
             "last_flush_unix_ms": s.last_flush_unix_ms,
             "database_bytes": s.database_bytes,
             "live_tickets": s.live_tickets,
+            "lost_versions": lost,
             "tables": tables,
         });
         println!(
@@ -40,6 +42,9 @@ pub async fn run(client: &Client, json: bool) -> anyhow::Result<()> {
             s.database_bytes,
             s.live_tickets
         );
+        for (first, last) in &lost {
+            println!("lost in a crash (never durable): versions {first}..={last}");
+        }
         for t in &tables {
             print_table(t, false);
         }

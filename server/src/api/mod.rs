@@ -23,7 +23,7 @@ use featmux_storage::catalog::Catalog;
 
 pub use types::{
     Checkpoint, ExplainedValue, FeatureInfo, GradientBlock, PushResult, Stats, TableInfo,
-    TableStats,
+    TableStats, VersionRange,
 };
 
 /// Request-size limits; a request over one is refused, changing nothing.
@@ -355,6 +355,12 @@ impl Api {
             database_bytes: self.catalog.database_bytes(),
             live_tickets: self.tickets.len() as u64,
             tables: Vec::new(),
+            lost_versions: self
+                .catalog
+                .lost_versions()
+                .iter()
+                .map(|&(first, last)| VersionRange { first, last })
+                .collect(),
         }
     }
 

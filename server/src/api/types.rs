@@ -100,6 +100,17 @@ pub struct Stats {
     pub database_bytes: u64,
     pub live_tickets: u64,
     pub tables: Vec<TableInfo>,
+    /// Versions handed out by runs that died before flushing them: those
+    /// pushes are lost. A push is durable once `flushed_version >= v` and
+    /// `v` is in none of these ranges.
+    pub lost_versions: Vec<VersionRange>,
+}
+
+/// Versions `first..=last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub struct VersionRange {
+    pub first: u64,
+    pub last: u64,
 }
 
 /// One table's footprint and how far its pushes are from disk.

@@ -5,7 +5,9 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::OpenApi;
 
-use crate::api::{Checkpoint, ExplainedValue, FeatureInfo, Stats, TableInfo, TableStats};
+use crate::api::{
+    Checkpoint, ExplainedValue, FeatureInfo, Stats, TableInfo, TableStats, VersionRange,
+};
 use featmux_engine::init::Initializer;
 use featmux_engine::optimizer::Optimizer;
 use featmux_engine::pooling::Pooling;
@@ -38,7 +40,7 @@ impl utoipa::Modify for BearerAuth {
         admin::restore_checkpoint, operations::metrics, operations::healthz, operations::readyz),
     components(schemas(ErrorBody, ErrorDetail, LookupBody, LookupOutput, CreateTableBody,
         AddFeaturesBody, ExplainBody, ExplainOutput, ExplainedValue, TableList, TableInfo,
-        FeatureInfo, Stats, TableStats, CheckpointList, Checkpoint, RestoreBody, TableSpec,
+        FeatureInfo, Stats, TableStats, VersionRange, CheckpointList, Checkpoint, RestoreBody, TableSpec,
         FeatureSpec, Initializer, Optimizer, Pooling, Placement, ValueType)),
     modifiers(&BearerAuth)
 )]

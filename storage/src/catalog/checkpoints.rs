@@ -13,6 +13,14 @@ use crate::flusher::unix_ms;
 use crate::store::records::CheckpointRecord;
 use crate::store::{Store, StoreError};
 
+/// Where checkpoint `id` lives, relative to the data directory.
+pub(super) fn checkpoint_dir(id: u64) -> String {
+    format!("{CHECKPOINTS_DIR}/{id:010}")
+}
+
+/// The data directory's folder of checkpoints.
+pub(super) const CHECKPOINTS_DIR: &str = "checkpoints";
+
 impl Catalog {
     /// Flushes, then takes a RocksDB checkpoint (hard links) that holds
     /// exactly the pushes up to the returned record's version.
@@ -21,8 +29,14 @@ impl Catalog {
         let _admin = inner.admin.lock();
         let _flush = inner.flush_lock.lock();
         let report = inner.flush_locked(true)?;
+        // The id is claimed (synced) before its directory exists: a crash
+        // below leaves an orphan directory under an id never used again,
+        // removed at the next start (`open::remove_orphan_checkpoints`).
         let id = inner.store.next_checkpoint_id()?;
-        let dir = format!("checkpoints/{id:010}");
+        let mut claim = inner.store.batch();
+        claim.put_next_checkpoint_id(id + 1);
+        claim.commit(true)?;
+        let dir = checkpoint_dir(id);
         let path = inner.data_dir.join(&dir);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| StoreError::Io {

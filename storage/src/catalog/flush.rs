@@ -50,14 +50,17 @@ impl Inner {
     pub(super) fn flush_locked(&self, hold_gate: bool) -> Result<FlushReport, CatalogError> {
         let started = Instant::now();
         self.wake_pending.store(false, Ordering::Release);
-        let tables: Vec<Arc<LiveTable>> = self.tables.read().values().cloned().collect();
         let mut batch = self.store.batch();
         let mut drained: Vec<(Arc<LiveTable>, Vec<u64>)> = Vec::new();
         let mut report = FlushReport::default();
         let copied = {
             let _gate = hold_gate.then(|| self.push_gate.write());
-            // Every push numbered <= version marked its rows before this load.
+            // Every push numbered <= version marked its rows before this
+            // load, and its table was in the map before it: so the tables
+            // are listed after the load (a table created between a listing
+            // and the load could hold a push counted durable unwritten).
             report.version = self.version.load(Ordering::Acquire);
+            let tables: Vec<Arc<LiveTable>> = self.tables.read().values().cloned().collect();
             tables.iter().try_for_each(|live| {
                 let rows = live.table.dirty().drain();
                 report.rows += rows.len() as u64;

@@ -50,6 +50,13 @@ use crate::store::{Store, StoreError, StoreOptions};
 /// Rows copied per read while flushing or loading (bounds temporary memory).
 const ROW_CHUNK: usize = 4096;
 
+/// Versions reserved per synced write: one write per this many pushes.
+const VERSION_BLOCK: u64 = 1 << 20;
+/// A new block is reserved when fewer than this many versions are left:
+/// more than pushes can be in flight at once, so none outruns the
+/// reservation between its check and its version.
+const VERSION_HEADROOM: u64 = 1 << 16;
+
 /// Why a catalog operation failed. A failed operation changes nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -108,6 +115,12 @@ pub struct OpenReport {
     pub tables: usize,
     pub rows_loaded: u64,
     pub load_time: Duration,
+    /// Checkpoint directories without a record (left by a crash while a
+    /// checkpoint was taken), removed.
+    pub orphan_checkpoints_removed: usize,
+    /// Versions `(first, last)` the previous run handed out but did not
+    /// flush before it died: those pushes are lost.
+    pub lost_versions: Option<(u64, u64)>,
 }
 
 /// A table with the id its rows are stored under and the memory it holds
@@ -138,6 +151,12 @@ struct Inner {
     push_gate: RwLock<()>,
     /// Pushes applied so far (the training version); persisted by flushes.
     version: AtomicU64,
+    /// Versions up to this one are reserved on disk (synced), so a crash
+    /// never hands one out twice; see [`Inner::reserve_versions`].
+    reserved_version: AtomicU64,
+    reserve_lock: Mutex<()>,
+    /// Version ranges `(first, last)` lost in crashes: never durable.
+    lost_versions: Vec<(u64, u64)>,
     wake_pending: AtomicBool,
     stats: FlushStats,
 }
@@ -199,6 +218,7 @@ impl Catalog {
         if !Arc::ptr_eq(&inner.live(name)?.table, table) {
             return Err(CatalogError::TableReplaced(name.clone()));
         }
+        inner.reserve_versions()?;
         let pushed = {
             let _gate = inner.push_gate.read();
             let summary = table.push_plan(plan, grads)?;
@@ -224,6 +244,12 @@ impl Catalog {
         self.inner.version.load(Ordering::Acquire)
     }
 
+    /// Version ranges `(first, last)` handed out by runs that died before
+    /// flushing them: those pushes are lost, whatever `flushed_version` says.
+    pub fn lost_versions(&self) -> &[(u64, u64)] {
+        &self.inner.lost_versions
+    }
+
     /// Graceful shutdown: stops the flusher after a last flush of everything.
     pub fn close(self) -> Result<(), CatalogError> {
         if let Some(flusher) = self.flusher.lock().take() {
@@ -233,7 +259,12 @@ impl Catalog {
             return Ok(());
         }
         // The flusher's last flush may have failed; try once more and report.
-        self.inner.flush(false)?;
+        let report = self.inner.flush(false)?;
+        // Everything handed out is flushed: nothing to count as lost at the
+        // next start.
+        let mut batch = self.inner.store.batch();
+        batch.put_version_reserved(report.version);
+        batch.commit(true)?;
         Ok(())
     }
 }
@@ -247,6 +278,28 @@ impl Drop for Catalog {
 }
 
 impl Inner {
+    /// Keeps at least [`VERSION_HEADROOM`] versions reserved on disk ahead
+    /// of the counter (one synced write per [`VERSION_BLOCK`] pushes).
+    fn reserve_versions(&self) -> Result<(), CatalogError> {
+        let enough = || {
+            self.version.load(Ordering::Acquire) + VERSION_HEADROOM
+                <= self.reserved_version.load(Ordering::Acquire)
+        };
+        if enough() {
+            return Ok(());
+        }
+        let _serial = self.reserve_lock.lock();
+        if enough() {
+            return Ok(());
+        }
+        let until = self.version.load(Ordering::Acquire) + VERSION_BLOCK;
+        let mut batch = self.store.batch();
+        batch.put_version_reserved(until);
+        batch.commit(true)?;
+        self.reserved_version.store(until, Ordering::Release);
+        Ok(())
+    }
+
     /// Reserves the memory of a table with `spec` before it is allocated.
     fn reserve_table(&self, spec: &TableSpec, what: &str) -> Result<Reservation, CatalogError> {
         let bytes = spec.memory_bytes().unwrap_or(u64::MAX);

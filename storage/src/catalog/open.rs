@@ -3,7 +3,7 @@
 //! (recovery), then the background flusher.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,13 +11,72 @@ use std::time::Instant;
 use featmux_engine::backend::BackendKind;
 use parking_lot::{Mutex, RwLock};
 
+use super::checkpoints::CHECKPOINTS_DIR;
 use super::{
     db_dir, load_rows, table_from_record, Catalog, CatalogError, CatalogOptions, Inner, LiveTable,
     OpenReport,
 };
 use crate::budget::MemoryBudget;
 use crate::flusher::{FlushStats, Flusher};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+
+/// Removes checkpoint directories that have no record: a crash between the
+/// RocksDB checkpoint and its record leaves one (its id is never reused, but
+/// its files would stay forever). Returns how many were removed.
+fn remove_orphan_checkpoints(store: &Store, data_dir: &Path) -> Result<usize, CatalogError> {
+    let recorded: HashSet<PathBuf> = store
+        .checkpoints()?
+        .into_iter()
+        .map(|c| data_dir.join(c.dir))
+        .collect();
+    let folder = data_dir.join(CHECKPOINTS_DIR);
+    let io = |path: &Path, e: std::io::Error| StoreError::Io {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let entries = match std::fs::read_dir(&folder) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io(&folder, e).into()),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let path = entry.map_err(|e| io(&folder, e))?.path();
+        if path.is_dir() && !recorded.contains(&path) {
+            tracing::warn!(path = %path.display(), "removing a checkpoint left unfinished by a crash");
+            std::fs::remove_dir_all(&path).map_err(|e| io(&path, e))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Where training versions continue after a restart: past every version
+/// that may have been handed out. After a crash the versions between the
+/// last flush and the end of the reservation were (or may have been)
+/// acknowledged and lost; they are recorded as lost, synced, so "durable
+/// once `flushed_version >= v`" never answers yes for them. Returns the
+/// version to continue from and every lost range.
+fn recover_versions(
+    store: &Store,
+    flushed: u64,
+    report: &mut OpenReport,
+) -> Result<(u64, Vec<(u64, u64)>), CatalogError> {
+    let reserved = store.version_reserved()?.unwrap_or(flushed);
+    if reserved > flushed {
+        let mut batch = store.batch();
+        batch.put_lost_versions(flushed + 1, reserved);
+        batch.commit(true)?;
+        report.lost_versions = Some((flushed + 1, reserved));
+        tracing::warn!(
+            first = flushed + 1,
+            last = reserved,
+            "the last run ended without its final flush: pushes with versions in this range \
+             were not written and are lost; versions continue after it"
+        );
+    }
+    Ok((reserved.max(flushed), store.lost_versions()?))
+}
 
 impl Catalog {
     /// Opens (or creates) the catalog in `data_dir`: migrations, then every
@@ -35,6 +94,7 @@ impl Catalog {
             migrations: applied.iter().map(|a| (a.version, a.description)).collect(),
             ..OpenReport::default()
         };
+        report.orphan_checkpoints_removed = remove_orphan_checkpoints(&store, data_dir)?;
         let inner = Arc::new(Self::load(store, data_dir, options, false, &mut report)?);
         let weak = Arc::downgrade(&inner);
         let flusher = Flusher::start(options.flush_interval, move || {
@@ -105,11 +165,19 @@ impl Catalog {
         }
         report.tables = tables.len();
         report.load_time = started.elapsed();
-        let version = store.version()?;
+        let flushed = store.version()?;
+        let (version, lost) = if read_only {
+            (flushed, store.lost_versions()?)
+        } else {
+            recover_versions(&store, flushed, report)?
+        };
         let stats = FlushStats::default();
-        stats.flushed_version.store(version, Ordering::Relaxed);
+        stats.flushed_version.store(flushed, Ordering::Relaxed);
         Ok(Inner {
             version: AtomicU64::new(version),
+            reserved_version: AtomicU64::new(version),
+            reserve_lock: Mutex::new(()),
+            lost_versions: lost,
             store,
             data_dir: data_dir.to_owned(),
             options,

@@ -50,6 +50,17 @@ pub const NEXT_TABLE_ID: &[u8] = b"next_table_id";
 pub const NEXT_CHECKPOINT_ID: &[u8] = b"next_checkpoint_id";
 /// Training version covered by the last completed flush.
 pub const VERSION: &[u8] = b"version";
+/// Versions up to this one may have been handed out (reserved ahead, like a
+/// database sequence cache, so a crash never reissues one).
+pub const VERSION_RESERVED: &[u8] = b"version_reserved";
+/// Prefix of lost version ranges: `lost_versions/<first>` → `first, last`
+/// (two big-endian u64), versions handed out but not flushed before a crash.
+pub const LOST_VERSIONS_PREFIX: &[u8] = b"lost_versions/";
+
+/// Meta key of the lost range starting at `first`.
+pub fn lost_versions_key(first: u64) -> Vec<u8> {
+    [LOST_VERSIONS_PREFIX, &first.to_be_bytes()].concat()
+}
 
 /// Meta key of table `id`'s record.
 pub fn table_key(id: u32) -> Vec<u8> {

@@ -125,7 +125,11 @@ impl StoreBatch<'_> {
     /// Writes a checkpoint record and the next checkpoint id.
     pub fn put_checkpoint(&mut self, record: &CheckpointRecord) {
         self.put_meta(&keys::checkpoint_key(record.id), &record.encode());
-        self.put_meta(keys::NEXT_CHECKPOINT_ID, &(record.id + 1).to_be_bytes());
+    }
+
+    /// Claims checkpoint ids below `next`: they are never handed out again.
+    pub fn put_next_checkpoint_id(&mut self, next: u64) {
+        self.put_meta(keys::NEXT_CHECKPOINT_ID, &next.to_be_bytes());
     }
 
     /// Removes a checkpoint record.
@@ -137,6 +141,17 @@ impl StoreBatch<'_> {
     /// Records the training version this write completes.
     pub fn put_version(&mut self, version: u64) {
         self.put_meta(keys::VERSION, &version.to_be_bytes());
+    }
+
+    /// Reserves versions up to `version` (see [`keys::VERSION_RESERVED`]).
+    pub fn put_version_reserved(&mut self, version: u64) {
+        self.put_meta(keys::VERSION_RESERVED, &version.to_be_bytes());
+    }
+
+    /// Records versions `first..=last` as lost in a crash.
+    pub fn put_lost_versions(&mut self, first: u64, last: u64) {
+        let value = [first.to_be_bytes(), last.to_be_bytes()].concat();
+        self.put_meta(&keys::lost_versions_key(first), &value);
     }
 
     /// Bytes of the encoded batch (keys, values and RocksDB's framing).
@@ -351,6 +366,27 @@ impl Store {
     /// Training version of the last completed flush (0 if none).
     pub fn version(&self) -> Result<u64, StoreError> {
         Ok(self.get_u64(keys::VERSION)?.unwrap_or(0))
+    }
+
+    /// The end of the reserved versions (`None`: nothing reserved yet).
+    pub fn version_reserved(&self) -> Result<Option<u64>, StoreError> {
+        self.get_u64(keys::VERSION_RESERVED)
+    }
+
+    /// Version ranges `(first, last)` lost in crashes, oldest first.
+    pub fn lost_versions(&self) -> Result<Vec<(u64, u64)>, StoreError> {
+        self.records(keys::LOST_VERSIONS_PREFIX, |value| {
+            let half = |i: usize| {
+                value
+                    .get(i * 8..(i + 1) * 8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+            };
+            match (value.len(), half(0), half(1)) {
+                (16, Some(first), Some(last)) => Ok((first, last)),
+                _ => Err(format!("{} bytes, not a (first, last) pair", value.len())),
+            }
+        })
     }
 
     fn records<T>(

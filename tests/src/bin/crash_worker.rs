@@ -2,8 +2,10 @@
 //! crash workload as fast as it can, printing one line per event:
 //!
 //! - `ready <version>`: recovery finished; pushes of this run get versions
-//!   `version + 1`, `version + 2`, …
-//! - `ack <i>`: push `i` of this run was acknowledged;
+//!   `version + 1`, `version + 2`, … (past every version an earlier run
+//!   handed out, even one killed before it flushed them);
+//! - `ack <i> <version>`: push `i` of this run was acknowledged with
+//!   training version `version`;
 //! - `flushed <version>`: a flush covering every push up to `version` completed.
 //!
 //! A line `stop` on stdin asks for a graceful shutdown (`Catalog::close`),
@@ -46,8 +48,8 @@ fn main() -> Result<(), CatalogError> {
     let mut i = 0u64;
     while !stop.load(Ordering::Acquire) {
         let (batch, grads) = crash::push(round, i);
-        catalog.push(crash::TABLE, &batch, &grads)?;
-        println!("ack {i}");
+        let (_, version) = catalog.push(crash::TABLE, &batch, &grads)?;
+        println!("ack {i} {version}");
         let now = catalog
             .flush_stats()
             .flushed_version
