@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use featmux_engine::backend::BackendKind;
 use featmux_storage::catalog::CatalogOptions;
+use featmux_storage::store::StoreOptions;
 
 /// The largest `limits.max_batch_values`: a batch's entries are counted in
 /// `u32` when it is planned.
@@ -42,6 +43,11 @@ pub struct StorageConfig {
     pub flush_interval_ms: u64,
     /// Dirty rows in one table that trigger an early flush.
     pub max_dirty_rows: usize,
+    /// Flushes wait for the disk (fsync): flushed pushes survive power
+    /// loss, not only a process crash.
+    pub sync_flushes: bool,
+    /// Most bytes of RocksDB write-ahead log kept (what a restart replays).
+    pub max_wal_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -50,6 +56,8 @@ impl Default for StorageConfig {
         StorageConfig {
             flush_interval_ms: catalog.flush_interval.as_millis() as u64,
             max_dirty_rows: catalog.max_dirty_rows,
+            sync_flushes: catalog.sync_flushes,
+            max_wal_bytes: catalog.store.max_wal_bytes,
         }
     }
 }
@@ -306,7 +314,7 @@ impl ServerConfig {
         // upper bounds keep arithmetic on them (`now + ttl`, timers, prost's
         // 2 GiB message limit, u32 entry counts) from overflowing.
         const DAY_SECS: u64 = 24 * 3600;
-        let ranges: [(&'static str, u64, u64, u64); 9] = [
+        let ranges: [(&'static str, u64, u64, u64); 10] = [
             (
                 "limits.max_batch_values",
                 self.limits.max_batch_values as u64,
@@ -350,6 +358,12 @@ impl ServerConfig {
                 self.limits.max_memory_bytes.unwrap_or(1),
                 1,
                 1 << 50,
+            ),
+            (
+                "storage.max_wal_bytes",
+                self.storage.max_wal_bytes,
+                1 << 20,
+                1 << 40,
             ),
         ];
         for (field, value, least, most) in ranges {
@@ -398,7 +412,11 @@ impl ServerConfig {
             flush_interval: Duration::from_millis(self.storage.flush_interval_ms),
             max_dirty_rows: self.storage.max_dirty_rows,
             max_memory_bytes: self.memory_budget(),
-            ..CatalogOptions::default()
+            sync_flushes: self.storage.sync_flushes,
+            store: StoreOptions {
+                max_wal_bytes: self.storage.max_wal_bytes,
+                ..StoreOptions::default()
+            },
         })
     }
 }

@@ -1,7 +1,7 @@
 //! Prometheus metrics: request counts and latency per transport, endpoint
 //! and status, rows looked up and updated, and gauges read from the catalog
-//! at scrape time (dirty rows, flush lag, table bytes, database size, the
-//! memory budget).
+//! at scrape time (dirty rows, flush lag, table bytes, database and WAL
+//! size, the memory budget).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -34,6 +34,7 @@ pub struct Metrics {
     table_bytes: IntGaugeVec,
     memory_budget_bytes: IntGauge,
     memory_reserved_bytes: IntGauge,
+    wal_bytes: IntGauge,
 }
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
@@ -128,6 +129,10 @@ impl Metrics {
                 "featmux_memory_reserved_bytes",
                 "Memory the tables hold against the budget",
             ),
+            wal_bytes: gauge(
+                "featmux_wal_bytes",
+                "Bytes of RocksDB write-ahead log (what a restart replays; storage.max_wal_bytes)",
+            ),
             registry,
         }
     }
@@ -176,6 +181,7 @@ impl Metrics {
         gauge(&self.flushes, flush.flushes.load(Ordering::Relaxed));
         gauge(&self.flush_failures, flush.failures.load(Ordering::Relaxed));
         gauge(&self.database_bytes, catalog.database_bytes());
+        gauge(&self.wal_bytes, catalog.wal_bytes());
         gauge(&self.live_tickets, api.live_tickets() as u64);
         let (limit, reserved) = catalog.memory();
         gauge(&self.memory_budget_bytes, limit.unwrap_or(u64::MAX));

@@ -1,5 +1,6 @@
 //! Persistence benchmark: flush rate and recovery load rate for 10^6 touched
-//! rows × 16 dims with row-wise Adagrad state (docs/DESIGN.md, "Storage").
+//! rows × 16 dims with row-wise Adagrad state (docs/DESIGN.md, "Storage"),
+//! and what `storage.sync_flushes` costs a small flush.
 //!
 //!     cargo bench -p featmux-storage --bench persistence
 //!
@@ -44,7 +45,7 @@ fn main() {
     let mut bytes = 0;
     {
         let (catalog, _) = Catalog::open(dir.path(), options).unwrap();
-        let table = catalog.create_table(spec, Vec::new()).unwrap();
+        let table = catalog.create_table(spec.clone(), Vec::new()).unwrap();
         for _ in 0..RUNS {
             table.dirty().mark(&touched);
             let started = Instant::now();
@@ -77,4 +78,38 @@ fn main() {
         "flush:    {flush:>10.2?}  {flush_rows:.2} M rows/s  {flush_mb:.0} MB/s (median of {RUNS})"
     );
     println!("recovery: {load:>10.2?}  {load_rows:.2} M rows/s  {load_mb:.0} MB/s (open + bulk load, median of {RUNS})");
+    small_flushes(options, &spec);
+}
+
+/// What `storage.sync_flushes` costs: the median of many flushes of a few
+/// rows (what a once-a-second flush of a light load writes), with and
+/// without waiting for the disk.
+fn small_flushes(options: CatalogOptions, spec: &TableSpec) {
+    const ROWS: u64 = 1000;
+    const FLUSHES: usize = 50;
+    let rows: Vec<u64> = (0..ROWS).map(|i| i * 7).collect();
+    let mut medians = Vec::new();
+    for sync_flushes in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = CatalogOptions {
+            sync_flushes,
+            ..options
+        };
+        let (catalog, _) = Catalog::open(dir.path(), options).unwrap();
+        let table = catalog.create_table(spec.clone(), Vec::new()).unwrap();
+        let samples = (0..FLUSHES)
+            .map(|_| {
+                table.dirty().mark(&rows);
+                let started = Instant::now();
+                catalog.flush().unwrap();
+                started.elapsed()
+            })
+            .collect();
+        medians.push(median(samples));
+        catalog.close().unwrap();
+    }
+    println!(
+        "flush of {ROWS} rows: {:>10.2?} without sync, {:>10.2?} with sync_flushes (median of {FLUSHES})",
+        medians[0], medians[1]
+    );
 }

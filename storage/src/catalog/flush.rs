@@ -26,10 +26,21 @@ impl Catalog {
     /// Bytes of the live database on disk (SST files, WAL, manifest), for
     /// metrics and stats.
     pub fn database_bytes(&self) -> u64 {
+        self.file_bytes(|_| true)
+    }
+
+    /// Bytes of write-ahead log (`*.log`): what the next start replays.
+    pub fn wal_bytes(&self) -> u64 {
+        self.file_bytes(|name| name.ends_with(".log"))
+    }
+
+    fn file_bytes(&self, counted: impl Fn(&str) -> bool) -> u64 {
         std::fs::read_dir(self.inner.store.path())
             .map(|entries| {
                 entries
-                    .filter_map(|e| e.ok()?.metadata().ok())
+                    .filter_map(|e| e.ok())
+                    .filter(|e| counted(&e.file_name().to_string_lossy()))
+                    .filter_map(|e| e.metadata().ok())
                     .filter(|m| m.is_file())
                     .map(|m| m.len())
                     .sum()
@@ -80,7 +91,9 @@ impl Inner {
             Ok(()) => {
                 batch.put_version(report.version);
                 report.bytes = batch.payload_bytes() as u64;
-                batch.commit(false).map_err(CatalogError::from)
+                batch
+                    .commit(self.options.sync_flushes)
+                    .map_err(CatalogError::from)
             }
             Err(e) => Err(e.into()),
         };

@@ -93,6 +93,9 @@ pub struct CatalogOptions {
     /// Bytes all tables may hold in memory (see [`MemoryBudget`]); `None`
     /// counts without limit.
     pub max_memory_bytes: Option<u64>,
+    /// Whether a flush waits for its write to reach the disk (fsync): with
+    /// it, flushed pushes survive power loss; without, only a process crash.
+    pub sync_flushes: bool,
 }
 
 impl Default for CatalogOptions {
@@ -103,6 +106,7 @@ impl Default for CatalogOptions {
             flush_interval: Duration::from_secs(1),
             max_dirty_rows: 1_000_000,
             max_memory_bytes: None,
+            sync_flushes: true,
         }
     }
 }

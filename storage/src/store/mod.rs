@@ -55,6 +55,13 @@ pub struct StoreOptions {
     pub block_cache_bytes: usize,
     /// Memtable size per column family: larger means fewer, bigger flushes.
     pub write_buffer_bytes: usize,
+    /// Most bytes of write-ahead log kept. RocksDB keeps a log until every
+    /// column family that wrote to it has flushed its memtable, and the
+    /// rarely written `meta` family would otherwise pin every log up to
+    /// RocksDB's default (4 × all memtables: 1.5 GB here) and make the
+    /// next start replay it all; past this size the oldest logs' column
+    /// families are flushed.
+    pub max_wal_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -62,6 +69,7 @@ impl Default for StoreOptions {
         StoreOptions {
             block_cache_bytes: 256 << 20,
             write_buffer_bytes: 64 << 20,
+            max_wal_bytes: 256 << 20,
         }
     }
 }
@@ -234,6 +242,7 @@ impl Store {
         let mut db_options = Options::default();
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
+        db_options.set_max_total_wal_size(options.max_wal_bytes);
         let cf_options = Self::cf_options(options);
         let cfs = COLUMN_FAMILIES
             .iter()
