@@ -120,7 +120,7 @@ impl From<CatalogError> for ApiError {
             }
             CatalogError::OverBudget(_) => ErrorKind::TooLarge,
             CatalogError::Store(StoreError::DiskFull { .. }) => ErrorKind::Unavailable,
-            CatalogError::Store(_) => ErrorKind::Internal,
+            CatalogError::Store(_) | CatalogError::Unflushed { .. } => ErrorKind::Internal,
         };
         ApiError::new(kind, e.to_string())
     }

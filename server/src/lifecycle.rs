@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use featmux_storage::catalog::{Catalog, CatalogOptions};
+use featmux_storage::catalog::{Catalog, CatalogError, CatalogOptions};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
@@ -104,7 +104,13 @@ pub(crate) async fn run(
     let closed = tokio::task::spawn_blocking(move || match Arc::try_unwrap(catalog) {
         Ok(catalog) => catalog.close().map(|()| true),
         // A request outlived the grace period: flush what is there anyway.
-        Err(catalog) => catalog.flush().map(|_| false),
+        Err(catalog) => catalog
+            .flush()
+            .map(|_| false)
+            .map_err(|cause| CatalogError::Unflushed {
+                unwritten_rows: catalog.dirty_rows(),
+                cause: Box::new(cause),
+            }),
     })
     .await
     .map_err(|e| ServeError::Transport {
@@ -116,7 +122,7 @@ pub(crate) async fn run(
         Ok(false) => warn!("flushed; requests still hold the catalog"),
         Err(e) => {
             error!(error = %e, "final flush failed");
-            failure = Some(ServeError::Open(e));
+            failure = Some(ServeError::Shutdown(e));
         }
     }
     failure.map_or(Ok(()), Err)

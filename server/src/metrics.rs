@@ -35,6 +35,7 @@ pub struct Metrics {
     memory_budget_bytes: IntGauge,
     memory_reserved_bytes: IntGauge,
     wal_bytes: IntGauge,
+    flush_consecutive_failures: IntGauge,
 }
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
@@ -133,6 +134,10 @@ impl Metrics {
                 "featmux_wal_bytes",
                 "Bytes of RocksDB write-ahead log (what a restart replays; storage.max_wal_bytes)",
             ),
+            flush_consecutive_failures: gauge(
+                "featmux_flush_consecutive_failures",
+                "Flushes failed since the last one that worked (non-zero: pushes are not becoming durable)",
+            ),
             registry,
         }
     }
@@ -180,6 +185,10 @@ impl Metrics {
         gauge(&self.flush_age_ms, unix_ms().saturating_sub(last));
         gauge(&self.flushes, flush.flushes.load(Ordering::Relaxed));
         gauge(&self.flush_failures, flush.failures.load(Ordering::Relaxed));
+        gauge(
+            &self.flush_consecutive_failures,
+            flush.consecutive_failures.load(Ordering::Relaxed),
+        );
         gauge(&self.database_bytes, catalog.database_bytes());
         gauge(&self.wal_bytes, catalog.wal_bytes());
         gauge(&self.live_tickets, api.live_tickets() as u64);

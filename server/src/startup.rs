@@ -37,6 +37,8 @@ pub enum ServeError {
     Tls(String),
     #[error("cannot open the data directory: {0}")]
     Open(#[from] CatalogError),
+    #[error("{0}")]
+    Shutdown(CatalogError),
     #[error("{transport} server failed: {reason}")]
     Transport {
         transport: &'static str,

@@ -8,7 +8,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 /// What one completed flush wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,6 +28,11 @@ pub struct FlushReport {
 pub struct FlushStats {
     pub flushes: AtomicU64,
     pub failures: AtomicU64,
+    /// Failures since the last flush that worked (gauge): non-zero means
+    /// acknowledged pushes are not becoming durable.
+    pub consecutive_failures: AtomicU64,
+    /// Why the last flush failed, while flushes keep failing.
+    pub last_error: Mutex<Option<String>>,
     pub rows_flushed: AtomicU64,
     pub bytes_flushed: AtomicU64,
     /// Version covered by the last completed flush (gauge).
@@ -37,7 +44,22 @@ pub struct FlushStats {
 }
 
 impl FlushStats {
+    pub(crate) fn record_failure(&self, cause: &str) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let consecutive = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.last_error.lock() = Some(cause.to_owned());
+        tracing::error!(
+            cause,
+            consecutive,
+            "flush failed: pushes stay in memory until a flush succeeds"
+        );
+    }
+
     pub(crate) fn record(&self, report: &FlushReport, took: Duration) {
+        if self.consecutive_failures.swap(0, Ordering::Relaxed) > 0 {
+            tracing::info!("flushes work again");
+        }
+        *self.last_error.lock() = None;
         self.flushes.fetch_add(1, Ordering::Relaxed);
         self.rows_flushed.fetch_add(report.rows, Ordering::Relaxed);
         self.bytes_flushed
@@ -71,20 +93,41 @@ pub struct Flusher {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Longest wait between two attempts while flushes fail.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
 impl Flusher {
     /// Starts a thread that calls `flush` every `interval`, on [`Flusher::wake`],
-    /// and a last time on [`Flusher::stop`].
-    pub fn start(interval: Duration, mut flush: impl FnMut() + Send + 'static) -> Self {
+    /// and a last time on [`Flusher::stop`]. `flush` returns whether it
+    /// worked; while it fails, attempts back off (doubling from `interval`
+    /// up to [`MAX_BACKOFF`]) and wakes are ignored, so a full disk is not
+    /// hammered with back-to-back rebuilds of the same batch.
+    pub fn start(interval: Duration, mut flush: impl FnMut() -> bool + Send + 'static) -> Self {
         let (signals, receiver) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("featmux-flusher".into())
-            .spawn(move || loop {
-                match receiver.recv_timeout(interval) {
-                    Ok(Signal::Wake) | Err(RecvTimeoutError::Timeout) => flush(),
-                    Ok(Signal::Stop) | Err(RecvTimeoutError::Disconnected) => {
-                        flush();
-                        return;
+            .spawn(move || {
+                let mut wait = interval;
+                let mut next_try = Instant::now() + wait;
+                loop {
+                    let timeout = next_try.saturating_duration_since(Instant::now());
+                    let due = match receiver.recv_timeout(timeout) {
+                        Ok(Signal::Wake) => wait == interval,
+                        Err(RecvTimeoutError::Timeout) => true,
+                        Ok(Signal::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                            flush();
+                            return;
+                        }
+                    };
+                    if !due {
+                        continue;
                     }
+                    wait = if flush() {
+                        interval
+                    } else {
+                        (wait * 2).min(MAX_BACKOFF.max(interval))
+                    };
+                    next_try = Instant::now() + wait;
                 }
             })
             .expect("spawning the flusher thread");

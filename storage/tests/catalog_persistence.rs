@@ -612,3 +612,87 @@ fn the_write_ahead_log_stays_within_its_bound() {
     );
     eprintln!("WAL after 64 MB of flushes: {unbounded} bytes (RocksDB default), {bounded} bytes (2 MiB bound)");
 }
+
+/// A full disk: the failed flush keeps every dirty row, the flusher backs
+/// off instead of retrying back to back, the failure is visible (counters,
+/// the last error), a close while the disk is full says how many rows it
+/// could not write, and what is on disk still opens. (Resuming writes once
+/// space is freed needs RocksDB's `Resume`, which the rocksdb crate does not
+/// expose: see docs/DESIGN.md, "Storage".)
+#[test]
+fn a_full_disk_backs_off_is_reported_and_a_close_names_the_lost_rows() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("a_full_disk_backs_off…: needs root to mount a tmpfs; not run");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mount = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(mount.success(), "mounting a tmpfs failed");
+    let result = std::panic::catch_unwind(|| {
+        let options = CatalogOptions {
+            flush_interval: std::time::Duration::from_millis(20),
+            ..CatalogOptions::default()
+        };
+        let (catalog, _) = Catalog::open(dir.path(), options).unwrap();
+        catalog
+            .create_table(
+                TableSpec::new("big", 100_000, 16),
+                vec![FeatureSpec::new("id").value_type(ValueType::Int64)],
+            )
+            .unwrap();
+        let filler = dir.path().join("filler");
+        let free = fs_free_bytes(dir.path());
+        std::fs::write(&filler, vec![0u8; (free - (1 << 20)) as usize]).unwrap();
+        let table = catalog.table("big").unwrap();
+        // 100k rows × (64 + 4) bytes do not fit in the 1 MiB left.
+        let rows: Vec<u64> = (0..100_000).collect();
+        table.dirty().mark(&rows);
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        let stats = catalog.flush_stats();
+        let failures = stats.failures.load(Ordering::Relaxed);
+        assert!(failures >= 1, "the flusher never tried");
+        assert!(
+            failures <= 8,
+            "{failures} failed flushes in 600 ms at a 20 ms interval: no backoff"
+        );
+        assert!(stats.consecutive_failures.load(Ordering::Relaxed) >= 1);
+        let cause = catalog
+            .flush_failure()
+            .expect("the failure's cause is kept");
+        assert!(cause.contains("disk full"), "{cause}");
+        assert_eq!(table.dirty().len(), 100_000, "unwritten rows stay dirty");
+
+        // A graceful close while the disk is still full: refused, naming
+        // the rows it could not write.
+        assert_eq!(catalog.dirty_rows(), 100_000);
+        let err = catalog.close().unwrap_err().to_string();
+        assert!(err.contains("100000 rows"), "{err}");
+        std::fs::remove_file(&filler).unwrap();
+        // What is on disk still opens, with its configuration.
+        let (reopened, report) = Catalog::open(dir.path(), CatalogOptions::default()).unwrap();
+        assert_eq!(reopened.table_names(), ["big"]);
+        assert_eq!(report.rows_loaded, 0);
+        reopened.close().unwrap();
+    });
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(dir.path())
+        .status();
+    result.unwrap();
+}
+
+/// Free bytes of the filesystem holding `path`.
+fn fs_free_bytes(path: &Path) -> u64 {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: statvfs fills the zeroed struct for a valid NUL-terminated path.
+    unsafe {
+        let mut stat: libc::statvfs = std::mem::zeroed();
+        assert_eq!(libc::statvfs(c_path.as_ptr(), &mut stat), 0);
+        stat.f_bavail as u64 * stat.f_frsize as u64
+    }
+}

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
 use crate::shared::Shared;
 
 use super::bodies::ErrorBody;
@@ -29,8 +29,24 @@ pub(super) async fn healthz() -> &'static str {
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "Tables are loaded"),
-        (status = 503, body = ErrorBody, description = "Still recovering")))]
+    responses((status = 200, description = "Tables are loaded and flushes work"),
+        (status = 503, body = ErrorBody,
+            description = "Still recovering, or flushes are failing (pushes are not becoming durable)")))]
 pub(super) async fn readyz(State(shared): State<Arc<Shared>>) -> Result<&'static str, ApiError> {
-    shared.api().map(|_| "ready\n")
+    let api = shared.api()?;
+    let catalog = api.catalog();
+    match catalog.flush_failure() {
+        None => Ok("ready\n"),
+        Some(cause) => Err(ApiError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "degraded: {} flushes failed in a row, {} rows are only in memory: {cause}",
+                catalog
+                    .flush_stats()
+                    .consecutive_failures
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                catalog.dirty_rows()
+            ),
+        )),
+    }
 }

@@ -23,6 +23,21 @@ impl Catalog {
         &self.inner.stats
     }
 
+    /// Why flushes are failing, while they are (`None` once one works).
+    pub fn flush_failure(&self) -> Option<String> {
+        self.inner.stats.last_error.lock().clone()
+    }
+
+    /// Rows changed in memory and not yet written, over every table.
+    pub fn dirty_rows(&self) -> u64 {
+        self.inner
+            .tables
+            .read()
+            .values()
+            .map(|live| live.table.dirty().len() as u64)
+            .sum()
+    }
+
     /// Bytes of the live database on disk (SST files, WAL, manifest), for
     /// metrics and stats.
     pub fn database_bytes(&self) -> u64 {
@@ -101,7 +116,7 @@ impl Inner {
             for (live, rows) in drained {
                 live.table.dirty().mark(&rows);
             }
-            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            self.stats.record_failure(&e.to_string());
             return Err(e);
         }
         self.stats.record(&report, started.elapsed());

@@ -78,6 +78,11 @@ pub enum CatalogError {
     ReadOnly,
     #[error(transparent)]
     OverBudget(#[from] OverBudget),
+    #[error("the final flush failed; {unwritten_rows} rows changed by acknowledged pushes were not written: {cause}")]
+    Unflushed {
+        unwritten_rows: u64,
+        cause: Box<CatalogError>,
+    },
 }
 
 /// How a catalog runs.
@@ -263,7 +268,13 @@ impl Catalog {
             return Ok(());
         }
         // The flusher's last flush may have failed; try once more and report.
-        let report = self.inner.flush(false)?;
+        let report = self
+            .inner
+            .flush(false)
+            .map_err(|cause| CatalogError::Unflushed {
+                unwritten_rows: self.dirty_rows(),
+                cause: Box::new(cause),
+            })?;
         // Everything handed out is flushed: nothing to count as lost at the
         // next start.
         let mut batch = self.inner.store.batch();

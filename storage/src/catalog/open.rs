@@ -98,11 +98,10 @@ impl Catalog {
         let inner = Arc::new(Self::load(store, data_dir, options, false, &mut report)?);
         let weak = Arc::downgrade(&inner);
         let flusher = Flusher::start(options.flush_interval, move || {
-            if let Some(inner) = weak.upgrade() {
-                // A failed flush keeps its rows dirty and is retried; the
-                // failure is counted for the operator.
-                let _ = inner.flush(false);
-            }
+            // A failed flush keeps its rows dirty and is retried (after a
+            // backoff); the failure is counted and kept for the operator.
+            weak.upgrade()
+                .is_none_or(|inner| inner.flush(false).is_ok())
         });
         Ok((
             Catalog {
