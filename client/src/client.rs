@@ -2,6 +2,10 @@
 //! loop every unary call goes through, lookups, pushes and the Train stream.
 
 use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -23,6 +27,34 @@ pub struct Client {
     pub(crate) embedding: EmbeddingServiceClient<Transport>,
     pub(crate) admin: AdminServiceClient<Transport>,
     options: ClientOptions,
+    request_ids: RequestIds,
+}
+
+/// Push request ids: a random start per client (so two clients do not meet
+/// within the server's deduplication window), then counted; never 0.
+#[derive(Clone)]
+struct RequestIds {
+    start: u64,
+    issued: Arc<AtomicU64>,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        RequestIds {
+            start: RandomState::new().hash_one(SystemTime::now()),
+            issued: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn next(&self) -> u64 {
+        loop {
+            let n = self.issued.fetch_add(1, Ordering::Relaxed);
+            let id = self.start.wrapping_add(n);
+            if id != 0 {
+                return id;
+            }
+        }
+    }
 }
 
 impl Client {
@@ -87,12 +119,54 @@ impl Client {
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
             options,
+            request_ids: RequestIds::new(),
         })
     }
 
-    /// Runs one unary call with a deadline, retrying on UNAVAILABLE.
+    /// Runs one unary call with a deadline, retrying on UNAVAILABLE (the
+    /// server refused it before doing anything).
     pub(crate) async fn call<C: Clone, M: Clone, T, Fut>(
         &self,
+        rpc: &C,
+        message: M,
+        send: impl Fn(C, Request<M>) -> Fut,
+    ) -> Result<T, ClientError>
+    where
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call_with(
+            |status| status.code() == Code::Unavailable,
+            rpc,
+            message,
+            send,
+        )
+        .await
+    }
+
+    /// [`Self::call`] for calls that may safely run twice (lookups, pushes
+    /// with a request id): also retries when the connection broke mid-call,
+    /// after which the server may or may not have run it.
+    async fn call_idempotent<C: Clone, M: Clone, T, Fut>(
+        &self,
+        rpc: &C,
+        message: M,
+        send: impl Fn(C, Request<M>) -> Fut,
+    ) -> Result<T, ClientError>
+    where
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let broken = |status: &Status| {
+            status.code() == Code::Unavailable
+                || (status.code() == Code::Unknown
+                    && std::error::Error::source(status)
+                        .is_some_and(|e| e.is::<tonic::transport::Error>()))
+        };
+        self.call_with(broken, rpc, message, send).await
+    }
+
+    async fn call_with<C: Clone, M: Clone, T, Fut>(
+        &self,
+        retryable: impl Fn(&Status) -> bool,
         rpc: &C,
         message: M,
         send: impl Fn(C, Request<M>) -> Fut,
@@ -118,9 +192,7 @@ impl Client {
             };
             match result {
                 Ok(response) => return Ok(response.into_inner()),
-                Err(status)
-                    if status.code() == Code::Unavailable && attempt < self.options.retries =>
-                {
+                Err(status) if retryable(&status) && attempt < self.options.retries => {
                     tokio::time::sleep(self.options.backoff * 2u32.pow(attempt)).await;
                     attempt += 1;
                 }
@@ -143,7 +215,7 @@ impl Client {
             want_ticket,
         };
         let response = self
-            .call(&self.embedding, request, |mut c, r| async move {
+            .call_idempotent(&self.embedding, request, |mut c, r| async move {
                 c.lookup(r).await
             })
             .await?;
@@ -178,12 +250,15 @@ impl Client {
         target: pb::push_request::Target,
         grads: &[Vec<f32>],
     ) -> Result<pb::PushResponse, ClientError> {
+        // One id for every attempt: a retry of a push the server applied
+        // (its answer lost with the connection) gets that answer again.
         let request = pb::PushRequest {
             table: table.to_owned(),
             target: Some(target),
             gradients: encode_gradients(grads),
+            request_id: self.request_ids.next(),
         };
-        self.call(&self.embedding, request, |mut c, r| async move {
+        self.call_idempotent(&self.embedding, request, |mut c, r| async move {
             c.push(r).await
         })
         .await

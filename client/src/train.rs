@@ -73,6 +73,8 @@ impl TrainStream {
             table: table.to_owned(),
             target: Some(pb::push_request::Target::Ticket(ticket)),
             gradients: encode_gradients(grads),
+            // A stream is not retried: its messages need no request id.
+            request_id: 0,
         }))
         .await
     }

@@ -89,6 +89,10 @@ pub struct LimitsConfig {
     /// the host or the device); unset: 80 % of the machine's or the
     /// cgroup's memory, whichever is smaller.
     pub max_memory_bytes: Option<u64>,
+    /// How long a push's answer is kept for a retry with its request id.
+    pub push_dedup_window_secs: u64,
+    /// Most push answers kept for retries (oldest dropped first).
+    pub push_dedup_max_entries: usize,
 }
 
 impl Default for LimitsConfig {
@@ -98,6 +102,8 @@ impl Default for LimitsConfig {
             max_request_bytes: 16 << 20,
             max_message_bytes: 256 << 20,
             max_memory_bytes: None,
+            push_dedup_window_secs: 600,
+            push_dedup_max_entries: 1 << 18,
         }
     }
 }
@@ -314,7 +320,7 @@ impl ServerConfig {
         // upper bounds keep arithmetic on them (`now + ttl`, timers, prost's
         // 2 GiB message limit, u32 entry counts) from overflowing.
         const DAY_SECS: u64 = 24 * 3600;
-        let ranges: [(&'static str, u64, u64, u64); 10] = [
+        let ranges: [(&'static str, u64, u64, u64); 12] = [
             (
                 "limits.max_batch_values",
                 self.limits.max_batch_values as u64,
@@ -358,6 +364,18 @@ impl ServerConfig {
                 self.limits.max_memory_bytes.unwrap_or(1),
                 1,
                 1 << 50,
+            ),
+            (
+                "limits.push_dedup_window_secs",
+                self.limits.push_dedup_window_secs,
+                0,
+                DAY_SECS,
+            ),
+            (
+                "limits.push_dedup_max_entries",
+                self.limits.push_dedup_max_entries as u64,
+                0,
+                1 << 24,
             ),
             (
                 "storage.max_wal_bytes",

@@ -18,7 +18,8 @@
 //!   tonic's own refusals to ours.
 //! - [`auth`]: bearer tokens, compared in constant time (gRPC calls are
 //!   checked before their message is decoded: [`grpc::auth`]).
-//! - [`tickets`]: planned lookups kept for the matching push.
+//! - [`tickets`]: planned lookups kept for the matching push; [`dedup`]:
+//!   answers of recent pushes by request id, so retries apply once.
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`error`]: the service's error type and its gRPC/HTTP mapping.
 //! - [`logging`]: text or JSON logs.
@@ -28,6 +29,7 @@ pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod convert;
+pub mod dedup;
 pub mod error;
 pub mod examples;
 pub mod grpc;

@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::api::{Api, Limits};
 use crate::config::ServerConfig;
+use crate::dedup::PushDedup;
 use crate::shared::Shared;
 use crate::startup::{start, ServeError};
 use crate::tickets::TicketCache;
@@ -60,7 +61,11 @@ pub(crate) async fn run(
         max_output_bytes: config.limits.max_message_bytes,
     };
     let counters = shared.metrics.op_counters();
-    let api = Arc::new(Api::new(catalog.clone(), tickets, limits, counters));
+    let pushes = PushDedup::new(
+        Duration::from_secs(config.limits.push_dedup_window_secs),
+        config.limits.push_dedup_max_entries,
+    );
+    let api = Arc::new(Api::new(catalog.clone(), tickets, pushes, limits, counters));
     let _ = shared.api.set(api);
     // Only now: whoever waits for this line (an operator, a test, a script)
     // finds `/readyz` answering 200.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use prometheus::IntCounter;
 
+use crate::dedup::PushDedup;
 use crate::error::ApiError;
 use crate::tickets::{Ticket, TicketCache};
 use featmux_engine::batch::{Batch, FeatureEmbeddings, Values};
@@ -111,6 +112,7 @@ pub struct OpCounters {
 pub struct Api {
     catalog: Arc<Catalog>,
     tickets: TicketCache,
+    pushes: PushDedup,
     limits: Limits,
     counters: OpCounters,
 }
@@ -120,12 +122,14 @@ impl Api {
     pub fn new(
         catalog: Arc<Catalog>,
         tickets: TicketCache,
+        pushes: PushDedup,
         limits: Limits,
         counters: OpCounters,
     ) -> Self {
         Api {
             catalog,
             tickets,
+            pushes,
             limits,
             counters,
         }
@@ -201,8 +205,21 @@ impl Api {
         Ok(LookupResult { embeddings, ticket })
     }
 
-    /// Pushes gradients: one block per batch feature, in batch order.
+    /// Pushes gradients: one block per batch feature, in batch order. A
+    /// non-zero `request_id` already answered for `table` within the
+    /// deduplication window gets that answer, and nothing is applied.
     pub fn push(
+        &self,
+        table: &str,
+        target: &PushTarget,
+        blocks: Vec<GradientBlock>,
+        request_id: u64,
+    ) -> Result<PushResult, ApiError> {
+        self.pushes
+            .run(table, request_id, || self.apply_push(table, target, blocks))
+    }
+
+    fn apply_push(
         &self,
         table: &str,
         target: &PushTarget,

@@ -99,7 +99,7 @@ fn push(api: &Api, req: pb::PushRequest) -> Result<pb::PushResponse, ApiError> {
         None => return Err(ApiError::invalid("set `batch` or `ticket`")),
     };
     let gradients = convert::gradients_from_pb(req.gradients)?;
-    api.push(&req.table, &target, gradients)
+    api.push(&req.table, &target, gradients, req.request_id)
         .map(convert::push_result_to_pb)
 }
 
