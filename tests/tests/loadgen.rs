@@ -234,3 +234,37 @@ fn stats_version(server: &TestServer) -> u64 {
     let stats: Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
     stats["version"].as_u64().unwrap()
 }
+
+/// Benches started together against a missing table: one creates it, the
+/// others (refused with AlreadyExists) use it, since it is the table they
+/// would have created.
+#[test]
+fn benches_started_together_share_the_table_they_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &ServerSettings::default());
+    let (grpc, http) = (server.grpc_url(), server.http_url());
+    let prefix = ["--addr", &grpc, "--json", "bench", "--http", &http];
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..6)
+            .map(|_| {
+                scope.spawn(|| {
+                    bench_with(
+                        &prefix,
+                        &[
+                            "--workload",
+                            "lookup",
+                            "--duration",
+                            "0.3",
+                            "--concurrency",
+                            "1",
+                        ],
+                    )
+                })
+            })
+            .collect();
+        for run in runs {
+            assert_well_formed(&run.join().unwrap(), "lookup", 1);
+        }
+    });
+    assert!(server.stop().success());
+}

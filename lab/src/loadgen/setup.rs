@@ -89,26 +89,47 @@ pub(super) async fn load_redis(args: &BenchArgs, inputs: &[Vec<Prepared>]) -> an
 
 pub(super) async fn ensure_table(args: &BenchArgs, admin: &Client) -> anyhow::Result<()> {
     match admin.get_table(&args.table).await {
-        Ok(info) => {
-            let missing = (0..args.features).map(|f| format!("f{f}")).find(|name| {
-                !info
-                    .features
-                    .iter()
-                    .any(|x| x.config.as_ref().is_some_and(|c| &c.name == name))
-            });
-            match missing {
-                Some(name) => Err(anyhow::anyhow!(
-                    "table `{}` exists without feature `{name}`",
-                    args.table
-                )),
-                None => Ok(()),
-            }
-        }
+        Ok(info) => check_existing(args, &info),
         Err(e) if e.code() == Some(Code::NotFound) => {
             let (table, features) = table_config(args)?;
-            admin.create_table(table, features).await?;
-            Ok(())
+            match admin.create_table(table, features).await {
+                Ok(_) => Ok(()),
+                // Several benches started together: one created it; use it
+                // if it is the table this one would have created.
+                Err(e) if e.code() == Some(Code::AlreadyExists) => {
+                    check_existing(args, &admin.get_table(&args.table).await?)
+                }
+                Err(e) => Err(e.into()),
+            }
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Accepts an existing benchmark table with the shape and features this
+/// run would create.
+fn check_existing(args: &BenchArgs, info: &pb::TableInfo) -> anyhow::Result<()> {
+    let config = info.config.as_ref();
+    let shape = config.map(|c| (c.rows, c.chunk_dim));
+    if shape != Some((args.rows, args.chunk_dim)) {
+        anyhow::bail!(
+            "table `{}` exists as {shape:?} (rows, chunk_dim), not ({}, {})",
+            args.table,
+            args.rows,
+            args.chunk_dim
+        );
+    }
+    let missing = (0..args.features).map(|f| format!("f{f}")).find(|name| {
+        !info
+            .features
+            .iter()
+            .any(|x| x.config.as_ref().is_some_and(|c| &c.name == name))
+    });
+    match missing {
+        Some(name) => Err(anyhow::anyhow!(
+            "table `{}` exists without feature `{name}`",
+            args.table
+        )),
+        None => Ok(()),
     }
 }
