@@ -13,6 +13,11 @@ pub enum EngineError {
     /// A batch names a feature the table does not have.
     #[error("unknown feature `{0}`")]
     UnknownFeature(String),
+    /// A partitioned feature's slice does not fit the table's rows or
+    /// overlaps another feature's: a conflict with the table, not a
+    /// malformed request.
+    #[error("feature `{feature}`: {reason}")]
+    PlacementConflict { feature: String, reason: String },
     /// A feature with this name is already registered.
     #[error("feature `{0}` already exists")]
     FeatureExists(String),

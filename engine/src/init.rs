@@ -37,9 +37,15 @@ fn mix64(mut z: u64) -> u64 {
 pub enum Initializer {
     /// Uniform on [-bound, bound); `bound = None` means `1/sqrt(chunk_dim)`,
     /// the usual default for embedding tables.
-    Uniform { bound: Option<f32> },
+    Uniform {
+        #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 3.4028235e38))]
+        bound: Option<f32>,
+    },
     /// Normal(0, std).
-    Normal { std: f32 },
+    Normal {
+        #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 3.4028235e38))]
+        std: f32,
+    },
     /// All zeros (useful for tests and for FTRL-style sparse models).
     Zeros,
 }

@@ -31,34 +31,71 @@ use crate::error::EngineError;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Optimizer {
     /// `w -= lr * g`.
-    Sgd { lr: f32 },
+    Sgd {
+        #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 3.4028235e38))]
+        lr: f32,
+    },
     /// Per-element Adagrad: `a += g²; w -= lr * g / (sqrt(a) + eps)`.
     Adagrad {
+        #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 3.4028235e38))]
         lr: f32,
+        #[cfg_attr(
+            feature = "openapi",
+            schema(minimum = 1.1754944e-38, maximum = 3.4028235e38)
+        )]
         eps: f32,
+        #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 3.4028235e38))]
         initial_accumulator: f32,
     },
     /// FBGEMM's default for embeddings: one accumulator per row,
     /// `a += mean(g²); w -= lr * g / (sqrt(a) + eps)`.
     RowWiseAdagrad {
+        #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 3.4028235e38))]
         lr: f32,
+        #[cfg_attr(
+            feature = "openapi",
+            schema(minimum = 1.1754944e-38, maximum = 3.4028235e38)
+        )]
         eps: f32,
+        #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 3.4028235e38))]
         initial_accumulator: f32,
     },
     /// Lazy Adam: m and v change only for touched rows, and bias correction
     /// uses the row's own step count.
     Adam {
+        #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 3.4028235e38))]
         lr: f32,
+        #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 0.99999994))]
         beta1: f32,
+        #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 0.99999994))]
         beta2: f32,
+        #[cfg_attr(
+            feature = "openapi",
+            schema(minimum = 1.1754944e-38, maximum = 3.4028235e38)
+        )]
         eps: f32,
     },
     /// FTRL-Proximal (McMahan et al. 2013), per element, with L1 and L2.
+    /// The server needs `beta`, `l2` or `initial_accumulator` above 0; the
+    /// OpenAPI schema, which cannot say "one of", asks for `beta > 0`.
+    /// (Bounds in the schema are f32's: the smallest normal positive value,
+    /// the largest finite one, the largest below 1.)
     Ftrl {
+        #[cfg_attr(
+            feature = "openapi",
+            schema(minimum = 1.1754944e-38, maximum = 3.4028235e38)
+        )]
         alpha: f32,
+        #[cfg_attr(
+            feature = "openapi",
+            schema(minimum = 1.1754944e-38, maximum = 3.4028235e38)
+        )]
         beta: f32,
+        #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 3.4028235e38))]
         l1: f32,
+        #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 3.4028235e38))]
         l2: f32,
+        #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 3.4028235e38))]
         initial_accumulator: f32,
     },
 }

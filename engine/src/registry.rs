@@ -181,10 +181,12 @@ impl FeatureRegistry {
             .into_iter()
             .find(|&(s, e, _)| offset < e && s < end)
         {
-            return Err(EngineError::invalid(
-                format!("features.{name}.placement"),
-                format!("slice [{offset}, {end}) overlaps feature `{other}`'s slice [{s}, {e})"),
-            ));
+            return Err(EngineError::PlacementConflict {
+                feature: name.to_owned(),
+                reason: format!(
+                    "slice [{offset}, {end}) overlaps feature `{other}`'s slice [{s}, {e})"
+                ),
+            });
         }
         Ok(offset)
     }
@@ -199,10 +201,12 @@ impl FeatureRegistry {
             candidate = candidate.max(end);
         }
         if candidate + rows > table_rows {
-            return Err(EngineError::invalid(
-                format!("features.{name}.placement"),
-                format!("no free slice of {rows} rows is left in the table's {table_rows} rows"),
-            ));
+            return Err(EngineError::PlacementConflict {
+                feature: name.to_owned(),
+                reason: format!(
+                    "no free slice of {rows} rows is left in the table's {table_rows} rows"
+                ),
+            });
         }
         Ok(candidate)
     }

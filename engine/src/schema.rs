@@ -29,13 +29,23 @@ pub const MAX_NAME_LEN: usize = 128;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TableSpec {
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$"))]
     pub name: String,
     /// Number of buckets (M).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 18014398509481984_u64)
+    )]
     pub rows: u64,
     /// Floats per row (d); a feature with `c` chunks gets `c * d` floats.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1024))]
     pub chunk_dim: usize,
     /// Seeds both hashing and lazy initialisation.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 18446744073709551615_u64)
+    )]
     pub seed: u64,
     #[serde(default)]
     pub initializer: Initializer,
@@ -114,16 +124,22 @@ pub enum Placement {
     /// A private slice `[offset, offset + rows)`: the classic per-feature
     /// hashing trick, kept as the baseline the paper compares against.
     /// `offset: None` asks the registry for the first free slice that fits.
-    Partitioned { offset: Option<u64>, rows: u64 },
+    Partitioned {
+        offset: Option<u64>,
+        #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+        rows: u64,
+    },
 }
 
 /// A feature to register in a table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FeatureSpec {
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$"))]
     pub name: String,
     /// Lookups concatenated for this feature (output width `chunks * chunk_dim`).
     #[serde(default = "one")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1024))]
     pub chunks: u32,
     #[serde(default)]
     pub value_type: ValueType,
@@ -192,13 +208,13 @@ impl FeatureSpec {
             }
             let end = offset.unwrap_or(0).checked_add(rows);
             if end.is_none_or(|end| end > table_rows) {
-                return Err(EngineError::invalid(
-                    field("placement"),
-                    format!(
+                return Err(EngineError::PlacementConflict {
+                    feature: self.name.clone(),
+                    reason: format!(
                         "slice at offset {} with {rows} rows does not fit in a table of {table_rows} rows",
                         offset.unwrap_or(0)
                     ),
-                ));
+                });
             }
         }
         Ok(())
@@ -292,10 +308,12 @@ mod tests {
             offset: Some(5),
             rows: 6,
         });
-        assert_eq!(
-            field_of(too_big.validate(10).unwrap_err()),
-            "features.age.placement"
-        );
+        // Not a malformed spec but a conflict with the table (409).
+        assert!(matches!(
+            too_big.validate(10).unwrap_err(),
+            EngineError::PlacementConflict { feature, reason }
+                if feature == "age" && reason.contains("does not fit")
+        ));
         let empty = FeatureSpec::new("age").placement(Placement::Partitioned {
             offset: None,
             rows: 0,

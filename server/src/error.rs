@@ -96,6 +96,7 @@ impl From<EngineError> for ApiError {
         let kind = match e {
             EngineError::UnknownFeature(_) => ErrorKind::NotFound,
             EngineError::FeatureExists(_) => ErrorKind::AlreadyExists,
+            EngineError::PlacementConflict { .. } => ErrorKind::FailedPrecondition,
             EngineError::InvalidConfig { .. }
             | EngineError::InvalidBatch { .. }
             | EngineError::InvalidGradients { .. }

@@ -49,7 +49,7 @@ pub(super) async fn create_table(
 }
 
 #[utoipa::path(get, path = "/v1/tables/{table}", tag = "admin",
-    params(("table" = String, Path, description = "Table name")),
+    params(("table" = String, Path, description = "Table name", pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = TableInfo), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn get_table(
@@ -62,7 +62,7 @@ pub(super) async fn get_table(
 }
 
 #[utoipa::path(delete, path = "/v1/tables/{table}", tag = "admin",
-    params(("table" = String, Path, description = "Table name")),
+    params(("table" = String, Path, description = "Table name", pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 204), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn drop_table(
@@ -75,7 +75,7 @@ pub(super) async fn drop_table(
 }
 
 #[utoipa::path(post, path = "/v1/tables/{table}/features", tag = "admin",
-    params(("table" = String, Path, description = "Table name")),
+    params(("table" = String, Path, description = "Table name", pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body = AddFeaturesBody,
     responses((status = 200, body = TableInfo), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
@@ -91,7 +91,7 @@ pub(super) async fn add_features(
 }
 
 #[utoipa::path(post, path = "/v1/tables/{table}/explain", tag = "admin",
-    params(("table" = String, Path, description = "Table name")),
+    params(("table" = String, Path, description = "Table name", pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body = ExplainBody,
     responses((status = 200, body = ExplainOutput), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody)),
@@ -119,7 +119,7 @@ pub(super) async fn explain(
 }
 
 #[utoipa::path(get, path = "/v1/tables/{table}/stats", tag = "admin",
-    params(("table" = String, Path, description = "Table name")),
+    params(("table" = String, Path, description = "Table name", pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = TableStats), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn table_stats(

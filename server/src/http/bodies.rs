@@ -66,6 +66,7 @@ pub struct CreateTableBody {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddFeaturesBody {
+    #[schema(min_items = 1)]
     pub features: Vec<FeatureSpec>,
 }
 
@@ -100,8 +101,10 @@ pub struct CheckpointList {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreBody {
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
     pub table: String,
     /// Restore under this name instead of replacing `table`.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
     pub into: Option<String>,
 }

@@ -2,34 +2,64 @@
 //! parameter of the wrong type) come back in the API's error format with
 //! the right status, like every other refusal.
 
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::Json;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::error::ApiError;
 
-/// A JSON body.
+/// A JSON body. Integral numbers written as floats (`161.0`, as JavaScript
+/// and many JSON libraries write them) are accepted where an integer is
+/// expected: JSON itself does not tell `161.0` from `161`.
 pub struct ApiJson<T>(pub T);
 
-impl<S: Send + Sync, T> FromRequest<S> for ApiJson<T>
-where
-    Json<T>: FromRequest<S, Rejection = JsonRejection>,
-{
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(ApiJson(value)),
+        let mut value = match Json::<Value>::from_request(req, state).await {
+            Ok(Json(value)) => value,
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(ApiError::too_large(format!(
+                return Err(ApiError::too_large(format!(
                     "{} (limits.max_request_bytes)",
                     rejection.body_text()
-                )))
+                )));
             }
-            Err(rejection) => Err(ApiError::invalid(rejection.body_text())),
+            Err(rejection) => return Err(ApiError::invalid(rejection.body_text())),
+        };
+        integral_floats_as_integers(&mut value);
+        serde_path_to_error::deserialize(value)
+            .map(ApiJson)
+            .map_err(|e| {
+                ApiError::invalid(format!(
+                    "Failed to deserialize the JSON body into the target type: {e}"
+                ))
+            })
+    }
+}
+
+/// Rewrites every number with no fractional part (within ±2^53, where f64
+/// is exact) as an integer.
+fn integral_floats_as_integers(value: &mut Value) {
+    match value {
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|_| n.is_f64()) {
+                if f.fract() == 0.0 && f.abs() <= (1u64 << 53) as f64 {
+                    *n = if f >= 0.0 {
+                        (f as u64).into()
+                    } else {
+                        (f as i64).into()
+                    };
+                }
+            }
         }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
     }
 }
 
@@ -51,5 +81,21 @@ where
                 rejection.body_text()
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integral_floats_become_integers_and_others_stay() {
+        let mut v = serde_json::json!({"a": 161.0, "b": [-2.0, 0.5], "c": 1e300, "d": "3.0"});
+        integral_floats_as_integers(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!({"a": 161, "b": [-2, 0.5], "c": 1e300, "d": "3.0"})
+        );
+        assert!(v["a"].is_u64() && v["b"][0].is_i64());
     }
 }

@@ -22,7 +22,7 @@ use super::{ApiJson, ApiPath};
 const INLINE_MAX_ENTRIES: usize = 256;
 
 #[utoipa::path(post, path = "/v1/tables/{table}/lookup", tag = "serving",
-    params(("table" = String, Path, description = "Table name")),
+    params(("table" = String, Path, description = "Table name", pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body = LookupBody,
     responses(
         (status = 200, body = LookupOutput),
