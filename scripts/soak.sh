@@ -47,7 +47,7 @@ start_server() {
 start_server
 echo "server $server ready in ${ready}s"
 grpc=http://127.0.0.1:50061
-common="--addr $grpc --token $data --json bench --http http://127.0.0.1:8091 --table soak --rows $rows --features 8 --examples 256 --vocab $rows --zipf 1.05 --duration $seconds"
+common="--addr $grpc --token $data --json bench --http http://127.0.0.1:8091 --table soak --rows $rows --features 8 --vocab $rows --zipf 1.05 --duration $seconds"
 # Create the table first (benches share it), then the load.
 "$bin" --addr $grpc --token $admin table create soak --rows "$rows" --chunk-dim 16 \
     --optimizer adagrad --lr 0.05 $(for f in 0 1 2 3 4 5 6 7; do printf -- '--feature f%s ' $f; done) \
@@ -55,7 +55,7 @@ common="--addr $grpc --token $data --json bench --http http://127.0.0.1:8091 --t
 pids=""
 for workload in lookup push train; do
     # shellcheck disable=SC2086
-    "$bin" $common --workload $workload --concurrency 16 >"$out/bench-$workload.json" 2>"$out/bench-$workload.err" &
+    "$bin" $common --workload $workload --examples 256 --concurrency 16 >"$out/bench-$workload.json" 2>"$out/bench-$workload.err" &
     pids="$pids $!"
 done
 # shellcheck disable=SC2086

@@ -88,6 +88,7 @@ impl Catalog {
         batch.delete_rows(live.id);
         batch.commit(true)?;
         inner.tables.write().remove(name);
+        inner.store.compact_table(live.id);
         Ok(())
     }
 

@@ -20,8 +20,8 @@ use featmux_migrations::layout::{
 };
 use featmux_migrations::{Applied, Migration, MigrationError};
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Direction, ErrorKind,
-    IteratorMode, Options, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamilyDescriptor, CompactOptions,
+    DBCompressionType, Direction, ErrorKind, IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
 
 use featmux_engine::backend::RowData;
@@ -320,6 +320,22 @@ impl Store {
         self.db
             .cf_handle(name)
             .expect("the store opens every column family")
+    }
+
+    /// Compacts table `table_id`'s key range after its rows were deleted:
+    /// the range tombstones, alone in their range once the table is gone,
+    /// would otherwise stay in small files no compaction meets again (each
+    /// held open by RocksDB).
+    pub fn compact_table(&self, table_id: u32) {
+        let (start, end) = keys::table_range(table_id);
+        // The tombstones sit in the bottommost level, which a range
+        // compaction skips by default: force it there.
+        let mut options = CompactOptions::default();
+        options.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        for cf in [ROWS_CF, STATE_CF] {
+            self.db
+                .compact_range_cf_opt(self.cf(cf), Some(&start[..]), Some(&end[..]), &options);
+        }
     }
 
     /// The database directory.
