@@ -62,7 +62,15 @@ pub struct StoreOptions {
     /// next start replay it all; past this size the oldest logs' column
     /// families are flushed.
     pub max_wal_bytes: u64,
+    /// Size at which RocksDB's info log (`LOG`) rolls over; four old ones
+    /// are kept. Unbounded, it grew by 0.7 MB/s under admin churn (every
+    /// flush and compaction writes lines) and was 97 % of a soak's data
+    /// directory.
+    pub max_info_log_bytes: usize,
 }
+
+/// Rolled-over info logs kept beside the current one.
+const INFO_LOGS_KEPT: usize = 4;
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -70,6 +78,7 @@ impl Default for StoreOptions {
             block_cache_bytes: 256 << 20,
             write_buffer_bytes: 64 << 20,
             max_wal_bytes: 256 << 20,
+            max_info_log_bytes: 16 << 20,
         }
     }
 }
@@ -243,6 +252,8 @@ impl Store {
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
         db_options.set_max_total_wal_size(options.max_wal_bytes);
+        db_options.set_max_log_file_size(options.max_info_log_bytes);
+        db_options.set_keep_log_file_num(INFO_LOGS_KEPT);
         let cf_options = Self::cf_options(options);
         let cfs = COLUMN_FAMILIES
             .iter()
