@@ -47,7 +47,9 @@ start_server() {
 start_server
 echo "server $server ready in ${ready}s"
 grpc=http://127.0.0.1:50061
-common="--addr $grpc --token $data --json bench --http http://127.0.0.1:8091 --table soak --rows $rows --features 8 --vocab $rows --zipf 1.05 --duration $seconds"
+# The benches use the admin token (it also works on the data plane): they
+# check the table exists, an admin call.
+common="--addr $grpc --token $admin --json bench --http http://127.0.0.1:8091 --table soak --rows $rows --features 8 --vocab $rows --zipf 1.05 --duration $seconds"
 # Create the table first (benches share it), then the load.
 "$bin" --addr $grpc --token $admin table create soak --rows "$rows" --chunk-dim 16 \
     --optimizer adagrad --lr 0.05 $(for f in 0 1 2 3 4 5 6 7; do printf -- '--feature f%s ' $f; done) \
@@ -114,9 +116,8 @@ wait "$server" || true
 {
     echo "soak: ${seconds}s, table of $rows rows x 16 (adagrad), 64 clients"
     for w in lookup push train http-lookup; do
-        sed -n 's/.*"requests": *\([0-9]*\).*/requests \1/p; s/.*"errors": *\([0-9]*\).*/errors \1/p' "$out/bench-$w.json" |
-            tr '\n' ' ' | sed "s/^/$w: /"
-        echo
+        python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], r['requests'], 'requests,', r['errors'], 'errors')" \
+            "$out/bench-$w.json" "$w" || echo "$w: failed: $(head -c 300 "$out/bench-$w.err")"
     done
     echo "admin loops (iterations errors): $(cat "$out"/admin-*.txt | tr '\n' ';')"
     echo "graceful stop exit status: $stop_status"
