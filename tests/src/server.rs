@@ -167,12 +167,20 @@ impl TestServer {
     }
 
     /// Sends SIGTERM and waits for the process to exit.
-    pub fn stop(mut self) -> ExitStatus {
+    pub fn stop(self) -> ExitStatus {
+        self.stop_with_logs().0
+    }
+
+    /// Sends SIGTERM, waits for the process to exit, and returns its exit
+    /// status with every line it wrote to stderr not read yet.
+    pub fn stop_with_logs(mut self) -> (ExitStatus, Vec<String>) {
         let mut child = self.child.take().expect("running");
         // SAFETY: kill(2) on our own child's pid has no memory effects.
         let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         assert_eq!(rc, 0, "SIGTERM");
-        child.wait().expect("wait for featmux")
+        let status = child.wait().expect("wait for featmux");
+        // The reader thread ends at the pipe's EOF, closing the channel.
+        (status, self.logs.iter().collect())
     }
 }
 
