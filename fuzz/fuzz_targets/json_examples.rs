@@ -1,0 +1,20 @@
+//! JSON bytes as serving examples: the entry count, the examples decoder
+//! (per feature and concatenated) → planning → lookup and un-pooling.
+#![no_main]
+
+use featmux_server::examples::{self, Example};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(examples) = serde_json::from_slice::<Vec<Example>>(data) else {
+        return;
+    };
+    let features = featmux_fuzz::table().features();
+    let _ = examples::entries(&features, &examples);
+    for concat in [false, true] {
+        if let Ok(batch) = examples::batch(&features, &examples, concat, featmux_fuzz::MAX_ENTRIES)
+        {
+            featmux_fuzz::exercise(&batch);
+        }
+    }
+});
