@@ -419,6 +419,44 @@ fn a_corrupt_table_record_is_reported_not_panicked_on() {
     assert!(err.to_string().contains("is corrupt"), "{err}");
 }
 
+/// A tmpfs of a fixed size on a temp dir, for full-disk tests; unmounted
+/// when dropped, a failing test included. Mounting needs root (CI runs as
+/// root); elsewhere `mount` says that the test did not run.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str, test: &str) -> Option<Tmpfs> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("{test}: needs root to mount a tmpfs; not run");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mounting a tmpfs failed");
+        Some(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
 /// A full disk: the flush fails with an error that says so, the rows stay
 /// dirty (nothing acknowledged is dropped from memory), configuration
 /// written before stays, and a refused config change changes nothing.
@@ -426,24 +464,16 @@ fn a_corrupt_table_record_is_reported_not_panicked_on() {
 /// says that it did not run.
 #[test]
 fn a_full_disk_is_reported_and_loses_no_acknowledged_configuration() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("a_full_disk_is_reported…: needs root to mount a tmpfs; not run");
+    let Some(disk) = Tmpfs::mount("4m", "a_full_disk_is_reported…") else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mount = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(dir.path())
-        .status()
-        .unwrap();
-    assert!(mount.success(), "mounting a tmpfs failed");
-    let result = std::panic::catch_unwind(|| {
+    };
+    let dir = disk.path();
+    {
         let options = CatalogOptions {
             flush_interval: std::time::Duration::from_secs(3600),
             ..CatalogOptions::default()
         };
-        let (catalog, _) = Catalog::open(dir.path(), options).unwrap();
+        let (catalog, _) = Catalog::open(dir, options).unwrap();
         let big = TableSpec::new("big", 400_000, 16);
         catalog.create_table(big, Vec::new()).unwrap();
         catalog
@@ -471,15 +501,11 @@ fn a_full_disk_is_reported_and_loses_no_acknowledged_configuration() {
             "a refused change is not applied in memory"
         );
         std::mem::forget(catalog); // like a crash: no shutdown flush
-    });
+    }
     // The configuration acknowledged before the disk filled is intact.
     let copy = tempfile::tempdir().unwrap();
-    copy_dir(&dir.path().join("db"), &copy.path().join("db"));
-    let _ = std::process::Command::new("umount")
-        .arg("-l")
-        .arg(dir.path())
-        .status();
-    result.unwrap();
+    copy_dir(&dir.join("db"), &copy.path().join("db"));
+    drop(disk);
     let reopened = open(copy.path());
     assert_eq!(reopened.table_names(), ["big"]);
     assert_eq!(reopened.table("big").unwrap().features().len(), 1);
@@ -621,32 +647,24 @@ fn the_write_ahead_log_stays_within_its_bound() {
 /// expose: see docs/DESIGN.md, "Storage".)
 #[test]
 fn a_full_disk_backs_off_is_reported_and_a_close_names_the_lost_rows() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("a_full_disk_backs_off…: needs root to mount a tmpfs; not run");
+    let Some(disk) = Tmpfs::mount("16m", "a_full_disk_backs_off…") else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mount = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-        .arg(dir.path())
-        .status()
-        .unwrap();
-    assert!(mount.success(), "mounting a tmpfs failed");
-    let result = std::panic::catch_unwind(|| {
+    };
+    let dir = disk.path();
+    {
         let options = CatalogOptions {
             flush_interval: std::time::Duration::from_millis(20),
             ..CatalogOptions::default()
         };
-        let (catalog, _) = Catalog::open(dir.path(), options).unwrap();
+        let (catalog, _) = Catalog::open(dir, options).unwrap();
         catalog
             .create_table(
                 TableSpec::new("big", 100_000, 16),
                 vec![FeatureSpec::new("id").value_type(ValueType::Int64)],
             )
             .unwrap();
-        let filler = dir.path().join("filler");
-        let free = fs_free_bytes(dir.path());
+        let filler = dir.join("filler");
+        let free = fs_free_bytes(dir);
         std::fs::write(&filler, vec![0u8; (free - (1 << 20)) as usize]).unwrap();
         let table = catalog.table("big").unwrap();
         // 100k rows × (64 + 4) bytes do not fit in the 1 MiB left.
@@ -674,16 +692,11 @@ fn a_full_disk_backs_off_is_reported_and_a_close_names_the_lost_rows() {
         assert!(err.contains("100000 rows"), "{err}");
         std::fs::remove_file(&filler).unwrap();
         // What is on disk still opens, with its configuration.
-        let (reopened, report) = Catalog::open(dir.path(), CatalogOptions::default()).unwrap();
+        let (reopened, report) = Catalog::open(dir, CatalogOptions::default()).unwrap();
         assert_eq!(reopened.table_names(), ["big"]);
         assert_eq!(report.rows_loaded, 0);
         reopened.close().unwrap();
-    });
-    let _ = std::process::Command::new("umount")
-        .arg("-l")
-        .arg(dir.path())
-        .status();
-    result.unwrap();
+    }
 }
 
 /// Free bytes of the filesystem holding `path`.
