@@ -642,9 +642,7 @@ fn the_write_ahead_log_stays_within_its_bound() {
 /// A full disk: the failed flush keeps every dirty row, the flusher backs
 /// off instead of retrying back to back, the failure is visible (counters,
 /// the last error), a close while the disk is full says how many rows it
-/// could not write, and what is on disk still opens. (Resuming writes once
-/// space is freed needs RocksDB's `Resume`, which the rocksdb crate does not
-/// expose: see docs/DESIGN.md, "Storage".)
+/// could not write, and what is on disk still opens.
 #[test]
 fn a_full_disk_backs_off_is_reported_and_a_close_names_the_lost_rows() {
     let Some(disk) = Tmpfs::mount("16m", "a_full_disk_backs_off…") else {
@@ -776,4 +774,102 @@ fn rocksdb_info_logs_stay_bounded() {
         .sum();
     assert!(logs <= 6 * (64 << 10), "{logs} bytes of RocksDB info logs");
     catalog.close().unwrap();
+}
+
+/// Creates of one name racing each other: one wins, and every other one
+/// answers "already exists" only once the table can be used, never while
+/// the winner is still filling it (benches started together rely on this).
+#[test]
+fn a_create_refused_as_existing_finds_the_table_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = open(dir.path());
+    // Big enough that filling it takes a while.
+    let big = TableSpec::new("shared", 1 << 20, 64);
+    let start = std::sync::Barrier::new(6);
+    let created = std::thread::scope(|scope| {
+        let creates: Vec<_> = (0..6)
+            .map(|_| {
+                scope.spawn(|| {
+                    start.wait();
+                    match catalog.create_table(big.clone(), Vec::new()) {
+                        Ok(_) => true,
+                        Err(CatalogError::TableExists(name)) => {
+                            assert!(
+                                catalog.table(&name).is_ok(),
+                                "refused as existing while `{name}` cannot be used yet"
+                            );
+                            false
+                        }
+                        Err(e) => panic!("create failed: {e}"),
+                    }
+                })
+            })
+            .collect();
+        creates
+            .into_iter()
+            .map(|c| c.join().unwrap())
+            .filter(|&won| won)
+            .count()
+    });
+    assert_eq!(created, 1);
+}
+
+/// Once space is freed, RocksDB clears its background error by itself (its
+/// SstFileManager polls the free space, every 5 s) and the flusher's next
+/// try writes every row that stayed dirty. RocksDB waits until the largest
+/// memtable of any column family fits: the unused default family was opened
+/// with RocksDB's 64 MiB, so on this 16 MiB disk writes never resumed.
+#[test]
+fn a_full_disk_resumes_flushing_once_space_is_freed() {
+    let Some(disk) = Tmpfs::mount("16m", "a_full_disk_resumes…") else {
+        return;
+    };
+    let dir = disk.path();
+    let options = CatalogOptions {
+        flush_interval: std::time::Duration::from_millis(20),
+        store: StoreOptions {
+            write_buffer_bytes: 1 << 20,
+            ..StoreOptions::default()
+        },
+        ..CatalogOptions::default()
+    };
+    let (catalog, _) = Catalog::open(dir, options).unwrap();
+    catalog
+        .create_table(
+            TableSpec::new("big", 50_000, 16),
+            vec![FeatureSpec::new("id").value_type(ValueType::Int64)],
+        )
+        .unwrap();
+    let filler = dir.join("filler");
+    let free = fs_free_bytes(dir);
+    std::fs::write(&filler, vec![0u8; (free - (1 << 20)) as usize]).unwrap();
+    let table = catalog.table("big").unwrap();
+    let rows: Vec<u64> = (0..50_000).collect();
+    table.dirty().mark(&rows);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while catalog.flush_failure().is_none() {
+        assert!(std::time::Instant::now() < deadline, "no flush failed");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::fs::remove_file(&filler).unwrap();
+    // RocksDB polls every 5 s; the flusher backs off up to 10 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    while catalog.dirty_rows() > 0 || catalog.flush_failure().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flushes never resumed: {:?}",
+            catalog.flush_failure()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        catalog
+            .flush_stats()
+            .consecutive_failures
+            .load(Ordering::Relaxed),
+        0
+    );
+    catalog.close().unwrap();
+    let (_, report) = Catalog::open(dir, options).unwrap();
+    assert_eq!(report.rows_loaded, 50_000);
 }

@@ -9,6 +9,7 @@ use featmux_engine::error::EngineError;
 use featmux_engine::registry::{Feature, FeatureRegistry};
 use featmux_engine::schema::{FeatureSpec, TableSpec};
 use featmux_engine::table::Table;
+use parking_lot::MutexGuard;
 
 use super::{record, Catalog, CatalogError, Inner, LiveTable};
 
@@ -21,6 +22,25 @@ struct NameClaim<'a> {
 impl Drop for NameClaim<'_> {
     fn drop(&mut self) {
         self.inner.creating.lock().remove(&self.name);
+        self.inner.creation_ended.notify_all();
+    }
+}
+
+impl Inner {
+    /// Takes the admin lock at a moment no create of `name` is filling its
+    /// table, waiting for one that is: its outcome (the table exists, or the
+    /// name is free again) decides what the caller does with the name.
+    pub(super) fn admin_without_creation_of(&self, name: &str) -> MutexGuard<'_, ()> {
+        loop {
+            let admin = self.admin.lock();
+            let mut creating = self.creating.lock();
+            if !creating.contains(name) {
+                return admin;
+            }
+            drop(admin);
+            self.creation_ended
+                .wait_while(&mut creating, |names| names.contains(name));
+        }
     }
 }
 
@@ -41,12 +61,11 @@ impl Catalog {
             registry.register(feature, spec.rows)?;
         }
         let (_claim, memory) = {
-            let _admin = inner.admin.lock();
-            if inner.tables.read().contains_key(&spec.name)
-                || !inner.creating.lock().insert(spec.name.clone())
-            {
+            let _admin = inner.admin_without_creation_of(&spec.name);
+            if inner.tables.read().contains_key(&spec.name) {
                 return Err(CatalogError::TableExists(spec.name));
             }
+            inner.creating.lock().insert(spec.name.clone());
             let claim = NameClaim {
                 inner,
                 name: spec.name.clone(),

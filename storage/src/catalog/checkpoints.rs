@@ -103,7 +103,8 @@ impl Catalog {
         into: Option<&str>,
     ) -> Result<Arc<Table>, CatalogError> {
         let inner = self.writable()?;
-        let _admin = inner.admin.lock();
+        let target = into.unwrap_or(table).to_owned();
+        let _admin = inner.admin_without_creation_of(&target);
         let checkpoint_path = self.checkpoint_path(id)?;
         let source = Store::open_read_only(&checkpoint_path)?;
         let record = source
@@ -114,9 +115,8 @@ impl Catalog {
                 checkpoint: id,
                 table: table.to_owned(),
             })?;
-        let target = into.unwrap_or(table).to_owned();
         let existing = inner.tables.read().get(&target).cloned();
-        if (into.is_some() && existing.is_some()) || inner.creating.lock().contains(&target) {
+        if into.is_some() && existing.is_some() {
             return Err(CatalogError::TableExists(target));
         }
         // The restored table is built beside the one it replaces.

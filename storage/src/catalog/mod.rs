@@ -40,7 +40,7 @@ use featmux_engine::plan::BatchPlan;
 use featmux_engine::registry::FeatureRegistry;
 use featmux_engine::schema::TableSpec;
 use featmux_engine::table::{PushSummary, Table};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::budget::{MemoryBudget, OverBudget, Reservation};
 use crate::flusher::{FlushStats, Flusher};
@@ -150,8 +150,11 @@ struct Inner {
     /// only briefly: tables are allocated and filled outside it).
     admin: Mutex<()>,
     /// Names of tables being created (claimed under `admin`, allocated
-    /// outside it), so a second create of the same name is refused.
+    /// outside it). A second create or restore of the same name waits for
+    /// the first on `creation_ended`, so "already exists" always means it
+    /// does.
     creating: Mutex<HashSet<String>>,
+    creation_ended: Condvar,
     budget: Arc<MemoryBudget>,
     /// Serialises writers of rows to the store (flush, restore, drop).
     flush_lock: Mutex<()>,

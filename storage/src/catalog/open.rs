@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use featmux_engine::backend::BackendKind;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::checkpoints::CHECKPOINTS_DIR;
 use super::{
@@ -184,6 +184,7 @@ impl Catalog {
             tables: RwLock::new(tables),
             admin: Mutex::new(()),
             creating: Mutex::new(HashSet::new()),
+            creation_ended: Condvar::new(),
             budget,
             flush_lock: Mutex::new(()),
             push_gate: RwLock::new(()),

@@ -22,6 +22,7 @@ use featmux_migrations::{Applied, Migration, MigrationError};
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamilyDescriptor, CompactOptions,
     DBCompressionType, Direction, ErrorKind, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+    DEFAULT_COLUMN_FAMILY_NAME,
 };
 
 use featmux_engine::backend::RowData;
@@ -255,8 +256,13 @@ impl Store {
         db_options.set_max_log_file_size(options.max_info_log_bytes);
         db_options.set_keep_log_file_num(INFO_LOGS_KEPT);
         let cf_options = Self::cf_options(options);
+        // The unused default family gets our options too: after a full disk
+        // RocksDB resumes writes by itself once the largest memtable of any
+        // family fits in the free space, and the crate would open it with
+        // RocksDB's default 64 MiB.
         let cfs = COLUMN_FAMILIES
             .iter()
+            .chain([&DEFAULT_COLUMN_FAMILY_NAME])
             .map(|name| ColumnFamilyDescriptor::new(*name, cf_options.clone()));
         let db = DB::open_cf_descriptors(&db_options, path, cfs).map_err(|e| classify(path, e))?;
         let applied = featmux_migrations::migrate(&db, migrations).map_err(|source| {
