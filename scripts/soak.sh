@@ -3,8 +3,8 @@
 # budget, 64 clients mixing lookups (16), pushes (16), Train streams (16),
 # HTTP lookups (8) and admin calls (8 loops: stats, list, create/drop a
 # table, checkpoint create/delete) for a while; every 10 s the server's
-# resident memory, open file descriptors, live tickets, WAL and database
-# bytes are sampled. Then the server is stopped and started again, and the
+# resident memory, open file descriptors, live tickets, remembered push ids,
+# WAL and database bytes are sampled. Then the server is stopped and started again, and the
 # restart is timed (the write-ahead log must not make it slow).
 #
 #   scripts/soak.sh [seconds, default 600] [table rows, default 1000000]
@@ -92,14 +92,14 @@ for a in 0 1 2 3 4 5 6 7; do
     pids="$pids $!"
 done
 
-echo "t_s,rss_kib,fds,live_tickets,wal_bytes,database_bytes" >"$out/samples.csv"
+echo "t_s,rss_kib,fds,live_tickets,remembered_pushes,wal_bytes,database_bytes" >"$out/samples.csv"
 t=0
 while [ "$t" -le "$seconds" ]; do
     rss=$(awk '/VmRSS/ {print $2}' "/proc/$server/status")
     fds=$(ls "/proc/$server/fd" | wc -l)
     metrics=$(curl -sf -H "authorization: Bearer $admin" http://127.0.0.1:8091/metrics)
     metric() { echo "$metrics" | awk -v m="$1" '$1 == m {print $2}'; }
-    echo "$t,$rss,$fds,$(metric featmux_live_tickets),$(metric featmux_wal_bytes),$(metric featmux_database_bytes)" >>"$out/samples.csv"
+    echo "$t,$rss,$fds,$(metric featmux_live_tickets),$(metric featmux_remembered_pushes),$(metric featmux_wal_bytes),$(metric featmux_database_bytes)" >>"$out/samples.csv"
     sleep 10
     t=$((t + 10))
 done
@@ -123,5 +123,5 @@ wait "$server" || true
     echo "graceful stop exit status: $stop_status"
     echo "data directory after the soak: $data_bytes bytes"
     echo "restart ready in ${restart}s"
-    echo "samples (t_s,rss_kib,fds,live_tickets,wal_bytes,database_bytes): $out/samples.csv"
+    echo "samples (t_s,rss_kib,fds,live_tickets,remembered_pushes,wal_bytes,database_bytes): $out/samples.csv"
 } | tee "$out/summary.txt"

@@ -30,6 +30,7 @@ pub struct Metrics {
     flush_failures: IntGauge,
     database_bytes: IntGauge,
     live_tickets: IntGauge,
+    remembered_pushes: IntGauge,
     dirty_rows: IntGaugeVec,
     table_bytes: IntGaugeVec,
     memory_budget_bytes: IntGauge,
@@ -117,6 +118,10 @@ impl Metrics {
             flush_failures: gauge("featmux_flush_failures", "Flushes that failed"),
             database_bytes: gauge("featmux_database_bytes", "Bytes of the RocksDB database"),
             live_tickets: gauge("featmux_live_tickets", "Lookup tickets held for pushes"),
+            remembered_pushes: gauge(
+                "featmux_remembered_pushes",
+                "Push request ids remembered so a retry is not applied twice",
+            ),
             dirty_rows: table_gauge("featmux_dirty_rows", "Rows changed since the last flush"),
             table_bytes: table_gauge(
                 "featmux_table_bytes",
@@ -192,6 +197,7 @@ impl Metrics {
         gauge(&self.database_bytes, catalog.database_bytes());
         gauge(&self.wal_bytes, catalog.wal_bytes());
         gauge(&self.live_tickets, api.live_tickets() as u64);
+        gauge(&self.remembered_pushes, api.remembered_pushes() as u64);
         let (limit, reserved) = catalog.memory();
         gauge(&self.memory_budget_bytes, limit.unwrap_or(u64::MAX));
         gauge(&self.memory_reserved_bytes, reserved);

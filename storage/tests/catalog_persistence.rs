@@ -585,13 +585,13 @@ fn a_flush_never_counts_a_push_durable_without_its_rows() {
 }
 
 /// Bytes of write-ahead log left after writing ~64 MB of rows in 50
-/// flushes, with 1 MiB memtables and `max_wal_bytes` (0: RocksDB's
-/// own default, 4 × all memtables).
+/// flushes, with 4 MiB memtables and `max_wal_bytes` (0: RocksDB's
+/// own default, 4 × all memtables: 128 MiB here).
 fn wal_after_heavy_flushes(max_wal_bytes: u64) -> u64 {
     let dir = tempfile::tempdir().unwrap();
     let options = CatalogOptions {
         store: StoreOptions {
-            write_buffer_bytes: 1 << 20,
+            write_buffer_bytes: 4 << 20,
             max_wal_bytes,
             ..StoreOptions::default()
         },
@@ -627,12 +627,14 @@ fn wal_after_heavy_flushes(max_wal_bytes: u64) -> u64 {
 fn the_write_ahead_log_stays_within_its_bound() {
     let unbounded = wal_after_heavy_flushes(0);
     let bounded = wal_after_heavy_flushes(2 << 20);
+    // Past the bound RocksDB flushes memtables in the background and deletes
+    // the logs when they finish: the log overshoots by memtables in flight.
     assert!(
-        bounded <= 8 << 20,
+        bounded <= 16 << 20,
         "{bounded} bytes of WAL with a 2 MiB bound"
     );
     assert!(
-        unbounded > 2 * bounded,
+        unbounded > 4 * bounded,
         "RocksDB's default kept {unbounded} bytes, the bound {bounded}: the test no longer \
          shows what the bound prevents"
     );
@@ -872,4 +874,150 @@ fn a_full_disk_resumes_flushing_once_space_is_freed() {
     catalog.close().unwrap();
     let (_, report) = Catalog::open(dir, options).unwrap();
     assert_eq!(report.rows_loaded, 50_000);
+}
+
+/// Whether rows are stored under a table id that no table record names:
+/// what a restore would leave behind if its rows were not cleaned up.
+fn rows_without_a_table(dir: &Path) -> bool {
+    let (store, _) = Store::open(
+        &dir.join("db"),
+        StoreOptions::default(),
+        featmux_migrations::MIGRATIONS,
+    )
+    .unwrap();
+    let recorded: Vec<u32> = store.tables().unwrap().iter().map(|r| r.id).collect();
+    (0..store.next_table_id().unwrap())
+        .filter(|id| !recorded.contains(id))
+        // Any row is longer than the zero floats asked for: an error.
+        .any(|id| {
+            !matches!(
+                store.load_rows::<StoreError>(id, 0, 0, 1024, |_, _| Ok(())),
+                Ok(0)
+            )
+        })
+}
+
+/// What a kill -9 in the middle of a restore leaves: the restore's marker
+/// and some of its rows under a fresh table id, with no table record. The
+/// next start deletes them, and the table is as it was before the restore.
+#[test]
+fn a_restore_interrupted_by_a_crash_is_undone_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = with_table(dir.path(), "t");
+    push(&catalog, "t", &[1, 2, 3]);
+    let checkpoint = catalog.create_checkpoint().unwrap();
+    push(&catalog, "t", &[3, 4, 5]);
+    let before = all_rows(&catalog.table("t").unwrap());
+    let restored = catalog
+        .restore_checkpoint(checkpoint.id, "t", None)
+        .unwrap();
+    let at_checkpoint = all_rows(&restored);
+    assert!(at_checkpoint != before);
+    catalog
+        .restore_checkpoint(checkpoint.id, "t", Some("t2"))
+        .unwrap();
+    catalog.drop_table("t2").unwrap();
+    push(&catalog, "t", &[3, 4, 5]);
+    let before = all_rows(&catalog.table("t").unwrap());
+    catalog.close().unwrap();
+    assert!(!rows_without_a_table(dir.path()));
+    {
+        let (store, _) = Store::open(
+            &dir.path().join("db"),
+            StoreOptions::default(),
+            featmux_migrations::MIGRATIONS,
+        )
+        .unwrap();
+        let id = store.next_table_id().unwrap();
+        let mut claim = store.batch();
+        claim.put_next_table_id(id + 1);
+        claim.put_restoring(id);
+        claim.commit(true).unwrap();
+        let mut rows = store.batch();
+        let data = RowData {
+            weights: vec![7.0; 2 * DIM],
+            state: vec![1.0; 2 * DIM],
+        };
+        rows.put_rows(id, &[1, 2], &data);
+        rows.commit(false).unwrap();
+    }
+    assert!(rows_without_a_table(dir.path()));
+
+    let (catalog, report) = Catalog::open(dir.path(), CatalogOptions::default()).unwrap();
+    assert_eq!(report.unfinished_restores_removed, 1);
+    assert_eq!(catalog.table_names(), ["t"]);
+    assert!(all_rows(&catalog.table("t").unwrap()) == before);
+    catalog.close().unwrap();
+    assert!(!rows_without_a_table(dir.path()));
+    let (_, report) = Catalog::open(dir.path(), CatalogOptions::default()).unwrap();
+    assert_eq!(report.unfinished_restores_removed, 0);
+}
+
+/// A restore that fails part-way (the disk fills while it streams rows in
+/// bounded writes) changes nothing: the table keeps its content, and the
+/// rows the restore wrote are deleted (at once, or by the next start when
+/// the disk is still full). Once space is back, a restore works.
+#[test]
+fn a_restore_that_fails_part_way_leaves_the_table_as_it_was() {
+    let Some(disk) = Tmpfs::mount("64m", "a_restore_that_fails…") else {
+        return;
+    };
+    let dir = disk.path();
+    let options = CatalogOptions {
+        store: StoreOptions {
+            write_buffer_bytes: 1 << 20,
+            ..StoreOptions::default()
+        },
+        ..CatalogOptions::default()
+    };
+    let (catalog, _) = Catalog::open(dir, options).unwrap();
+    catalog
+        .create_table(
+            TableSpec::new("big", 100_000, 16),
+            vec![FeatureSpec::new("id").value_type(ValueType::Int64)],
+        )
+        .unwrap();
+    let ids: Vec<i64> = (0..100_000).collect();
+    let grads = vec![vec![0.25; ids.len() * 16]];
+    catalog.push("big", &batch(&ids), &grads).unwrap();
+    let checkpoint = catalog.create_checkpoint().unwrap();
+    catalog.push("big", &batch(&ids), &grads).unwrap();
+    catalog.flush().unwrap();
+    let before = all_rows(&catalog.table("big").unwrap());
+
+    // Room for the restore's marker, not for its rows (~7 MB).
+    let filler = dir.join("filler");
+    let free = fs_free_bytes(dir);
+    std::fs::write(&filler, vec![0u8; (free - (2 << 20)) as usize]).unwrap();
+    let Err(err) = catalog.restore_checkpoint(checkpoint.id, "big", None) else {
+        panic!("the restore fit in 2 MiB");
+    };
+    assert!(err.to_string().contains("disk full"), "{err}");
+    assert!(all_rows(&catalog.table("big").unwrap()) == before);
+
+    std::fs::remove_file(&filler).unwrap();
+    // A push for the flush to write: RocksDB resumes within its 5 s poll.
+    catalog
+        .push("big", &batch(&[1]), &[vec![0.25; 16]])
+        .unwrap();
+    let before = all_rows(&catalog.table("big").unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while let Err(e) = catalog.flush() {
+        assert!(std::time::Instant::now() < deadline, "{e}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    catalog.close().unwrap();
+    let (catalog, report) = Catalog::open(dir, options).unwrap();
+    // RocksDB refused every write until it resumed, the failed restore's
+    // clean-up included: the start removed what it had written.
+    assert_eq!(report.unfinished_restores_removed, 1);
+    assert!(all_rows(&catalog.table("big").unwrap()) == before);
+    let restored = catalog
+        .restore_checkpoint(checkpoint.id, "big", None)
+        .unwrap();
+    assert!(all_rows(&restored) != before);
+    catalog.close().unwrap();
+    assert!(!rows_without_a_table(dir));
+    let (catalog, _) = Catalog::open(dir, options).unwrap();
+    assert!(all_rows(&catalog.table("big").unwrap()) == all_rows(&restored));
 }

@@ -150,6 +150,12 @@ impl Api {
         self.tickets.len()
     }
 
+    /// Push request ids remembered for retries (bounded by the dedup window
+    /// and `limits.push_dedup_max_entries`).
+    pub fn remembered_pushes(&self) -> usize {
+        self.pushes.len()
+    }
+
     fn check_size(&self, batch: &Batch) -> Result<(), ApiError> {
         let values: usize = batch.features.iter().map(|f| f.values.len()).sum();
         let slots: usize = batch.features.iter().map(|f| f.lengths.len()).sum();

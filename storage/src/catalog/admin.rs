@@ -27,6 +27,17 @@ impl Drop for NameClaim<'_> {
 }
 
 impl Inner {
+    /// The next unused table id (one below `u32::MAX` at most, so a table's
+    /// key range end fits; see `keys::table_range`).
+    pub(super) fn next_table_id(&self) -> Result<u32, CatalogError> {
+        match self.store.next_table_id()? {
+            u32::MAX => {
+                Err(EngineError::invalid("table", "all 2^32 - 1 table ids are used").into())
+            }
+            id => Ok(id),
+        }
+    }
+
     /// Takes the admin lock at a moment no create of `name` is filling its
     /// table, waiting for one that is: its outcome (the table exists, or the
     /// name is free again) decides what the caller does with the name.
@@ -79,10 +90,7 @@ impl Catalog {
             inner.options.backend,
         )?);
         let _admin = inner.admin.lock();
-        let id = inner.store.next_table_id()?;
-        if id == u32::MAX {
-            return Err(EngineError::invalid("table", "all 2^32 - 1 table ids are used").into());
-        }
+        let id = inner.next_table_id()?;
         let mut batch = inner.store.batch();
         batch.put_table(&record(id, &spec, &registry));
         batch.put_next_table_id(id + 1);

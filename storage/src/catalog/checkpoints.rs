@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use featmux_engine::table::Table;
 
-use super::{load_rows, record_of, table_from_record, Catalog, CatalogError, LiveTable};
+use super::{load_rows, record_of, table_from_record, Catalog, CatalogError, Inner, LiveTable};
 use crate::flusher::unix_ms;
 use crate::store::records::CheckpointRecord;
 use crate::store::{Store, StoreError};
@@ -125,33 +125,92 @@ impl Catalog {
             &format!("restoring table `{table}` of checkpoint {id}"),
         )?;
         let restored = table_from_record(&record, &target, inner.options.backend)?;
-        let (target_id, next_id) = match &existing {
-            Some(live) => (live.id, None),
-            None => {
-                let id = inner.store.next_table_id()?;
-                (id, Some(id + 1))
-            }
-        };
-        let mut batch = inner.store.batch();
-        batch.delete_rows(target_id);
-        // One scan of the checkpoint fills both the new table and the batch.
-        load_rows(&source, record.id, &restored, |rows, data| {
-            batch.put_rows(target_id, rows, data)
-        })?;
-        batch.put_table(&record_of(target_id, &restored));
-        if let Some(next) = next_id {
-            batch.put_next_table_id(next);
-        }
+        // The rows go under a fresh table id, marked (synced) as a restore in
+        // progress: a crash part-way leaves rows that the next start deletes
+        // (`open::remove_unfinished_restores`), and the table as it was.
+        let id_of_restored = inner.next_table_id()?;
+        let mut claim = inner.store.batch();
+        claim.put_next_table_id(id_of_restored + 1);
+        claim.put_restoring(id_of_restored);
+        claim.commit(true)?;
         let restored = Arc::new(restored);
-        let _flush = inner.flush_lock.lock();
-        let _gate = inner.push_gate.write();
-        batch.commit(true)?;
-        let live = Arc::new(LiveTable {
-            id: target_id,
-            table: restored.clone(),
-            _memory: memory,
-        });
-        inner.tables.write().insert(target, live);
-        Ok(restored)
+        let finished =
+            stream_rows(inner, &source, record.id, &restored, id_of_restored).and_then(|()| {
+                // One synced write makes the restored table the live one and
+                // drops the rows of the one it replaces; pushes wait only
+                // for this write.
+                let _flush = inner.flush_lock.lock();
+                let _gate = inner.push_gate.write();
+                let mut batch = inner.store.batch();
+                batch.put_table(&record_of(id_of_restored, &restored));
+                batch.delete_restoring(id_of_restored);
+                if let Some(old) = &existing {
+                    batch.delete_table(old.id);
+                    batch.delete_rows(old.id);
+                }
+                batch.commit(true)?;
+                let live = Arc::new(LiveTable {
+                    id: id_of_restored,
+                    table: restored.clone(),
+                    _memory: memory,
+                });
+                inner.tables.write().insert(target, live);
+                Ok(())
+            });
+        match finished {
+            Ok(()) => {
+                if let Some(old) = existing {
+                    inner.store.compact_table(old.id);
+                }
+                Ok(restored)
+            }
+            Err(e) => {
+                abandon_restore(inner, id_of_restored);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Rows one restore write holds at most: a restore streams the checkpoint's
+/// rows in writes of this size, not one batch as big as the table.
+const RESTORE_WRITE_BYTES: usize = 8 << 20;
+
+/// Copies the rows of table `source_id` of a checkpoint into `table` and,
+/// under table id `id`, into the store, in bounded unsynced writes (the
+/// synced write that finishes the restore makes them durable).
+fn stream_rows(
+    inner: &Inner,
+    source: &Store,
+    source_id: u32,
+    table: &Table,
+    id: u32,
+) -> Result<(), CatalogError> {
+    let mut batch = inner.store.batch();
+    load_rows(source, source_id, table, |rows, data| {
+        batch.put_rows(id, rows, data);
+        if batch.payload_bytes() >= RESTORE_WRITE_BYTES {
+            std::mem::replace(&mut batch, inner.store.batch()).commit(false)?;
+        }
+        Ok(())
+    })?;
+    batch.commit(false)?;
+    Ok(())
+}
+
+/// Deletes what a failed restore wrote under table id `id`; if that fails
+/// too (e.g. the disk is still full), the marker stays and the next start
+/// deletes them.
+fn abandon_restore(inner: &Inner, id: u32) {
+    let mut batch = inner.store.batch();
+    batch.delete_rows(id);
+    batch.delete_restoring(id);
+    match batch.commit(true) {
+        Ok(()) => inner.store.compact_table(id),
+        Err(e) => tracing::warn!(
+            table_id = id,
+            error = %e,
+            "could not delete the rows of a failed restore; the next start will"
+        ),
     }
 }

@@ -130,6 +130,9 @@ pub struct OpenReport {
     /// Versions `(first, last)` the previous run handed out but did not
     /// flush before it died: those pushes are lost.
     pub lost_versions: Option<(u64, u64)>,
+    /// Restores a crash interrupted: their partly written rows were deleted
+    /// (the tables they were restoring are as before the restore).
+    pub unfinished_restores_removed: usize,
 }
 
 /// A table with the id its rows are stored under and the memory it holds
@@ -361,29 +364,23 @@ fn table_from_record(
 }
 
 /// Loads the rows `store` holds for table `id` into `table`, showing each
-/// chunk to `also` as well; returns the number of rows.
+/// chunk to `also` as well (stopping at its first error); returns the
+/// number of rows.
 fn load_rows(
     store: &Store,
     id: u32,
     table: &Table,
-    mut also: impl FnMut(&[u64], &RowData),
+    mut also: impl FnMut(&[u64], &RowData) -> Result<(), CatalogError>,
 ) -> Result<u64, CatalogError> {
     let (dim, optimizer) = (table.spec().chunk_dim, table.spec().optimizer);
-    let mut failed = None;
-    let rows = store.load_rows(
+    store.load_rows(
         id,
         dim,
         optimizer.state_width(dim),
         ROW_CHUNK,
         |rows, data| {
-            if failed.is_none() {
-                failed = table.backend().write_rows(rows, data).err();
-            }
-            also(rows, data);
+            table.backend().write_rows(rows, data)?;
+            also(rows, data)
         },
-    )?;
-    match failed {
-        Some(e) => Err(e.into()),
-        None => Ok(rows),
-    }
+    )
 }

@@ -51,6 +51,25 @@ fn remove_orphan_checkpoints(store: &Store, data_dir: &Path) -> Result<usize, Ca
     Ok(removed)
 }
 
+/// Deletes the rows of restores a crash interrupted (their marker is still
+/// there: the table record that would have used them was never written).
+/// Returns how many there were.
+fn remove_unfinished_restores(store: &Store) -> Result<usize, CatalogError> {
+    let ids = store.unfinished_restores()?;
+    for &id in &ids {
+        tracing::warn!(
+            table_id = id,
+            "removing the rows of a restore left unfinished by a crash"
+        );
+        let mut batch = store.batch();
+        batch.delete_rows(id);
+        batch.delete_restoring(id);
+        batch.commit(true)?;
+        store.compact_table(id);
+    }
+    Ok(ids.len())
+}
+
 /// Where training versions continue after a restart: past every version
 /// that may have been handed out. After a crash the versions between the
 /// last flush and the end of the reservation were (or may have been)
@@ -95,6 +114,7 @@ impl Catalog {
             ..OpenReport::default()
         };
         report.orphan_checkpoints_removed = remove_orphan_checkpoints(&store, data_dir)?;
+        report.unfinished_restores_removed = remove_unfinished_restores(&store)?;
         let inner = Arc::new(Self::load(store, data_dir, options, false, &mut report)?);
         let weak = Arc::downgrade(&inner);
         let flusher = Flusher::start(options.flush_interval, move || {
@@ -144,7 +164,7 @@ impl Catalog {
             // allocations are refused until enough is freed.
             let memory = budget.reserve_anyway(record.spec.memory_bytes().unwrap_or(u64::MAX));
             let table = table_from_record(&record, &record.spec.name, options.backend)?;
-            report.rows_loaded += load_rows(&store, record.id, &table, |_, _| {})?;
+            report.rows_loaded += load_rows(&store, record.id, &table, |_, _| Ok(()))?;
             tables.insert(
                 record.spec.name.clone(),
                 Arc::new(LiveTable {

@@ -9,6 +9,9 @@
 //! | `meta`        | `next_table_id`                      | `u32` BE                       |
 //! | `meta`        | `next_checkpoint_id`                 | `u64` BE                       |
 //! | `meta`        | `version`                            | `u64` BE: pushes covered by the last completed flush |
+//! | `meta`        | `version_reserved`                   | `u64` BE: versions handed out at most |
+//! | `meta`        | `lost_versions/` ++ first `u64` BE    | first, last `u64` BE: versions lost in a crash |
+//! | `meta`        | `restoring/` ++ table id `u32` BE     | table id `u32` BE: a restore writing rows under this id has not finished |
 //!
 //! Big-endian ids make one table one contiguous key range (bulk load is one
 //! forward scan, dropping a table is one range delete) with rows in order.
@@ -56,6 +59,17 @@ pub const VERSION_RESERVED: &[u8] = b"version_reserved";
 /// Prefix of lost version ranges: `lost_versions/<first>` → `first, last`
 /// (two big-endian u64), versions handed out but not flushed before a crash.
 pub const LOST_VERSIONS_PREFIX: &[u8] = b"lost_versions/";
+
+/// Prefix of restore markers: `restoring/<id>` → `id` (big-endian u32). A
+/// restore streams rows under a fresh table id marked this way and removes
+/// the marker in the write that records the table; rows under an id still
+/// marked at start-up are what a crash left of a restore, and are deleted.
+pub const RESTORING_PREFIX: &[u8] = b"restoring/";
+
+/// Meta key of the restore marker of table id `id`.
+pub fn restoring_key(id: u32) -> Vec<u8> {
+    [RESTORING_PREFIX, &id.to_be_bytes()].concat()
+}
 
 /// Meta key of the lost range starting at `first`.
 pub fn lost_versions_key(first: u64) -> Vec<u8> {

@@ -140,6 +140,17 @@ impl StoreBatch<'_> {
         self.put_meta(keys::NEXT_TABLE_ID, &id.to_be_bytes());
     }
 
+    /// Marks table id `id` as the target of a restore in progress.
+    pub fn put_restoring(&mut self, id: u32) {
+        self.put_meta(&keys::restoring_key(id), &id.to_be_bytes());
+    }
+
+    /// Removes the restore marker of table id `id`.
+    pub fn delete_restoring(&mut self, id: u32) {
+        self.batch
+            .delete_cf(self.store.cf(META_CF), keys::restoring_key(id));
+    }
+
     /// Writes a checkpoint record and the next checkpoint id.
     pub fn put_checkpoint(&mut self, record: &CheckpointRecord) {
         self.put_meta(&keys::checkpoint_key(record.id), &record.encode());
@@ -431,6 +442,17 @@ impl Store {
         })
     }
 
+    /// Table ids of restores that have not finished (see
+    /// [`keys::RESTORING_PREFIX`]).
+    pub fn unfinished_restores(&self) -> Result<Vec<u32>, StoreError> {
+        self.records(keys::RESTORING_PREFIX, |value| {
+            value
+                .try_into()
+                .map(u32::from_be_bytes)
+                .map_err(|_| format!("{} bytes, not a table id", value.len()))
+        })
+    }
+
     fn records<T>(
         &self,
         prefix: &[u8],
@@ -466,15 +488,16 @@ impl Store {
 
     /// Streams every stored row of `table_id` (weights `dim` floats, state
     /// `state_width` floats) to `sink` in ascending row order, `chunk` rows at
-    /// a time: two forward scans in lockstep, no point reads.
-    pub fn load_rows(
+    /// a time: two forward scans in lockstep, no point reads. Stops at the
+    /// first error of `sink`.
+    pub fn load_rows<E: From<StoreError>>(
         &self,
         table_id: u32,
         dim: usize,
         state_width: usize,
         chunk: usize,
-        mut sink: impl FnMut(&[u64], &RowData),
-    ) -> Result<u64, StoreError> {
+        mut sink: impl FnMut(&[u64], &RowData) -> Result<(), E>,
+    ) -> Result<u64, E> {
         let (start, _) = keys::table_range(table_id);
         let scan = |cf| {
             self.db
@@ -500,19 +523,23 @@ impl Store {
             let state = match state {
                 Some((state_key, state)) if state_key == key => state,
                 _ => {
-                    return Err(self.corrupt(format!(
-                        "row {row} of table {table_id} has no optimizer state"
-                    )))
+                    return Err(self
+                        .corrupt(format!(
+                            "row {row} of table {table_id} has no optimizer state"
+                        ))
+                        .into())
                 }
             };
             if weights.len() != dim * 4 || state.len() != state_width * 4 {
-                return Err(self.corrupt(format!(
-                    "row {row} of table {table_id} holds {} + {} bytes, expected {} + {}",
-                    weights.len(),
-                    state.len(),
-                    dim * 4,
-                    state_width * 4
-                )));
+                return Err(self
+                    .corrupt(format!(
+                        "row {row} of table {table_id} holds {} + {} bytes, expected {} + {}",
+                        weights.len(),
+                        state.len(),
+                        dim * 4,
+                        state_width * 4
+                    ))
+                    .into());
             }
             rows.push(row);
             let floats = |b: &[u8]| {
@@ -523,14 +550,14 @@ impl Store {
             data.weights.extend(floats(&weights));
             data.state.extend(floats(&state));
             if rows.len() == chunk {
-                sink(&rows, &data);
+                sink(&rows, &data)?;
                 total += rows.len() as u64;
                 rows.clear();
                 data = RowData::default();
             }
         }
         if !rows.is_empty() {
-            sink(&rows, &data);
+            sink(&rows, &data)?;
             total += rows.len() as u64;
         }
         Ok(total)
