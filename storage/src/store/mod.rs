@@ -21,8 +21,8 @@ use featmux_migrations::layout::{
 use featmux_migrations::{Applied, Migration, MigrationError};
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamilyDescriptor, CompactOptions,
-    DBCompressionType, Direction, ErrorKind, IteratorMode, Options, WriteBatch, WriteOptions, DB,
-    DEFAULT_COLUMN_FAMILY_NAME,
+    DBCompressionType, Direction, ErrorKind, IteratorMode, Options, ReadOptions, WriteBatch,
+    WriteOptions, DB, DEFAULT_COLUMN_FAMILY_NAME,
 };
 
 use featmux_engine::backend::RowData;
@@ -500,8 +500,16 @@ impl Store {
     ) -> Result<u64, E> {
         let (start, _) = keys::table_range(table_id);
         let scan = |cf| {
-            self.db
-                .iterator_cf(self.cf(cf), IteratorMode::From(&start, Direction::Forward))
+            // A bulk scan reads each block once: caching it would only push
+            // out what lookups of other data need (and hold the whole table
+            // a second time while a restore or a start-up runs).
+            let mut read = ReadOptions::default();
+            read.fill_cache(false);
+            self.db.iterator_cf_opt(
+                self.cf(cf),
+                read,
+                IteratorMode::From(&start, Direction::Forward),
+            )
         };
         let (mut rows_it, mut state_it) = (scan(ROWS_CF), scan(STATE_CF));
         let mut rows = Vec::with_capacity(chunk);
