@@ -51,6 +51,16 @@ pub struct TableSpec {
     pub initializer: Initializer,
     #[serde(default)]
     pub optimizer: Optimizer,
+    /// Gradient clipping, as FBGEMM's `max_gradient`: each element of a
+    /// row's summed gradient is clamped to `[-c, c]` before the optimizer
+    /// step, so one outlier batch cannot blow up rows every feature shares.
+    /// Absent: no clipping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1.1754944e-38, maximum = 3.4028235e38)
+    )]
+    pub max_abs_gradient: Option<f32>,
 }
 
 impl TableSpec {
@@ -63,6 +73,7 @@ impl TableSpec {
             seed: 0,
             initializer: Initializer::default(),
             optimizer: Optimizer::default(),
+            max_abs_gradient: None,
         }
     }
 
@@ -97,6 +108,14 @@ impl TableSpec {
                 "chunk_dim",
                 format!("{} is outside 1..={MAX_CHUNK_DIM}", self.chunk_dim),
             ));
+        }
+        if let Some(c) = self.max_abs_gradient {
+            if !(c.is_finite() && c >= f32::MIN_POSITIVE) {
+                return Err(EngineError::invalid(
+                    "max_abs_gradient",
+                    format!("{c} is not a positive finite number"),
+                ));
+            }
         }
         self.initializer.validate()?;
         self.optimizer.validate()

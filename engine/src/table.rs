@@ -157,12 +157,15 @@ impl Table {
         plan: &BatchPlan,
         grads: &[G],
     ) -> Result<PushSummary, EngineError> {
-        let update = plan.row_gradients(grads)?;
+        let mut update = plan.row_gradients(grads)?;
+        if let Some(limit) = self.spec.max_abs_gradient {
+            update.clip(limit);
+        }
         self.backend.apply(&update).map_err(|e| match e {
             EngineError::NonFiniteUpdate { row } => EngineError::gradients(
                 plan.feature_of_row(row).unwrap_or("?"),
                 format!(
-                    "{e}: the {} step would overflow; lower the learning rate or clip gradients",
+                    "{e}: the {} step would overflow; lower the learning rate or set the table's max_abs_gradient",
                     self.spec.optimizer.name()
                 ),
             ),

@@ -78,11 +78,26 @@ pub struct Applied {
 }
 
 /// featmux's layout history, oldest first.
-pub static MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "v1 layout: meta, rows and state column families; mark the database as featmux's",
-    up: mark_featmux_database,
-}];
+pub static MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description:
+            "v1 layout: meta, rows and state column families; mark the database as featmux's",
+        up: mark_featmux_database,
+    },
+    Migration {
+        version: 2,
+        description: "table records may clip gradients (max_abs_gradient), which an older \
+                      featmux would ignore; nothing to rewrite",
+        up: nothing_to_rewrite,
+    },
+];
+
+/// A step that only raises the version: the new layout adds something an
+/// older binary must not silently ignore, and no stored byte changes.
+fn nothing_to_rewrite(_: &DB, _: &mut WriteBatch) -> Result<(), rocksdb::Error> {
+    Ok(())
+}
 
 fn mark_featmux_database(db: &DB, batch: &mut WriteBatch) -> Result<(), rocksdb::Error> {
     let meta = db

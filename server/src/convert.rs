@@ -208,6 +208,7 @@ pub fn table_spec_from_pb(config: Option<pb::TableConfig>) -> Result<TableSpec, 
         seed: c.seed,
         initializer: initializer_from_pb(c.initializer),
         optimizer: optimizer_from_pb(c.optimizer),
+        max_abs_gradient: c.max_abs_gradient,
     })
 }
 
@@ -219,6 +220,7 @@ fn table_spec_to_pb(spec: &TableSpec) -> pb::TableConfig {
         seed: spec.seed,
         initializer: Some(initializer_to_pb(spec.initializer)),
         optimizer: Some(optimizer_to_pb(spec.optimizer)),
+        max_abs_gradient: spec.max_abs_gradient,
     }
 }
 

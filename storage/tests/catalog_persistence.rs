@@ -110,7 +110,7 @@ fn a_fresh_directory_is_migrated_and_migrate_is_idempotent() {
     let (catalog, report) = Catalog::open(dir.path(), CatalogOptions::default()).unwrap();
     assert_eq!(
         report.migrations.iter().map(|m| m.0).collect::<Vec<_>>(),
-        [1]
+        [1, 2]
     );
     drop(catalog);
     let (_, applied) = Store::open(
@@ -120,6 +120,41 @@ fn a_fresh_directory_is_migrated_and_migrate_is_idempotent() {
     )
     .unwrap();
     assert!(applied.is_empty());
+}
+
+/// Layout 2 lets a table clip gradients; a layout-1 database (written by
+/// the previous featmux) moves to 2 with its tables as they were, and a
+/// clipping limit survives a restart.
+#[test]
+fn a_layout_1_database_moves_to_2_and_clipping_limits_are_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = with_table(dir.path(), "t");
+    push(&catalog, "t", &[1, 2]);
+    let before = all_rows(&catalog.table("t").unwrap());
+    catalog.close().unwrap();
+    write_meta_behind_featmux(
+        &dir.path().join("db"),
+        b"schema_version",
+        &1u32.to_be_bytes(),
+    );
+    let (catalog, report) = Catalog::open(dir.path(), CatalogOptions::default()).unwrap();
+    assert_eq!(
+        report.migrations.iter().map(|m| m.0).collect::<Vec<_>>(),
+        [2]
+    );
+    assert!(all_rows(&catalog.table("t").unwrap()) == before);
+    assert_eq!(catalog.table("t").unwrap().spec().max_abs_gradient, None);
+    let clipped = TableSpec {
+        max_abs_gradient: Some(0.5),
+        ..spec("clipped")
+    };
+    catalog.create_table(clipped, Vec::new()).unwrap();
+    catalog.close().unwrap();
+    let catalog = open(dir.path());
+    assert_eq!(
+        catalog.table("clipped").unwrap().spec().max_abs_gradient,
+        Some(0.5)
+    );
 }
 
 #[test]
@@ -371,7 +406,7 @@ fn a_database_from_a_newer_featmux_is_refused_and_not_modified() {
     let err = open_error(dir.path());
     assert!(
         err.to_string()
-            .contains("schema version 7 is newer than this featmux binary knows (1)"),
+            .contains("schema version 7 is newer than this featmux binary knows (2)"),
         "{err}"
     );
     assert_eq!(

@@ -31,6 +31,7 @@ pub fn sgd_table(name: &str, rows: u64, chunk_dim: u32, lr: f32) -> pb::TableCon
         optimizer: Some(pb::Optimizer {
             kind: Some(pb::optimizer::Kind::Sgd(pb::Sgd { lr })),
         }),
+        max_abs_gradient: None,
     }
 }
 

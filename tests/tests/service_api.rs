@@ -72,10 +72,14 @@ fn every_endpoint_works_through_the_client_and_raw_http() {
         assert_eq!(info.features.len(), 3);
         assert_eq!(info.features[2].width, 16);
         let (status, web) = http
-            .post("/v1/tables", ADMIN, json!({"table": {"name": "web", "rows": 1000, "chunk_dim": 4}, "features": [{"name": "query"}]}))
+            .post("/v1/tables", ADMIN, json!({"table": {"name": "web", "rows": 1000, "chunk_dim": 4, "max_abs_gradient": 2.5}, "features": [{"name": "query"}]}))
             .await;
         assert_eq!(status, 201, "{web}");
         assert_eq!(web["config"]["optimizer"]["kind"], "row_wise_adagrad");
+        // Gradient clipping set over HTTP reads back over gRPC.
+        assert_eq!(web["config"]["max_abs_gradient"], 2.5);
+        let web_pb = admin.get_table("web").await.unwrap();
+        assert_eq!(web_pb.config.unwrap().max_abs_gradient, Some(2.5));
 
         // List and get agree across transports.
         let listed: Vec<String> = admin.list_tables().await.unwrap().into_iter().map(|t| t.config.unwrap().name).collect();

@@ -29,6 +29,10 @@ pub enum TableCommand {
         /// Learning rate (FTRL's alpha).
         #[arg(long, default_value_t = 0.05)]
         lr: f32,
+        /// Clamp each element of a row's summed gradient to [-C, C] before
+        /// the optimizer step (FBGEMM's max_gradient); default: no clipping.
+        #[arg(long, value_name = "C")]
+        max_abs_gradient: Option<f32>,
         /// A feature: `name[:chunks=N,type=string|int64,pooling=sum|mean|sqrtn|none,rows=N,offset=N]`
         /// (`rows` makes it a private slice instead of shared).
         #[arg(long = "feature")]
@@ -68,6 +72,7 @@ pub async fn run(client: &Client, command: TableCommand, json: bool) -> anyhow::
             seed,
             optimizer: kind,
             lr,
+            max_abs_gradient,
             features,
         } => {
             let config = pb::TableConfig {
@@ -77,6 +82,7 @@ pub async fn run(client: &Client, command: TableCommand, json: bool) -> anyhow::
                 seed,
                 initializer: None,
                 optimizer: Some(optimizer(&kind, lr).map_err(anyhow::Error::msg)?),
+                max_abs_gradient,
             };
             let info = client
                 .create_table(config, feature_configs(&features)?)

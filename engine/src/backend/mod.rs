@@ -40,6 +40,15 @@ pub struct RowGradients {
     pub grads: Vec<f32>,
 }
 
+impl RowGradients {
+    /// Clamps every gradient element to `[-limit, limit]`.
+    pub fn clip(&mut self, limit: f32) {
+        for g in &mut self.grads {
+            *g = g.clamp(-limit, limit);
+        }
+    }
+}
+
 /// Full content of some rows: weights `[n, dim]` and optimizer state
 /// `[n, state_width]`. What persistence writes and restores.
 #[derive(Debug, Clone, Default, PartialEq)]

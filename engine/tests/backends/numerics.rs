@@ -14,9 +14,18 @@ const ROWS: u64 = 64;
 const DIM: usize = 8;
 
 fn table(optimizer: Optimizer, backend: BackendKind) -> Table {
+    clipped_table(optimizer, None, backend)
+}
+
+fn clipped_table(
+    optimizer: Optimizer,
+    max_abs_gradient: Option<f32>,
+    backend: BackendKind,
+) -> Table {
     let spec = TableSpec {
         seed: 5,
         optimizer,
+        max_abs_gradient,
         ..TableSpec::new("n", ROWS, DIM)
     };
     let table = Table::create(spec, backend).unwrap();
@@ -129,6 +138,48 @@ fn cpu_refuses_non_finite_results_atomically() {
 #[test]
 fn candle_refuses_non_finite_results_atomically() {
     non_finite_pushes_are_refused_atomically(super::device::candle_backend());
+}
+
+/// With `max_abs_gradient` every overflowing push above becomes a bounded
+/// step: exactly the step of a push whose outlier gradient is the limit
+/// (rows are clipped after duplicates are summed, as FBGEMM does).
+fn clipping_bounds_the_step_of_an_outlier_gradient(backend: BackendKind) {
+    for (case, optimizer, big) in overflowing_pushes() {
+        let clipped = clipped_table(optimizer, Some(1.0), backend);
+        let reference = clipped_table(optimizer, Some(1.0), backend);
+        clipped
+            .push(&batch(), &grads(big))
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        reference.push(&batch(), &grads(1.0)).unwrap();
+        assert!(everything(&clipped) == everything(&reference), "{case}");
+        let (weights, state) = everything(&clipped);
+        assert!(
+            weights.iter().chain(&state).all(|v| v.is_finite()),
+            "{case}"
+        );
+    }
+}
+
+#[test]
+fn cpu_clips_gradients() {
+    clipping_bounds_the_step_of_an_outlier_gradient(BackendKind::Cpu);
+}
+
+#[test]
+fn candle_clips_gradients() {
+    clipping_bounds_the_step_of_an_outlier_gradient(super::device::candle_backend());
+}
+
+#[test]
+fn a_clipping_limit_must_be_positive_and_finite() {
+    for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        let spec = TableSpec {
+            max_abs_gradient: Some(bad),
+            ..TableSpec::new("n", ROWS, DIM)
+        };
+        let err = spec.validate().unwrap_err().to_string();
+        assert!(err.contains("max_abs_gradient"), "{bad}: {err}");
+    }
 }
 
 #[test]

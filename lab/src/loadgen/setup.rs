@@ -33,6 +33,7 @@ pub(super) fn table_config(
         seed: args.seed,
         initializer: None,
         optimizer: Some(optimizer(&args.optimizer, args.lr).map_err(anyhow::Error::msg)?),
+        max_abs_gradient: None,
     };
     Ok((table, features))
 }

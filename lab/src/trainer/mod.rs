@@ -315,6 +315,7 @@ pub async fn train(options: ClientOptions, args: TrainArgs) -> anyhow::Result<()
         optimizer: Some(
             optimizer(&args.sparse_optimizer, args.sparse_lr).map_err(anyhow::Error::msg)?,
         ),
+        max_abs_gradient: None,
     };
     let features: Vec<pb::FeatureConfig> = dataset
         .features

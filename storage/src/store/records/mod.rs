@@ -1,7 +1,10 @@
 //! What the `meta` column family stores about tables and checkpoints, as JSON
 //! (small, rare writes; readable with `ldb` when debugging).
 //!
-//! The structs in [`v1`] ARE the stored format of layout version 1: they
+//! The structs in [`v1`] ARE the stored format of layout version 1 (and 2,
+//! which added the optional `max_abs_gradient`: a record without it has
+//! the same bytes as before, and version 2 keeps an older featmux from
+//! opening a database whose clipping it would ignore): they
 //! belong to the store, not to the engine or the API, so renaming a field of
 //! `TableSpec` in the HTTP API (or anywhere in the engine) cannot silently
 //! change what is on disk. Changing them means a new layout version and a
@@ -144,6 +147,7 @@ mod tests {
                     seed: 42 + i as u64,
                     initializer,
                     optimizer,
+                    max_abs_gradient: None,
                 },
                 features: vec![
                     feature("a", 0, ValueType::String, Pooling::Sum, Placement::Shared),
@@ -176,6 +180,17 @@ mod tests {
             assert_eq!(String::from_utf8(record.encode()).unwrap(), stored);
             assert_eq!(&TableRecord::decode(stored.as_bytes()).unwrap(), record);
         }
+    }
+
+    /// Layout 2: a clipping limit is stored when set; the records above
+    /// (none set) kept their layout-1 bytes.
+    #[test]
+    fn a_clipping_limit_is_stored_when_set() {
+        let mut record = records().remove(0);
+        record.spec.max_abs_gradient = Some(2.5);
+        let stored = String::from_utf8(record.encode()).unwrap();
+        assert!(stored.contains(r#""max_abs_gradient":2.5}"#), "{stored}");
+        assert_eq!(TableRecord::decode(stored.as_bytes()).unwrap(), record);
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub struct Spec {
     pub seed: u64,
     pub initializer: Init,
     pub optimizer: Opt,
+    /// Layout 2; absent means no clipping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_abs_gradient: Option<f32>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -113,6 +116,7 @@ impl From<&super::TableRecord> for TableRecord {
                 seed: s.seed,
                 initializer: s.initializer.into(),
                 optimizer: s.optimizer.into(),
+                max_abs_gradient: s.max_abs_gradient,
             },
             features: r.features.iter().map(StoredFeature::from).collect(),
             next_salt: r.next_salt,
@@ -132,6 +136,7 @@ impl From<TableRecord> for super::TableRecord {
                 seed: s.seed,
                 initializer: s.initializer.into(),
                 optimizer: s.optimizer.into(),
+                max_abs_gradient: s.max_abs_gradient,
             },
             features: r.features.into_iter().map(Feature::from).collect(),
             next_salt: r.next_salt,
