@@ -415,12 +415,20 @@ impl ServerConfig {
         })
     }
 
-    /// The memory budget: `limits.max_memory_bytes`, or 80 % of the
-    /// machine's (or the cgroup's) memory; `None` where neither is known.
+    /// The memory budget: `limits.max_memory_bytes`, or 80 % of the memory
+    /// tables live in: the GPU's for `cuda:N`, else the machine's (or the
+    /// cgroup's); `None` where it is not known.
     pub fn memory_budget(&self) -> Option<u64> {
-        self.limits
-            .max_memory_bytes
-            .or_else(|| crate::machine::available_memory().map(crate::machine::default_budget))
+        if let Some(bytes) = self.limits.max_memory_bytes {
+            return Some(bytes);
+        }
+        let device = self
+            .backend_kind()
+            .ok()
+            .and_then(|kind| kind.device_memory().ok().flatten());
+        device
+            .or_else(crate::machine::available_memory)
+            .map(crate::machine::default_budget)
     }
 
     /// Catalog options from this configuration.
@@ -535,6 +543,21 @@ mod tests {
                 .to_string();
             assert!(err.starts_with(key), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn the_budget_is_the_configured_one_or_80_percent_of_the_machine() {
+        let config = ServerConfig::default();
+        assert_eq!(
+            config.memory_budget(),
+            crate::machine::available_memory().map(crate::machine::default_budget)
+        );
+        let mut config = ServerConfig {
+            backend: "cuda:0".into(),
+            ..ServerConfig::default()
+        };
+        config.limits.max_memory_bytes = Some(123 << 20);
+        assert_eq!(config.memory_budget(), Some(123 << 20));
     }
 
     #[cfg(not(feature = "cuda"))]

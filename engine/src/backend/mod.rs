@@ -144,6 +144,17 @@ impl BackendKind {
         }
     }
 
+    /// Bytes of device memory this backend keeps tables in: the GPU's total
+    /// memory for `cuda:N` (what the default memory budget is derived from,
+    /// since tables and optimizer state live there); `None` for the host
+    /// backends, whose memory the server reads from the machine.
+    pub fn device_memory(self) -> Result<Option<u64>, EngineError> {
+        match self {
+            BackendKind::Cpu | BackendKind::CandleCpu => Ok(None),
+            BackendKind::CandleCuda(_) => cuda_total_memory(&self.candle_device()?).map(Some),
+        }
+    }
+
     /// The candle device a candle backend keeps its tensors on, opened (for
     /// `cuda:N` that checks the build and the device): the one place kinds
     /// map to devices, for tables, `featmux device-bench` and the tests.
@@ -172,6 +183,24 @@ fn cuda_device(n: usize) -> Result<candle_core::Device, EngineError> {
     }
     candle_core::Device::new_cuda(n)
         .map_err(|e| unavailable(format!("CUDA device {n} is not available: {e}")))
+}
+
+/// Total memory of a CUDA device, from the driver.
+fn cuda_total_memory(device: &candle_core::Device) -> Result<u64, EngineError> {
+    let failed = |reason: String| EngineError::Backend {
+        backend: "candle",
+        reason,
+    };
+    match device {
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(cuda) => cuda
+            .cuda_stream()
+            .context()
+            .total_mem()
+            .map(|bytes| bytes as u64)
+            .map_err(|e| failed(format!("reading the memory of {device:?}: {e}"))),
+        other => Err(failed(format!("{other:?} is not a CUDA device"))),
+    }
 }
 
 /// Creates the storage of a table on the chosen backend.

@@ -20,3 +20,22 @@ pub fn candle_device() -> candle_core::Device {
         .candle_device()
         .expect("the test backend's device")
 }
+
+/// The memory the default budget is derived from: the GPU's total memory
+/// for `cuda:N` (on a GPU run), none for the host backends.
+#[test]
+fn device_memory_is_known_for_gpu_backends_only() {
+    assert_eq!(BackendKind::Cpu.device_memory().unwrap(), None);
+    assert_eq!(BackendKind::CandleCpu.device_memory().unwrap(), None);
+    match candle_backend() {
+        BackendKind::CandleCuda(n) => {
+            let bytes = BackendKind::CandleCuda(n).device_memory().unwrap();
+            assert!(bytes.is_some_and(|b| b >= 1 << 30), "cuda:{n}: {bytes:?}");
+        }
+        other => assert_eq!(other.device_memory().unwrap(), None),
+    }
+    if !cfg!(feature = "cuda") {
+        let err = BackendKind::CandleCuda(0).device_memory().unwrap_err();
+        assert!(err.to_string().contains("built without"), "{err}");
+    }
+}
