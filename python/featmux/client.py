@@ -1,0 +1,142 @@
+"""The Python client: dict batches in, numpy embeddings out, admin calls
+with dicts shaped like the HTTP API's JSON."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from featmux._native import NativeClient
+from featmux.batch import to_columns
+
+
+class Embeddings(dict):
+    """A lookup's result: ``{feature: float32 array [examples, width]}`` in
+    the batch's order, and the ticket (when asked for) that a push of the
+    gradients of exactly this batch can name instead of sending it again."""
+
+    ticket: Optional[int]
+
+    def __init__(self, blocks, ticket: Optional[int]):
+        super().__init__(blocks)
+        self.ticket = ticket
+
+
+Gradients = Union[Mapping[str, Any], Sequence[Any]]
+
+
+def _gradient_blocks(grads: Gradients, order: Sequence[str]) -> list:
+    """Float32 blocks in the batch's feature order."""
+    if isinstance(grads, Mapping):
+        missing = [f for f in order if f not in grads]
+        extra = [f for f in grads if f not in order]
+        if missing or extra:
+            raise ValueError(f"gradients must name exactly the batch's features: missing {missing}, unknown {extra}")
+        grads = [grads[f] for f in order]
+    return [np.ascontiguousarray(g, dtype=np.float32).ravel() for g in grads]
+
+
+class Client:
+    """A connection to a featmux server's gRPC port (``http://host:port``,
+    or ``https://`` with TLS). Safe to share between threads.
+
+    ``token`` is sent as a bearer token; ``ca_cert`` is a PEM file's path or
+    bytes for a private CA; ``timeout`` is each call's deadline in seconds;
+    ``retries`` the attempts after UNAVAILABLE (with backoff)."""
+
+    def __init__(
+        self,
+        addr: str,
+        token: Optional[str] = None,
+        ca_cert: Union[str, os.PathLike, bytes, None] = None,
+        timeout: float = 30.0,
+        retries: int = 5,
+    ):
+        if ca_cert is not None and not isinstance(ca_cert, bytes):
+            with open(ca_cert, "rb") as f:
+                ca_cert = f.read()
+        self._native = NativeClient(addr, token, ca_cert, timeout, retries)
+
+    # Data plane.
+
+    def lookup(self, table: str, batch: Mapping[str, Any], ticket: bool = False) -> Embeddings:
+        """Embeddings of ``batch`` (see :mod:`featmux.batch` for its forms),
+        pooled per example; with ``ticket`` the server keeps the hashed batch
+        for :meth:`push`."""
+        blocks, ticket_id = self._native.lookup(table, to_columns(batch), ticket)
+        return Embeddings(blocks, ticket_id)
+
+    def push(
+        self,
+        table: str,
+        grads: Gradients,
+        batch: Optional[Mapping[str, Any]] = None,
+        ticket: Union[Embeddings, int, None] = None,
+    ) -> dict:
+        """Pushes gradients of the pooled outputs (``[examples, width]`` per
+        feature, as a dict by feature or a list in batch order) for ``batch``
+        or for a lookup's ``ticket`` (the :class:`Embeddings` it returned, or
+        its ticket id with ``grads`` as a list). The table's optimizer runs
+        in the server. Returns ``{"version", "entries", "unique_rows"}``."""
+        if (batch is None) == (ticket is None):
+            raise ValueError("push needs either a batch or a ticket")
+        if batch is not None:
+            blocks = _gradient_blocks(grads, list(batch))
+            return self._native.push(table, blocks, columns=to_columns(batch))
+        if isinstance(ticket, Embeddings):
+            if ticket.ticket is None:
+                raise ValueError("this lookup asked for no ticket (lookup(..., ticket=True))")
+            blocks = _gradient_blocks(grads, list(ticket))
+            return self._native.push(table, blocks, ticket=ticket.ticket)
+        if isinstance(grads, Mapping):
+            raise ValueError("with a ticket id, pass the gradients as a list in the lookup's feature order")
+        return self._native.push(table, _gradient_blocks(grads, []), ticket=int(ticket))
+
+    # Administration.
+
+    def create_table(self, table: Mapping[str, Any], features: Sequence[Mapping[str, Any]] = ()) -> dict:
+        """Creates ``table`` (``name``, ``rows``, ``chunk_dim``, optional
+        ``seed``, ``optimizer`` ``{"kind": ..., "lr": ...}``,
+        ``max_abs_gradient``) with its first ``features`` (``name``,
+        ``chunks``, ``value_type`` string|int64, ``pooling``
+        sum|mean|sqrtn|none, ``placement``), all in one atomic change."""
+        return self._native.create_table(dict(table), [dict(f) for f in features])
+
+    def add_features(self, table: str, features: Sequence[Mapping[str, Any]]) -> dict:
+        """Registers features (all or none)."""
+        return self._native.add_features(table, [dict(f) for f in features])
+
+    def table(self, name: str) -> dict:
+        """A table's configuration, features, bytes in memory, dirty rows."""
+        return self._native.table(name)
+
+    def tables(self) -> list:
+        """Every table."""
+        return self._native.tables()
+
+    def drop_table(self, name: str) -> None:
+        """Drops a table and its stored rows."""
+        self._native.drop_table(name)
+
+    def create_checkpoint(self) -> dict:
+        """Flushes and checkpoints every table: ``{"id", "version", ...}``."""
+        return self._native.create_checkpoint()
+
+    def checkpoints(self) -> list:
+        """Checkpoints, oldest first."""
+        return self._native.checkpoints()
+
+    def delete_checkpoint(self, id: int) -> None:
+        """Deletes a checkpoint."""
+        self._native.delete_checkpoint(id)
+
+    def restore_checkpoint(self, id: int, table: str, into: Optional[str] = None) -> dict:
+        """Restores ``table`` from checkpoint ``id`` in place, or into a new
+        table ``into``."""
+        return self._native.restore_checkpoint(id, table, into)
+
+    def stats(self) -> dict:
+        """Server-wide counters: training and flushed versions, flushes, bytes."""
+        return self._native.stats()

@@ -1,0 +1,81 @@
+//! Batches in, embeddings out. The Python package hands over one column per
+//! feature, already normalised by numpy (values: `int64` array or a list of
+//! `str`; bag lengths: `uint32`; optional weights: `float32`), the shape of a
+//! TorchRec KeyedJaggedTensor; embeddings come back as `float32` arrays
+//! `[examples, width]` that take ownership of the decoded buffer (no copy).
+
+use featmux_client::{pb, BatchBuilder, Embedding};
+use numpy::ndarray::Array2;
+use numpy::{IntoPyArray, PyArray2, PyReadonlyArray1};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+/// One feature's column as Python gives it: a tuple `(feature, values,
+/// lengths, weights or None)`.
+#[derive(FromPyObject)]
+pub struct Column<'py>(
+    String,
+    Values<'py>,
+    PyReadonlyArray1<'py, u32>,
+    Option<PyReadonlyArray1<'py, f32>>,
+);
+
+/// A column's values: integer ids or strings.
+#[derive(FromPyObject)]
+enum Values<'py> {
+    Int64(PyReadonlyArray1<'py, i64>),
+    Strings(Vec<String>),
+}
+
+fn contiguous<'a, T: numpy::Element>(
+    array: &'a PyReadonlyArray1<'_, T>,
+    what: &str,
+) -> PyResult<&'a [T]> {
+    array
+        .as_slice()
+        .map_err(|_| PyValueError::new_err(format!("{what} must be a contiguous array")))
+}
+
+/// The wire batch of `columns`.
+pub fn to_batch(columns: Vec<Column<'_>>) -> PyResult<pb::Batch> {
+    let features = columns
+        .into_iter()
+        .map(|Column(feature, values, lengths, weights)| {
+            let lengths = contiguous(&lengths, "lengths")?.to_vec();
+            let mut values = match &values {
+                Values::Int64(ids) => BatchBuilder::int64_column(
+                    &feature,
+                    contiguous(ids, "values")?.to_vec(),
+                    lengths,
+                ),
+                Values::Strings(strings) => {
+                    BatchBuilder::strings_column(&feature, strings, lengths)
+                }
+            };
+            if let Some(weights) = &weights {
+                values.weights = contiguous(weights, "weights")?.to_vec();
+            }
+            Ok(values)
+        })
+        .collect::<PyResult<_>>()?;
+    Ok(pb::Batch { features })
+}
+
+/// Gradient blocks from arrays of any shape (C-contiguous `float32`).
+pub fn to_gradients(blocks: Vec<PyReadonlyArray1<'_, f32>>) -> PyResult<Vec<Vec<f32>>> {
+    blocks
+        .iter()
+        .map(|b| contiguous(b, "gradients").map(<[f32]>::to_vec))
+        .collect()
+}
+
+/// One embedding block as a `[rows, width]` array owning the floats.
+pub fn to_array<'py>(
+    py: Python<'py>,
+    embedding: Embedding,
+) -> PyResult<(String, Bound<'py, PyArray2<f32>>)> {
+    let shape = (embedding.rows, embedding.width);
+    let array = Array2::from_shape_vec(shape, embedding.data)
+        .map_err(|e| PyValueError::new_err(format!("`{}`: {e}", embedding.feature)))?;
+    Ok((embedding.feature, array.into_pyarray(py)))
+}

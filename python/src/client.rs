@@ -1,0 +1,243 @@
+//! `NativeClient`: one [`featmux_client::Client`] (one HTTP/2 connection,
+//! safe to share between Python threads) driven by a process-wide tokio
+//! runtime. Every call converts its arguments while holding the GIL, then
+//! releases it while it waits on the network, so other Python threads (a
+//! data loader, a second trainer thread) run meanwhile.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use featmux_client::{pb, Client, ClientError, ClientOptions};
+use numpy::{PyArray2, PyReadonlyArray1};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use crate::batch::{self, Column};
+use crate::config;
+use crate::errors;
+
+/// The runtime every client's calls run on (created at first use).
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .thread_name("featmux-client")
+            .enable_all()
+            .build()
+            .expect("a tokio runtime for the featmux client")
+    })
+}
+
+/// A connection to a featmux server's gRPC port.
+#[pyclass(module = "featmux._native", frozen)]
+pub struct NativeClient {
+    client: Client,
+}
+
+impl NativeClient {
+    /// Runs `call` on the runtime without the GIL.
+    fn run<T: Send>(
+        &self,
+        py: Python<'_>,
+        call: impl std::future::Future<Output = Result<T, ClientError>> + Send,
+    ) -> PyResult<T> {
+        py.detach(|| runtime().block_on(call))
+            .map_err(errors::to_py)
+    }
+}
+
+type Blocks<'py> = Vec<(String, Bound<'py, PyArray2<f32>>)>;
+
+#[pymethods]
+impl NativeClient {
+    /// Connects to `addr` (`http://host:port` or `https://…`), retrying while
+    /// the server is not up yet.
+    #[new]
+    #[pyo3(signature = (addr, token=None, ca_cert=None, timeout=30.0, retries=5))]
+    fn new(
+        py: Python<'_>,
+        addr: String,
+        token: Option<String>,
+        ca_cert: Option<Vec<u8>>,
+        timeout: f64,
+        retries: u32,
+    ) -> PyResult<Self> {
+        let timeout = Duration::try_from_secs_f64(timeout)
+            .map_err(|e| PyValueError::new_err(format!("timeout {timeout}: {e}")))?;
+        let options = ClientOptions {
+            token,
+            ca_cert,
+            timeout,
+            retries,
+            ..ClientOptions::new(addr)
+        };
+        let client = py
+            .detach(|| runtime().block_on(Client::connect(options)))
+            .map_err(errors::to_py)?;
+        Ok(NativeClient { client })
+    }
+
+    /// Looks up a batch: one `[examples, width]` array per feature, in batch
+    /// order, and the ticket when one was asked for.
+    #[pyo3(signature = (table, columns, ticket=false))]
+    fn lookup<'py>(
+        &self,
+        py: Python<'py>,
+        table: String,
+        columns: Vec<Column<'py>>,
+        ticket: bool,
+    ) -> PyResult<(Blocks<'py>, Option<u64>)> {
+        let batch = batch::to_batch(columns)?;
+        let looked_up = self.run(py, self.client.lookup(&table, &batch, ticket))?;
+        let blocks = looked_up
+            .embeddings
+            .into_iter()
+            .map(|e| batch::to_array(py, e))
+            .collect::<PyResult<_>>()?;
+        Ok((blocks, looked_up.ticket))
+    }
+
+    /// Pushes gradients (one block per batch feature, in batch order) for a
+    /// batch or for the batch of an earlier lookup's ticket.
+    #[pyo3(signature = (table, gradients, columns=None, ticket=None))]
+    fn push<'py>(
+        &self,
+        py: Python<'py>,
+        table: String,
+        gradients: Vec<PyReadonlyArray1<'py, f32>>,
+        columns: Option<Vec<Column<'py>>>,
+        ticket: Option<u64>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let grads = batch::to_gradients(gradients)?;
+        let pushed = match (columns, ticket) {
+            (Some(columns), None) => {
+                let batch = batch::to_batch(columns)?;
+                self.run(py, self.client.push(&table, &batch, &grads))?
+            }
+            (None, Some(ticket)) => {
+                self.run(py, self.client.push_ticket(&table, ticket, &grads))?
+            }
+            _ => {
+                return Err(PyValueError::new_err(
+                    "push needs either a batch or a ticket, not both",
+                ))
+            }
+        };
+        let out = PyDict::new(py);
+        out.set_item("version", pushed.version)?;
+        out.set_item("entries", pushed.entries)?;
+        out.set_item("unique_rows", pushed.unique_rows)?;
+        Ok(out)
+    }
+
+    /// Creates a table with its first features (one atomic change).
+    fn create_table<'py>(
+        &self,
+        py: Python<'py>,
+        table: &Bound<'py, PyDict>,
+        features: &Bound<'py, PyList>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let table = config::table_from_dict(table)?;
+        let features = config::features_from_list(features)?;
+        let info = self.run(py, self.client.create_table(table, features))?;
+        config::table_info_to_dict(py, &info)
+    }
+
+    /// Registers features (all or none).
+    fn add_features<'py>(
+        &self,
+        py: Python<'py>,
+        table: String,
+        features: &Bound<'py, PyList>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let features = config::features_from_list(features)?;
+        let info = self.run(py, self.client.add_features(&table, features))?;
+        config::table_info_to_dict(py, &info)
+    }
+
+    /// One table's configuration, features and sizes.
+    fn table<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyDict>> {
+        let info = self.run(py, self.client.get_table(&name))?;
+        config::table_info_to_dict(py, &info)
+    }
+
+    /// Every table.
+    fn tables<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let tables = self.run(py, self.client.list_tables())?;
+        tables
+            .iter()
+            .map(|t| config::table_info_to_dict(py, t))
+            .collect()
+    }
+
+    /// Drops a table and its stored rows.
+    fn drop_table(&self, py: Python<'_>, name: String) -> PyResult<()> {
+        self.run(py, self.client.drop_table(&name))
+    }
+
+    /// Flushes, then takes a checkpoint of every table.
+    fn create_checkpoint<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let checkpoint = self.run(py, self.client.create_checkpoint())?;
+        checkpoint_to_dict(py, &checkpoint)
+    }
+
+    /// Checkpoints, oldest first.
+    fn checkpoints<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let checkpoints = self.run(py, self.client.list_checkpoints())?;
+        checkpoints
+            .iter()
+            .map(|c| checkpoint_to_dict(py, c))
+            .collect()
+    }
+
+    /// Deletes a checkpoint.
+    fn delete_checkpoint(&self, py: Python<'_>, id: u64) -> PyResult<()> {
+        self.run(py, self.client.delete_checkpoint(id))
+    }
+
+    /// Restores `table` from checkpoint `id`, in place or into `into`.
+    #[pyo3(signature = (id, table, into=None))]
+    fn restore_checkpoint<'py>(
+        &self,
+        py: Python<'py>,
+        id: u64,
+        table: String,
+        into: Option<String>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let info = self.run(
+            py,
+            self.client.restore_checkpoint(id, &table, into.as_deref()),
+        )?;
+        config::table_info_to_dict(py, &info)
+    }
+
+    /// Server-wide counters (training and flushed versions, flushes, bytes).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = self.run(py, self.client.stats())?;
+        let out = PyDict::new(py);
+        out.set_item("version", stats.version)?;
+        out.set_item("flushed_version", stats.flushed_version)?;
+        out.set_item("flushes", stats.flushes)?;
+        out.set_item("flush_failures", stats.flush_failures)?;
+        out.set_item("rows_flushed", stats.rows_flushed)?;
+        out.set_item("database_bytes", stats.database_bytes)?;
+        out.set_item("live_tickets", stats.live_tickets)?;
+        let tables = stats
+            .tables
+            .iter()
+            .map(|t| config::table_info_to_dict(py, t))
+            .collect::<PyResult<Vec<_>>>()?;
+        out.set_item("tables", tables)?;
+        Ok(out)
+    }
+}
+
+fn checkpoint_to_dict<'py>(py: Python<'py>, c: &pb::Checkpoint) -> PyResult<Bound<'py, PyDict>> {
+    let out = PyDict::new(py);
+    out.set_item("id", c.id)?;
+    out.set_item("version", c.version)?;
+    out.set_item("created_unix_ms", c.created_unix_ms)?;
+    out.set_item("tables", &c.tables)?;
+    Ok(out)
+}

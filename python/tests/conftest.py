@@ -1,0 +1,81 @@
+"""A real ``featmux serve`` for the tests: a temp data directory, tokens,
+ports chosen by the OS (read back from its "listening" log line). The
+binary is ``$FEATMUX_BIN``, else the debug build ``./dev test`` made."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ADMIN = "py-admin"
+DATA = "py-data"
+
+
+def featmux_binary() -> str:
+    if "FEATMUX_BIN" in os.environ:
+        return os.environ["FEATMUX_BIN"]
+    target = os.environ.get("CARGO_TARGET_DIR", "/var/tmp/featmux-target")
+    return str(Path(target) / "debug" / "featmux")
+
+
+class Server:
+    def __init__(self, tmp: Path):
+        config = tmp / "featmux.toml"
+        config.write_text(
+            f'data_dir = "{tmp / "data"}"\n'
+            'grpc_addr = "127.0.0.1:0"\nhttp_addr = "127.0.0.1:0"\nlog_format = "json"\n'
+            f'[auth]\nadmin_token = "{ADMIN}"\ndata_token = "{DATA}"\n'
+            "[limits]\nmax_memory_bytes = 268435456\n"
+        )
+        self.log = open(tmp / "server.log", "w+")
+        self.process = subprocess.Popen(
+            [featmux_binary(), "serve", "--config", str(config)], stderr=self.log, stdout=subprocess.DEVNULL
+        )
+        self.grpc, self.http = self._addresses()
+        self._wait_ready()
+
+    def _addresses(self) -> tuple[str, str]:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"featmux serve exited: {self._log_text()}"
+            for line in self._log_text().splitlines():
+                record = json.loads(line) if line.startswith("{") else {}
+                fields = {**record, **record.get("fields", {})}
+                if fields.get("message") == "listening":
+                    return f"http://{fields['grpc']}", f"http://{fields['http']}"
+            time.sleep(0.05)
+        raise AssertionError(f"featmux serve did not listen: {self._log_text()}")
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.http}/readyz") as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"featmux serve not ready: {self._log_text()}")
+
+    def _log_text(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        assert self.process.wait(timeout=30) == 0, self._log_text()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    server = Server(tmp_path_factory.mktemp("featmux"))
+    yield server
+    server.stop()

@@ -1,0 +1,153 @@
+"""The Python client against a real ``featmux serve``: admin round trips,
+lookups as numpy arrays equal to the Rust client's, SGD pushes that move
+rows by exactly -lr * g, and every error class with the server's message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import featmux
+from conftest import ADMIN, DATA, featmux_binary
+
+LR = 0.5
+
+
+@pytest.fixture(scope="module")
+def admin(server):
+    return featmux.Client(server.grpc, token=ADMIN)
+
+
+@pytest.fixture(scope="module")
+def data(server):
+    return featmux.Client(server.grpc, token=DATA)
+
+
+def sgd_table(name, rows=10_000, chunk_dim=4, **extra):
+    return {"name": name, "rows": rows, "chunk_dim": chunk_dim, "seed": 7, "optimizer": {"kind": "sgd", "lr": LR}, **extra}
+
+
+def test_admin_calls_round_trip(admin):
+    info = admin.create_table(
+        sgd_table("admin_t", max_abs_gradient=2.5),
+        [{"name": "user"}, {"name": "age", "value_type": "int64", "chunks": 2, "pooling": "mean"}],
+    )
+    assert info["config"]["max_abs_gradient"] == 2.5
+    assert info["config"]["optimizer"] == {"kind": "sgd", "lr": LR}
+    assert [(f["name"], f["width"], f["pooling"]) for f in info["features"]] == [("user", 4, "sum"), ("age", 8, "mean")]
+    info = admin.add_features("admin_t", [{"name": "city", "placement": {"kind": "partitioned", "rows": 100}}])
+    city = info["features"][2]
+    assert city["placement"]["kind"] == "partitioned" and city["placement"]["rows"] == 100
+    assert admin.table("admin_t")["features"] == info["features"]
+    assert "admin_t" in [t["config"]["name"] for t in admin.tables()]
+
+    checkpoint = admin.create_checkpoint()
+    assert checkpoint["id"] in [c["id"] for c in admin.checkpoints()]
+    clone = admin.restore_checkpoint(checkpoint["id"], "admin_t", into="admin_t_copy")
+    assert clone["config"]["name"] == "admin_t_copy"
+    admin.delete_checkpoint(checkpoint["id"])
+    assert checkpoint["id"] not in [c["id"] for c in admin.checkpoints()]
+    for name in ["admin_t", "admin_t_copy"]:
+        admin.drop_table(name)
+    assert "admin_t" not in [t["config"]["name"] for t in admin.tables()]
+    assert admin.stats()["version"] >= 0
+
+
+def rust_lookup(server, table, examples):
+    """The same lookup through the Rust client (the featmux CLI)."""
+    out = subprocess.run(
+        [featmux_binary(), "--addr", server.grpc, "--token", ADMIN, "--json", "lookup", table]
+        + [json.dumps(e) for e in examples],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return {f: np.asarray(rows, dtype=np.float32) for f, rows in json.loads(out.stdout)["embeddings"].items()}
+
+
+def test_lookups_are_numpy_arrays_equal_to_the_rust_clients(server, admin, data):
+    admin.create_table(
+        sgd_table("lookup_t"),
+        [{"name": "user"}, {"name": "tags", "pooling": "mean"}, {"name": "age", "value_type": "int64", "chunks": 2}],
+    )
+    examples = [
+        {"user": "u1", "tags": ["a", "b"], "age": 31},
+        {"user": "u2", "tags": [], "age": 45},
+        {"user": "u1", "tags": ["c"], "age": 31},
+    ]
+    batch = {
+        "user": [e["user"] for e in examples],
+        "tags": [e["tags"] for e in examples],
+        "age": np.array([e["age"] for e in examples], dtype=np.int64),
+    }
+    got = data.lookup("lookup_t", batch)
+    assert list(got) == ["user", "tags", "age"]
+    assert got.ticket is None
+    for feature, width in [("user", 4), ("tags", 4), ("age", 8)]:
+        assert got[feature].dtype == np.float32 and got[feature].shape == (3, width)
+    np.testing.assert_array_equal(got["user"][0], got["user"][2])
+    np.testing.assert_array_equal(got["tags"][1], np.zeros(4, np.float32))
+    rust = rust_lookup(server, "lookup_t", examples)
+    for feature in got:
+        np.testing.assert_array_equal(got[feature], rust[feature])
+    # The column (KeyedJaggedTensor-shaped) form gives the same answer.
+    columns = data.lookup("lookup_t", {"tags": {"values": ["a", "b", "c"], "lengths": [2, 0, 1]}})
+    np.testing.assert_array_equal(columns["tags"], got["tags"])
+
+
+def test_an_sgd_push_moves_rows_by_exactly_minus_lr_times_g(admin, data):
+    admin.create_table(
+        sgd_table("push_t", rows=1_000_000),
+        [{"name": "item", "value_type": "int64"}, {"name": "genres", "pooling": "mean"}],
+    )
+    batch = {"item": np.array([11, 12], dtype=np.int64), "genres": [["x", "y"], ["z"]]}
+    before = data.lookup("push_t", batch, ticket=True)
+    rng = np.random.default_rng(3)
+    grads = {f: rng.standard_normal(before[f].shape).astype(np.float32) for f in before}
+    pushed = data.push("push_t", grads, ticket=before)
+    assert pushed["unique_rows"] == 5
+    after = data.lookup("push_t", batch)
+    # One row per item; a mean bag of n distinct rows: each row gets g / n,
+    # so the mean moves by -lr * g / n.
+    np.testing.assert_allclose(after["item"], before["item"] - LR * grads["item"], rtol=0, atol=1e-6)
+    bag = np.array([[2.0], [1.0]], dtype=np.float32)
+    np.testing.assert_allclose(after["genres"], before["genres"] - LR * grads["genres"] / bag, rtol=0, atol=1e-6)
+    # A push of the batch itself (no ticket), gradients as a list.
+    data.push("push_t", [grads["item"], grads["genres"]], batch=batch)
+    again = data.lookup("push_t", batch)
+    np.testing.assert_allclose(again["item"], after["item"] - LR * grads["item"], rtol=0, atol=1e-6)
+
+
+def test_every_refusal_raises_its_class_with_the_servers_message(server, admin, data):
+    admin.create_table(sgd_table("err_t"), [{"name": "user"}])
+    with pytest.raises(featmux.NotFound, match="unknown table `nope`"):
+        data.lookup("nope", {"user": ["u"]})
+    with pytest.raises(featmux.AlreadyExists, match="err_t"):
+        admin.create_table(sgd_table("err_t"), [])
+    with pytest.raises(featmux.InvalidArgument, match="user"):
+        data.push("err_t", {"user": np.zeros(3, np.float32)}, batch={"user": ["u"]})
+    with pytest.raises(featmux.ResourceExhausted, match="bytes"):
+        admin.create_table(sgd_table("huge_t", rows=1 << 40), [])
+    with pytest.raises(featmux.Unauthenticated):
+        featmux.Client(server.grpc, token="wrong").tables()
+    with pytest.raises(featmux.Unauthenticated):
+        data.create_table(sgd_table("by_data_token"), [])
+    with pytest.raises(featmux.Unavailable):
+        featmux.Client("http://127.0.0.1:1", retries=0, timeout=1.0)
+    assert issubclass(featmux.NotFound, featmux.FeatmuxError)
+    with pytest.raises(TypeError, match="all str or all int"):
+        data.lookup("err_t", {"user": ["u", 3]})
+
+
+def test_the_readme_snippet_runs_as_written(server, monkeypatch):
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("\n## Python\n")[1].split("\n## ")[0]
+    snippet = section.split("```python\n")[1].split("\n```")[0]
+    monkeypatch.setenv("FEATMUX_TOKEN", ADMIN)
+    exec(snippet.replace("http://127.0.0.1:50051", server.grpc), {})
+    info = featmux.Client(server.grpc, token=ADMIN).table("movies")
+    assert [f["name"] for f in info["features"]] == ["user", "genres"]

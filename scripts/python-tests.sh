@@ -1,0 +1,22 @@
+#!/bin/sh
+# The Python package (python/): builds it with maturin into a venv kept in
+# /var/tmp (pinned tools, created once; pip's cache there too), then runs its
+# pytest suite against a real `featmux serve` (the debug binary `./dev test`
+# built). `./dev test` runs it after the Rust tests.
+#
+#   scripts/python-tests.sh [pytest arguments]
+set -eu
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/featmux-target}"
+venv=/var/tmp/featmux-py
+tools="maturin==1.16.0 numpy==2.4.6 pytest==9.2.0"
+if [ "$(cat "$venv/.featmux-tools" 2>/dev/null)" != "$tools" ]; then
+    python3 -m venv "$venv"
+    # shellcheck disable=SC2086
+    PIP_CACHE_DIR=/var/tmp/pip-cache "$venv/bin/pip" install -q $tools
+    echo "$tools" >"$venv/.featmux-tools"
+fi
+# The build backend is maturin (pyproject.toml); the venv already has it.
+PATH="$venv/bin:$PATH" PIP_CACHE_DIR=/var/tmp/pip-cache \
+    "$venv/bin/pip" install -q --no-build-isolation --force-reinstall --no-deps ./python
+FEATMUX_BIN="$CARGO_TARGET_DIR/debug/featmux" "$venv/bin/python" -m pytest -q python/tests "$@"
