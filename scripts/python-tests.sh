@@ -9,7 +9,9 @@ set -eu
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/featmux-target}"
 venv=/var/tmp/featmux-py
-tools="maturin==1.16.0 numpy==2.4.6 pytest==9.2.0"
+# torch (CPU use, but PyPI's wheel pulls ~3 GB of CUDA libraries): 64 s to
+# install here the first time, from the cache after that.
+tools="maturin==1.16.0 numpy==2.4.6 pytest==9.2.0 torch==2.14.1"
 if [ "$(cat "$venv/.featmux-tools" 2>/dev/null)" != "$tools" ]; then
     python3 -m venv "$venv"
     # shellcheck disable=SC2086
