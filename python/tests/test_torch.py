@@ -129,9 +129,15 @@ class FakeKJT:
 
 
 def test_a_keyed_jagged_tensor_looks_up_like_the_dict_it_holds(client):
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
     module = EmbeddingCollection(client, "torch_t").eval()
-    kjt = FakeKJT(["clicks", "age"], torch.tensor([7, 8, 9, 10, 11]), torch.tensor([2, 1, 1, 1]))
-    got = module(kjt)
-    want = module({"clicks": [[7, 8], [9]], "age": [10, 11]})
-    for f in want:
-        torch.testing.assert_close(got[f], want[f], rtol=0, atol=0)
+    values, lengths = torch.tensor([7, 8, 9, 10, 11]), torch.tensor([2, 1, 1, 1])
+    weights = torch.tensor([0.5, 2.0, 3.0, 1.0, 1.0])
+    want = module({"clicks": {"values": [7, 8, 9], "lengths": [2, 1], "weights": [0.5, 2.0, 3.0]}, "age": [10, 11]})
+    real = KeyedJaggedTensor.from_lengths_sync(keys=["clicks", "age"], values=values, lengths=lengths, weights=weights)
+    for kjt in [real, FakeKJT(["clicks", "age"], values, lengths, weights)]:
+        got = module(kjt)
+        assert list(got) == ["clicks", "age"]
+        for f in want:
+            torch.testing.assert_close(got[f], want[f], rtol=0, atol=0)
