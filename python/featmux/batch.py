@@ -36,6 +36,12 @@ def _values(feature: str, values: Any) -> Any:
 
 
 def _from_examples(feature: str, examples: Any) -> Column:
+    if isinstance(examples, np.ndarray) and examples.ndim == 1:
+        return (feature, _values(feature, examples), np.ones(len(examples), dtype=np.uint32), None)
+    examples = list(examples)
+    if not any(isinstance(e, (list, tuple, np.ndarray)) for e in examples):
+        # One value per example (the common single-valued feature).
+        return (feature, _values(feature, examples), np.ones(len(examples), dtype=np.uint32), None)
     values: list = []
     lengths = []
     for example in examples:

@@ -9,6 +9,7 @@ use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArray1};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyString;
 
 /// One feature's column as Python gives it: a tuple `(feature, values,
 /// lengths, weights or None)`.
@@ -20,11 +21,12 @@ pub struct Column<'py>(
     Option<PyReadonlyArray1<'py, f32>>,
 );
 
-/// A column's values: integer ids or strings.
+/// A column's values: integer ids or strings (read in place, not copied
+/// into Rust strings first).
 #[derive(FromPyObject)]
 enum Values<'py> {
     Int64(PyReadonlyArray1<'py, i64>),
-    Strings(Vec<String>),
+    Strings(Vec<Bound<'py, PyString>>),
 }
 
 fn contiguous<'a, T: numpy::Element>(
@@ -49,6 +51,10 @@ pub fn to_batch(columns: Vec<Column<'_>>) -> PyResult<pb::Batch> {
                     lengths,
                 ),
                 Values::Strings(strings) => {
+                    let strings = strings
+                        .iter()
+                        .map(|s| s.to_str())
+                        .collect::<PyResult<Vec<&str>>>()?;
                     BatchBuilder::strings_column(&feature, strings, lengths)
                 }
             };

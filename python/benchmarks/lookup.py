@@ -1,0 +1,84 @@
+"""Python client lookup throughput on the load generator's batches: the same
+table (`featmux bench` creates it), `--features` string features of one value
+each, keys `k<n>` drawn uniformly from `--vocab`, `--examples` per request,
+`--threads` threads sharing one client (the GIL is released during calls),
+each sending its own prepared batches for `--duration` seconds.
+
+    python python/benchmarks/lookup.py --addr http://127.0.0.1:50051 --table bench
+
+Prints one JSON line; `scripts/bench-python.sh` runs it beside the Rust
+client's `featmux bench` against the same server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+
+import numpy as np
+
+import featmux
+from featmux.batch import to_columns
+
+
+def batches(args, seed):
+    rng = np.random.default_rng(seed)
+    return [
+        {f"f{f}": [f"k{k}" for k in rng.integers(0, args.vocab, args.examples)] for f in range(args.features)}
+        for _ in range(args.batches)
+    ]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--addr", default="http://127.0.0.1:50051")
+    p.add_argument("--token")
+    p.add_argument("--table", default="bench")
+    p.add_argument("--features", type=int, default=26)
+    p.add_argument("--examples", type=int, default=4096)
+    p.add_argument("--vocab", type=int, default=1_000_000)
+    p.add_argument("--threads", type=int, default=8)
+    p.add_argument("--batches", type=int, default=8)
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--prebuilt", action="store_true", help="time the native call on prepared columns only")
+    args = p.parse_args()
+    client = featmux.Client(args.addr, token=args.token)
+    prepared = [batches(args, seed) for seed in range(args.threads)]
+    if args.prebuilt:
+        prepared = [[to_columns(b) for b in bs] for bs in prepared]
+    counts = [0] * args.threads
+    stop = time.monotonic() + args.duration
+
+    def run(i):
+        n = 0
+        while time.monotonic() < stop:
+            b = prepared[i][n % len(prepared[i])]
+            if args.prebuilt:
+                client._native.lookup(args.table, b, False)
+            else:
+                client.lookup(args.table, b)
+            n += 1
+        counts[i] = n
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(args.threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    requests = sum(counts)
+    print(json.dumps({
+        "client": "python-prebuilt" if args.prebuilt else "python",
+        "threads": args.threads,
+        "examples": args.examples,
+        "features": args.features,
+        "requests": requests,
+        "examples_per_s": requests * args.examples / elapsed,
+    }))
+
+
+if __name__ == "__main__":
+    main()
