@@ -692,16 +692,8 @@ fn a_full_disk_backs_off_is_reported_and_a_close_names_the_lost_rows() {
             ..CatalogOptions::default()
         };
         let (catalog, _) = Catalog::open(dir, options).unwrap();
-        catalog
-            .create_table(
-                TableSpec::new("big", 100_000, 16),
-                vec![FeatureSpec::new("id").value_type(ValueType::Int64)],
-            )
-            .unwrap();
-        let filler = dir.join("filler");
-        let free = fs_free_bytes(dir);
-        std::fs::write(&filler, vec![0u8; (free - (1 << 20)) as usize]).unwrap();
-        let table = catalog.table("big").unwrap();
+        let table = create_big_table(&catalog, 100_000);
+        let filler = fill_disk(dir, 1 << 20);
         // 100k rows × (64 + 4) bytes do not fit in the 1 MiB left.
         let rows: Vec<u64> = (0..100_000).collect();
         table.dirty().mark(&rows);
@@ -732,6 +724,26 @@ fn a_full_disk_backs_off_is_reported_and_a_close_names_the_lost_rows() {
         assert_eq!(report.rows_loaded, 0);
         reopened.close().unwrap();
     }
+}
+
+/// Creates table `big` (`rows` × 16, default optimizer) with one int64
+/// feature `id`: the full-disk tests' table.
+fn create_big_table(catalog: &Catalog, rows: u64) -> std::sync::Arc<Table> {
+    catalog
+        .create_table(
+            TableSpec::new("big", rows, 16),
+            vec![FeatureSpec::new("id").value_type(ValueType::Int64)],
+        )
+        .unwrap()
+}
+
+/// Fills the filesystem of `dir` until `left` bytes are free; returns the
+/// filler file (remove it to free the space again).
+fn fill_disk(dir: &Path, left: u64) -> std::path::PathBuf {
+    let filler = dir.join("filler");
+    let free = fs_free_bytes(dir);
+    std::fs::write(&filler, vec![0u8; (free - left) as usize]).unwrap();
+    filler
 }
 
 /// Free bytes of the filesystem holding `path`.
@@ -871,16 +883,8 @@ fn a_full_disk_resumes_flushing_once_space_is_freed() {
         ..CatalogOptions::default()
     };
     let (catalog, _) = Catalog::open(dir, options).unwrap();
-    catalog
-        .create_table(
-            TableSpec::new("big", 50_000, 16),
-            vec![FeatureSpec::new("id").value_type(ValueType::Int64)],
-        )
-        .unwrap();
-    let filler = dir.join("filler");
-    let free = fs_free_bytes(dir);
-    std::fs::write(&filler, vec![0u8; (free - (1 << 20)) as usize]).unwrap();
-    let table = catalog.table("big").unwrap();
+    let table = create_big_table(&catalog, 50_000);
+    let filler = fill_disk(dir, 1 << 20);
     let rows: Vec<u64> = (0..50_000).collect();
     table.dirty().mark(&rows);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -1006,12 +1010,7 @@ fn a_restore_that_fails_part_way_leaves_the_table_as_it_was() {
         ..CatalogOptions::default()
     };
     let (catalog, _) = Catalog::open(dir, options).unwrap();
-    catalog
-        .create_table(
-            TableSpec::new("big", 100_000, 16),
-            vec![FeatureSpec::new("id").value_type(ValueType::Int64)],
-        )
-        .unwrap();
+    create_big_table(&catalog, 100_000);
     let ids: Vec<i64> = (0..100_000).collect();
     let grads = vec![vec![0.25; ids.len() * 16]];
     catalog.push("big", &batch(&ids), &grads).unwrap();
@@ -1021,9 +1020,7 @@ fn a_restore_that_fails_part_way_leaves_the_table_as_it_was() {
     let before = all_rows(&catalog.table("big").unwrap());
 
     // Room for the restore's marker, not for its rows (~7 MB).
-    let filler = dir.join("filler");
-    let free = fs_free_bytes(dir);
-    std::fs::write(&filler, vec![0u8; (free - (2 << 20)) as usize]).unwrap();
+    let filler = fill_disk(dir, 2 << 20);
     let Err(err) = catalog.restore_checkpoint(checkpoint.id, "big", None) else {
         panic!("the restore fit in 2 MiB");
     };
