@@ -21,10 +21,15 @@ fn summarises_a_file_and_names_bad_input() {
     let path = dir.path().join("ratings.csv");
     let mut csv = String::from("user_id,item_id,genres,rating,timestamp\n");
     for i in 0..100 {
+        // The last ten rows (the test split) bring items never seen before.
+        let item = if i >= 90 {
+            format!("late{i}")
+        } else {
+            format!("i{}", i % 13)
+        };
         csv += &format!(
-            "u{},i{},g{}|g{},{},{i}\n",
+            "u{},{item},g{}|g{},{},{i}\n",
             i % 7,
-            i % 13,
             i % 3,
             i % 5,
             1 + i % 5
@@ -64,6 +69,8 @@ fn summarises_a_file_and_names_bad_input() {
         .iter()
         .map(|f| f["vocabulary"].as_u64().unwrap())
         .collect();
+    // Vocabularies come from the training split: the test split's new items
+    // do not size the table.
     assert_eq!(vocab, [7, 13, 5]);
 
     let refused = |args: &[&str], needle: &str| {

@@ -109,11 +109,13 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Distinct values per feature over all splits (what a collisionless
-    /// table needs), in feature order.
+    /// Distinct values per feature in the training split, in feature
+    /// order: what sizes a table (a collisionless one has exactly these
+    /// rows). Validation and test values must not size it; one unseen in
+    /// training hashes into the table like any out-of-vocabulary value.
     pub fn vocabulary_sizes(&self) -> Vec<usize> {
         let mut seen: Vec<HashSet<&str>> = vec![Default::default(); self.features.len()];
-        for example in self.train.iter().chain(&self.valid).chain(&self.test) {
+        for example in &self.train {
             for (set, bag) in seen.iter_mut().zip(&example.values) {
                 set.extend(bag.iter().map(String::as_str));
             }
@@ -381,7 +383,9 @@ mod tests {
         assert_eq!(d.train[0].values[3], ["b1"]);
         assert_eq!(d.train[1].values[3], ["b0"]);
         assert_eq!(d.test[0].values[3], ["b0"]);
-        assert_eq!(d.vocabulary_sizes(), [3, 4, 3, 2]);
+        // Training split only: users u1, u2; items i1-i3; three genres;
+        // both year buckets. (u3 and i4 appear only in validation and test.)
+        assert_eq!(d.vocabulary_sizes(), [2, 3, 3, 2]);
         assert_eq!(positives(&d.train), 2);
     }
 

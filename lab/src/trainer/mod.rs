@@ -111,7 +111,7 @@ impl DataArgs {
 }
 
 /// `featmux dataset`: loads the file as training would and prints the split
-/// sizes, positives and per-feature vocabulary.
+/// sizes, positives and per-feature vocabulary (of the training split).
 pub fn describe(args: &DataArgs, as_json: bool) -> anyhow::Result<()> {
     let dataset = data::load(&args.data, &args.spec()?)?;
     let vocabulary = dataset.vocabulary_sizes();
