@@ -5,32 +5,90 @@
 
 use crate::pb;
 
+/// Optimizer hyper-parameters beyond the learning rate, as command-line
+/// flags give them: each `None` keeps the optimizer's default, and one the
+/// chosen optimizer does not have is refused (so a run meant to match
+/// another system's settings cannot silently drop one).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OptimizerParams {
+    /// Adagrad's, row-wise Adagrad's and Adam's epsilon (default 1e-8).
+    pub eps: Option<f32>,
+    /// Adagrad's, row-wise Adagrad's and FTRL's first accumulator (default 0).
+    pub initial_accumulator: Option<f32>,
+    /// Adam's beta1 (default 0.9).
+    pub beta1: Option<f32>,
+    /// Adam's beta2 (default 0.999).
+    pub beta2: Option<f32>,
+    /// FTRL's beta (default 1).
+    pub ftrl_beta: Option<f32>,
+    /// FTRL's L1 strength (default 0).
+    pub l1: Option<f32>,
+    /// FTRL's L2 strength (default 0).
+    pub l2: Option<f32>,
+}
+
 /// Parses an optimizer name (`sgd`, `adagrad`, `row-wise-adagrad`, `adam`,
-/// `ftrl`) with its learning rate; shared by `table create`, `bench` and `train`.
+/// `ftrl`) with its learning rate and defaults for the rest; shared by
+/// `table create`, `bench` and `train`.
 pub fn optimizer(kind: &str, lr: f32) -> Result<pb::Optimizer, String> {
+    optimizer_with(kind, lr, &OptimizerParams::default())
+}
+
+/// [`optimizer`] with hyper-parameters set.
+pub fn optimizer_with(kind: &str, lr: f32, p: &OptimizerParams) -> Result<pb::Optimizer, String> {
     use pb::optimizer::Kind;
-    let adagrad = pb::Adagrad {
+    let all = [
+        ("eps", p.eps),
+        ("initial accumulator", p.initial_accumulator),
+        ("beta1", p.beta1),
+        ("beta2", p.beta2),
+        ("FTRL beta", p.ftrl_beta),
+        ("l1", p.l1),
+        ("l2", p.l2),
+    ];
+    let has = |names: &[&str]| -> Result<(), String> {
+        match all.iter().find(|(n, v)| v.is_some() && !names.contains(n)) {
+            Some((n, _)) => Err(format!("optimizer {kind} has no {n}")),
+            None => Ok(()),
+        }
+    };
+    let adagrad = || pb::Adagrad {
         lr,
-        eps: 1e-8,
-        initial_accumulator: 0.0,
+        eps: p.eps.unwrap_or(1e-8),
+        initial_accumulator: p.initial_accumulator.unwrap_or(0.0),
     };
     let kind = match kind {
-        "sgd" => Kind::Sgd(pb::Sgd { lr }),
-        "adagrad" => Kind::Adagrad(adagrad),
-        "row-wise-adagrad" => Kind::RowWiseAdagrad(adagrad),
-        "adam" => Kind::Adam(pb::Adam {
-            lr,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-        }),
-        "ftrl" => Kind::Ftrl(pb::Ftrl {
-            alpha: lr,
-            beta: 1.0,
-            l1: 0.0,
-            l2: 0.0,
-            initial_accumulator: 0.0,
-        }),
+        "sgd" => {
+            has(&[])?;
+            Kind::Sgd(pb::Sgd { lr })
+        }
+        "adagrad" | "row-wise-adagrad" => {
+            has(&["eps", "initial accumulator"])?;
+            if kind == "adagrad" {
+                Kind::Adagrad(adagrad())
+            } else {
+                Kind::RowWiseAdagrad(adagrad())
+            }
+        }
+        "adam" => {
+            has(&["eps", "beta1", "beta2"])?;
+            Kind::Adam(pb::Adam {
+                lr,
+                beta1: p.beta1.unwrap_or(0.9),
+                beta2: p.beta2.unwrap_or(0.999),
+                eps: p.eps.unwrap_or(1e-8),
+            })
+        }
+        "ftrl" => {
+            has(&["initial accumulator", "FTRL beta", "l1", "l2"])?;
+            Kind::Ftrl(pb::Ftrl {
+                alpha: lr,
+                beta: p.ftrl_beta.unwrap_or(1.0),
+                l1: p.l1.unwrap_or(0.0),
+                l2: p.l2.unwrap_or(0.0),
+                initial_accumulator: p.initial_accumulator.unwrap_or(0.0),
+            })
+        }
         other => {
             return Err(format!(
                 "--optimizer {other}: expected sgd, adagrad, row-wise-adagrad, adam or ftrl"
@@ -89,6 +147,39 @@ pub fn feature(spec: &str) -> Result<pb::FeatureConfig, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn optimizer_hyper_parameters_are_set_and_foreign_ones_refused() {
+        use pb::optimizer::Kind;
+        let adam = OptimizerParams {
+            beta1: Some(0.8),
+            beta2: Some(0.99),
+            eps: Some(1e-6),
+            ..OptimizerParams::default()
+        };
+        let Some(Kind::Adam(a)) = optimizer_with("adam", 0.01, &adam).unwrap().kind else {
+            panic!("not adam");
+        };
+        assert_eq!((a.lr, a.beta1, a.beta2, a.eps), (0.01, 0.8, 0.99, 1e-6));
+        let ftrl = OptimizerParams {
+            ftrl_beta: Some(0.5),
+            l1: Some(0.1),
+            l2: Some(0.2),
+            initial_accumulator: Some(0.3),
+            ..OptimizerParams::default()
+        };
+        let Some(Kind::Ftrl(f)) = optimizer_with("ftrl", 0.05, &ftrl).unwrap().kind else {
+            panic!("not ftrl");
+        };
+        assert_eq!(
+            (f.alpha, f.beta, f.l1, f.l2, f.initial_accumulator),
+            (0.05, 0.5, 0.1, 0.2, 0.3)
+        );
+        let err = optimizer_with("adagrad", 0.1, &adam).unwrap_err();
+        assert!(err.contains("adagrad has no beta1"), "{err}");
+        let err = optimizer_with("sgd", 0.1, &ftrl).unwrap_err();
+        assert!(err.contains("sgd has no initial accumulator"), "{err}");
+    }
 
     #[test]
     fn feature_specs_parse_and_bad_ones_are_named() {

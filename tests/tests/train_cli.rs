@@ -109,6 +109,48 @@ fn a_small_model_trains_through_the_service() {
     let local_auc = in_process["test"]["auc"].as_f64().unwrap();
     assert!((local_auc - auc).abs() < 1e-9, "{local_auc} vs {auc}");
 
+    // Every sparse hyper-parameter is a flag, and reaches the table.
+    let ftrl = args(
+        &[
+            "--sparse-optimizer",
+            "ftrl",
+            "--sparse-ftrl-beta",
+            "0.5",
+            "--sparse-l2",
+            "0.25",
+            "--sparse-initial-accumulator",
+            "0.125",
+            "--dense-beta1",
+            "0.8",
+        ],
+        "clicks-ftrl",
+    );
+    let ftrl: Vec<&str> = ftrl.iter().map(String::as_str).collect();
+    let (code, _, stderr) = train(&ftrl);
+    assert_eq!(code, Some(0), "{stderr}");
+    let shown = Command::new(featmux_binary())
+        .args(["--addr", &addr, "--json", "table", "show", "clicks-ftrl"])
+        .output()
+        .unwrap();
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let optimizer = &shown["config"]["optimizer"];
+    assert_eq!(optimizer["kind"], "ftrl", "{shown}");
+    assert_eq!(
+        (
+            &optimizer["beta"],
+            &optimizer["l2"],
+            &optimizer["initial_accumulator"]
+        ),
+        (&Value::from(0.5), &Value::from(0.25), &Value::from(0.125)),
+        "{shown}"
+    );
+    // One the optimizer does not have is refused, naming it.
+    let foreign = args(&["--sparse-beta1", "0.8"], "clicks-foreign");
+    let foreign: Vec<&str> = foreign.iter().map(String::as_str).collect();
+    let (code, _, stderr) = train(&foreign);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("adagrad has no beta1"), "{stderr}");
+
     // Bad flags are named and nothing is created.
     let mut bad = args(&[], "bad");
     let label = bad.iter().position(|a| a == "clicked").unwrap();

@@ -33,7 +33,7 @@ use serde_json::{json, Value};
 
 use crate::in_process::InProcess;
 use data::{DataSpec, Dataset, Example, PositiveRule, Split};
-use featmux_client::spec::optimizer;
+use featmux_client::spec::{optimizer_with, OptimizerParams};
 use layout::Layout;
 
 /// Which file and which columns.
@@ -161,12 +161,42 @@ pub struct TrainArgs {
     /// row-wise-adagrad, adam, ftrl.
     #[arg(long, default_value = "adagrad")]
     pub sparse_optimizer: String,
-    /// Its learning rate (the loss is summed over the batch).
+    /// Its learning rate (FTRL's alpha; the loss is summed over the batch).
     #[arg(long, default_value_t = 0.05)]
     pub sparse_lr: f32,
+    /// Epsilon of the sparse Adagrad, row-wise Adagrad or Adam (1e-8).
+    #[arg(long)]
+    pub sparse_eps: Option<f32>,
+    /// First accumulator of the sparse Adagrad, row-wise Adagrad or FTRL (0).
+    #[arg(long)]
+    pub sparse_initial_accumulator: Option<f32>,
+    /// The sparse Adam's beta1 (0.9).
+    #[arg(long)]
+    pub sparse_beta1: Option<f32>,
+    /// The sparse Adam's beta2 (0.999).
+    #[arg(long)]
+    pub sparse_beta2: Option<f32>,
+    /// The sparse FTRL's beta (1).
+    #[arg(long)]
+    pub sparse_ftrl_beta: Option<f32>,
+    /// The sparse FTRL's L1 strength (0).
+    #[arg(long)]
+    pub sparse_l1: Option<f32>,
+    /// The sparse FTRL's L2 strength (0).
+    #[arg(long)]
+    pub sparse_l2: Option<f32>,
     /// Adam's learning rate on the dense weights.
     #[arg(long, default_value_t = 1e-3)]
     pub dense_lr: f64,
+    /// The dense Adam's beta1.
+    #[arg(long, default_value_t = 0.9)]
+    pub dense_beta1: f64,
+    /// The dense Adam's beta2.
+    #[arg(long, default_value_t = 0.999)]
+    pub dense_beta2: f64,
+    /// The dense Adam's epsilon.
+    #[arg(long, default_value_t = 1e-8)]
+    pub dense_eps: f64,
     /// Hidden layer widths of the MLP.
     #[arg(long, value_delimiter = ',', default_value = "64,32")]
     pub hidden: Vec<usize>,
@@ -181,6 +211,32 @@ pub struct TrainArgs {
     /// Also write the result JSON to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+impl TrainArgs {
+    /// The sparse optimizer's hyper-parameters beyond the learning rate.
+    fn sparse_params(&self) -> OptimizerParams {
+        OptimizerParams {
+            eps: self.sparse_eps,
+            initial_accumulator: self.sparse_initial_accumulator,
+            beta1: self.sparse_beta1,
+            beta2: self.sparse_beta2,
+            ftrl_beta: self.sparse_ftrl_beta,
+            l1: self.sparse_l1,
+            l2: self.sparse_l2,
+        }
+    }
+
+    /// The dense Adam's settings (no weight decay).
+    fn dense_params(&self) -> candle_nn::ParamsAdamW {
+        candle_nn::ParamsAdamW {
+            lr: self.dense_lr,
+            beta1: self.dense_beta1,
+            beta2: self.dense_beta2,
+            eps: self.dense_eps,
+            weight_decay: 0.0,
+        }
+    }
 }
 
 /// Where the embeddings live. One per run: its size does not matter.
@@ -313,7 +369,12 @@ pub async fn train(options: ClientOptions, args: TrainArgs) -> anyhow::Result<()
         seed: args.data.seed,
         initializer: None,
         optimizer: Some(
-            optimizer(&args.sparse_optimizer, args.sparse_lr).map_err(anyhow::Error::msg)?,
+            optimizer_with(
+                &args.sparse_optimizer,
+                args.sparse_lr,
+                &args.sparse_params(),
+            )
+            .map_err(anyhow::Error::msg)?,
         ),
         max_abs_gradient: None,
     };
@@ -341,7 +402,7 @@ pub async fn train(options: ClientOptions, args: TrainArgs) -> anyhow::Result<()
     let mut model = model::Mlp::new(
         n_features * width,
         &args.hidden,
-        args.dense_lr,
+        args.dense_params(),
         args.data.seed,
     )?;
     let mut order: Vec<usize> = (0..dataset.train.len()).collect();

@@ -23,8 +23,14 @@ fn error(e: candle_core::Error) -> anyhow::Error {
 
 impl Mlp {
     /// Weights uniform in ±1/√fan_in from `seed` (candle's CPU generator
-    /// cannot be seeded, so runs would not repeat); Adam with `lr`.
-    pub fn new(input: usize, hidden: &[usize], lr: f64, seed: u64) -> anyhow::Result<Self> {
+    /// cannot be seeded, so runs would not repeat); trained by Adam with
+    /// `adam` (weight decay 0: plain Adam).
+    pub fn new(
+        input: usize,
+        hidden: &[usize],
+        adam: ParamsAdamW,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut layers = Vec::new();
         let mut vars = Vec::new();
@@ -44,14 +50,9 @@ impl Mlp {
             vars.extend([w, b]);
             fan_in = out;
         }
-        let params = ParamsAdamW {
-            lr,
-            weight_decay: 0.0,
-            ..ParamsAdamW::default()
-        };
         Ok(Mlp {
             layers,
-            optimizer: AdamW::new(vars, params).map_err(error)?,
+            optimizer: AdamW::new(vars, adam).map_err(error)?,
         })
     }
 
@@ -130,7 +131,12 @@ mod tests {
 
         // Label = sign of the first input: a few hundred Adam steps learn it,
         // and the input gradient has the input's shape.
-        let mut mlp = Mlp::new(2, &[8], 0.05, 3).unwrap();
+        let adam = ParamsAdamW {
+            lr: 0.05,
+            weight_decay: 0.0,
+            ..ParamsAdamW::default()
+        };
+        let mut mlp = Mlp::new(2, &[8], adam, 3).unwrap();
         let inputs: Vec<f32> = (0..64).flat_map(|i| [i as f32 / 32.0 - 1.0, 0.5]).collect();
         let labels: Vec<f32> = (0..64).map(|i| f32::from(u8::from(i >= 32))).collect();
         let (first, grad) = mlp.train_step(inputs.clone(), &labels).unwrap();
