@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +152,18 @@ def test_the_readme_snippet_runs_as_written(server, monkeypatch):
     exec(snippet.replace("http://127.0.0.1:50051", server.grpc), {})
     info = featmux.Client(server.grpc, token=ADMIN).table("movies")
     assert [f["name"] for f in info["features"]] == ["user", "genres"]
+
+
+def test_the_serving_example_gets_one_vector_over_http_and_grpc(server, admin):
+    admin.create_table(sgd_table("serving_t"), [{"name": "user"}, {"name": "genres", "pooling": "mean"}])
+    example = Path(__file__).parents[1] / "examples" / "serving_lookup.py"
+    out = subprocess.run(
+        [sys.executable, str(example), "--grpc", server.grpc, "--http", server.http, "--token", DATA,
+         "--table", "serving_t", "--example", json.dumps({"user": "u1", "genres": ["comedy", "drama"]})],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert report["features"] == ["user", "genres"]
+    assert len(report["http"]) == 8 and report["http"] == report["grpc"]
