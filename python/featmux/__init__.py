@@ -28,7 +28,7 @@ from featmux._native import (
     Unauthenticated,
     Unavailable,
 )
-from featmux.client import Client, Embeddings
+from featmux.client import Client, Embeddings, TrainStream
 
 __all__ = [
     "AlreadyExists",
@@ -41,6 +41,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
+    "TrainStream",
     "Unauthenticated",
     "Unavailable",
 ]

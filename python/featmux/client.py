@@ -38,6 +38,38 @@ def _gradient_blocks(grads: Gradients, order: Sequence[str]) -> list:
     return [np.ascontiguousarray(g, dtype=np.float32).ravel() for g in grads]
 
 
+class TrainStream:
+    """Lookups and pushes pipelined on one HTTP/2 stream (``Client.train()``):
+    send several, then :meth:`recv` their answers, which come in request
+    order. A request the server refuses raises from :meth:`recv` (the
+    exception's ``request_id`` names it) and the stream stays open."""
+
+    def __init__(self, native):
+        self._native = native
+
+    def send_lookup(self, table: str, batch: Mapping[str, Any], ticket: bool = True) -> int:
+        """Sends a lookup (with a ticket by default); returns its id."""
+        return self._native.send_lookup(table, to_columns(batch), ticket)
+
+    def send_push(self, table: str, grads: Gradients, ticket: Embeddings) -> int:
+        """Sends the gradients of a lookup answered on this stream; returns
+        its id."""
+        if ticket.ticket is None:
+            raise ValueError("this lookup asked for no ticket")
+        return self._native.send_push(table, ticket.ticket, _gradient_blocks(grads, list(ticket)))
+
+    def recv(self) -> tuple:
+        """The next answer: ``(id, Embeddings)`` for a lookup, ``(id, {"version",
+        "entries", "unique_rows"})`` for a push."""
+        id, kind, payload, ticket = self._native.recv()
+        if kind == "error":
+            payload.request_id = id
+            raise payload
+        if kind == "lookup":
+            return id, Embeddings(payload, ticket)
+        return id, payload
+
+
 class Client:
     """A connection to a featmux server's gRPC port (``http://host:port``,
     or ``https://`` with TLS). Safe to share between threads.
@@ -93,6 +125,10 @@ class Client:
         if isinstance(grads, Mapping):
             raise ValueError("with a ticket id, pass the gradients as a list in the lookup's feature order")
         return self._native.push(table, _gradient_blocks(grads, []), ticket=int(ticket))
+
+    def train(self) -> TrainStream:
+        """Opens a Train stream for pipelined lookups and pushes."""
+        return TrainStream(self._native.train())
 
     # Administration.
 

@@ -4,14 +4,14 @@
 //! releases it while it waits on the network, so other Python threads (a
 //! data loader, a second trainer thread) run meanwhile.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use featmux_client::{pb, Client, ClientError, ClientOptions};
+use featmux_client::{pb, Client, ClientError, ClientOptions, TrainReply, TrainStream};
 use numpy::{PyArray2, PyReadonlyArray1};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::batch::{self, Column};
 use crate::config;
@@ -124,11 +124,7 @@ impl NativeClient {
                 ))
             }
         };
-        let out = PyDict::new(py);
-        out.set_item("version", pushed.version)?;
-        out.set_item("entries", pushed.entries)?;
-        out.set_item("unique_rows", pushed.unique_rows)?;
-        Ok(out)
+        push_to_dict(py, &pushed)
     }
 
     /// Creates a table with its first features (one atomic change).
@@ -212,6 +208,15 @@ impl NativeClient {
         config::table_info_to_dict(py, &info)
     }
 
+    /// Opens a Train stream: lookups and pushes pipelined on one HTTP/2
+    /// stream, answered in order.
+    fn train(&self, py: Python<'_>) -> PyResult<NativeTrainStream> {
+        let stream = self.run(py, self.client.train())?;
+        Ok(NativeTrainStream {
+            stream: Mutex::new(stream),
+        })
+    }
+
     /// Server-wide counters (training and flushed versions, flushes, bytes).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let stats = self.run(py, self.client.stats())?;
@@ -231,6 +236,88 @@ impl NativeClient {
         out.set_item("tables", tables)?;
         Ok(out)
     }
+}
+
+/// An open Train stream. Sends return the request's id at once; `recv`
+/// waits for the next answer (in request order).
+#[pyclass(module = "featmux._native", frozen)]
+pub struct NativeTrainStream {
+    stream: Mutex<TrainStream>,
+}
+
+impl NativeTrainStream {
+    /// Runs `op` on the stream without the GIL.
+    fn with_stream<T: Send>(
+        &self,
+        py: Python<'_>,
+        op: impl AsyncFnOnce(&mut TrainStream) -> Result<T, ClientError> + Send,
+    ) -> PyResult<T> {
+        py.detach(|| {
+            let mut stream = self.stream.lock().unwrap_or_else(|e| e.into_inner());
+            runtime().block_on(op(&mut stream))
+        })
+        .map_err(errors::to_py)
+    }
+}
+
+#[pymethods]
+impl NativeTrainStream {
+    /// Sends a lookup; returns its request id.
+    #[pyo3(signature = (table, columns, ticket=true))]
+    fn send_lookup<'py>(
+        &self,
+        py: Python<'py>,
+        table: String,
+        columns: Vec<Column<'py>>,
+        ticket: bool,
+    ) -> PyResult<u64> {
+        let batch = batch::to_batch(columns)?;
+        self.with_stream(py, async |s| s.send_lookup(&table, batch, ticket).await)
+    }
+
+    /// Sends a push of a ticket's gradients; returns its request id.
+    fn send_push<'py>(
+        &self,
+        py: Python<'py>,
+        table: String,
+        ticket: u64,
+        gradients: Vec<PyReadonlyArray1<'py, f32>>,
+    ) -> PyResult<u64> {
+        let grads = batch::to_gradients(gradients)?;
+        self.with_stream(py, async |s| {
+            s.send_push_ticket(&table, ticket, &grads).await
+        })
+    }
+
+    /// The next answer: `(id, "lookup", [(feature, array)], ticket)`,
+    /// `(id, "push", {version, entries, unique_rows}, None)`, or
+    /// `(id, "error", exception, None)` for a request the server refused
+    /// (the stream stays open).
+    fn recv<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let (id, reply) = self.with_stream(py, async |s| s.recv().await)?;
+        match reply {
+            Ok(TrainReply::Lookup(looked_up)) => {
+                let blocks: Blocks<'py> = looked_up
+                    .embeddings
+                    .into_iter()
+                    .map(|e| batch::to_array(py, e))
+                    .collect::<PyResult<_>>()?;
+                (id, "lookup", blocks, looked_up.ticket).into_pyobject(py)
+            }
+            Ok(TrainReply::Push(pushed)) => {
+                (id, "push", push_to_dict(py, &pushed)?, None::<u64>).into_pyobject(py)
+            }
+            Err(e) => (id, "error", errors::to_py(e).into_value(py), None::<u64>).into_pyobject(py),
+        }
+    }
+}
+
+fn push_to_dict<'py>(py: Python<'py>, p: &pb::PushResponse) -> PyResult<Bound<'py, PyDict>> {
+    let out = PyDict::new(py);
+    out.set_item("version", p.version)?;
+    out.set_item("entries", p.entries)?;
+    out.set_item("unique_rows", p.unique_rows)?;
+    Ok(out)
 }
 
 fn checkpoint_to_dict<'py>(py: Python<'py>, c: &pb::Checkpoint) -> PyResult<Bound<'py, PyDict>> {

@@ -22,5 +22,6 @@ mod errors;
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::NativeClient>()?;
+    m.add_class::<client::NativeTrainStream>()?;
     errors::register(m)
 }

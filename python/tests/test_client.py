@@ -167,3 +167,28 @@ def test_the_serving_example_gets_one_vector_over_http_and_grpc(server, admin):
     report = json.loads(out.stdout)
     assert report["features"] == ["user", "genres"]
     assert len(report["http"]) == 8 and report["http"] == report["grpc"]
+
+
+def test_a_train_stream_pipelines_lookups_and_pushes(admin, data):
+    admin.create_table(sgd_table("stream_t", rows=1_000_000), [{"name": "item", "value_type": "int64"}])
+    stream = data.train()
+    batches = [{"item": np.array([1, 2])}, {"item": np.array([3, 4])}]
+    ids = [stream.send_lookup("stream_t", b) for b in batches]
+    looked_up = [stream.recv() for _ in batches]
+    assert [i for i, _ in looked_up] == ids
+    grads = [{"item": np.full((2, 4), 0.5, np.float32)}, {"item": np.full((2, 4), -1.0, np.float32)}]
+    push_ids = [stream.send_push("stream_t", g, emb) for g, (_, emb) in zip(grads, looked_up)]
+    pushed = [stream.recv() for _ in push_ids]
+    assert [i for i, _ in pushed] == push_ids
+    assert all(p["unique_rows"] == 2 for _, p in pushed)
+    # A refused request raises from recv, naming its id; the stream goes on.
+    bad = stream.send_lookup("nope", batches[0])
+    with pytest.raises(featmux.NotFound) as refused:
+        stream.recv()
+    assert refused.value.request_id == bad
+    after = data.lookup("stream_t", {"item": np.array([1, 2, 3, 4])})
+    before = np.concatenate([emb["item"] for _, emb in looked_up])
+    step = np.concatenate([g["item"] for g in grads])
+    np.testing.assert_allclose(after["item"], before - LR * step, rtol=0, atol=1e-6)
+    again = stream.send_lookup("stream_t", batches[0], ticket=False)
+    assert stream.recv()[0] == again
