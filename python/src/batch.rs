@@ -75,13 +75,17 @@ pub fn to_gradients(blocks: Vec<PyReadonlyArray1<'_, f32>>) -> PyResult<Vec<Vec<
         .collect()
 }
 
-/// One embedding block as a `[rows, width]` array owning the floats.
-pub fn to_array<'py>(
-    py: Python<'py>,
-    embedding: Embedding,
-) -> PyResult<(String, Bound<'py, PyArray2<f32>>)> {
-    let shape = (embedding.rows, embedding.width);
-    let array = Array2::from_shape_vec(shape, embedding.data)
-        .map_err(|e| PyValueError::new_err(format!("`{}`: {e}", embedding.feature)))?;
-    Ok((embedding.feature, array.into_pyarray(py)))
+/// Looked-up blocks as `(feature, [rows, width] array)`, in batch order.
+pub type Blocks<'py> = Vec<(String, Bound<'py, PyArray2<f32>>)>;
+
+/// Each embedding block as a `[rows, width]` array owning its floats.
+pub fn to_arrays(py: Python<'_>, embeddings: Vec<Embedding>) -> PyResult<Blocks<'_>> {
+    embeddings
+        .into_iter()
+        .map(|e| {
+            let array = Array2::from_shape_vec((e.rows, e.width), e.data)
+                .map_err(|err| PyValueError::new_err(format!("`{}`: {err}", e.feature)))?;
+            Ok((e.feature, array.into_pyarray(py)))
+        })
+        .collect()
 }

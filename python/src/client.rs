@@ -8,12 +8,12 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use featmux_client::{pb, Client, ClientError, ClientOptions, TrainReply, TrainStream};
-use numpy::{PyArray2, PyReadonlyArray1};
+use numpy::PyReadonlyArray1;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use crate::batch::{self, Column};
+use crate::batch::{self, Blocks, Column};
 use crate::config;
 use crate::errors;
 
@@ -46,8 +46,6 @@ impl NativeClient {
             .map_err(errors::to_py)
     }
 }
-
-type Blocks<'py> = Vec<(String, Bound<'py, PyArray2<f32>>)>;
 
 #[pymethods]
 impl NativeClient {
@@ -90,12 +88,10 @@ impl NativeClient {
     ) -> PyResult<(Blocks<'py>, Option<u64>)> {
         let batch = batch::to_batch(columns)?;
         let looked_up = self.run(py, self.client.lookup(&table, &batch, ticket))?;
-        let blocks = looked_up
-            .embeddings
-            .into_iter()
-            .map(|e| batch::to_array(py, e))
-            .collect::<PyResult<_>>()?;
-        Ok((blocks, looked_up.ticket))
+        Ok((
+            batch::to_arrays(py, looked_up.embeddings)?,
+            looked_up.ticket,
+        ))
     }
 
     /// Pushes gradients (one block per batch feature, in batch order) for a
@@ -297,11 +293,7 @@ impl NativeTrainStream {
         let (id, reply) = self.with_stream(py, async |s| s.recv().await)?;
         match reply {
             Ok(TrainReply::Lookup(looked_up)) => {
-                let blocks: Blocks<'py> = looked_up
-                    .embeddings
-                    .into_iter()
-                    .map(|e| batch::to_array(py, e))
-                    .collect::<PyResult<_>>()?;
+                let blocks = batch::to_arrays(py, looked_up.embeddings)?;
                 (id, "lookup", blocks, looked_up.ticket).into_pyobject(py)
             }
             Ok(TrainReply::Push(pushed)) => {
