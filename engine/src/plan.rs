@@ -284,6 +284,9 @@ impl BatchPlan {
 fn validate_feature_batch(feature: &Feature, fb: &FeatureBatch) -> Result<(), EngineError> {
     let name = &fb.feature;
     match (&fb.values, feature.value_type) {
+        // A column of empty bags has no type to check (a client that saw
+        // no value cannot tell which type the feature has).
+        (values, _) if values.is_empty() => {}
         (Values::Strings(_) | Values::PackedStrings(_), ValueType::String)
         | (Values::Int64(_), ValueType::Int64) => {}
         (Values::Strings(_) | Values::PackedStrings(_), ValueType::Int64) => {

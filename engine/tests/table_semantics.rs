@@ -118,6 +118,23 @@ fn pooling_sums_scales_and_keeps_sequences() {
 }
 
 #[test]
+fn a_column_of_empty_bags_is_accepted_whatever_its_type() {
+    // A client that saw no value of a feature cannot know its type: its
+    // empty column must not be refused for carrying the other one.
+    let t = table(Optimizer::default());
+    let batch = Batch::new(vec![
+        FeatureBatch::int64("s", vec![], vec![0, 0]),
+        FeatureBatch::strings("wide", Vec::<&str>::new(), vec![0, 0]),
+    ]);
+    let out = t.lookup(&batch).unwrap();
+    assert_eq!((out[0].rows, out[0].width), (2, DIM));
+    assert_close(&out[0].data, &[0.0; 2 * DIM]);
+    assert_close(&out[1].data, &[0.0; 2 * 3 * DIM]);
+    t.push(&batch, &[vec![1.0; 2 * DIM], vec![1.0; 2 * 3 * DIM]])
+        .unwrap();
+}
+
+#[test]
 fn weights_multiply_values_but_not_the_mean_divisor() {
     let t = table(Optimizer::default());
     let m = row_of(&t, "m", strings(&["x", "y"]));
