@@ -19,34 +19,68 @@ pub enum BatchError {
     },
 }
 
-/// One feature's values while the batch is being built. Strings go straight
-/// into the packed wire form (bytes back to back plus u32 lengths): no
-/// allocation per value here, and none when the server decodes them.
+/// Strings in their packed wire form, built value by value: bytes back to
+/// back plus u32 LE lengths, so building allocates nothing per value and
+/// the server decodes them without allocating either.
+#[derive(Debug, Clone, Default)]
+pub struct PackedStringsBuilder {
+    data: Vec<u8>,
+    lengths: Vec<u8>,
+}
+
+impl PackedStringsBuilder {
+    /// Room for `values` values of `bytes` bytes in all.
+    pub fn with_capacity(values: usize, bytes: usize) -> Self {
+        PackedStringsBuilder {
+            data: Vec::with_capacity(bytes),
+            lengths: Vec::with_capacity(values * 4),
+        }
+    }
+
+    /// Appends one value.
+    pub fn push(&mut self, value: &str) {
+        self.data.extend_from_slice(value.as_bytes());
+        self.lengths
+            .extend_from_slice(&(value.len() as u32).to_le_bytes());
+    }
+
+    /// Values so far.
+    pub fn len(&self) -> usize {
+        self.lengths.len() / 4
+    }
+
+    /// Whether no value was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.lengths.is_empty()
+    }
+
+    /// The wire message.
+    pub fn build(self) -> pb::PackedStrings {
+        pb::PackedStrings {
+            data: self.data.into(),
+            lengths: self.lengths.into(),
+        }
+    }
+}
+
+/// One feature's values while the batch is being built.
 #[derive(Debug, Clone)]
 enum Column {
-    Strings { data: Vec<u8>, lengths: Vec<u8> },
+    Strings(PackedStringsBuilder),
     Int64(Vec<i64>),
 }
 
 impl Column {
     fn len(&self) -> usize {
         match self {
-            Column::Strings { lengths, .. } => lengths.len() / 4,
+            Column::Strings(packed) => packed.len(),
             Column::Int64(v) => v.len(),
         }
     }
 
-    fn push_str(data: &mut Vec<u8>, lengths: &mut Vec<u8>, value: &str) {
-        data.extend_from_slice(value.as_bytes());
-        lengths.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    }
-
     fn into_pb(self) -> Values {
         match self {
-            Column::Strings { data, lengths } => Values::PackedStrings(pb::PackedStrings {
-                data: data.into(),
-                lengths: lengths.into(),
-            }),
+            Column::Strings(packed) => Values::PackedStrings(packed.build()),
             Column::Int64(values) => Values::Int64s(pb::Int64Values { values }),
         }
     }
@@ -93,10 +127,7 @@ impl BatchBuilder {
             Some(i) => i,
             None => {
                 let column = if strings {
-                    Column::Strings {
-                        data: Vec::new(),
-                        lengths: Vec::new(),
-                    }
+                    Column::Strings(PackedStringsBuilder::default())
                 } else {
                     Column::Int64(Vec::new())
                 };
@@ -112,7 +143,7 @@ impl BatchBuilder {
         let f = &mut self.features[index];
         let matches = matches!(
             (&f.column, strings),
-            (Column::Strings { .. }, true) | (Column::Int64(_), false)
+            (Column::Strings(_), true) | (Column::Int64(_), false)
         );
         if !matches {
             self.error
@@ -134,12 +165,12 @@ impl BatchBuilder {
         values: impl IntoIterator<Item = S>,
     ) -> &mut Self {
         if let Some(f) = self.feature(feature, true) {
-            let Column::Strings { data, lengths } = &mut f.column else {
+            let Column::Strings(packed) = &mut f.column else {
                 unreachable!("checked by `feature`")
             };
             let mut added = 0;
             for value in values {
-                Column::push_str(data, lengths, value.as_ref());
+                packed.push(value.as_ref());
                 added += 1;
             }
             *f.lengths.last_mut().expect("an example is open") += added;
@@ -209,19 +240,13 @@ impl BatchBuilder {
         values: impl IntoIterator<Item = S>,
         lengths: Vec<u32>,
     ) -> pb::FeatureValues {
-        let (mut data, mut value_lengths) = (Vec::new(), Vec::new());
+        let mut packed = PackedStringsBuilder::default();
         for value in values {
-            Column::push_str(&mut data, &mut value_lengths, value.as_ref());
+            packed.push(value.as_ref());
         }
         pb::FeatureValues {
             feature: feature.to_owned(),
-            values: Some(
-                Column::Strings {
-                    data,
-                    lengths: value_lengths,
-                }
-                .into_pb(),
-            ),
+            values: Some(Column::Strings(packed).into_pb()),
             lengths,
             weights: Vec::new(),
         }

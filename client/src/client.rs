@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -21,10 +21,13 @@ use crate::{pb, ClientError, ClientOptions, TrainStream};
 /// Every call goes through the token interceptor.
 pub(crate) type Transport = InterceptedService<Channel, Auth>;
 
-/// A connection to one featmux server.
+/// A connection (or a few: [`ClientOptions::connections`]) to one featmux
+/// server.
 #[derive(Clone)]
 pub struct Client {
-    pub(crate) embedding: EmbeddingServiceClient<Transport>,
+    /// One data-plane client per connection, taken in turn by calls.
+    embedding: Arc<[EmbeddingServiceClient<Transport>]>,
+    next_connection: Arc<AtomicUsize>,
     pub(crate) admin: AdminServiceClient<Transport>,
     options: ClientOptions,
     request_ids: RequestIds,
@@ -70,9 +73,11 @@ impl Client {
             .tcp_nodelay(true)
             // Lookup responses are megabytes: fixed large windows let the
             // server send a whole response without waiting for
-            // WINDOW_UPDATEs, from the first request on.
+            // WINDOW_UPDATEs, from the first request on, for up to eight
+            // calls in flight on the connection (with 32 MiB, eight
+            // 4,096 × 26 lookups sharing one connection stalled on it).
             .initial_stream_window_size(8 << 20)
-            .initial_connection_window_size(32 << 20);
+            .initial_connection_window_size(64 << 20);
         if options.endpoint.starts_with("https://") {
             let mut tls = ClientTlsConfig::new().with_webpki_roots();
             if let Some(ca) = &options.ca_cert {
@@ -93,34 +98,39 @@ impl Client {
             ),
             None => None,
         };
-        let mut attempt = 0;
-        let channel = loop {
-            match endpoint.connect().await {
-                Ok(channel) => break channel,
-                Err(_) if attempt < options.retries => {
-                    tokio::time::sleep(options.backoff * 2u32.pow(attempt)).await;
-                    attempt += 1;
-                }
-                Err(e) => {
-                    return Err(ClientError::Connect {
-                        endpoint: options.endpoint.clone(),
-                        reason: format!("{e}: {}", source_chain(&e)),
-                    })
-                }
-            }
-        };
+        if options.connections == 0 {
+            return Err(endpoint_error("connections must be at least 1".into()));
+        }
         let auth = Auth(token);
         let max = options.max_message_bytes;
+        let mut embedding = Vec::with_capacity(options.connections);
+        let mut admin = None;
+        for _ in 0..options.connections {
+            let channel = connect_with_retries(&endpoint, &options).await?;
+            embedding.push(
+                EmbeddingServiceClient::with_interceptor(channel.clone(), auth.clone())
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            );
+            admin.get_or_insert_with(|| {
+                AdminServiceClient::with_interceptor(channel, auth.clone())
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max)
+            });
+        }
         Ok(Client {
-            embedding: EmbeddingServiceClient::with_interceptor(channel.clone(), auth.clone())
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-            admin: AdminServiceClient::with_interceptor(channel, auth)
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
+            embedding: embedding.into(),
+            next_connection: Arc::new(AtomicUsize::new(0)),
+            admin: admin.expect("at least one connection"),
             options,
             request_ids: RequestIds::new(),
         })
+    }
+
+    /// The data-plane client of the next connection in turn.
+    fn embedding(&self) -> &EmbeddingServiceClient<Transport> {
+        let i = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        &self.embedding[i % self.embedding.len()]
     }
 
     /// Runs one unary call with a deadline, retrying on UNAVAILABLE (the
@@ -215,7 +225,7 @@ impl Client {
             want_ticket,
         };
         let response = self
-            .call_idempotent(&self.embedding, request, |mut c, r| async move {
+            .call_idempotent(self.embedding(), request, |mut c, r| async move {
                 c.lookup(r).await
             })
             .await?;
@@ -258,7 +268,7 @@ impl Client {
             gradients: encode_gradients(grads),
             request_id: self.request_ids.next(),
         };
-        self.call_idempotent(&self.embedding, request, |mut c, r| async move {
+        self.call_idempotent(self.embedding(), request, |mut c, r| async move {
             c.push(r).await
         })
         .await
@@ -266,6 +276,29 @@ impl Client {
 
     /// Opens a Train stream (lookups and pushes answered in order).
     pub async fn train(&self) -> Result<TrainStream, ClientError> {
-        TrainStream::open(self.embedding.clone()).await
+        TrainStream::open(self.embedding().clone()).await
+    }
+}
+
+/// Connects one channel, retrying while the server is not up yet.
+async fn connect_with_retries(
+    endpoint: &Endpoint,
+    options: &ClientOptions,
+) -> Result<Channel, ClientError> {
+    let mut attempt = 0;
+    loop {
+        match endpoint.connect().await {
+            Ok(channel) => return Ok(channel),
+            Err(_) if attempt < options.retries => {
+                tokio::time::sleep(options.backoff * 2u32.pow(attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                return Err(ClientError::Connect {
+                    endpoint: options.endpoint.clone(),
+                    reason: format!("{e}: {}", source_chain(&e)),
+                })
+            }
+        }
     }
 }

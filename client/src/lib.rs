@@ -39,7 +39,7 @@ mod options;
 pub mod spec;
 mod train;
 
-pub use batch::{BatchBuilder, BatchError};
+pub use batch::{BatchBuilder, BatchError, PackedStringsBuilder};
 pub use client::Client;
 pub use embeddings::{decode_lookup, encode_gradients, Embedding, Lookup};
 pub use error::ClientError;

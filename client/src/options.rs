@@ -26,10 +26,16 @@ pub struct ClientOptions {
     pub tls_domain: Option<String>,
     /// Largest message accepted or sent.
     pub max_message_bytes: usize,
+    /// HTTP/2 connections the client opens and spreads its calls over. One
+    /// connection frames every call on one task at each end: a client
+    /// shared by many threads (the Python client) needs several to keep
+    /// the server's cores busy.
+    pub connections: usize,
 }
 
 impl ClientOptions {
-    /// Defaults: 30 s deadline, 5 retries from 50 ms, 256 MiB messages.
+    /// Defaults: 30 s deadline, 5 retries from 50 ms, 256 MiB messages,
+    /// one connection.
     pub fn new(endpoint: impl Into<String>) -> Self {
         ClientOptions {
             endpoint: endpoint.into(),
@@ -41,6 +47,7 @@ impl ClientOptions {
             ca_cert: None,
             tls_domain: None,
             max_message_bytes: 256 << 20,
+            connections: 1,
         }
     }
 

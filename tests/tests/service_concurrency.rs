@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use featmux_client::{pb, BatchBuilder, Client};
+use featmux_client::{pb, BatchBuilder, Client, ClientError, ClientOptions};
 use featmux_tests::requests::feature;
 use featmux_tests::server::{ServerSettings, TestServer};
 
@@ -132,6 +132,82 @@ fn eight_pushers_and_eight_lookers_run_without_errors() {
         eprintln!(
             "{} pushes and {lookups} lookups in {RUN_FOR:?}",
             versions.len()
+        );
+    });
+    assert!(server.stop().success());
+}
+
+/// Established TCP connections (in this network namespace) whose far end is
+/// `port` on 127.0.0.1.
+fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let remote = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(2) == Some(&remote.as_str()) && fields.get(3) == Some(&"01")
+        })
+        .count()
+}
+
+#[test]
+fn a_client_opens_the_connections_it_is_asked_for_and_uses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &ServerSettings::default());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let admin = server.client(None).await;
+        admin
+            .create_table(
+                pb::TableConfig {
+                    name: "t".into(),
+                    rows: 4096,
+                    chunk_dim: 16,
+                    ..Default::default()
+                },
+                vec![
+                    feature("item", pb::ValueType::String, pb::Pooling::Sum, 1),
+                    feature("tags", pb::ValueType::String, pb::Pooling::Mean, 2),
+                ],
+            )
+            .await
+            .unwrap();
+        let before = connections_to(server.grpc.port());
+        let options = ClientOptions {
+            connections: 3,
+            ..ClientOptions::new(server.grpc_url())
+        };
+        let client = Client::connect(options.clone()).await.unwrap();
+        assert_eq!(connections_to(server.grpc.port()), before + 3);
+        // Calls in turn on every connection, and concurrently: each answer
+        // equals the one-connection client's.
+        let expected = admin.lookup("t", &batch(0, 0), false).await.unwrap();
+        let lookups: Vec<_> = (0..9)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move { client.lookup("t", &batch(0, 0), false).await })
+            })
+            .collect();
+        for looked_up in lookups {
+            assert_eq!(looked_up.await.unwrap().unwrap(), expected);
+        }
+        let mut stream = client.train().await.unwrap();
+        assert_eq!(
+            stream.lookup("t", batch(0, 0), false).await.unwrap(),
+            expected
+        );
+
+        let refused = Client::connect(ClientOptions {
+            connections: 0,
+            ..options
+        })
+        .await;
+        assert!(
+            matches!(&refused, Err(ClientError::Endpoint { reason, .. }) if reason.contains("connections must be at least 1")),
+            "{:?}",
+            refused.err()
         );
     });
     assert!(server.stop().success());
