@@ -1,15 +1,18 @@
 #!/bin/sh
 # Python client vs Rust client lookups against one release server, same
 # shapes (4,096 examples x 26 string features, 8 clients/threads), same
-# machine, one after the other: prints each one's examples/s and the ratio.
+# machine: `rounds` rounds, each the Rust client then Python, so drift in
+# the machine's speed hits both; prints each one's median examples/s and
+# their ratio.
 #
-#   scripts/bench-python.sh [seconds, default 10]
+#   scripts/bench-python.sh [seconds per run, default 10] [rounds, default 3]
 #
 # Needs the release binary (cargo build --release -p featmux-cli) and the
 # package installed in /var/tmp/featmux-py (scripts/python-tests.sh does it).
 set -eu
 cd "$(dirname "$0")/.."
 seconds="${1:-10}"
+rounds="${2:-3}"
 bin="${CARGO_TARGET_DIR:-/var/tmp/featmux-target}/release/featmux"
 py=/var/tmp/featmux-py/bin/python
 work=$(mktemp -d /var/tmp/featmux-bench-python.XXXXXX)
@@ -19,18 +22,20 @@ trap 'kill "$server" 2>/dev/null && wait "$server"; rm -rf "$work"' EXIT
 until curl -sf http://127.0.0.1:8071/readyz >/dev/null 2>&1; do sleep 0.05; done
 addr=http://127.0.0.1:50071
 shape="--examples 4096 --features 26 --duration $seconds"
-# The Rust client first (it also creates the table), then Python, then Rust again.
-"$bin" --addr "$addr" --json bench --workload lookup $shape --concurrency 8 >"$work/rust1.json"
-"$py" python/benchmarks/lookup.py --addr "$addr" $shape --threads 8 >"$work/python.json"
-"$py" python/benchmarks/lookup.py --addr "$addr" $shape --threads 8 --prebuilt >"$work/python-prebuilt.json"
-"$bin" --addr "$addr" --json bench --workload lookup $shape --concurrency 8 >"$work/rust2.json"
-"$py" - "$work" <<'PY'
-import json, sys
-w = sys.argv[1]
-rust = [json.load(open(f"{w}/rust{i}.json"))["examples_per_s"] for i in (1, 2)]
-base = sum(rust) / 2
-print(f"rust client:    {rust[0]:>12,.0f} and {rust[1]:>12,.0f} examples/s (mean {base:,.0f})")
-for name in ("python", "python-prebuilt"):
-    r = json.loads(open(f"{w}/{name}.json").read())["examples_per_s"]
-    print(f"{name + ':':<15} {r:>12,.0f} examples/s = {r / base:.0%} of the rust client")
+# The first Rust run also creates the table.
+for round in $(seq "$rounds"); do
+    "$bin" --addr "$addr" --json bench --workload lookup $shape --concurrency 8 >"$work/rust$round.json"
+    "$py" python/benchmarks/lookup.py --addr "$addr" $shape --threads 8 >"$work/python$round.json"
+done
+"$py" - "$work" "$rounds" <<'PY'
+import json, statistics, sys
+w, rounds = sys.argv[1], int(sys.argv[2])
+runs = {c: [json.load(open(f"{w}/{c}{r}.json")) for r in range(1, rounds + 1)] for c in ("rust", "python")}
+rate = {c: statistics.median(run["examples_per_s"] for run in runs[c]) for c in runs}
+for c in runs:
+    each = ", ".join(f"{run['examples_per_s']:,.0f}" for run in runs[c])
+    print(f"{c + ' client:':<15} median {rate[c]:>10,.0f} examples/s (rounds: {each})")
+cpu = statistics.median(run["client_cpu_ms_per_request"] for run in runs["python"])
+print(f"python / rust:  {rate['python'] / rate['rust']:.0%} "
+      f"(python client CPU: {cpu:.1f} ms per 4,096-example request)")
 PY

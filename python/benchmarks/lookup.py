@@ -1,8 +1,10 @@
 """Python client lookup throughput on the load generator's batches: the same
 table (`featmux bench` creates it), `--features` string features of one value
 each, keys `k<n>` drawn uniformly from `--vocab`, `--examples` per request,
-`--threads` threads sharing one client (the GIL is released during calls),
-each sending its own prepared batches for `--duration` seconds.
+`--threads` threads sharing one client with as many connections as threads
+(the Rust bench opens one per client; the GIL is released during calls),
+each sending its own batches (dicts of `str` lists, as a data loader hands
+them over; read into the wire format on every call) for `--duration` seconds.
 
     python python/benchmarks/lookup.py --addr http://127.0.0.1:50051 --table bench
 
@@ -14,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import threading
 import time
 
 import numpy as np
 
 import featmux
-from featmux.batch import to_columns
 
 
 def batches(args, seed):
@@ -42,12 +44,9 @@ def main():
     p.add_argument("--threads", type=int, default=8)
     p.add_argument("--batches", type=int, default=8)
     p.add_argument("--duration", type=float, default=10.0)
-    p.add_argument("--prebuilt", action="store_true", help="time the native call on prepared columns only")
     args = p.parse_args()
-    client = featmux.Client(args.addr, token=args.token)
+    client = featmux.Client(args.addr, token=args.token, connections=args.threads)
     prepared = [batches(args, seed) for seed in range(args.threads)]
-    if args.prebuilt:
-        prepared = [[to_columns(b) for b in bs] for bs in prepared]
     counts = [0] * args.threads
     stop = time.monotonic() + args.duration
 
@@ -55,28 +54,29 @@ def main():
         n = 0
         while time.monotonic() < stop:
             b = prepared[i][n % len(prepared[i])]
-            if args.prebuilt:
-                client._native.lookup(args.table, b, False)
-            else:
-                client.lookup(args.table, b)
+            client.lookup(args.table, b)
             n += 1
         counts[i] = n
 
     started = time.monotonic()
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     threads = [threading.Thread(target=run, args=(i,)) for i in range(args.threads)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     elapsed = time.monotonic() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     requests = sum(counts)
     print(json.dumps({
-        "client": "python-prebuilt" if args.prebuilt else "python",
+        "client": "python",
         "threads": args.threads,
         "examples": args.examples,
         "features": args.features,
         "requests": requests,
         "examples_per_s": requests * args.examples / elapsed,
+        "client_cpu_ms_per_request": 1000 * cpu / max(requests, 1),
     }))
 
 

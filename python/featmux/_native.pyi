@@ -1,18 +1,13 @@
 """Type stubs of the Rust extension module (python/src/), for IDEs and
 type checkers; the documented API is featmux.Client."""
 
-from typing import Optional, Sequence, Union
+from typing import Mapping, Optional
 
 import numpy as np
 import numpy.typing as npt
 
-# (feature, values, bag lengths, weights or None), as featmux.batch builds it.
-_Column = tuple[
-    str,
-    Union[npt.NDArray[np.int64], Sequence[str]],
-    npt.NDArray[np.uint32],
-    Optional[npt.NDArray[np.float32]],
-]
+# {feature: examples or {"values", "lengths", "weights"}}: see Client.lookup.
+_Batch = Mapping[str, object]
 
 class FeatmuxError(Exception): ...
 class InvalidArgument(FeatmuxError): ...
@@ -33,15 +28,16 @@ class NativeClient:
         ca_cert: Optional[bytes] = None,
         timeout: float = 30.0,
         retries: int = 5,
+        connections: int = 4,
     ) -> None: ...
     def lookup(
-        self, table: str, columns: list[_Column], ticket: bool = False
+        self, table: str, batch: _Batch, ticket: bool = False
     ) -> tuple[list[tuple[str, npt.NDArray[np.float32]]], Optional[int]]: ...
     def push(
         self,
         table: str,
         gradients: list[npt.NDArray[np.float32]],
-        columns: Optional[list[_Column]] = None,
+        batch: Optional[_Batch] = None,
         ticket: Optional[int] = None,
     ) -> dict: ...
     def create_table(self, table: dict, features: list[dict]) -> dict: ...
@@ -57,6 +53,6 @@ class NativeClient:
     def train(self) -> NativeTrainStream: ...
 
 class NativeTrainStream:
-    def send_lookup(self, table: str, columns: list[_Column], ticket: bool = True) -> int: ...
+    def send_lookup(self, table: str, batch: _Batch, ticket: bool = True) -> int: ...
     def send_push(self, table: str, ticket: int, gradients: list[npt.NDArray[np.float32]]) -> int: ...
     def recv(self) -> tuple[int, str, object, Optional[int]]: ...

@@ -9,7 +9,6 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from featmux._native import NativeClient
-from featmux.batch import to_columns
 
 
 class Embeddings(dict):
@@ -49,7 +48,7 @@ class TrainStream:
 
     def send_lookup(self, table: str, batch: Mapping[str, Any], ticket: bool = True) -> int:
         """Sends a lookup (with a ticket by default); returns its id."""
-        return self._native.send_lookup(table, to_columns(batch), ticket)
+        return self._native.send_lookup(table, batch, ticket)
 
     def send_push(self, table: str, grads: Gradients, ticket: Embeddings) -> int:
         """Sends the gradients of a lookup answered on this stream; returns
@@ -76,7 +75,10 @@ class Client:
 
     ``token`` is sent as a bearer token; ``ca_cert`` is a PEM file's path or
     bytes for a private CA; ``timeout`` is each call's deadline in seconds;
-    ``retries`` the attempts after UNAVAILABLE (with backoff)."""
+    ``retries`` the attempts after UNAVAILABLE (with backoff);
+    ``connections`` the HTTP/2 connections calls are spread over (one
+    connection serialises every call's framing at both ends: threads
+    sharing a client need several)."""
 
     def __init__(
         self,
@@ -85,19 +87,33 @@ class Client:
         ca_cert: Union[str, os.PathLike, bytes, None] = None,
         timeout: float = 30.0,
         retries: int = 5,
+        connections: int = 4,
     ):
         if ca_cert is not None and not isinstance(ca_cert, bytes):
             with open(ca_cert, "rb") as f:
                 ca_cert = f.read()
-        self._native = NativeClient(addr, token, ca_cert, timeout, retries)
+        self._native = NativeClient(addr, token, ca_cert, timeout, retries, connections)
 
     # Data plane.
 
     def lookup(self, table: str, batch: Mapping[str, Any], ticket: bool = False) -> Embeddings:
-        """Embeddings of ``batch`` (see :mod:`featmux.batch` for its forms),
-        pooled per example; with ``ticket`` the server keeps the hashed batch
-        for :meth:`push`."""
-        blocks, ticket_id = self._native.lookup(table, to_columns(batch), ticket)
+        """Embeddings of ``batch``, pooled per example; with ``ticket`` the
+        server keeps the hashed batch for :meth:`push`.
+
+        ``batch`` maps each feature to either its examples or its column
+        (the two forms mix in one batch):
+
+        - examples: a list with one entry per example: a ``str``, an
+          ``int``, ``None`` (no value) or a list of them (a bag); or a numpy
+          array, 1-D (one value per example) or 2-D integers (``shape[1]``
+          values per example): ``{"user": ["u1", "u2"], "genres": [["a",
+          "b"], []]}``;
+        - a column, a KeyedJaggedTensor's shape: ``{"values": int array or
+          list of str, "lengths": bag lengths, "weights": optional float
+          per value}``.
+
+        The batch is read in Rust, straight into the wire format."""
+        blocks, ticket_id = self._native.lookup(table, batch, ticket)
         return Embeddings(blocks, ticket_id)
 
     def push(
@@ -116,7 +132,7 @@ class Client:
             raise ValueError("push needs either a batch or a ticket")
         if batch is not None:
             blocks = _gradient_blocks(grads, list(batch))
-            return self._native.push(table, blocks, columns=to_columns(batch))
+            return self._native.push(table, blocks, batch=batch)
         if isinstance(ticket, Embeddings):
             if ticket.ticket is None:
                 raise ValueError("this lookup asked for no ticket (lookup(..., ticket=True))")

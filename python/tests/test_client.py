@@ -100,6 +100,65 @@ def test_lookups_are_numpy_arrays_equal_to_the_rust_clients(server, admin, data)
     np.testing.assert_array_equal(columns["tags"], got["tags"])
 
 
+def test_every_batch_form_reads_the_same_values(admin, data):
+    admin.create_table(
+        sgd_table("forms_t"),
+        [{"name": "user"}, {"name": "tags"}, {"name": "item", "value_type": "int64"}, {"name": "seen", "value_type": "int64"}],
+    )
+    # Reference: one list of examples per feature (str, int, bags, None).
+    ref = data.lookup(
+        "forms_t",
+        {"user": ["u1", "u2", "u3"], "tags": [["a", "b"], None, ("c",)], "item": [5, 6, 7], "seen": [[1, 2], [3, 4], [5, 6]]},
+    )
+    np.testing.assert_array_equal(ref["tags"][1], np.zeros(4, np.float32))
+    forms = [
+        # numpy arrays: strings, 1-D int32 (cast to int64), 2-D ints (fixed bags).
+        {
+            "user": np.array(["u1", "u2", "u3"]),
+            "tags": [np.array(["a", "b"]), [], ["c"]],
+            "item": np.array([5, 6, 7], dtype=np.int32),
+            "seen": np.array([[1, 2], [3, 4], [5, 6]], dtype=np.uint16),
+        },
+        # KeyedJaggedTensor-shaped columns, lists or arrays, any int dtype.
+        {
+            "user": {"values": ("u1", "u2", "u3"), "lengths": [1, 1, 1]},
+            "tags": {"values": ["a", "b", "c"], "lengths": np.array([2, 0, 1], dtype=np.int64), "weights": None},
+            "item": {"values": [5, 6, 7], "lengths": [1, 1, 1]},
+            "seen": {"values": np.arange(1, 7, dtype=np.int32), "lengths": [2, 2, 2]},
+        },
+        # Any iterable of examples, and any mapping as the batch.
+        {"user": iter(["u1", "u2", "u3"]), "tags": (x for x in [["a", "b"], [], ["c"]]), "item": (5, 6, 7), "seen": [(1, 2), (3, 4), (5, 6)]},
+    ]
+    for batch in forms:
+        got = data.lookup("forms_t", batch)
+        for feature in ref:
+            np.testing.assert_array_equal(got[feature], ref[feature], err_msg=feature)
+    # A feature with no value in the whole batch has no type to send: the
+    # server takes its empty bags for an int64 feature as for a str one.
+    empty = data.lookup("forms_t", {"tags": [None, [], None], "item": [[], [], []]})
+    assert not empty["tags"].any() and not empty["item"].any()
+
+
+def test_malformed_batches_raise_naming_the_feature_and_example(data):
+    cases = [
+        ({"user": ["u", 3]}, TypeError, "feature `user`: values must be all str or all int"),
+        ({"user": ["u", 2.5]}, TypeError, "feature `user`, example 1: values are str or int, not float"),
+        ({"tags": [["a"], ["b", True]]}, TypeError, "feature `tags`, example 1: values are str or int, not bool"),
+        ({"item": [2**70]}, ValueError, "feature `item`, example 0"),
+        ({"item": np.array([1.5, 2.5])}, TypeError, "feature `item`: values of dtype float64"),
+        ({"item": np.zeros((1, 1, 1), dtype=np.int64)}, ValueError, "1-D or 2-D, not 3-D"),
+        ({"tags": {"values": ["a"], "lengths": [1], "wieghts": [1.0]}}, TypeError, "unknown column key `wieghts`"),
+        ({"tags": {"values": ["a"]}}, TypeError, "feature `tags`: a column needs `values` and `lengths`"),
+        ({"tags": {"values": ["a", 2], "lengths": [2]}}, TypeError, "feature `tags`: values must be all str or all int"),
+        ({"tags": {"values": [["a"]], "lengths": [1]}}, TypeError, "feature `tags`, value 0: values are str or int, not list"),
+        ({"user": 3}, TypeError, "feature `user`: expected a list of examples or a column dict"),
+        (["user"], TypeError, "a batch is a dict of features, not list"),
+    ]
+    for batch, error, message in cases:
+        with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+            data.lookup("forms_t", batch)
+
+
 def test_an_sgd_push_moves_rows_by_exactly_minus_lr_times_g(admin, data):
     admin.create_table(
         sgd_table("push_t", rows=1_000_000),
