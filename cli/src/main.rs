@@ -57,8 +57,9 @@ enum Command {
     Bench(loadgen::BenchArgs),
     /// Read a CSV/TSV of events as training would (label rule, categorical,
     /// multi-valued and bucketized numeric columns, split) and print split
-    /// sizes, positives and each feature's vocabulary.
-    Dataset(trainer::DataArgs),
+    /// sizes, positives and each feature's vocabulary; `--export DIR` also
+    /// writes the split's examples as JSON lines.
+    Dataset(trainer::DatasetArgs),
     /// Train a model on a CSV/TSV through featmux: embeddings in a table of
     /// the chosen layout (sparse optimizer in the server), an MLP here;
     /// AUC and log loss on validation and test, as JSON.

@@ -141,3 +141,43 @@ def test_a_keyed_jagged_tensor_looks_up_like_the_dict_it_holds(client):
         assert list(got) == ["clicks", "age"]
         for f in want:
             torch.testing.assert_close(got[f], want[f], rtol=0, atol=0)
+
+
+def test_the_movielens_example_learns_from_an_exported_split(server, admin, tmp_path):
+    # A CSV whose label is the user's (half the users always like, half
+    # never): the example must learn it from `featmux dataset --export`.
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import featmux_binary
+
+    rng = np.random.default_rng(5)
+    rows = ["user_id,item_id,genres,rating"]
+    for _ in range(600):
+        user, item = rng.integers(0, 20), rng.integers(0, 30)
+        rows.append(f"u{user},i{item},g{item % 3}|g{item % 4},{5 if user < 10 else 1}")
+    csv = tmp_path / "ratings.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    split = tmp_path / "split"
+    subprocess.run(
+        [featmux_binary(), "dataset", "--data", str(csv), "--label", "rating", "--positive", ">=4",
+         "--categorical", "user_id,item_id", "--multi", "genres:|", "--export", str(split)],
+        check=True, capture_output=True,
+    )
+    example = Path(__file__).parents[1] / "examples" / "train_movielens.py"
+    for model, layout in [("mlp", "unified"), ("dcn", "capped")]:
+        version = admin.stats()["version"]
+        out = subprocess.run(
+            [sys.executable, str(example), "--split", str(split), "--addr", server.grpc, "--token", ADMIN,
+             "--table", f"ml_{model}", "--model", model, "--layout", layout, "--rows", "40",
+             "--chunk-dim", "4", "--epochs", "3", "--batch", "32", "--sparse-lr", "0.2", "--dense-lr", "0.01"],
+            check=True, capture_output=True, text=True,
+        )
+        report = json.loads(out.stdout)
+        assert report["features"] == {"genres": 4, "item_id": 30, "user_id": 20}
+        assert report["test"]["examples"] == 60
+        assert report["test"]["auc"] > 0.95, report
+        # Every step pushed: 3 epochs of 480 training rows in batches of 32.
+        assert admin.stats()["version"] - version == 3 * 15

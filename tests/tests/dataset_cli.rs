@@ -73,6 +73,34 @@ fn summarises_a_file_and_names_bad_input() {
     // do not size the table.
     assert_eq!(vocab, [7, 13, 5]);
 
+    // --export writes exactly those splits, example by example.
+    let export = dir.path().join("split");
+    let out = dataset(&[&flags[..], &["--export", export.to_str().unwrap()]].concat());
+    assert!(out.status.success());
+    let lines = |split: &str| -> Vec<Value> {
+        std::fs::read_to_string(export.join(format!("{split}.jsonl")))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (train, test) = (lines("train"), lines("test"));
+    assert_eq!(
+        (train.len(), lines("valid").len(), test.len()),
+        (80, 10, 10)
+    );
+    let positives = train.iter().filter(|e| e["label"] == 1.0).count();
+    assert_eq!(positives, 32);
+    // Split by timestamp: the first row trains, the last one tests.
+    assert_eq!(
+        train[0]["features"],
+        serde_json::json!({"user_id": ["u0"], "item_id": ["i0"], "genres": ["g0", "g0"]})
+    );
+    assert_eq!(
+        test[9]["features"],
+        serde_json::json!({"user_id": ["u1"], "item_id": ["late99"], "genres": ["g0", "g4"]})
+    );
+
     let refused = |args: &[&str], needle: &str| {
         let out = dataset(args);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -10,6 +10,7 @@
 //! positive rule (`rating>=4`).
 
 use std::collections::HashSet;
+use std::io::Write;
 use std::path::Path;
 
 use rand::rngs::StdRng;
@@ -304,6 +305,35 @@ pub fn load(path: &Path, spec: &DataSpec) -> anyhow::Result<Dataset> {
         valid: convert(valid)?,
         test: convert(test)?,
     })
+}
+
+/// Writes each split as JSON lines (`train.jsonl`, `valid.jsonl`,
+/// `test.jsonl` in `dir`, created if missing), one example per line:
+/// `{"label": 0|1, "features": {name: [values]}}`.
+pub fn export(dataset: &Dataset, dir: &Path) -> anyhow::Result<()> {
+    let named = |e: &std::io::Error, path: &Path| anyhow::anyhow!("{}: {e}", path.display());
+    std::fs::create_dir_all(dir).map_err(|e| named(&e, dir))?;
+    for (name, examples) in [
+        ("train", &dataset.train),
+        ("valid", &dataset.valid),
+        ("test", &dataset.test),
+    ] {
+        let path = dir.join(format!("{name}.jsonl"));
+        let mut out =
+            std::io::BufWriter::new(std::fs::File::create(&path).map_err(|e| named(&e, &path))?);
+        for example in examples {
+            let features: serde_json::Map<String, serde_json::Value> = dataset
+                .features
+                .iter()
+                .zip(&example.values)
+                .map(|(f, bag)| (f.clone(), serde_json::json!(bag)))
+                .collect();
+            let line = serde_json::json!({ "label": example.label, "features": features });
+            writeln!(out, "{line}").map_err(|e| named(&e, &path))?;
+        }
+        out.flush().map_err(|e| named(&e, &path))?;
+    }
+    Ok(())
 }
 
 /// Parses `column:separator` (multi-valued) or `column:buckets` (numeric)

@@ -110,10 +110,26 @@ impl DataArgs {
     }
 }
 
+/// `featmux dataset` settings.
+#[derive(Debug, Clone, Args)]
+pub struct DatasetArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Also write the split's examples to `train.jsonl`, `valid.jsonl` and
+    /// `test.jsonl` in this directory (one `{"label", "features": {name:
+    /// [values]}}` per line), so another trainer (the Python example)
+    /// learns and is scored on exactly the rows `featmux train` uses.
+    #[arg(long)]
+    pub export: Option<PathBuf>,
+}
+
 /// `featmux dataset`: loads the file as training would and prints the split
 /// sizes, positives and per-feature vocabulary (of the training split).
-pub fn describe(args: &DataArgs, as_json: bool) -> anyhow::Result<()> {
-    let dataset = data::load(&args.data, &args.spec()?)?;
+pub fn describe(args: &DatasetArgs, as_json: bool) -> anyhow::Result<()> {
+    let dataset = data::load(&args.data.data, &args.data.spec()?)?;
+    if let Some(dir) = &args.export {
+        data::export(&dataset, dir)?;
+    }
     let vocabulary = dataset.vocabulary_sizes();
     let split = |examples: &[data::Example]| json!({ "examples": examples.len(), "positives": data::positives(examples) });
     let report = json!({
