@@ -3,7 +3,9 @@
 # shapes (4,096 examples x 26 string features, 8 clients/threads), same
 # machine: `rounds` rounds, each the Rust client then Python, so drift in
 # the machine's speed hits both; prints each one's median examples/s and
-# their ratio.
+# their ratio. Then a PyTorch training step (4,096 x 26 int64 features,
+# MLP) with its embeddings in featmux vs in an in-process nn.EmbeddingBag
+# of the same size (python/benchmarks/train_step.py).
 #
 #   scripts/bench-python.sh [seconds per run, default 10] [rounds, default 3]
 #
@@ -38,4 +40,16 @@ for c in runs:
 cpu = statistics.median(run["client_cpu_ms_per_request"] for run in runs["python"])
 print(f"python / rust:  {rate['python'] / rate['rust']:.0%} "
       f"(python client CPU: {cpu:.1f} ms per 4,096-example request)")
+PY
+"$py" python/benchmarks/train_step.py --addr "$addr" 2>/dev/null >"$work/step.json"
+"$py" - "$work/step.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+bag, fm, fa = r["embedding_bag"], r["featmux"], r["featmux_async_push"]
+print(f"torch step, {r['examples']:,} x {r['features']} features, {r['rows']:,} x {r['dim']} table:")
+print(f"  nn.EmbeddingBag in-process: {bag['step_ms']:.1f} ms/step, embeddings {bag['embedding_ms']:.1f} ms "
+      f"({bag['embedding_ms'] / bag['step_ms']:.0%})")
+print(f"  featmux:                    {fm['step_ms']:.1f} ms/step, lookup {fm['lookup_ms']:.1f} + push {fm['push_ms']:.1f} ms "
+      f"({(fm['lookup_ms'] + fm['push_ms']) / fm['step_ms']:.0%}); {fm['step_ms'] / bag['step_ms']:.2f}x the EmbeddingBag step")
+print(f"  featmux, async push:        {fa['step_ms']:.1f} ms/step; {fa['step_ms'] / bag['step_ms']:.2f}x the EmbeddingBag step")
 PY
