@@ -203,14 +203,21 @@ def test_every_refusal_raises_its_class_with_the_servers_message(server, admin, 
         data.lookup("err_t", {"user": ["u", 3]})
 
 
-def test_the_readme_snippet_runs_as_written(server, monkeypatch):
+def test_the_readme_snippets_run_as_written(server, monkeypatch):
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     section = readme.split("\n## Python\n")[1].split("\n## ")[0]
-    snippet = section.split("```python\n")[1].split("\n```")[0]
+    snippets = [block.split("\n```")[0] for block in section.split("```python\n")[1:]]
+    assert len(snippets) == 2
     monkeypatch.setenv("FEATMUX_TOKEN", ADMIN)
-    exec(snippet.replace("http://127.0.0.1:50051", server.grpc), {})
-    info = featmux.Client(server.grpc, token=ADMIN).table("movies")
+    admin = featmux.Client(server.grpc, token=ADMIN)
+    version = admin.stats()["version"]
+    namespace: dict = {}
+    for snippet in snippets:
+        exec(snippet.replace("http://127.0.0.1:50051", server.grpc), namespace)
+    info = admin.table("movies")
     assert [f["name"] for f in info["features"]] == ["user", "genres"]
+    # The client snippet's push and the torch snippet's backward each pushed.
+    assert admin.stats()["version"] == version + 2
 
 
 def test_the_serving_example_gets_one_vector_over_http_and_grpc(server, admin):
