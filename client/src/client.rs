@@ -274,6 +274,55 @@ impl Client {
         .await
     }
 
+    /// Row-level lookup, for a client that planned the batch itself (a
+    /// cluster client sends each shard the entries of its rows): entry `i`
+    /// adds `weights[i]` × row `rows[i]` into slot `slots[i]`; returns the
+    /// `[num_slots, chunk_dim]` pooled partial sums.
+    pub async fn lookup_rows(
+        &self,
+        table: &str,
+        rows: &[u64],
+        slots: &[u32],
+        weights: &[f32],
+        num_slots: u32,
+    ) -> Result<Vec<f32>, ClientError> {
+        let request = pb::LookupRowsRequest {
+            table: table.to_owned(),
+            rows: rows.to_vec(),
+            slots: slots.to_vec(),
+            weights: weights.to_vec(),
+            num_slots,
+        };
+        let response = self
+            .call_idempotent(self.embedding(), request, |mut c, r| async move {
+                c.lookup_rows(r).await
+            })
+            .await?;
+        featmux_proto::payload::decode(&response.data)
+            .ok_or_else(|| ClientError::Response("ragged row-level lookup payload".into()))
+    }
+
+    /// Row-level push: one summed gradient (`chunk_dim` floats, row-major)
+    /// per row of `rows` (sorted, unique); the table's optimizer runs on
+    /// them. Retried safely like [`Client::push`].
+    pub async fn push_rows(
+        &self,
+        table: &str,
+        rows: &[u64],
+        grads: &[f32],
+    ) -> Result<pb::PushResponse, ClientError> {
+        let request = pb::PushRowsRequest {
+            table: table.to_owned(),
+            rows: rows.to_vec(),
+            gradients: featmux_proto::payload::encode(grads),
+            request_id: self.request_ids.next(),
+        };
+        self.call_idempotent(self.embedding(), request, |mut c, r| async move {
+            c.push_rows(r).await
+        })
+        .await
+    }
+
     /// Opens a Train stream (lookups and pushes answered in order).
     pub async fn train(&self) -> Result<TrainStream, ClientError> {
         TrainStream::open(self.embedding().clone()).await

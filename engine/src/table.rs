@@ -8,7 +8,7 @@
 
 use parking_lot::RwLock;
 
-use crate::backend::{self, Backend, BackendKind};
+use crate::backend::{self, Backend, BackendKind, GatherPlan, RowGradients};
 use crate::batch::{Batch, FeatureEmbeddings, Values};
 use crate::dirty::DirtyRows;
 use crate::error::EngineError;
@@ -157,11 +157,8 @@ impl Table {
         plan: &BatchPlan,
         grads: &[G],
     ) -> Result<PushSummary, EngineError> {
-        let mut update = plan.row_gradients(grads)?;
-        if let Some(limit) = self.spec.max_abs_gradient {
-            update.clip(limit);
-        }
-        self.backend.apply(&update).map_err(|e| match e {
+        let update = plan.row_gradients(grads)?;
+        let unique_rows = self.push_rows(update).map_err(|e| match e {
             EngineError::NonFiniteUpdate { row } => EngineError::gradients(
                 plan.feature_of_row(row).unwrap_or("?"),
                 format!(
@@ -171,11 +168,42 @@ impl Table {
             ),
             e => e,
         })?;
-        self.dirty.mark(&update.rows);
         Ok(PushSummary {
             entries: plan.gather.rows.len(),
-            unique_rows: update.rows.len(),
+            unique_rows,
         })
+    }
+
+    /// Runs a gather planned elsewhere (a cluster client plans a batch once
+    /// and sends each shard the entries of its rows): `[num_slots, dim]`
+    /// pooled partial sums. Rows, slots and weights are checked first.
+    pub fn gather_rows(&self, plan: &GatherPlan) -> Result<Vec<f32>, EngineError> {
+        if let Some(i) = plan.weights.iter().position(|w| !w.is_finite()) {
+            return Err(EngineError::invalid(
+                "gather plan",
+                format!("weight {i} is {}", plan.weights[i]),
+            ));
+        }
+        self.backend.gather(plan)
+    }
+
+    /// Applies one optimizer step per row of `update` (rows sorted and
+    /// unique, gradients finite), clipped by the table's
+    /// `max_abs_gradient`; returns the rows stepped. All or nothing: a
+    /// step that would make a row non-finite refuses the whole update.
+    pub fn push_rows(&self, mut update: RowGradients) -> Result<usize, EngineError> {
+        if let Some(i) = update.grads.iter().position(|g| !g.is_finite()) {
+            return Err(EngineError::invalid(
+                "row gradients",
+                format!("gradient {i} is {}", update.grads[i]),
+            ));
+        }
+        if let Some(limit) = self.spec.max_abs_gradient {
+            update.clip(limit);
+        }
+        self.backend.apply(&update)?;
+        self.dirty.mark(&update.rows);
+        Ok(update.rows.len())
     }
 
     /// The row each chunk of each value maps to (`[value][chunk]`): what a

@@ -2,7 +2,7 @@
 //! from the backend: pooling, chunks, placement, duplicate summing, lazy init,
 //! and refusal of bad input without any change.
 
-use featmux_engine::backend::BackendKind;
+use featmux_engine::backend::{BackendKind, GatherPlan, RowGradients};
 use featmux_engine::batch::{Batch, FeatureBatch, Values};
 use featmux_engine::error::EngineError;
 use featmux_engine::init::Initializer;
@@ -115,6 +115,113 @@ fn pooling_sums_scales_and_keeps_sequences() {
     assert_eq!(out[3].rows, 3, "`none` pooling returns one row per value");
     let flat: Vec<f32> = seq.iter().flat_map(|(_, w)| w.clone()).collect();
     assert_close(&out[3].data, &flat);
+}
+
+/// A plan's entries whose rows `keep` accepts (one shard's share).
+fn entries_where(plan: &GatherPlan, keep: impl Fn(u64) -> bool) -> GatherPlan {
+    let mut part = GatherPlan {
+        num_slots: plan.num_slots,
+        ..GatherPlan::default()
+    };
+    for i in (0..plan.rows.len()).filter(|&i| keep(plan.rows[i])) {
+        part.rows.push(plan.rows[i]);
+        part.slots.push(plan.slots[i]);
+        part.weights.push(plan.weights[i]);
+    }
+    part
+}
+
+#[test]
+fn rows_planned_elsewhere_look_up_and_push_like_the_batch() {
+    // What a cluster client does: plan once, send each shard the entries
+    // (lookup) or the summed row gradients (push) of its rows.
+    let optimizer = Optimizer::Adagrad {
+        lr: 0.1,
+        eps: 1e-8,
+        initial_accumulator: 0.0,
+    };
+    let (whole, sharded) = (table(optimizer), table(optimizer));
+    let batch = Batch::new(vec![
+        FeatureBatch::strings("s", ["a", "b", "c", "a"], vec![2, 0, 2]),
+        FeatureBatch::strings("m", ["x", "y", "z"], vec![1, 2, 0]),
+        FeatureBatch::int64("wide", vec![7, 8, 9], vec![1, 1, 1]),
+    ]);
+    let plan = whole.plan(&batch).unwrap();
+    let expected: Vec<f32> = whole
+        .lookup_plan(&plan)
+        .unwrap()
+        .into_iter()
+        .flat_map(|e| e.data)
+        .collect();
+    assert_eq!(sharded.gather_rows(&plan.gather).unwrap(), expected);
+    // Two shards' partial sums add up to the whole.
+    let low = sharded.gather_rows(&entries_where(&plan.gather, |r| r < ROWS / 2));
+    let high = sharded.gather_rows(&entries_where(&plan.gather, |r| r >= ROWS / 2));
+    let summed: Vec<f32> = low
+        .unwrap()
+        .iter()
+        .zip(high.unwrap())
+        .map(|(a, b)| a + b)
+        .collect();
+    assert_close(&summed, &expected);
+
+    let grads: Vec<Vec<f32>> = plan
+        .outputs
+        .iter()
+        .map(|o| {
+            (0..o.rows * o.width)
+                .map(|i| 0.1 + i as f32 * 0.01)
+                .collect()
+        })
+        .collect();
+    whole.push_plan(&plan, &grads).unwrap();
+    let update = plan.row_gradients(&grads).unwrap();
+    let (mut stepped, mut parts) = (0, 0);
+    for keep in [|r: u64| r < ROWS / 2, |r: u64| r >= ROWS / 2] {
+        let part: Vec<usize> = (0..update.rows.len())
+            .filter(|&i| keep(update.rows[i]))
+            .collect();
+        let share = RowGradients {
+            rows: part.iter().map(|&i| update.rows[i]).collect(),
+            grads: part
+                .iter()
+                .flat_map(|&i| update.grads[i * DIM..(i + 1) * DIM].to_vec())
+                .collect(),
+        };
+        parts += usize::from(!share.rows.is_empty());
+        stepped += sharded.push_rows(share).unwrap();
+    }
+    assert_eq!((stepped, parts), (update.rows.len(), 2));
+    // The same step on every row, bit for bit, and the same dirty rows.
+    assert_eq!(all_rows(&sharded), all_rows(&whole));
+    assert_eq!(sharded.dirty().len(), whole.dirty().len());
+
+    // Bad row-level input is refused and changes nothing.
+    let before = all_rows(&sharded);
+    let gather = |edit: &dyn Fn(&mut GatherPlan)| {
+        let mut bad = plan.gather.clone();
+        edit(&mut bad);
+        sharded.gather_rows(&bad).unwrap_err().to_string()
+    };
+    assert!(gather(&|p| p.weights[1] = f32::NAN).contains("weight 1 is NaN"));
+    assert!(gather(&|p| p.rows[0] = ROWS).contains("1000"));
+    assert!(gather(&|p| p.num_slots = 1).contains("outside the plan's 1 slots"));
+    assert!(gather(&|p| {
+        p.slots.pop();
+    })
+    .contains("slots"));
+    let push = |rows: Vec<u64>, grads: Vec<f32>| {
+        sharded
+            .push_rows(RowGradients { rows, grads })
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(push(vec![5, 3], vec![0.1; 2 * DIM]).contains("sorted and unique"));
+    assert!(push(vec![3, 3], vec![0.1; 2 * DIM]).contains("sorted and unique"));
+    assert!(push(vec![3], vec![0.1; DIM - 1]).contains("need 4 gradients"));
+    assert!(push(vec![3], vec![f32::INFINITY; DIM]).contains("gradient 0 is inf"));
+    assert!(push(vec![ROWS], vec![0.1; DIM]).contains("1000"));
+    assert_eq!(all_rows(&sharded), before);
 }
 
 #[test]

@@ -14,6 +14,7 @@ use prometheus::IntCounter;
 use crate::dedup::PushDedup;
 use crate::error::ApiError;
 use crate::tickets::{Ticket, TicketCache};
+use featmux_engine::backend::{GatherPlan, RowGradients};
 use featmux_engine::batch::{Batch, FeatureEmbeddings, Values};
 use featmux_engine::error::EngineError;
 use featmux_engine::plan::BatchPlan;
@@ -223,6 +224,63 @@ impl Api {
     ) -> Result<PushResult, ApiError> {
         self.pushes
             .run(table, request_id, || self.apply_push(table, target, blocks))
+    }
+
+    /// Row-level lookup (a cluster client's share of a batch it planned
+    /// itself): the pooled partial sums of `plan`'s slots, `[num_slots,
+    /// chunk_dim]`, within the same limits as a batch.
+    pub fn lookup_rows(&self, table: &str, plan: &GatherPlan) -> Result<Vec<f32>, ApiError> {
+        let table = self.catalog.table(table)?;
+        let max = self.limits.max_batch_values;
+        if plan.rows.len() > max || plan.num_slots > max {
+            return Err(ApiError::too_large(format!(
+                "{} entries and {} slots; the limit is {max} of each (limits.max_batch_values)",
+                plan.rows.len(),
+                plan.num_slots
+            )));
+        }
+        let bytes = plan
+            .num_slots
+            .saturating_mul(table.spec().chunk_dim)
+            .saturating_mul(4);
+        let max_bytes = self.limits.max_output_bytes;
+        if bytes > max_bytes {
+            return Err(ApiError::too_large(format!(
+                "the response would carry {bytes} bytes, over the {max_bytes}-byte message limit \
+                 (limits.max_message_bytes)"
+            )));
+        }
+        let pooled = table.gather_rows(plan)?;
+        self.counters.rows_looked_up.inc_by(plan.rows.len() as u64);
+        Ok(pooled)
+    }
+
+    /// Row-level push: one optimizer step per (sorted, unique) row with its
+    /// summed gradient; deduplicated by `request_id` like [`Self::push`].
+    pub fn push_rows(
+        &self,
+        table: &str,
+        update: RowGradients,
+        request_id: u64,
+    ) -> Result<PushResult, ApiError> {
+        self.pushes.run(table, request_id, || {
+            let max = self.limits.max_batch_values;
+            if update.rows.len() > max {
+                return Err(ApiError::too_large(format!(
+                    "{} rows; the limit is {max} (limits.max_batch_values)",
+                    update.rows.len()
+                )));
+            }
+            let table = self.catalog.table(table)?;
+            let entries = update.rows.len() as u64;
+            let (unique_rows, version) = self.catalog.push_rows(&table, update)?;
+            self.counters.rows_updated.inc_by(unique_rows as u64);
+            Ok(PushResult {
+                version,
+                entries,
+                unique_rows: unique_rows as u64,
+            })
+        })
     }
 
     fn apply_push(

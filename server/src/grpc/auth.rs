@@ -18,10 +18,12 @@ use crate::shared::Shared;
 
 /// The methods of `featmux.v1` (the metric label of a refused call; any
 /// other name is counted as `unknown`, so clients cannot grow the label set).
-const METHODS: [&str; 14] = [
+const METHODS: [&str; 16] = [
     "Lookup",
     "Push",
     "Train",
+    "LookupRows",
+    "PushRows",
     "CreateTable",
     "GetTable",
     "ListTables",

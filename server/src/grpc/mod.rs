@@ -8,6 +8,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use featmux_engine::backend::{GatherPlan, RowGradients};
+use featmux_proto::payload;
 use featmux_proto::v1 as pb;
 use featmux_proto::v1::admin_service_server::AdminService;
 use featmux_proto::v1::embedding_service_server::EmbeddingService;
@@ -103,6 +105,34 @@ fn push(api: &Api, req: pb::PushRequest) -> Result<pb::PushResponse, ApiError> {
         .map(convert::push_result_to_pb)
 }
 
+fn lookup_rows(api: &Api, req: pb::LookupRowsRequest) -> Result<pb::LookupRowsResponse, ApiError> {
+    let plan = GatherPlan {
+        rows: req.rows,
+        slots: req.slots,
+        weights: req.weights,
+        num_slots: req.num_slots as usize,
+    };
+    let pooled = api.lookup_rows(&req.table, &plan)?;
+    Ok(pb::LookupRowsResponse {
+        data: payload::encode_owned(pooled),
+    })
+}
+
+fn push_rows(api: &Api, req: pb::PushRowsRequest) -> Result<pb::PushResponse, ApiError> {
+    let grads = payload::decode(&req.gradients).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "`gradients` has {} bytes, not a whole number of f32",
+            req.gradients.len()
+        ))
+    })?;
+    let update = RowGradients {
+        rows: req.rows,
+        grads,
+    };
+    api.push_rows(&req.table, update, req.request_id)
+        .map(convert::push_result_to_pb)
+}
+
 /// `EmbeddingService`: lookup, push and the train stream.
 pub struct EmbeddingGrpc {
     pub(super) shared: Arc<Shared>,
@@ -124,6 +154,22 @@ impl EmbeddingService for EmbeddingGrpc {
         request: Request<pb::PushRequest>,
     ) -> Result<Response<pb::PushResponse>, Status> {
         self.shared.grpc_unary("Push", request, push).await
+    }
+
+    async fn lookup_rows(
+        &self,
+        request: Request<pb::LookupRowsRequest>,
+    ) -> Result<Response<pb::LookupRowsResponse>, Status> {
+        self.shared
+            .grpc_unary("LookupRows", request, lookup_rows)
+            .await
+    }
+
+    async fn push_rows(
+        &self,
+        request: Request<pb::PushRowsRequest>,
+    ) -> Result<Response<pb::PushResponse>, Status> {
+        self.shared.grpc_unary("PushRows", request, push_rows).await
     }
 
     type TrainStream = TrainStream;

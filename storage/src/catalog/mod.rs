@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use featmux_engine::backend::{BackendKind, RowData};
+use featmux_engine::backend::{BackendKind, RowData, RowGradients};
 use featmux_engine::batch::Batch;
 use featmux_engine::error::EngineError;
 use featmux_engine::plan::BatchPlan;
@@ -228,6 +228,28 @@ impl Catalog {
         plan: &BatchPlan,
         grads: &[G],
     ) -> Result<(PushSummary, u64), CatalogError> {
+        self.push_with(table, |t| t.push_plan(plan, grads))
+    }
+
+    /// [`Self::push_plan`] for rows a cluster client de-duplicated and
+    /// summed itself ([`Table::push_rows`]): the rows stepped and the
+    /// training version.
+    pub fn push_rows(
+        &self,
+        table: &Arc<Table>,
+        update: RowGradients,
+    ) -> Result<(usize, u64), CatalogError> {
+        self.push_with(table, |t| t.push_rows(update))
+    }
+
+    /// Runs `step` on `table` as one push: refused while the catalog is
+    /// read-only or `table` was replaced, given the next training version,
+    /// and waking the flusher when dirty rows pile up.
+    fn push_with<T>(
+        &self,
+        table: &Arc<Table>,
+        step: impl FnOnce(&Table) -> Result<T, EngineError>,
+    ) -> Result<(T, u64), CatalogError> {
         let inner = self.writable()?;
         let name = &table.spec().name;
         if !Arc::ptr_eq(&inner.live(name)?.table, table) {
@@ -236,8 +258,8 @@ impl Catalog {
         inner.reserve_versions()?;
         let pushed = {
             let _gate = inner.push_gate.read();
-            let summary = table.push_plan(plan, grads)?;
-            (summary, inner.version.fetch_add(1, Ordering::AcqRel) + 1)
+            let done = step(table)?;
+            (done, inner.version.fetch_add(1, Ordering::AcqRel) + 1)
         };
         if table.dirty().len() >= inner.options.max_dirty_rows
             && !inner.wake_pending.swap(true, Ordering::AcqRel)

@@ -1,0 +1,244 @@
+//! The row-level RPCs as a cluster client uses them, over real gRPC: the
+//! client plans a batch with the engine's own code from the table's
+//! configuration (`GetTable`), sends each "shard" (here: each half of the
+//! row space, on one server) the gather entries of its rows, adds the
+//! partial sums up, and pushes de-duplicated row gradients per half. The
+//! answers and the updates equal the batch calls'; bad row-level input is
+//! refused with a named error.
+
+use featmux_client::{pb, BatchBuilder, Client, ClientError, Code};
+use featmux_engine::backend::GatherPlan;
+use featmux_engine::plan::BatchPlan;
+use featmux_engine::registry::{Feature, FeatureRegistry};
+use featmux_server::convert;
+use featmux_tests::requests::feature;
+use featmux_tests::server::{ServerSettings, TestServer};
+
+const ROWS: u64 = 5000;
+const DIM: usize = 8;
+
+fn config(name: &str) -> pb::TableConfig {
+    pb::TableConfig {
+        name: name.into(),
+        rows: ROWS,
+        chunk_dim: DIM as u32,
+        seed: 9,
+        optimizer: Some(featmux_client::spec::optimizer("adagrad", 0.1).unwrap()),
+        ..Default::default()
+    }
+}
+
+fn features() -> Vec<pb::FeatureConfig> {
+    let mut city = feature("city", pb::ValueType::String, pb::Pooling::Sum, 1);
+    city.partitioned = Some(pb::Partitioned {
+        offset: None,
+        rows: 300,
+    });
+    vec![
+        feature("user", pb::ValueType::String, pb::Pooling::Sum, 2),
+        feature("tags", pb::ValueType::String, pb::Pooling::Mean, 1),
+        feature("clicks", pb::ValueType::Int64, pb::Pooling::Sqrtn, 1),
+        city,
+    ]
+}
+
+fn batch() -> pb::Batch {
+    let mut b = BatchBuilder::new();
+    for e in 0..40i64 {
+        b.example()
+            .add_str("user", format!("u{}", e % 17))
+            .add_strs("tags", (0..e % 4).map(|t| format!("t{}", (e + t) % 9)))
+            .add_i64s("clicks", [e, e * 7 % 11])
+            .add_str("city", format!("c{}", e % 5));
+    }
+    b.build().unwrap()
+}
+
+/// What a cluster client does with `GetTable`: the engine's spec and
+/// registry, so it hashes exactly as the servers do.
+async fn plan(client: &Client, table: &str, batch: &pb::Batch) -> BatchPlan {
+    let info = client.get_table(table).await.unwrap();
+    let spec = convert::table_spec_from_pb(info.config).unwrap();
+    let features: Vec<Feature> = info
+        .features
+        .into_iter()
+        .map(|f| {
+            let s = convert::feature_spec_from_pb(f.config.unwrap()).unwrap();
+            Feature {
+                name: s.name,
+                salt: f.salt,
+                chunks: s.chunks,
+                value_type: s.value_type,
+                pooling: s.pooling,
+                placement: s.placement,
+            }
+        })
+        .collect();
+    let next_salt = features.iter().map(|f| f.salt + 1).max().unwrap_or(0);
+    let registry = FeatureRegistry::restore(features, next_salt, spec.rows).unwrap();
+    let engine_batch = convert::batch_from_pb(Some(batch.clone())).unwrap();
+    BatchPlan::build(&spec, &registry, &engine_batch, usize::MAX).unwrap()
+}
+
+/// The entries of `plan` whose rows lie in `[start, end)`.
+fn shard(plan: &GatherPlan, start: u64, end: u64) -> GatherPlan {
+    let mut part = GatherPlan {
+        num_slots: plan.num_slots,
+        ..GatherPlan::default()
+    };
+    for i in 0..plan.rows.len() {
+        if (start..end).contains(&plan.rows[i]) {
+            part.rows.push(plan.rows[i]);
+            part.slots.push(plan.slots[i]);
+            part.weights.push(plan.weights[i]);
+        }
+    }
+    part
+}
+
+async fn lookup_rows(
+    client: &Client,
+    table: &str,
+    p: &GatherPlan,
+) -> Result<Vec<f32>, ClientError> {
+    client
+        .lookup_rows(table, &p.rows, &p.slots, &p.weights, p.num_slots as u32)
+        .await
+}
+
+fn flat(looked_up: featmux_client::Lookup) -> Vec<f32> {
+    looked_up
+        .embeddings
+        .into_iter()
+        .flat_map(|e| e.data)
+        .collect()
+}
+
+#[test]
+fn row_level_lookups_and_pushes_equal_the_batch_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &ServerSettings::default());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = server.client(None).await;
+        for name in ["whole", "rows"] {
+            client.create_table(config(name), features()).await.unwrap();
+        }
+        let batch = batch();
+        let plan = plan(&client, "rows", &batch).await;
+        let expected = flat(client.lookup("whole", &batch, false).await.unwrap());
+
+        // All entries at once: bit-identical; two halves: partial sums that
+        // add up to it.
+        assert_eq!(
+            lookup_rows(&client, "rows", &plan.gather).await.unwrap(),
+            expected
+        );
+        let low = lookup_rows(&client, "rows", &shard(&plan.gather, 0, ROWS / 2)).await;
+        let high = lookup_rows(&client, "rows", &shard(&plan.gather, ROWS / 2, ROWS)).await;
+        let summed: Vec<f32> = low
+            .unwrap()
+            .iter()
+            .zip(high.unwrap())
+            .map(|(a, b)| a + b)
+            .collect();
+        for (a, b) in summed.iter().zip(&expected) {
+            assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{a} vs {b}");
+        }
+
+        // Pushes: the batch push on one table, the row-level halves on the
+        // other; then every output of the batch is the same, bit for bit.
+        let grads: Vec<Vec<f32>> = plan
+            .outputs
+            .iter()
+            .map(|o| {
+                (0..o.rows * o.width)
+                    .map(|i| ((i % 13) as f32 - 6.0) * 0.01)
+                    .collect()
+            })
+            .collect();
+        client.push("whole", &batch, &grads).await.unwrap();
+        let update = plan.row_gradients(&grads).unwrap();
+        let mut stepped = 0;
+        for (start, end) in [(0, ROWS / 2), (ROWS / 2, ROWS)] {
+            let part: Vec<usize> = (0..update.rows.len())
+                .filter(|&i| (start..end).contains(&update.rows[i]))
+                .collect();
+            let rows: Vec<u64> = part.iter().map(|&i| update.rows[i]).collect();
+            let grads: Vec<f32> = part
+                .iter()
+                .flat_map(|&i| update.grads[i * DIM..(i + 1) * DIM].to_vec())
+                .collect();
+            let pushed = client.push_rows("rows", &rows, &grads).await.unwrap();
+            assert_eq!(pushed.unique_rows, rows.len() as u64);
+            stepped += pushed.unique_rows;
+        }
+        assert_eq!(stepped, update.rows.len() as u64);
+        assert_eq!(
+            flat(client.lookup("rows", &batch, false).await.unwrap()),
+            flat(client.lookup("whole", &batch, false).await.unwrap())
+        );
+
+        // Bad row-level input: a clear error, nothing changed.
+        let before = flat(client.lookup("rows", &batch, false).await.unwrap());
+        fn refused<T: std::fmt::Debug>(r: Result<T, ClientError>, code: Code, needle: &str) {
+            match r {
+                Err(ClientError::Status(status)) => {
+                    assert_eq!(status.code(), code, "{}", status.message());
+                    assert!(
+                        status.message().contains(needle),
+                        "`{}` lacks `{needle}`",
+                        status.message()
+                    );
+                }
+                other => panic!("expected {code:?}, got {other:?}"),
+            }
+        }
+        let mut bad = plan.gather.clone();
+        bad.rows[0] = ROWS;
+        refused(
+            lookup_rows(&client, "rows", &bad).await,
+            Code::InvalidArgument,
+            "5000",
+        );
+        bad = plan.gather.clone();
+        bad.weights[2] = f32::NAN;
+        refused(
+            lookup_rows(&client, "rows", &bad).await,
+            Code::InvalidArgument,
+            "weight 2 is NaN",
+        );
+        bad = plan.gather.clone();
+        bad.num_slots = u32::MAX as usize;
+        refused(
+            lookup_rows(&client, "rows", &bad).await,
+            Code::ResourceExhausted,
+            "max_batch_values",
+        );
+        refused(
+            lookup_rows(&client, "nope", &plan.gather).await,
+            Code::NotFound,
+            "nope",
+        );
+        refused(
+            client.push_rows("rows", &[9, 3], &[0.1; 2 * DIM]).await,
+            Code::InvalidArgument,
+            "sorted and unique",
+        );
+        refused(
+            client.push_rows("rows", &[3], &[0.1; DIM + 1]).await,
+            Code::InvalidArgument,
+            "need 8 gradients",
+        );
+        refused(
+            client.push_rows("rows", &[3], &[f32::NAN; DIM]).await,
+            Code::InvalidArgument,
+            "gradient 0 is NaN",
+        );
+        assert_eq!(
+            flat(client.lookup("rows", &batch, false).await.unwrap()),
+            before
+        );
+    });
+    assert!(server.stop().success());
+}
