@@ -18,6 +18,10 @@ pub enum ClientError {
     Batch(#[from] BatchError),
     #[error("bad response: {0}")]
     Response(String),
+    /// A cluster client's own refusal (a batch that does not fit the
+    /// table, a partition map that names no shard).
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 fn code_name(code: Code) -> String {

@@ -29,10 +29,13 @@
 //! - [`Lookup`], [`Embedding`] (`embeddings`): decoded payloads.
 //! - [`ClientError`] (`error`).
 //! - [`spec`]: text specs of tables and features for command lines.
+//! - [`ClusterClient`] (`cluster`): a table sharded by row range over
+//!   several servers, routed here with the engine's own planning.
 
 mod admin;
 mod batch;
 mod client;
+mod cluster;
 mod embeddings;
 mod error;
 mod options;
@@ -41,6 +44,7 @@ mod train;
 
 pub use batch::{BatchBuilder, BatchError, PackedStringsBuilder};
 pub use client::Client;
+pub use cluster::{ClusterClient, ClusterTicket, PartitionMap, ShardPush};
 pub use embeddings::{decode_lookup, encode_gradients, Embedding, Lookup};
 pub use error::ClientError;
 pub use featmux_proto::v1 as pb;

@@ -1,6 +1,9 @@
 //! featmux's wire contract: the gRPC services and messages generated from
 //! `proto/featmux.proto`, shared by the server and the client, plus the
-//! encoding of embedding payloads.
+//! encoding of embedding payloads and the conversions between messages and
+//! engine types ([`engine`]).
+
+pub mod engine;
 
 /// Version 1 of the API (`package featmux.v1`).
 pub mod v1 {

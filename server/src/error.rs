@@ -108,6 +108,13 @@ impl From<EngineError> for ApiError {
     }
 }
 
+/// A request message that does not decode to engine values.
+impl From<featmux_proto::engine::WireError> for ApiError {
+    fn from(e: featmux_proto::engine::WireError) -> Self {
+        ApiError::invalid(e.0)
+    }
+}
+
 impl From<CatalogError> for ApiError {
     fn from(e: CatalogError) -> Self {
         let kind = match e {

@@ -9,8 +9,7 @@
 use featmux_client::{pb, BatchBuilder, Client, ClientError, Code};
 use featmux_engine::backend::GatherPlan;
 use featmux_engine::plan::BatchPlan;
-use featmux_engine::registry::{Feature, FeatureRegistry};
-use featmux_server::convert;
+use featmux_proto::engine::{batch_from_pb, table_from_pb};
 use featmux_tests::requests::feature;
 use featmux_tests::server::{ServerSettings, TestServer};
 
@@ -58,25 +57,8 @@ fn batch() -> pb::Batch {
 /// registry, so it hashes exactly as the servers do.
 async fn plan(client: &Client, table: &str, batch: &pb::Batch) -> BatchPlan {
     let info = client.get_table(table).await.unwrap();
-    let spec = convert::table_spec_from_pb(info.config).unwrap();
-    let features: Vec<Feature> = info
-        .features
-        .into_iter()
-        .map(|f| {
-            let s = convert::feature_spec_from_pb(f.config.unwrap()).unwrap();
-            Feature {
-                name: s.name,
-                salt: f.salt,
-                chunks: s.chunks,
-                value_type: s.value_type,
-                pooling: s.pooling,
-                placement: s.placement,
-            }
-        })
-        .collect();
-    let next_salt = features.iter().map(|f| f.salt + 1).max().unwrap_or(0);
-    let registry = FeatureRegistry::restore(features, next_salt, spec.rows).unwrap();
-    let engine_batch = convert::batch_from_pb(Some(batch.clone())).unwrap();
+    let (spec, registry) = table_from_pb(info).unwrap();
+    let engine_batch = batch_from_pb(Some(batch.clone())).unwrap();
     BatchPlan::build(&spec, &registry, &engine_batch, usize::MAX).unwrap()
 }
 
