@@ -1,0 +1,286 @@
+//! [`ClusterStore`]: typed reads and compare-and-swap writes of the
+//! cluster's keys in etcd, and leased membership.
+
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use featmux_proto::v1 as pb;
+use prost::Message;
+use tokio::task::JoinHandle;
+
+/// Why a cluster-state operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// etcd could not be reached or refused the request.
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("table `{0}` already exists in the cluster")]
+    AlreadyExists(String),
+    /// A compare-and-swap lost: someone changed the key since it was read.
+    #[error("{key} changed since revision {expected} (now {found}); read it again")]
+    Conflict {
+        key: String,
+        expected: i64,
+        found: i64,
+    },
+    /// A stored value that does not decode (written by something else).
+    #[error("{key}: not a featmux record: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// A value and the etcd revision that last changed it (a map's epoch).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub revision: i64,
+}
+
+/// The cluster's keys under one prefix.
+#[derive(Clone)]
+pub struct ClusterStore {
+    client: Client,
+    prefix: String,
+}
+
+impl ClusterStore {
+    /// Connects to etcd at `endpoints` (`host:port`); every key lives under
+    /// `prefix` (one per cluster, e.g. `/featmux/prod`).
+    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self, ClusterError> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(5));
+        let client = Client::connect(endpoints, Some(options)).await?;
+        Ok(ClusterStore {
+            client,
+            prefix: prefix.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    fn key(&self, kind: &str, name: &str) -> String {
+        format!("{}/{kind}/{name}", self.prefix)
+    }
+
+    /// Records a new table and its partition map in one transaction; the
+    /// revision it was written at.
+    pub async fn create_table(
+        &self,
+        info: &pb::TableInfo,
+        map: &pb::PartitionMap,
+    ) -> Result<i64, ClusterError> {
+        let name = info.config.as_ref().map_or("", |c| c.name.as_str());
+        let (table_key, map_key) = (self.key("tables", name), self.key("maps", name));
+        let txn = Txn::new()
+            .when([Compare::version(table_key.clone(), CompareOp::Equal, 0)])
+            .and_then([
+                TxnOp::put(table_key, info.encode_to_vec(), None),
+                TxnOp::put(map_key, map.encode_to_vec(), None),
+            ]);
+        let response = self.client.kv_client().txn(txn).await?;
+        if !response.succeeded() {
+            return Err(ClusterError::AlreadyExists(name.to_owned()));
+        }
+        Ok(revision_of(response.header()))
+    }
+
+    /// A table's description, if the cluster has it.
+    pub async fn table(
+        &self,
+        name: &str,
+    ) -> Result<Option<Versioned<pb::TableInfo>>, ClusterError> {
+        self.get(&self.key("tables", name)).await
+    }
+
+    /// Every table's description, by name.
+    pub async fn tables(&self) -> Result<Vec<Versioned<pb::TableInfo>>, ClusterError> {
+        self.list(&self.key("tables", "")).await
+    }
+
+    /// Replaces a table's description if it is still at `revision`.
+    pub async fn update_table(
+        &self,
+        name: &str,
+        revision: i64,
+        info: &pb::TableInfo,
+    ) -> Result<i64, ClusterError> {
+        self.swap(&self.key("tables", name), revision, info.encode_to_vec())
+            .await
+    }
+
+    /// A table's partition map; its revision is the map's epoch.
+    pub async fn map(
+        &self,
+        name: &str,
+    ) -> Result<Option<Versioned<pb::PartitionMap>>, ClusterError> {
+        self.get(&self.key("maps", name)).await
+    }
+
+    /// Replaces a table's partition map if it is still at `revision`; the
+    /// new epoch.
+    pub async fn set_map(
+        &self,
+        name: &str,
+        revision: i64,
+        map: &pb::PartitionMap,
+    ) -> Result<i64, ClusterError> {
+        self.swap(&self.key("maps", name), revision, map.encode_to_vec())
+            .await
+    }
+
+    /// Removes a table and its map in one transaction; whether it existed.
+    pub async fn drop_table(&self, name: &str) -> Result<bool, ClusterError> {
+        let table_key = self.key("tables", name);
+        let txn = Txn::new()
+            .when([Compare::version(table_key.clone(), CompareOp::Greater, 0)])
+            .and_then([
+                TxnOp::delete(table_key, None),
+                TxnOp::delete(self.key("maps", name), None),
+            ]);
+        Ok(self.client.kv_client().txn(txn).await?.succeeded())
+    }
+
+    /// Registers `member` under a lease of `ttl` seconds kept alive by a
+    /// background task until the [`Membership`] is dropped or left: a shard
+    /// that dies disappears from [`Self::members`] within `ttl`.
+    pub async fn join(
+        &self,
+        member: &pb::ShardMember,
+        ttl: i64,
+    ) -> Result<Membership, ClusterError> {
+        let mut client = self.client.clone();
+        let lease = client.lease_grant(ttl, None).await?.id();
+        client
+            .put(
+                self.key("members", &member.id),
+                member.encode_to_vec(),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await?;
+        let (mut keeper, mut answers) = client.lease_keep_alive(lease).await?;
+        let period = Duration::from_millis((ttl.max(1) as u64 * 1000) / 3);
+        let keep_alive = tokio::spawn(async move {
+            loop {
+                if keeper.keep_alive().await.is_err() {
+                    break;
+                }
+                if !matches!(answers.message().await, Ok(Some(_))) {
+                    break;
+                }
+                tokio::time::sleep(period).await;
+            }
+        });
+        Ok(Membership {
+            client,
+            lease,
+            keep_alive,
+        })
+    }
+
+    /// The members whose leases are alive.
+    pub async fn members(&self) -> Result<Vec<pb::ShardMember>, ClusterError> {
+        Ok(self
+            .list(&self.key("members", ""))
+            .await?
+            .into_iter()
+            .map(|m| m.value)
+            .collect())
+    }
+
+    async fn get<T: Message + Default>(
+        &self,
+        key: &str,
+    ) -> Result<Option<Versioned<T>>, ClusterError> {
+        let response = self.client.kv_client().get(key, None).await?;
+        response
+            .kvs()
+            .first()
+            .map(|kv| decode(key, kv.value(), kv.mod_revision()))
+            .transpose()
+    }
+
+    async fn list<T: Message + Default>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<Versioned<T>>, ClusterError> {
+        let response = self
+            .client
+            .kv_client()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await?;
+        response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                decode(
+                    &String::from_utf8_lossy(kv.key()),
+                    kv.value(),
+                    kv.mod_revision(),
+                )
+            })
+            .collect()
+    }
+
+    async fn swap(&self, key: &str, revision: i64, value: Vec<u8>) -> Result<i64, ClusterError> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
+            .and_then([TxnOp::put(key, value, None)])
+            .or_else([TxnOp::get(key, None)]);
+        let response = self.client.kv_client().txn(txn).await?;
+        if response.succeeded() {
+            return Ok(revision_of(response.header()));
+        }
+        let found = response
+            .op_responses()
+            .into_iter()
+            .find_map(|op| match op {
+                etcd_client::TxnOpResponse::Get(get) => {
+                    get.kvs().first().map(|kv| kv.mod_revision())
+                }
+                _ => None,
+            })
+            .unwrap_or(0);
+        Err(ClusterError::Conflict {
+            key: key.to_owned(),
+            expected: revision,
+            found,
+        })
+    }
+}
+
+fn revision_of(header: Option<&etcd_client::ResponseHeader>) -> i64 {
+    header.map_or(0, |h| h.revision())
+}
+
+fn decode<T: Message + Default>(
+    key: &str,
+    bytes: &[u8],
+    revision: i64,
+) -> Result<Versioned<T>, ClusterError> {
+    let value = T::decode(bytes).map_err(|e| ClusterError::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(Versioned { value, revision })
+}
+
+/// A shard's place in [`ClusterStore::members`], held while this lives.
+pub struct Membership {
+    client: Client,
+    lease: i64,
+    keep_alive: JoinHandle<()>,
+}
+
+impl Membership {
+    /// Leaves now (revokes the lease) instead of letting it expire.
+    pub async fn leave(mut self) -> Result<(), ClusterError> {
+        self.keep_alive.abort();
+        self.client.lease_revoke(self.lease).await?;
+        Ok(())
+    }
+}
+
+impl Drop for Membership {
+    /// Stops keeping the lease alive: the member expires after its TTL.
+    fn drop(&mut self) {
+        self.keep_alive.abort();
+    }
+}

@@ -1,0 +1,198 @@
+//! The cluster store against a real etcd (Debian's `etcd-server`, which
+//! `./dev` installs): tables and maps created atomically, compare-and-swap
+//! that refuses a stale revision and changes nothing, and leased members
+//! that vanish when their shard stops keeping the lease alive.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use featmux_cluster::{ClusterError, ClusterStore};
+use featmux_proto::v1 as pb;
+
+/// One etcd member on free loopback ports, in a temp dir; killed on drop.
+struct Etcd {
+    child: Child,
+    endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Etcd {
+    fn start() -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(dir.path())
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("t={peer_url}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd (apt install etcd-server; ./dev does)");
+        Etcd {
+            child,
+            endpoint: format!("127.0.0.1:{client}"),
+            _dir: dir,
+        }
+    }
+
+    /// A store under `prefix`, once etcd answers.
+    async fn store(&self, prefix: &str) -> ClusterStore {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(store) =
+                ClusterStore::connect(std::slice::from_ref(&self.endpoint), prefix).await
+            {
+                if store.tables().await.is_ok() {
+                    return store;
+                }
+            }
+            assert!(Instant::now() < deadline, "etcd did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn info(name: &str, features: &[&str]) -> pb::TableInfo {
+    pb::TableInfo {
+        config: Some(pb::TableConfig {
+            name: name.into(),
+            rows: 1000,
+            chunk_dim: 8,
+            ..Default::default()
+        }),
+        features: features
+            .iter()
+            .enumerate()
+            .map(|(salt, f)| pb::FeatureInfo {
+                config: Some(pb::FeatureConfig {
+                    name: (*f).into(),
+                    chunks: 1,
+                    ..Default::default()
+                }),
+                salt: salt as u32,
+                width: 8,
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn map(shards: &[&str], owners: Vec<u32>) -> pb::PartitionMap {
+    pb::PartitionMap {
+        shards: shards.iter().map(|s| (*s).into()).collect(),
+        owners,
+    }
+}
+
+#[tokio::test]
+async fn tables_and_maps_change_only_by_compare_and_swap() {
+    let etcd = Etcd::start();
+    let store = etcd.store("/featmux/test").await;
+    let created = store
+        .create_table(&info("t", &["user"]), &map(&["a", "b"], vec![0, 0, 1, 1]))
+        .await
+        .unwrap();
+    let table = store.table("t").await.unwrap().unwrap();
+    assert_eq!(table.value, info("t", &["user"]));
+    assert_eq!(table.revision, created);
+    let epoch = store.map("t").await.unwrap().unwrap();
+    assert_eq!(epoch.value.owners, [0, 0, 1, 1]);
+    assert!(matches!(
+        store
+            .create_table(&info("t", &["other"]), &map(&["a"], vec![0]))
+            .await,
+        Err(ClusterError::AlreadyExists(name)) if name == "t"
+    ));
+
+    // Two admins read revision r; the first write wins, the second is
+    // refused naming both revisions and changes nothing.
+    let first = store
+        .update_table("t", table.revision, &info("t", &["user", "genres"]))
+        .await
+        .unwrap();
+    assert!(first > table.revision);
+    match store
+        .update_table("t", table.revision, &info("t", &["user", "city"]))
+        .await
+    {
+        Err(ClusterError::Conflict {
+            expected, found, ..
+        }) => assert_eq!((expected, found), (table.revision, first)),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let now = store.table("t").await.unwrap().unwrap();
+    assert_eq!(now.value, info("t", &["user", "genres"]));
+
+    // A new map is a new epoch; a stale one is refused.
+    let moved = store
+        .set_map("t", epoch.revision, &map(&["a", "b"], vec![0, 1, 1, 1]))
+        .await
+        .unwrap();
+    assert!(moved > epoch.revision);
+    assert!(store
+        .set_map("t", epoch.revision, &map(&["a"], vec![0, 0, 0, 0]))
+        .await
+        .is_err());
+    assert_eq!(store.map("t").await.unwrap().unwrap().revision, moved);
+
+    // Prefixes keep clusters apart; dropping removes table and map.
+    let other = etcd.store("/featmux/other").await;
+    assert!(other.table("t").await.unwrap().is_none());
+    assert!(store.drop_table("t").await.unwrap());
+    assert!(!store.drop_table("t").await.unwrap());
+    assert!(store.table("t").await.unwrap().is_none());
+    assert!(store.map("t").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_member_that_stops_renewing_its_lease_disappears() {
+    let etcd = Etcd::start();
+    let store = etcd.store("/featmux/test").await;
+    let member = |id: &str| pb::ShardMember {
+        id: id.into(),
+        grpc: format!("http://{id}:50051"),
+        http: format!("http://{id}:8080"),
+    };
+    let kept = store.join(&member("s0"), 2).await.unwrap();
+    let lost = store.join(&member("s1"), 2).await.unwrap();
+    let left = store.join(&member("s2"), 2).await.unwrap();
+    let ids = |members: Vec<pb::ShardMember>| -> Vec<String> {
+        members.into_iter().map(|m| m.id).collect()
+    };
+    assert_eq!(ids(store.members().await.unwrap()), ["s0", "s1", "s2"]);
+    left.leave().await.unwrap();
+    assert_eq!(ids(store.members().await.unwrap()), ["s0", "s1"]);
+    // s1 stops renewing (its process died): gone after its TTL, while s0,
+    // kept alive, stays past several TTLs.
+    drop(lost);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ids(store.members().await.unwrap()) != ["s0"] {
+        assert!(Instant::now() < deadline, "s1's lease did not expire");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(ids(store.members().await.unwrap()), ["s0"]);
+    drop(kept);
+}
