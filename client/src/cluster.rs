@@ -155,20 +155,28 @@ impl ClusterClient {
         let rows = planner.spec.rows;
         let dim = planner.spec.chunk_dim;
         // Each shard gets its entries with its own dense slot numbering, so
-        // an answer carries only the slots that shard touched.
-        let mut parts: Vec<(GatherPlan, Vec<u32>)> = vec![Default::default(); self.shards.len()];
-        let mut local: Vec<HashMap<u32, u32>> = vec![HashMap::new(); self.shards.len()];
+        // an answer carries only the slots that shard touched. `local[slot]`
+        // is valid for shard s while `owner[slot] == s + 1` (no reset
+        // between shards, no hashing).
         let g = &plan.gather;
-        for i in 0..g.rows.len() {
-            let s = self.map.shard_of(g.rows[i], rows);
-            let (part, globals) = &mut parts[s];
-            let slot = *local[s].entry(g.slots[i]).or_insert_with(|| {
-                globals.push(g.slots[i]);
-                (globals.len() - 1) as u32
-            });
-            part.rows.push(g.rows[i]);
-            part.slots.push(slot);
-            part.weights.push(g.weights[i]);
+        let mut entries_of: Vec<Vec<usize>> = vec![Vec::new(); self.shards.len()];
+        for (i, &row) in g.rows.iter().enumerate() {
+            entries_of[self.map.shard_of(row, rows)].push(i);
+        }
+        let mut parts: Vec<(GatherPlan, Vec<u32>)> = vec![Default::default(); self.shards.len()];
+        let (mut owner, mut local) = (vec![0usize; g.num_slots], vec![0u32; g.num_slots]);
+        for (s, (part, globals)) in parts.iter_mut().enumerate() {
+            for &i in &entries_of[s] {
+                let slot = g.slots[i] as usize;
+                if owner[slot] != s + 1 {
+                    owner[slot] = s + 1;
+                    local[slot] = globals.len() as u32;
+                    globals.push(g.slots[i]);
+                }
+                part.rows.push(g.rows[i]);
+                part.slots.push(local[slot]);
+                part.weights.push(g.weights[i]);
+            }
         }
         let mut calls = Vec::new();
         for (s, (part, globals)) in parts.into_iter().enumerate() {

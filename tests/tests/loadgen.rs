@@ -268,3 +268,53 @@ fn benches_started_together_share_the_table_they_create() {
     });
     assert!(server.stop().success());
 }
+
+/// `--shards`: lookups and pushes routed by a `ClusterClient` over two
+/// servers; every push reaches both (each applies its rows: both training
+/// versions count it), and workloads it cannot route are refused.
+#[test]
+fn sharded_lookups_and_pushes_reach_every_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards: Vec<TestServer> = (0..2)
+        .map(|i| {
+            TestServer::start(
+                &dir.path().join(format!("s{i}")),
+                &ServerSettings::default(),
+            )
+        })
+        .collect();
+    let addrs = format!("{},{}", shards[0].grpc_url(), shards[1].grpc_url());
+    let prefix = ["--json", "bench", "--shards", &addrs];
+    let report = bench_with(
+        &prefix,
+        &[
+            "--workload",
+            "lookup",
+            "--duration",
+            "0.5",
+            "--concurrency",
+            "2",
+        ],
+    );
+    assert_well_formed(&report, "lookup", 1);
+    assert_eq!(report["shards"].as_array().unwrap().len(), 2);
+    let before: Vec<u64> = shards.iter().map(stats_version).collect();
+    let report = bench_with(
+        &prefix,
+        &["--workload", "push", "--requests", "10", "--duration", "60"],
+    );
+    assert_eq!(report["requests"], 10);
+    for (shard, before) in shards.iter().zip(before) {
+        assert_eq!(stats_version(shard), before + 10);
+    }
+    let refused = Command::new(featmux_binary())
+        .args(prefix)
+        .args(["--workload", "train", "--requests", "1"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--shards routes"));
+    for shard in shards {
+        assert!(shard.stop().success());
+    }
+}

@@ -28,6 +28,7 @@ pub(super) struct Measured {
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Transport {
     Grpc(Client),
+    Cluster(featmux_client::ClusterClient),
     Stream(featmux_client::TrainStream),
     Http(reqwest::Client),
     Engine(Arc<InProcess>),
@@ -48,6 +49,16 @@ pub(super) async fn send(
             .lookup(&args.table, &input.batch, false)
             .await
             .map(|l| floats(&l.embeddings))
+            .map_err(Into::into),
+        (Workload::Lookup, Transport::Cluster(c)) => c
+            .lookup(&args.table, &input.batch, false)
+            .await
+            .map(|(l, _)| floats(&l.embeddings))
+            .map_err(Into::into),
+        (Workload::Push, Transport::Cluster(c)) => c
+            .push(&args.table, &input.batch, &input.grads)
+            .await
+            .map(|_| grad_bytes)
             .map_err(Into::into),
         (Workload::Push, Transport::Grpc(c)) => c
             .push(&args.table, &input.batch, &input.grads)

@@ -46,7 +46,7 @@ use crate::in_process::InProcess;
 pub use args::{BenchArgs, Workload};
 use batches::{prepare, Keys, Prepared};
 use client::{client_loop, Transport};
-use setup::{ensure_table, grpc_client, load_redis, server_transport, table_config};
+use setup::{cluster_transport, ensure_tables, load_redis, server_transport, table_config};
 
 /// Runs the benchmark and prints its report.
 pub async fn run(options: ClientOptions, json: bool, args: BenchArgs) -> anyhow::Result<()> {
@@ -55,8 +55,13 @@ pub async fn run(options: ClientOptions, json: bool, args: BenchArgs) -> anyhow:
             "--concurrency, --examples, --features and --values must be at least 1"
         ));
     }
+    if !args.shards.is_empty() && !matches!(args.workload, Workload::Lookup | Workload::Push) {
+        return Err(anyhow::anyhow!(
+            "--shards routes the lookup and push workloads only"
+        ));
+    }
     if args.workload.uses_server() {
-        ensure_table(&args, &grpc_client(&options).await?).await?;
+        ensure_tables(&args, &options).await?;
     }
     let keys = Keys::new(args.vocab, args.zipf)?;
     let mut rng = StdRng::seed_from_u64(args.seed);
@@ -94,6 +99,7 @@ pub async fn run(options: ClientOptions, json: bool, args: BenchArgs) -> anyhow:
             Workload::TcpBlast => Transport::Blast(
                 blast::BlastConnection::connect(blast_addr.expect("started above")).await?,
             ),
+            _ if !args.shards.is_empty() => cluster_transport(&args, &options).await?,
             _ => server_transport(args.workload, &options).await?,
         };
         clients.push((transport, inputs));
@@ -156,6 +162,7 @@ pub async fn run(options: ClientOptions, json: bool, args: BenchArgs) -> anyhow:
         "optimizer": args.optimizer,
         "mget_keys": args.mget_keys,
         "concurrency": args.concurrency,
+        "shards": args.shards,
         "zipf": args.zipf,
         "rate": args.rate,
         "elapsed_s": elapsed,

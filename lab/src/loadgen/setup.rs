@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use featmux_client::spec::{feature, optimizer};
-use featmux_client::{pb, Client, ClientOptions, Code};
+use featmux_client::{pb, Client, ClientOptions, ClusterClient, Code, PartitionMap};
 
 use super::args::{BenchArgs, Workload};
 use super::batches::Prepared;
@@ -42,6 +42,31 @@ pub(super) async fn grpc_client(options: &ClientOptions) -> anyhow::Result<Clien
     Ok(Client::connect(options.clone()).await?)
 }
 
+/// A client of each of `--shards` (with `options`' token and deadlines).
+async fn shard_clients(args: &BenchArgs, options: &ClientOptions) -> anyhow::Result<Vec<Client>> {
+    let mut shards = Vec::with_capacity(args.shards.len());
+    for addr in &args.shards {
+        let options = ClientOptions {
+            endpoint: addr.clone(),
+            ..options.clone()
+        };
+        shards.push(Client::connect(options).await?);
+    }
+    Ok(shards)
+}
+
+/// The benchmark table on the server, or on every shard (created in the
+/// same single call on each, so they assign the same salts).
+pub(super) async fn ensure_tables(args: &BenchArgs, options: &ClientOptions) -> anyhow::Result<()> {
+    if args.shards.is_empty() {
+        return ensure_table(args, &grpc_client(options).await?).await;
+    }
+    for shard in shard_clients(args, options).await? {
+        ensure_table(args, &shard).await?;
+    }
+    Ok(())
+}
+
 /// Connects one client of a server workload.
 pub(super) async fn server_transport(
     workload: Workload,
@@ -68,6 +93,17 @@ pub(super) async fn server_transport(
     })
 }
 
+/// Connects one client of a sharded workload: its own connection to
+/// every shard.
+pub(super) async fn cluster_transport(
+    args: &BenchArgs,
+    options: &ClientOptions,
+) -> anyhow::Result<Transport> {
+    let shards = shard_clients(args, options).await?;
+    let map = PartitionMap::even(256, shards.len());
+    Ok(Transport::Cluster(ClusterClient::new(shards, map)?))
+}
+
 /// Loads into Redis every key the prepared batches use (same vector width
 /// as featmux returns per feature).
 pub(super) async fn load_redis(args: &BenchArgs, inputs: &[Vec<Prepared>]) -> anyhow::Result<()> {
@@ -88,7 +124,7 @@ pub(super) async fn load_redis(args: &BenchArgs, inputs: &[Vec<Prepared>]) -> an
     .await
 }
 
-pub(super) async fn ensure_table(args: &BenchArgs, admin: &Client) -> anyhow::Result<()> {
+async fn ensure_table(args: &BenchArgs, admin: &Client) -> anyhow::Result<()> {
     match admin.get_table(&args.table).await {
         Ok(info) => check_existing(args, &info),
         Err(e) if e.code() == Some(Code::NotFound) => {
