@@ -1,7 +1,8 @@
 //! [`ClusterStore`]: typed reads and compare-and-swap writes of the
 //! cluster's keys in etcd, and leased membership.
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
 use featmux_proto::v1 as pb;
@@ -26,6 +27,24 @@ pub enum ClusterError {
     /// A stored value that does not decode (written by something else).
     #[error("{key}: not a featmux record: {reason}")]
     Corrupt { key: String, reason: String },
+}
+
+/// How long a call is retried while etcd is unavailable (electing a new
+/// leader after losing one, or the member the call went to is gone): a
+/// 3-member etcd elects within a few seconds.
+const RETRY_FOR: Duration = Duration::from_secs(10);
+
+/// Whether etcd's answer means "try again": no leader yet, or no answer
+/// from the member asked (another member will take the retry).
+fn transient(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+        ),
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
 }
 
 /// A value and the etcd revision that last changed it (a map's epoch).
@@ -56,6 +75,36 @@ impl ClusterStore {
         })
     }
 
+    /// Runs `call` on a handle of the client, retrying transient failures
+    /// with backoff for up to [`RETRY_FOR`]. A compare-and-swap whose
+    /// answer was lost and is retried reports [`ClusterError::Conflict`]
+    /// (or `AlreadyExists`) against its own write: read again to tell.
+    async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T, ClusterError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + RETRY_FOR;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match call(self.client.clone()).await {
+                Err(e) if transient(&e) && Instant::now() + backoff < deadline => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                result => return result.map_err(ClusterError::from),
+            }
+        }
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, ClusterError> {
+        self.retry(|mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+    }
+
     fn key(&self, kind: &str, name: &str) -> String {
         format!("{}/{kind}/{name}", self.prefix)
     }
@@ -75,7 +124,7 @@ impl ClusterStore {
                 TxnOp::put(table_key, info.encode_to_vec(), None),
                 TxnOp::put(map_key, map.encode_to_vec(), None),
             ]);
-        let response = self.client.kv_client().txn(txn).await?;
+        let response = self.txn(txn).await?;
         if !response.succeeded() {
             return Err(ClusterError::AlreadyExists(name.to_owned()));
         }
@@ -135,7 +184,7 @@ impl ClusterStore {
                 TxnOp::delete(table_key, None),
                 TxnOp::delete(self.key("maps", name), None),
             ]);
-        Ok(self.client.kv_client().txn(txn).await?.succeeded())
+        Ok(self.txn(txn).await?.succeeded())
     }
 
     /// Registers `member` under a lease of `ttl` seconds kept alive by a
@@ -146,30 +195,44 @@ impl ClusterStore {
         member: &pb::ShardMember,
         ttl: i64,
     ) -> Result<Membership, ClusterError> {
+        let lease = self
+            .retry(|mut c| async move { c.lease_grant(ttl, None).await })
+            .await?
+            .id();
+        let (key, value) = (self.key("members", &member.id), member.encode_to_vec());
+        self.retry(|mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                c.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                    .await
+            }
+        })
+        .await?;
         let mut client = self.client.clone();
-        let lease = client.lease_grant(ttl, None).await?.id();
-        client
-            .put(
-                self.key("members", &member.id),
-                member.encode_to_vec(),
-                Some(PutOptions::new().with_lease(lease)),
-            )
-            .await?;
-        let (mut keeper, mut answers) = client.lease_keep_alive(lease).await?;
         let period = Duration::from_millis((ttl.max(1) as u64 * 1000) / 3);
+        // Renews every third of the TTL; a broken stream (its etcd member
+        // died) is reopened on another member. Ends when the lease is gone.
         let keep_alive = tokio::spawn(async move {
             loop {
-                if keeper.keep_alive().await.is_err() {
-                    break;
+                let Ok((mut keeper, mut answers)) = client.lease_keep_alive(lease).await else {
+                    tokio::time::sleep(period).await;
+                    continue;
+                };
+                loop {
+                    if keeper.keep_alive().await.is_err() {
+                        break;
+                    }
+                    match answers.message().await {
+                        Ok(Some(answer)) if answer.ttl() > 0 => {}
+                        Ok(Some(_)) => return,
+                        _ => break,
+                    }
+                    tokio::time::sleep(period).await;
                 }
-                if !matches!(answers.message().await, Ok(Some(_))) {
-                    break;
-                }
-                tokio::time::sleep(period).await;
             }
         });
         Ok(Membership {
-            client,
+            client: self.client.clone(),
             lease,
             keep_alive,
         })
@@ -189,7 +252,9 @@ impl ClusterStore {
         &self,
         key: &str,
     ) -> Result<Option<Versioned<T>>, ClusterError> {
-        let response = self.client.kv_client().get(key, None).await?;
+        let response = self
+            .retry(|mut c| async move { c.get(key, None).await })
+            .await?;
         response
             .kvs()
             .first()
@@ -202,9 +267,9 @@ impl ClusterStore {
         prefix: &str,
     ) -> Result<Vec<Versioned<T>>, ClusterError> {
         let response = self
-            .client
-            .kv_client()
-            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .retry(
+                |mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await },
+            )
             .await?;
         response
             .kvs()
@@ -224,7 +289,7 @@ impl ClusterStore {
             .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
             .and_then([TxnOp::put(key, value, None)])
             .or_else([TxnOp::get(key, None)]);
-        let response = self.client.kv_client().txn(txn).await?;
+        let response = self.txn(txn).await?;
         if response.succeeded() {
             return Ok(revision_of(response.header()));
         }

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use featmux_cluster::{ClusterError, ClusterStore};
 use featmux_proto::v1 as pb;
 
-/// One etcd member on free loopback ports, in a temp dir; killed on drop.
+/// An etcd cluster of `members` members on free loopback ports, each in
+/// its own temp dir; killed on drop.
 struct Etcd {
-    child: Child,
-    endpoint: String,
+    members: Vec<Option<Child>>,
+    endpoints: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -27,36 +28,55 @@ fn free_port() -> u16 {
 
 impl Etcd {
     fn start() -> Etcd {
+        Self::cluster(1)
+    }
+
+    fn cluster(members: usize) -> Etcd {
         let dir = tempfile::tempdir().unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let client_url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", "t", "--data-dir"])
-            .arg(dir.path())
-            .args(["--listen-client-urls", &client_url])
-            .args(["--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("t={peer_url}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcd (apt install etcd-server; ./dev does)");
+        let ports: Vec<(u16, u16)> = (0..members).map(|_| (free_port(), free_port())).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let children = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, peer))| {
+                let client_url = format!("http://127.0.0.1:{client}");
+                let peer_url = format!("http://127.0.0.1:{peer}");
+                let child = Command::new("etcd")
+                    .args(["--name", &format!("m{i}"), "--data-dir"])
+                    .arg(dir.path().join(format!("m{i}")))
+                    .args(["--listen-client-urls", &client_url])
+                    .args(["--advertise-client-urls", &client_url])
+                    .args(["--listen-peer-urls", &peer_url])
+                    .args(["--initial-advertise-peer-urls", &peer_url])
+                    .args(["--initial-cluster", &initial])
+                    .args(["--initial-cluster-state", "new"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("etcd (apt install etcd-server; ./dev does)");
+                Some(child)
+            })
+            .collect();
         Etcd {
-            child,
-            endpoint: format!("127.0.0.1:{client}"),
+            members: children,
+            endpoints: ports
+                .iter()
+                .map(|(client, _)| format!("127.0.0.1:{client}"))
+                .collect(),
             _dir: dir,
         }
     }
 
-    /// A store under `prefix`, once etcd answers.
+    /// A store under `prefix` over every member, once etcd answers.
     async fn store(&self, prefix: &str) -> ClusterStore {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(store) =
-                ClusterStore::connect(std::slice::from_ref(&self.endpoint), prefix).await
-            {
+            if let Ok(store) = ClusterStore::connect(&self.endpoints, prefix).await {
                 if store.tables().await.is_ok() {
                     return store;
                 }
@@ -65,12 +85,21 @@ impl Etcd {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+
+    /// Kills member `i` (as a crash would).
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
     }
 }
 
@@ -195,4 +224,42 @@ async fn a_member_that_stops_renewing_its_lease_disappears() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(ids(store.members().await.unwrap()), ["s0"]);
     drop(kept);
+}
+
+#[tokio::test]
+async fn losing_one_etcd_member_of_three_changes_nothing() {
+    let mut etcd = Etcd::cluster(3);
+    let store = etcd.store("/featmux/test").await;
+    store
+        .create_table(&info("t", &["user"]), &map(&["a"], vec![0]))
+        .await
+        .unwrap();
+    let member = store
+        .join(
+            &pb::ShardMember {
+                id: "s0".into(),
+                ..Default::default()
+            },
+            2,
+        )
+        .await
+        .unwrap();
+    etcd.kill(0);
+    // Reads, compare-and-swap writes, new tables and the lease all go on
+    // with two members of three (a quorum), past several lease TTLs.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < deadline {
+        let table = store.table("t").await.unwrap().unwrap();
+        store
+            .update_table("t", table.revision, &info("t", &["user"]))
+            .await
+            .unwrap();
+        assert_eq!(store.members().await.unwrap().len(), 1);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    store
+        .create_table(&info("u", &["item"]), &map(&["a"], vec![0]))
+        .await
+        .unwrap();
+    drop(member);
 }
