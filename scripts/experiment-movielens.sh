@@ -26,26 +26,8 @@ HTTP=127.0.0.1:8097
 cargo build --release -p featmux-cli -p featmux-tools
 FEATMUX="$CARGO_TARGET_DIR/release/featmux"
 
-work=$(mktemp -d)
-cleanup() {
-    [ -z "${server:-}" ] || kill "$server" 2>/dev/null || true
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-"$FEATMUX" serve --data-dir "$work/data" --grpc-addr "$GRPC" --http-addr "$HTTP" \
-    >"$work/featmux.log" 2>&1 &
-server=$!
-for _ in $(seq 100); do
-    curl -sf "http://$HTTP/readyz" >/dev/null 2>&1 && break
-    sleep 0.1
-done
-# Ready, and ours: another server already on these ports would answer too.
-if ! curl -sf "http://$HTTP/readyz" >/dev/null || ! kill -0 "$server" 2>/dev/null; then
-    echo "featmux serve did not start (ports $GRPC / $HTTP taken?):" >&2
-    cat "$work/featmux.log" >&2
-    exit 1
-fi
+. scripts/lib/serve.sh
+serve "$FEATMUX" "$GRPC" "$HTTP"
 
 features="--data $DATA --label rating --positive >=4 \
 --categorical user_id,item_id,age,gender,occupation,zip_code,release_year --multi genres:|"

@@ -23,25 +23,8 @@ PY=/var/tmp/featmux-py/bin/python
 [ -f "$DATA" ] || scripts/fetch-movielens.sh "$DATA"
 cargo build --release -p featmux-cli
 FEATMUX="$CARGO_TARGET_DIR/release/featmux"
-work=$(mktemp -d)
-cleanup() {
-    [ -z "${server:-}" ] || kill "$server" 2>/dev/null || true
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-"$FEATMUX" serve --data-dir "$work/data" --grpc-addr "$GRPC" --http-addr "$HTTP" \
-    >"$work/featmux.log" 2>&1 &
-server=$!
-for _ in $(seq 100); do
-    curl -sf "http://$HTTP/readyz" >/dev/null 2>&1 && break
-    sleep 0.1
-done
-if ! curl -sf "http://$HTTP/readyz" >/dev/null || ! kill -0 "$server" 2>/dev/null; then
-    echo "featmux serve did not start (ports $GRPC / $HTTP taken?):" >&2
-    cat "$work/featmux.log" >&2
-    exit 1
-fi
+. scripts/lib/serve.sh
+serve "$FEATMUX" "$GRPC" "$HTTP"
 
 features="--data $DATA --label rating --positive >=4 \
 --categorical user_id,item_id,age,gender,occupation,zip_code,release_year --multi genres:|"

@@ -68,6 +68,25 @@ async fn looker(client: Client, worker: usize, stop: Arc<AtomicBool>) -> usize {
     lookups
 }
 
+/// Table `t`: 4,096 rows of 16, features `item` and `tags` (2 chunks).
+async fn create_table(admin: &Client) {
+    admin
+        .create_table(
+            pb::TableConfig {
+                name: "t".into(),
+                rows: 4096,
+                chunk_dim: 16,
+                ..Default::default()
+            },
+            vec![
+                feature("item", pb::ValueType::String, pb::Pooling::Sum, 1),
+                feature("tags", pb::ValueType::String, pb::Pooling::Mean, 2),
+            ],
+        )
+        .await
+        .unwrap();
+}
+
 #[test]
 fn eight_pushers_and_eight_lookers_run_without_errors() {
     let dir = tempfile::tempdir().unwrap();
@@ -75,21 +94,7 @@ fn eight_pushers_and_eight_lookers_run_without_errors() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let admin = server.client(None).await;
-        admin
-            .create_table(
-                pb::TableConfig {
-                    name: "t".into(),
-                    rows: 4096,
-                    chunk_dim: 16,
-                    ..Default::default()
-                },
-                vec![
-                    feature("item", pb::ValueType::String, pb::Pooling::Sum, 1),
-                    feature("tags", pb::ValueType::String, pb::Pooling::Mean, 2),
-                ],
-            )
-            .await
-            .unwrap();
+        create_table(&admin).await;
         let stop = Arc::new(AtomicBool::new(false));
         let mut pushers = Vec::new();
         let mut lookers = Vec::new();
@@ -159,21 +164,7 @@ fn a_client_opens_the_connections_it_is_asked_for_and_uses_them() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let admin = server.client(None).await;
-        admin
-            .create_table(
-                pb::TableConfig {
-                    name: "t".into(),
-                    rows: 4096,
-                    chunk_dim: 16,
-                    ..Default::default()
-                },
-                vec![
-                    feature("item", pb::ValueType::String, pb::Pooling::Sum, 1),
-                    feature("tags", pb::ValueType::String, pb::Pooling::Mean, 2),
-                ],
-            )
-            .await
-            .unwrap();
+        create_table(&admin).await;
         let before = connections_to(server.grpc.port());
         let options = ClientOptions {
             connections: 3,
