@@ -35,6 +35,15 @@ pub fn sgd_table(name: &str, rows: u64, chunk_dim: u32, lr: f32) -> pb::TableCon
     }
 }
 
+/// A table trained with Adagrad (state per element: what a sharded push
+/// must reproduce exactly).
+pub fn adagrad_table(name: &str, rows: u64, chunk_dim: u32, lr: f32) -> pb::TableConfig {
+    pb::TableConfig {
+        optimizer: Some(featmux_client::spec::optimizer("adagrad", lr).expect("a known optimizer")),
+        ..sgd_table(name, rows, chunk_dim, lr)
+    }
+}
+
 /// JSON in, (status, JSON or text) out.
 pub struct Http {
     client: reqwest::Client,

@@ -5,21 +5,10 @@
 //! same amounts, and each shard applies only the rows it owns.
 
 use featmux_client::{pb, BatchBuilder, Client, ClusterClient, Lookup, PartitionMap};
-use featmux_tests::requests::feature;
+use featmux_tests::requests::{adagrad_table, feature};
 use featmux_tests::server::{ServerSettings, TestServer};
 
 const ROWS: u64 = 20_000;
-
-fn config() -> pb::TableConfig {
-    pb::TableConfig {
-        name: "t".into(),
-        rows: ROWS,
-        chunk_dim: 8,
-        seed: 4,
-        optimizer: Some(featmux_client::spec::optimizer("adagrad", 0.1).unwrap()),
-        ..Default::default()
-    }
-}
 
 fn features() -> Vec<pb::FeatureConfig> {
     let mut city = feature("city", pb::ValueType::String, pb::Pooling::Sum, 1);
@@ -96,8 +85,14 @@ fn a_sharded_table_answers_and_trains_like_one_server() {
             shards.push(server.client(None).await);
         }
         let cluster = ClusterClient::new(shards, PartitionMap::even(256, 3)).unwrap();
-        single.create_table(config(), features()).await.unwrap();
-        let info = cluster.create_table(config(), features()).await.unwrap();
+        single
+            .create_table(adagrad_table("t", ROWS, 8, 0.1), features())
+            .await
+            .unwrap();
+        let info = cluster
+            .create_table(adagrad_table("t", ROWS, 8, 0.1), features())
+            .await
+            .unwrap();
         assert_eq!(info.features.len(), 5);
 
         for step in 0..3 {

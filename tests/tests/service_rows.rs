@@ -10,22 +10,11 @@ use featmux_client::{pb, BatchBuilder, Client, ClientError, Code};
 use featmux_engine::backend::GatherPlan;
 use featmux_engine::plan::BatchPlan;
 use featmux_proto::engine::{batch_from_pb, table_from_pb};
-use featmux_tests::requests::feature;
+use featmux_tests::requests::{adagrad_table, feature};
 use featmux_tests::server::{ServerSettings, TestServer};
 
 const ROWS: u64 = 5000;
 const DIM: usize = 8;
-
-fn config(name: &str) -> pb::TableConfig {
-    pb::TableConfig {
-        name: name.into(),
-        rows: ROWS,
-        chunk_dim: DIM as u32,
-        seed: 9,
-        optimizer: Some(featmux_client::spec::optimizer("adagrad", 0.1).unwrap()),
-        ..Default::default()
-    }
-}
 
 fn features() -> Vec<pb::FeatureConfig> {
     let mut city = feature("city", pb::ValueType::String, pb::Pooling::Sum, 1);
@@ -104,7 +93,10 @@ fn row_level_lookups_and_pushes_equal_the_batch_calls() {
     runtime.block_on(async {
         let client = server.client(None).await;
         for name in ["whole", "rows"] {
-            client.create_table(config(name), features()).await.unwrap();
+            client
+                .create_table(adagrad_table(name, ROWS, DIM as u32, 0.1), features())
+                .await
+                .unwrap();
         }
         let batch = batch();
         let plan = plan(&client, "rows", &batch).await;
