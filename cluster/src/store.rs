@@ -35,12 +35,16 @@ pub enum ClusterError {
 const RETRY_FOR: Duration = Duration::from_secs(10);
 
 /// Whether etcd's answer means "try again": no leader yet, or no answer
-/// from the member asked (another member will take the retry).
+/// from the member asked (its connection closed: CANCELLED; another member
+/// will take the retry).
 fn transient(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::GRpcStatus(status) => matches!(
             status.code(),
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+            tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
         ),
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
         _ => false,
@@ -215,7 +219,9 @@ impl ClusterStore {
         let keep_alive = tokio::spawn(async move {
             loop {
                 let Ok((mut keeper, mut answers)) = client.lease_keep_alive(lease).await else {
-                    tokio::time::sleep(period).await;
+                    // No member answers yet (an election): soon again,
+                    // well within the TTL.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
                 loop {
