@@ -17,11 +17,8 @@ seconds="${1:-10}"
 rounds="${2:-3}"
 bin="${CARGO_TARGET_DIR:-/var/tmp/featmux-target}/release/featmux"
 py=/var/tmp/featmux-py/bin/python
-work=$(mktemp -d /var/tmp/featmux-bench-python.XXXXXX)
-"$bin" serve --data-dir "$work/data" --grpc-addr 127.0.0.1:50071 --http-addr 127.0.0.1:8071 2>"$work/server.log" &
-server=$!
-trap 'kill "$server" 2>/dev/null && wait "$server"; rm -rf "$work"' EXIT
-until curl -sf http://127.0.0.1:8071/readyz >/dev/null 2>&1; do sleep 0.05; done
+. scripts/lib/serve.sh
+serve "$bin" 127.0.0.1:50071 127.0.0.1:8071
 addr=http://127.0.0.1:50071
 shape="--examples 4096 --features 26 --duration $seconds"
 # The first Rust run also creates the table.

@@ -93,7 +93,9 @@ impl ClusterClient {
 
     /// Creates the table on every shard, in shard order; the shards must
     /// agree on every feature's salt (they do when they see the same admin
-    /// calls in the same order).
+    /// calls in the same order). Not atomic: a shard that refuses leaves
+    /// the table on the shards before it (one etcd transaction replaces
+    /// this fan-out once shards join a cluster).
     pub async fn create_table(
         &self,
         table: pb::TableConfig,

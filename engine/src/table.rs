@@ -158,7 +158,8 @@ impl Table {
         grads: &[G],
     ) -> Result<PushSummary, EngineError> {
         let update = plan.row_gradients(grads)?;
-        let unique_rows = self.push_rows(update).map_err(|e| match e {
+        // `row_gradients` already refused non-finite gradients.
+        let unique_rows = self.apply_rows(update).map_err(|e| match e {
             EngineError::NonFiniteUpdate { row } => EngineError::gradients(
                 plan.feature_of_row(row).unwrap_or("?"),
                 format!(
@@ -191,13 +192,18 @@ impl Table {
     /// unique, gradients finite), clipped by the table's
     /// `max_abs_gradient`; returns the rows stepped. All or nothing: a
     /// step that would make a row non-finite refuses the whole update.
-    pub fn push_rows(&self, mut update: RowGradients) -> Result<usize, EngineError> {
+    pub fn push_rows(&self, update: RowGradients) -> Result<usize, EngineError> {
         if let Some(i) = update.grads.iter().position(|g| !g.is_finite()) {
             return Err(EngineError::invalid(
                 "row gradients",
                 format!("gradient {i} is {}", update.grads[i]),
             ));
         }
+        self.apply_rows(update)
+    }
+
+    /// [`Self::push_rows`] for gradients already known to be finite.
+    fn apply_rows(&self, mut update: RowGradients) -> Result<usize, EngineError> {
         if let Some(limit) = self.spec.max_abs_gradient {
             update.clip(limit);
         }

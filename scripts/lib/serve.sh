@@ -1,4 +1,4 @@
-# Sourced by the experiment scripts: starts a release `featmux serve` in a
+# Sourced by the experiment and benchmark scripts: starts a release `featmux serve` in a
 # temporary work directory and stops it (and removes the directory) when
 # the script exits.
 #
