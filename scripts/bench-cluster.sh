@@ -2,10 +2,10 @@
 # The cluster client's fan-out cost on one machine: the same lookups and
 # pushes (4,096 examples x 26 features, 8 clients, same table shape) sent
 # to one release server with the plain client, then routed by the
-# ClusterClient over 1 and over 3 servers on the same machine (total work
-# equal; 3 shards share this machine's cores, so this measures what
-# routing costs, not what more machines give). Prints examples/s and
-# latency for each.
+# ClusterClient over a cluster of 1 and of 3 shards (scripts/cluster-local.sh,
+# one etcd member each) on the same machine (total work equal; 3 shards
+# share this machine's cores, so this measures what routing costs, not
+# what more machines give). Prints examples/s and latency for each.
 #
 #   scripts/bench-cluster.sh [seconds per run, default 10]
 set -eu
@@ -13,33 +13,34 @@ cd "$(dirname "$0")/.."
 seconds="${1:-10}"
 bin="${CARGO_TARGET_DIR:-/var/tmp/featmux-target}/release/featmux"
 work=$(mktemp -d /var/tmp/featmux-bench-cluster.XXXXXX)
-pids=""
+pid=""
+one() { DIR="$work/one" SHARDS=1 ETCD_MEMBERS=1 PORT_BASE=24000 FEATMUX="$bin" scripts/cluster-local.sh "$@"; }
+three() { DIR="$work/three" SHARDS=3 ETCD_MEMBERS=1 PORT_BASE=25000 FEATMUX="$bin" scripts/cluster-local.sh "$@"; }
 cleanup() {
-    for pid in $pids; do kill "$pid" 2>/dev/null || true; done
+    [ -z "$pid" ] || kill "$pid" 2>/dev/null || true
+    one down
+    three down
     wait 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
-for i in 0 1 2 3; do
-    "$bin" serve --data-dir "$work/s$i" --grpc-addr "127.0.0.1:5009$i" \
-        --http-addr "127.0.0.1:809$i" 2>"$work/s$i.log" &
-    pids="$pids $!"
-done
-for i in 0 1 2 3; do
-    until curl -sf "http://127.0.0.1:809$i/readyz" >/dev/null 2>&1; do sleep 0.05; done
-done
+"$bin" serve --data-dir "$work/single" --grpc-addr 127.0.0.1:50090 \
+    --http-addr 127.0.0.1:8090 2>"$work/single.log" &
+pid=$!
+until curl -sf http://127.0.0.1:8090/readyz >/dev/null 2>&1; do sleep 0.05; done
+one up
+three up
 shape="--examples 4096 --features 26 --concurrency 8 --duration $seconds"
-shard=http://127.0.0.1:5009
 for workload in lookup push; do
     # shellcheck disable=SC2086
-    "$bin" --addr "${shard}0" --json bench --workload "$workload" $shape --table single \
-        >"$work/single-$workload.json"
+    "$bin" --addr http://127.0.0.1:50090 --json bench --workload "$workload" $shape \
+        --table single >"$work/single-$workload.json"
     # shellcheck disable=SC2086
-    "$bin" --json bench --workload "$workload" $shape --table routed1 --shards "${shard}1" \
-        >"$work/routed1-$workload.json"
+    "$bin" --json bench --workload "$workload" $shape --table routed \
+        --etcd "$(one endpoints)" --cluster-prefix /featmux/local >"$work/routed1-$workload.json"
     # shellcheck disable=SC2086
-    "$bin" --json bench --workload "$workload" $shape --table routed3 \
-        --shards "${shard}1,${shard}2,${shard}3" >"$work/routed3-$workload.json"
+    "$bin" --json bench --workload "$workload" $shape --table routed \
+        --etcd "$(three endpoints)" --cluster-prefix /featmux/local >"$work/routed3-$workload.json"
 done
 python3 - "$work" <<'PY'
 import json, sys

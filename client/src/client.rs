@@ -11,6 +11,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
+use featmux_engine::backend::{GatherPlan, RowGradients};
+
 use crate::embeddings::{decode_lookup, encode_gradients, Lookup};
 use crate::error::source_chain;
 use crate::options::Auth;
@@ -277,21 +279,21 @@ impl Client {
     /// Row-level lookup, for a client that planned the batch itself (a
     /// cluster client sends each shard the entries of its rows): entry `i`
     /// adds `weights[i]` × row `rows[i]` into slot `slots[i]`; returns the
-    /// `[num_slots, chunk_dim]` pooled partial sums.
+    /// `[num_slots, chunk_dim]` pooled partial sums. `map_epoch`: the
+    /// partition map routed with (0 outside a cluster).
     pub async fn lookup_rows(
         &self,
         table: &str,
-        rows: &[u64],
-        slots: &[u32],
-        weights: &[f32],
-        num_slots: u32,
+        plan: GatherPlan,
+        map_epoch: u64,
     ) -> Result<Vec<f32>, ClientError> {
         let request = pb::LookupRowsRequest {
             table: table.to_owned(),
-            rows: rows.to_vec(),
-            slots: slots.to_vec(),
-            weights: weights.to_vec(),
-            num_slots,
+            num_slots: plan.num_slots as u32,
+            rows: plan.rows,
+            slots: plan.slots,
+            weights: plan.weights,
+            map_epoch,
         };
         let response = self
             .call_idempotent(self.embedding(), request, |mut c, r| async move {
@@ -308,14 +310,15 @@ impl Client {
     pub async fn push_rows(
         &self,
         table: &str,
-        rows: &[u64],
-        grads: &[f32],
+        update: RowGradients,
+        map_epoch: u64,
     ) -> Result<pb::PushResponse, ClientError> {
         let request = pb::PushRowsRequest {
             table: table.to_owned(),
-            rows: rows.to_vec(),
-            gradients: featmux_proto::payload::encode(grads),
+            gradients: featmux_proto::payload::encode(&update.grads),
+            rows: update.rows,
             request_id: self.request_ids.next(),
+            map_epoch,
         };
         self.call_idempotent(self.embedding(), request, |mut c, r| async move {
             c.push_rows(r).await

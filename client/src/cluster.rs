@@ -1,146 +1,249 @@
-//! One table spread over several servers ("shards") by row range, routed on
-//! the client side. The client plans each batch with the engine's own code
-//! (spec and feature salts from `GetTable`), sends every shard only the
-//! entries of the rows it owns (`LookupRows`) and adds the partial pooled
-//! sums; a push sends each shard its de-duplicated rows with their summed
-//! gradients (`PushRows`). A ticket is the client's plan: shards keep
-//! nothing between a lookup and its push.
+//! One table spread over the shards of a cluster by row range, routed on
+//! the client side. The client reads the table's description (spec and
+//! feature salts), its partition map with its epoch, and the members'
+//! addresses from etcd; plans each batch with the engine's own code; sends
+//! every shard only the entries of the rows it owns (`LookupRows`) and adds
+//! the partial pooled sums; a push sends each shard its de-duplicated rows
+//! with their summed gradients (`PushRows`). A ticket is the client's plan:
+//! shards keep nothing between a lookup and its push.
 //!
-//! The partition map is static here (given at construction); the cluster
-//! issue moves it, the table configs and membership into etcd.
+//! Every request carries the map epoch. A shard that follows another one
+//! answers ABORTED; the client reads the map again and retries, for a
+//! lookup the whole batch, for a push only the rows not yet applied.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use featmux_cluster::ClusterStore;
 use featmux_engine::backend::{GatherPlan, RowGradients};
 use featmux_engine::plan::BatchPlan;
 use featmux_engine::registry::FeatureRegistry;
 use featmux_engine::schema::TableSpec;
 use featmux_proto::engine::{batch_from_pb, table_from_pb};
+use tonic::Code;
 
-use crate::{pb, Client, ClientError, Embedding, Lookup};
+pub use featmux_engine::partition::PartitionMap;
 
-/// Which shard owns each row: `[0, rows)` cut into `owners.len()` equal
-/// contiguous partitions, partition `p` owned by shard `owners[p]`.
-/// Unified Embedding hashes values uniformly over the rows, so equal
-/// ranges carry equal load.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionMap {
-    pub owners: Vec<usize>,
+use crate::{pb, Client, ClientError, ClientOptions, Embedding, Lookup};
+
+/// How long a call keeps retrying stale routes (a shard applying a new map
+/// or a new table) before giving up.
+const STALE_ROUTE_RETRY_FOR: Duration = Duration::from_secs(10);
+
+/// Retries of a call to one shard while it answers UNAVAILABLE.
+const SHARD_RETRIES: u32 = 1;
+
+/// One shard of a route: its id, and a connection unless it is not a live
+/// member.
+#[derive(Clone)]
+struct RouteShard {
+    id: String,
+    client: Option<Client>,
 }
 
-impl PartitionMap {
-    /// `partitions` partitions dealt to `shards` shards in contiguous runs.
-    pub fn even(partitions: usize, shards: usize) -> Self {
-        PartitionMap {
-            owners: (0..partitions).map(|p| p * shards / partitions).collect(),
+/// Everything needed to plan and route one table's batches.
+struct Route {
+    spec: TableSpec,
+    registry: FeatureRegistry,
+    map: PartitionMap,
+    /// The map's epoch, sent with every request.
+    epoch: u64,
+    /// Which creation of the table this is (a ticket must not outlive it).
+    incarnation: i64,
+    shards: Vec<RouteShard>,
+}
+
+impl Route {
+    /// The partitions shard `s` owns, for errors: `3..=5` style.
+    fn partitions_of(&self, s: usize) -> String {
+        let owned: Vec<usize> = (0..self.map.partitions())
+            .filter(|&p| self.map.owners[p] == s)
+            .collect();
+        match (owned.first(), owned.last()) {
+            (Some(a), Some(b)) if a == b => format!("partition {a}"),
+            (Some(a), Some(b)) => format!("partitions {a}..={b}"),
+            _ => "no partitions".to_owned(),
         }
     }
 
-    /// The partition of `row` in a table of `rows` rows.
-    pub fn partition_of(&self, row: u64, rows: u64) -> usize {
-        (row as u128 * self.owners.len() as u128 / rows.max(1) as u128) as usize
+    fn client(&self, s: usize) -> Result<Client, ClientError> {
+        self.shards[s].client.clone().ok_or_else(|| {
+            self.unavailable(
+                s,
+                "it is not a live member of the cluster (its lease expired)",
+            )
+        })
     }
 
-    /// The shard that owns `row`.
-    pub fn shard_of(&self, row: u64, rows: u64) -> usize {
-        self.owners[self.partition_of(row, rows)]
+    fn unavailable(&self, s: usize, reason: impl std::fmt::Display) -> ClientError {
+        ClientError::ShardUnavailable(format!(
+            "table `{}`: shard `{}` ({}) is unavailable: {reason}",
+            self.spec.name,
+            self.shards[s].id,
+            self.partitions_of(s)
+        ))
     }
-}
-
-/// What a client needs to plan a table's batches as its servers do.
-struct Planner {
-    spec: TableSpec,
-    registry: FeatureRegistry,
 }
 
 /// A lookup's plan, kept for the matching push.
 pub struct ClusterTicket {
     table: String,
+    incarnation: i64,
     plan: Arc<BatchPlan>,
 }
 
 /// One shard's answer to a push.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShardPush {
-    pub shard: usize,
+    pub shard: String,
     pub response: pb::PushResponse,
 }
 
-/// A client for tables sharded over `shards` by a [`PartitionMap`].
+/// A client of every table of a cluster.
 pub struct ClusterClient {
-    shards: Vec<Client>,
-    map: PartitionMap,
-    planners: Mutex<HashMap<String, Arc<Planner>>>,
+    store: ClusterStore,
+    options: ClientOptions,
+    routes: Mutex<HashMap<String, Arc<Route>>>,
+    /// Connections by (shard id, address), reused across tables and map
+    /// changes.
+    connections: tokio::sync::Mutex<HashMap<(String, String), Client>>,
+}
+
+fn stale(e: &ClientError) -> bool {
+    e.code() == Some(Code::Aborted)
+}
+
+fn unavailable(e: &ClientError) -> bool {
+    matches!(e, ClientError::ShardUnavailable(_))
 }
 
 impl ClusterClient {
-    /// Routes by `map` over `shards` (map owner `i` is `shards[i]`).
-    pub fn new(shards: Vec<Client>, map: PartitionMap) -> Result<Self, ClientError> {
-        if map.owners.is_empty() || map.owners.iter().any(|&s| s >= shards.len()) {
-            return Err(ClientError::Cluster(format!(
-                "a partition map of {} partitions needs owners below {} shards",
-                map.owners.len(),
-                shards.len()
-            )));
-        }
+    /// A client of the cluster whose state is in etcd at `etcd` under
+    /// `prefix`; `options` (token, deadlines, connections; the endpoint is
+    /// ignored) apply to every shard.
+    pub async fn connect(
+        etcd: &[String],
+        prefix: &str,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        let store = ClusterStore::connect(etcd, prefix)
+            .await
+            .map_err(|e| ClientError::Cluster(format!("etcd at {etcd:?}: {e}")))?;
         Ok(ClusterClient {
-            shards,
-            map,
-            planners: Mutex::new(HashMap::new()),
+            store,
+            options,
+            routes: Mutex::new(HashMap::new()),
+            connections: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
 
-    /// Creates the table on every shard, in shard order; the shards must
-    /// agree on every feature's salt (they do when they see the same admin
-    /// calls in the same order). Not atomic: a shard that refuses leaves
-    /// the table on the shards before it (one etcd transaction replaces
-    /// this fan-out once shards join a cluster).
-    pub async fn create_table(
-        &self,
-        table: pb::TableConfig,
-        features: Vec<pb::FeatureConfig>,
-    ) -> Result<pb::TableInfo, ClientError> {
-        let mut created = Vec::with_capacity(self.shards.len());
-        for shard in &self.shards {
-            created.push(shard.create_table(table.clone(), features.clone()).await?);
-        }
-        let salts =
-            |info: &pb::TableInfo| -> Vec<u32> { info.features.iter().map(|f| f.salt).collect() };
-        if created.iter().any(|info| salts(info) != salts(&created[0])) {
-            return Err(ClientError::Cluster(format!(
-                "shards assigned table `{}` different feature salts",
-                table.name
-            )));
-        }
-        Ok(created.swap_remove(0))
+    /// The cluster's state store (admin tools use it directly).
+    pub fn store(&self) -> &ClusterStore {
+        &self.store
     }
 
-    async fn planner(&self, table: &str) -> Result<Arc<Planner>, ClientError> {
-        if let Some(p) = self.planners.lock().expect("planners").get(table) {
-            return Ok(p.clone());
+    /// Connects to any live shard (admin calls: every shard applies them
+    /// through etcd).
+    pub async fn any_shard(&self) -> Result<Client, ClientError> {
+        let members = self.store.members().await.map_err(cluster_error)?;
+        let member = members
+            .first()
+            .ok_or_else(|| ClientError::Cluster("no shard is a live member".into()))?;
+        self.connection(&member.id, &member.grpc).await
+    }
+
+    async fn connection(&self, id: &str, address: &str) -> Result<Client, ClientError> {
+        let key = (id.to_owned(), address.to_owned());
+        let mut connections = self.connections.lock().await;
+        if let Some(client) = connections.get(&key) {
+            return Ok(client.clone());
         }
-        let info = self.shards[0].get_table(table).await?;
-        let (spec, registry) = table_from_pb(info)
+        // One retry: a shard that does not answer fails its partitions
+        // fast (the cluster client reads the members again instead of
+        // retrying the same address for seconds).
+        let options = ClientOptions {
+            endpoint: address.to_owned(),
+            retries: self.options.retries.min(SHARD_RETRIES),
+            ..self.options.clone()
+        };
+        let client = Client::connect(options).await?;
+        connections.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// The route of `table`, read from etcd unless cached.
+    async fn route(&self, table: &str) -> Result<Arc<Route>, ClientError> {
+        if let Some(route) = self.routes.lock().expect("routes").get(table) {
+            return Ok(route.clone());
+        }
+        let unknown = || ClientError::Cluster(format!("unknown table `{table}`"));
+        let info = self
+            .store
+            .table(table)
+            .await
+            .map_err(cluster_error)?
+            .ok_or_else(unknown)?;
+        let map = self
+            .store
+            .map(table)
+            .await
+            .map_err(cluster_error)?
+            .ok_or_else(unknown)?;
+        let members: HashMap<String, String> = self
+            .store
+            .members()
+            .await
+            .map_err(cluster_error)?
+            .into_iter()
+            .map(|m| (m.id, m.grpc))
+            .collect();
+        let (spec, registry) = table_from_pb(info.value)
             .map_err(|e| ClientError::Cluster(format!("table `{table}`: {e}")))?;
-        let planner = Arc::new(Planner { spec, registry });
-        self.planners
+        let mut shards = Vec::with_capacity(map.value.shards.len());
+        for id in &map.value.shards {
+            // A shard that cannot be reached fails only the requests that
+            // need its rows.
+            let client = match members.get(id) {
+                Some(address) => self.connection(id, address).await.ok(),
+                None => None,
+            };
+            shards.push(RouteShard {
+                id: id.clone(),
+                client,
+            });
+        }
+        let route = Arc::new(Route {
+            map: PartitionMap {
+                owners: map.value.owners.iter().map(|&o| o as usize).collect(),
+            },
+            epoch: map.revision as u64,
+            incarnation: info.created,
+            spec,
+            registry,
+            shards,
+        });
+        route
+            .map
+            .validate(route.spec.rows, route.shards.len())
+            .map_err(|e| ClientError::Cluster(format!("table `{table}`: {e}")))?;
+        self.routes
             .lock()
-            .expect("planners")
-            .insert(table.to_owned(), planner.clone());
-        Ok(planner)
+            .expect("routes")
+            .insert(table.to_owned(), route.clone());
+        Ok(route)
     }
 
-    async fn plan(
-        &self,
-        table: &str,
-        batch: &pb::Batch,
-    ) -> Result<(Arc<Planner>, BatchPlan), ClientError> {
-        let planner = self.planner(table).await?;
+    /// Forgets the cached route of `table` (stale): the next call reads it
+    /// again.
+    fn forget(&self, table: &str) {
+        self.routes.lock().expect("routes").remove(table);
+    }
+
+    fn plan(route: &Route, batch: &pb::Batch) -> Result<BatchPlan, ClientError> {
         let batch = batch_from_pb(Some(batch.clone())).map_err(|e| ClientError::Cluster(e.0))?;
-        let plan = BatchPlan::build(&planner.spec, &planner.registry, &batch, u32::MAX as usize)
-            .map_err(|e| ClientError::Cluster(e.to_string()))?;
-        Ok((planner, plan))
+        BatchPlan::build(&route.spec, &route.registry, &batch, u32::MAX as usize)
+            .map_err(|e| ClientError::Cluster(e.to_string()))
     }
 
     /// Looks up a batch across the shards: the same blocks as
@@ -153,19 +256,70 @@ impl ClusterClient {
         batch: &pb::Batch,
         want_ticket: bool,
     ) -> Result<(Lookup, Option<ClusterTicket>), ClientError> {
-        let (planner, plan) = self.plan(table, batch).await?;
-        let rows = planner.spec.rows;
-        let dim = planner.spec.chunk_dim;
+        let deadline = Instant::now() + STALE_ROUTE_RETRY_FOR;
+        let mut backoff = Duration::from_millis(20);
+        // A shard that cannot be reached may have restarted elsewhere: read
+        // the members again, once.
+        let mut members_read_again = false;
+        loop {
+            let route = self.route(table).await?;
+            let plan = Self::plan(&route, batch)?;
+            match self.gather(table, &route, &plan).await {
+                Err(e) if stale(&e) && Instant::now() + backoff < deadline => {
+                    self.forget(table);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Err(e) if unavailable(&e) && !members_read_again => {
+                    members_read_again = true;
+                    self.forget(table);
+                }
+                Err(e) => return Err(e),
+                Ok(pooled) => {
+                    let embeddings = plan
+                        .embeddings(pooled)
+                        .into_iter()
+                        .map(|e| Embedding {
+                            feature: e.feature,
+                            rows: e.rows,
+                            width: e.width,
+                            data: e.data,
+                        })
+                        .collect();
+                    let ticket = want_ticket.then(|| ClusterTicket {
+                        table: table.to_owned(),
+                        incarnation: route.incarnation,
+                        plan: Arc::new(plan),
+                    });
+                    let lookup = Lookup {
+                        embeddings,
+                        ticket: None,
+                    };
+                    return Ok((lookup, ticket));
+                }
+            }
+        }
+    }
+
+    /// Runs `plan`'s gather on the shards; the pooled `[slots, dim]` sums.
+    async fn gather(
+        &self,
+        table: &str,
+        route: &Route,
+        plan: &BatchPlan,
+    ) -> Result<Vec<f32>, ClientError> {
+        let (rows, dim) = (route.spec.rows, route.spec.chunk_dim);
         // Each shard gets its entries with its own dense slot numbering, so
         // an answer carries only the slots that shard touched. `local[slot]`
         // is valid for shard s while `owner[slot] == s + 1` (no reset
         // between shards, no hashing).
         let g = &plan.gather;
-        let mut entries_of: Vec<Vec<usize>> = vec![Vec::new(); self.shards.len()];
+        let n = route.shards.len();
+        let mut entries_of: Vec<Vec<usize>> = vec![Vec::new(); n];
         for (i, &row) in g.rows.iter().enumerate() {
-            entries_of[self.map.shard_of(row, rows)].push(i);
+            entries_of[route.map.shard_of(row, rows)].push(i);
         }
-        let mut parts: Vec<(GatherPlan, Vec<u32>)> = vec![Default::default(); self.shards.len()];
+        let mut parts: Vec<(GatherPlan, Vec<u32>)> = vec![Default::default(); n];
         let (mut owner, mut local) = (vec![0usize; g.num_slots], vec![0u32; g.num_slots]);
         for (s, (part, globals)) in parts.iter_mut().enumerate() {
             for &i in &entries_of[s] {
@@ -179,29 +333,24 @@ impl ClusterClient {
                 part.slots.push(local[slot]);
                 part.weights.push(g.weights[i]);
             }
+            part.num_slots = globals.len();
         }
         let mut calls = Vec::new();
         for (s, (part, globals)) in parts.into_iter().enumerate() {
             if part.rows.is_empty() {
                 continue;
             }
-            let client = self.shards[s].clone();
-            let table = table.to_owned();
-            let num_slots = globals.len() as u32;
+            let client = route.client(s)?;
+            let (table, epoch) = (table.to_owned(), route.epoch);
             calls.push((
+                s,
                 globals,
-                tokio::spawn(async move {
-                    client
-                        .lookup_rows(&table, &part.rows, &part.slots, &part.weights, num_slots)
-                        .await
-                }),
+                tokio::spawn(async move { client.lookup_rows(&table, part, epoch).await }),
             ));
         }
         let mut pooled = vec![0.0f32; g.num_slots * dim];
-        for (globals, call) in calls {
-            let answer = call
-                .await
-                .map_err(|e| ClientError::Cluster(e.to_string()))??;
+        for (s, globals, call) in calls {
+            let answer = joined(route, s, call.await)?;
             for (local_slot, &global) in globals.iter().enumerate() {
                 let src = &answer[local_slot * dim..(local_slot + 1) * dim];
                 let dst = &mut pooled[global as usize * dim..(global as usize + 1) * dim];
@@ -210,113 +359,182 @@ impl ClusterClient {
                 }
             }
         }
-        let embeddings = plan
-            .embeddings(pooled)
-            .into_iter()
-            .map(|e| Embedding {
-                feature: e.feature,
-                rows: e.rows,
-                width: e.width,
-                data: e.data,
-            })
-            .collect();
-        let ticket = want_ticket.then(|| ClusterTicket {
-            table: table.to_owned(),
-            plan: Arc::new(plan),
-        });
-        Ok((
-            Lookup {
-                embeddings,
-                ticket: None,
-            },
-            ticket,
-        ))
+        Ok(pooled)
     }
 
-    /// Pushes gradients of a batch's outputs (one block per batch feature).
+    /// Pushes gradients of a batch's outputs (one block per batch feature);
+    /// the answer of every shard that applied rows.
     pub async fn push(
         &self,
         table: &str,
         batch: &pb::Batch,
         grads: &[Vec<f32>],
     ) -> Result<Vec<ShardPush>, ClientError> {
-        let (planner, plan) = self.plan(table, batch).await?;
-        self.push_plan(table, &planner, &plan, grads).await
+        let route = self.route(table).await?;
+        let plan = Self::plan(&route, batch)?;
+        self.push_plan(table, &plan, route.incarnation, Some(batch), grads)
+            .await
     }
 
-    /// Pushes gradients for the batch of a lookup's ticket.
+    /// Pushes gradients for the batch of a lookup's ticket. Refused if the
+    /// table was dropped and created again since the lookup.
     pub async fn push_ticket(
         &self,
         ticket: &ClusterTicket,
         grads: &[Vec<f32>],
     ) -> Result<Vec<ShardPush>, ClientError> {
-        let planner = self.planner(&ticket.table).await?;
-        self.push_plan(&ticket.table, &planner, &ticket.plan, grads)
+        self.push_plan(&ticket.table, &ticket.plan, ticket.incarnation, None, grads)
             .await
     }
 
-    /// Each shard its rows' summed gradients; the answers of the shards
-    /// that applied theirs (each shard atomic for its rows).
+    /// Each shard its rows' summed gradients. Rows a shard refused as a
+    /// stale route are routed again (and only they: the others are
+    /// applied); each shard is atomic for its rows. `plan` was made for
+    /// the table's `incarnation`: once the table is another, the push is
+    /// planned again from `batch` if nothing was applied yet, else refused
+    /// (its rows would be the wrong ones).
     async fn push_plan(
         &self,
         table: &str,
-        planner: &Planner,
         plan: &BatchPlan,
+        mut incarnation: i64,
+        batch: Option<&pb::Batch>,
         grads: &[Vec<f32>],
     ) -> Result<Vec<ShardPush>, ClientError> {
-        let update = plan
+        let mut pending = plan
             .row_gradients(grads)
             .map_err(|e| ClientError::Cluster(e.to_string()))?;
-        let dim = planner.spec.chunk_dim;
-        let mut parts: Vec<RowGradients> = vec![RowGradients::default(); self.shards.len()];
-        for (i, &row) in update.rows.iter().enumerate() {
-            let part = &mut parts[self.map.shard_of(row, planner.spec.rows)];
-            part.rows.push(row);
-            part.grads
-                .extend_from_slice(&update.grads[i * dim..(i + 1) * dim]);
-        }
-        let mut calls = Vec::new();
-        for (shard, part) in parts.into_iter().enumerate() {
-            if part.rows.is_empty() {
-                continue;
+        let mut pushed = Vec::new();
+        let deadline = Instant::now() + STALE_ROUTE_RETRY_FOR;
+        let mut backoff = Duration::from_millis(20);
+        let mut members_read_again = false;
+        loop {
+            let route = self.route(table).await?;
+            if let (true, true, Some(batch)) =
+                (route.incarnation != incarnation, pushed.is_empty(), batch)
+            {
+                pending = Self::plan(&route, batch)?
+                    .row_gradients(grads)
+                    .map_err(|e| ClientError::Cluster(e.to_string()))?;
+                incarnation = route.incarnation;
             }
-            let client = self.shards[shard].clone();
-            let table = table.to_owned();
-            calls.push((
-                shard,
-                tokio::spawn(
-                    async move { client.push_rows(&table, &part.rows, &part.grads).await },
-                ),
-            ));
+            if route.incarnation != incarnation {
+                return Err(partly_applied(
+                    ClientError::Cluster(format!(
+                        "table `{table}` was created again since this push was planned (at \
+                         its lookup); look up again"
+                    )),
+                    &pushed,
+                ));
+            }
+            let dim = route.spec.chunk_dim;
+            let mut parts = vec![RowGradients::default(); route.shards.len()];
+            for (i, &row) in pending.rows.iter().enumerate() {
+                let part = &mut parts[route.map.shard_of(row, route.spec.rows)];
+                part.rows.push(row);
+                part.grads
+                    .extend_from_slice(&pending.grads[i * dim..(i + 1) * dim]);
+            }
+            let mut calls = Vec::new();
+            for (s, part) in parts.into_iter().enumerate() {
+                if part.rows.is_empty() {
+                    continue;
+                }
+                let (table, epoch) = (table.to_owned(), route.epoch);
+                let client = route.client(s);
+                calls.push((
+                    s,
+                    tokio::spawn(async move { client?.push_rows(&table, part, epoch).await }),
+                ));
+            }
+            // Rows of shards that refused the route as stale, or that could
+            // not be reached (once: they may have restarted elsewhere), are
+            // routed again; nothing was applied on those shards.
+            let mut refused = vec![false; route.shards.len()];
+            let mut failure = None;
+            let mut unreachable = false;
+            for (s, call) in calls {
+                match joined(&route, s, call.await) {
+                    Ok(response) => pushed.push(ShardPush {
+                        shard: route.shards[s].id.clone(),
+                        response,
+                    }),
+                    Err(e) if stale(&e) => refused[s] = true,
+                    Err(e) if unavailable(&e) && !members_read_again => {
+                        unreachable = true;
+                        refused[s] = true;
+                    }
+                    Err(e) => failure = Some(e),
+                }
+            }
+            members_read_again |= unreachable;
+            if let Some(e) = failure {
+                return Err(partly_applied(e, &pushed));
+            }
+            if !refused.contains(&true) {
+                return Ok(pushed);
+            }
+            if Instant::now() + backoff >= deadline {
+                return Err(partly_applied(
+                    ClientError::Cluster(format!(
+                        "table `{table}`: shards kept refusing the partition map as stale for \
+                         {} s",
+                        STALE_ROUTE_RETRY_FOR.as_secs()
+                    )),
+                    &pushed,
+                ));
+            }
+            pending = rows_where(pending, dim, |row| {
+                refused[route.map.shard_of(row, route.spec.rows)]
+            });
+            self.forget(table);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
         }
-        let mut pushed = Vec::with_capacity(calls.len());
-        for (shard, call) in calls {
-            let response = call
-                .await
-                .map_err(|e| ClientError::Cluster(e.to_string()))??;
-            pushed.push(ShardPush { shard, response });
-        }
-        Ok(pushed)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn partitions_cut_the_rows_evenly_and_deal_them_in_runs() {
-        let map = PartitionMap::even(8, 3);
-        assert_eq!(map.owners, [0, 0, 0, 1, 1, 1, 2, 2]);
-        // 1000 rows, 8 partitions of 125.
-        assert_eq!(map.partition_of(0, 1000), 0);
-        assert_eq!(map.partition_of(124, 1000), 0);
-        assert_eq!(map.partition_of(125, 1000), 1);
-        assert_eq!(map.partition_of(999, 1000), 7);
-        assert_eq!(map.shard_of(999, 1000), 2);
-        assert_eq!(map.shard_of(374, 1000), 0);
-        assert_eq!(map.shard_of(375, 1000), 1);
-        // Huge tables do not overflow.
-        assert_eq!(map.partition_of(u64::MAX - 1, u64::MAX), 7);
+/// The result of one shard's call; a dead or unreachable shard's failure
+/// names it and its partitions.
+fn joined<T>(
+    route: &Route,
+    s: usize,
+    call: Result<Result<T, ClientError>, tokio::task::JoinError>,
+) -> Result<T, ClientError> {
+    match call.map_err(|e| ClientError::Cluster(e.to_string()))? {
+        Err(e) if matches!(e, ClientError::ShardUnavailable(_)) => Err(e),
+        Err(e) if matches!(e.code(), Some(Code::Unavailable)) || e.code().is_none() => {
+            Err(route.unavailable(s, e))
+        }
+        result => result,
     }
+}
+
+/// The rows of `update` that `keep` accepts (still sorted and unique).
+fn rows_where(update: RowGradients, dim: usize, keep: impl Fn(u64) -> bool) -> RowGradients {
+    let mut kept = RowGradients::default();
+    for (i, &row) in update.rows.iter().enumerate() {
+        if keep(row) {
+            kept.rows.push(row);
+            kept.grads
+                .extend_from_slice(&update.grads[i * dim..(i + 1) * dim]);
+        }
+    }
+    kept
+}
+
+/// `e`, saying which shards applied their rows before it.
+fn partly_applied(e: ClientError, pushed: &[ShardPush]) -> ClientError {
+    if pushed.is_empty() {
+        return e;
+    }
+    let applied: Vec<&str> = pushed.iter().map(|p| p.shard.as_str()).collect();
+    ClientError::Cluster(format!(
+        "{e}; shards {} applied their rows of this push",
+        applied.join(", ")
+    ))
+}
+
+fn cluster_error(e: featmux_cluster::ClusterError) -> ClientError {
+    ClientError::Cluster(format!("cluster state: {e}"))
 }

@@ -22,6 +22,11 @@ pub enum ClientError {
     /// table, a partition map that names no shard).
     #[error("cluster: {0}")]
     Cluster(String),
+    /// A shard of a cluster table could not be reached (dead, restarting,
+    /// or not a member any more): only requests that need its partitions
+    /// fail, with this error naming the shard and the partitions.
+    #[error("cluster: {0}")]
+    ShardUnavailable(String),
 }
 
 fn code_name(code: Code) -> String {
@@ -33,6 +38,7 @@ impl ClientError {
     pub fn code(&self) -> Option<Code> {
         match self {
             ClientError::Status(s) => Some(s.code()),
+            ClientError::ShardUnavailable(_) => Some(Code::Unavailable),
             _ => None,
         }
     }

@@ -11,4 +11,4 @@
 
 mod store;
 
-pub use store::{ClusterError, ClusterStore, Membership, Versioned};
+pub use store::{ClusterError, ClusterStore, Membership, Snapshot, Versioned};

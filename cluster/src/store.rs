@@ -4,7 +4,9 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
 use featmux_proto::v1 as pb;
 use prost::Message;
 use tokio::task::JoinHandle;
@@ -24,6 +26,10 @@ pub enum ClusterError {
         expected: i64,
         found: i64,
     },
+    /// A watch that etcd ended (its member went away, or the revision
+    /// asked for was compacted).
+    #[error("etcd watch ended: {0}")]
+    WatchEnded(String),
     /// A stored value that does not decode (written by something else).
     #[error("{key}: not a featmux record: {reason}")]
     Corrupt { key: String, reason: String },
@@ -56,6 +62,21 @@ fn transient(e: &etcd_client::Error) -> bool {
 pub struct Versioned<T> {
     pub value: T,
     pub revision: i64,
+    /// The revision that created the key: a table dropped and created
+    /// again has a new one.
+    pub created: i64,
+}
+
+/// Everything under the prefix at one revision: what a shard reconciles
+/// its tables against.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// The etcd revision the snapshot was read at.
+    pub revision: i64,
+    pub tables: Vec<Versioned<pb::TableInfo>>,
+    /// Partition maps by table name.
+    pub maps: Vec<(String, Versioned<pb::PartitionMap>)>,
+    pub members: Vec<pb::ShardMember>,
 }
 
 /// The cluster's keys under one prefix.
@@ -179,8 +200,9 @@ impl ClusterStore {
             .await
     }
 
-    /// Removes a table and its map in one transaction; whether it existed.
-    pub async fn drop_table(&self, name: &str) -> Result<bool, ClusterError> {
+    /// Removes a table and its map in one transaction; the revision of the
+    /// removal, `None` if there was no such table.
+    pub async fn drop_table(&self, name: &str) -> Result<Option<i64>, ClusterError> {
         let table_key = self.key("tables", name);
         let txn = Txn::new()
             .when([Compare::version(table_key.clone(), CompareOp::Greater, 0)])
@@ -188,7 +210,62 @@ impl ClusterStore {
                 TxnOp::delete(table_key, None),
                 TxnOp::delete(self.key("maps", name), None),
             ]);
-        Ok(self.txn(txn).await?.succeeded())
+        let response = self.txn(txn).await?;
+        Ok(response.succeeded().then(|| revision_of(response.header())))
+    }
+
+    /// Tables, maps and members in one read (so at one revision).
+    pub async fn snapshot(&self) -> Result<Snapshot, ClusterError> {
+        let root = format!("{}/", self.prefix);
+        let response = self
+            .retry(|mut c| {
+                let root = root.clone();
+                async move { c.get(root, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+        let mut snapshot = Snapshot {
+            revision: revision_of(response.header()),
+            ..Snapshot::default()
+        };
+        for kv in response.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            let Some((kind, name)) = key[root.len()..].split_once('/') else {
+                continue;
+            };
+            match kind {
+                "tables" => snapshot.tables.push(decode(kv)?),
+                "maps" => snapshot.maps.push((name.to_owned(), decode(kv)?)),
+                "members" => snapshot.members.push(decode::<pb::ShardMember>(kv)?.value),
+                _ => {}
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// Waits until something under the prefix changes after `revision`;
+    /// the revision of the change. An error (etcd unreachable, the
+    /// revision compacted away) means: read a fresh snapshot.
+    pub async fn changed_after(&self, revision: i64) -> Result<i64, ClusterError> {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
+        let mut stream = self
+            .client
+            .clone()
+            .watch(format!("{}/", self.prefix), Some(options))
+            .await?;
+        loop {
+            match stream.message().await? {
+                Some(answer) if answer.canceled() => {
+                    return Err(ClusterError::WatchEnded(answer.cancel_reason().to_owned()))
+                }
+                Some(answer) if !answer.events().is_empty() => {
+                    return Ok(revision_of(answer.header()))
+                }
+                Some(_) => {}
+                None => return Err(ClusterError::WatchEnded("stream closed".to_owned())),
+            }
+        }
     }
 
     /// Registers `member` under a lease of `ttl` seconds kept alive by a
@@ -261,11 +338,7 @@ impl ClusterStore {
         let response = self
             .retry(|mut c| async move { c.get(key, None).await })
             .await?;
-        response
-            .kvs()
-            .first()
-            .map(|kv| decode(key, kv.value(), kv.mod_revision()))
-            .transpose()
+        response.kvs().first().map(decode).transpose()
     }
 
     async fn list<T: Message + Default>(
@@ -277,17 +350,7 @@ impl ClusterStore {
                 |mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await },
             )
             .await?;
-        response
-            .kvs()
-            .iter()
-            .map(|kv| {
-                decode(
-                    &String::from_utf8_lossy(kv.key()),
-                    kv.value(),
-                    kv.mod_revision(),
-                )
-            })
-            .collect()
+        response.kvs().iter().map(decode).collect()
     }
 
     async fn swap(&self, key: &str, revision: i64, value: Vec<u8>) -> Result<i64, ClusterError> {
@@ -321,16 +384,16 @@ fn revision_of(header: Option<&etcd_client::ResponseHeader>) -> i64 {
     header.map_or(0, |h| h.revision())
 }
 
-fn decode<T: Message + Default>(
-    key: &str,
-    bytes: &[u8],
-    revision: i64,
-) -> Result<Versioned<T>, ClusterError> {
-    let value = T::decode(bytes).map_err(|e| ClusterError::Corrupt {
-        key: key.to_owned(),
+fn decode<T: Message + Default>(kv: &etcd_client::KeyValue) -> Result<Versioned<T>, ClusterError> {
+    let value = T::decode(kv.value()).map_err(|e| ClusterError::Corrupt {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
         reason: e.to_string(),
     })?;
-    Ok(Versioned { value, revision })
+    Ok(Versioned {
+        value,
+        revision: kv.mod_revision(),
+        created: kv.create_revision(),
+    })
 }
 
 /// A shard's place in [`ClusterStore::members`], held while this lives.
@@ -341,6 +404,12 @@ pub struct Membership {
 }
 
 impl Membership {
+    /// Resolves when the membership is lost: its lease expired (etcd was
+    /// unreachable for longer than the TTL). Join again.
+    pub async fn lost(&mut self) {
+        let _ = (&mut self.keep_alive).await;
+    }
+
     /// Leaves now (revokes the lease) instead of letting it expire.
     pub async fn leave(mut self) -> Result<(), ClusterError> {
         self.keep_alive.abort();

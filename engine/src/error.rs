@@ -38,6 +38,23 @@ pub enum EngineError {
     /// changed. [`crate::table::Table`] names the feature.
     #[error("the update would make row {row} non-finite (NaN or inf); nothing was applied")]
     NonFiniteUpdate { row: u64 },
+    /// A row-level call names a row this server does not hold (its shard
+    /// owns other partitions of the table).
+    #[error("row {row} is not held here (this shard holds rows {held:?})")]
+    RowNotHeld {
+        row: u64,
+        held: std::ops::Range<u64>,
+    },
+    /// A batch call reached a server that holds only part of the table.
+    #[error(
+        "table `{table}` is sharded: this server holds rows {held:?} of {rows}; look up and \
+         push through a cluster client, which routes each row to its shard"
+    )]
+    PartialTable {
+        table: String,
+        held: std::ops::Range<u64>,
+        rows: u64,
+    },
     /// The backend itself failed (device error, allocation failure).
     #[error("{backend} backend failed: {reason}")]
     Backend {

@@ -18,6 +18,7 @@
 //! - [`batch`]: KeyedJaggedTensor-style requests and per-feature outputs.
 //! - [`pooling`]: sum / mean / sqrtn / none, and their un-pooling factors.
 //! - [`plan`]: a batch resolved to rows; gradients reduced to unique rows.
+//! - [`partition`]: a table's rows cut into partitions owned by shards.
 //! - [`optimizer`]: sparse SGD, Adagrad, row-wise Adagrad, Adam, FTRL.
 //! - [`backend`]: the storage trait, with [`backend::cpu`] and [`backend::candle`].
 //! - [`table`]: the table object tying the above together.
@@ -31,6 +32,7 @@ pub mod error;
 pub mod hashing;
 pub mod init;
 pub mod optimizer;
+pub mod partition;
 pub mod plan;
 pub mod pooling;
 pub mod registry;

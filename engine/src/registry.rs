@@ -47,6 +47,17 @@ impl Feature {
     pub fn width(&self, chunk_dim: usize) -> usize {
         self.chunks as usize * chunk_dim
     }
+
+    /// The configuration it was registered with (slice resolved).
+    pub fn spec(&self) -> FeatureSpec {
+        FeatureSpec {
+            name: self.name.clone(),
+            chunks: self.chunks,
+            value_type: self.value_type,
+            pooling: self.pooling,
+            placement: self.placement,
+        }
+    }
 }
 
 /// All features of one table, in registration order.

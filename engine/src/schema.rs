@@ -79,8 +79,14 @@ impl TableSpec {
 
     /// What a backend needs to create this table's storage.
     pub fn storage(&self) -> StorageSpec {
+        self.storage_of(0..self.rows)
+    }
+
+    /// The storage of rows `held` only (one shard's range of the table).
+    pub fn storage_of(&self, held: std::ops::Range<u64>) -> StorageSpec {
         StorageSpec {
-            rows: self.rows,
+            rows: held.end - held.start,
+            first_row: held.start,
             dim: self.chunk_dim,
             seed: self.seed,
             initializer: self.initializer,

@@ -6,6 +6,8 @@
 //! registry sits behind a lock held only while a batch is planned; rows are
 //! protected by the backend's own striping.
 
+use std::ops::Range;
+
 use parking_lot::RwLock;
 
 use crate::backend::{self, Backend, BackendKind, GatherPlan, RowGradients};
@@ -33,6 +35,10 @@ pub struct Table {
     /// Serialises feature registration (prepare, persist, then publish).
     registration: parking_lot::Mutex<()>,
     backend: Box<dyn Backend>,
+    /// The table rows this server holds: all of `[0, rows)`, or one shard's
+    /// range of them. The backend, the dirty set and stored rows number
+    /// them from `held.start`.
+    held: Range<u64>,
     /// Rows changed by pushes since the persistence layer last drained them.
     dirty: DirtyRows,
 }
@@ -51,12 +57,36 @@ impl Table {
         registry: FeatureRegistry,
         backend: BackendKind,
     ) -> Result<Self, EngineError> {
+        let all = 0..spec.rows;
+        Self::holding(spec, registry, all, backend)
+    }
+
+    /// A shard's part of a table: only rows `held` are allocated (each
+    /// initialised as that row of the whole table), and only row-level
+    /// calls with rows inside them are served; batches need every row,
+    /// so a cluster client routes them.
+    pub fn holding(
+        spec: TableSpec,
+        registry: FeatureRegistry,
+        held: Range<u64>,
+        backend: BackendKind,
+    ) -> Result<Self, EngineError> {
         spec.validate()?;
+        if held.is_empty() || held.end > spec.rows {
+            return Err(EngineError::invalid(
+                "held rows",
+                format!(
+                    "{held:?} is not a non-empty range of the table's {} rows",
+                    spec.rows
+                ),
+            ));
+        }
         Ok(Table {
-            backend: backend::create(backend, spec.storage())?,
+            backend: backend::create(backend, spec.storage_of(held.clone()))?,
             registry: RwLock::new(registry),
             registration: parking_lot::Mutex::new(()),
-            dirty: DirtyRows::new(spec.rows),
+            dirty: DirtyRows::new(held.end - held.start),
+            held,
             spec,
         })
     }
@@ -66,12 +96,24 @@ impl Table {
         &self.spec
     }
 
-    /// The storage backend (read and write whole rows for persistence).
+    /// The table rows this server holds (`0..rows` unless it is a shard's).
+    pub fn held_rows(&self) -> Range<u64> {
+        self.held.clone()
+    }
+
+    /// Whether this server holds only part of the table's rows.
+    pub fn is_partial(&self) -> bool {
+        self.held != (0..self.spec.rows)
+    }
+
+    /// The storage backend (read and write whole rows for persistence;
+    /// row `i` of the backend is table row `held_rows().start + i`).
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
     }
 
-    /// Rows changed since they were last drained (by the flusher).
+    /// Rows changed since they were last drained (by the flusher), numbered
+    /// as the backend's.
     pub fn dirty(&self) -> &DirtyRows {
         &self.dirty
     }
@@ -135,6 +177,7 @@ impl Table {
 
     /// Looks up an already planned batch.
     pub fn lookup_plan(&self, plan: &BatchPlan) -> Result<Vec<FeatureEmbeddings>, EngineError> {
+        self.check_whole()?;
         Ok(plan.embeddings(self.backend.gather(&plan.gather)?))
     }
 
@@ -157,6 +200,7 @@ impl Table {
         plan: &BatchPlan,
         grads: &[G],
     ) -> Result<PushSummary, EngineError> {
+        self.check_whole()?;
         let update = plan.row_gradients(grads)?;
         // `row_gradients` already refused non-finite gradients.
         let unique_rows = self.apply_rows(update).map_err(|e| match e {
@@ -178,31 +222,40 @@ impl Table {
     /// Runs a gather planned elsewhere (a cluster client plans a batch once
     /// and sends each shard the entries of its rows): `[num_slots, dim]`
     /// pooled partial sums. Rows, slots and weights are checked first.
-    pub fn gather_rows(&self, plan: &GatherPlan) -> Result<Vec<f32>, EngineError> {
+    pub fn gather_rows(&self, mut plan: GatherPlan) -> Result<Vec<f32>, EngineError> {
         if let Some(i) = plan.weights.iter().position(|w| !w.is_finite()) {
             return Err(EngineError::invalid(
                 "gather plan",
                 format!("weight {i} is {}", plan.weights[i]),
             ));
         }
-        self.backend.gather(plan)
+        self.to_held(&mut plan.rows)?;
+        self.backend.gather(&plan)
     }
 
     /// Applies one optimizer step per row of `update` (rows sorted and
     /// unique, gradients finite), clipped by the table's
     /// `max_abs_gradient`; returns the rows stepped. All or nothing: a
     /// step that would make a row non-finite refuses the whole update.
-    pub fn push_rows(&self, update: RowGradients) -> Result<usize, EngineError> {
+    pub fn push_rows(&self, mut update: RowGradients) -> Result<usize, EngineError> {
         if let Some(i) = update.grads.iter().position(|g| !g.is_finite()) {
             return Err(EngineError::invalid(
                 "row gradients",
                 format!("gradient {i} is {}", update.grads[i]),
             ));
         }
-        self.apply_rows(update)
+        self.to_held(&mut update.rows)?;
+        let first = self.held.start;
+        self.apply_rows(update).map_err(|e| match e {
+            EngineError::NonFiniteUpdate { row } => {
+                EngineError::NonFiniteUpdate { row: row + first }
+            }
+            e => e,
+        })
     }
 
-    /// [`Self::push_rows`] for gradients already known to be finite.
+    /// [`Self::push_rows`] for gradients already known to be finite, on
+    /// held (backend) row numbers.
     fn apply_rows(&self, mut update: RowGradients) -> Result<usize, EngineError> {
         if let Some(limit) = self.spec.max_abs_gradient {
             update.clip(limit);
@@ -210,6 +263,41 @@ impl Table {
         self.backend.apply(&update)?;
         self.dirty.mark(&update.rows);
         Ok(update.rows.len())
+    }
+
+    /// Renumbers table rows as held rows, refusing rows outside the table
+    /// (a malformed request) and rows this server does not hold (a client
+    /// routing with another partition map).
+    fn to_held(&self, rows: &mut [u64]) -> Result<(), EngineError> {
+        if let Some(&row) = rows.iter().find(|r| !self.held.contains(r)) {
+            if row >= self.spec.rows {
+                return Err(EngineError::invalid(
+                    "rows",
+                    format!("row {row} is outside the table's {} rows", self.spec.rows),
+                ));
+            }
+            return Err(EngineError::RowNotHeld {
+                row,
+                held: self.held.clone(),
+            });
+        }
+        for row in rows {
+            *row -= self.held.start;
+        }
+        Ok(())
+    }
+
+    /// Refuses batch calls on a shard's part of a table: they need rows of
+    /// every shard.
+    fn check_whole(&self) -> Result<(), EngineError> {
+        if self.is_partial() {
+            return Err(EngineError::PartialTable {
+                table: self.spec.name.clone(),
+                held: self.held.clone(),
+                rows: self.spec.rows,
+            });
+        }
+        Ok(())
     }
 
     /// The row each chunk of each value maps to (`[value][chunk]`): what a

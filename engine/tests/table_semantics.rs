@@ -2,7 +2,7 @@
 //! from the backend: pooling, chunks, placement, duplicate summing, lazy init,
 //! and refusal of bad input without any change.
 
-use featmux_engine::backend::{BackendKind, GatherPlan, RowGradients};
+use featmux_engine::backend::{BackendKind, GatherPlan, RowData, RowGradients};
 use featmux_engine::batch::{Batch, FeatureBatch, Values};
 use featmux_engine::error::EngineError;
 use featmux_engine::init::Initializer;
@@ -69,12 +69,6 @@ fn assert_close(a: &[f32], b: &[f32]) {
     }
 }
 
-fn all_rows(table: &Table) -> (Vec<f32>, Vec<f32>) {
-    let rows: Vec<u64> = (0..ROWS).collect();
-    let data = table.backend().read_rows(&rows).unwrap();
-    (data.weights, data.state)
-}
-
 #[test]
 fn pooling_sums_scales_and_keeps_sequences() {
     let t = table(Optimizer::default());
@@ -131,16 +125,46 @@ fn entries_where(plan: &GatherPlan, keep: impl Fn(u64) -> bool) -> GatherPlan {
     part
 }
 
+/// The part of `whole`'s table rows `held` holds, as a shard would.
+fn part_of(whole: &Table, held: std::ops::Range<u64>) -> Table {
+    Table::holding(
+        whole.spec().clone(),
+        whole.registry(),
+        held,
+        BackendKind::Cpu,
+    )
+    .unwrap()
+}
+
+/// Weights and state of table rows `rows` of whole or partial `table`.
+fn table_rows(table: &Table, rows: std::ops::Range<u64>) -> RowData {
+    let first = table.held_rows().start;
+    let local: Vec<u64> = rows.map(|r| r - first).collect();
+    table.backend().read_rows(&local).unwrap()
+}
+
 #[test]
 fn rows_planned_elsewhere_look_up_and_push_like_the_batch() {
-    // What a cluster client does: plan once, send each shard the entries
-    // (lookup) or the summed row gradients (push) of its rows.
+    // What a cluster does: the client plans once and sends each shard,
+    // which holds one row range, the entries (lookup) or the summed row
+    // gradients (push) of its rows.
     let optimizer = Optimizer::Adagrad {
         lr: 0.1,
         eps: 1e-8,
         initial_accumulator: 0.0,
     };
-    let (whole, sharded) = (table(optimizer), table(optimizer));
+    let whole = table(optimizer);
+    let halves = [
+        part_of(&whole, 0..ROWS / 2),
+        part_of(&whole, ROWS / 2..ROWS),
+    ];
+    let one_shard = part_of(&whole, 0..ROWS);
+    assert!(halves[0].is_partial() && !one_shard.is_partial());
+    // A shard's rows start as the same rows of the whole table.
+    assert_eq!(
+        table_rows(&halves[1], ROWS / 2..ROWS),
+        table_rows(&whole, ROWS / 2..ROWS)
+    );
     let batch = Batch::new(vec![
         FeatureBatch::strings("s", ["a", "b", "c", "a"], vec![2, 0, 2]),
         FeatureBatch::strings("m", ["x", "y", "z"], vec![1, 2, 0]),
@@ -153,10 +177,13 @@ fn rows_planned_elsewhere_look_up_and_push_like_the_batch() {
         .into_iter()
         .flat_map(|e| e.data)
         .collect();
-    assert_eq!(sharded.gather_rows(&plan.gather).unwrap(), expected);
+    assert_eq!(
+        one_shard.gather_rows(plan.gather.clone()).unwrap(),
+        expected
+    );
     // Two shards' partial sums add up to the whole.
-    let low = sharded.gather_rows(&entries_where(&plan.gather, |r| r < ROWS / 2));
-    let high = sharded.gather_rows(&entries_where(&plan.gather, |r| r >= ROWS / 2));
+    let low = halves[0].gather_rows(entries_where(&plan.gather, |r| r < ROWS / 2));
+    let high = halves[1].gather_rows(entries_where(&plan.gather, |r| r >= ROWS / 2));
     let summed: Vec<f32> = low
         .unwrap()
         .iter()
@@ -164,6 +191,12 @@ fn rows_planned_elsewhere_look_up_and_push_like_the_batch() {
         .map(|(a, b)| a + b)
         .collect();
     assert_close(&summed, &expected);
+    // A batch needs every row: a shard refuses it.
+    let refused = halves[0].lookup(&batch).unwrap_err();
+    assert!(
+        matches!(refused, EngineError::PartialTable { .. }),
+        "{refused}"
+    );
 
     let grads: Vec<Vec<f32>> = plan
         .outputs
@@ -177,7 +210,10 @@ fn rows_planned_elsewhere_look_up_and_push_like_the_batch() {
     whole.push_plan(&plan, &grads).unwrap();
     let update = plan.row_gradients(&grads).unwrap();
     let (mut stepped, mut parts) = (0, 0);
-    for keep in [|r: u64| r < ROWS / 2, |r: u64| r >= ROWS / 2] {
+    for (shard, keep) in halves
+        .iter()
+        .zip([|r: u64| r < ROWS / 2, |r: u64| r >= ROWS / 2])
+    {
         let part: Vec<usize> = (0..update.rows.len())
             .filter(|&i| keep(update.rows[i]))
             .collect();
@@ -189,29 +225,41 @@ fn rows_planned_elsewhere_look_up_and_push_like_the_batch() {
                 .collect(),
         };
         parts += usize::from(!share.rows.is_empty());
-        stepped += sharded.push_rows(share).unwrap();
+        stepped += shard.push_rows(share).unwrap();
     }
     assert_eq!((stepped, parts), (update.rows.len(), 2));
     // The same step on every row, bit for bit, and the same dirty rows.
-    assert_eq!(all_rows(&sharded), all_rows(&whole));
-    assert_eq!(sharded.dirty().len(), whole.dirty().len());
+    assert_eq!(
+        table_rows(&halves[0], 0..ROWS / 2),
+        table_rows(&whole, 0..ROWS / 2)
+    );
+    assert_eq!(
+        table_rows(&halves[1], ROWS / 2..ROWS),
+        table_rows(&whole, ROWS / 2..ROWS)
+    );
+    assert_eq!(
+        halves[0].dirty().len() + halves[1].dirty().len(),
+        whole.dirty().len()
+    );
 
     // Bad row-level input is refused and changes nothing.
-    let before = all_rows(&sharded);
+    let shard = &halves[0];
+    let before = table_rows(shard, 0..ROWS / 2);
     let gather = |edit: &dyn Fn(&mut GatherPlan)| {
-        let mut bad = plan.gather.clone();
+        let mut bad = entries_where(&plan.gather, |r| r < ROWS / 2);
         edit(&mut bad);
-        sharded.gather_rows(&bad).unwrap_err().to_string()
+        shard.gather_rows(bad).unwrap_err().to_string()
     };
     assert!(gather(&|p| p.weights[1] = f32::NAN).contains("weight 1 is NaN"));
-    assert!(gather(&|p| p.rows[0] = ROWS).contains("1000"));
+    assert!(gather(&|p| p.rows[0] = ROWS).contains("outside the table's 1000 rows"));
+    assert!(gather(&|p| p.rows[0] = ROWS / 2).contains("holds rows 0..500"));
     assert!(gather(&|p| p.num_slots = 1).contains("outside the plan's 1 slots"));
     assert!(gather(&|p| {
         p.slots.pop();
     })
     .contains("slots"));
     let push = |rows: Vec<u64>, grads: Vec<f32>| {
-        sharded
+        shard
             .push_rows(RowGradients { rows, grads })
             .unwrap_err()
             .to_string()
@@ -220,8 +268,13 @@ fn rows_planned_elsewhere_look_up_and_push_like_the_batch() {
     assert!(push(vec![3, 3], vec![0.1; 2 * DIM]).contains("sorted and unique"));
     assert!(push(vec![3], vec![0.1; DIM - 1]).contains("need 4 gradients"));
     assert!(push(vec![3], vec![f32::INFINITY; DIM]).contains("gradient 0 is inf"));
-    assert!(push(vec![ROWS], vec![0.1; DIM]).contains("1000"));
-    assert_eq!(all_rows(&sharded), before);
+    assert!(push(vec![3, ROWS / 2], vec![0.1; 2 * DIM]).contains("row 500 is not held"));
+    assert_eq!(table_rows(shard, 0..ROWS / 2), before);
+    let refused = halves[1].push(&batch, &grads).unwrap_err();
+    assert!(
+        matches!(refused, EngineError::PartialTable { .. }),
+        "{refused}"
+    );
 }
 
 #[test]
@@ -363,7 +416,7 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
         eps: 1e-8,
     });
     let good = FeatureBatch::strings("s", ["a", "b"], vec![1, 1]);
-    let before = all_rows(&t);
+    let before = table_rows(&t, 0..ROWS);
 
     let bad_batches: Vec<(Batch, &str)> = vec![
         (
@@ -460,13 +513,13 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     let err = t.push(&twice, &[vec![f32::MAX; 2 * DIM]]).unwrap_err();
     assert!(err.to_string().contains("overflows f32"), "{err}");
     assert!(
-        all_rows(&t) == before,
+        table_rows(&t, 0..ROWS) == before,
         "a refused request changed the table"
     );
 
     // And the good request does change it, so the comparison above can fail.
     t.push(&ok_batch, &[grads_ok.clone(), grads_ok]).unwrap();
-    assert!(all_rows(&t) != before);
+    assert!(table_rows(&t, 0..ROWS) != before);
 }
 
 /// A batch costs its values times their features' chunks: planning refuses

@@ -87,6 +87,7 @@ pub fn run(args: DeviceBenchArgs) -> anyhow::Result<()> {
     for &dim in &args.dims {
         let spec = StorageSpec {
             rows: args.rows,
+            first_row: 0,
             dim,
             seed: 7,
             initializer: Initializer::default(),

@@ -290,6 +290,25 @@ pub fn table_from_pb(info: pb::TableInfo) -> Result<(TableSpec, FeatureRegistry)
     Ok((spec, registry))
 }
 
+/// A table's description from its spec and features (what the cluster
+/// stores in etcd; sizes and dirty rows are a server's and stay 0).
+pub fn table_to_pb(spec: &TableSpec, registry: &FeatureRegistry) -> pb::TableInfo {
+    pb::TableInfo {
+        config: Some(table_spec_to_pb(spec)),
+        features: registry
+            .features()
+            .iter()
+            .map(|f| pb::FeatureInfo {
+                config: Some(feature_spec_to_pb(&f.spec())),
+                salt: f.salt,
+                width: f.width(spec.chunk_dim) as u32,
+            })
+            .collect(),
+        bytes_in_memory: 0,
+        dirty_rows: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

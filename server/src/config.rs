@@ -135,6 +135,43 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
+/// Membership of a cluster (docs/DESIGN.md, "Scale-out"): the table
+/// configs, partition maps and members live in etcd. Absent: a standalone
+/// server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// etcd endpoints, `host:port`.
+    pub etcd: Vec<String>,
+    /// Where this cluster's keys live in etcd (one prefix per cluster).
+    pub prefix: String,
+    /// This shard's id: unique in the cluster and the same across restarts
+    /// (its data directory holds its partitions). Kubernetes: the pod name.
+    pub shard_id: String,
+    /// The gRPC address clients dial; default `http://` + `grpc_addr`.
+    pub advertise_grpc: Option<String>,
+    /// The HTTP address; default `http://` + `http_addr`.
+    pub advertise_http: Option<String>,
+    /// A shard that stops renewing its lease leaves the members after this.
+    pub lease_ttl_secs: u64,
+    /// Partitions of a new table whose create call does not say.
+    pub partitions: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            etcd: vec!["127.0.0.1:2379".into()],
+            prefix: "/featmux".into(),
+            shard_id: String::new(),
+            advertise_grpc: None,
+            advertise_http: None,
+            lease_ttl_secs: 10,
+            partitions: 256,
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -165,6 +202,7 @@ pub struct ServerConfig {
     pub limits: LimitsConfig,
     pub tickets: TicketsConfig,
     pub tls: Option<TlsConfig>,
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for ServerConfig {
@@ -182,7 +220,45 @@ impl Default for ServerConfig {
             limits: LimitsConfig::default(),
             tickets: TicketsConfig::default(),
             tls: None,
+            cluster: None,
         }
+    }
+}
+
+impl ClusterConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.etcd.is_empty() || self.etcd.iter().any(|e| e.is_empty()) {
+            return invalid("cluster.etcd", "give at least one etcd endpoint, host:port");
+        }
+        let id_ok = |id: &str| {
+            !id.is_empty()
+                && id.len() <= 128
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
+        if !id_ok(&self.shard_id) {
+            return invalid(
+                "cluster.shard_id",
+                "set this shard's id: 1 to 128 of A-Z a-z 0-9 - _ . (stable across restarts)",
+            );
+        }
+        if !self.prefix.starts_with('/') || self.prefix.len() < 2 {
+            return invalid("cluster.prefix", "a key prefix such as /featmux/prod");
+        }
+        if !(2..=3600).contains(&self.lease_ttl_secs) {
+            return invalid("cluster.lease_ttl_secs", "must be within 2..=3600");
+        }
+        if !(1..=1 << 16).contains(&self.partitions) {
+            return invalid("cluster.partitions", "must be within 1..=65536");
+        }
+        Ok(())
     }
 }
 
@@ -207,6 +283,13 @@ pub struct ServeArgs {
     /// Log format [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Join the cluster whose state is in this etcd (comma-separated
+    /// `host:port` endpoints).
+    #[arg(long, value_delimiter = ',')]
+    pub etcd: Option<Vec<String>>,
+    /// This shard's id in the cluster (stable across restarts).
+    #[arg(long)]
+    pub shard_id: Option<String>,
 }
 
 fn env_parse<T: std::str::FromStr>(var: &'static str, value: String) -> Result<T, ConfigError>
@@ -280,6 +363,21 @@ impl ServerConfig {
         if let Some(v) = get("FEATMUX_FLUSH_INTERVAL_MS") {
             self.storage.flush_interval_ms = env_parse("FEATMUX_FLUSH_INTERVAL_MS", v)?;
         }
+        if let Some(v) = get("FEATMUX_ETCD") {
+            self.cluster_mut().etcd = v.split(',').map(|e| e.trim().to_owned()).collect();
+        }
+        if let Some(v) = get("FEATMUX_SHARD_ID") {
+            self.cluster_mut().shard_id = v;
+        }
+        if let Some(v) = get("FEATMUX_CLUSTER_PREFIX") {
+            self.cluster_mut().prefix = v;
+        }
+        if let Some(v) = get("FEATMUX_ADVERTISE_GRPC") {
+            self.cluster_mut().advertise_grpc = Some(v);
+        }
+        if let Some(v) = get("FEATMUX_ADVERTISE_HTTP") {
+            self.cluster_mut().advertise_http = Some(v);
+        }
         if let (Some(cert), Some(key)) = (get("FEATMUX_TLS_CERT"), get("FEATMUX_TLS_KEY")) {
             self.tls = Some(TlsConfig {
                 cert: cert.into(),
@@ -306,6 +404,18 @@ impl ServerConfig {
         if let Some(v) = args.log_format {
             self.log_format = v;
         }
+        if let Some(v) = &args.etcd {
+            self.cluster_mut().etcd = v.clone();
+        }
+        if let Some(v) = &args.shard_id {
+            self.cluster_mut().shard_id = v.clone();
+        }
+    }
+
+    /// The cluster section, created with defaults when absent (a cluster
+    /// key in the environment or the flags turns cluster mode on).
+    fn cluster_mut(&mut self) -> &mut ClusterConfig {
+        self.cluster.get_or_insert_with(ClusterConfig::default)
     }
 
     /// Checks what serde cannot.
@@ -392,6 +502,9 @@ impl ServerConfig {
                 });
             }
         }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         for (field, token) in [
             ("auth.admin_token", &self.auth.admin_token),
             ("auth.data_token", &self.auth.data_token),
@@ -405,6 +518,21 @@ impl ServerConfig {
             }
         }
         Ok(())
+    }
+
+    /// The addresses clients reach this shard at (gRPC, HTTP).
+    pub fn advertised(&self, cluster: &ClusterConfig) -> (String, String) {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        (
+            cluster
+                .advertise_grpc
+                .clone()
+                .unwrap_or_else(|| format!("{scheme}://{}", self.grpc_addr)),
+            cluster
+                .advertise_http
+                .clone()
+                .unwrap_or_else(|| format!("{scheme}://{}", self.http_addr)),
+        )
     }
 
     /// The parsed backend.

@@ -19,6 +19,9 @@ pub enum ErrorKind {
     Unauthenticated,
     TooLarge,
     FailedPrecondition,
+    /// The request was routed with a partition map this shard no longer
+    /// (or does not yet) follow: the client refreshes its map and retries.
+    StaleRoute,
     /// An HTTP method the path does not serve (no gRPC equivalent but
     /// UNIMPLEMENTED).
     MethodNotAllowed,
@@ -61,6 +64,7 @@ impl ApiError {
             ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorKind::TooLarge => tonic::Code::ResourceExhausted,
             ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
+            ErrorKind::StaleRoute => tonic::Code::Aborted,
             ErrorKind::MethodNotAllowed => tonic::Code::Unimplemented,
             ErrorKind::Unavailable => tonic::Code::Unavailable,
             ErrorKind::Internal => tonic::Code::Internal,
@@ -75,7 +79,7 @@ impl ApiError {
             ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
             ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
             ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorKind::FailedPrecondition => StatusCode::CONFLICT,
+            ErrorKind::FailedPrecondition | ErrorKind::StaleRoute => StatusCode::CONFLICT,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -96,7 +100,10 @@ impl From<EngineError> for ApiError {
         let kind = match e {
             EngineError::UnknownFeature(_) => ErrorKind::NotFound,
             EngineError::FeatureExists(_) => ErrorKind::AlreadyExists,
-            EngineError::PlacementConflict { .. } => ErrorKind::FailedPrecondition,
+            EngineError::PlacementConflict { .. } | EngineError::PartialTable { .. } => {
+                ErrorKind::FailedPrecondition
+            }
+            EngineError::RowNotHeld { .. } => ErrorKind::StaleRoute,
             EngineError::InvalidConfig { .. }
             | EngineError::InvalidBatch { .. }
             | EngineError::InvalidGradients { .. }

@@ -18,6 +18,7 @@
 //!   tonic's own refusals to ours.
 //! - [`auth`]: bearer tokens, compared in constant time (gRPC calls are
 //!   checked before their message is decoded: [`grpc::auth`]).
+//! - [`cluster`]: a server as a shard of a cluster whose state is in etcd.
 //! - [`tickets`]: planned lookups kept for the matching push; [`dedup`]:
 //!   answers of recent pushes by request id, so retries apply once.
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
@@ -26,6 +27,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod convert;

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::api::{Api, Limits};
+use crate::cluster::MapEpochs;
 use crate::config::ServerConfig;
 use crate::dedup::PushDedup;
 use crate::shared::Shared;
@@ -65,7 +66,42 @@ pub(crate) async fn run(
         Duration::from_secs(config.limits.push_dedup_window_secs),
         config.limits.push_dedup_max_entries,
     );
-    let api = Arc::new(Api::new(catalog.clone(), tickets, pushes, limits, counters));
+    let (epochs, cluster) = match &config.cluster {
+        None => (Arc::new(MapEpochs::standalone()), None),
+        Some(cluster) => {
+            let epochs = Arc::new(MapEpochs::shard(&cluster.shard_id));
+            // Joining waits for etcd; a stop meanwhile ends the server cleanly.
+            let joined = tokio::select! {
+                joined = crate::cluster::join(&config, cluster, catalog.clone(), epochs.clone()) => Some(joined),
+                _ = stopped.wait_for(|stop| *stop) => None,
+            };
+            match joined {
+                Some(Ok(admin)) => (epochs, Some(admin)),
+                not_joined => {
+                    let failure = not_joined.and_then(Result::err);
+                    if let Some(e) = &failure {
+                        error!(error = %e, "cannot join the cluster; stopping");
+                    }
+                    stop.send_replace(true);
+                    let _ = tokio::join!(grpc, http);
+                    drop(shared);
+                    if let Ok(catalog) = Arc::try_unwrap(catalog) {
+                        let _ = tokio::task::spawn_blocking(move || catalog.close()).await;
+                    }
+                    return failure.map_or(Ok(()), Err);
+                }
+            }
+        }
+    };
+    let api = Arc::new(Api::new(
+        catalog.clone(),
+        tickets,
+        pushes,
+        limits,
+        counters,
+        epochs,
+        cluster,
+    ));
     let _ = shared.api.set(api);
     // Only now: whoever waits for this line (an operator, a test, a script)
     // finds `/readyz` answering 200.

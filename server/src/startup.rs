@@ -39,6 +39,8 @@ pub enum ServeError {
     Open(#[from] CatalogError),
     #[error("{0}")]
     Shutdown(CatalogError),
+    #[error("cluster: {0}")]
+    Cluster(String),
     #[error("{transport} server failed: {reason}")]
     Transport {
         transport: &'static str,
@@ -211,6 +213,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         }
     };
 
+    // What the server advertises to a cluster is where it really listens
+    // (a configured port 0 is the one the system chose).
+    let config = ServerConfig {
+        grpc_addr,
+        http_addr,
+        ..config
+    };
     let task = tokio::spawn(lifecycle::run(
         config,
         catalog_options,

@@ -5,13 +5,14 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use featmux_engine::backend::{BackendKind, RowData};
+use featmux_engine::backend::{BackendKind, RowData, RowGradients};
 use featmux_engine::batch::{Batch, FeatureBatch};
 use featmux_engine::init::Initializer;
 use featmux_engine::optimizer::Optimizer;
+use featmux_engine::registry::FeatureRegistry;
 use featmux_engine::schema::{FeatureSpec, TableSpec, ValueType};
 use featmux_engine::table::Table;
-use featmux_storage::catalog::{Catalog, CatalogError, CatalogOptions};
+use featmux_storage::catalog::{Catalog, CatalogError, CatalogOptions, ShardPart};
 use featmux_storage::store::{Store, StoreError, StoreOptions};
 
 const ROWS: u64 = 1000;
@@ -63,7 +64,7 @@ fn push(catalog: &Catalog, table: &str, ids: &[i64]) -> u64 {
 }
 
 fn all_rows(table: &Table) -> RowData {
-    let rows: Vec<u64> = (0..table.spec().rows).collect();
+    let rows: Vec<u64> = (0..table.backend().spec().rows).collect();
     table.backend().read_rows(&rows).unwrap()
 }
 
@@ -110,7 +111,7 @@ fn a_fresh_directory_is_migrated_and_migrate_is_idempotent() {
     let (catalog, report) = Catalog::open(dir.path(), CatalogOptions::default()).unwrap();
     assert_eq!(
         report.migrations.iter().map(|m| m.0).collect::<Vec<_>>(),
-        [1, 2]
+        [1, 2, 3]
     );
     drop(catalog);
     let (_, applied) = Store::open(
@@ -122,11 +123,11 @@ fn a_fresh_directory_is_migrated_and_migrate_is_idempotent() {
     assert!(applied.is_empty());
 }
 
-/// Layout 2 lets a table clip gradients; a layout-1 database (written by
-/// the previous featmux) moves to 2 with its tables as they were, and a
-/// clipping limit survives a restart.
+/// Layout 2 lets a table clip gradients (and 3 hold a shard's part); a
+/// layout-1 database (written by an older featmux) moves to 3 with its
+/// tables as they were, and a clipping limit survives a restart.
 #[test]
-fn a_layout_1_database_moves_to_2_and_clipping_limits_are_durable() {
+fn a_layout_1_database_moves_to_the_current_layout_and_clipping_limits_are_durable() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = with_table(dir.path(), "t");
     push(&catalog, "t", &[1, 2]);
@@ -140,7 +141,7 @@ fn a_layout_1_database_moves_to_2_and_clipping_limits_are_durable() {
     let (catalog, report) = Catalog::open(dir.path(), CatalogOptions::default()).unwrap();
     assert_eq!(
         report.migrations.iter().map(|m| m.0).collect::<Vec<_>>(),
-        [2]
+        [2, 3]
     );
     assert!(all_rows(&catalog.table("t").unwrap()) == before);
     assert_eq!(catalog.table("t").unwrap().spec().max_abs_gradient, None);
@@ -155,6 +156,48 @@ fn a_layout_1_database_moves_to_2_and_clipping_limits_are_durable() {
         catalog.table("clipped").unwrap().spec().max_abs_gradient,
         Some(0.5)
     );
+}
+
+/// A shard's part of a cluster table (layout 3): only its rows are held,
+/// stored under their table row numbers' offsets, and it comes back after
+/// a restart with the same rows, range and incarnation.
+#[test]
+fn a_shards_part_of_a_table_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = open(dir.path());
+    let whole = spec("t");
+    let part = ShardPart {
+        held: 20..45,
+        incarnation: 9,
+    };
+    let table = catalog
+        .create_table_with(
+            whole.clone(),
+            FeatureRegistry::default(),
+            Some(part.clone()),
+        )
+        .unwrap();
+    assert_eq!(table.held_rows(), 20..45);
+    let dim = whole.chunk_dim;
+    let update = RowGradients {
+        rows: vec![20, 31, 44],
+        grads: vec![0.25; 3 * dim],
+    };
+    catalog.push_rows(&table, update).unwrap();
+    let foreign = RowGradients {
+        rows: vec![19],
+        grads: vec![0.25; dim],
+    };
+    let err = catalog.push_rows(&table, foreign).unwrap_err();
+    assert!(err.to_string().contains("row 19 is not held here"), "{err}");
+    let before = all_rows(&table);
+    catalog.close().unwrap();
+
+    let catalog = open(dir.path());
+    assert_eq!(catalog.shard_part("t").unwrap(), Some(part));
+    let table = catalog.table("t").unwrap();
+    assert_eq!(table.held_rows(), 20..45);
+    assert!(all_rows(&table) == before);
 }
 
 #[test]
@@ -406,7 +449,7 @@ fn a_database_from_a_newer_featmux_is_refused_and_not_modified() {
     let err = open_error(dir.path());
     assert!(
         err.to_string()
-            .contains("schema version 7 is newer than this featmux binary knows (2)"),
+            .contains("schema version 7 is newer than this featmux binary knows (3)"),
         "{err}"
     );
     assert_eq!(

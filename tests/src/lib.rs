@@ -7,11 +7,13 @@
 //! - `src/bin/crash_worker.rs`: a process linking engine + store that the
 //!   crash test kills with SIGKILL under load.
 //! - [`crash`]: the workload both sides of the crash test share.
+//! - [`etcd`]: a real etcd for the cluster tests.
 //! - [`requests`]: configs and an HTTP helper for the service tests.
 //! - [`refusals`]: the fixture of the bad-request tests.
 //! - [`server`]: a real `featmux serve` process on ephemeral ports.
 
 pub mod crash;
+pub mod etcd;
 pub mod refusals;
 pub mod requests;
 pub mod server;

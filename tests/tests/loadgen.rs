@@ -6,6 +6,7 @@
 
 use std::process::Command;
 
+use featmux_tests::etcd::Etcd;
 use featmux_tests::server::{featmux_binary, ServerSettings, TestServer};
 use serde_json::Value;
 
@@ -274,17 +275,27 @@ fn benches_started_together_share_the_table_they_create() {
 /// versions count it), and workloads it cannot route are refused.
 #[test]
 fn sharded_lookups_and_pushes_reach_every_shard() {
+    let etcd = Etcd::start();
     let dir = tempfile::tempdir().unwrap();
-    let shards: Vec<TestServer> = (0..2)
-        .map(|i| {
-            TestServer::start(
-                &dir.path().join(format!("s{i}")),
-                &ServerSettings::default(),
-            )
-        })
+    let settings = |id: &str| ServerSettings {
+        extra_toml: format!(
+            "[cluster]\netcd = {:?}\nprefix = \"/bench\"\nshard_id = {id:?}\n",
+            etcd.endpoints
+        ),
+    };
+    let shards: Vec<TestServer> = ["s0", "s1"]
+        .iter()
+        .map(|id| TestServer::start(&dir.path().join(id), &settings(id)))
         .collect();
-    let addrs = format!("{},{}", shards[0].grpc_url(), shards[1].grpc_url());
-    let prefix = ["--json", "bench", "--shards", &addrs];
+    let endpoints = etcd.endpoints.join(",");
+    let prefix = [
+        "--json",
+        "bench",
+        "--etcd",
+        &endpoints,
+        "--cluster-prefix",
+        "/bench",
+    ];
     let report = bench_with(
         &prefix,
         &[
@@ -297,7 +308,7 @@ fn sharded_lookups_and_pushes_reach_every_shard() {
         ],
     );
     assert_well_formed(&report, "lookup", 1);
-    assert_eq!(report["shards"].as_array().unwrap().len(), 2);
+    assert_eq!(report["etcd"].as_array().unwrap().len(), 1);
     let before: Vec<u64> = shards.iter().map(stats_version).collect();
     let report = bench_with(
         &prefix,
@@ -313,7 +324,7 @@ fn sharded_lookups_and_pushes_reach_every_shard() {
         .output()
         .unwrap();
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--shards routes"));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--etcd routes"));
     for shard in shards {
         assert!(shard.stop().success());
     }

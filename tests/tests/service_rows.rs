@@ -7,7 +7,7 @@
 //! refused with a named error.
 
 use featmux_client::{pb, BatchBuilder, Client, ClientError, Code};
-use featmux_engine::backend::GatherPlan;
+use featmux_engine::backend::{GatherPlan, RowGradients};
 use featmux_engine::plan::BatchPlan;
 use featmux_proto::engine::{batch_from_pb, table_from_pb};
 use featmux_tests::requests::{adagrad_table, feature};
@@ -72,9 +72,7 @@ async fn lookup_rows(
     table: &str,
     p: &GatherPlan,
 ) -> Result<Vec<f32>, ClientError> {
-    client
-        .lookup_rows(table, &p.rows, &p.slots, &p.weights, p.num_slots as u32)
-        .await
+    client.lookup_rows(table, p.clone(), 0).await
 }
 
 fn flat(looked_up: featmux_client::Lookup) -> Vec<f32> {
@@ -143,7 +141,17 @@ fn row_level_lookups_and_pushes_equal_the_batch_calls() {
                 .iter()
                 .flat_map(|&i| update.grads[i * DIM..(i + 1) * DIM].to_vec())
                 .collect();
-            let pushed = client.push_rows("rows", &rows, &grads).await.unwrap();
+            let pushed = client
+                .push_rows(
+                    "rows",
+                    RowGradients {
+                        rows: rows.clone(),
+                        grads: grads.clone(),
+                    },
+                    0,
+                )
+                .await
+                .unwrap();
             assert_eq!(pushed.unique_rows, rows.len() as u64);
             stepped += pushed.unique_rows;
         }
@@ -195,17 +203,44 @@ fn row_level_lookups_and_pushes_equal_the_batch_calls() {
             "nope",
         );
         refused(
-            client.push_rows("rows", &[9, 3], &[0.1; 2 * DIM]).await,
+            client
+                .push_rows(
+                    "rows",
+                    RowGradients {
+                        rows: [9, 3].to_vec(),
+                        grads: [0.1; 2 * DIM].to_vec(),
+                    },
+                    0,
+                )
+                .await,
             Code::InvalidArgument,
             "sorted and unique",
         );
         refused(
-            client.push_rows("rows", &[3], &[0.1; DIM + 1]).await,
+            client
+                .push_rows(
+                    "rows",
+                    RowGradients {
+                        rows: [3].to_vec(),
+                        grads: [0.1; DIM + 1].to_vec(),
+                    },
+                    0,
+                )
+                .await,
             Code::InvalidArgument,
             "need 8 gradients",
         );
         refused(
-            client.push_rows("rows", &[3], &[f32::NAN; DIM]).await,
+            client
+                .push_rows(
+                    "rows",
+                    RowGradients {
+                        rows: [3].to_vec(),
+                        grads: [f32::NAN; DIM].to_vec(),
+                    },
+                    0,
+                )
+                .await,
             Code::InvalidArgument,
             "gradient 0 is NaN",
         );

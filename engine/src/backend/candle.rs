@@ -64,7 +64,7 @@ impl CandleBackend {
         let rows_per_thread = rows.div_ceil(threads).max(1);
         std::thread::scope(|scope| {
             for (i, part) in host.chunks_mut(rows_per_thread * d).enumerate() {
-                let first = (i * rows_per_thread) as u64;
+                let first = spec.first_row + (i * rows_per_thread) as u64;
                 scope.spawn(move || spec.initializer.fill_rows(spec.seed, first, d, part));
             }
         });

@@ -199,7 +199,8 @@ impl CpuBackend {
             })?;
         let initial_state = spec.optimizer.initial_state(spec.dim);
         let weights = RowArray::new(rows, spec.dim, |first, part| {
-            spec.initializer.fill_rows(spec.seed, first, spec.dim, part)
+            spec.initializer
+                .fill_rows(spec.seed, spec.first_row + first, spec.dim, part)
         })?;
         let state = RowArray::new(rows, initial_state.len(), |_, part| {
             for row in part.chunks_exact_mut(initial_state.len()) {

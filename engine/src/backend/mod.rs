@@ -60,7 +60,11 @@ pub struct RowData {
 /// Everything a backend needs to create a table's storage.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StorageSpec {
+    /// Rows held (the whole table, or one shard's range of it).
     pub rows: u64,
+    /// The table row of held row 0: what lazy initialisation counts from,
+    /// so a shard's rows start as the same rows of a whole table would.
+    pub first_row: u64,
     pub dim: usize,
     pub seed: u64,
     pub initializer: Initializer,

@@ -104,10 +104,13 @@ pub struct BenchArgs {
     pub mget_keys: usize,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Shard gRPC addresses (comma-separated): `lookup` and `push` go
-    /// through a `ClusterClient` routing each batch's rows over them (the
-    /// table created on each, 256 partitions dealt evenly) instead of to
-    /// the one server of `--addr`.
+    /// etcd endpoints of a cluster (comma-separated `host:port`): `lookup`
+    /// and `push` go through a `ClusterClient` routing each batch's rows
+    /// over its shards (the table created through one of them) instead of
+    /// to the one server of `--addr`.
     #[arg(long, value_delimiter = ',')]
-    pub shards: Vec<String>,
+    pub etcd: Vec<String>,
+    /// The cluster's key prefix in etcd.
+    #[arg(long, default_value = "/featmux")]
+    pub cluster_prefix: String,
 }

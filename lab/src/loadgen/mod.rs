@@ -55,9 +55,9 @@ pub async fn run(options: ClientOptions, json: bool, args: BenchArgs) -> anyhow:
             "--concurrency, --examples, --features and --values must be at least 1"
         ));
     }
-    if !args.shards.is_empty() && !matches!(args.workload, Workload::Lookup | Workload::Push) {
+    if !args.etcd.is_empty() && !matches!(args.workload, Workload::Lookup | Workload::Push) {
         return Err(anyhow::anyhow!(
-            "--shards routes the lookup and push workloads only"
+            "--etcd routes the lookup and push workloads only"
         ));
     }
     if args.workload.uses_server() {
@@ -99,7 +99,7 @@ pub async fn run(options: ClientOptions, json: bool, args: BenchArgs) -> anyhow:
             Workload::TcpBlast => Transport::Blast(
                 blast::BlastConnection::connect(blast_addr.expect("started above")).await?,
             ),
-            _ if !args.shards.is_empty() => cluster_transport(&args, &options).await?,
+            _ if !args.etcd.is_empty() => cluster_transport(&args, &options).await?,
             _ => server_transport(args.workload, &options).await?,
         };
         clients.push((transport, inputs));
@@ -162,7 +162,7 @@ pub async fn run(options: ClientOptions, json: bool, args: BenchArgs) -> anyhow:
         "optimizer": args.optimizer,
         "mget_keys": args.mget_keys,
         "concurrency": args.concurrency,
-        "shards": args.shards,
+        "etcd": args.etcd,
         "zipf": args.zipf,
         "rate": args.rate,
         "elapsed_s": elapsed,

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use featmux_client::spec::{feature, optimizer};
-use featmux_client::{pb, Client, ClientOptions, ClusterClient, Code, PartitionMap};
+use featmux_client::{pb, Client, ClientOptions, ClusterClient, Code};
 
 use super::args::{BenchArgs, Workload};
 use super::batches::Prepared;
@@ -42,29 +42,21 @@ pub(super) async fn grpc_client(options: &ClientOptions) -> anyhow::Result<Clien
     Ok(Client::connect(options.clone()).await?)
 }
 
-/// A client of each of `--shards` (with `options`' token and deadlines).
-async fn shard_clients(args: &BenchArgs, options: &ClientOptions) -> anyhow::Result<Vec<Client>> {
-    let mut shards = Vec::with_capacity(args.shards.len());
-    for addr in &args.shards {
-        let options = ClientOptions {
-            endpoint: addr.clone(),
-            ..options.clone()
-        };
-        shards.push(Client::connect(options).await?);
-    }
-    Ok(shards)
+async fn cluster_client(
+    args: &BenchArgs,
+    options: &ClientOptions,
+) -> anyhow::Result<ClusterClient> {
+    Ok(ClusterClient::connect(&args.etcd, &args.cluster_prefix, options.clone()).await?)
 }
 
-/// The benchmark table on the server, or on every shard (created in the
-/// same single call on each, so they assign the same salts).
+/// The benchmark table on the server, or in the cluster (created through
+/// one shard; every shard applies it).
 pub(super) async fn ensure_tables(args: &BenchArgs, options: &ClientOptions) -> anyhow::Result<()> {
-    if args.shards.is_empty() {
+    if args.etcd.is_empty() {
         return ensure_table(args, &grpc_client(options).await?).await;
     }
-    for shard in shard_clients(args, options).await? {
-        ensure_table(args, &shard).await?;
-    }
-    Ok(())
+    let shard = cluster_client(args, options).await?.any_shard().await?;
+    ensure_table(args, &shard).await
 }
 
 /// Connects one client of a server workload.
@@ -99,9 +91,7 @@ pub(super) async fn cluster_transport(
     args: &BenchArgs,
     options: &ClientOptions,
 ) -> anyhow::Result<Transport> {
-    let shards = shard_clients(args, options).await?;
-    let map = PartitionMap::even(256, shards.len());
-    Ok(Transport::Cluster(ClusterClient::new(shards, map)?))
+    Ok(Transport::Cluster(cluster_client(args, options).await?))
 }
 
 /// Loads into Redis every key the prepared batches use (same vector width

@@ -11,8 +11,9 @@ use std::sync::Arc;
 
 use prometheus::IntCounter;
 
+use crate::cluster::{ClusterAdmin, MapEpochs};
 use crate::dedup::PushDedup;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
 use crate::tickets::{Ticket, TicketCache};
 use featmux_engine::backend::{GatherPlan, RowGradients};
 use featmux_engine::batch::{Batch, FeatureEmbeddings, Values};
@@ -116,16 +117,24 @@ pub struct Api {
     pushes: PushDedup,
     limits: Limits,
     counters: OpCounters,
+    /// The partition map epoch each table is served at (row-level calls).
+    epochs: Arc<MapEpochs>,
+    /// Set on a cluster shard: configuration changes go through etcd.
+    cluster: Option<Arc<ClusterAdmin>>,
 }
 
 impl Api {
-    /// Operations over `catalog`.
+    /// Operations over `catalog`; on a cluster shard, `cluster` applies the
+    /// configuration changes and `epochs` says which map each table
+    /// follows.
     pub fn new(
         catalog: Arc<Catalog>,
         tickets: TicketCache,
         pushes: PushDedup,
         limits: Limits,
         counters: OpCounters,
+        epochs: Arc<MapEpochs>,
+        cluster: Option<Arc<ClusterAdmin>>,
     ) -> Self {
         Api {
             catalog,
@@ -133,6 +142,8 @@ impl Api {
             pushes,
             limits,
             counters,
+            epochs,
+            cluster,
         }
     }
 
@@ -228,8 +239,15 @@ impl Api {
 
     /// Row-level lookup (a cluster client's share of a batch it planned
     /// itself): the pooled partial sums of `plan`'s slots, `[num_slots,
-    /// chunk_dim]`, within the same limits as a batch.
-    pub fn lookup_rows(&self, table: &str, plan: &GatherPlan) -> Result<Vec<f32>, ApiError> {
+    /// chunk_dim]`, within the same limits as a batch, if it was routed
+    /// with the partition map epoch `map_epoch` this server follows.
+    pub fn lookup_rows(
+        &self,
+        table: &str,
+        plan: GatherPlan,
+        map_epoch: u64,
+    ) -> Result<Vec<f32>, ApiError> {
+        self.epochs.check(table, map_epoch)?;
         let table = self.catalog.table(table)?;
         let max = self.limits.max_batch_values;
         if plan.rows.len() > max || plan.num_slots > max {
@@ -250,19 +268,23 @@ impl Api {
                  (limits.max_message_bytes)"
             )));
         }
+        let entries = plan.rows.len() as u64;
         let pooled = table.gather_rows(plan)?;
-        self.counters.rows_looked_up.inc_by(plan.rows.len() as u64);
+        self.counters.rows_looked_up.inc_by(entries);
         Ok(pooled)
     }
 
     /// Row-level push: one optimizer step per (sorted, unique) row with its
-    /// summed gradient; deduplicated by `request_id` like [`Self::push`].
+    /// summed gradient; deduplicated by `request_id` like [`Self::push`];
+    /// routed as [`Self::lookup_rows`].
     pub fn push_rows(
         &self,
         table: &str,
         update: RowGradients,
         request_id: u64,
+        map_epoch: u64,
     ) -> Result<PushResult, ApiError> {
+        self.epochs.check(table, map_epoch)?;
         self.pushes.run(table, request_id, || {
             let max = self.limits.max_batch_values;
             if update.rows.len() > max {
@@ -335,7 +357,10 @@ impl Api {
         features: Vec<FeatureSpec>,
     ) -> Result<TableInfo, ApiError> {
         let name = spec.name.clone();
-        self.catalog.create_table(spec, features)?;
+        match &self.cluster {
+            Some(cluster) => cluster.create_table(spec, features)?,
+            None => drop(self.catalog.create_table(spec, features)?),
+        }
         self.table_info(&name)
     }
 
@@ -348,7 +373,10 @@ impl Api {
         if features.is_empty() {
             return Err(ApiError::invalid("no features to add"));
         }
-        self.catalog.add_features(table, features)?;
+        match &self.cluster {
+            Some(cluster) => cluster.add_features(table, features)?,
+            None => drop(self.catalog.add_features(table, features)?),
+        }
         self.table_info(table)
     }
 
@@ -369,7 +397,10 @@ impl Api {
 
     /// Drops a table and its stored rows.
     pub fn drop_table(&self, name: &str) -> Result<(), ApiError> {
-        Ok(self.catalog.drop_table(name)?)
+        match &self.cluster {
+            Some(cluster) => cluster.drop_table(name),
+            None => Ok(self.catalog.drop_table(name)?),
+        }
     }
 
     /// Flushes and checkpoints the whole database.
@@ -399,6 +430,16 @@ impl Api {
         table: &str,
         into: Option<&str>,
     ) -> Result<TableInfo, ApiError> {
+        if let Some(cluster) = &self.cluster {
+            return Err(ApiError::new(
+                ErrorKind::FailedPrecondition,
+                format!(
+                    "shard `{}` is part of a cluster: restoring one shard's part of a table \
+                     would leave the shards at different points; restore the cluster instead",
+                    cluster.shard_id()
+                ),
+            ));
+        }
         self.catalog.restore_checkpoint(id, table, into)?;
         self.table_info(into.unwrap_or(table))
     }
@@ -504,7 +545,7 @@ fn describe(table: &Table) -> TableInfo {
     let spec = table.spec().clone();
     let d = spec.chunk_dim;
     TableInfo {
-        bytes_in_memory: spec.memory_bytes().unwrap_or(u64::MAX),
+        bytes_in_memory: table.backend().spec().memory_bytes().unwrap_or(u64::MAX),
         dirty_rows: table.dirty().len() as u64,
         features: table
             .features()
@@ -512,13 +553,7 @@ fn describe(table: &Table) -> TableInfo {
             .map(|f| FeatureInfo {
                 width: f.width(d),
                 salt: f.salt,
-                spec: FeatureSpec {
-                    name: f.name,
-                    chunks: f.chunks,
-                    value_type: f.value_type,
-                    pooling: f.pooling,
-                    placement: f.placement,
-                },
+                spec: f.spec(),
             })
             .collect(),
         config: spec,

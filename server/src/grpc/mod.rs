@@ -112,7 +112,7 @@ fn lookup_rows(api: &Api, req: pb::LookupRowsRequest) -> Result<pb::LookupRowsRe
         weights: req.weights,
         num_slots: req.num_slots as usize,
     };
-    let pooled = api.lookup_rows(&req.table, &plan)?;
+    let pooled = api.lookup_rows(&req.table, plan, req.map_epoch)?;
     Ok(pb::LookupRowsResponse {
         data: payload::encode_owned(pooled),
     })
@@ -129,7 +129,7 @@ fn push_rows(api: &Api, req: pb::PushRowsRequest) -> Result<pb::PushResponse, Ap
         rows: req.rows,
         grads,
     };
-    api.push_rows(&req.table, update, req.request_id)
+    api.push_rows(&req.table, update, req.request_id, req.map_epoch)
         .map(convert::push_result_to_pb)
 }
 

@@ -11,7 +11,7 @@ use featmux_engine::schema::{FeatureSpec, TableSpec};
 use featmux_engine::table::Table;
 use parking_lot::MutexGuard;
 
-use super::{record, Catalog, CatalogError, Inner, LiveTable};
+use super::{record, Catalog, CatalogError, Inner, LiveTable, ShardPart};
 
 /// A table name claimed by a create in progress; released when dropped.
 struct NameClaim<'a> {
@@ -65,12 +65,26 @@ impl Catalog {
         spec: TableSpec,
         features: Vec<FeatureSpec>,
     ) -> Result<Arc<Table>, CatalogError> {
-        let inner = self.writable()?;
         spec.validate()?;
         let mut registry = FeatureRegistry::default();
         for feature in features {
             registry.register(feature, spec.rows)?;
         }
+        self.create_table_with(spec, registry, None)
+    }
+
+    /// [`Self::create_table`] with features already registered (salts
+    /// assigned elsewhere: by the cluster's configuration in etcd); with
+    /// `shard`, only that shard's rows of the table are held.
+    pub fn create_table_with(
+        &self,
+        spec: TableSpec,
+        registry: FeatureRegistry,
+        shard: Option<ShardPart>,
+    ) -> Result<Arc<Table>, CatalogError> {
+        let held = shard.as_ref().map_or(0..spec.rows, |s| s.held.clone());
+        let inner = self.writable()?;
+        spec.validate()?;
         let (_claim, memory) = {
             let _admin = inner.admin_without_creation_of(&spec.name);
             if inner.tables.read().contains_key(&spec.name) {
@@ -81,27 +95,35 @@ impl Catalog {
                 inner,
                 name: spec.name.clone(),
             };
-            let memory = inner.reserve_table(&spec, &format!("table `{}`", spec.name))?;
+            let bytes = spec.storage_of(held.clone()).memory_bytes();
+            let memory = inner.reserve_table(bytes, &format!("table `{}`", spec.name))?;
             (claim, memory)
         };
-        let table = Arc::new(Table::with_registry(
+        let table = Arc::new(Table::holding(
             spec.clone(),
             registry.clone(),
+            held,
             inner.options.backend,
         )?);
         let _admin = inner.admin.lock();
         let id = inner.next_table_id()?;
         let mut batch = inner.store.batch();
-        batch.put_table(&record(id, &spec, &registry));
+        batch.put_table(&record(id, &table, &registry, shard.as_ref()));
         batch.put_next_table_id(id + 1);
         batch.commit(true)?;
         let live = Arc::new(LiveTable {
             id,
+            shard,
             table: table.clone(),
             _memory: memory,
         });
         inner.tables.write().insert(spec.name, live);
         Ok(table)
+    }
+
+    /// The shard part of a cluster table (`None`: a standalone table).
+    pub fn shard_part(&self, name: &str) -> Result<Option<ShardPart>, CatalogError> {
+        Ok(self.inner.live(name)?.shard.clone())
     }
 
     /// Drops a table and its stored rows; durable when this returns.
@@ -137,7 +159,7 @@ impl Catalog {
         let live = inner.live(table)?;
         live.table.add_features_with(specs, |registry| {
             let mut batch = inner.store.batch();
-            batch.put_table(&record(live.id, live.table.spec(), registry));
+            batch.put_table(&record(live.id, &live.table, registry, live.shard.as_ref()));
             batch.commit(true).map_err(CatalogError::from)
         })
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use featmux_engine::table::Table;
 
-use super::{load_rows, record_of, table_from_record, Catalog, CatalogError, Inner, LiveTable};
+use super::{load_rows, record, table_from_record, Catalog, CatalogError, Inner, LiveTable};
 use crate::flusher::unix_ms;
 use crate::store::records::CheckpointRecord;
 use crate::store::{Store, StoreError};
@@ -107,7 +107,7 @@ impl Catalog {
         let _admin = inner.admin_without_creation_of(&target);
         let checkpoint_path = self.checkpoint_path(id)?;
         let source = Store::open_read_only(&checkpoint_path)?;
-        let record = source
+        let record_in_checkpoint = source
             .tables()?
             .into_iter()
             .find(|r| r.spec.name == table)
@@ -121,10 +121,10 @@ impl Catalog {
         }
         // The restored table is built beside the one it replaces.
         let memory = inner.reserve_table(
-            &record.spec,
+            record_in_checkpoint.memory_bytes(),
             &format!("restoring table `{table}` of checkpoint {id}"),
         )?;
-        let restored = table_from_record(&record, &target, inner.options.backend)?;
+        let restored = table_from_record(&record_in_checkpoint, &target, inner.options.backend)?;
         // The rows go under a fresh table id, marked (synced) as a restore in
         // progress: a crash part-way leaves rows that the next start deletes
         // (`open::remove_unfinished_restores`), and the table as it was.
@@ -134,29 +134,42 @@ impl Catalog {
         claim.put_restoring(id_of_restored);
         claim.commit(true)?;
         let restored = Arc::new(restored);
-        let finished =
-            stream_rows(inner, &source, record.id, &restored, id_of_restored).and_then(|()| {
-                // One synced write makes the restored table the live one and
-                // drops the rows of the one it replaces; pushes wait only
-                // for this write.
-                let _flush = inner.flush_lock.lock();
-                let _gate = inner.push_gate.write();
-                let mut batch = inner.store.batch();
-                batch.put_table(&record_of(id_of_restored, &restored));
-                batch.delete_restoring(id_of_restored);
-                if let Some(old) = &existing {
-                    batch.delete_table(old.id);
-                    batch.delete_rows(old.id);
-                }
-                batch.commit(true)?;
-                let live = Arc::new(LiveTable {
-                    id: id_of_restored,
-                    table: restored.clone(),
-                    _memory: memory,
-                });
-                inner.tables.write().insert(target, live);
-                Ok(())
+        let finished = stream_rows(
+            inner,
+            &source,
+            record_in_checkpoint.id,
+            &restored,
+            id_of_restored,
+        )
+        .and_then(|()| {
+            // One synced write makes the restored table the live one and
+            // drops the rows of the one it replaces; pushes wait only
+            // for this write.
+            let _flush = inner.flush_lock.lock();
+            let _gate = inner.push_gate.write();
+            let mut batch = inner.store.batch();
+            let registry = restored.registry();
+            batch.put_table(&record(
+                id_of_restored,
+                &restored,
+                &registry,
+                record_in_checkpoint.shard.as_ref(),
+            ));
+            batch.delete_restoring(id_of_restored);
+            if let Some(old) = &existing {
+                batch.delete_table(old.id);
+                batch.delete_rows(old.id);
+            }
+            batch.commit(true)?;
+            let live = Arc::new(LiveTable {
+                id: id_of_restored,
+                shard: record_in_checkpoint.shard.clone(),
+                table: restored.clone(),
+                _memory: memory,
             });
+            inner.tables.write().insert(target, live);
+            Ok(())
+        });
         match finished {
             Ok(()) => {
                 if let Some(old) = existing {

@@ -44,6 +44,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::budget::{MemoryBudget, OverBudget, Reservation};
 use crate::flusher::{FlushStats, Flusher};
+pub use crate::store::records::ShardPart;
 use crate::store::records::TableRecord;
 use crate::store::{Store, StoreError, StoreOptions};
 
@@ -140,6 +141,8 @@ pub struct OpenReport {
 struct LiveTable {
     id: u32,
     table: Arc<Table>,
+    /// Set for a shard's part of a cluster table.
+    shard: Option<ShardPart>,
     _memory: Reservation,
 }
 
@@ -343,10 +346,10 @@ impl Inner {
         Ok(())
     }
 
-    /// Reserves the memory of a table with `spec` before it is allocated.
-    fn reserve_table(&self, spec: &TableSpec, what: &str) -> Result<Reservation, CatalogError> {
-        let bytes = spec.memory_bytes().unwrap_or(u64::MAX);
-        Ok(self.budget.reserve(bytes, what)?)
+    /// Reserves `bytes` (`None`: past `u64`) for a table before it is
+    /// allocated.
+    fn reserve_table(&self, bytes: Option<u64>, what: &str) -> Result<Reservation, CatalogError> {
+        Ok(self.budget.reserve(bytes.unwrap_or(u64::MAX), what)?)
     }
 
     fn live(&self, name: &str) -> Result<Arc<LiveTable>, CatalogError> {
@@ -358,17 +361,21 @@ impl Inner {
     }
 }
 
-fn record(id: u32, spec: &TableSpec, registry: &FeatureRegistry) -> TableRecord {
+/// The record of `table` with features `registry` (which may be about to
+/// replace the table's own).
+fn record(
+    id: u32,
+    table: &Table,
+    registry: &FeatureRegistry,
+    shard: Option<&ShardPart>,
+) -> TableRecord {
     TableRecord {
         id,
-        spec: spec.clone(),
+        spec: table.spec().clone(),
         features: registry.features().to_vec(),
         next_salt: registry.next_salt(),
+        shard: shard.cloned(),
     }
-}
-
-fn record_of(id: u32, table: &Table) -> TableRecord {
-    record(id, table.spec(), &table.registry())
 }
 
 /// Rebuilds a table (named `name`) from its record, rows at initial values.
@@ -382,7 +389,11 @@ fn table_from_record(
         ..record.spec.clone()
     };
     let registry = FeatureRegistry::restore(record.features.clone(), record.next_salt, spec.rows)?;
-    Ok(Table::with_registry(spec, registry, backend)?)
+    let held = record
+        .shard
+        .as_ref()
+        .map_or(0..spec.rows, |s| s.held.clone());
+    Ok(Table::holding(spec, registry, held, backend)?)
 }
 
 /// Loads the rows `store` holds for table `id` into `table`, showing each

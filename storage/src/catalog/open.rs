@@ -162,13 +162,14 @@ impl Catalog {
             // Tables on disk are loaded whatever the budget says now (a
             // lowered budget must not make stored tables unreachable); new
             // allocations are refused until enough is freed.
-            let memory = budget.reserve_anyway(record.spec.memory_bytes().unwrap_or(u64::MAX));
+            let memory = budget.reserve_anyway(record.memory_bytes().unwrap_or(u64::MAX));
             let table = table_from_record(&record, &record.spec.name, options.backend)?;
             report.rows_loaded += load_rows(&store, record.id, &table, |_, _| Ok(()))?;
             tables.insert(
                 record.spec.name.clone(),
                 Arc::new(LiveTable {
                     id: record.id,
+                    shard: record.shard.clone(),
                     table: Arc::new(table),
                     _memory: memory,
                 }),

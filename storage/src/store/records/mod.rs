@@ -2,9 +2,10 @@
 //! (small, rare writes; readable with `ldb` when debugging).
 //!
 //! The structs in [`v1`] ARE the stored format of layout version 1 (and 2,
-//! which added the optional `max_abs_gradient`: a record without it has
-//! the same bytes as before, and version 2 keeps an older featmux from
-//! opening a database whose clipping it would ignore): they
+//! which added the optional `max_abs_gradient`, and 3, which added the
+//! optional `held` row range of a shard: a record without them has the
+//! same bytes as before, and the version keeps an older featmux from
+//! opening a database whose clipping or row numbering it would ignore): they
 //! belong to the store, not to the engine or the API, so renaming a field of
 //! `TableSpec` in the HTTP API (or anywhere in the engine) cannot silently
 //! change what is on disk. Changing them means a new layout version and a
@@ -27,9 +28,31 @@ pub struct TableRecord {
     pub features: Vec<Feature>,
     /// Salt the next feature gets (salts are never reused).
     pub next_salt: u32,
+    /// Set when the table is one shard's part of a cluster table.
+    pub shard: Option<ShardPart>,
+}
+
+/// The part of a cluster table one shard holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardPart {
+    /// The table rows held; stored rows are numbered from `held.start`.
+    pub held: std::ops::Range<u64>,
+    /// Which creation of the cluster table this is (the etcd revision that
+    /// created it): a table dropped and created again under the same name
+    /// is a new incarnation, whose shards must not keep the old rows.
+    pub incarnation: u64,
 }
 
 impl TableRecord {
+    /// Bytes the table takes in memory once loaded (its held rows only).
+    pub fn memory_bytes(&self) -> Option<u64> {
+        let held = self
+            .shard
+            .as_ref()
+            .map_or(0..self.spec.rows, |s| s.held.clone());
+        self.spec.storage_of(held).memory_bytes()
+    }
+
     /// The stored bytes (format version 1).
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(&v1::TableRecord::from(self)).expect("table records serialise")
@@ -165,6 +188,7 @@ mod tests {
                     feature("d", 3, ValueType::Int64, Pooling::None, Placement::Shared),
                 ],
                 next_salt: 4,
+                shard: None,
             })
             .collect()
     }
@@ -190,6 +214,22 @@ mod tests {
         record.spec.max_abs_gradient = Some(2.5);
         let stored = String::from_utf8(record.encode()).unwrap();
         assert!(stored.contains(r#""max_abs_gradient":2.5}"#), "{stored}");
+        assert_eq!(TableRecord::decode(stored.as_bytes()).unwrap(), record);
+    }
+
+    /// Layout 3: a shard's part is stored when the table is a cluster's.
+    #[test]
+    fn a_shards_part_is_stored_when_set() {
+        let mut record = records().remove(0);
+        record.shard = Some(ShardPart {
+            held: 40..90,
+            incarnation: 17,
+        });
+        let stored = String::from_utf8(record.encode()).unwrap();
+        assert!(
+            stored.ends_with(r#""next_salt":4,"shard":{"held":[40,90],"incarnation":17}}"#),
+            "{stored}"
+        );
         assert_eq!(TableRecord::decode(stored.as_bytes()).unwrap(), record);
     }
 

@@ -16,6 +16,17 @@ pub struct TableRecord {
     pub spec: Spec,
     pub features: Vec<StoredFeature>,
     pub next_salt: u32,
+    /// Layout 3: the part of a cluster table a shard holds; absent for a
+    /// standalone server's table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Shard {
+    /// `[start, end)` of the rows held.
+    pub held: [u64; 2],
+    pub incarnation: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -120,6 +131,10 @@ impl From<&super::TableRecord> for TableRecord {
             },
             features: r.features.iter().map(StoredFeature::from).collect(),
             next_salt: r.next_salt,
+            shard: r.shard.as_ref().map(|s| Shard {
+                held: [s.held.start, s.held.end],
+                incarnation: s.incarnation,
+            }),
         }
     }
 }
@@ -140,6 +155,10 @@ impl From<TableRecord> for super::TableRecord {
             },
             features: r.features.into_iter().map(Feature::from).collect(),
             next_salt: r.next_salt,
+            shard: r.shard.map(|s| super::ShardPart {
+                held: s.held[0]..s.held[1],
+                incarnation: s.incarnation,
+            }),
         }
     }
 }

@@ -3,105 +3,11 @@
 //! that refuses a stale revision and changes nothing, and leased members
 //! that vanish when their shard stops keeping the lease alive.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use featmux_cluster::{ClusterError, ClusterStore};
+use featmux_cluster::ClusterError;
 use featmux_proto::v1 as pb;
-
-/// An etcd cluster of `members` members on free loopback ports, each in
-/// its own temp dir; killed on drop.
-struct Etcd {
-    members: Vec<Option<Child>>,
-    endpoints: Vec<String>,
-    _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Etcd {
-    fn start() -> Etcd {
-        Self::cluster(1)
-    }
-
-    fn cluster(members: usize) -> Etcd {
-        let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<(u16, u16)> = (0..members).map(|_| (free_port(), free_port())).collect();
-        let initial = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let children = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (client, peer))| {
-                let client_url = format!("http://127.0.0.1:{client}");
-                let peer_url = format!("http://127.0.0.1:{peer}");
-                let child = Command::new("etcd")
-                    .args(["--name", &format!("m{i}"), "--data-dir"])
-                    .arg(dir.path().join(format!("m{i}")))
-                    .args(["--listen-client-urls", &client_url])
-                    .args(["--advertise-client-urls", &client_url])
-                    .args(["--listen-peer-urls", &peer_url])
-                    .args(["--initial-advertise-peer-urls", &peer_url])
-                    .args(["--initial-cluster", &initial])
-                    .args(["--initial-cluster-state", "new"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("etcd (apt install etcd-server; ./dev does)");
-                Some(child)
-            })
-            .collect();
-        Etcd {
-            members: children,
-            endpoints: ports
-                .iter()
-                .map(|(client, _)| format!("127.0.0.1:{client}"))
-                .collect(),
-            _dir: dir,
-        }
-    }
-
-    /// A store under `prefix` over every member, once etcd answers.
-    async fn store(&self, prefix: &str) -> ClusterStore {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(store) = ClusterStore::connect(&self.endpoints, prefix).await {
-                if store.tables().await.is_ok() {
-                    return store;
-                }
-            }
-            assert!(Instant::now() < deadline, "etcd did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Kills member `i` (as a crash would).
-    fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.members[i].take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        for i in 0..self.members.len() {
-            self.kill(i);
-        }
-    }
-}
+use featmux_tests::etcd::Etcd;
 
 fn info(name: &str, features: &[&str]) -> pb::TableInfo {
     pb::TableInfo {
@@ -189,8 +95,8 @@ async fn tables_and_maps_change_only_by_compare_and_swap() {
     // Prefixes keep clusters apart; dropping removes table and map.
     let other = etcd.store("/featmux/other").await;
     assert!(other.table("t").await.unwrap().is_none());
-    assert!(store.drop_table("t").await.unwrap());
-    assert!(!store.drop_table("t").await.unwrap());
+    assert!(store.drop_table("t").await.unwrap().is_some());
+    assert!(store.drop_table("t").await.unwrap().is_none());
     assert!(store.table("t").await.unwrap().is_none());
     assert!(store.map("t").await.unwrap().is_none());
 }

@@ -1,0 +1,210 @@
+//! A server as one shard of a cluster (docs/DESIGN.md, "Scale-out"). The
+//! cluster's state lives in etcd ([`featmux_cluster::ClusterStore`]), not
+//! in a consensus of our own: the shard
+//!
+//! - joins the members under a lease (address and id), and joins again if
+//!   the lease is lost while etcd was away;
+//! - follows the state: on every change it reads a snapshot and
+//!   [`reconcile::reconcile`]s its catalog (create its part of a table,
+//!   register features, drop), then serves each table at the map epoch it
+//!   applied ([`MapEpochs`]);
+//! - applies admin calls it receives as etcd transactions
+//!   ([`admin::ClusterAdmin`]), then waits until it has applied them
+//!   itself, so the answer describes the new state.
+//!
+//! While etcd is unreachable the data plane keeps serving at the last
+//! applied epochs; admin calls fail with UNAVAILABLE naming etcd.
+
+pub mod admin;
+mod epochs;
+mod reconcile;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use featmux_cluster::{ClusterStore, Snapshot};
+use featmux_proto::v1 as pb;
+use featmux_storage::catalog::Catalog;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+pub use admin::ClusterAdmin;
+pub use epochs::MapEpochs;
+
+use crate::config::{ClusterConfig, ServerConfig};
+use crate::startup::ServeError;
+
+/// What the shard has applied: the etcd revision of its last snapshot and
+/// the tables it could not bring in line (with the reason).
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    pub revision: i64,
+    pub failures: HashMap<String, String>,
+}
+
+/// The running shard: shared by the admin calls and the follower task.
+pub struct Shard {
+    pub(crate) store: ClusterStore,
+    pub(crate) id: String,
+    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) epochs: Arc<MapEpochs>,
+    pub(crate) applied: watch::Sender<Applied>,
+    /// Partitions of a table created without saying.
+    pub(crate) partitions: u32,
+}
+
+/// Connects to etcd, joins, applies the cluster's state once, and starts
+/// following it; from then on admin calls go through the returned admin.
+/// Until etcd answers it keeps trying (the server is not ready meanwhile).
+pub async fn join(
+    config: &ServerConfig,
+    cluster: &ClusterConfig,
+    catalog: Arc<Catalog>,
+    epochs: Arc<MapEpochs>,
+) -> Result<Arc<ClusterAdmin>, ServeError> {
+    // A data directory of standalone tables is not a shard's: reconciling
+    // would drop them.
+    let standalone: Vec<String> = catalog
+        .table_names()
+        .into_iter()
+        .filter(|t| matches!(catalog.shard_part(t), Ok(None)))
+        .collect();
+    if !standalone.is_empty() {
+        return Err(ServeError::Cluster(format!(
+            "the data directory holds standalone tables ({}); a cluster shard needs a data \
+             directory of its own",
+            standalone.join(", ")
+        )));
+    }
+    let (grpc, http) = config.advertised(cluster);
+    let member = pb::ShardMember {
+        id: cluster.shard_id.clone(),
+        grpc,
+        http,
+    };
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match try_join(cluster, &member, catalog.clone(), epochs.clone()).await {
+            Ok(admin) => return Ok(admin),
+            Err(reason) => {
+                warn!(%reason, etcd = ?cluster.etcd, "cannot join the cluster yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn try_join(
+    cluster: &ClusterConfig,
+    member: &pb::ShardMember,
+    catalog: Arc<Catalog>,
+    epochs: Arc<MapEpochs>,
+) -> Result<Arc<ClusterAdmin>, String> {
+    let store = ClusterStore::connect(&cluster.etcd, &cluster.prefix)
+        .await
+        .map_err(|e| format!("cannot reach etcd: {e}"))?;
+    let ttl = cluster.lease_ttl_secs as i64;
+    let membership = store
+        .join(member, ttl)
+        .await
+        .map_err(|e| format!("cannot join: {e}"))?;
+    let snapshot = store
+        .snapshot()
+        .await
+        .map_err(|e| format!("cannot read the cluster state: {e}"))?;
+    info!(shard = %member.id, grpc = %member.grpc, prefix = %cluster.prefix, "joined the cluster");
+    let shard = Arc::new(Shard {
+        store,
+        id: cluster.shard_id.clone(),
+        catalog,
+        epochs,
+        applied: watch::channel(Applied::default()).0,
+        partitions: cluster.partitions,
+    });
+    let first = shard.apply(snapshot).await;
+    tokio::spawn(keep_membership(
+        shard.clone(),
+        member.clone(),
+        ttl,
+        membership,
+    ));
+    tokio::spawn(follow(shard.clone(), first));
+    Ok(Arc::new(ClusterAdmin::new(shard)))
+}
+
+impl Shard {
+    /// Reconciles with `snapshot` (on the blocking pool: creating a table
+    /// allocates and fills it) and publishes what was applied.
+    async fn apply(self: &Arc<Self>, snapshot: Snapshot) -> i64 {
+        let shard = self.clone();
+        let revision = snapshot.revision;
+        let done = tokio::task::spawn_blocking(move || {
+            reconcile::reconcile(&shard.catalog, &shard.id, &snapshot)
+        })
+        .await;
+        match done {
+            Ok(done) => {
+                self.epochs.set_all(done.epochs);
+                self.applied.send_replace(Applied {
+                    revision,
+                    failures: done.failures,
+                });
+            }
+            Err(e) => warn!(error = %e, "reconciling with the cluster failed"),
+        }
+        revision
+    }
+}
+
+/// Applies every change of the cluster state, for as long as the server
+/// runs. etcd unreachable: retry with backoff; the tables keep serving.
+async fn follow(shard: Arc<Shard>, mut revision: i64) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let next = match shard.store.changed_after(revision).await {
+            Ok(_) => shard.store.snapshot().await,
+            Err(e) => Err(e),
+        };
+        match next {
+            Ok(snapshot) => {
+                backoff = Duration::from_millis(100);
+                revision = shard.apply(snapshot).await;
+            }
+            Err(e) => {
+                warn!(error = %e, "lost the cluster state; serving the last applied maps");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                // Whatever was missed is in the next snapshot.
+                if let Ok(snapshot) = shard.store.snapshot().await {
+                    revision = shard.apply(snapshot).await;
+                }
+            }
+        }
+    }
+}
+
+/// Joins again whenever the lease is lost (etcd was away for longer than
+/// its TTL), so clients find this shard once etcd is back.
+async fn keep_membership(
+    shard: Arc<Shard>,
+    member: pb::ShardMember,
+    ttl: i64,
+    mut membership: featmux_cluster::Membership,
+) {
+    loop {
+        membership.lost().await;
+        warn!(shard = %member.id, "cluster membership lost; joining again");
+        membership = loop {
+            match shard.store.join(&member, ttl).await {
+                Ok(joined) => break joined,
+                Err(e) => {
+                    warn!(error = %e, "cannot join the cluster yet");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        info!(shard = %member.id, "joined the cluster again");
+    }
+}
