@@ -11,6 +11,9 @@ A :class:`Client` talks gRPC to a ``featmux serve`` through the Rust client
                         ticket=True)
     client.push("ads", {name: grad_of(name) for name in emb}, ticket=emb)
 
+A :class:`ClusterClient` does the same for tables sharded over a cluster
+(``ClusterClient("etcd-host:2379", prefix="/featmux")``).
+
 Lookups return ``float32`` arrays ``[examples, width]`` per feature; every
 failure raises a subclass of :class:`FeatmuxError` named after its gRPC
 status, carrying the server's message.
@@ -29,10 +32,12 @@ from featmux._native import (
     Unavailable,
 )
 from featmux.client import Client, Embeddings, TrainStream
+from featmux.cluster import ClusterClient
 
 __all__ = [
     "AlreadyExists",
     "Client",
+    "ClusterClient",
     "DeadlineExceeded",
     "Embeddings",
     "FailedPrecondition",

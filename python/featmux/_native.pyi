@@ -56,3 +56,26 @@ class NativeTrainStream:
     def send_lookup(self, table: str, batch: _Batch, ticket: bool = True) -> int: ...
     def send_push(self, table: str, ticket: int, gradients: list[npt.NDArray[np.float32]]) -> int: ...
     def recv(self) -> tuple[int, str, object, Optional[int]]: ...
+
+class NativeClusterTicket: ...
+
+class NativeClusterClient:
+    def __init__(
+        self,
+        etcd: list[str],
+        prefix: str,
+        token: Optional[str] = None,
+        timeout: float = 30.0,
+        connections: int = 4,
+    ) -> None: ...
+    def lookup(
+        self, table: str, batch: _Batch, ticket: bool = False
+    ) -> tuple[list[tuple[str, npt.NDArray[np.float32]]], Optional[NativeClusterTicket]]: ...
+    def push(
+        self,
+        table: str,
+        gradients: list[npt.NDArray[np.float32]],
+        batch: Optional[_Batch] = None,
+        ticket: Optional[NativeClusterTicket] = None,
+    ) -> list[dict]: ...
+    def admin(self) -> NativeClient: ...

@@ -94,6 +94,12 @@ class Client:
                 ca_cert = f.read()
         self._native = NativeClient(addr, token, ca_cert, timeout, retries, connections)
 
+    @classmethod
+    def _from_native(cls, native: NativeClient) -> "Client":
+        client = cls.__new__(cls)
+        client._native = native
+        return client
+
     # Data plane.
 
     def lookup(self, table: str, batch: Mapping[str, Any], ticket: bool = False) -> Embeddings:

@@ -25,7 +25,7 @@ use crate::config;
 use crate::errors;
 
 /// The runtime every client's calls run on (created at first use).
-fn runtime() -> &'static tokio::runtime::Runtime {
+pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -43,6 +43,11 @@ pub struct NativeClient {
 }
 
 impl NativeClient {
+    /// Wraps a connected client (a cluster client's shard, for admin calls).
+    pub(crate) fn from_client(client: Client) -> Self {
+        NativeClient { client }
+    }
+
     /// Runs `call` (given its own handle on the client) as a runtime task,
     /// waiting for it without the GIL.
     fn run<T, F>(&self, py: Python<'_>, call: impl FnOnce(Client) -> F) -> PyResult<T>

@@ -11,11 +11,14 @@
 //! - [`config`]: table and feature dicts to wire configs and back.
 //! - [`client`]: the `NativeClient` class: every call releases the GIL while
 //!   it waits on the network.
+//! - [`cluster`]: the `NativeClusterClient` class: tables sharded over a
+//!   cluster, routed by the Rust cluster client.
 
 use pyo3::prelude::*;
 
 mod batch;
 mod client;
+mod cluster;
 mod config;
 mod errors;
 
@@ -32,5 +35,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::NativeClient>()?;
     m.add_class::<client::NativeTrainStream>()?;
+    m.add_class::<cluster::NativeClusterClient>()?;
+    m.add_class::<cluster::NativeClusterTicket>()?;
     errors::register(m)
 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import time
 import urllib.request
@@ -25,13 +26,13 @@ def featmux_binary() -> str:
 
 
 class Server:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, extra_config: str = ""):
         config = tmp / "featmux.toml"
         config.write_text(
             f'data_dir = "{tmp / "data"}"\n'
             'grpc_addr = "127.0.0.1:0"\nhttp_addr = "127.0.0.1:0"\nlog_format = "json"\n'
             f'[auth]\nadmin_token = "{ADMIN}"\ndata_token = "{DATA}"\n'
-            "[limits]\nmax_memory_bytes = 268435456\n"
+            "[limits]\nmax_memory_bytes = 268435456\n" + extra_config
         )
         self.log = open(tmp / "server.log", "w+")
         self.process = subprocess.Popen(
@@ -79,3 +80,48 @@ def server(tmp_path_factory):
     server = Server(tmp_path_factory.mktemp("featmux"))
     yield server
     server.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """One etcd member and three ``featmux serve`` shards joined to it."""
+
+    PREFIX = "/featmux/pytest"
+
+    def __init__(self, tmp: Path):
+        client, peer = free_port(), free_port()
+        self.etcd = f"127.0.0.1:{client}"
+        self.etcd_log = open(tmp / "etcd.log", "w")
+        self.etcd_process = subprocess.Popen(
+            ["etcd", "--name", "e0", "--data-dir", str(tmp / "etcd"),
+             "--listen-client-urls", f"http://{self.etcd}", "--advertise-client-urls", f"http://{self.etcd}",
+             "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+             "--initial-cluster", f"e0=http://127.0.0.1:{peer}"],
+            stdout=subprocess.DEVNULL, stderr=self.etcd_log,
+        )
+        self.shards = []
+        for i in range(3):
+            shard_dir = tmp / f"shard{i}"
+            shard_dir.mkdir()
+            config = (f'[cluster]\netcd = ["{self.etcd}"]\nprefix = "{self.PREFIX}"\n'
+                      f'shard_id = "s{i}"\npartitions = 48\n')
+            self.shards.append(Server(shard_dir, config))
+
+    def stop(self) -> None:
+        for shard in self.shards:
+            shard.stop()
+        self.etcd_process.terminate()
+        self.etcd_process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    cluster = Cluster(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()

@@ -1,0 +1,73 @@
+"""``featmux.ClusterClient`` against a real etcd and three real shards:
+lookups equal one standalone server's with the same table, pushes move
+the same rows by the same amounts, and ``EmbeddingCollection`` trains
+through it unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import featmux
+from featmux.torch import EmbeddingCollection
+from conftest import ADMIN
+
+TABLE = {"name": "sharded", "rows": 6000, "chunk_dim": 8, "optimizer": {"kind": "adagrad", "lr": 0.1}}
+FEATURES = [
+    {"name": "user"},
+    {"name": "tags", "pooling": "mean"},
+    {"name": "clicks", "value_type": "int64", "chunks": 2},
+]
+
+
+def batch(step: int) -> dict:
+    return {
+        "user": [f"u{(step * 32 + e) % 41}" for e in range(32)],
+        "tags": [[f"t{(e + t) % 23}" for t in range(e % 4)] for e in range(32)],
+        "clicks": [[e, e * 7 % 31] for e in range(32)],
+    }
+
+
+def assert_same(sharded: featmux.Embeddings, single: featmux.Embeddings) -> None:
+    assert list(sharded) == list(single)
+    for feature in single:
+        np.testing.assert_allclose(sharded[feature], single[feature], rtol=1e-6, atol=1e-7)
+    # One value per example, sum pooling: the row itself, bit for bit.
+    assert np.array_equal(sharded["user"], single["user"])
+
+
+def test_a_sharded_table_answers_and_trains_like_one_server(server, cluster):
+    single = featmux.Client(server.grpc, token=ADMIN)
+    sharded = featmux.ClusterClient(cluster.etcd, prefix=cluster.PREFIX, token=ADMIN)
+    single.create_table(TABLE, FEATURES)
+    info = sharded.admin().create_table(TABLE, FEATURES)
+    assert [f["salt"] for f in info["features"]] == [f["salt"] for f in single.table("sharded")["features"]]
+
+    for step in range(3):
+        looked_up = sharded.lookup("sharded", batch(step), ticket=True)
+        reference = single.lookup("sharded", batch(step), ticket=True)
+        assert_same(looked_up, reference)
+        grads = {f: np.full(reference[f].shape, 0.05 * (step + 1), np.float32) for f in reference}
+        pushed = sharded.push("sharded", grads, ticket=looked_up) if step % 2 == 0 else \
+            sharded.push("sharded", grads, batch=batch(step))
+        expected = single.push("sharded", grads, ticket=reference)
+        assert sorted(s["shard"] for s in pushed["shards"]) == ["s0", "s1", "s2"]
+        assert pushed["unique_rows"] == expected["unique_rows"]
+    for step in range(3):
+        assert_same(sharded.lookup("sharded", batch(step)), single.lookup("sharded", batch(step)))
+
+
+def test_embedding_collection_trains_through_a_cluster(server, cluster):
+    single = featmux.Client(server.grpc, token=ADMIN)
+    sharded = featmux.ClusterClient(cluster.etcd, prefix=cluster.PREFIX, token=ADMIN)
+    table = {**TABLE, "name": "torch_sharded"}
+    single.create_table(table, FEATURES)
+    sharded.admin().create_table(table, FEATURES)
+    for client in (single, sharded):
+        embeddings = EmbeddingCollection(client, "torch_sharded", concat=True)
+        out = embeddings(batch(5))
+        (out * 0.1).sum().backward()
+        assert embeddings.last_push["unique_rows"] > 0
+    assert_same(sharded.lookup("torch_sharded", batch(5)), single.lookup("torch_sharded", batch(5)))
+    with torch.no_grad():
+        assert EmbeddingCollection(sharded, "torch_sharded")(batch(5))["user"].shape == (32, 8)
