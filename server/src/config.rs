@@ -617,6 +617,40 @@ mod tests {
         );
     }
 
+    /// The Kubernetes ConfigMap's featmux.toml, with the environment its
+    /// StatefulSet sets, is a valid cluster shard's configuration.
+    #[test]
+    fn the_kubernetes_config_is_a_valid_shard_config() {
+        let manifest = include_str!("../../deploy/kubernetes/configmap.yaml");
+        let start = manifest.find("featmux.toml: |").expect("the featmux.toml key");
+        let toml_text: String = manifest[start..]
+            .lines()
+            .skip(1)
+            .map(|line| line.strip_prefix("    ").unwrap_or(line.trim()))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let mut config: ServerConfig = toml::from_str(&toml_text).unwrap();
+        config
+            .apply_env(|var| match var {
+                "FEATMUX_SHARD_ID" => Some("featmux-0".into()),
+                "FEATMUX_ADVERTISE_GRPC" => Some("http://featmux-0.featmux-shards.featmux.svc:50051".into()),
+                _ => None,
+            })
+            .unwrap();
+        config.validate().unwrap();
+        let cluster = config.cluster.as_ref().unwrap();
+        assert_eq!(cluster.etcd.len(), 3);
+        assert_eq!(
+            config.advertised(cluster).0,
+            "http://featmux-0.featmux-shards.featmux.svc:50051"
+        );
+        // Without a shard id (the StatefulSet's env) it is refused.
+        let mut no_id: ServerConfig = toml::from_str(&toml_text).unwrap();
+        no_id.cluster.as_mut().unwrap().shard_id.clear();
+        let err = no_id.validate().unwrap_err().to_string();
+        assert!(err.starts_with("cluster.shard_id"), "{err}");
+    }
+
     #[test]
     fn bad_configs_name_the_problem() {
         let dir = tempfile::tempdir().unwrap();
