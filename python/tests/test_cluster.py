@@ -5,6 +5,8 @@ through it unchanged."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -71,3 +73,18 @@ def test_embedding_collection_trains_through_a_cluster(server, cluster):
     assert_same(sharded.lookup("torch_sharded", batch(5)), single.lookup("torch_sharded", batch(5)))
     with torch.no_grad():
         assert EmbeddingCollection(sharded, "torch_sharded")(batch(5))["user"].shape == (32, 8)
+
+
+def test_the_readme_cluster_snippet_runs_as_written(cluster):
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("\n## Running a cluster\n")[1].split("\n## ")[0]
+    snippets = [block.split("\n```")[0] for block in section.split("```python\n")[1:]]
+    assert len(snippets) == 1
+    # The cluster here has its own etcd, prefix and tokens.
+    snippet = snippets[0].replace("127.0.0.1:23000,127.0.0.1:23001", cluster.etcd).replace(
+        'prefix="/featmux/local")', f'prefix="{cluster.PREFIX}", token="{ADMIN}")'
+    )
+    namespace: dict = {}
+    exec(snippet, namespace)
+    pushed = namespace["cluster"].push("ads", {"user": np.ones((2, 16), np.float32)}, batch={"user": ["u1", "u2"]})
+    assert pushed["unique_rows"] == 2
