@@ -72,9 +72,19 @@ impl Client {
 
     /// Flushes and checkpoints the database.
     pub async fn create_checkpoint(&self) -> Result<pb::Checkpoint, ClientError> {
+        self.checkpoint_where(false).await
+    }
+
+    /// On a cluster shard: checkpoints this shard alone (what a cluster
+    /// checkpoint asks of each shard).
+    pub async fn create_shard_checkpoint(&self) -> Result<pb::Checkpoint, ClientError> {
+        self.checkpoint_where(true).await
+    }
+
+    async fn checkpoint_where(&self, this_shard_only: bool) -> Result<pb::Checkpoint, ClientError> {
         self.call(
             &self.admin,
-            pb::CreateCheckpointRequest {},
+            pb::CreateCheckpointRequest { this_shard_only },
             |mut c, r| async move { c.create_checkpoint(r).await },
         )
         .await
@@ -94,9 +104,25 @@ impl Client {
 
     /// Deletes a checkpoint.
     pub async fn delete_checkpoint(&self, id: u64) -> Result<(), ClientError> {
+        self.delete_checkpoint_where(id, false).await
+    }
+
+    /// On a cluster shard: deletes this shard's own checkpoint `id`.
+    pub async fn delete_shard_checkpoint(&self, id: u64) -> Result<(), ClientError> {
+        self.delete_checkpoint_where(id, true).await
+    }
+
+    async fn delete_checkpoint_where(
+        &self,
+        id: u64,
+        this_shard_only: bool,
+    ) -> Result<(), ClientError> {
         self.call(
             &self.admin,
-            pb::CheckpointId { id },
+            pb::CheckpointId {
+                id,
+                this_shard_only,
+            },
             |mut c, r| async move { c.delete_checkpoint(r).await },
         )
         .await?;
@@ -114,7 +140,31 @@ impl Client {
             id,
             table: table.to_owned(),
             into: into.unwrap_or_default().to_owned(),
+            this_shard_only: false,
         };
+        self.restore(request).await
+    }
+
+    /// On a cluster shard: restores this shard's part of `table`, in place,
+    /// from its own checkpoint `id`.
+    pub async fn restore_shard_checkpoint(
+        &self,
+        id: u64,
+        table: &str,
+    ) -> Result<pb::TableInfo, ClientError> {
+        let request = pb::RestoreCheckpointRequest {
+            id,
+            table: table.to_owned(),
+            into: String::new(),
+            this_shard_only: true,
+        };
+        self.restore(request).await
+    }
+
+    async fn restore(
+        &self,
+        request: pb::RestoreCheckpointRequest,
+    ) -> Result<pb::TableInfo, ClientError> {
         self.call(&self.admin, request, |mut c, r| async move {
             c.restore_checkpoint(r).await
         })

@@ -214,6 +214,41 @@ impl ClusterStore {
         Ok(response.succeeded().then(|| revision_of(response.header())))
     }
 
+    /// Records a cluster checkpoint (its id must be new).
+    pub async fn put_checkpoint(&self, record: &pb::ClusterCheckpoint) -> Result<(), ClusterError> {
+        let id = record.checkpoint.as_ref().map_or(0, |c| c.id);
+        let key = self.key("checkpoints", &format!("{id:020}"));
+        let txn = Txn::new()
+            .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, record.encode_to_vec(), None)]);
+        if !self.txn(txn).await?.succeeded() {
+            return Err(ClusterError::AlreadyExists(format!("checkpoint {id}")));
+        }
+        Ok(())
+    }
+
+    /// Every cluster checkpoint, oldest first.
+    pub async fn checkpoints(&self) -> Result<Vec<pb::ClusterCheckpoint>, ClusterError> {
+        Ok(self
+            .list(&self.key("checkpoints", ""))
+            .await?
+            .into_iter()
+            .map(|c| c.value)
+            .collect())
+    }
+
+    /// Removes a cluster checkpoint's record; whether it existed.
+    pub async fn delete_checkpoint(&self, id: u64) -> Result<bool, ClusterError> {
+        let key = self.key("checkpoints", &format!("{id:020}"));
+        let response = self
+            .retry(|mut c| {
+                let key = key.clone();
+                async move { c.delete(key, None).await }
+            })
+            .await?;
+        Ok(response.deleted() > 0)
+    }
+
     /// Tables, maps and members in one read (so at one revision).
     pub async fn snapshot(&self) -> Result<Snapshot, ClusterError> {
         let root = format!("{}/", self.prefix);

@@ -622,7 +622,9 @@ mod tests {
     #[test]
     fn the_kubernetes_config_is_a_valid_shard_config() {
         let manifest = include_str!("../../deploy/kubernetes/configmap.yaml");
-        let start = manifest.find("featmux.toml: |").expect("the featmux.toml key");
+        let start = manifest
+            .find("featmux.toml: |")
+            .expect("the featmux.toml key");
         let toml_text: String = manifest[start..]
             .lines()
             .skip(1)
@@ -633,7 +635,9 @@ mod tests {
         config
             .apply_env(|var| match var {
                 "FEATMUX_SHARD_ID" => Some("featmux-0".into()),
-                "FEATMUX_ADVERTISE_GRPC" => Some("http://featmux-0.featmux-shards.featmux.svc:50051".into()),
+                "FEATMUX_ADVERTISE_GRPC" => {
+                    Some("http://featmux-0.featmux-shards.featmux.svc:50051".into())
+                }
                 _ => None,
             })
             .unwrap();

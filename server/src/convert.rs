@@ -7,7 +7,8 @@ use featmux_proto::payload;
 use featmux_proto::v1 as pb;
 
 use crate::api::{
-    Checkpoint, ExplainedValue, FeatureInfo, GradientBlock, PushResult, Stats, TableInfo,
+    Checkpoint, ExplainedValue, FeatureInfo, GradientBlock, PushResult, ShardCheckpoint, Stats,
+    TableInfo,
 };
 use crate::error::ApiError;
 use featmux_engine::batch::FeatureEmbeddings;
@@ -85,6 +86,35 @@ pub fn checkpoint_to_pb(c: Checkpoint) -> pb::Checkpoint {
         version: c.version,
         created_unix_ms: c.created_unix_ms,
         tables: c.tables,
+        shards: c
+            .shards
+            .into_iter()
+            .map(|s| pb::ShardCheckpoint {
+                shard: s.shard,
+                checkpoint: s.checkpoint,
+                version: s.version,
+            })
+            .collect(),
+    }
+}
+
+/// A cluster checkpoint's description (as etcd stores it) for the API.
+pub fn checkpoint_from_pb(c: pb::Checkpoint) -> Checkpoint {
+    Checkpoint {
+        id: c.id,
+        version: c.version,
+        created_unix_ms: c.created_unix_ms,
+        tables: c.tables,
+        dir: String::new(),
+        shards: c
+            .shards
+            .into_iter()
+            .map(|s| ShardCheckpoint {
+                shard: s.shard,
+                checkpoint: s.checkpoint,
+                version: s.version,
+            })
+            .collect(),
     }
 }
 

@@ -263,3 +263,97 @@ async fn futures(shards: &[TestServer]) -> Vec<Client> {
     }
     clients
 }
+
+#[test]
+fn a_cluster_checkpoint_restores_every_shard_to_its_cut() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let shards: Vec<TestServer> = ["s0", "s1", "s2"]
+        .iter()
+        .map(|id| shard(dir.path(), &etcd, id))
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let _ = etcd.store(PREFIX).await;
+        let admins: Vec<Client> = futures(&shards).await;
+        admins[0]
+            .create_table(adagrad_table("t", ROWS, 8, 0.1), features())
+            .await
+            .unwrap();
+        let cluster = cluster_client(&etcd).await;
+        let train = |step: i64| {
+            let cluster = &cluster;
+            async move {
+                let (looked_up, ticket) = cluster.lookup("t", &batch(step), true).await.unwrap();
+                cluster
+                    .push_ticket(&ticket.unwrap(), &grads(&looked_up))
+                    .await
+                    .unwrap();
+            }
+        };
+        train(0).await;
+        let mut at_checkpoint = Vec::new();
+        for step in 0..3 {
+            at_checkpoint.push(cluster.lookup("t", &batch(step), false).await.unwrap().0);
+        }
+        // Through any shard: every shard checkpoints, the set is in etcd.
+        let checkpoint = admins[2].create_checkpoint().await.unwrap();
+        let mut parts: Vec<&str> = checkpoint.shards.iter().map(|s| s.shard.as_str()).collect();
+        parts.sort();
+        assert_eq!(parts, ["s0", "s1", "s2"]);
+        assert!(checkpoint.shards.iter().all(|s| s.version == 1));
+        assert_eq!(checkpoint.tables, ["t"]);
+        assert_eq!(
+            admins[0].list_checkpoints().await.unwrap(),
+            std::slice::from_ref(&checkpoint)
+        );
+
+        train(1).await;
+        train(2).await;
+        // Restored through another shard: every shard is back at its cut.
+        admins[1]
+            .restore_checkpoint(checkpoint.id, "t", None)
+            .await
+            .unwrap();
+        for step in 0..3 {
+            let (now, _) = cluster.lookup("t", &batch(step), false).await.unwrap();
+            assert_same(&now, &at_checkpoint[step as usize]);
+            assert_eq!(
+                now.embeddings[0].data,
+                at_checkpoint[step as usize].embeddings[0].data
+            );
+        }
+        // `into` needs a table the cluster would not know: refused.
+        let err = admins[1]
+            .restore_checkpoint(checkpoint.id, "t", Some("copy"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
+        // A table created again is another table: refused, nothing changes.
+        admins[0].drop_table("t").await.unwrap();
+        admins[0]
+            .create_table(adagrad_table("t", ROWS, 8, 0.1), features())
+            .await
+            .unwrap();
+        let err = admins[0]
+            .restore_checkpoint(checkpoint.id, "t", None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(Code::FailedPrecondition), "{err}");
+        assert!(err.to_string().contains("created again"), "{err}");
+        // Deleted everywhere.
+        admins[0].delete_checkpoint(checkpoint.id).await.unwrap();
+        assert!(admins[1].list_checkpoints().await.unwrap().is_empty());
+        for shard in &shards {
+            assert_eq!(
+                std::fs::read_dir(shard.data_dir.join("checkpoints")).map_or(0, |d| d.count()),
+                0,
+                "{}",
+                shard.data_dir.display()
+            );
+        }
+    });
+    for server in shards {
+        assert!(server.stop().success());
+    }
+}

@@ -13,7 +13,7 @@ use prometheus::IntCounter;
 
 use crate::cluster::{ClusterAdmin, MapEpochs};
 use crate::dedup::PushDedup;
-use crate::error::{ApiError, ErrorKind};
+use crate::error::ApiError;
 use crate::tickets::{Ticket, TicketCache};
 use featmux_engine::backend::{GatherPlan, RowGradients};
 use featmux_engine::batch::{Batch, FeatureEmbeddings, Values};
@@ -25,9 +25,19 @@ use featmux_engine::table::{PushSummary, Table};
 use featmux_storage::catalog::Catalog;
 
 pub use types::{
-    Checkpoint, ExplainedValue, FeatureInfo, GradientBlock, PushResult, Stats, TableInfo,
-    TableStats, VersionRange,
+    Checkpoint, ExplainedValue, FeatureInfo, GradientBlock, PushResult, ShardCheckpoint, Stats,
+    TableInfo, TableStats, VersionRange,
 };
+
+/// Where a checkpoint operation applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// This server, or on a cluster shard the whole cluster.
+    Everywhere,
+    /// On a cluster shard: this shard alone (what a cluster checkpoint
+    /// asks of each shard). The same as `Everywhere` on a standalone server.
+    ThisShard,
+}
 
 /// Request-size limits; a request over one is refused, changing nothing.
 #[derive(Debug, Clone, Copy)]
@@ -403,13 +413,27 @@ impl Api {
         }
     }
 
-    /// Flushes and checkpoints the whole database.
-    pub fn create_checkpoint(&self) -> Result<Checkpoint, ApiError> {
+    /// The cluster admin when `scope` means the whole cluster.
+    fn cluster_for(&self, scope: Scope) -> Option<&ClusterAdmin> {
+        self.cluster
+            .as_deref()
+            .filter(|_| scope == Scope::Everywhere)
+    }
+
+    /// Flushes and checkpoints the whole database; on a cluster shard,
+    /// every shard's (see [`ClusterAdmin::create_checkpoint`]).
+    pub fn create_checkpoint(&self, scope: Scope) -> Result<Checkpoint, ApiError> {
+        if let Some(cluster) = self.cluster_for(scope) {
+            return cluster.create_checkpoint();
+        }
         Ok(self.catalog.create_checkpoint()?.into())
     }
 
-    /// Checkpoints, oldest first.
+    /// Checkpoints, oldest first (a cluster shard lists the cluster's).
     pub fn list_checkpoints(&self) -> Result<Vec<Checkpoint>, ApiError> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.checkpoints();
+        }
         Ok(self
             .catalog
             .checkpoints()?
@@ -418,26 +442,31 @@ impl Api {
             .collect())
     }
 
-    /// Deletes a checkpoint.
-    pub fn delete_checkpoint(&self, id: u64) -> Result<(), ApiError> {
+    /// Deletes a checkpoint (a cluster's: every shard's part).
+    pub fn delete_checkpoint(&self, id: u64, scope: Scope) -> Result<(), ApiError> {
+        if let Some(cluster) = self.cluster_for(scope) {
+            return cluster.delete_checkpoint(id);
+        }
         Ok(self.catalog.delete_checkpoint(id)?)
     }
 
-    /// Restores `table` from checkpoint `id`, in place or `into` a new name.
+    /// Restores `table` from checkpoint `id`, in place or `into` a new name
+    /// (a cluster's: every shard restores its part, in place).
     pub fn restore_checkpoint(
         &self,
         id: u64,
         table: &str,
         into: Option<&str>,
+        scope: Scope,
     ) -> Result<TableInfo, ApiError> {
-        if let Some(cluster) = &self.cluster {
-            return Err(ApiError::new(
-                ErrorKind::FailedPrecondition,
-                format!(
-                    "shard `{}` is part of a cluster: restoring one shard's part of a table \
-                     would leave the shards at different points; restore the cluster instead",
-                    cluster.shard_id()
-                ),
+        if let Some(cluster) = self.cluster_for(scope) {
+            cluster.restore_checkpoint(id, table, into)?;
+            return self.table_info(table);
+        }
+        if self.cluster.is_some() && into.is_some() {
+            return Err(ApiError::invalid(
+                "a shard restores its part of a cluster table in place only (`into` would be a \
+                 table the cluster does not know)",
             ));
         }
         self.catalog.restore_checkpoint(id, table, into)?;

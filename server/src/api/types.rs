@@ -26,6 +26,20 @@ pub struct Checkpoint {
     pub tables: Vec<String>,
     /// Directory of the RocksDB checkpoint (hard links), relative to the data dir.
     pub dir: String,
+    /// A cluster checkpoint: each shard's checkpoint and version (its own
+    /// `version` is then 0: versions are per shard).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardCheckpoint>,
+}
+
+/// One shard's part of a cluster checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ShardCheckpoint {
+    pub shard: String,
+    /// The shard's own checkpoint id.
+    pub checkpoint: u64,
+    /// The shard's training version it holds exactly.
+    pub version: u64,
 }
 
 impl From<CheckpointRecord> for Checkpoint {
@@ -36,6 +50,7 @@ impl From<CheckpointRecord> for Checkpoint {
             created_unix_ms: c.created_unix_ms,
             tables: c.tables,
             dir: c.dir,
+            shards: Vec::new(),
         }
     }
 }

@@ -14,7 +14,13 @@ use featmux_engine::schema::{FeatureSpec, TableSpec};
 use featmux_proto::engine::{table_from_pb, table_to_pb};
 use featmux_proto::v1 as pb;
 
+use std::collections::HashMap;
+
+use featmux_client::{Client, ClientOptions};
+
 use super::Shard;
+use crate::api::Checkpoint;
+use crate::convert;
 use crate::error::{ApiError, ErrorKind};
 
 /// How long an admin call waits for this shard to apply its own change.
@@ -152,6 +158,246 @@ impl ClusterAdmin {
                     format!("unknown table `{table}`"),
                 )),
             }
+        })
+    }
+
+    /// A client of shard `id` at `grpc` with the cluster's admin token.
+    async fn shard_client(&self, id: &str, grpc: &str) -> Result<Client, ApiError> {
+        let options = ClientOptions {
+            token: self.shard.admin_token.clone(),
+            retries: 1,
+            ..ClientOptions::new(grpc)
+        };
+        Client::connect(options).await.map_err(|e| {
+            ApiError::new(
+                ErrorKind::Unavailable,
+                format!("shard `{id}` at {grpc} cannot be reached: {e}"),
+            )
+        })
+    }
+
+    /// Runs `call` on every shard of `shards` (ids) concurrently; the
+    /// answers in that order, or an error naming every shard that failed.
+    async fn on_shards<T, F, Fut>(
+        &self,
+        members: &[pb::ShardMember],
+        shards: &[String],
+        what: &str,
+        call: F,
+    ) -> Result<Vec<T>, ApiError>
+    where
+        T: Send + 'static,
+        F: Fn(Client, String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, featmux_client::ClientError>> + Send + 'static,
+    {
+        let mut calls = Vec::new();
+        let mut failed = Vec::new();
+        for id in shards {
+            match members.iter().find(|m| &m.id == id) {
+                Some(member) => match self.shard_client(id, &member.grpc).await {
+                    Ok(client) => calls.push((id.clone(), tokio::spawn(call(client, id.clone())))),
+                    Err(e) => failed.push(e.message),
+                },
+                None => failed.push(format!("shard `{id}` is not a live member")),
+            }
+        }
+        let mut answers = Vec::new();
+        for (id, call) in calls {
+            match call.await {
+                Ok(Ok(answer)) => answers.push(answer),
+                Ok(Err(e)) => failed.push(format!("shard `{id}`: {e}")),
+                Err(e) => failed.push(format!("shard `{id}`: {e}")),
+            }
+        }
+        if failed.is_empty() {
+            Ok(answers)
+        } else {
+            Err(ApiError::new(
+                ErrorKind::Unavailable,
+                format!("{what} failed: {}", failed.join("; ")),
+            ))
+        }
+    }
+
+    /// A cluster checkpoint: every shard (every owner in a partition map,
+    /// each a live member) flushes and checkpoints itself at its own
+    /// training version, then the set is recorded in etcd. The cut is per
+    /// shard: a push that spans shards and races the checkpoint can be in
+    /// one shard's part and not in another's.
+    pub fn create_checkpoint(&self) -> Result<Checkpoint, ApiError> {
+        self.runtime.block_on(async {
+            let snapshot = self.shard.store.snapshot().await.map_err(etcd_error)?;
+            let mut shards: Vec<String> = snapshot
+                .maps
+                .iter()
+                .flat_map(|(_, m)| m.value.shards.iter().cloned())
+                .chain(snapshot.members.iter().map(|m| m.id.clone()))
+                .collect();
+            shards.sort();
+            shards.dedup();
+            let parts = self
+                .on_shards(
+                    &snapshot.members,
+                    &shards,
+                    "the cluster checkpoint",
+                    |c, id| async move {
+                        let part = c.create_shard_checkpoint().await?;
+                        Ok((id, part))
+                    },
+                )
+                .await?;
+            let mut tables: Vec<String> =
+                parts.iter().flat_map(|(_, p)| p.tables.clone()).collect();
+            tables.sort();
+            tables.dedup();
+            let checkpoint = pb::Checkpoint {
+                id: snapshot.revision as u64,
+                version: 0,
+                created_unix_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                tables,
+                shards: parts
+                    .into_iter()
+                    .map(|(shard, part)| pb::ShardCheckpoint {
+                        shard,
+                        checkpoint: part.id,
+                        version: part.version,
+                    })
+                    .collect(),
+            };
+            let incarnations = snapshot
+                .tables
+                .iter()
+                .filter_map(|t| Some((t.value.config.as_ref()?.name.clone(), t.created)))
+                .collect();
+            let record = pb::ClusterCheckpoint {
+                checkpoint: Some(checkpoint.clone()),
+                incarnations,
+            };
+            self.shard
+                .store
+                .put_checkpoint(&record)
+                .await
+                .map_err(etcd_error)?;
+            Ok(convert::checkpoint_from_pb(checkpoint))
+        })
+    }
+
+    /// The cluster's checkpoints, oldest first.
+    pub fn checkpoints(&self) -> Result<Vec<Checkpoint>, ApiError> {
+        let records = self
+            .runtime
+            .block_on(self.shard.store.checkpoints())
+            .map_err(etcd_error)?;
+        Ok(records
+            .into_iter()
+            .filter_map(|r| r.checkpoint)
+            .map(convert::checkpoint_from_pb)
+            .collect())
+    }
+
+    async fn record(&self, id: u64) -> Result<pb::ClusterCheckpoint, ApiError> {
+        self.shard
+            .store
+            .checkpoints()
+            .await
+            .map_err(etcd_error)?
+            .into_iter()
+            .find(|r| r.checkpoint.as_ref().is_some_and(|c| c.id == id))
+            .ok_or_else(|| ApiError::new(ErrorKind::NotFound, format!("unknown checkpoint {id}")))
+    }
+
+    /// Deletes every shard's part, then the record (kept, naming the
+    /// shards, if a part could not be deleted).
+    pub fn delete_checkpoint(&self, id: u64) -> Result<(), ApiError> {
+        self.runtime.block_on(async {
+            let record = self.record(id).await?;
+            let parts = record.checkpoint.unwrap_or_default().shards;
+            let members = self.shard.store.members().await.map_err(etcd_error)?;
+            let ids: Vec<String> = parts.iter().map(|p| p.shard.clone()).collect();
+            let local: HashMap<String, u64> = parts
+                .iter()
+                .map(|p| (p.shard.clone(), p.checkpoint))
+                .collect();
+            let local = Arc::new(local);
+            self.on_shards(&members, &ids, "deleting the checkpoint", move |c, id| {
+                let local = local.clone();
+                async move { c.delete_shard_checkpoint(local[&id]).await }
+            })
+            .await?;
+            self.shard
+                .store
+                .delete_checkpoint(id)
+                .await
+                .map_err(etcd_error)?;
+            Ok(())
+        })
+    }
+
+    /// Every shard restores its part of `table` in place, if the table is
+    /// still the incarnation the checkpoint holds.
+    pub fn restore_checkpoint(
+        &self,
+        id: u64,
+        table: &str,
+        into: Option<&str>,
+    ) -> Result<(), ApiError> {
+        if into.is_some() {
+            return Err(ApiError::invalid(
+                "a cluster restores a table in place; `into` (a new table) is not supported on a \
+                 cluster",
+            ));
+        }
+        self.runtime.block_on(async {
+            let record = self.record(id).await?;
+            let held = *record.incarnations.get(table).ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::NotFound,
+                    format!("checkpoint {id} does not hold table `{table}`"),
+                )
+            })?;
+            let now = self
+                .shard
+                .store
+                .table(table)
+                .await
+                .map_err(etcd_error)?
+                .ok_or_else(|| {
+                    ApiError::new(ErrorKind::NotFound, format!("unknown table `{table}`"))
+                })?;
+            if now.created != held {
+                return Err(ApiError::new(
+                    ErrorKind::FailedPrecondition,
+                    format!(
+                        "table `{table}` was created again since checkpoint {id} (incarnation \
+                         {} then, {} now): its rows are cut differently",
+                        held, now.created
+                    ),
+                ));
+            }
+            let parts = record.checkpoint.unwrap_or_default().shards;
+            let members = self.shard.store.members().await.map_err(etcd_error)?;
+            let ids: Vec<String> = parts.iter().map(|p| p.shard.clone()).collect();
+            let local: Arc<HashMap<String, u64>> = Arc::new(
+                parts
+                    .iter()
+                    .map(|p| (p.shard.clone(), p.checkpoint))
+                    .collect(),
+            );
+            let table = table.to_owned();
+            self.on_shards(&members, &ids, "restoring the checkpoint", move |c, id| {
+                let (local, table) = (local.clone(), table.clone());
+                async move {
+                    match c.restore_shard_checkpoint(local[&id], &table).await {
+                        // A shard that owns none of the table's partitions.
+                        Err(e) if e.code() == Some(featmux_client::Code::NotFound) => Ok(()),
+                        other => other.map(drop),
+                    }
+                }
+            })
+            .await?;
+            Ok(())
         })
     }
 

@@ -52,6 +52,8 @@ pub struct Shard {
     pub(crate) applied: watch::Sender<Applied>,
     /// Partitions of a table created without saying.
     pub(crate) partitions: u32,
+    /// What this shard sends other shards (a cluster checkpoint's calls).
+    pub(crate) admin_token: Option<String>,
 }
 
 /// Connects to etcd, joins, applies the cluster's state once, and starts
@@ -85,7 +87,8 @@ pub async fn join(
     };
     let mut backoff = Duration::from_millis(500);
     loop {
-        match try_join(cluster, &member, catalog.clone(), epochs.clone()).await {
+        let token = config.auth.admin_token.clone();
+        match try_join(cluster, &member, token, catalog.clone(), epochs.clone()).await {
             Ok(admin) => return Ok(admin),
             Err(reason) => {
                 warn!(%reason, etcd = ?cluster.etcd, "cannot join the cluster yet; retrying");
@@ -99,6 +102,7 @@ pub async fn join(
 async fn try_join(
     cluster: &ClusterConfig,
     member: &pb::ShardMember,
+    admin_token: Option<String>,
     catalog: Arc<Catalog>,
     epochs: Arc<MapEpochs>,
 ) -> Result<Arc<ClusterAdmin>, String> {
@@ -122,6 +126,7 @@ async fn try_join(
         epochs,
         applied: watch::channel(Applied::default()).0,
         partitions: cluster.partitions,
+        admin_token,
     });
     let first = shard.apply(snapshot).await;
     tokio::spawn(keep_membership(

@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::api::{Api, Encoding, PushTarget};
+use crate::api::{Api, Encoding, PushTarget, Scope};
 use crate::convert;
 use crate::error::{ApiError, ErrorKind};
 use crate::shared::Shared;
@@ -251,6 +251,15 @@ impl EmbeddingService for EmbeddingGrpc {
     }
 }
 
+/// A request's `this_shard_only` as the operations' scope.
+fn scope(this_shard_only: bool) -> Scope {
+    if this_shard_only {
+        Scope::ThisShard
+    } else {
+        Scope::Everywhere
+    }
+}
+
 /// `AdminService`: tables, features, checkpoints, stats, explain.
 pub struct AdminGrpc {
     pub(super) shared: Arc<Shared>,
@@ -332,8 +341,10 @@ impl AdminService for AdminGrpc {
         request: Request<pb::CreateCheckpointRequest>,
     ) -> Result<Response<pb::Checkpoint>, Status> {
         self.shared
-            .grpc_unary("CreateCheckpoint", request, |api, _| {
-                Ok(convert::checkpoint_to_pb(api.create_checkpoint()?))
+            .grpc_unary("CreateCheckpoint", request, |api, req| {
+                Ok(convert::checkpoint_to_pb(
+                    api.create_checkpoint(scope(req.this_shard_only))?,
+                ))
             })
             .await
     }
@@ -361,7 +372,7 @@ impl AdminService for AdminGrpc {
     ) -> Result<Response<pb::DeleteCheckpointResponse>, Status> {
         self.shared
             .grpc_unary("DeleteCheckpoint", request, |api, req| {
-                api.delete_checkpoint(req.id)?;
+                api.delete_checkpoint(req.id, scope(req.this_shard_only))?;
                 Ok(pb::DeleteCheckpointResponse {})
             })
             .await
@@ -374,9 +385,12 @@ impl AdminService for AdminGrpc {
         self.shared
             .grpc_unary("RestoreCheckpoint", request, |api, req| {
                 let into = (!req.into.is_empty()).then_some(req.into.as_str());
-                Ok(convert::table_info_to_pb(
-                    &api.restore_checkpoint(req.id, &req.table, into)?,
-                ))
+                Ok(convert::table_info_to_pb(&api.restore_checkpoint(
+                    req.id,
+                    &req.table,
+                    into,
+                    scope(req.this_shard_only),
+                )?))
             })
             .await
     }

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 
-use crate::api::{Checkpoint, Stats, TableInfo, TableStats};
+use crate::api::{Checkpoint, Scope, Stats, TableInfo, TableStats};
 use crate::error::ApiError;
 use crate::examples::{self};
 use crate::shared::Shared;
@@ -144,7 +144,7 @@ pub(super) async fn stats(State(shared): State<Arc<Shared>>) -> Result<Json<Stat
 pub(super) async fn create_checkpoint(
     State(shared): State<Arc<Shared>>,
 ) -> Result<(StatusCode, Json<Checkpoint>), ApiError> {
-    api_call(&shared, |api| api.create_checkpoint())
+    api_call(&shared, |api| api.create_checkpoint(Scope::Everywhere))
         .await
         .map(|c| (StatusCode::CREATED, Json(c)))
 }
@@ -172,9 +172,11 @@ pub(super) async fn delete_checkpoint(
     State(shared): State<Arc<Shared>>,
     ApiPath(id): ApiPath<u64>,
 ) -> Result<StatusCode, ApiError> {
-    api_call(&shared, move |api| api.delete_checkpoint(id))
-        .await
-        .map(|_| StatusCode::NO_CONTENT)
+    api_call(&shared, move |api| {
+        api.delete_checkpoint(id, Scope::Everywhere)
+    })
+    .await
+    .map(|_| StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/v1/checkpoints/{id}/restore", tag = "admin",
@@ -188,7 +190,7 @@ pub(super) async fn restore_checkpoint(
     ApiJson(body): ApiJson<RestoreBody>,
 ) -> Result<Json<TableInfo>, ApiError> {
     api_call(&shared, move |api| {
-        api.restore_checkpoint(id, &body.table, body.into.as_deref())
+        api.restore_checkpoint(id, &body.table, body.into.as_deref(), Scope::Everywhere)
     })
     .await
     .map(Json)
