@@ -91,10 +91,20 @@ status() {
 }
 
 down() {
+    pids=""
     for pidfile in "$DIR"/*.pid; do
         [ -e "$pidfile" ] || continue
-        kill "$(cat "$pidfile")" 2>/dev/null || true
+        pid=$(cat "$pidfile")
+        kill "$pid" 2>/dev/null && pids="$pids $pid"
         rm -f "$pidfile"
+    done
+    # Shards flush on SIGTERM: wait until every process is gone.
+    for pid in $pids; do
+        tries=0
+        while kill -0 "$pid" 2>/dev/null && [ "$tries" -lt 300 ]; do
+            sleep 0.1
+            tries=$((tries + 1))
+        done
     done
 }
 
