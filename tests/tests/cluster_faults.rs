@@ -94,6 +94,27 @@ fn a_killed_shard_fails_only_its_partitions_and_recovers_what_it_flushed() {
         let (grpc, http) = (s1.grpc, s1.http);
         assert_eq!(admin.get_table("t").await.unwrap().dirty_rows, 0);
 
+        // Load from another client while the shard dies: lookups of every
+        // user, round and round, until told to stop.
+        let load = std::sync::Arc::new(client(&etcd).await);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let looping = {
+            let (load, stop) = (load.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for result in lookups(&load).await {
+                        match result {
+                            Ok(_) => ok += 1,
+                            Err(e) => failed.push(e.to_string()),
+                        }
+                    }
+                }
+                (ok, failed)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
         // SIGKILL (TestServer's drop) one shard.
         drop(shards[1].take());
         let after = lookups(&cluster).await;
@@ -116,6 +137,16 @@ fn a_killed_shard_fails_only_its_partitions_and_recovers_what_it_flushed() {
                 assert_eq!(now, before);
             }
         }
+        // Under load: the other shards kept answering, and only lookups of
+        // s1's rows failed, each naming it.
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (ok, failed_under_load) = looping.await.unwrap();
+        assert!(ok > users().len(), "{ok} lookups succeeded");
+        assert!(!failed_under_load.is_empty());
+        assert!(
+            failed_under_load.iter().all(|e| e.contains("shard `s1`")),
+            "{failed_under_load:?}"
+        );
         // Once its lease expires it is not a member; still the named error.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let fresh = client(&etcd).await;

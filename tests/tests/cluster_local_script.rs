@@ -34,11 +34,27 @@ fn script(dir: &Path, base: u16, action: &str) -> Output {
         .unwrap()
 }
 
+/// 20 requests of `workload`.
 fn bench(endpoints: &str, table: &str, workload: &str) -> Value {
+    run_bench(
+        endpoints,
+        table,
+        workload,
+        &["--requests", "20", "--duration", "60"],
+    )
+}
+
+/// `workload` for `seconds`.
+fn bench_for(endpoints: &str, table: &str, workload: &str, seconds: &str) -> Value {
+    run_bench(endpoints, table, workload, &["--duration", seconds])
+}
+
+fn run_bench(endpoints: &str, table: &str, workload: &str, length: &[&str]) -> Value {
     let out = Command::new(featmux_binary())
         .args(["--json", "bench", "--etcd", endpoints, "--cluster-prefix"])
         .args(["/featmux/local", "--table", table, "--workload", workload])
-        .args(["--requests", "20", "--duration", "60", "--examples", "64"])
+        .args(length)
+        .args(["--examples", "64"])
         .args(["--features", "4", "--rows", "100000", "--concurrency", "2"])
         .output()
         .unwrap();
@@ -67,14 +83,22 @@ fn the_local_cluster_script_runs_a_cluster_that_survives_an_etcd_member() {
         for workload in ["lookup", "push"] {
             assert_eq!(bench(endpoints, "before", workload)["errors"], 0);
         }
-        // Kill the first etcd member (the bench's first endpoint).
-        let pid = std::fs::read_to_string(dir.path().join("etcd0.pid")).unwrap();
-        assert!(Command::new("kill")
-            .args(["-9", pid.trim()])
-            .status()
-            .unwrap()
-            .success());
-        for (table, workload) in [("before", "push"), ("after", "lookup"), ("after", "push")] {
+        // Kill the first etcd member (the bench's first endpoint) while a
+        // bench pushes, then create a table with two members left.
+        let under_load = std::thread::scope(|scope| {
+            let pushing = scope.spawn(|| bench_for(endpoints, "before", "push", "4"));
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            let pid = std::fs::read_to_string(dir.path().join("etcd0.pid")).unwrap();
+            assert!(Command::new("kill")
+                .args(["-9", pid.trim()])
+                .status()
+                .unwrap()
+                .success());
+            pushing.join().unwrap()
+        });
+        assert_eq!(under_load["errors"], 0);
+        assert!(under_load["requests"].as_u64().unwrap() > 0);
+        for (table, workload) in [("after", "lookup"), ("after", "push")] {
             assert_eq!(bench(endpoints, table, workload)["errors"], 0);
         }
         let status = String::from_utf8(script(dir.path(), base, "status").stdout).unwrap();
