@@ -42,6 +42,22 @@ pub struct NativeClient {
     client: Client,
 }
 
+/// Runs `call` as a task on the client runtime and waits for it without
+/// the GIL (every native client's calls go through here).
+pub(crate) fn run_task<T, F>(py: Python<'_>, call: F) -> PyResult<T>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, ClientError>> + Send + 'static,
+{
+    let task = runtime().spawn(call);
+    match py.detach(|| runtime().block_on(task)) {
+        Ok(answer) => answer.map_err(errors::to_py),
+        Err(join) => Err(PyRuntimeError::new_err(format!(
+            "the featmux client task failed: {join}"
+        ))),
+    }
+}
+
 impl NativeClient {
     /// Wraps a connected client (a cluster client's shard, for admin calls).
     pub(crate) fn from_client(client: Client) -> Self {
@@ -55,13 +71,7 @@ impl NativeClient {
         T: Send + 'static,
         F: Future<Output = Result<T, ClientError>> + Send + 'static,
     {
-        let task = runtime().spawn(call(self.client.clone()));
-        match py.detach(|| runtime().block_on(task)) {
-            Ok(answer) => answer.map_err(errors::to_py),
-            Err(join) => Err(PyRuntimeError::new_err(format!(
-                "the featmux client task failed: {join}"
-            ))),
-        }
+        run_task(py, call(self.client.clone()))
     }
 }
 

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use featmux_client::{ClientOptions, ClusterClient, ClusterTicket, ShardPush};
 use numpy::PyReadonlyArray1;
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::batch::{self, Blocks};
-use crate::client::{runtime, NativeClient};
+use crate::client::{run_task, runtime, NativeClient};
 use crate::errors;
 
 /// A client of every table of a cluster whose state is in etcd.
@@ -30,18 +30,14 @@ pub struct NativeClusterTicket {
 }
 
 impl NativeClusterClient {
+    /// Runs `call` (given the cluster client) as a runtime task, waiting
+    /// for it without the GIL.
     fn run<T, F>(&self, py: Python<'_>, call: impl FnOnce(Arc<ClusterClient>) -> F) -> PyResult<T>
     where
         T: Send + 'static,
         F: std::future::Future<Output = Result<T, featmux_client::ClientError>> + Send + 'static,
     {
-        let task = runtime().spawn(call(self.cluster.clone()));
-        match py.detach(|| runtime().block_on(task)) {
-            Ok(answer) => answer.map_err(errors::to_py),
-            Err(join) => Err(PyRuntimeError::new_err(format!(
-                "the featmux client task failed: {join}"
-            ))),
-        }
+        run_task(py, call(self.cluster.clone()))
     }
 }
 

@@ -98,15 +98,12 @@ fn a_sharded_table_answers_and_trains_like_one_server() {
     let etcd = Etcd::start();
     let dir = tempfile::tempdir().unwrap();
     let single_server = TestServer::start(&dir.path().join("single"), &Default::default());
-    let shards: Vec<TestServer> = ["s0", "s1", "s2"]
-        .iter()
-        .map(|id| shard(dir.path(), &etcd, id))
-        .collect();
+    let shards = three_shards(dir.path(), &etcd);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let _ = etcd.store(PREFIX).await;
         let single: Client = single_server.client(None).await;
-        let admins: Vec<Client> = futures(&shards).await;
+        let admins: Vec<Client> = admin_clients(&shards).await;
         single
             .create_table(adagrad_table("t", ROWS, 8, 0.1), features())
             .await
@@ -256,7 +253,16 @@ fn a_sharded_table_answers_and_trains_like_one_server() {
     }
 }
 
-async fn futures(shards: &[TestServer]) -> Vec<Client> {
+/// Shards s0, s1 and s2 of the cluster in `etcd`.
+fn three_shards(dir: &std::path::Path, etcd: &Etcd) -> Vec<TestServer> {
+    ["s0", "s1", "s2"]
+        .iter()
+        .map(|id| shard(dir, etcd, id))
+        .collect()
+}
+
+/// A client of each shard (for admin calls).
+async fn admin_clients(shards: &[TestServer]) -> Vec<Client> {
     let mut clients = Vec::new();
     for shard in shards {
         clients.push(shard.client(None).await);
@@ -268,14 +274,11 @@ async fn futures(shards: &[TestServer]) -> Vec<Client> {
 fn a_cluster_checkpoint_restores_every_shard_to_its_cut() {
     let etcd = Etcd::start();
     let dir = tempfile::tempdir().unwrap();
-    let shards: Vec<TestServer> = ["s0", "s1", "s2"]
-        .iter()
-        .map(|id| shard(dir.path(), &etcd, id))
-        .collect();
+    let shards = three_shards(dir.path(), &etcd);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let _ = etcd.store(PREFIX).await;
-        let admins: Vec<Client> = futures(&shards).await;
+        let admins: Vec<Client> = admin_clients(&shards).await;
         admins[0]
             .create_table(adagrad_table("t", ROWS, 8, 0.1), features())
             .await

@@ -41,6 +41,15 @@ async fn client(etcd: &Etcd) -> ClusterClient {
         .unwrap()
 }
 
+/// Table `t` (one feature, `user`), created through `admin`.
+async fn create_table(admin: &Client) {
+    let user = feature("user", pb::ValueType::String, pb::Pooling::Sum, 1);
+    admin
+        .create_table(adagrad_table("t", 3000, 8, 0.1), vec![user])
+        .await
+        .unwrap();
+}
+
 /// Each user's embedding, or the error its lookup failed with.
 async fn lookups(cluster: &ClusterClient) -> Vec<Result<Vec<f32>, ClientError>> {
     let mut out = Vec::new();
@@ -72,11 +81,7 @@ fn a_killed_shard_fails_only_its_partitions_and_recovers_what_it_flushed() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let admin: Client = shards[0].as_ref().unwrap().client(None).await;
-        let user = feature("user", pb::ValueType::String, pb::Pooling::Sum, 1);
-        admin
-            .create_table(adagrad_table("t", 3000, 8, 0.1), vec![user])
-            .await
-            .unwrap();
+        create_table(&admin).await;
         let cluster = client(&etcd).await;
         // Train every user once, then let the flush reach disk.
         for user in users() {
@@ -187,11 +192,7 @@ fn without_etcd_the_data_plane_serves_and_admin_changes_are_refused() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let admin = shards[2].client(None).await;
-        let user = feature("user", pb::ValueType::String, pb::Pooling::Sum, 1);
-        admin
-            .create_table(adagrad_table("t", 3000, 8, 0.1), vec![user])
-            .await
-            .unwrap();
+        create_table(&admin).await;
         let cluster = client(&etcd).await;
         let before = lookups(&cluster).await;
 

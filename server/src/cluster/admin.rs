@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use featmux_cluster::ClusterError;
+use featmux_cluster::{ClusterError, Versioned};
 use featmux_engine::partition::PartitionMap;
 use featmux_engine::registry::FeatureRegistry;
 use featmux_engine::schema::{FeatureSpec, TableSpec};
@@ -56,6 +56,14 @@ fn etcd_error(e: ClusterError) -> ApiError {
             ),
         ),
     }
+}
+
+/// The shards of a cluster checkpoint, and each one's own checkpoint id.
+fn parts(record: pb::ClusterCheckpoint) -> (Vec<String>, Arc<HashMap<String, u64>>) {
+    let parts = record.checkpoint.unwrap_or_default().shards;
+    let ids = parts.iter().map(|p| p.shard.clone()).collect();
+    let local = parts.into_iter().map(|p| (p.shard, p.checkpoint)).collect();
+    (ids, Arc::new(local))
 }
 
 impl ClusterAdmin {
@@ -115,13 +123,7 @@ impl ClusterAdmin {
         self.runtime.block_on(async {
             let store = &self.shard.store;
             for _ in 0..CAS_ATTEMPTS {
-                let current = store
-                    .table(table)
-                    .await
-                    .map_err(etcd_error)?
-                    .ok_or_else(|| {
-                        ApiError::new(ErrorKind::NotFound, format!("unknown table `{table}`"))
-                    })?;
+                let current = self.cluster_table(table).await?;
                 let (spec, mut registry) = table_from_pb(current.value)?;
                 for feature in features.clone() {
                     registry.register(feature, spec.rows)?;
@@ -159,6 +161,16 @@ impl ClusterAdmin {
                 )),
             }
         })
+    }
+
+    /// The cluster's description of `table`.
+    async fn cluster_table(&self, table: &str) -> Result<Versioned<pb::TableInfo>, ApiError> {
+        self.shard
+            .store
+            .table(table)
+            .await
+            .map_err(etcd_error)?
+            .ok_or_else(|| ApiError::new(ErrorKind::NotFound, format!("unknown table `{table}`")))
     }
 
     /// A client of shard `id` at `grpc` with the cluster's admin token.
@@ -313,14 +325,8 @@ impl ClusterAdmin {
     pub fn delete_checkpoint(&self, id: u64) -> Result<(), ApiError> {
         self.runtime.block_on(async {
             let record = self.record(id).await?;
-            let parts = record.checkpoint.unwrap_or_default().shards;
+            let (ids, local) = parts(record);
             let members = self.shard.store.members().await.map_err(etcd_error)?;
-            let ids: Vec<String> = parts.iter().map(|p| p.shard.clone()).collect();
-            let local: HashMap<String, u64> = parts
-                .iter()
-                .map(|p| (p.shard.clone(), p.checkpoint))
-                .collect();
-            let local = Arc::new(local);
             self.on_shards(&members, &ids, "deleting the checkpoint", move |c, id| {
                 let local = local.clone();
                 async move { c.delete_shard_checkpoint(local[&id]).await }
@@ -357,15 +363,7 @@ impl ClusterAdmin {
                     format!("checkpoint {id} does not hold table `{table}`"),
                 )
             })?;
-            let now = self
-                .shard
-                .store
-                .table(table)
-                .await
-                .map_err(etcd_error)?
-                .ok_or_else(|| {
-                    ApiError::new(ErrorKind::NotFound, format!("unknown table `{table}`"))
-                })?;
+            let now = self.cluster_table(table).await?;
             if now.created != held {
                 return Err(ApiError::new(
                     ErrorKind::FailedPrecondition,
@@ -376,15 +374,8 @@ impl ClusterAdmin {
                     ),
                 ));
             }
-            let parts = record.checkpoint.unwrap_or_default().shards;
+            let (ids, local) = parts(record);
             let members = self.shard.store.members().await.map_err(etcd_error)?;
-            let ids: Vec<String> = parts.iter().map(|p| p.shard.clone()).collect();
-            let local: Arc<HashMap<String, u64>> = Arc::new(
-                parts
-                    .iter()
-                    .map(|p| (p.shard.clone(), p.checkpoint))
-                    .collect(),
-            );
             let table = table.to_owned();
             self.on_shards(&members, &ids, "restoring the checkpoint", move |c, id| {
                 let (local, table) = (local.clone(), table.clone());
