@@ -3,7 +3,9 @@
 //! its partitions (the error names the shard and the partitions) and, once
 //! restarted, serves exactly what it had flushed; with etcd stopped the
 //! data plane keeps serving on the last known map while admin changes are
-//! refused naming etcd, and all is back once etcd is.
+//! refused naming etcd, and all is back once etcd is; a shard waits for
+//! etcd to start, and refuses a data directory of standalone tables or of
+//! another cluster's tables rather than drop them.
 
 use std::time::Duration;
 
@@ -239,7 +241,7 @@ fn without_etcd_the_data_plane_serves_and_admin_changes_are_refused() {
 }
 
 #[test]
-fn a_shard_waits_for_etcd_and_refuses_a_standalone_data_directory() {
+fn a_shard_waits_for_etcd_and_refuses_a_data_directory_not_of_its_cluster() {
     let mut etcd = Etcd::start();
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -279,4 +281,31 @@ fn a_shard_waits_for_etcd_and_refuses_a_standalone_data_directory() {
         "{event}"
     );
     assert!(!refused.stop().success());
+
+    // A shard's data directory started against another cluster (another
+    // prefix) is refused, and its table is kept.
+    let shard_dir = dir.path().join("s0");
+    let mut server = TestServer::start(&shard_dir, &settings(&etcd, "s0"));
+    runtime.block_on(async { create_table(&server.client(None).await).await });
+    assert!(server.stop().success());
+    let elsewhere = ServerSettings {
+        extra_toml: settings(&etcd, "s0")
+            .extra_toml
+            .replace(PREFIX, "/featmux/another"),
+    };
+    let mut refused = TestServer::spawn(&shard_dir, &elsewhere, any, any);
+    let event = refused.wait_for_log("cannot join the cluster; stopping");
+    assert!(
+        event["error"]
+            .as_str()
+            .unwrap()
+            .contains("another cluster's?"),
+        "{event}"
+    );
+    assert!(!refused.stop().success());
+    server = TestServer::start(&shard_dir, &settings(&etcd, "s0"));
+    runtime.block_on(async {
+        assert!(server.client(None).await.get_table("t").await.is_ok());
+    });
+    assert!(server.stop().success());
 }

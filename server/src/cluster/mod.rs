@@ -90,7 +90,8 @@ pub async fn join(
         let token = config.auth.admin_token.clone();
         match try_join(cluster, &member, token, catalog.clone(), epochs.clone()).await {
             Ok(admin) => return Ok(admin),
-            Err(reason) => {
+            Err(NotJoined::Refused(reason)) => return Err(ServeError::Cluster(reason)),
+            Err(NotJoined::NotYet(reason)) => {
                 warn!(%reason, etcd = ?cluster.etcd, "cannot join the cluster yet; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -99,25 +100,67 @@ pub async fn join(
     }
 }
 
+/// Why a shard did not join.
+enum NotJoined {
+    /// etcd is not reachable (yet): try again.
+    NotYet(String),
+    /// This shard must not join this cluster: stop.
+    Refused(String),
+}
+
+/// Refuses a data directory whose cluster tables the cluster does not
+/// know, none of them: another cluster's (a wrong `cluster.prefix` or
+/// `cluster.etcd`), whose tables reconciling would drop.
+fn check_same_cluster(
+    catalog: &Catalog,
+    snapshot: &featmux_cluster::Snapshot,
+    cluster: &ClusterConfig,
+) -> Result<(), NotJoined> {
+    let local: Vec<(String, u64)> = catalog
+        .table_names()
+        .into_iter()
+        .filter_map(|t| Some((t.clone(), catalog.shard_part(&t).ok()??.incarnation)))
+        .collect();
+    let known = |(name, incarnation): &(String, u64)| {
+        snapshot.tables.iter().any(|t| {
+            t.created as u64 == *incarnation
+                && t.value.config.as_ref().is_some_and(|c| &c.name == name)
+        })
+    };
+    if local.is_empty() || local.iter().any(known) {
+        return Ok(());
+    }
+    let names: Vec<&str> = local.iter().map(|(n, _)| n.as_str()).collect();
+    Err(NotJoined::Refused(format!(
+        "the data directory holds cluster tables ({}) that the cluster under prefix {} in \
+         etcd {:?} does not know, none of them: another cluster's? Check cluster.prefix and \
+         cluster.etcd; a new cluster needs a new data directory",
+        names.join(", "),
+        cluster.prefix,
+        cluster.etcd
+    )))
+}
+
 async fn try_join(
     cluster: &ClusterConfig,
     member: &pb::ShardMember,
     admin_token: Option<String>,
     catalog: Arc<Catalog>,
     epochs: Arc<MapEpochs>,
-) -> Result<Arc<ClusterAdmin>, String> {
+) -> Result<Arc<ClusterAdmin>, NotJoined> {
     let store = ClusterStore::connect(&cluster.etcd, &cluster.prefix)
         .await
-        .map_err(|e| format!("cannot reach etcd: {e}"))?;
+        .map_err(|e| NotJoined::NotYet(format!("cannot reach etcd: {e}")))?;
+    let snapshot = store
+        .snapshot()
+        .await
+        .map_err(|e| NotJoined::NotYet(format!("cannot read the cluster state: {e}")))?;
+    check_same_cluster(&catalog, &snapshot, cluster)?;
     let ttl = cluster.lease_ttl_secs as i64;
     let membership = store
         .join(member, ttl)
         .await
-        .map_err(|e| format!("cannot join: {e}"))?;
-    let snapshot = store
-        .snapshot()
-        .await
-        .map_err(|e| format!("cannot read the cluster state: {e}"))?;
+        .map_err(|e| NotJoined::NotYet(format!("cannot join: {e}")))?;
     info!(shard = %member.id, grpc = %member.grpc, prefix = %cluster.prefix, "joined the cluster");
     let shard = Arc::new(Shard {
         store,
