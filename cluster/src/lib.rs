@@ -7,7 +7,9 @@
 //!
 //! Layout under a prefix (one per cluster): `tables/<name>` (a
 //! `TableInfo`), `maps/<name>` (a `PartitionMap`), `members/<id>` (a
-//! `ShardMember`, attached to the member's lease).
+//! `ShardMember`, attached to the member's lease), `applied/<id>` (the
+//! revision a shard has applied), `checkpoints/<id>` (a
+//! `ClusterCheckpoint`).
 
 mod store;
 

@@ -249,6 +249,37 @@ impl ClusterStore {
         Ok(response.deleted() > 0)
     }
 
+    /// Records that shard `shard` has applied the state up to `revision`
+    /// (admin calls wait for every shard's).
+    pub async fn set_applied(&self, shard: &str, revision: i64) -> Result<(), ClusterError> {
+        let key = self.key("applied", shard);
+        self.retry(|mut c| {
+            let key = key.clone();
+            async move { c.put(key, revision.to_string(), None).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The revision each shard has applied, by shard id.
+    pub async fn applied(&self) -> Result<Vec<(String, i64)>, ClusterError> {
+        let prefix = self.key("applied", "");
+        let response = self
+            .retry(|mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+        Ok(response
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let shard = kv.key_str().ok()?.strip_prefix(&prefix)?.to_owned();
+                Some((shard, kv.value_str().ok()?.parse().ok()?))
+            })
+            .collect())
+    }
+
     /// Tables, maps and members in one read (so at one revision).
     pub async fn snapshot(&self) -> Result<Snapshot, ClusterError> {
         let root = format!("{}/", self.prefix);
@@ -289,12 +320,19 @@ impl ClusterStore {
             .clone()
             .watch(format!("{}/", self.prefix), Some(options))
             .await?;
+        let applied = self.key("applied", "");
         loop {
             match stream.message().await? {
                 Some(answer) if answer.canceled() => {
                     return Err(ClusterError::WatchEnded(answer.cancel_reason().to_owned()))
                 }
-                Some(answer) if !answer.events().is_empty() => {
+                // A shard reporting what it applied is not a change to apply.
+                Some(answer)
+                    if answer.events().iter().any(|e| {
+                        e.kv()
+                            .is_some_and(|kv| !kv.key().starts_with(applied.as_bytes()))
+                    }) =>
+                {
                     return Ok(revision_of(answer.header()))
                 }
                 Some(_) => {}

@@ -26,6 +26,9 @@ use crate::error::{ApiError, ErrorKind};
 /// How long an admin call waits for this shard to apply its own change.
 const APPLY_WAIT: Duration = Duration::from_secs(30);
 
+/// How long it then waits for the other live shards to apply it.
+const OTHERS_APPLY_WAIT: Duration = Duration::from_secs(10);
+
 /// Compare-and-swap attempts of one feature registration racing others.
 const CAS_ATTEMPTS: usize = 8;
 
@@ -392,6 +395,46 @@ impl ClusterAdmin {
         })
     }
 
+    /// Waits until every live member has applied `revision` (so the change
+    /// is visible on every shard when the call answers); an error names
+    /// the shards that had not within [`OTHERS_APPLY_WAIT`].
+    async fn others_applied(&self, table: &str, revision: i64) -> Result<(), ApiError> {
+        let deadline = tokio::time::Instant::now() + OTHERS_APPLY_WAIT;
+        loop {
+            let store = &self.shard.store;
+            let members = store.members().await.map_err(etcd_error)?;
+            let applied: HashMap<String, i64> = store
+                .applied()
+                .await
+                .map_err(etcd_error)?
+                .into_iter()
+                .collect();
+            let behind: Vec<String> = members
+                .into_iter()
+                .map(|m| m.id)
+                .filter(|id| applied.get(id).is_none_or(|&r| r < revision))
+                .collect();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                // Not UNAVAILABLE: the change is made; a retry would be
+                // refused as a duplicate.
+                return Err(ApiError::new(
+                    ErrorKind::Internal,
+                    format!(
+                        "the cluster recorded the change to table `{table}` (etcd revision \
+                         {revision}), but shards {} have not applied it within {} s (dead, or \
+                         see their logs)",
+                        behind.join(", "),
+                        OTHERS_APPLY_WAIT.as_secs()
+                    ),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until this shard has applied the state at `revision`; the
     /// reason if it could not apply `table`.
     async fn applied(&self, table: &str, revision: i64) -> Result<(), ApiError> {
@@ -405,6 +448,9 @@ impl ClusterAdmin {
                 APPLY_WAIT.as_secs()
             )),
         };
+        if failure.is_none() {
+            return self.others_applied(table, revision).await;
+        }
         match failure {
             None => Ok(()),
             Some(reason) => Err(ApiError::new(

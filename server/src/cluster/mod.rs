@@ -199,6 +199,9 @@ impl Shard {
                     revision,
                     failures: done.failures,
                 });
+                if let Err(e) = self.store.set_applied(&self.id, revision).await {
+                    warn!(error = %e, "cannot report the applied revision to etcd");
+                }
             }
             Err(e) => warn!(error = %e, "reconciling with the cluster failed"),
         }
