@@ -42,6 +42,12 @@ pub struct NativeClient {
     client: Client,
 }
 
+/// A call deadline given in seconds, refused if negative or not finite.
+pub(crate) fn deadline(seconds: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|e| PyValueError::new_err(format!("timeout {seconds}: {e}")))
+}
+
 /// Runs `call` as a task on the client runtime and waits for it without
 /// the GIL (every native client's calls go through here).
 pub(crate) fn run_task<T, F>(py: Python<'_>, call: F) -> PyResult<T>
@@ -90,12 +96,10 @@ impl NativeClient {
         retries: u32,
         connections: usize,
     ) -> PyResult<Self> {
-        let timeout = Duration::try_from_secs_f64(timeout)
-            .map_err(|e| PyValueError::new_err(format!("timeout {timeout}: {e}")))?;
         let options = ClientOptions {
             token,
             ca_cert,
-            timeout,
+            timeout: deadline(timeout)?,
             retries,
             connections,
             ..ClientOptions::new(addr)

@@ -5,7 +5,6 @@
 //! [`crate::client::NativeClient`]'s.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use featmux_client::{ClientOptions, ClusterClient, ClusterTicket, ShardPush};
 use numpy::PyReadonlyArray1;
@@ -14,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::batch::{self, Blocks};
-use crate::client::{run_task, runtime, NativeClient};
+use crate::client::{deadline, run_task, runtime, NativeClient};
 use crate::errors;
 
 /// A client of every table of a cluster whose state is in etcd.
@@ -55,11 +54,9 @@ impl NativeClusterClient {
         timeout: f64,
         connections: usize,
     ) -> PyResult<Self> {
-        let timeout = Duration::try_from_secs_f64(timeout)
-            .map_err(|e| PyValueError::new_err(format!("timeout {timeout}: {e}")))?;
         let options = ClientOptions {
             token,
-            timeout,
+            timeout: deadline(timeout)?,
             connections,
             ..ClientOptions::new("")
         };
