@@ -1,22 +1,20 @@
-//! Admin calls on a shard of a cluster: each is one etcd transaction
-//! (compare-and-swap on the revision read), after which the shard waits
-//! until it has applied the change itself. The other shards apply it as
-//! they follow the state; a client that reaches one before it has is told
-//! its route is stale and retries.
+//! Admin calls on a shard of a cluster. A configuration change is one etcd
+//! transaction (compare-and-swap on the revision read); the shard then
+//! waits until it and every other live shard have applied it, so the
+//! answer holds everywhere. A cluster checkpoint calls every shard over
+//! gRPC (`this_shard_only`) and records the set in etcd.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use featmux_client::{Client, ClientOptions};
 use featmux_cluster::{ClusterError, Versioned};
 use featmux_engine::partition::PartitionMap;
 use featmux_engine::registry::FeatureRegistry;
 use featmux_engine::schema::{FeatureSpec, TableSpec};
 use featmux_proto::engine::{table_from_pb, table_to_pb};
 use featmux_proto::v1 as pb;
-
-use std::collections::HashMap;
-
-use featmux_client::{Client, ClientOptions};
 
 use super::Shard;
 use crate::api::Checkpoint;
@@ -75,11 +73,6 @@ impl ClusterAdmin {
             shard,
             runtime: tokio::runtime::Handle::current(),
         }
-    }
-
-    /// This shard's id.
-    pub fn shard_id(&self) -> &str {
-        &self.shard.id
     }
 
     /// Records a table and its partition map (the current members, in id
@@ -294,7 +287,17 @@ impl ClusterAdmin {
                 .store
                 .put_checkpoint(&record)
                 .await
-                .map_err(etcd_error)?;
+                .map_err(|e| match e {
+                    ClusterError::AlreadyExists(_) => ApiError::new(
+                        ErrorKind::FailedPrecondition,
+                        format!(
+                            "another cluster checkpoint started at the same revision ({}); try \
+                             again",
+                            snapshot.revision
+                        ),
+                    ),
+                    e => etcd_error(e),
+                })?;
             Ok(convert::checkpoint_from_pb(checkpoint))
         })
     }
