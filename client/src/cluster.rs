@@ -484,9 +484,8 @@ impl ClusterClient {
                     &pushed,
                 ));
             }
-            pending = rows_where(pending, dim, |row| {
-                refused[route.map.shard_of(row, route.spec.rows)]
-            });
+            pending =
+                pending.rows_where(dim, |row| refused[route.map.shard_of(row, route.spec.rows)]);
             self.forget(table);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(500));
@@ -508,19 +507,6 @@ fn joined<T>(
         }
         result => result,
     }
-}
-
-/// The rows of `update` that `keep` accepts (still sorted and unique).
-fn rows_where(update: RowGradients, dim: usize, keep: impl Fn(u64) -> bool) -> RowGradients {
-    let mut kept = RowGradients::default();
-    for (i, &row) in update.rows.iter().enumerate() {
-        if keep(row) {
-            kept.rows.push(row);
-            kept.grads
-                .extend_from_slice(&update.grads[i * dim..(i + 1) * dim]);
-        }
-    }
-    kept
 }
 
 /// `e`, saying which shards applied their rows before it.

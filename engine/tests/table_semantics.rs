@@ -111,20 +111,6 @@ fn pooling_sums_scales_and_keeps_sequences() {
     assert_close(&out[3].data, &flat);
 }
 
-/// A plan's entries whose rows `keep` accepts (one shard's share).
-fn entries_where(plan: &GatherPlan, keep: impl Fn(u64) -> bool) -> GatherPlan {
-    let mut part = GatherPlan {
-        num_slots: plan.num_slots,
-        ..GatherPlan::default()
-    };
-    for i in (0..plan.rows.len()).filter(|&i| keep(plan.rows[i])) {
-        part.rows.push(plan.rows[i]);
-        part.slots.push(plan.slots[i]);
-        part.weights.push(plan.weights[i]);
-    }
-    part
-}
-
 /// The part of `whole`'s table rows `held` holds, as a shard would.
 fn part_of(whole: &Table, held: std::ops::Range<u64>) -> Table {
     Table::holding(
@@ -182,8 +168,8 @@ fn rows_planned_elsewhere_look_up_and_push_like_the_batch() {
         expected
     );
     // Two shards' partial sums add up to the whole.
-    let low = halves[0].gather_rows(entries_where(&plan.gather, |r| r < ROWS / 2));
-    let high = halves[1].gather_rows(entries_where(&plan.gather, |r| r >= ROWS / 2));
+    let low = halves[0].gather_rows(plan.gather.entries_where(|r| r < ROWS / 2));
+    let high = halves[1].gather_rows(plan.gather.entries_where(|r| r >= ROWS / 2));
     let summed: Vec<f32> = low
         .unwrap()
         .iter()
@@ -214,16 +200,7 @@ fn rows_planned_elsewhere_look_up_and_push_like_the_batch() {
         .iter()
         .zip([|r: u64| r < ROWS / 2, |r: u64| r >= ROWS / 2])
     {
-        let part: Vec<usize> = (0..update.rows.len())
-            .filter(|&i| keep(update.rows[i]))
-            .collect();
-        let share = RowGradients {
-            rows: part.iter().map(|&i| update.rows[i]).collect(),
-            grads: part
-                .iter()
-                .flat_map(|&i| update.grads[i * DIM..(i + 1) * DIM].to_vec())
-                .collect(),
-        };
+        let share = update.rows_where(DIM, keep);
         parts += usize::from(!share.rows.is_empty());
         stepped += shard.push_rows(share).unwrap();
     }
@@ -246,7 +223,7 @@ fn rows_planned_elsewhere_look_up_and_push_like_the_batch() {
     let shard = &halves[0];
     let before = table_rows(shard, 0..ROWS / 2);
     let gather = |edit: &dyn Fn(&mut GatherPlan)| {
-        let mut bad = entries_where(&plan.gather, |r| r < ROWS / 2);
+        let mut bad = plan.gather.entries_where(|r| r < ROWS / 2);
         edit(&mut bad);
         shard.gather_rows(bad).unwrap_err().to_string()
     };

@@ -101,7 +101,7 @@ fn a_sharded_table_answers_and_trains_like_one_server() {
     let shards = three_shards(dir.path(), &etcd);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let _ = etcd.store(PREFIX).await;
+        let store = etcd.store(PREFIX).await;
         let single: Client = single_server.client(None).await;
         let admins: Vec<Client> = admin_clients(&shards).await;
         single
@@ -193,6 +193,37 @@ fn a_sharded_table_answers_and_trains_like_one_server() {
         assert_same(
             &looked_up,
             &single.lookup("t", &with_device, false).await.unwrap(),
+        );
+
+        // A new map epoch for the same table (the map written again): every
+        // shard refuses `cluster`'s cached epoch, and the client routes the
+        // refused rows again; the push steps exactly the rows it should.
+        let map = store.map("t").await.unwrap().unwrap();
+        let epoch = store.set_map("t", map.revision, &map.value).await.unwrap() as u64;
+        for admin in &admins {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while admin
+                .lookup_rows("t", GatherPlan::default(), epoch)
+                .await
+                .is_err()
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "epoch {epoch} never applied"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+        let reference = single.lookup("t", &batch(1), false).await.unwrap();
+        let g = grads(&reference);
+        let pushed = cluster.push("t", &batch(1), &g).await.unwrap();
+        let single_push = single.push("t", &batch(1), &g).await.unwrap();
+        let stepped: u64 = pushed.iter().map(|p| p.response.unique_rows).sum();
+        assert_eq!(stepped, single_push.unique_rows);
+        let (looked_up, _) = cluster.lookup("t", &batch(1), false).await.unwrap();
+        assert_same(
+            &looked_up,
+            &single.lookup("t", &batch(1), false).await.unwrap(),
         );
 
         // The table dropped and created again (a new map epoch, new rows):

@@ -51,22 +51,6 @@ async fn plan(client: &Client, table: &str, batch: &pb::Batch) -> BatchPlan {
     BatchPlan::build(&spec, &registry, &engine_batch, usize::MAX).unwrap()
 }
 
-/// The entries of `plan` whose rows lie in `[start, end)`.
-fn shard(plan: &GatherPlan, start: u64, end: u64) -> GatherPlan {
-    let mut part = GatherPlan {
-        num_slots: plan.num_slots,
-        ..GatherPlan::default()
-    };
-    for i in 0..plan.rows.len() {
-        if (start..end).contains(&plan.rows[i]) {
-            part.rows.push(plan.rows[i]);
-            part.slots.push(plan.slots[i]);
-            part.weights.push(plan.weights[i]);
-        }
-    }
-    part
-}
-
 async fn lookup_rows(
     client: &Client,
     table: &str,
@@ -106,8 +90,18 @@ fn row_level_lookups_and_pushes_equal_the_batch_calls() {
             lookup_rows(&client, "rows", &plan.gather).await.unwrap(),
             expected
         );
-        let low = lookup_rows(&client, "rows", &shard(&plan.gather, 0, ROWS / 2)).await;
-        let high = lookup_rows(&client, "rows", &shard(&plan.gather, ROWS / 2, ROWS)).await;
+        let low = lookup_rows(
+            &client,
+            "rows",
+            &plan.gather.entries_where(|r| (0..ROWS / 2).contains(&r)),
+        )
+        .await;
+        let high = lookup_rows(
+            &client,
+            "rows",
+            &plan.gather.entries_where(|r| (ROWS / 2..ROWS).contains(&r)),
+        )
+        .await;
         let summed: Vec<f32> = low
             .unwrap()
             .iter()
@@ -133,26 +127,10 @@ fn row_level_lookups_and_pushes_equal_the_batch_calls() {
         let update = plan.row_gradients(&grads).unwrap();
         let mut stepped = 0;
         for (start, end) in [(0, ROWS / 2), (ROWS / 2, ROWS)] {
-            let part: Vec<usize> = (0..update.rows.len())
-                .filter(|&i| (start..end).contains(&update.rows[i]))
-                .collect();
-            let rows: Vec<u64> = part.iter().map(|&i| update.rows[i]).collect();
-            let grads: Vec<f32> = part
-                .iter()
-                .flat_map(|&i| update.grads[i * DIM..(i + 1) * DIM].to_vec())
-                .collect();
-            let pushed = client
-                .push_rows(
-                    "rows",
-                    RowGradients {
-                        rows: rows.clone(),
-                        grads: grads.clone(),
-                    },
-                    0,
-                )
-                .await
-                .unwrap();
-            assert_eq!(pushed.unique_rows, rows.len() as u64);
+            let share = update.rows_where(DIM, |r| (start..end).contains(&r));
+            let rows = share.rows.len() as u64;
+            let pushed = client.push_rows("rows", share, 0).await.unwrap();
+            assert_eq!(pushed.unique_rows, rows);
             stepped += pushed.unique_rows;
         }
         assert_eq!(stepped, update.rows.len() as u64);

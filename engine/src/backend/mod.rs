@@ -47,6 +47,36 @@ impl RowGradients {
             *g = g.clamp(-limit, limit);
         }
     }
+
+    /// The rows `keep` accepts with their `dim`-wide gradients, still
+    /// sorted and unique (one shard's share of a push).
+    pub fn rows_where(&self, dim: usize, keep: impl Fn(u64) -> bool) -> RowGradients {
+        let mut kept = RowGradients::default();
+        for (row, grad) in self.rows.iter().zip(self.grads.chunks_exact(dim)) {
+            if keep(*row) {
+                kept.rows.push(*row);
+                kept.grads.extend_from_slice(grad);
+            }
+        }
+        kept
+    }
+}
+
+impl GatherPlan {
+    /// The entries whose rows `keep` accepts, with the same slots (one
+    /// shard's share of a lookup, answering partial sums of every slot).
+    pub fn entries_where(&self, keep: impl Fn(u64) -> bool) -> GatherPlan {
+        let mut part = GatherPlan {
+            num_slots: self.num_slots,
+            ..GatherPlan::default()
+        };
+        for i in (0..self.rows.len()).filter(|&i| keep(self.rows[i])) {
+            part.rows.push(self.rows[i]);
+            part.slots.push(self.slots[i]);
+            part.weights.push(self.weights[i]);
+        }
+        part
+    }
 }
 
 /// Full content of some rows: weights `[n, dim]` and optimizer state
