@@ -10,6 +10,7 @@ use std::ops::Range;
 
 use parking_lot::RwLock;
 
+use crate::backend::serving::{RowFormat, ServingBackend};
 use crate::backend::{self, Backend, BackendKind, GatherPlan, RowGradients};
 use crate::batch::{Batch, FeatureEmbeddings, Values};
 use crate::dirty::DirtyRows;
@@ -26,6 +27,22 @@ pub struct PushSummary {
     pub entries: usize,
     /// Distinct rows that received one optimizer step.
     pub unique_rows: usize,
+}
+
+/// Checks a table's spec and that `held` is a non-empty range of its rows,
+/// before any storage is allocated for them.
+fn check_held(spec: &TableSpec, held: &Range<u64>) -> Result<(), EngineError> {
+    spec.validate()?;
+    if held.is_empty() || held.end > spec.rows {
+        return Err(EngineError::invalid(
+        "held rows",
+        format!(
+            "{held:?} is not a non-empty range of the table's {} rows",
+            spec.rows
+        ),
+        ));
+    }
+    Ok(())
 }
 
 /// A shared embedding table with its features and storage.
@@ -71,18 +88,33 @@ impl Table {
         held: Range<u64>,
         backend: BackendKind,
     ) -> Result<Self, EngineError> {
-        spec.validate()?;
-        if held.is_empty() || held.end > spec.rows {
-            return Err(EngineError::invalid(
-                "held rows",
-                format!(
-                    "{held:?} is not a non-empty range of the table's {} rows",
-                    spec.rows
-                ),
-            ));
-        }
+        check_held(&spec, &held)?;
+        let storage = backend::create(backend, spec.storage_of(held.clone()))?;
+        Self::with_storage(spec, registry, held, storage)
+    }
+
+    /// A read-only serving copy of (part of) a table: rows in `format`, no
+    /// optimizer state; lookups work, pushes are refused by the storage.
+    /// Rows arrive through [`Backend::write_rows`] from the primary.
+    pub fn serving(
+        spec: TableSpec,
+        registry: FeatureRegistry,
+        held: Range<u64>,
+        format: RowFormat,
+    ) -> Result<Self, EngineError> {
+        check_held(&spec, &held)?;
+        let storage = Box::new(ServingBackend::new(spec.storage_of(held.clone()), format)?);
+        Self::with_storage(spec, registry, held, storage)
+    }
+
+    fn with_storage(
+        spec: TableSpec,
+        registry: FeatureRegistry,
+        held: Range<u64>,
+        backend: Box<dyn Backend>,
+    ) -> Result<Self, EngineError> {
         Ok(Table {
-            backend: backend::create(backend, spec.storage_of(held.clone()))?,
+            backend,
             registry: RwLock::new(registry),
             registration: parking_lot::Mutex::new(()),
             dirty: DirtyRows::new(held.end - held.start),

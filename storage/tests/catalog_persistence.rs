@@ -236,7 +236,8 @@ fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
-        if entry.file_name() != "LOCK" {
+        // Not `archive/`: the log kept for replicas, which recovery ignores.
+        if entry.file_name() != "LOCK" && entry.file_type().unwrap().is_file() {
             std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
         }
     }

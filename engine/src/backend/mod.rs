@@ -5,6 +5,8 @@
 //!   block; the embedded default.
 //! - [`candle`]: the table and optimizer state as candle tensors, on
 //!   `Device::Cpu` or, with the `cuda` feature, `Device::Cuda(n)`.
+//! - [`serving`]: a replica's read-only rows in fp32, fp16 or int8, without
+//!   optimizer state.
 //!
 //! The engine does everything that is the same for every device (hashing,
 //! validation, pooling factors, de-duplicating gradients) on the host and hands
@@ -16,6 +18,7 @@
 pub mod candle;
 pub mod cpu;
 pub mod row_ops;
+pub mod serving;
 
 use crate::error::EngineError;
 use crate::init::Initializer;
@@ -119,6 +122,11 @@ pub trait Backend: Send + Sync {
 
     /// The spec the storage was created with.
     fn spec(&self) -> &StorageSpec;
+
+    /// Bytes of memory the rows and their optimizer state take (saturating).
+    fn memory_bytes(&self) -> u64 {
+        self.spec().memory_bytes().unwrap_or(u64::MAX)
+    }
 
     /// Runs a pooled gather and returns `[num_slots, dim]` floats.
     fn gather(&self, plan: &GatherPlan) -> Result<Vec<f32>, EngineError>;

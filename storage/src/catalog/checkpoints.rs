@@ -124,7 +124,7 @@ impl Catalog {
             record_in_checkpoint.memory_bytes(),
             &format!("restoring table `{table}` of checkpoint {id}"),
         )?;
-        let restored = table_from_record(&record_in_checkpoint, &target, inner.options.backend)?;
+        let restored = table_from_record(&record_in_checkpoint, &target, &inner.options)?;
         // The rows go under a fresh table id, marked (synced) as a restore in
         // progress: a crash part-way leaves rows that the next start deletes
         // (`open::remove_unfinished_restores`), and the table as it was.

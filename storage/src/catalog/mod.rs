@@ -21,11 +21,16 @@
 //! - [`admin`]: configuration changes;
 //! - [`flush`]: writing dirty rows;
 //! - [`checkpoints`]: checkpoints and restore.
+//! - [`replica`]: replication: a primary's log and snapshots, a replica's
+//!   bootstrap and apply.
 
 mod admin;
 mod checkpoints;
 mod flush;
 mod open;
+mod replica;
+
+pub use replica::{Replicated, ReplicaBootstrap, Snapshot};
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -33,6 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use featmux_engine::backend::serving::RowFormat;
 use featmux_engine::backend::{BackendKind, RowData, RowGradients};
 use featmux_engine::batch::Batch;
 use featmux_engine::error::EngineError;
@@ -77,6 +83,18 @@ pub enum CatalogError {
     TableReplaced(String),
     #[error("this catalog is a read-only serving copy")]
     ReadOnly,
+    #[error(
+        "{0} holds a replica's copy of another server's tables; start featmux with \
+         --replica-of to keep following, or use another data directory"
+    )]
+    ReplicaData(PathBuf),
+    #[error(
+        "{0} holds a primary's tables; a replica needs a data directory of its own \
+         (empty, or one it wrote)"
+    )]
+    PrimaryData(PathBuf),
+    #[error("replication: {0}")]
+    Replication(String),
     #[error(transparent)]
     OverBudget(#[from] OverBudget),
     #[error("the final flush failed; {unwritten_rows} rows changed by acknowledged pushes were not written: {cause}")]
@@ -102,6 +120,9 @@ pub struct CatalogOptions {
     /// Whether a flush waits for its write to reach the disk (fsync): with
     /// it, flushed pushes survive power loss; without, only a process crash.
     pub sync_flushes: bool,
+    /// `Some`: this catalog is a replica's read-only serving copy, its
+    /// tables' rows held in this format without optimizer state.
+    pub serving: Option<RowFormat>,
 }
 
 impl Default for CatalogOptions {
@@ -113,6 +134,7 @@ impl Default for CatalogOptions {
             max_dirty_rows: 1_000_000,
             max_memory_bytes: None,
             sync_flushes: true,
+            serving: None,
         }
     }
 }
@@ -378,22 +400,35 @@ fn record(
     }
 }
 
-/// Rebuilds a table (named `name`) from its record, rows at initial values.
+/// Bytes a table of `record` takes in memory in a catalog with `options`.
+fn memory_of(record: &TableRecord, options: &CatalogOptions) -> Option<u64> {
+    match options.serving {
+        None => record.memory_bytes(),
+        Some(format) => {
+            let held = record.held_rows();
+            let bytes = format.row_bytes(record.spec.chunk_dim) as u64;
+            (held.end - held.start).checked_mul(bytes)
+        }
+    }
+}
+
+/// Rebuilds a table (named `name`) from its record, rows at initial values:
+/// on the catalog's backend, or as a serving copy in a replica.
 fn table_from_record(
     record: &TableRecord,
     name: &str,
-    backend: BackendKind,
+    options: &CatalogOptions,
 ) -> Result<Table, CatalogError> {
     let spec = TableSpec {
         name: name.to_owned(),
         ..record.spec.clone()
     };
     let registry = FeatureRegistry::restore(record.features.clone(), record.next_salt, spec.rows)?;
-    let held = record
-        .shard
-        .as_ref()
-        .map_or(0..spec.rows, |s| s.held.clone());
-    Ok(Table::holding(spec, registry, held, backend)?)
+    let held = record.held_rows();
+    Ok(match options.serving {
+        None => Table::holding(spec, registry, held, options.backend)?,
+        Some(format) => Table::serving(spec, registry, held, format)?,
+    })
 }
 
 /// Loads the rows `store` holds for table `id` into `table`, showing each

@@ -13,7 +13,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::checkpoints::CHECKPOINTS_DIR;
 use super::{
-    db_dir, load_rows, table_from_record, Catalog, CatalogError, CatalogOptions, Inner, LiveTable,
+    db_dir, load_rows, memory_of, table_from_record, Catalog, CatalogError, CatalogOptions, Inner, LiveTable,
     OpenReport,
 };
 use crate::budget::MemoryBudget;
@@ -104,15 +104,24 @@ impl Catalog {
         data_dir: &Path,
         options: CatalogOptions,
     ) -> Result<(Catalog, OpenReport), CatalogError> {
+        // A training catalog; replicas open through `open_replica`.
+        let options = CatalogOptions {
+            serving: None,
+            ..options
+        };
         let (store, applied) = Store::open(
             &db_dir(data_dir),
             options.store,
             featmux_migrations::MIGRATIONS,
         )?;
+        if store.is_replica()? {
+            return Err(CatalogError::ReplicaData(data_dir.to_owned()));
+        }
         let mut report = OpenReport {
             migrations: applied.iter().map(|a| (a.version, a.description)).collect(),
             ..OpenReport::default()
         };
+        super::replica::remove_snapshots(data_dir)?;
         report.orphan_checkpoints_removed = remove_orphan_checkpoints(&store, data_dir)?;
         report.unfinished_restores_removed = remove_unfinished_restores(&store)?;
         let inner = Arc::new(Self::load(store, data_dir, options, false, &mut report)?);
@@ -148,7 +157,7 @@ impl Catalog {
         })
     }
 
-    fn load(
+    pub(super) fn load(
         store: Store,
         data_dir: &Path,
         options: CatalogOptions,
@@ -158,12 +167,16 @@ impl Catalog {
         let started = Instant::now();
         let budget = MemoryBudget::new(options.max_memory_bytes);
         let mut tables = HashMap::new();
-        for record in store.tables()? {
+        // A replica whose copy of its primary never finished holds partial
+        // data: it serves nothing until it has copied again.
+        let complete = options.serving.is_none() || store.replica_sequence()?.is_some();
+        let records = if complete { store.tables()? } else { Vec::new() };
+        for record in records {
             // Tables on disk are loaded whatever the budget says now (a
             // lowered budget must not make stored tables unreachable); new
             // allocations are refused until enough is freed.
-            let memory = budget.reserve_anyway(record.memory_bytes().unwrap_or(u64::MAX));
-            let table = table_from_record(&record, &record.spec.name, options.backend)?;
+            let memory = budget.reserve_anyway(memory_of(&record, &options).unwrap_or(u64::MAX));
+            let table = table_from_record(&record, &record.spec.name, &options)?;
             report.rows_loaded += load_rows(&store, record.id, &table, |_, _| Ok(()))?;
             tables.insert(
                 record.spec.name.clone(),

@@ -43,6 +43,13 @@ pub fn parse_row_key(table_id: u32, key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key[4..].try_into().ok()?))
 }
 
+/// The table id and row of a row key.
+pub fn split_row_key(key: &[u8]) -> Option<(u32, u64)> {
+    let key: &[u8; ROW_KEY_LEN] = key.try_into().ok()?;
+    let id = u32::from_be_bytes(key[..4].try_into().ok()?);
+    Some((id, u64::from_be_bytes(key[4..].try_into().ok()?)))
+}
+
 /// Prefix of table records in `meta`.
 pub const TABLE_PREFIX: &[u8] = b"table/";
 /// Prefix of checkpoint records in `meta`.
@@ -60,6 +67,15 @@ pub const VERSION_RESERVED: &[u8] = b"version_reserved";
 /// (two big-endian u64), versions handed out but not flushed before a crash.
 pub const LOST_VERSIONS_PREFIX: &[u8] = b"lost_versions/";
 
+/// When the last flush was committed (u64 microseconds since the Unix
+/// epoch), written with [`VERSION`]; optional (older flushes lack it).
+pub const FLUSHED_AT: &[u8] = b"flushed_at";
+/// On a replica: the last primary log sequence applied (u64), written in
+/// the same batch as that write. Never present on a primary.
+pub const REPLICA_SEQUENCE: &[u8] = b"replica/sequence";
+/// On a replica: a bootstrap (copy of the primary) started and has not
+/// finished; the data is incomplete and is copied again.
+pub const REPLICA_BOOTSTRAPPING: &[u8] = b"replica/bootstrapping";
 /// Prefix of restore markers: `restoring/<id>` → `id` (big-endian u32). A
 /// restore streams rows under a fresh table id marked this way and removes
 /// the marker in the write that records the table; rows under an id still

@@ -9,24 +9,29 @@
 //!
 //! - [`keys`]: the key layout (version 1).
 //! - [`records`]: table and checkpoint records kept in `meta`.
+//! - [`wal`]: the write-ahead log read back as a replication stream.
 
 pub mod keys;
 pub mod records;
+pub mod wal;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use featmux_migrations::layout::{
     COLUMN_FAMILIES, FORMAT_KEY, FORMAT_VALUE, META_CF, ROWS_CF, STATE_CF,
 };
 use featmux_migrations::{Applied, Migration, MigrationError};
+use parking_lot::{Condvar, Mutex};
 use rocksdb::{
-    BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamilyDescriptor, CompactOptions,
+    AsColumnFamilyRef, BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamilyDescriptor, CompactOptions,
     DBCompressionType, Direction, ErrorKind, IteratorMode, Options, ReadOptions, WriteBatch,
     WriteOptions, DB, DEFAULT_COLUMN_FAMILY_NAME,
 };
 
 use featmux_engine::backend::RowData;
 use records::{CheckpointRecord, TableRecord};
+use wal::WalBatch;
 
 /// Why a store operation failed. Each names the directory and the cause.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +73,14 @@ pub struct StoreOptions {
     /// flush and compaction writes lines) and was 97 % of a soak's data
     /// directory.
     pub max_info_log_bytes: usize,
+    /// Write-ahead log kept after RocksDB no longer needs it, for replicas
+    /// that resume following from an older sequence (RocksDB's
+    /// `WAL_size_limit_MB`, checked every 10 minutes): a replica further
+    /// behind than this bootstraps again. 0 keeps none.
+    pub retained_wal_mb: u64,
+    /// Also drop retained log older than this (RocksDB's `WAL_ttl_seconds`;
+    /// with no size limit it is checked every half of it). 0: no age limit.
+    pub retained_wal_secs: u64,
 }
 
 /// Rolled-over info logs kept beside the current one.
@@ -80,6 +93,8 @@ impl Default for StoreOptions {
             write_buffer_bytes: 64 << 20,
             max_wal_bytes: 256 << 20,
             max_info_log_bytes: 16 << 20,
+            retained_wal_mb: 1024,
+            retained_wal_secs: 0,
         }
     }
 }
@@ -103,6 +118,21 @@ impl StoreBatch<'_> {
 
     fn put_meta(&mut self, key: &[u8], value: &[u8]) {
         self.batch.put_cf(self.store.cf(META_CF), key, value);
+    }
+
+    /// Puts `value` under `key` in column family `cf` (a replicated write).
+    pub fn put_in(&mut self, cf: &str, key: &[u8], value: &[u8]) {
+        self.batch.put_cf(self.store.cf(cf), key, value);
+    }
+
+    /// Deletes `key` from column family `cf` (a replicated write).
+    pub fn delete_in(&mut self, cf: &str, key: &[u8]) {
+        self.batch.delete_cf(self.store.cf(cf), key);
+    }
+
+    /// Deletes keys `start..end` of column family `cf` (a replicated write).
+    pub fn delete_range_in(&mut self, cf: &str, start: &[u8], end: &[u8]) {
+        self.batch.delete_range_cf(self.store.cf(cf), start, end);
     }
 
     /// Writes weights and state of `rows` of table `table_id`.
@@ -167,9 +197,33 @@ impl StoreBatch<'_> {
             .delete_cf(self.store.cf(META_CF), keys::checkpoint_key(id));
     }
 
-    /// Records the training version this write completes.
+    /// Records the training version this write completes, and when
+    /// (microseconds since the Unix epoch: what a replica measures its lag
+    /// against).
     pub fn put_version(&mut self, version: u64) {
         self.put_meta(keys::VERSION, &version.to_be_bytes());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        self.put_meta(keys::FLUSHED_AT, &now.to_be_bytes());
+    }
+
+    /// Records the last primary sequence a replica has applied (written in
+    /// the same batch as that write, so the two never disagree).
+    pub fn put_replica_sequence(&mut self, sequence: u64) {
+        self.put_meta(keys::REPLICA_SEQUENCE, &sequence.to_be_bytes());
+    }
+
+    /// Marks a replica's bootstrap as started (the data is incomplete until
+    /// [`Self::put_replica_sequence`] clears it).
+    pub fn put_bootstrapping(&mut self) {
+        self.put_meta(keys::REPLICA_BOOTSTRAPPING, b"");
+    }
+
+    /// Clears the bootstrap marker.
+    pub fn delete_bootstrapping(&mut self) {
+        self.batch
+            .delete_cf(self.store.cf(META_CF), keys::REPLICA_BOOTSTRAPPING);
     }
 
     /// Reserves versions up to `version` (see [`keys::VERSION_RESERVED`]).
@@ -197,7 +251,11 @@ impl StoreBatch<'_> {
         self.store
             .db
             .write_opt(self.batch, &options)
-            .map_err(|e| classify(&self.store.path, e))
+            .map_err(|e| classify(&self.store.path, e))?;
+        // Wake log followers (under the lock they check under: no lost wakeup).
+        let _written = self.store.written.lock();
+        self.store.write_signal.notify_all();
+        Ok(())
     }
 }
 
@@ -205,6 +263,9 @@ impl StoreBatch<'_> {
 pub struct Store {
     db: DB,
     path: PathBuf,
+    /// Signalled after every commit, for followers of the log.
+    written: Mutex<()>,
+    write_signal: Condvar,
 }
 
 /// Maps a RocksDB error to what it means for an operator.
@@ -266,6 +327,8 @@ impl Store {
         db_options.set_max_total_wal_size(options.max_wal_bytes);
         db_options.set_max_log_file_size(options.max_info_log_bytes);
         db_options.set_keep_log_file_num(INFO_LOGS_KEPT);
+        db_options.set_wal_size_limit_mb(options.retained_wal_mb);
+        db_options.set_wal_ttl_seconds(options.retained_wal_secs);
         let cf_options = Self::cf_options(options);
         // The unused default family gets our options too: after a full disk
         // RocksDB resumes writes by itself once the largest memtable of any
@@ -282,10 +345,7 @@ impl Store {
                 source,
             }
         })?;
-        let store = Store {
-            db,
-            path: path.to_owned(),
-        };
+        let store = Store::wrap(db, path);
         store.check_format()?;
         Ok((store, applied))
     }
@@ -303,10 +363,7 @@ impl Store {
         }
         let db = DB::open_cf_for_read_only(&options, path, &existing, false)
             .map_err(|e| classify(path, e))?;
-        let store = Store {
-            db,
-            path: path.to_owned(),
-        };
+        let store = Store::wrap(db, path);
         if featmux_migrations::schema_version(&store.db).map_err(|source| {
             StoreError::Migration {
                 path: path.to_owned(),
@@ -317,6 +374,15 @@ impl Store {
             store.check_format()?;
         }
         Ok(store)
+    }
+
+    fn wrap(db: DB, path: &Path) -> Store {
+        Store {
+            db,
+            path: path.to_owned(),
+            written: Mutex::new(()),
+            write_signal: Condvar::new(),
+        }
     }
 
     fn cf_options(options: StoreOptions) -> Options {
@@ -577,5 +643,130 @@ impl Store {
         rocksdb::checkpoint::Checkpoint::new(&self.db)
             .and_then(|c| c.create_checkpoint(dir))
             .map_err(|e| classify(dir, e))
+    }
+}
+
+/// The write-ahead log, for replication (see [`wal`]).
+impl Store {
+    /// Sequence number of the last committed write.
+    pub fn latest_sequence(&self) -> u64 {
+        self.db.latest_sequence_number()
+    }
+
+    /// Every column family's id (what log records name) and name.
+    pub fn column_family_ids(&self) -> Vec<(u32, String)> {
+        COLUMN_FAMILIES
+            .iter()
+            .map(|&name| {
+                // SAFETY: the handle belongs to this open database and
+                // outlives the call; the function only reads its id.
+                let id = unsafe {
+                    librocksdb_sys::rocksdb_column_family_handle_get_id(self.cf(name).inner())
+                };
+                (id, name.to_owned())
+            })
+            .collect()
+    }
+
+    /// The committed write batches after sequence `after`, oldest first,
+    /// as far as the log goes now. `Ok(None)` when the log no longer holds
+    /// the batch right after `after` (it was purged: a follower that far
+    /// behind must copy the database again).
+    pub fn batches_after(
+        &self,
+        after: u64,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<WalBatch>>, StoreError> {
+        if after >= self.latest_sequence() {
+            return Ok(Some(Vec::new()));
+        }
+        let updates = match self.db.get_updates_since(after) {
+            Ok(updates) => updates,
+            // RocksDB answers NotFound when the log it would start from is
+            // gone.
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(classify(&self.path, e)),
+        };
+        let (mut batches, mut bytes) = (Vec::new(), 0);
+        for item in updates {
+            let (sequence, batch) = item.map_err(|e| classify(&self.path, e))?;
+            let expected = batches
+                .last()
+                .map_or(after + 1, |b: &WalBatch| b.last_sequence() + 1);
+            if sequence != expected {
+                // A gap: the log skips batches a follower needs.
+                return Ok(if batches.is_empty() { None } else { Some(batches) });
+            }
+            bytes += batch.size_in_bytes();
+            batches.push(WalBatch {
+                sequence,
+                count: batch.len() as u32,
+                data: batch.data().to_vec(),
+            });
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        if batches.is_empty() {
+            // The log starts after `after`: the batches in between are gone.
+            return Ok(None);
+        }
+        Ok(Some(batches))
+    }
+
+    /// Waits until a write after sequence `after` is committed, or
+    /// `timeout` passes; returns whether one was.
+    pub fn wait_for_write(&self, after: u64, timeout: Duration) -> bool {
+        let mut written = self.written.lock();
+        if self.latest_sequence() > after {
+            return true;
+        }
+        self.write_signal.wait_for(&mut written, timeout);
+        self.latest_sequence() > after
+    }
+
+    /// Every key and value of column family `cf`, in key order, to `sink`
+    /// (stops at its first error).
+    pub fn scan<E: From<StoreError>>(
+        &self,
+        cf: &str,
+        mut sink: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut read = ReadOptions::default();
+        read.fill_cache(false);
+        for item in self.db.iterator_cf_opt(self.cf(cf), read, IteratorMode::Start) {
+            let (key, value) = item.map_err(|e| classify(&self.path, e))?;
+            sink(&key, &value)?;
+        }
+        Ok(())
+    }
+
+    /// The last primary sequence this replica applied (`None`: not a
+    /// replica, or its bootstrap never finished).
+    pub fn replica_sequence(&self) -> Result<Option<u64>, StoreError> {
+        if self.get_meta(keys::REPLICA_BOOTSTRAPPING)?.is_some() {
+            return Ok(None);
+        }
+        self.get_u64(keys::REPLICA_SEQUENCE)
+    }
+
+    /// Whether this database is (or was being made) a replica's copy.
+    pub fn is_replica(&self) -> Result<bool, StoreError> {
+        Ok(self.get_meta(keys::REPLICA_SEQUENCE)?.is_some()
+            || self.get_meta(keys::REPLICA_BOOTSTRAPPING)?.is_some())
+    }
+
+    /// When the last flush was written (microseconds since the Unix
+    /// epoch), if any recorded it.
+    pub fn flushed_at(&self) -> Result<Option<u64>, StoreError> {
+        self.get_u64(keys::FLUSHED_AT)
+    }
+
+    /// The layout version of this database.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        featmux_migrations::schema_version(&self.db).map_err(|source| StoreError::Migration {
+            path: self.path.clone(),
+            source,
+        })
     }
 }

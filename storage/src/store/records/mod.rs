@@ -46,11 +46,14 @@ pub struct ShardPart {
 impl TableRecord {
     /// Bytes the table takes in memory once loaded (its held rows only).
     pub fn memory_bytes(&self) -> Option<u64> {
-        let held = self
-            .shard
+        self.spec.storage_of(self.held_rows()).memory_bytes()
+    }
+
+    /// The table rows this data directory holds: all, or a shard's part.
+    pub fn held_rows(&self) -> std::ops::Range<u64> {
+        self.shard
             .as_ref()
-            .map_or(0..self.spec.rows, |s| s.held.clone());
-        self.spec.storage_of(held).memory_bytes()
+            .map_or(0..self.spec.rows, |s| s.held.clone())
     }
 
     /// The stored bytes (format version 1).
