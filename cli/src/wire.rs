@@ -59,6 +59,8 @@ pub fn table_info_from_pb(t: pb::TableInfo) -> anyhow::Result<TableInfo> {
         features,
         bytes_in_memory: t.bytes_in_memory,
         dirty_rows: t.dirty_rows,
+        row_format: t.row_format.clone(),
+        bytes_per_row: t.bytes_per_row,
     })
 }
 

@@ -35,11 +35,11 @@ fn check_held(spec: &TableSpec, held: &Range<u64>) -> Result<(), EngineError> {
     spec.validate()?;
     if held.is_empty() || held.end > spec.rows {
         return Err(EngineError::invalid(
-        "held rows",
-        format!(
-            "{held:?} is not a non-empty range of the table's {} rows",
-            spec.rows
-        ),
+            "held rows",
+            format!(
+                "{held:?} is not a non-empty range of the table's {} rows",
+                spec.rows
+            ),
         ));
     }
     Ok(())

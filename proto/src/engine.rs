@@ -306,6 +306,8 @@ pub fn table_to_pb(spec: &TableSpec, registry: &FeatureRegistry) -> pb::TableInf
             .collect(),
         bytes_in_memory: 0,
         dirty_rows: 0,
+        row_format: String::new(),
+        bytes_per_row: 0,
     }
 }
 

@@ -232,5 +232,7 @@ pub fn table_info_to_dict<'py>(
     out.set_item("features", features)?;
     out.set_item("bytes_in_memory", info.bytes_in_memory)?;
     out.set_item("dirty_rows", info.dirty_rows)?;
+    out.set_item("row_format", &info.row_format)?;
+    out.set_item("bytes_per_row", info.bytes_per_row)?;
     Ok(out)
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use featmux_engine::backend::serving::RowFormat;
 use featmux_engine::backend::BackendKind;
 use featmux_storage::catalog::CatalogOptions;
 use featmux_storage::store::StoreOptions;
@@ -48,6 +49,12 @@ pub struct StorageConfig {
     pub sync_flushes: bool,
     /// Most bytes of RocksDB write-ahead log kept (what a restart replays).
     pub max_wal_bytes: u64,
+    /// Write-ahead log kept for replicas after RocksDB is done with it, in
+    /// MiB (checked every 10 minutes): a replica further behind than this
+    /// copies the whole database again. 0 keeps none.
+    pub retained_wal_mb: u64,
+    /// Also drop retained log older than this many seconds (0: no limit).
+    pub retained_wal_secs: u64,
 }
 
 impl Default for StorageConfig {
@@ -58,6 +65,8 @@ impl Default for StorageConfig {
             max_dirty_rows: catalog.max_dirty_rows,
             sync_flushes: catalog.sync_flushes,
             max_wal_bytes: catalog.store.max_wal_bytes,
+            retained_wal_mb: catalog.store.retained_wal_mb,
+            retained_wal_secs: catalog.store.retained_wal_secs,
         }
     }
 }
@@ -172,6 +181,32 @@ impl Default for ClusterConfig {
     }
 }
 
+/// A read-only replica (docs/DESIGN.md, "Replicas"): it copies its
+/// primary's database, follows the primary's write-ahead log and serves
+/// lookups; pushes and admin changes are refused. Absent: not a replica.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicaConfig {
+    /// The primary's gRPC address, `http://host:port`.
+    pub primary: String,
+    /// How rows are held in memory: `f32`, `f16` or `int8` (row-wise scale
+    /// and bias).
+    pub row_format: String,
+    /// The primary's admin token, if it requires one (replication copies
+    /// the whole database).
+    pub primary_token: Option<String>,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig {
+            primary: String::new(),
+            row_format: "f32".into(),
+            primary_token: None,
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -203,6 +238,7 @@ pub struct ServerConfig {
     pub tickets: TicketsConfig,
     pub tls: Option<TlsConfig>,
     pub cluster: Option<ClusterConfig>,
+    pub replica: Option<ReplicaConfig>,
 }
 
 impl Default for ServerConfig {
@@ -221,6 +257,7 @@ impl Default for ServerConfig {
             tickets: TicketsConfig::default(),
             tls: None,
             cluster: None,
+            replica: None,
         }
     }
 }
@@ -290,6 +327,13 @@ pub struct ServeArgs {
     /// This shard's id in the cluster (stable across restarts).
     #[arg(long)]
     pub shard_id: Option<String>,
+    /// Serve as a read-only replica of this primary (`http://host:port`,
+    /// its gRPC address).
+    #[arg(long)]
+    pub replica_of: Option<String>,
+    /// A replica's in-memory row format: f32, f16 or int8 [default: f32].
+    #[arg(long)]
+    pub row_format: Option<String>,
 }
 
 fn env_parse<T: std::str::FromStr>(var: &'static str, value: String) -> Result<T, ConfigError>
@@ -378,6 +422,15 @@ impl ServerConfig {
         if let Some(v) = get("FEATMUX_ADVERTISE_HTTP") {
             self.cluster_mut().advertise_http = Some(v);
         }
+        if let Some(v) = get("FEATMUX_REPLICA_OF") {
+            self.replica_mut().primary = v;
+        }
+        if let Some(v) = get("FEATMUX_ROW_FORMAT") {
+            self.replica_mut().row_format = v;
+        }
+        if let Some(v) = get("FEATMUX_PRIMARY_TOKEN") {
+            self.replica_mut().primary_token = Some(v);
+        }
         if let (Some(cert), Some(key)) = (get("FEATMUX_TLS_CERT"), get("FEATMUX_TLS_KEY")) {
             self.tls = Some(TlsConfig {
                 cert: cert.into(),
@@ -410,6 +463,30 @@ impl ServerConfig {
         if let Some(v) = &args.shard_id {
             self.cluster_mut().shard_id = v.clone();
         }
+        if let Some(v) = &args.replica_of {
+            self.replica_mut().primary = v.clone();
+        }
+        if let Some(v) = &args.row_format {
+            self.replica_mut().row_format = v.clone();
+        }
+    }
+
+    /// The replica section, created with defaults when absent.
+    fn replica_mut(&mut self) -> &mut ReplicaConfig {
+        self.replica.get_or_insert_with(ReplicaConfig::default)
+    }
+
+    /// A replica's row format, parsed.
+    pub fn row_format(&self, replica: &ReplicaConfig) -> Result<RowFormat, ConfigError> {
+        replica
+            .row_format
+            .parse()
+            .map_err(
+                |e: featmux_engine::error::EngineError| ConfigError::Invalid {
+                    field: "replica.row_format",
+                    reason: e.to_string(),
+                },
+            )
     }
 
     /// The cluster section, created with defaults when absent (a cluster
@@ -502,6 +579,27 @@ impl ServerConfig {
                 });
             }
         }
+        if let Some(replica) = &self.replica {
+            if !(replica.primary.starts_with("http://") || replica.primary.starts_with("https://"))
+            {
+                return Err(ConfigError::Invalid {
+                    field: "replica.primary",
+                    reason: format!(
+                        "{:?} is not the primary's gRPC address, http://host:port",
+                        replica.primary
+                    ),
+                });
+            }
+            self.row_format(replica)?;
+            if self.cluster.is_some() {
+                return Err(ConfigError::Invalid {
+                    field: "replica",
+                    reason: "a replica follows one server and does not join a cluster: give \
+                             it the shard's address as replica.primary and no [cluster]"
+                        .into(),
+                });
+            }
+        }
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
         }
@@ -569,8 +667,11 @@ impl ServerConfig {
             sync_flushes: self.storage.sync_flushes,
             store: StoreOptions {
                 max_wal_bytes: self.storage.max_wal_bytes,
+                retained_wal_mb: self.storage.retained_wal_mb,
+                retained_wal_secs: self.storage.retained_wal_secs,
                 ..StoreOptions::default()
             },
+            serving: None,
         })
     }
 }

@@ -76,6 +76,8 @@ pub fn table_info_to_pb(t: &TableInfo) -> pb::TableInfo {
         features: t.features.iter().map(feature_info_to_pb).collect(),
         bytes_in_memory: t.bytes_in_memory,
         dirty_rows: t.dirty_rows,
+        row_format: t.row_format.clone(),
+        bytes_per_row: t.bytes_per_row,
     }
 }
 

@@ -135,7 +135,12 @@ impl From<CatalogError> for ApiError {
             }
             CatalogError::OverBudget(_) => ErrorKind::TooLarge,
             CatalogError::Store(StoreError::DiskFull { .. }) => ErrorKind::Unavailable,
-            CatalogError::Store(_) | CatalogError::Unflushed { .. } => ErrorKind::Internal,
+            CatalogError::ReplicaData(_) | CatalogError::PrimaryData(_) => {
+                ErrorKind::FailedPrecondition
+            }
+            CatalogError::Store(_)
+            | CatalogError::Unflushed { .. }
+            | CatalogError::Replication(_) => ErrorKind::Internal,
         };
         ApiError::new(kind, e.to_string())
     }

@@ -40,6 +40,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod machine;
 pub mod metrics;
+pub mod replication;
 pub mod shared;
 pub mod startup;
 pub mod tickets;

@@ -17,6 +17,8 @@ use crate::api::{Api, Limits};
 use crate::cluster::MapEpochs;
 use crate::config::ServerConfig;
 use crate::dedup::PushDedup;
+use crate::replication::follower::Follower;
+use crate::replication::ReplicaStatus;
 use crate::shared::Shared;
 use crate::startup::{start, ServeError};
 use crate::tickets::TicketCache;
@@ -33,12 +35,20 @@ pub(crate) async fn run(
 ) -> Result<(), ServeError> {
     let started = Instant::now();
     let data_dir = config.data_dir.clone();
-    let opened = tokio::task::spawn_blocking(move || Catalog::open(&data_dir, catalog_options))
-        .await
-        .map_err(|e| ServeError::Transport {
-            transport: "recovery",
-            reason: e.to_string(),
-        })?;
+    // Validated with the configuration.
+    let serving = config
+        .replica
+        .as_ref()
+        .and_then(|replica| config.row_format(replica).ok());
+    let opened = tokio::task::spawn_blocking(move || match serving {
+        None => Catalog::open(&data_dir, catalog_options),
+        Some(format) => Catalog::open_replica(&data_dir, catalog_options, format),
+    })
+    .await
+    .map_err(|e| ServeError::Transport {
+        transport: "recovery",
+        reason: e.to_string(),
+    })?;
     let (catalog, report) = match opened {
         Ok((catalog, report)) => {
             for (version, description) in &report.migrations {
@@ -93,7 +103,7 @@ pub(crate) async fn run(
             }
         }
     };
-    let api = Arc::new(Api::new(
+    let mut api = Api::new(
         catalog.clone(),
         tickets,
         pushes,
@@ -101,8 +111,31 @@ pub(crate) async fn run(
         counters,
         epochs,
         cluster,
-    ));
-    let _ = shared.api.set(api);
+    );
+    let follower = match &config.replica {
+        None => None,
+        Some(replica) => {
+            let status = Arc::new(ReplicaStatus::new(
+                replica.primary.clone(),
+                shared.metrics.replica_apply_lag(),
+            ));
+            let applied = catalog.replica_sequence().ok().flatten();
+            status.update(|s| {
+                s.applied_sequence = applied;
+                s.version = catalog.version();
+            });
+            api = api.with_replica(status.clone());
+            let follower = Follower {
+                catalog: catalog.clone(),
+                status,
+                config: replica.clone(),
+                data_dir: config.data_dir.clone(),
+                name: config.grpc_addr.to_string(),
+            };
+            Some(tokio::spawn(follower.run(stopped.clone())))
+        }
+    };
+    let _ = shared.api.set(Arc::new(api));
     // Only now: whoever waits for this line (an operator, a test, a script)
     // finds `/readyz` answering 200.
     let (budget, reserved) = catalog.memory();
@@ -141,6 +174,9 @@ pub(crate) async fn run(
         }
     }
     // Drop our handles on the catalog, so closing it can own it.
+    if let Some(follower) = follower {
+        let _ = follower.await;
+    }
     drop(shared);
     let closed = tokio::task::spawn_blocking(move || match Arc::try_unwrap(catalog) {
         Ok(catalog) => catalog.close().map(|()| true),

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::api::{Api, OpCounters};
@@ -33,6 +33,13 @@ pub struct Metrics {
     remembered_pushes: IntGauge,
     dirty_rows: IntGaugeVec,
     table_bytes: IntGaugeVec,
+    table_bytes_per_row: IntGaugeVec,
+    replica_connected: IntGauge,
+    replica_lag_versions: IntGauge,
+    replica_staleness_ms: IntGauge,
+    replica_applied_sequence: IntGauge,
+    replica_bootstraps: IntGauge,
+    replica_apply_lag: Histogram,
     memory_budget_bytes: IntGauge,
     memory_reserved_bytes: IntGauge,
     wal_bytes: IntGauge,
@@ -127,6 +134,43 @@ impl Metrics {
                 "featmux_table_bytes",
                 "Bytes of weights and optimizer state in memory",
             ),
+            table_bytes_per_row: table_gauge(
+                "featmux_table_bytes_per_row",
+                "Memory per held row (weights in the table's row format, plus optimizer state)",
+            ),
+            replica_connected: gauge(
+                "featmux_replica_connected",
+                "On a replica: 1 while its primary's log stream is open",
+            ),
+            replica_lag_versions: gauge(
+                "featmux_replica_lag_versions",
+                "On a replica: the primary's flushed version minus the one served here",
+            ),
+            replica_staleness_ms: gauge(
+                "featmux_replica_staleness_milliseconds",
+                "On a replica: time since it last held everything its primary had committed",
+            ),
+            replica_applied_sequence: gauge(
+                "featmux_replica_applied_sequence",
+                "On a replica: the last primary log sequence applied",
+            ),
+            replica_bootstraps: gauge(
+                "featmux_replica_bootstraps",
+                "On a replica: copies of the whole primary database so far",
+            ),
+            replica_apply_lag: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "featmux_replica_apply_lag_seconds",
+                        "On a replica: from a flush committed on the primary to applied here",
+                    )
+                    .buckets(
+                        prometheus::exponential_buckets(1e-4, 2.0, 20).expect("valid buckets"),
+                    ),
+                )
+                .expect("valid metric"),
+            ),
             memory_budget_bytes: gauge(
                 "featmux_memory_budget_bytes",
                 "Memory all tables may hold (limits.max_memory_bytes)",
@@ -153,6 +197,11 @@ impl Metrics {
             rows_looked_up: self.rows_looked_up.clone(),
             rows_updated: self.rows_updated.clone(),
         }
+    }
+
+    /// The histogram a replica records its apply lag in.
+    pub fn replica_apply_lag(&self) -> Histogram {
+        self.replica_apply_lag.clone()
     }
 
     /// Records one finished request.
@@ -203,6 +252,7 @@ impl Metrics {
         gauge(&self.memory_reserved_bytes, reserved);
         self.dirty_rows.reset();
         self.table_bytes.reset();
+        self.table_bytes_per_row.reset();
         for table in api.list_tables() {
             let name = [table.config.name.as_str()];
             gauge(&self.dirty_rows.with_label_values(&name), table.dirty_rows);
@@ -210,6 +260,27 @@ impl Metrics {
                 &self.table_bytes.with_label_values(&name),
                 table.bytes_in_memory,
             );
+            gauge(
+                &self.table_bytes_per_row.with_label_values(&name),
+                table.bytes_per_row,
+            );
+        }
+        if let Some(replica) = api.replica() {
+            let state = replica.state();
+            gauge(&self.replica_connected, state.connected as u64);
+            gauge(
+                &self.replica_lag_versions,
+                state.primary_version.saturating_sub(state.version),
+            );
+            let staleness = replica
+                .staleness()
+                .map_or(u64::MAX, |s| s.as_millis() as u64);
+            gauge(&self.replica_staleness_ms, staleness);
+            gauge(
+                &self.replica_applied_sequence,
+                state.applied_sequence.unwrap_or(0),
+            );
+            gauge(&self.replica_bootstraps, state.bootstraps);
         }
     }
 }

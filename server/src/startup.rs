@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use featmux_proto::v1::admin_service_server::AdminServiceServer;
 use featmux_proto::v1::embedding_service_server::EmbeddingServiceServer;
+use featmux_proto::v1::replication_service_server::ReplicationServiceServer;
 use featmux_storage::catalog::CatalogError;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -162,7 +163,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
                 })
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
-            );
+            )
+            .add_service(ReplicationServiceServer::new(
+                crate::replication::source::ReplicationGrpc {
+                    shared: shared.clone(),
+                },
+            ));
         let mut stopped = stop_rx.clone();
         // TCP_NODELAY explicitly: tonic ignores its own nodelay setting for
         // an incoming stream, and with Nagle on, a small response (headers,

@@ -79,7 +79,10 @@ fn follow(primary: &Catalog, replica: &Catalog) -> usize {
     let mut applied = 0;
     loop {
         let after = replica.replica_sequence().unwrap().unwrap();
-        let batches = primary.log_after(after, 1 << 20).unwrap().expect("log retained");
+        let batches = primary
+            .log_after(after, 1 << 20)
+            .unwrap()
+            .expect("log retained");
         if batches.is_empty() {
             return applied;
         }
@@ -93,15 +96,15 @@ fn follow(primary: &Catalog, replica: &Catalog) -> usize {
 fn assert_same(primary: &Catalog, replica: &Catalog) {
     assert_eq!(primary.table_names(), replica.table_names());
     for name in primary.table_names() {
-        let (p, r) = (
-            primary.table(&name).unwrap(),
-            replica.table(&name).unwrap(),
-        );
+        let (p, r) = (primary.table(&name).unwrap(), replica.table(&name).unwrap());
         assert_eq!(p.features(), r.features(), "features of `{name}`");
         assert_eq!(weights(&p), weights(&r), "weights of `{name}`");
     }
     assert_eq!(
-        primary.flush_stats().flushed_version.load(std::sync::atomic::Ordering::Acquire),
+        primary
+            .flush_stats()
+            .flushed_version
+            .load(std::sync::atomic::Ordering::Acquire),
         replica.version()
     );
 }
@@ -134,7 +137,9 @@ fn a_replica_bootstraps_then_follows_flushes_and_table_changes() {
     let checkpoint = primary.create_checkpoint().unwrap();
     push(&primary, "t", &[5, 6]);
     primary.flush().unwrap();
-    primary.restore_checkpoint(checkpoint.id, "t", None).unwrap();
+    primary
+        .restore_checkpoint(checkpoint.id, "t", None)
+        .unwrap();
     primary.drop_table("u").unwrap();
     primary.create_table(spec("v"), Vec::new()).unwrap();
     follow(&primary, &replica);
@@ -195,7 +200,9 @@ fn data_directories_are_not_mixed_up() {
         .err()
         .unwrap();
     assert!(matches!(err, CatalogError::PrimaryData(_)), "{err}");
-    let primary = Catalog::open(pdir.path(), CatalogOptions::default()).unwrap().0;
+    let primary = Catalog::open(pdir.path(), CatalogOptions::default())
+        .unwrap()
+        .0;
     let replica = replica(rdir.path(), RowFormat::F32);
     replica
         .bootstrap_replica(primary.replication_snapshot().unwrap().dir())
@@ -258,10 +265,7 @@ fn quantized_replicas_hold_rows_within_their_formats_error() {
         primary.flush().unwrap();
         follow(&primary, &replica);
         let table = replica.table("t").unwrap();
-        assert_eq!(
-            table.backend().memory_bytes(),
-            ROWS * bytes_per_row as u64
-        );
+        assert_eq!(table.backend().memory_bytes(), ROWS * bytes_per_row as u64);
         let exact = weights(&primary.table("t").unwrap());
         let got = weights(&table);
         for (row, (want, got)) in exact.chunks(DIM).zip(got.chunks(DIM)).enumerate() {

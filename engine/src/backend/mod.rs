@@ -128,6 +128,11 @@ pub trait Backend: Send + Sync {
         self.spec().memory_bytes().unwrap_or(u64::MAX)
     }
 
+    /// How the weights are held (training backends: f32).
+    fn row_format(&self) -> serving::RowFormat {
+        serving::RowFormat::F32
+    }
+
     /// Runs a pooled gather and returns `[num_slots, dim]` floats.
     fn gather(&self, plan: &GatherPlan) -> Result<Vec<f32>, EngineError>;
 

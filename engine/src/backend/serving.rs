@@ -202,11 +202,6 @@ impl ServingBackend {
             rows: RwLock::new(storage),
         })
     }
-
-    /// How rows are stored.
-    pub fn format(&self) -> RowFormat {
-        self.format
-    }
 }
 
 impl Backend for ServingBackend {
@@ -220,6 +215,10 @@ impl Backend for ServingBackend {
 
     fn memory_bytes(&self) -> u64 {
         self.spec.rows * self.format.row_bytes(self.spec.dim) as u64
+    }
+
+    fn row_format(&self) -> RowFormat {
+        self.format
     }
 
     fn gather(&self, plan: &GatherPlan) -> Result<Vec<f32>, EngineError> {
@@ -338,7 +337,10 @@ mod tests {
         };
         backend.write_rows(&[0], &data).unwrap();
         for (got, want) in one_row(&backend, 0).iter().zip(&values) {
-            assert!((got - want).abs() <= want.abs() * 2f32.powi(-11), "{got} vs {want}");
+            assert!(
+                (got - want).abs() <= want.abs() * 2f32.powi(-11),
+                "{got} vs {want}"
+            );
         }
     }
 

@@ -13,7 +13,8 @@ use prometheus::IntCounter;
 
 use crate::cluster::{ClusterAdmin, MapEpochs};
 use crate::dedup::PushDedup;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
+use crate::replication::ReplicaStatus;
 use crate::tickets::{Ticket, TicketCache};
 use featmux_engine::backend::{GatherPlan, RowGradients};
 use featmux_engine::batch::{Batch, FeatureEmbeddings, Values};
@@ -131,6 +132,9 @@ pub struct Api {
     epochs: Arc<MapEpochs>,
     /// Set on a cluster shard: configuration changes go through etcd.
     cluster: Option<Arc<ClusterAdmin>>,
+    /// Set on a read-only replica: every write is refused, naming its
+    /// primary.
+    replica: Option<Arc<ReplicaStatus>>,
 }
 
 impl Api {
@@ -154,6 +158,35 @@ impl Api {
             counters,
             epochs,
             cluster,
+            replica: None,
+        }
+    }
+
+    /// Makes these the operations of a read-only replica.
+    pub fn with_replica(self, status: Arc<ReplicaStatus>) -> Self {
+        Api {
+            replica: Some(status),
+            ..self
+        }
+    }
+
+    /// A replica's status (`None` on a primary).
+    pub fn replica(&self) -> Option<&ReplicaStatus> {
+        self.replica.as_deref()
+    }
+
+    /// Refuses a write (push or configuration change) on a replica.
+    fn writable(&self) -> Result<(), ApiError> {
+        match &self.replica {
+            None => Ok(()),
+            Some(replica) => Err(ApiError::new(
+                ErrorKind::FailedPrecondition,
+                format!(
+                    "this server is a read-only replica of {}: send pushes and admin changes \
+                     to the primary",
+                    replica.primary()
+                ),
+            )),
         }
     }
 
@@ -243,6 +276,7 @@ impl Api {
         blocks: Vec<GradientBlock>,
         request_id: u64,
     ) -> Result<PushResult, ApiError> {
+        self.writable()?;
         self.pushes
             .run(table, request_id, || self.apply_push(table, target, blocks))
     }
@@ -294,6 +328,7 @@ impl Api {
         request_id: u64,
         map_epoch: u64,
     ) -> Result<PushResult, ApiError> {
+        self.writable()?;
         self.epochs.check(table, map_epoch)?;
         self.pushes.run(table, request_id, || {
             let max = self.limits.max_batch_values;
@@ -366,6 +401,7 @@ impl Api {
         spec: TableSpec,
         features: Vec<FeatureSpec>,
     ) -> Result<TableInfo, ApiError> {
+        self.writable()?;
         let name = spec.name.clone();
         match &self.cluster {
             Some(cluster) => cluster.create_table(spec, features)?,
@@ -380,6 +416,7 @@ impl Api {
         table: &str,
         features: Vec<FeatureSpec>,
     ) -> Result<TableInfo, ApiError> {
+        self.writable()?;
         if features.is_empty() {
             return Err(ApiError::invalid("no features to add"));
         }
@@ -407,6 +444,7 @@ impl Api {
 
     /// Drops a table and its stored rows.
     pub fn drop_table(&self, name: &str) -> Result<(), ApiError> {
+        self.writable()?;
         match &self.cluster {
             Some(cluster) => cluster.drop_table(name),
             None => Ok(self.catalog.drop_table(name)?),
@@ -423,6 +461,7 @@ impl Api {
     /// Flushes and checkpoints the whole database; on a cluster shard,
     /// every shard's (see [`ClusterAdmin::create_checkpoint`]).
     pub fn create_checkpoint(&self, scope: Scope) -> Result<Checkpoint, ApiError> {
+        self.writable()?;
         if let Some(cluster) = self.cluster_for(scope) {
             return cluster.create_checkpoint();
         }
@@ -444,6 +483,7 @@ impl Api {
 
     /// Deletes a checkpoint (a cluster's: every shard's part).
     pub fn delete_checkpoint(&self, id: u64, scope: Scope) -> Result<(), ApiError> {
+        self.writable()?;
         if let Some(cluster) = self.cluster_for(scope) {
             return cluster.delete_checkpoint(id);
         }
@@ -459,6 +499,7 @@ impl Api {
         into: Option<&str>,
         scope: Scope,
     ) -> Result<TableInfo, ApiError> {
+        self.writable()?;
         if let Some(cluster) = self.cluster_for(scope) {
             cluster.restore_checkpoint(id, table, into)?;
             return self.table_info(table);
@@ -573,8 +614,12 @@ fn value_text(values: &Values, i: usize) -> String {
 fn describe(table: &Table) -> TableInfo {
     let spec = table.spec().clone();
     let d = spec.chunk_dim;
+    let bytes_in_memory = table.backend().memory_bytes();
+    let held = table.held_rows();
     TableInfo {
-        bytes_in_memory: table.backend().spec().memory_bytes().unwrap_or(u64::MAX),
+        bytes_in_memory,
+        row_format: table.backend().row_format().name().to_owned(),
+        bytes_per_row: bytes_in_memory / (held.end - held.start).max(1),
         dirty_rows: table.dirty().len() as u64,
         features: table
             .features()

@@ -99,6 +99,11 @@ pub struct TableInfo {
     pub bytes_in_memory: u64,
     /// Rows changed since the last flush.
     pub dirty_rows: u64,
+    /// How rows are held: `f32` (with optimizer state) on a training
+    /// server; `f32`, `f16` or `int8` (weights only) on a replica.
+    pub row_format: String,
+    /// Memory per held row, weights and optimizer state together.
+    pub bytes_per_row: u64,
 }
 
 /// Server-wide counters.

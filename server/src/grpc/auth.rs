@@ -18,7 +18,7 @@ use crate::shared::Shared;
 
 /// The methods of `featmux.v1` (the metric label of a refused call; any
 /// other name is counted as `unknown`, so clients cannot grow the label set).
-const METHODS: [&str; 16] = [
+const METHODS: [&str; 18] = [
     "Lookup",
     "Push",
     "Train",
@@ -35,6 +35,8 @@ const METHODS: [&str; 16] = [
     "RestoreCheckpoint",
     "Stats",
     "Explain",
+    "Bootstrap",
+    "Follow",
 ];
 
 /// The role a call needs and its method, from the request path
@@ -44,7 +46,8 @@ fn role_of(path: &str) -> Option<(Role, &'static str)> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
     let role = match service {
         "featmux.v1.EmbeddingService" => Role::Data,
-        "featmux.v1.AdminService" => Role::Admin,
+        // Replication copies every table: the admin token.
+        "featmux.v1.AdminService" | "featmux.v1.ReplicationService" => Role::Admin,
         _ => return None,
     };
     let label = METHODS

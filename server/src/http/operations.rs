@@ -29,14 +29,20 @@ pub(super) async fn healthz() -> &'static str {
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "Tables are loaded and flushes work"),
+    responses((status = 200, description = "Tables are loaded and flushes work; on a replica: \
+            it holds a copy (the text says how fresh, and whether its primary is reachable)"),
         (status = 503, body = ErrorBody,
             description = "Still recovering, or flushes are failing (pushes are not becoming durable)")))]
-pub(super) async fn readyz(State(shared): State<Arc<Shared>>) -> Result<&'static str, ApiError> {
+pub(super) async fn readyz(State(shared): State<Arc<Shared>>) -> Result<String, ApiError> {
     let api = shared.api()?;
+    if let Some(replica) = api.replica() {
+        return replica
+            .readiness()
+            .map_err(|detail| ApiError::new(ErrorKind::Unavailable, detail));
+    }
     let catalog = api.catalog();
     match catalog.flush_failure() {
-        None => Ok("ready\n"),
+        None => Ok("ready\n".into()),
         Some(cause) => Err(ApiError::new(
             ErrorKind::Unavailable,
             format!(

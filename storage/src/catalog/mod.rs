@@ -30,7 +30,7 @@ mod flush;
 mod open;
 mod replica;
 
-pub use replica::{Replicated, ReplicaBootstrap, Snapshot};
+pub use replica::{ReplicaBootstrap, Replicated, Snapshot};
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

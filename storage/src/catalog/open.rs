@@ -13,8 +13,8 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::checkpoints::CHECKPOINTS_DIR;
 use super::{
-    db_dir, load_rows, memory_of, table_from_record, Catalog, CatalogError, CatalogOptions, Inner, LiveTable,
-    OpenReport,
+    db_dir, load_rows, memory_of, table_from_record, Catalog, CatalogError, CatalogOptions, Inner,
+    LiveTable, OpenReport,
 };
 use crate::budget::MemoryBudget;
 use crate::flusher::{FlushStats, Flusher};
@@ -170,7 +170,11 @@ impl Catalog {
         // A replica whose copy of its primary never finished holds partial
         // data: it serves nothing until it has copied again.
         let complete = options.serving.is_none() || store.replica_sequence()?.is_some();
-        let records = if complete { store.tables()? } else { Vec::new() };
+        let records = if complete {
+            store.tables()?
+        } else {
+            Vec::new()
+        };
         for record in records {
             // Tables on disk are loaded whatever the budget says now (a
             // lowered budget must not make stored tables unreachable); new

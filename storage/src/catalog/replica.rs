@@ -262,7 +262,10 @@ impl Catalog {
         }
         *inner.tables.write() = tables;
         inner.version.store(version, Ordering::Release);
-        inner.stats.flushed_version.store(version, Ordering::Release);
+        inner
+            .stats
+            .flushed_version
+            .store(version, Ordering::Release);
         Ok(ReplicaBootstrap {
             sequence,
             keys: copied_keys,
@@ -388,7 +391,10 @@ impl Catalog {
         }
         if let Some(version) = done.version {
             inner.version.store(version, Ordering::Release);
-            inner.stats.flushed_version.store(version, Ordering::Release);
+            inner
+                .stats
+                .flushed_version
+                .store(version, Ordering::Release);
         }
         Ok(done)
     }
@@ -426,7 +432,10 @@ impl Catalog {
     fn reload_table(&self, id: u32) -> Result<(), CatalogError> {
         let inner = &self.inner;
         let record = inner.store.tables()?.into_iter().find(|r| r.id == id);
-        let live = record.as_ref().map(|r| self.live_from_store(r)).transpose()?;
+        let live = record
+            .as_ref()
+            .map(|r| self.live_from_store(r))
+            .transpose()?;
         let mut tables = inner.tables.write();
         tables.retain(|_, t| t.id != id);
         if let (Some(record), Some(live)) = (record, live) {

@@ -24,9 +24,9 @@ use featmux_migrations::layout::{
 use featmux_migrations::{Applied, Migration, MigrationError};
 use parking_lot::{Condvar, Mutex};
 use rocksdb::{
-    AsColumnFamilyRef, BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamilyDescriptor, CompactOptions,
-    DBCompressionType, Direction, ErrorKind, IteratorMode, Options, ReadOptions, WriteBatch,
-    WriteOptions, DB, DEFAULT_COLUMN_FAMILY_NAME,
+    AsColumnFamilyRef, BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamilyDescriptor,
+    CompactOptions, DBCompressionType, Direction, ErrorKind, IteratorMode, Options, ReadOptions,
+    WriteBatch, WriteOptions, DB, DEFAULT_COLUMN_FAMILY_NAME,
 };
 
 use featmux_engine::backend::RowData;
@@ -695,7 +695,11 @@ impl Store {
                 .map_or(after + 1, |b: &WalBatch| b.last_sequence() + 1);
             if sequence != expected {
                 // A gap: the log skips batches a follower needs.
-                return Ok(if batches.is_empty() { None } else { Some(batches) });
+                return Ok(if batches.is_empty() {
+                    None
+                } else {
+                    Some(batches)
+                });
             }
             bytes += batch.size_in_bytes();
             batches.push(WalBatch {
@@ -734,7 +738,10 @@ impl Store {
     ) -> Result<(), E> {
         let mut read = ReadOptions::default();
         read.fill_cache(false);
-        for item in self.db.iterator_cf_opt(self.cf(cf), read, IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf_opt(self.cf(cf), read, IteratorMode::Start)
+        {
             let (key, value) = item.map_err(|e| classify(&self.path, e))?;
             sink(&key, &value)?;
         }

@@ -119,9 +119,7 @@ pub fn decode(rep: &[u8]) -> Result<(u32, Vec<WalOp<'_>>), String> {
     while let Some((&tag, rest)) = reader.bytes.split_first() {
         reader.bytes = rest;
         let cf = match tag {
-            CF_VALUE | CF_DELETION | CF_SINGLE_DELETION | CF_RANGE_DELETION => {
-                reader.varint32()?
-            }
+            CF_VALUE | CF_DELETION | CF_SINGLE_DELETION | CF_RANGE_DELETION => reader.varint32()?,
             _ => 0,
         };
         let op = match tag {
