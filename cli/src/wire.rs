@@ -5,6 +5,7 @@
 use anyhow::Context;
 use featmux_client::pb;
 use featmux_engine::batch::{Batch, Values};
+use featmux_engine::occupancy::{FeatureOccupancy, OccupancyReport};
 use featmux_server::api::{FeatureInfo, TableInfo};
 use featmux_server::convert::{feature_spec_from_pb, table_spec_from_pb};
 
@@ -62,6 +63,41 @@ pub fn table_info_from_pb(t: pb::TableInfo) -> anyhow::Result<TableInfo> {
         row_format: t.row_format.clone(),
         bytes_per_row: t.bytes_per_row,
     })
+}
+
+/// An occupancy report as the HTTP API shows it.
+pub fn occupancy_from_pb(o: pb::OccupancyResponse) -> OccupancyReport {
+    OccupancyReport {
+        rows: o.rows,
+        occupied_rows: o.occupied_rows,
+        shared_rows: o.shared_rows,
+        distinct_values: o.distinct_values,
+        items: o.items,
+        expected_occupied_rows: o.expected_occupied_rows,
+        collision_rate: o.collision_rate,
+        expected_collision_rate: o.expected_collision_rate,
+        items_per_row: o.items_per_row,
+        relative_error: o.relative_error,
+        batches: o.batches,
+        sample_every: o.sample_every,
+        bytes: o.bytes,
+        features: o
+            .features
+            .into_iter()
+            .map(|f| FeatureOccupancy {
+                feature: f.feature,
+                span_rows: f.span_rows,
+                distinct_values: f.distinct_values,
+                items: f.items,
+                rows: f.rows,
+                collision_rate: f.collision_rate,
+                expected_collision_rate: f.expected_collision_rate,
+                entries: f.entries,
+                entries_on_shared_rows: f.entries_on_shared_rows,
+                shared_traffic: f.shared_traffic,
+            })
+            .collect(),
+    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! The admin calls: tables, features, checkpoints, stats and explain.
+//! The admin calls: tables, features, checkpoints, stats, explain and
+//! occupancy.
 
 use crate::{pb, Client, ClientError};
 
@@ -191,6 +192,18 @@ impl Client {
         };
         self.call(&self.admin, request, |mut c, r| async move {
             c.explain(r).await
+        })
+        .await
+    }
+
+    /// How crowded `table` is: distinct values, occupied rows, collisions
+    /// and cross-feature sharing, per table and per feature.
+    pub async fn occupancy(&self, table: &str) -> Result<pb::OccupancyResponse, ClientError> {
+        let request = pb::OccupancyRequest {
+            table: table.to_owned(),
+        };
+        self.call(&self.admin, request, |mut c, r| async move {
+            c.occupancy(r).await
         })
         .await
     }

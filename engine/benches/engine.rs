@@ -13,6 +13,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use featmux_engine::backend::BackendKind;
 use featmux_engine::batch::{Batch, FeatureBatch};
 use featmux_engine::hashing::{chunk_seed, hash_key, Key};
+use featmux_engine::occupancy;
 use featmux_engine::optimizer::Optimizer;
 use featmux_engine::schema::{FeatureSpec, TableSpec, ValueType};
 use featmux_engine::table::Table;
@@ -120,6 +121,11 @@ fn lookup(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new(format!("{name}/plan+gather"), dim), |b| {
                 b.iter(|| black_box(table.lookup(&batch).unwrap()))
             });
+            // The same without occupancy statistics: what observing costs.
+            table.sample_occupancy_every(0);
+            let id = BenchmarkId::new(format!("{name}/plan+gather-unobserved"), dim);
+            group.bench_function(id, |b| b.iter(|| black_box(table.lookup(&batch).unwrap())));
+            table.sample_occupancy_every(occupancy::DEFAULT_SAMPLE_EVERY);
         }
     }
     group.finish();

@@ -20,9 +20,12 @@
 //! - [`plan`]: a batch resolved to rows; gradients reduced to unique rows.
 //! - [`partition`]: a table's rows cut into partitions owned by shards.
 //! - [`optimizer`]: sparse SGD, Adagrad, row-wise Adagrad, Adam, FTRL.
-//! - [`backend`]: the storage trait, with [`backend::cpu`] and [`backend::candle`].
+//! - [`backend`]: the storage trait, with [`backend::cpu`], [`backend::candle`]
+//!   and [`backend::serving`] (a replica's quantized rows).
 //! - [`table`]: the table object tying the above together.
 //! - [`dirty`]: rows changed by pushes since persistence last drained them.
+//! - [`occupancy`]: how crowded a table is: distinct values, occupied rows,
+//!   collisions, cross-feature sharing.
 //! - [`error`]: the engine's error type.
 
 pub mod backend;
@@ -31,6 +34,7 @@ pub mod dirty;
 pub mod error;
 pub mod hashing;
 pub mod init;
+pub mod occupancy;
 pub mod optimizer;
 pub mod partition;
 pub mod plan;

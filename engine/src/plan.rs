@@ -77,6 +77,20 @@ impl BatchPlan {
         batch: &Batch,
         max_entries: usize,
     ) -> Result<Self, EngineError> {
+        Self::build_hashing(table, registry, batch, max_entries, None)
+    }
+
+    /// [`Self::build`], also handing out each value's hash under its
+    /// feature's first chunk seed (one per value, features in batch order):
+    /// a uniform 64-bit identity of the value, which the occupancy
+    /// statistics use instead of hashing every value a second time.
+    pub fn build_hashing(
+        table: &TableSpec,
+        registry: &FeatureRegistry,
+        batch: &Batch,
+        max_entries: usize,
+        mut value_hashes: Option<&mut Vec<u64>>,
+    ) -> Result<Self, EngineError> {
         let max_entries = max_entries.min(u32::MAX as usize);
         let mut entries = 0usize;
         for fb in &batch.features {
@@ -123,7 +137,7 @@ impl BatchPlan {
                 ));
             }
             validate_feature_batch(feature, fb)?;
-            plan.add_feature(table, feature, fb)?;
+            plan.add_feature(table, feature, fb, value_hashes.as_deref_mut())?;
         }
         Ok(plan)
     }
@@ -133,6 +147,7 @@ impl BatchPlan {
         table: &TableSpec,
         feature: &Feature,
         fb: &FeatureBatch,
+        mut value_hashes: Option<&mut Vec<u64>>,
     ) -> Result<(), EngineError> {
         let chunks = feature.chunks as usize;
         let rows = match feature.pooling {
@@ -174,7 +189,13 @@ impl BatchPlan {
                 };
                 let key = fb.values.key(value);
                 for (j, &seed) in seeds.iter().enumerate() {
-                    self.gather.rows.push(span.row(hash_key(key, seed)));
+                    let hash = hash_key(key, seed);
+                    if j == 0 {
+                        if let Some(hashes) = value_hashes.as_deref_mut() {
+                            hashes.push(hash);
+                        }
+                    }
+                    self.gather.rows.push(span.row(hash));
                     self.gather
                         .slots
                         .push((first_slot + out_row * chunks + j) as u32);

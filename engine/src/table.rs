@@ -16,6 +16,7 @@ use crate::batch::{Batch, FeatureEmbeddings, Values};
 use crate::dirty::DirtyRows;
 use crate::error::EngineError;
 use crate::hashing::{chunk_seed, hash_key};
+use crate::occupancy::{Occupancy, OccupancyReport};
 use crate::plan::BatchPlan;
 use crate::registry::{Feature, FeatureRegistry};
 use crate::schema::{FeatureSpec, TableSpec};
@@ -58,6 +59,10 @@ pub struct Table {
     held: Range<u64>,
     /// Rows changed by pushes since the persistence layer last drained them.
     dirty: DirtyRows,
+    /// How crowded the table is, from the batches planned on it (whole
+    /// training tables only: a shard's part plans no batches, and a serving
+    /// copy does not pay its memory).
+    occupancy: Option<Occupancy>,
 }
 
 impl Table {
@@ -90,7 +95,8 @@ impl Table {
     ) -> Result<Self, EngineError> {
         check_held(&spec, &held)?;
         let storage = backend::create(backend, spec.storage_of(held.clone()))?;
-        Self::with_storage(spec, registry, held, storage)
+        let occupancy = (held == (0..spec.rows)).then(|| Occupancy::new(spec.rows));
+        Self::with_storage(spec, registry, held, storage, occupancy)
     }
 
     /// A read-only serving copy of (part of) a table: rows in `format`, no
@@ -104,7 +110,7 @@ impl Table {
     ) -> Result<Self, EngineError> {
         check_held(&spec, &held)?;
         let storage = Box::new(ServingBackend::new(spec.storage_of(held.clone()), format)?);
-        Self::with_storage(spec, registry, held, storage)
+        Self::with_storage(spec, registry, held, storage, None)
     }
 
     fn with_storage(
@@ -112,8 +118,10 @@ impl Table {
         registry: FeatureRegistry,
         held: Range<u64>,
         backend: Box<dyn Backend>,
+        occupancy: Option<Occupancy>,
     ) -> Result<Self, EngineError> {
         Ok(Table {
+            occupancy,
             backend,
             registry: RwLock::new(registry),
             registration: parking_lot::Mutex::new(()),
@@ -198,7 +206,43 @@ impl Table {
         batch: &Batch,
         max_entries: usize,
     ) -> Result<BatchPlan, EngineError> {
-        BatchPlan::build(&self.spec, &self.registry.read(), batch, max_entries)
+        let registry = self.registry.read();
+        let observing = self.occupancy.as_ref().filter(|o| o.wants_batch());
+        let Some(occupancy) = observing else {
+            return BatchPlan::build(&self.spec, &registry, batch, max_entries);
+        };
+        let mut value_hashes = Vec::new();
+        let plan = BatchPlan::build_hashing(
+            &self.spec,
+            &registry,
+            batch,
+            max_entries,
+            Some(&mut value_hashes),
+        )?;
+        occupancy.observe(&registry, batch, &plan, &value_hashes);
+        Ok(plan)
+    }
+
+    /// Observes one planned batch in `n` for the occupancy statistics (0:
+    /// none); see [`Occupancy::sample_every`].
+    pub fn sample_occupancy_every(&self, n: u32) {
+        if let Some(occupancy) = &self.occupancy {
+            occupancy.sample_every(n);
+        }
+    }
+
+    /// Occupancy and collision statistics (`None` for a shard's part of a
+    /// table or a serving copy, which keep none).
+    pub fn occupancy(&self) -> Option<OccupancyReport> {
+        let occupancy = self.occupancy.as_ref()?;
+        Some(occupancy.report(&self.spec, &self.registry.read()))
+    }
+
+    /// [`Self::occupancy`] without the items-per-row histogram (no pass
+    /// over the rows).
+    pub fn occupancy_summary(&self) -> Option<OccupancyReport> {
+        let occupancy = self.occupancy.as_ref()?;
+        Some(occupancy.summary(&self.spec, &self.registry.read()))
     }
 
     /// Looks up a batch: one pooled `[rows, chunks*chunk_dim]` block per

@@ -207,6 +207,25 @@ impl Default for ReplicaConfig {
     }
 }
 
+/// Occupancy and collision statistics (docs/DESIGN.md, "Occupancy").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OccupancyConfig {
+    /// Observe one planned batch in this many (0: keep no statistics).
+    /// Every batch costs about a quarter of the in-process lookup time;
+    /// sampling batches keeps traffic shares unbiased, but distinct counts
+    /// then cover the observed batches only.
+    pub sample_every: u32,
+}
+
+impl Default for OccupancyConfig {
+    fn default() -> Self {
+        OccupancyConfig {
+            sample_every: featmux_engine::occupancy::DEFAULT_SAMPLE_EVERY,
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -239,6 +258,7 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     pub cluster: Option<ClusterConfig>,
     pub replica: Option<ReplicaConfig>,
+    pub occupancy: OccupancyConfig,
 }
 
 impl Default for ServerConfig {
@@ -258,6 +278,7 @@ impl Default for ServerConfig {
             tls: None,
             cluster: None,
             replica: None,
+            occupancy: OccupancyConfig::default(),
         }
     }
 }
@@ -672,6 +693,7 @@ impl ServerConfig {
                 ..StoreOptions::default()
             },
             serving: None,
+            occupancy_sample_every: self.occupancy.sample_every,
         })
     }
 }

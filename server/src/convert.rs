@@ -12,6 +12,7 @@ use crate::api::{
 };
 use crate::error::ApiError;
 use featmux_engine::batch::FeatureEmbeddings;
+use featmux_engine::occupancy::OccupancyReport;
 pub use featmux_proto::engine::{
     batch_from_pb, feature_spec_from_pb, feature_specs_from_pb, optimizer_from_pb,
     table_spec_from_pb, values_from_pb, WireError,
@@ -174,5 +175,40 @@ mod tests {
         }];
         let err = gradients_from_pb(ragged).unwrap_err();
         assert!(err.message.contains("6 bytes"), "{err}");
+    }
+}
+
+/// A table's occupancy statistics.
+pub fn occupancy_to_pb(o: OccupancyReport) -> pb::OccupancyResponse {
+    pb::OccupancyResponse {
+        rows: o.rows,
+        occupied_rows: o.occupied_rows,
+        shared_rows: o.shared_rows,
+        distinct_values: o.distinct_values,
+        items: o.items,
+        expected_occupied_rows: o.expected_occupied_rows,
+        collision_rate: o.collision_rate,
+        expected_collision_rate: o.expected_collision_rate,
+        items_per_row: o.items_per_row,
+        relative_error: o.relative_error,
+        batches: o.batches,
+        sample_every: o.sample_every,
+        bytes: o.bytes,
+        features: o
+            .features
+            .into_iter()
+            .map(|f| pb::FeatureOccupancy {
+                feature: f.feature,
+                span_rows: f.span_rows,
+                distinct_values: f.distinct_values,
+                items: f.items,
+                rows: f.rows,
+                collision_rate: f.collision_rate,
+                expected_collision_rate: f.expected_collision_rate,
+                entries: f.entries,
+                entries_on_shared_rows: f.entries_on_shared_rows,
+                shared_traffic: f.shared_traffic,
+            })
+            .collect(),
     }
 }

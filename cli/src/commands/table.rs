@@ -3,11 +3,12 @@
 use clap::Subcommand;
 use featmux_client::spec::{feature, optimizer};
 use featmux_client::{pb, Client};
+use featmux_engine::occupancy::OccupancyReport;
 use featmux_server::api::TableInfo;
 use serde_json::json;
 
 use super::output::{print_table, print_table_pb};
-use crate::wire::table_info_from_pb;
+use crate::wire::{self, table_info_from_pb};
 
 #[derive(Debug, Subcommand)]
 pub enum TableCommand {
@@ -44,6 +45,9 @@ pub enum TableCommand {
     Show { name: String },
     /// Drop a table and its stored rows.
     Drop { name: String },
+    /// How crowded a table is: distinct values, occupied rows, collisions
+    /// against uniform hashing, traffic on rows features share.
+    Occupancy { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,6 +113,17 @@ pub async fn run(client: &Client, command: TableCommand, json: bool) -> anyhow::
             }
         }
         TableCommand::Show { name } => print_table_pb(client.get_table(&name).await?, json)?,
+        TableCommand::Occupancy { name } => {
+            let occupancy = wire::occupancy_from_pb(client.occupancy(&name).await?);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&occupancy).expect("serialisable")
+                );
+            } else {
+                print_occupancy(&name, &occupancy);
+            }
+        }
         TableCommand::Drop { name } => {
             client.drop_table(&name).await?;
             if json {
@@ -119,6 +134,56 @@ pub async fn run(client: &Client, command: TableCommand, json: bool) -> anyhow::
         }
     }
     Ok(())
+}
+
+/// The occupancy report as a few lines for a person.
+fn print_occupancy(name: &str, o: &OccupancyReport) {
+    let percent = |x: f64| 100.0 * x;
+    println!(
+        "table {name}: {} rows, {} occupied ({:.1} %; uniform hashing predicts {:.1} %), {} \
+         shared by two or more features",
+        o.rows,
+        o.occupied_rows,
+        percent(o.occupied_rows as f64 / o.rows.max(1) as f64),
+        percent(o.expected_occupied_rows / o.rows.max(1) as f64),
+        o.shared_rows
+    );
+    println!(
+        "  {:.0} distinct values, {:.0} (value, chunk) items; collision rate {:.1} % \
+         (expected {:.1} %); counts ±{:.1} % (1σ), from {} batches (1 in {} observed)",
+        o.distinct_values,
+        o.items,
+        percent(o.collision_rate),
+        percent(o.expected_collision_rate),
+        percent(o.relative_error),
+        o.batches,
+        o.sample_every
+    );
+    let histogram: Vec<String> = o
+        .items_per_row
+        .iter()
+        .enumerate()
+        .map(|(k, rows)| {
+            let last = k + 1 == o.items_per_row.len();
+            format!("{k}{}: {rows}", if last { "+" } else { "" })
+        })
+        .collect();
+    println!("  items per row: {}", histogram.join(", "));
+    println!(
+        "  {:<20} {:>12} {:>12} {:>22} {:>14}",
+        "feature", "values", "rows", "collisions (expected)", "shared traffic"
+    );
+    for f in &o.features {
+        println!(
+            "  {:<20} {:>12.0} {:>12.0} {:>11.1} % ({:>5.1} %) {:>12.1} %",
+            f.feature,
+            f.distinct_values,
+            f.rows,
+            percent(f.collision_rate),
+            percent(f.expected_collision_rate),
+            percent(f.shared_traffic)
+        );
+    }
 }
 
 pub async fn run_feature(

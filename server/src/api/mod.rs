@@ -19,6 +19,7 @@ use crate::tickets::{Ticket, TicketCache};
 use featmux_engine::backend::{GatherPlan, RowGradients};
 use featmux_engine::batch::{Batch, FeatureEmbeddings, Values};
 use featmux_engine::error::EngineError;
+use featmux_engine::occupancy::OccupancyReport;
 use featmux_engine::plan::BatchPlan;
 use featmux_engine::registry::Feature;
 use featmux_engine::schema::{FeatureSpec, TableSpec};
@@ -594,6 +595,33 @@ impl Api {
                 Ok((feature.clone(), explained))
             })
             .collect()
+    }
+
+    /// Every table's occupancy statistics without the per-row histogram
+    /// (cheap enough for each metrics scrape).
+    pub fn occupancy_summaries(&self) -> Vec<(String, OccupancyReport)> {
+        self.catalog
+            .table_names()
+            .into_iter()
+            .filter_map(|name| {
+                let summary = self.catalog.table(&name).ok()?.occupancy_summary()?;
+                Some((name, summary))
+            })
+            .collect()
+    }
+
+    /// How crowded `table` is (docs/DESIGN.md, "Occupancy").
+    pub fn occupancy(&self, table: &str) -> Result<OccupancyReport, ApiError> {
+        self.catalog.table(table)?.occupancy().ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::FailedPrecondition,
+                format!(
+                    "table `{table}` keeps no occupancy statistics on this server: a replica \
+                     serves without them and a cluster shard plans no batches; ask the primary \
+                     (or, for a sharded table, the trainers' cluster client)"
+                ),
+            )
+        })
     }
 
     /// The registered features of `table`, for decoding serving requests.

@@ -18,7 +18,7 @@ use crate::shared::Shared;
 
 /// The methods of `featmux.v1` (the metric label of a refused call; any
 /// other name is counted as `unknown`, so clients cannot grow the label set).
-const METHODS: [&str; 18] = [
+const METHODS: [&str; 19] = [
     "Lookup",
     "Push",
     "Train",
@@ -35,6 +35,7 @@ const METHODS: [&str; 18] = [
     "RestoreCheckpoint",
     "Stats",
     "Explain",
+    "Occupancy",
     "Bootstrap",
     "Follow",
 ];

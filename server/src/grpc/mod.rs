@@ -423,4 +423,15 @@ impl AdminService for AdminGrpc {
             })
             .await
     }
+
+    async fn occupancy(
+        &self,
+        request: Request<pb::OccupancyRequest>,
+    ) -> Result<Response<pb::OccupancyResponse>, Status> {
+        self.shared
+            .grpc_unary("Occupancy", request, |api, req| {
+                Ok(convert::occupancy_to_pb(api.occupancy(&req.table)?))
+            })
+            .await
+    }
 }

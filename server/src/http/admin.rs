@@ -6,6 +6,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 
+use featmux_engine::occupancy::OccupancyReport;
+
 use crate::api::{Checkpoint, Scope, Stats, TableInfo, TableStats};
 use crate::error::ApiError;
 use crate::examples::{self};
@@ -127,6 +129,22 @@ pub(super) async fn table_stats(
     ApiPath(table): ApiPath<String>,
 ) -> Result<Json<TableStats>, ApiError> {
     api_call(&shared, move |api| api.table_stats(&table))
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(get, path = "/v1/tables/{table}/occupancy", tag = "admin",
+    params(("table" = String, Path, description = "Table name", pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+    responses((status = 200, body = OccupancyReport,
+            description = "Distinct values, occupied rows and collisions, per table and feature"),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "This server keeps no statistics for the table (a replica or a shard)")),
+    security(("bearer" = [])))]
+pub(super) async fn occupancy(
+    State(shared): State<Arc<Shared>>,
+    ApiPath(table): ApiPath<String>,
+) -> Result<Json<OccupancyReport>, ApiError> {
+    api_call(&shared, move |api| api.occupancy(&table))
         .await
         .map(Json)
 }

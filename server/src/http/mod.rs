@@ -129,6 +129,7 @@ pub fn router(shared: Arc<Shared>, max_request_bytes: usize) -> Router {
         .route("/v1/tables/{table}/features", post(admin::add_features))
         .route("/v1/tables/{table}/explain", post(admin::explain))
         .route("/v1/tables/{table}/stats", get(admin::table_stats))
+        .route("/v1/tables/{table}/occupancy", get(admin::occupancy))
         .route("/v1/stats", get(admin::stats))
         .route(
             "/v1/checkpoints",

@@ -11,6 +11,7 @@ use crate::api::{
     Checkpoint, ExplainedValue, FeatureInfo, Stats, TableInfo, TableStats, VersionRange,
 };
 use featmux_engine::init::Initializer;
+use featmux_engine::occupancy::{FeatureOccupancy, OccupancyReport};
 use featmux_engine::optimizer::Optimizer;
 use featmux_engine::pooling::Pooling;
 use featmux_engine::schema::{FeatureSpec, Placement, TableSpec, ValueType};
@@ -94,7 +95,13 @@ impl utoipa::Modify for CreatedLinks {
                 "$response.body#/config/name",
                 // Not lookup and explain: their bodies name registered
                 // features, which a link cannot supply.
-                &["get_table", "drop_table", "add_features", "table_stats"][..],
+                &[
+                    "get_table",
+                    "drop_table",
+                    "add_features",
+                    "table_stats",
+                    "occupancy",
+                ][..],
             ),
             (
                 "/v1/checkpoints",
@@ -129,13 +136,14 @@ impl utoipa::Modify for CreatedLinks {
 #[openapi(
     info(title = "featmux", description = "One shared embedding table for many categorical features: serving lookups and administration over HTTP."),
     paths(serving::lookup, admin::list_tables, admin::create_table, admin::get_table,
-        admin::drop_table, admin::add_features, admin::explain, admin::table_stats, admin::stats,
+        admin::drop_table, admin::add_features, admin::explain, admin::table_stats, admin::occupancy, admin::stats,
         admin::create_checkpoint, admin::list_checkpoints, admin::delete_checkpoint,
         admin::restore_checkpoint, operations::metrics, operations::healthz, operations::readyz),
     components(schemas(ErrorBody, ErrorDetail, LookupBody, LookupOutput, CreateTableBody,
         AddFeaturesBody, ExplainBody, ExplainOutput, ExplainedValue, TableList, TableInfo,
         FeatureInfo, Stats, TableStats, VersionRange, CheckpointList, Checkpoint, RestoreBody, TableSpec,
-        FeatureSpec, Initializer, Optimizer, Pooling, Placement, ValueType)),
+        FeatureSpec, Initializer, Optimizer, Pooling, Placement, ValueType, OccupancyReport,
+        FeatureOccupancy)),
     modifiers(&BearerAuth, &CommonRefusals, &CreatedLinks)
 )]
 struct ApiDoc;

@@ -99,12 +99,9 @@ impl Catalog {
             let memory = inner.reserve_table(bytes, &format!("table `{}`", spec.name))?;
             (claim, memory)
         };
-        let table = Arc::new(Table::holding(
-            spec.clone(),
-            registry.clone(),
-            held,
-            inner.options.backend,
-        )?);
+        let table = Table::holding(spec.clone(), registry.clone(), held, inner.options.backend)?;
+        table.sample_occupancy_every(inner.options.occupancy_sample_every);
+        let table = Arc::new(table);
         let _admin = inner.admin.lock();
         let id = inner.next_table_id()?;
         let mut batch = inner.store.batch();

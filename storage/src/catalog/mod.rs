@@ -123,6 +123,9 @@ pub struct CatalogOptions {
     /// `Some`: this catalog is a replica's read-only serving copy, its
     /// tables' rows held in this format without optimizer state.
     pub serving: Option<RowFormat>,
+    /// Occupancy statistics observe one planned batch in this many (0:
+    /// none); see [`featmux_engine::occupancy`].
+    pub occupancy_sample_every: u32,
 }
 
 impl Default for CatalogOptions {
@@ -135,6 +138,7 @@ impl Default for CatalogOptions {
             max_memory_bytes: None,
             sync_flushes: true,
             serving: None,
+            occupancy_sample_every: featmux_engine::occupancy::DEFAULT_SAMPLE_EVERY,
         }
     }
 }
@@ -425,10 +429,12 @@ fn table_from_record(
     };
     let registry = FeatureRegistry::restore(record.features.clone(), record.next_salt, spec.rows)?;
     let held = record.held_rows();
-    Ok(match options.serving {
+    let table = match options.serving {
         None => Table::holding(spec, registry, held, options.backend)?,
         Some(format) => Table::serving(spec, registry, held, format)?,
-    })
+    };
+    table.sample_occupancy_every(options.occupancy_sample_every);
+    Ok(table)
 }
 
 /// Loads the rows `store` holds for table `id` into `table`, showing each
