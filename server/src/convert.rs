@@ -163,21 +163,6 @@ pub fn explanation_to_pb(features: Vec<(String, Vec<ExplainedValue>)>) -> pb::Ex
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ragged_gradients_name_their_block() {
-        let ragged = vec![pb::Gradient {
-            feature: "f".into(),
-            data: vec![0u8; 6].into(),
-        }];
-        let err = gradients_from_pb(ragged).unwrap_err();
-        assert!(err.message.contains("6 bytes"), "{err}");
-    }
-}
-
 /// A table's occupancy statistics.
 pub fn occupancy_to_pb(o: OccupancyReport) -> pb::OccupancyResponse {
     pb::OccupancyResponse {
@@ -210,5 +195,20 @@ pub fn occupancy_to_pb(o: OccupancyReport) -> pb::OccupancyResponse {
                 shared_traffic: f.shared_traffic,
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ragged_gradients_name_their_block() {
+        let ragged = vec![pb::Gradient {
+            feature: "f".into(),
+            data: vec![0u8; 6].into(),
+        }];
+        let err = gradients_from_pb(ragged).unwrap_err();
+        assert!(err.message.contains("6 bytes"), "{err}");
     }
 }
