@@ -10,6 +10,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use featmux_engine::backend::serving::RowFormat;
 use featmux_engine::backend::BackendKind;
 use featmux_engine::batch::{Batch, FeatureBatch};
 use featmux_engine::hashing::{chunk_seed, hash_key, Key};
@@ -159,5 +160,33 @@ fn push(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, hashing, lookup, push);
+/// Lookups of one planned batch from a replica's serving copies (f32, f16,
+/// int8 row-wise) beside the training table they copy, in the same run.
+fn serving(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(3);
+    let batch = batch(&mut rng);
+    let mut group = c.benchmark_group("serving");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3));
+    group.throughput(Throughput::Elements(BATCH_ROWS));
+    for dim in [16, 64] {
+        let training = table(BackendKind::Cpu, dim, Optimizer::default());
+        let plan = training.plan(&batch).unwrap();
+        group.bench_function(BenchmarkId::new("training-f32", dim), |b| {
+            b.iter(|| black_box(training.lookup_plan(&plan).unwrap()))
+        });
+        for format in [RowFormat::F32, RowFormat::F16, RowFormat::Int8] {
+            let spec = training.spec().clone();
+            let copy = Table::serving(spec, training.registry(), 0..ROWS, format).unwrap();
+            let id = BenchmarkId::new(format!("serving-{}", format.name()), dim);
+            group.bench_function(id, |b| {
+                b.iter(|| black_box(copy.lookup_plan(&plan).unwrap()))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, hashing, lookup, push, serving);
 criterion_main!(benches);
