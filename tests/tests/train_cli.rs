@@ -161,3 +161,63 @@ fn a_small_model_trains_through_the_service() {
     assert!(stderr.contains("label column `tags`"), "{stderr}");
     assert!(server.stop().success());
 }
+
+#[test]
+fn a_model_is_evaluated_through_read_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("clicks.csv");
+    csv(&data);
+    let fast_flushes = ServerSettings {
+        extra_toml: "[storage]\nflush_interval_ms = 50\n".into(),
+    };
+    let primary = TestServer::start(&dir.path().join("primary"), &fast_flushes);
+    let replica = |name: &str, format: &str| {
+        let settings = ServerSettings {
+            extra_toml: format!(
+                "[replica]\nprimary = \"{}\"\nrow_format = \"{format}\"\n",
+                primary.grpc_url()
+            ),
+        };
+        TestServer::start(&dir.path().join(name), &settings)
+    };
+    let (exact, int8) = (replica("exact", "f32"), replica("int8", "int8"));
+    let replicas = format!("{},{}", exact.grpc_url(), int8.grpc_url());
+    let data = data.to_str().unwrap();
+    let (code, report, stderr) = train(&[
+        "--addr",
+        &primary.grpc_url(),
+        "train",
+        "--data",
+        data,
+        "--label",
+        "clicked",
+        "--categorical",
+        "user,item",
+        "--rows",
+        "500",
+        "--epochs",
+        "2",
+        "--batch",
+        "64",
+        "--table",
+        "clicks",
+        "--eval-replicas",
+        &replicas,
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let served = report["replicas"].as_array().unwrap();
+    assert_eq!(served.len(), 2, "{report}");
+    // The f32 copy serves the primary's exact rows: the same AUC.
+    assert_eq!(served[0]["row_format"], "f32");
+    assert_eq!(served[0]["auc_change"], 0.0, "{report}");
+    assert_eq!(served[0]["test"]["log_loss"], report["test"]["log_loss"]);
+    // int8 rows are close: the AUC moves by little, the rows take 24 bytes.
+    assert_eq!(served[1]["row_format"], "int8");
+    assert_eq!(served[1]["bytes_per_row"], 16 + 8);
+    let change = served[1]["auc_change"].as_f64().unwrap();
+    assert!(change.abs() < 0.01, "{report}");
+    assert_ne!(
+        served[1]["test"]["log_loss"], report["test"]["log_loss"],
+        "int8 rows are not the exact rows"
+    );
+}

@@ -227,6 +227,12 @@ pub struct TrainArgs {
     /// Also write the result JSON to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// After training, evaluate the test split again through these read
+    /// replicas of the server (gRPC addresses), once each has caught up
+    /// with the last flushed push: what serving from a (quantized) copy
+    /// costs in quality.
+    #[arg(long, value_delimiter = ',')]
+    pub eval_replicas: Vec<String>,
 }
 
 impl TrainArgs {
@@ -370,6 +376,27 @@ async fn evaluate(
     }))
 }
 
+/// Waits until the primary has flushed every push and `replica` serves
+/// that version; returns it.
+async fn caught_up(primary: &Client, replica: &Client) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let stats = primary.stats().await?;
+        let served = replica.stats().await?.version;
+        if stats.version == stats.flushed_version && served == stats.flushed_version {
+            return Ok(served);
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow::anyhow!(
+                "the replica serves version {served}, the primary has flushed {} of {}",
+                stats.flushed_version,
+                stats.version
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// `featmux train`: creates the table, trains, evaluates, prints JSON.
 pub async fn train(options: ClientOptions, args: TrainArgs) -> anyhow::Result<()> {
     if args.batch == 0 || args.epochs == 0 {
@@ -409,7 +436,7 @@ pub async fn train(options: ClientOptions, args: TrainArgs) -> anyhow::Result<()
     let sparse = if args.in_process {
         Sparse::InProcess(InProcess::create(table, features)?)
     } else {
-        let client = Client::connect(options).await?;
+        let client = Client::connect(options.clone()).await?;
         client.create_table(table, features).await?;
         Sparse::Service(client)
     };
@@ -480,6 +507,37 @@ pub async fn train(options: ClientOptions, args: TrainArgs) -> anyhow::Result<()
         width,
     )
     .await?;
+    let mut replicas = Vec::new();
+    for address in &args.eval_replicas {
+        let Sparse::Service(primary) = &sparse else {
+            return Err(anyhow::anyhow!("--eval-replicas needs the server, not --in-process"));
+        };
+        let replica = Client::connect(ClientOptions {
+            endpoint: address.clone(),
+            ..options.clone()
+        })
+        .await?;
+        let version = caught_up(primary, &replica).await?;
+        let info = replica.get_table(&args.table).await?;
+        let served = evaluate(
+            &Sparse::Service(replica),
+            &args.table,
+            &model,
+            &dataset.features,
+            &dataset.test,
+            width,
+        )
+        .await?;
+        let auc = |v: &Value| v["auc"].as_f64().unwrap_or(f64::NAN);
+        replicas.push(json!({
+            "address": address,
+            "row_format": info.row_format,
+            "bytes_per_row": info.bytes_per_row,
+            "version": version,
+            "auc_change": auc(&served) - auc(&test),
+            "test": served,
+        }));
+    }
     let report = json!({
         "mode": if args.in_process { "in-process" } else { "service" },
         "layout": args.layout.to_possible_value().expect("no skipped variants").get_name(),
@@ -493,6 +551,7 @@ pub async fn train(options: ClientOptions, args: TrainArgs) -> anyhow::Result<()
         "epochs": epochs,
         "valid": epochs.last().map(|e| e["valid"].clone()),
         "test": test,
+        "replicas": replicas,
         "train_examples_per_s": (dataset.train.len() * args.epochs) as f64 / training_seconds,
         "seconds": started.elapsed().as_secs_f64(),
         "command": std::env::args().collect::<Vec<_>>().join(" "),
