@@ -203,6 +203,7 @@ fn a_model_is_evaluated_through_read_replicas() {
         "clicks",
         "--eval-replicas",
         &replicas,
+        "--check-occupancy",
     ]);
     assert_eq!(code, Some(0), "{stderr}");
     let served = report["replicas"].as_array().unwrap();
@@ -220,4 +221,15 @@ fn a_model_is_evaluated_through_read_replicas() {
         served[1]["test"]["log_loss"], report["test"]["log_loss"],
         "int8 rows are not the exact rows"
     );
+    // Every value was looked up: the occupied rows are exactly those the
+    // dataset's values explain to, and each feature's counts are within
+    // the sketches' error.
+    let occupancy = &report["occupancy"];
+    assert_eq!(
+        occupancy["occupied_rows"]["exact"], occupancy["occupied_rows"]["reported"],
+        "{occupancy}"
+    );
+    for feature in occupancy["features"].as_array().unwrap() {
+        assert_eq!(feature["within_4_sigma"], true, "{feature}");
+    }
 }

@@ -14,6 +14,7 @@ pub mod data;
 pub mod layout;
 pub mod metrics;
 pub mod model;
+mod occupancy_check;
 
 use anyhow::Context;
 use std::path::PathBuf;
@@ -233,6 +234,10 @@ pub struct TrainArgs {
     /// costs in quality.
     #[arg(long, value_delimiter = ',')]
     pub eval_replicas: Vec<String>,
+    /// After training, compare the server's occupancy report with exact
+    /// counts of the dataset's values and their rows.
+    #[arg(long)]
+    pub check_occupancy: bool,
 }
 
 impl TrainArgs {
@@ -538,6 +543,12 @@ pub async fn train(options: ClientOptions, args: TrainArgs) -> anyhow::Result<()
             "test": served,
         }));
     }
+    let occupancy = match &sparse {
+        Sparse::Service(client) if args.check_occupancy => {
+            Some(occupancy_check::check(client, &args.table, &dataset).await?)
+        }
+        _ => None,
+    };
     let report = json!({
         "mode": if args.in_process { "in-process" } else { "service" },
         "layout": args.layout.to_possible_value().expect("no skipped variants").get_name(),
@@ -552,6 +563,7 @@ pub async fn train(options: ClientOptions, args: TrainArgs) -> anyhow::Result<()
         "valid": epochs.last().map(|e| e["valid"].clone()),
         "test": test,
         "replicas": replicas,
+        "occupancy": occupancy,
         "train_examples_per_s": (dataset.train.len() * args.epochs) as f64 / training_seconds,
         "seconds": started.elapsed().as_secs_f64(),
         "command": std::env::args().collect::<Vec<_>>().join(" "),
