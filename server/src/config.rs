@@ -731,6 +731,33 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_needs_a_primary_address_and_a_known_row_format_and_no_cluster() {
+        let mut config = ServerConfig::default();
+        config.apply_flags(&ServeArgs {
+            replica_of: Some("http://10.0.0.1:50051".into()),
+            row_format: Some("int8".into()),
+            ..ServeArgs::default()
+        });
+        config.validate().unwrap();
+        let replica = config.replica.clone().unwrap();
+        assert_eq!(config.row_format(&replica).unwrap(), RowFormat::Int8);
+        let refused = |change: fn(&mut ServerConfig)| {
+            let mut bad = config.clone();
+            change(&mut bad);
+            bad.validate().unwrap_err().to_string()
+        };
+        let err = refused(|c| c.replica.as_mut().unwrap().primary = "10.0.0.1:50051".into());
+        assert!(err.starts_with("replica.primary"), "{err}");
+        let err = refused(|c| c.replica.as_mut().unwrap().row_format = "int4".into());
+        assert!(
+            err.starts_with("replica.row_format") && err.contains("int4"),
+            "{err}"
+        );
+        let err = refused(|c| c.cluster = Some(ClusterConfig::default()));
+        assert!(err.starts_with("replica:"), "{err}");
+    }
+
+    #[test]
     fn the_documented_sample_config_is_the_defaults() {
         let sample: ServerConfig =
             toml::from_str(include_str!("../../deploy/featmux.toml")).unwrap();

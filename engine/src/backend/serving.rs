@@ -237,20 +237,32 @@ impl Backend for ServingBackend {
         let rows = self.rows.read();
         // One loop per format (the format is not re-checked per entry).
         match &*rows {
-            Rows::F32(v) => pool(plan, d, &mut out, |r| prefetch(v, r * d), |r, w, dst| {
-                for (o, &x) in dst.iter_mut().zip(&v[r * d..(r + 1) * d]) {
-                    *o += w * x;
-                }
-            }),
-            Rows::F16(v) => {
-                let mut row = vec![0.0f32; d];
-                pool(plan, d, &mut out, |r| prefetch(v, r * d), |r, w, dst| {
-                    // Whole rows at once: F16C when the CPU has it.
-                    v[r * d..(r + 1) * d].convert_to_f32_slice(&mut row);
-                    for (o, &x) in dst.iter_mut().zip(&row) {
+            Rows::F32(v) => pool(
+                plan,
+                d,
+                &mut out,
+                |r| prefetch(v, r * d),
+                |r, w, dst| {
+                    for (o, &x) in dst.iter_mut().zip(&v[r * d..(r + 1) * d]) {
                         *o += w * x;
                     }
-                })
+                },
+            ),
+            Rows::F16(v) => {
+                let mut row = vec![0.0f32; d];
+                pool(
+                    plan,
+                    d,
+                    &mut out,
+                    |r| prefetch(v, r * d),
+                    |r, w, dst| {
+                        // Whole rows at once: F16C when the CPU has it.
+                        v[r * d..(r + 1) * d].convert_to_f32_slice(&mut row);
+                        for (o, &x) in dst.iter_mut().zip(&row) {
+                            *o += w * x;
+                        }
+                    },
+                )
             }
             Rows::Int8 { codes, scale_bias } => pool(
                 plan,

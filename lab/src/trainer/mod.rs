@@ -515,7 +515,9 @@ pub async fn train(options: ClientOptions, args: TrainArgs) -> anyhow::Result<()
     let mut replicas = Vec::new();
     for address in &args.eval_replicas {
         let Sparse::Service(primary) = &sparse else {
-            return Err(anyhow::anyhow!("--eval-replicas needs the server, not --in-process"));
+            return Err(anyhow::anyhow!(
+                "--eval-replicas needs the server, not --in-process"
+            ));
         };
         let replica = Client::connect(ClientOptions {
             endpoint: address.clone(),

@@ -16,7 +16,11 @@ const EXPLAIN_CHUNK: usize = 4096;
 /// Every distinct value of each feature, over all splits.
 fn values(dataset: &Dataset) -> Vec<Vec<String>> {
     let mut seen: Vec<HashSet<&str>> = vec![HashSet::new(); dataset.features.len()];
-    let examples = dataset.train.iter().chain(&dataset.valid).chain(&dataset.test);
+    let examples = dataset
+        .train
+        .iter()
+        .chain(&dataset.valid)
+        .chain(&dataset.test);
     for example in examples {
         for (set, bag) in seen.iter_mut().zip(&example.values) {
             set.extend(bag.iter().map(String::as_str));

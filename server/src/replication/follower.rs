@@ -189,6 +189,8 @@ impl Follower {
             sequence = copied.sequence,
             snapshot_bytes = received,
             keys = copied.keys,
+            rows = copied.rows,
+            rows_per_s = copied.rows as f64 / seconds.max(1e-9),
             download_ms = downloaded.as_millis() as u64,
             total_ms = (seconds * 1e3) as u64,
             mb_per_s = received as f64 / 1e6 / seconds.max(1e-9),

@@ -82,6 +82,8 @@ pub struct ReplicaBootstrap {
     pub sequence: u64,
     /// Keys copied (rows, state and records).
     pub keys: u64,
+    /// Table rows among them (one key per row in the rows family).
+    pub rows: u64,
     pub bytes: u64,
     /// The training version the copy holds.
     pub version: u64,
@@ -235,7 +237,7 @@ impl Catalog {
             Ok::<(), StoreError>(())
         })?;
         clear.commit(false)?;
-        let (mut copied_keys, mut copied_bytes) = (0u64, 0u64);
+        let (mut copied_keys, mut copied_bytes, mut copied_rows) = (0u64, 0u64, 0u64);
         let mut copy = store.batch();
         for cf in COLUMN_FAMILIES {
             source.scan(cf, |key, value| {
@@ -244,6 +246,7 @@ impl Catalog {
                 }
                 copy.put_in(cf, key, value);
                 copied_keys += 1;
+                copied_rows += (cf == ROWS_CF) as u64;
                 copied_bytes += (key.len() + value.len()) as u64;
                 if copy.payload_bytes() >= COPY_WRITE_BYTES {
                     std::mem::replace(&mut copy, store.batch()).commit(false)?;
@@ -269,6 +272,7 @@ impl Catalog {
         Ok(ReplicaBootstrap {
             sequence,
             keys: copied_keys,
+            rows: copied_rows,
             bytes: copied_bytes,
             version,
         })
