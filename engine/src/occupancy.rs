@@ -249,6 +249,13 @@ impl Occupancy {
         self.sample_every.store(n, Relaxed);
     }
 
+    /// Memory the per-row part of the statistics of a table of `rows` rows
+    /// takes (what a memory budget reserves; the sketches add 32 KiB per
+    /// feature).
+    pub fn memory_bytes(rows: u64) -> Option<u64> {
+        rows.checked_mul(4)
+    }
+
     /// Memory these statistics take.
     pub fn bytes(&self) -> u64 {
         let sketches = self.features.read().len() as u64 * 2 * (1 << HLL_BITS);

@@ -21,7 +21,8 @@ fn start(dir: &tempfile::TempDir, extra_toml: &str) -> TestServer {
 }
 
 /// With no budget configured the default (80 % of this machine's memory)
-/// applies: a 68 TB table (16 floats + 1 of row-wise Adagrad state per row) is refused with the bytes asked and left, over
+/// applies: a 72 TB table (16 floats + 1 of row-wise Adagrad state per row,
+/// and 4 bytes of occupancy statistics) is refused with the bytes asked and left, over
 /// both transports, and the server goes on.
 #[test]
 fn a_table_past_the_memory_budget_is_refused_and_the_server_lives() {
@@ -42,7 +43,7 @@ fn a_table_past_the_memory_budget_is_refused_and_the_server_lives() {
         assert_eq!(status, 413, "{body}");
         let message = body["error"]["message"].as_str().unwrap();
         assert!(
-            message.contains("68000000000000 bytes") && message.contains("max_memory_bytes"),
+            message.contains("72000000000000 bytes") && message.contains("max_memory_bytes"),
             "{message}"
         );
         let err = admin
@@ -64,8 +65,9 @@ fn a_table_past_the_memory_budget_is_refused_and_the_server_lives() {
 #[test]
 fn the_budget_counts_every_table_and_drop_frees_it() {
     let dir = tempfile::tempdir().unwrap();
-    // 1000 rows × 8 floats × 4 bytes = 32,000 bytes per SGD table.
-    let server = start(&dir, "[limits]\nmax_memory_bytes = 70000\n");
+    // 1000 rows × (8 floats × 4 bytes + 4 bytes of occupancy statistics)
+    // = 36,000 bytes per SGD table.
+    let server = start(&dir, "[limits]\nmax_memory_bytes = 76000\n");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let admin = server.client(None).await;
@@ -80,7 +82,7 @@ fn the_budget_counts_every_table_and_drop_frees_it() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), Some(Code::ResourceExhausted), "{err}");
-        assert!(err.to_string().contains("6000 of the 70000-byte"), "{err}");
+        assert!(err.to_string().contains("4000 of the 76000-byte"), "{err}");
         admin.drop_table("a").await.unwrap();
         admin
             .create_table(sgd_table("c", 1000, 8, 0.1), vec![])

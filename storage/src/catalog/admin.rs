@@ -95,7 +95,7 @@ impl Catalog {
                 inner,
                 name: spec.name.clone(),
             };
-            let bytes = spec.storage_of(held.clone()).memory_bytes();
+            let bytes = super::training_memory(&spec, held.clone());
             let memory = inner.reserve_table(bytes, &format!("table `{}`", spec.name))?;
             (claim, memory)
         };

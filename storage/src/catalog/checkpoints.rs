@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use featmux_engine::table::Table;
 
-use super::{load_rows, record, table_from_record, Catalog, CatalogError, Inner, LiveTable};
+use super::{load_rows, memory_of, record, table_from_record, Catalog, CatalogError, Inner, LiveTable};
 use crate::flusher::unix_ms;
 use crate::store::records::CheckpointRecord;
 use crate::store::{Store, StoreError};
@@ -121,7 +121,7 @@ impl Catalog {
         }
         // The restored table is built beside the one it replaces.
         let memory = inner.reserve_table(
-            record_in_checkpoint.memory_bytes(),
+            memory_of(&record_in_checkpoint, &inner.options),
             &format!("restoring table `{table}` of checkpoint {id}"),
         )?;
         let restored = table_from_record(&record_in_checkpoint, &target, &inner.options)?;

@@ -407,13 +407,26 @@ fn record(
 /// Bytes a table of `record` takes in memory in a catalog with `options`.
 fn memory_of(record: &TableRecord, options: &CatalogOptions) -> Option<u64> {
     match options.serving {
-        None => record.memory_bytes(),
+        None => training_memory(&record.spec, record.held_rows()),
         Some(format) => {
             let held = record.held_rows();
             let bytes = format.row_bytes(record.spec.chunk_dim) as u64;
             (held.end - held.start).checked_mul(bytes)
         }
     }
+}
+
+/// Bytes a training table holding rows `held` of `spec` takes: weights,
+/// optimizer state and, for a whole table, its occupancy statistics.
+fn training_memory(spec: &TableSpec, held: std::ops::Range<u64>) -> Option<u64> {
+    let whole = held == (0..spec.rows);
+    let rows = spec.storage_of(held).memory_bytes()?;
+    let statistics = if whole {
+        featmux_engine::occupancy::Occupancy::memory_bytes(spec.rows)?
+    } else {
+        0
+    };
+    rows.checked_add(statistics)
 }
 
 /// Rebuilds a table (named `name`) from its record, rows at initial values:
