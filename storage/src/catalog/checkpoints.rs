@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use featmux_engine::table::Table;
 
-use super::{load_rows, memory_of, record, table_from_record, Catalog, CatalogError, Inner, LiveTable};
+use super::{
+    load_rows, memory_of, record, table_from_record, Catalog, CatalogError, Inner, LiveTable,
+};
 use crate::flusher::unix_ms;
 use crate::store::records::CheckpointRecord;
 use crate::store::{Store, StoreError};
