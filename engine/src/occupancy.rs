@@ -209,7 +209,8 @@ fn collision_rate(rows: f64, items: f64) -> f64 {
 
 /// Rows of `m` that `n` uniformly hashed items leave empty, as a fraction.
 fn empty_fraction(m: u64, n: f64) -> f64 {
-    if m == 0 {
+    // No items leave every row empty (and 0 × ln 0 would be NaN for m = 1).
+    if m == 0 || n <= 0.0 {
         return 1.0;
     }
     (n * (-1.0 / m as f64).ln_1p()).exp()
@@ -494,5 +495,14 @@ mod tests {
         assert!((empty_fraction(1000, 1000.0) - (-1.0f64).exp()).abs() < 1e-3);
         assert_eq!(items_of_bits(1), 1);
         assert_eq!(items_of_bits(0), 0);
+    }
+
+    #[test]
+    fn no_items_leave_every_row_empty_even_in_a_one_row_table() {
+        // Found by schemathesis: 0 × ln(1 − 1/1) was NaN (JSON null).
+        for m in [1, 2, 1000] {
+            assert_eq!(empty_fraction(m, 0.0), 1.0);
+        }
+        assert_eq!(empty_fraction(1, 3.0), 0.0);
     }
 }
