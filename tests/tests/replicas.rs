@@ -178,11 +178,9 @@ fn a_replica_copies_the_primary_serves_what_it_serves_and_refuses_writes() {
         assert_eq!(metric(&http, "featmux_replica_bootstraps").await, 1.0);
 
         // A replica of a replica is refused: replicas follow the primary.
-        let mut chained = replica_settings(&replica, "f32");
-        chained.extra_toml.push('\n');
         let chained = TestServer::spawn(
             &dir.path().join("chained"),
-            &chained,
+            &replica_settings(&replica, "f32"),
             "127.0.0.1:0".parse().unwrap(),
             "127.0.0.1:0".parse().unwrap(),
         );

@@ -149,28 +149,29 @@ impl Follower {
             replica: self.name.clone(),
         })?;
         let mut chunks = client.bootstrap(request).await?.into_inner();
-        let mut files: HashMap<String, std::fs::File> = HashMap::new();
+        // Each file with the bytes written to it so far.
+        let mut files: HashMap<String, (std::fs::File, u64)> = HashMap::new();
         let mut received = 0u64;
         while let Some(chunk) = chunks.message().await? {
-            let file = match files.get_mut(&chunk.file) {
-                Some(file) => file,
+            let (file, written) = match files.get_mut(&chunk.file) {
+                Some(open) => open,
                 None => {
                     let path = snapshot_file(&dir, &chunk.file)?;
                     let file = std::fs::File::create(&path).map_err(failed)?;
-                    files.entry(chunk.file.clone()).or_insert(file)
+                    files.entry(chunk.file.clone()).or_insert((file, 0))
                 }
             };
-            let at = file.metadata().map_err(failed)?.len();
-            if at != chunk.offset {
+            if *written != chunk.offset {
                 return Err(failed(format!(
-                    "snapshot file {} arrived at offset {} after {at} bytes",
+                    "snapshot file {} arrived at offset {} after {written} bytes",
                     chunk.file, chunk.offset
                 )));
             }
             file.write_all(&chunk.data).map_err(failed)?;
+            *written += chunk.data.len() as u64;
             received += chunk.data.len() as u64;
         }
-        for file in files.values() {
+        for (file, _) in files.values() {
             file.sync_all().map_err(failed)?;
         }
         drop(files);

@@ -94,10 +94,6 @@ pub struct ReplicaBootstrap {
 pub struct Replicated {
     /// The primary sequence now applied.
     pub sequence: u64,
-    /// Rows whose weights changed in memory.
-    pub rows: u64,
-    /// Tables created, replaced or dropped by the batch.
-    pub tables_changed: usize,
     /// The training version, when the batch was a flush.
     pub version: Option<u64>,
     /// When the primary committed that flush (µs since the Unix epoch).
@@ -190,11 +186,6 @@ impl Catalog {
     /// Whether this catalog is a replica's serving copy.
     pub fn is_replica(&self) -> bool {
         self.inner.options.serving.is_some()
-    }
-
-    /// The format a replica holds rows in (`None` on a primary).
-    pub fn serving_format(&self) -> Option<RowFormat> {
-        self.inner.options.serving
     }
 
     /// The last primary sequence applied; `None` until a bootstrap has
@@ -382,7 +373,6 @@ impl Catalog {
         write.put_replica_sequence(done.sequence);
         write.commit(false)?;
         for (live, ids, weights) in updates {
-            done.rows += ids.len() as u64;
             let data = RowData {
                 weights,
                 state: Vec::new(),
@@ -391,7 +381,6 @@ impl Catalog {
         }
         for id in records {
             self.reload_table(id)?;
-            done.tables_changed += 1;
         }
         if let Some(version) = done.version {
             inner.version.store(version, Ordering::Release);

@@ -763,12 +763,6 @@ impl Store {
             || self.get_meta(keys::REPLICA_BOOTSTRAPPING)?.is_some())
     }
 
-    /// When the last flush was written (microseconds since the Unix
-    /// epoch), if any recorded it.
-    pub fn flushed_at(&self) -> Result<Option<u64>, StoreError> {
-        self.get_u64(keys::FLUSHED_AT)
-    }
-
     /// The layout version of this database.
     pub fn schema_version(&self) -> Result<u32, StoreError> {
         featmux_migrations::schema_version(&self.db).map_err(|source| StoreError::Migration {
