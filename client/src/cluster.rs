@@ -502,11 +502,18 @@ fn joined<T>(
 ) -> Result<T, ClientError> {
     match call.map_err(|e| ClientError::Cluster(e.to_string()))? {
         Err(e) if matches!(e, ClientError::ShardUnavailable(_)) => Err(e),
-        Err(e) if matches!(e.code(), Some(Code::Unavailable)) || e.code().is_none() => {
-            Err(route.unavailable(s, e))
-        }
+        Err(e) if lost_shard(&e) => Err(route.unavailable(s, e)),
         result => result,
     }
+}
+
+/// Whether a shard call failed because the shard could not be reached:
+/// UNAVAILABLE, a transport error, or CANCELLED, which a call in flight
+/// gets when the shard's connection drops (this client cancels nothing; a
+/// deadline is DEADLINE_EXCEEDED). Seen in CI: a lookup racing a killed
+/// shard came back CANCELLED, unnamed.
+fn lost_shard(e: &ClientError) -> bool {
+    matches!(e.code(), Some(Code::Unavailable | Code::Cancelled) | None)
 }
 
 /// `e`, saying which shards applied their rows before it.
@@ -523,4 +530,21 @@ fn partly_applied(e: ClientError, pushed: &[ShardPush]) -> ClientError {
 
 fn cluster_error(e: featmux_cluster::ClusterError) -> ClientError {
     ClientError::Cluster(format!("cluster state: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_cut_off_by_a_dying_shard_counts_as_the_shard_lost() {
+        let status = |code| ClientError::Status(tonic::Status::new(code, "x"));
+        assert!(lost_shard(&status(Code::Unavailable)));
+        assert!(lost_shard(&status(Code::Cancelled)));
+        assert!(!lost_shard(&status(Code::InvalidArgument)));
+        assert!(
+            !lost_shard(&status(Code::Aborted)),
+            "stale routes are retried, not lost"
+        );
+    }
 }
