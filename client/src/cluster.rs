@@ -10,8 +10,16 @@
 //! Every request carries the map epoch. A shard that follows another one
 //! answers ABORTED; the client reads the map again and retries, for a
 //! lookup the whole batch, for a push only the rows not yet applied.
+//!
+//! Serving reads can go to the shards' read replicas instead
+//! ([`ReadFrom::Replicas`]): each part of a lookup goes to a replica of
+//! its shard listed in etcd, in turn, and to the shard itself where no
+//! replica is listed or the replica cannot answer it (down, or not yet at
+//! the map's epoch). Pushes, and lookups that want a ticket, always go to
+//! the shards: training reads its own writes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,12 +42,26 @@ const STALE_ROUTE_RETRY_FOR: Duration = Duration::from_secs(10);
 /// Retries of a call to one shard while it answers UNAVAILABLE.
 const SHARD_RETRIES: u32 = 1;
 
-/// One shard of a route: its id, and a connection unless it is not a live
-/// member.
+/// Where lookups without a ticket read each shard's rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The shards: every answer holds every push the shard applied.
+    #[default]
+    Shards,
+    /// The shards' read replicas, in turn, falling back to the shard: less
+    /// load on the shards training pushes into, answers as old as the
+    /// replica's lag.
+    Replicas,
+}
+
+/// One shard of a route: its id, a connection unless it is not a live
+/// member, and connections to its listed replicas (when reading from
+/// them).
 #[derive(Clone)]
 struct RouteShard {
     id: String,
     client: Option<Client>,
+    replicas: Vec<Client>,
 }
 
 /// Everything needed to plan and route one table's batches.
@@ -52,6 +74,8 @@ struct Route {
     /// Which creation of the table this is (a ticket must not outlive it).
     incarnation: i64,
     shards: Vec<RouteShard>,
+    /// Turns among each shard's replicas.
+    next_replica: AtomicUsize,
 }
 
 impl Route {
@@ -74,6 +98,13 @@ impl Route {
                 "it is not a live member of the cluster (its lease expired)",
             )
         })
+    }
+
+    /// The replica of shard `s` whose turn it is, if it has any.
+    fn replica(&self, s: usize) -> Option<Client> {
+        let replicas = &self.shards[s].replicas;
+        let turn = self.next_replica.fetch_add(1, Ordering::Relaxed);
+        (!replicas.is_empty()).then(|| replicas[turn % replicas.len()].clone())
     }
 
     fn unavailable(&self, s: usize, reason: impl std::fmt::Display) -> ClientError {
@@ -104,6 +135,7 @@ pub struct ShardPush {
 pub struct ClusterClient {
     store: ClusterStore,
     options: ClientOptions,
+    read_from: ReadFrom,
     routes: Mutex<HashMap<String, Arc<Route>>>,
     /// Connections by (shard id, address), reused across tables and map
     /// changes.
@@ -133,9 +165,15 @@ impl ClusterClient {
         Ok(ClusterClient {
             store,
             options,
+            read_from: ReadFrom::Shards,
             routes: Mutex::new(HashMap::new()),
             connections: tokio::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The same client, reading lookups without a ticket from `read_from`.
+    pub fn read_from(self, read_from: ReadFrom) -> Self {
+        ClusterClient { read_from, ..self }
     }
 
     /// The cluster's state store (admin tools use it directly).
@@ -200,6 +238,10 @@ impl ClusterClient {
             .collect();
         let (spec, registry) = table_from_pb(info.value)
             .map_err(|e| ClientError::Cluster(format!("table `{table}`: {e}")))?;
+        let replicas = match self.read_from {
+            ReadFrom::Shards => Vec::new(),
+            ReadFrom::Replicas => self.store.replicas().await.map_err(cluster_error)?,
+        };
         let mut shards = Vec::with_capacity(map.value.shards.len());
         for id in &map.value.shards {
             // A shard that cannot be reached fails only the requests that
@@ -208,9 +250,16 @@ impl ClusterClient {
                 Some(address) => self.connection(id, address).await.ok(),
                 None => None,
             };
+            let mut readers = Vec::new();
+            for (_, replica) in replicas.iter().filter(|(shard, _)| shard == id) {
+                if let Ok(reader) = self.connection(&replica.id, &replica.grpc).await {
+                    readers.push(reader);
+                }
+            }
             shards.push(RouteShard {
                 id: id.clone(),
                 client,
+                replicas: readers,
             });
         }
         let route = Arc::new(Route {
@@ -222,6 +271,7 @@ impl ClusterClient {
             spec,
             registry,
             shards,
+            next_replica: AtomicUsize::new(0),
         });
         route
             .map
@@ -264,7 +314,8 @@ impl ClusterClient {
         loop {
             let route = self.route(table).await?;
             let plan = Self::plan(&route, batch)?;
-            match self.gather(table, &route, &plan).await {
+            let from_replicas = !want_ticket && self.read_from == ReadFrom::Replicas;
+            match self.gather(table, &route, &plan, from_replicas).await {
                 Err(e) if stale(&e) && Instant::now() + backoff < deadline => {
                     self.forget(table);
                     tokio::time::sleep(backoff).await;
@@ -301,12 +352,14 @@ impl ClusterClient {
         }
     }
 
-    /// Runs `plan`'s gather on the shards; the pooled `[slots, dim]` sums.
+    /// Runs `plan`'s gather on the shards (or their replicas); the pooled
+    /// `[slots, dim]` sums.
     async fn gather(
         &self,
         table: &str,
         route: &Route,
         plan: &BatchPlan,
+        from_replicas: bool,
     ) -> Result<Vec<f32>, ClientError> {
         let (rows, dim) = (route.spec.rows, route.spec.chunk_dim);
         // Each shard gets its entries with its own dense slot numbering, so
@@ -340,12 +393,22 @@ impl ClusterClient {
             if part.rows.is_empty() {
                 continue;
             }
-            let client = route.client(s)?;
+            let shard = route.client(s);
+            let replica = from_replicas.then(|| route.replica(s)).flatten();
             let (table, epoch) = (table.to_owned(), route.epoch);
             calls.push((
                 s,
                 globals,
-                tokio::spawn(async move { client.lookup_rows(&table, part, epoch).await }),
+                tokio::spawn(async move {
+                    if let Some(replica) = replica {
+                        // Any failure (down, behind on the map epoch) is
+                        // the shard's to answer instead.
+                        if let Ok(answer) = replica.lookup_rows(&table, part.clone(), epoch).await {
+                            return Ok(answer);
+                        }
+                    }
+                    shard?.lookup_rows(&table, part, epoch).await
+                }),
             ));
         }
         let mut pooled = vec![0.0f32; g.num_slots * dim];

@@ -44,7 +44,7 @@ mod train;
 
 pub use batch::{BatchBuilder, BatchError, PackedStringsBuilder};
 pub use client::Client;
-pub use cluster::{ClusterClient, ClusterTicket, PartitionMap, ShardPush};
+pub use cluster::{ClusterClient, ClusterTicket, PartitionMap, ReadFrom, ShardPush};
 pub use embeddings::{decode_lookup, encode_gradients, Embedding, Lookup};
 pub use error::ClientError;
 pub use featmux_proto::v1 as pb;

@@ -9,8 +9,9 @@
 //! `TableInfo`), `maps/<name>` (a `PartitionMap`), `members/<id>` (a
 //! `ShardMember`, attached to the member's lease), `applied/<id>` (the
 //! revision a shard has applied), `checkpoints/<id>` (a
-//! `ClusterCheckpoint`).
+//! `ClusterCheckpoint`), `replicas/<shard>/<id>` (a read replica of a
+//! shard, a `ShardMember` attached to its lease).
 
 mod store;
 
-pub use store::{ClusterError, ClusterStore, Membership, Snapshot, Versioned};
+pub use store::{ClusterError, ClusterStore, Membership, Role, Snapshot, Versioned};

@@ -79,6 +79,15 @@ pub struct Snapshot {
     pub members: Vec<pb::ShardMember>,
 }
 
+/// What a server is in the cluster, which decides where it is listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// A shard owning partitions: `members/<id>`.
+    Shard,
+    /// A read-only replica of shard `.0`: `replicas/<shard>/<id>`.
+    ReplicaOf(String),
+}
+
 /// The cluster's keys under one prefix.
 #[derive(Clone)]
 pub struct ClusterStore {
@@ -320,18 +329,20 @@ impl ClusterStore {
             .clone()
             .watch(format!("{}/", self.prefix), Some(options))
             .await?;
-        let applied = self.key("applied", "");
+        // A shard reporting what it applied, or a replica coming or going,
+        // is not a change to apply.
+        let ignored = [self.key("applied", ""), self.key("replicas", "")];
+        let applies = |key: &[u8]| !ignored.iter().any(|i| key.starts_with(i.as_bytes()));
         loop {
             match stream.message().await? {
                 Some(answer) if answer.canceled() => {
                     return Err(ClusterError::WatchEnded(answer.cancel_reason().to_owned()))
                 }
-                // A shard reporting what it applied is not a change to apply.
                 Some(answer)
-                    if answer.events().iter().any(|e| {
-                        e.kv()
-                            .is_some_and(|kv| !kv.key().starts_with(applied.as_bytes()))
-                    }) =>
+                    if answer
+                        .events()
+                        .iter()
+                        .any(|e| e.kv().is_some_and(|kv| applies(kv.key()))) =>
                 {
                     return Ok(revision_of(answer.header()))
                 }
@@ -341,11 +352,13 @@ impl ClusterStore {
         }
     }
 
-    /// Registers `member` under a lease of `ttl` seconds kept alive by a
-    /// background task until the [`Membership`] is dropped or left: a shard
-    /// that dies disappears from [`Self::members`] within `ttl`.
+    /// Registers `member` in `role` under a lease of `ttl` seconds kept
+    /// alive by a background task until the [`Membership`] is dropped or
+    /// left: a shard that dies disappears from [`Self::members`] (a replica
+    /// from [`Self::replicas`]) within `ttl`.
     pub async fn join(
         &self,
+        role: &Role,
         member: &pb::ShardMember,
         ttl: i64,
     ) -> Result<Membership, ClusterError> {
@@ -353,7 +366,11 @@ impl ClusterStore {
             .retry(|mut c| async move { c.lease_grant(ttl, None).await })
             .await?
             .id();
-        let (key, value) = (self.key("members", &member.id), member.encode_to_vec());
+        let key = match role {
+            Role::Shard => self.key("members", &member.id),
+            Role::ReplicaOf(shard) => self.key("replicas", &format!("{shard}/{}", member.id)),
+        };
+        let value = member.encode_to_vec();
         self.retry(|mut c| {
             let (key, value) = (key.clone(), value.clone());
             async move {
@@ -402,6 +419,27 @@ impl ClusterStore {
             .into_iter()
             .map(|m| m.value)
             .collect())
+    }
+
+    /// The read replicas whose leases are alive, with the shard each
+    /// copies.
+    pub async fn replicas(&self) -> Result<Vec<(String, pb::ShardMember)>, ClusterError> {
+        let prefix = self.key("replicas", "");
+        let response = self
+            .retry(|mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+        let mut replicas = Vec::new();
+        for kv in response.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            let Some((shard, _)) = key[prefix.len()..].split_once('/') else {
+                continue;
+            };
+            replicas.push((shard.to_owned(), decode::<pb::ShardMember>(kv)?.value));
+        }
+        Ok(replicas)
     }
 
     async fn get<T: Message + Default>(

@@ -67,6 +67,7 @@ class NativeClusterClient:
         token: Optional[str] = None,
         timeout: float = 30.0,
         connections: int = 4,
+        read_from: str = "shards",
     ) -> None: ...
     def lookup(
         self, table: str, batch: _Batch, ticket: bool = False

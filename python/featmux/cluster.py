@@ -18,7 +18,13 @@ class ClusterClient:
     endpoints, comma-separated or a list; ``prefix``: the cluster's key
     prefix, the shards' ``cluster.prefix``). Safe to share between threads;
     works wherever a :class:`Client` does for lookups and pushes, e.g. in
-    :class:`featmux.torch.EmbeddingCollection`."""
+    :class:`featmux.torch.EmbeddingCollection`.
+
+    ``read_from="replicas"`` sends lookups without a ticket to the shards'
+    read replicas listed in etcd (in turn; the shard itself where none is
+    listed or the replica fails): serving traffic off the shards training
+    pushes into, with answers as old as the replicas' lag. Pushes and
+    ticket lookups always go to the shards."""
 
     def __init__(
         self,
@@ -27,9 +33,10 @@ class ClusterClient:
         token: Optional[str] = None,
         timeout: float = 30.0,
         connections: int = 4,
+        read_from: str = "shards",
     ):
         endpoints = [e.strip() for e in etcd.split(",")] if isinstance(etcd, str) else list(etcd)
-        self._native = NativeClusterClient(endpoints, prefix, token, timeout, connections)
+        self._native = NativeClusterClient(endpoints, prefix, token, timeout, connections, read_from)
 
     def lookup(self, table: str, batch: Mapping[str, Any], ticket: bool = False) -> Embeddings:
         """Embeddings of ``batch`` (the forms :meth:`Client.lookup` takes),

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use featmux_client::{ClientOptions, ClusterClient, ClusterTicket, ShardPush};
+use featmux_client::{ClientOptions, ClusterClient, ClusterTicket, ReadFrom, ShardPush};
 use numpy::PyReadonlyArray1;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -43,9 +43,10 @@ impl NativeClusterClient {
 #[pymethods]
 impl NativeClusterClient {
     /// Connects to etcd at `etcd` (`host:port` endpoints); every table is
-    /// routed by the state under `prefix`.
+    /// routed by the state under `prefix`; lookups without a ticket read
+    /// from `read_from`, `"shards"` or `"replicas"`.
     #[new]
-    #[pyo3(signature = (etcd, prefix, token=None, timeout=30.0, connections=4))]
+    #[pyo3(signature = (etcd, prefix, token=None, timeout=30.0, connections=4, read_from="shards"))]
     fn new(
         py: Python<'_>,
         etcd: Vec<String>,
@@ -53,7 +54,17 @@ impl NativeClusterClient {
         token: Option<String>,
         timeout: f64,
         connections: usize,
+        read_from: &str,
     ) -> PyResult<Self> {
+        let read_from = match read_from {
+            "shards" => ReadFrom::Shards,
+            "replicas" => ReadFrom::Replicas,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "read_from is \"shards\" or \"replicas\", not {other:?}"
+                )))
+            }
+        };
         let options = ClientOptions {
             token,
             timeout: deadline(timeout)?,
@@ -64,7 +75,7 @@ impl NativeClusterClient {
             .detach(|| runtime().block_on(ClusterClient::connect(&etcd, &prefix, options)))
             .map_err(errors::to_py)?;
         Ok(NativeClusterClient {
-            cluster: Arc::new(cluster),
+            cluster: Arc::new(cluster.read_from(read_from)),
         })
     }
 

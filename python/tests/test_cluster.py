@@ -5,14 +5,18 @@ through it unchanged."""
 
 from __future__ import annotations
 
+import re
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import featmux
 from featmux.torch import EmbeddingCollection
-from conftest import ADMIN
+from conftest import ADMIN, Server
 
 TABLE = {"name": "sharded", "rows": 6000, "chunk_dim": 8, "optimizer": {"kind": "adagrad", "lr": 0.1}}
 FEATURES = [
@@ -73,6 +77,49 @@ def test_embedding_collection_trains_through_a_cluster(server, cluster):
     assert_same(sharded.lookup("torch_sharded", batch(5)), single.lookup("torch_sharded", batch(5)))
     with torch.no_grad():
         assert EmbeddingCollection(sharded, "torch_sharded")(batch(5))["user"].shape == (32, 8)
+
+
+def rows_looked_up(server: Server) -> float:
+    request = urllib.request.Request(f"{server.http}/metrics", headers={"Authorization": f"Bearer {ADMIN}"})
+    with urllib.request.urlopen(request) as response:
+        text = response.read().decode()
+    return sum(float(v) for v in re.findall(r"^featmux_rows_looked_up_total\S* (\S+)$", text, re.M))
+
+
+def test_lookups_read_from_the_shards_replicas(cluster, tmp_path):
+    replicas = []
+    for i, shard in enumerate(cluster.shards):
+        replica_dir = tmp_path / f"replica{i}"
+        replica_dir.mkdir()
+        replicas.append(Server(replica_dir, (
+            f'[replica]\nprimary = "{shard.grpc}"\nprimary_token = "{ADMIN}"\n'
+            f'[cluster]\netcd = ["{cluster.etcd}"]\nprefix = "{cluster.PREFIX}"\nshard_id = "s{i}-replica"\n')))
+    try:
+        table = {**TABLE, "name": "replicated"}
+        shards = featmux.ClusterClient(cluster.etcd, prefix=cluster.PREFIX, token=ADMIN)
+        shards.admin().create_table(table, FEATURES)
+        looked_up = shards.lookup("replicated", batch(1), ticket=True)
+        shards.push("replicated", {f: np.full(looked_up[f].shape, 0.5, np.float32) for f in looked_up},
+                    ticket=looked_up)
+        want = shards.lookup("replicated", batch(1))
+        before = [rows_looked_up(r) for r in replicas]
+        deadline = time.monotonic() + 30
+        while True:
+            # A new client each time: the replicas list themselves once
+            # their copy names their shard.
+            replicated = featmux.ClusterClient(cluster.etcd, prefix=cluster.PREFIX, token=ADMIN,
+                                               read_from="replicas")
+            got = replicated.lookup("replicated", batch(1))
+            if all(np.array_equal(got[f], want[f]) for f in want) and \
+                    all(rows_looked_up(r) > b for r, b in zip(replicas, before)):
+                break
+            assert time.monotonic() < deadline, "the replicas did not serve the pushed rows"
+            time.sleep(0.1)
+    finally:
+        for replica in replicas:
+            replica.stop()
+    with pytest.raises(ValueError, match="read_from"):
+        featmux.ClusterClient(cluster.etcd, prefix=cluster.PREFIX, read_from="nearest")
 
 
 def test_the_readme_cluster_snippet_runs_as_written(cluster):

@@ -156,6 +156,8 @@ pub struct ClusterConfig {
     pub prefix: String,
     /// This shard's id: unique in the cluster and the same across restarts
     /// (its data directory holds its partitions). Kubernetes: the pod name.
+    /// On a replica (`[replica]` too): the replica's own id, listed under
+    /// the shard it copies for clients that read from replicas.
     pub shard_id: String,
     /// The gRPC address clients dial; default `http://` + `grpc_addr`.
     pub advertise_grpc: Option<String>,
@@ -612,14 +614,6 @@ impl ServerConfig {
                 });
             }
             self.row_format(replica)?;
-            if self.cluster.is_some() {
-                return Err(ConfigError::Invalid {
-                    field: "replica",
-                    reason: "a replica follows one server and does not join a cluster: give \
-                             it the shard's address as replica.primary and no [cluster]"
-                        .into(),
-                });
-            }
         }
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
@@ -731,7 +725,7 @@ mod tests {
     }
 
     #[test]
-    fn a_replica_needs_a_primary_address_and_a_known_row_format_and_no_cluster() {
+    fn a_replica_needs_a_primary_address_a_known_row_format_and_an_id_to_be_listed() {
         let mut config = ServerConfig::default();
         config.apply_flags(&ServeArgs {
             replica_of: Some("http://10.0.0.1:50051".into()),
@@ -753,8 +747,16 @@ mod tests {
             err.starts_with("replica.row_format") && err.contains("int4"),
             "{err}"
         );
+        // With `[cluster]`, a replica of a shard lists itself in etcd under
+        // its own id.
         let err = refused(|c| c.cluster = Some(ClusterConfig::default()));
-        assert!(err.starts_with("replica:"), "{err}");
+        assert!(err.starts_with("cluster.shard_id"), "{err}");
+        let mut listed = config.clone();
+        listed.cluster = Some(ClusterConfig {
+            shard_id: "shard-a-replica-0".into(),
+            ..ClusterConfig::default()
+        });
+        listed.validate().unwrap();
     }
 
     #[test]
@@ -803,6 +805,30 @@ mod tests {
         no_id.cluster.as_mut().unwrap().shard_id.clear();
         let err = no_id.validate().unwrap_err().to_string();
         assert!(err.starts_with("cluster.shard_id"), "{err}");
+        // With replicas.yaml's env, the same file makes a replica of shard
+        // featmux-1, listed in etcd as itself.
+        let replicas = include_str!("../../deploy/kubernetes/replicas.yaml");
+        for var in [
+            "FEATMUX_REPLICA_OF",
+            "FEATMUX_ROW_FORMAT",
+            "FEATMUX_PRIMARY_TOKEN",
+        ] {
+            assert!(replicas.contains(var), "replicas.yaml sets {var}");
+        }
+        let mut replica: ServerConfig = toml::from_str(&toml_text).unwrap();
+        replica
+            .apply_env(|var| match var {
+                "FEATMUX_REPLICA_OF" => {
+                    Some("http://featmux-1.featmux-shards.featmux.svc:50051".into())
+                }
+                "FEATMUX_ROW_FORMAT" => Some("f16".into()),
+                "FEATMUX_SHARD_ID" => Some("featmux-replica-1".into()),
+                _ => None,
+            })
+            .unwrap();
+        replica.validate().unwrap();
+        let section = replica.replica.as_ref().unwrap();
+        assert_eq!(replica.row_format(section).unwrap(), RowFormat::F16);
     }
 
     #[test]

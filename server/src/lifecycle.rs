@@ -76,9 +76,33 @@ pub(crate) async fn run(
         Duration::from_secs(config.limits.push_dedup_window_secs),
         config.limits.push_dedup_max_entries,
     );
-    let (epochs, cluster) = match &config.cluster {
-        None => (Arc::new(MapEpochs::standalone()), None),
-        Some(cluster) => {
+    let (epochs, cluster) = match (&config.cluster, &config.replica) {
+        (None, None) => (Arc::new(MapEpochs::standalone()), None),
+        // A replica serves the epochs its copy records; with `[cluster]`
+        // it lists itself in etcd under its shard.
+        (cluster, Some(_)) => {
+            let routing = catalog.shard_routing().unwrap_or_else(|e| {
+                warn!(error = %e, "cannot read the copied shard's map epochs");
+                None
+            });
+            let epochs = Arc::new(MapEpochs::replica(routing));
+            if let Some(cluster) = cluster {
+                let announce = crate::cluster::announce_replica(
+                    config.clone(),
+                    cluster.clone(),
+                    epochs.clone(),
+                );
+                let mut stopped = stopped.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = announce => {}
+                        _ = stopped.wait_for(|stop| *stop) => {}
+                    }
+                });
+            }
+            (epochs, None)
+        }
+        (Some(cluster), None) => {
             let epochs = Arc::new(MapEpochs::shard(&cluster.shard_id));
             // Joining waits for etcd; a stop meanwhile ends the server cleanly.
             let joined = tokio::select! {
@@ -109,7 +133,7 @@ pub(crate) async fn run(
         pushes,
         limits,
         counters,
-        epochs,
+        epochs.clone(),
         cluster,
     );
     let follower = match &config.replica {
@@ -128,6 +152,7 @@ pub(crate) async fn run(
             let follower = Follower {
                 catalog: catalog.clone(),
                 status,
+                epochs: epochs.clone(),
                 config: replica.clone(),
                 data_dir: config.data_dir.clone(),
                 name: config.grpc_addr.to_string(),

@@ -13,7 +13,7 @@ use featmux_engine::batch::{Batch, FeatureBatch};
 use featmux_engine::optimizer::Optimizer;
 use featmux_engine::schema::{FeatureSpec, TableSpec, ValueType};
 use featmux_engine::table::Table;
-use featmux_storage::catalog::{Catalog, CatalogError, CatalogOptions};
+use featmux_storage::catalog::{Catalog, CatalogError, CatalogOptions, ShardRouting};
 use featmux_storage::store::StoreOptions;
 
 const ROWS: u64 = 500;
@@ -155,6 +155,43 @@ fn a_replica_bootstraps_then_follows_flushes_and_table_changes() {
     primary.flush().unwrap();
     assert_eq!(follow(&primary, &replica), 1);
     assert_same(&primary, &replica);
+}
+
+#[test]
+fn a_shards_map_epochs_reach_its_replica_through_the_log_once() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = primary(pdir.path(), CatalogOptions::default());
+    let replica = replica(rdir.path(), RowFormat::F32);
+    let snapshot = primary.replication_snapshot().unwrap();
+    replica.bootstrap_replica(snapshot.dir()).unwrap();
+    drop(snapshot);
+    assert_eq!(replica.shard_routing().unwrap(), None, "not a shard yet");
+    let routing = |epoch| ShardRouting {
+        shard: "s1".into(),
+        epochs: [("t".to_owned(), epoch)].into(),
+    };
+    primary.record_shard_routing(&routing(7)).unwrap();
+    // Recording what is recorded writes nothing (no log churn for
+    // replicas on every reconcile).
+    let sequence = primary.log_sequence();
+    primary.record_shard_routing(&routing(7)).unwrap();
+    assert_eq!(primary.log_sequence(), sequence);
+    primary.record_shard_routing(&routing(9)).unwrap();
+    let families = families(&primary);
+    let batches = primary.log_after(0, 1 << 20).unwrap().unwrap();
+    let after = replica.replica_sequence().unwrap().unwrap();
+    let changed: Vec<Option<ShardRouting>> = batches
+        .iter()
+        .filter(|b| b.sequence > after)
+        .filter_map(|b| {
+            let done = replica.apply_replicated(b, &families).unwrap();
+            done.shard_routing_changed
+                .then(|| replica.shard_routing().unwrap())
+        })
+        .collect();
+    assert_eq!(changed, [Some(routing(7)), Some(routing(9))]);
+    let refused = replica.record_shard_routing(&routing(10)).unwrap_err();
+    assert!(matches!(refused, CatalogError::ReadOnly), "{refused}");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use featmux_cluster::ClusterError;
+use featmux_cluster::{ClusterError, Role};
 use featmux_proto::v1 as pb;
 use featmux_tests::etcd::Etcd;
 
@@ -110,9 +110,9 @@ async fn a_member_that_stops_renewing_its_lease_disappears() {
         grpc: format!("http://{id}:50051"),
         http: format!("http://{id}:8080"),
     };
-    let kept = store.join(&member("s0"), 2).await.unwrap();
-    let lost = store.join(&member("s1"), 2).await.unwrap();
-    let left = store.join(&member("s2"), 2).await.unwrap();
+    let kept = store.join(&Role::Shard, &member("s0"), 2).await.unwrap();
+    let lost = store.join(&Role::Shard, &member("s1"), 2).await.unwrap();
+    let left = store.join(&Role::Shard, &member("s2"), 2).await.unwrap();
     let ids = |members: Vec<pb::ShardMember>| -> Vec<String> {
         members.into_iter().map(|m| m.id).collect()
     };
@@ -133,6 +133,58 @@ async fn a_member_that_stops_renewing_its_lease_disappears() {
 }
 
 #[tokio::test]
+async fn replicas_are_listed_by_shard_apart_from_members_and_wake_no_shard() {
+    let etcd = Etcd::start();
+    let store = etcd.store("/featmux/test").await;
+    let member = |id: &str| pb::ShardMember {
+        id: id.into(),
+        grpc: format!("http://{id}:50051"),
+        http: format!("http://{id}:8080"),
+    };
+    let _shard = store.join(&Role::Shard, &member("a"), 5).await.unwrap();
+    let revision = store.snapshot().await.unwrap().revision;
+    let woken = tokio::spawn({
+        let store = store.clone();
+        async move { store.changed_after(revision).await }
+    });
+    let replica = |shard: &str| Role::ReplicaOf(shard.into());
+    let _r1 = store.join(&replica("a"), &member("a-r1"), 5).await.unwrap();
+    let r2 = store.join(&replica("b"), &member("b-r1"), 5).await.unwrap();
+    let mut replicas = store.replicas().await.unwrap();
+    replicas.sort_by(|x, y| x.1.id.cmp(&y.1.id));
+    assert_eq!(
+        replicas,
+        [
+            ("a".to_owned(), member("a-r1")),
+            ("b".to_owned(), member("b-r1"))
+        ]
+    );
+    let members: Vec<String> = store
+        .members()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(members, ["a"], "replicas are not shards");
+    r2.leave().await.unwrap();
+    assert_eq!(store.replicas().await.unwrap().len(), 1);
+    // Replicas coming and going changed nothing a shard applies; a table
+    // does.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!woken.is_finished(), "a replica joining woke the shards");
+    store
+        .create_table(&info("t", &["user"]), &map(&["a"], vec![0]))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), woken)
+        .await
+        .expect("a new table wakes the shards")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
 async fn losing_one_etcd_member_of_three_changes_nothing() {
     let mut etcd = Etcd::cluster(3);
     let store = etcd.store("/featmux/test").await;
@@ -142,6 +194,7 @@ async fn losing_one_etcd_member_of_three_changes_nothing() {
         .unwrap();
     let member = store
         .join(
+            &Role::Shard,
             &pb::ShardMember {
                 id: "s0".into(),
                 ..Default::default()

@@ -23,9 +23,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use featmux_cluster::{ClusterStore, Snapshot};
+use featmux_cluster::{ClusterStore, Role, Snapshot};
 use featmux_proto::v1 as pb;
-use featmux_storage::catalog::Catalog;
+use featmux_storage::catalog::{Catalog, ShardRouting};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -158,7 +158,7 @@ async fn try_join(
     check_same_cluster(&catalog, &snapshot, cluster)?;
     let ttl = cluster.lease_ttl_secs as i64;
     let membership = store
-        .join(member, ttl)
+        .join(&Role::Shard, member, ttl)
         .await
         .map_err(|e| NotJoined::NotYet(format!("cannot join: {e}")))?;
     info!(shard = %member.id, grpc = %member.grpc, prefix = %cluster.prefix, "joined the cluster");
@@ -173,7 +173,8 @@ async fn try_join(
     });
     let first = shard.apply(snapshot).await;
     tokio::spawn(keep_membership(
-        shard.clone(),
+        shard.store.clone(),
+        Role::Shard,
         member.clone(),
         ttl,
         membership,
@@ -189,7 +190,17 @@ impl Shard {
         let shard = self.clone();
         let revision = snapshot.revision;
         let done = tokio::task::spawn_blocking(move || {
-            reconcile::reconcile(&shard.catalog, &shard.id, &snapshot)
+            let done = reconcile::reconcile(&shard.catalog, &shard.id, &snapshot);
+            // After the tables it describes: a replica of this shard
+            // reads it from the log once it holds them.
+            let routing = ShardRouting {
+                shard: shard.id.clone(),
+                epochs: done.epochs.clone().into_iter().collect(),
+            };
+            if let Err(e) = shard.catalog.record_shard_routing(&routing) {
+                warn!(error = %e, "cannot record the map epochs for replicas");
+            }
+            done
         })
         .await;
         match done {
@@ -237,25 +248,67 @@ async fn follow(shard: Arc<Shard>, mut revision: i64) {
 }
 
 /// Joins again whenever the lease is lost (etcd was away for longer than
-/// its TTL), so clients find this shard once etcd is back.
+/// its TTL), so clients find this server once etcd is back.
 async fn keep_membership(
-    shard: Arc<Shard>,
+    store: ClusterStore,
+    role: Role,
     member: pb::ShardMember,
     ttl: i64,
     mut membership: featmux_cluster::Membership,
 ) {
     loop {
         membership.lost().await;
-        warn!(shard = %member.id, "cluster membership lost; joining again");
-        membership = loop {
-            match shard.store.join(&member, ttl).await {
-                Ok(joined) => break joined,
-                Err(e) => {
-                    warn!(error = %e, "cannot join the cluster yet");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        };
-        info!(shard = %member.id, "joined the cluster again");
+        warn!(id = %member.id, ?role, "cluster membership lost; joining again");
+        membership = join_until_done(&store, &role, &member, ttl).await;
+        info!(id = %member.id, ?role, "joined the cluster again");
     }
+}
+
+async fn join_until_done(
+    store: &ClusterStore,
+    role: &Role,
+    member: &pb::ShardMember,
+    ttl: i64,
+) -> featmux_cluster::Membership {
+    loop {
+        match store.join(role, member, ttl).await {
+            Ok(joined) => return joined,
+            Err(e) => {
+                warn!(error = %e, "cannot join the cluster yet");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// A read replica of a shard lists itself under the shard in etcd (as
+/// `[cluster] shard_id`, at its advertised addresses) once its copy says
+/// which shard it copies, so cluster clients reading from replicas find
+/// it. It keeps serving whether or not etcd answers.
+pub async fn announce_replica(
+    config: ServerConfig,
+    cluster: ClusterConfig,
+    epochs: Arc<MapEpochs>,
+) {
+    let shard = epochs.shard_known().await;
+    let (grpc, http) = config.advertised(&cluster);
+    let member = pb::ShardMember {
+        id: cluster.shard_id.clone(),
+        grpc,
+        http,
+    };
+    let store = loop {
+        match ClusterStore::connect(&cluster.etcd, &cluster.prefix).await {
+            Ok(store) => break store,
+            Err(e) => {
+                warn!(error = %e, etcd = ?cluster.etcd, "cannot reach etcd to list this replica yet");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let role = Role::ReplicaOf(shard.clone());
+    let ttl = cluster.lease_ttl_secs as i64;
+    let membership = join_until_done(&store, &role, &member, ttl).await;
+    info!(id = %member.id, %shard, grpc = %member.grpc, "listed as a replica of the shard");
+    keep_membership(store, role, member, ttl, membership).await;
 }

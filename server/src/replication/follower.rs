@@ -19,6 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 use super::ReplicaStatus;
+use crate::cluster::MapEpochs;
 use crate::config::ReplicaConfig;
 
 /// Where a bootstrap downloads the primary's snapshot (inside the data
@@ -51,6 +52,9 @@ fn failed(e: impl std::fmt::Display) -> Ended {
 pub struct Follower {
     pub(crate) catalog: Arc<Catalog>,
     pub(crate) status: Arc<ReplicaStatus>,
+    /// The map epochs served here: a replica of a cluster shard follows
+    /// those its copy records.
+    pub(crate) epochs: Arc<MapEpochs>,
     pub(crate) config: ReplicaConfig,
     pub(crate) data_dir: PathBuf,
     /// This replica's name in the primary's logs (its gRPC address).
@@ -183,6 +187,8 @@ impl Follower {
             .map_err(failed)?
             .map_err(failed)?;
         let _ = std::fs::remove_dir_all(&dir);
+        self.epochs
+            .follow_copy(self.catalog.shard_routing().map_err(failed)?);
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(
             primary = %self.config.primary,
@@ -235,12 +241,16 @@ impl Follower {
                 .collect();
             let catalog = self.catalog.clone();
             let status = self.status.clone();
+            let epochs = self.epochs.clone();
             let applied = tokio::task::spawn_blocking(move || {
                 let mut last = None;
                 for batch in &batches {
                     let done = catalog.apply_replicated(batch, &families)?;
                     if let Some(at) = done.flushed_at_micros {
                         status.observe_apply_lag(since_unix_micros(at));
+                    }
+                    if done.shard_routing_changed {
+                        epochs.follow_copy(catalog.shard_routing()?);
                     }
                     last = Some(done.sequence);
                 }

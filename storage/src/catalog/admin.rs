@@ -11,7 +11,7 @@ use featmux_engine::schema::{FeatureSpec, TableSpec};
 use featmux_engine::table::Table;
 use parking_lot::MutexGuard;
 
-use super::{record, Catalog, CatalogError, Inner, LiveTable, ShardPart};
+use super::{record, Catalog, CatalogError, Inner, LiveTable, ShardPart, ShardRouting};
 
 /// A table name claimed by a create in progress; released when dropped.
 struct NameClaim<'a> {
@@ -121,6 +121,27 @@ impl Catalog {
     /// The shard part of a cluster table (`None`: a standalone table).
     pub fn shard_part(&self, name: &str) -> Result<Option<ShardPart>, CatalogError> {
         Ok(self.inner.live(name)?.shard.clone())
+    }
+
+    /// Records what this cluster shard serves (its id and map epochs),
+    /// unless that is already recorded: replicas of the shard learn it
+    /// through the log, after the table changes it describes.
+    pub fn record_shard_routing(&self, routing: &ShardRouting) -> Result<(), CatalogError> {
+        let inner = self.writable()?;
+        let _admin = inner.admin.lock();
+        if inner.store.shard_routing()?.as_ref() == Some(routing) {
+            return Ok(());
+        }
+        let mut batch = inner.store.batch();
+        batch.put_shard_routing(routing);
+        batch.commit(true)?;
+        Ok(())
+    }
+
+    /// What this shard, or the shard this replica copies, serves (`None`
+    /// outside a cluster).
+    pub fn shard_routing(&self) -> Result<Option<ShardRouting>, CatalogError> {
+        Ok(self.inner.store.shard_routing()?)
     }
 
     /// Drops a table and its stored rows; durable when this returns.

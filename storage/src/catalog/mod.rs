@@ -50,8 +50,8 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::budget::{MemoryBudget, OverBudget, Reservation};
 use crate::flusher::{FlushStats, Flusher};
-pub use crate::store::records::ShardPart;
 use crate::store::records::TableRecord;
+pub use crate::store::records::{ShardPart, ShardRouting};
 use crate::store::{Store, StoreError, StoreOptions};
 
 /// Rows copied per read while flushing or loading (bounds temporary memory).

@@ -98,6 +98,8 @@ pub struct Replicated {
     pub version: Option<u64>,
     /// When the primary committed that flush (µs since the Unix epoch).
     pub flushed_at_micros: Option<u64>,
+    /// Whether the batch changed what the shard serves (its map epochs).
+    pub shard_routing_changed: bool,
 }
 
 /// Snapshot directories get distinct names within one process.
@@ -336,6 +338,8 @@ impl Catalog {
                             done.version = number(value);
                         } else if key == keys::FLUSHED_AT {
                             done.flushed_at_micros = number(value);
+                        } else if key == keys::SHARD_ROUTING {
+                            done.shard_routing_changed = true;
                         }
                     }
                 }

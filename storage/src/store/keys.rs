@@ -76,6 +76,11 @@ pub const REPLICA_SEQUENCE: &[u8] = b"replica/sequence";
 /// On a replica: a bootstrap (copy of the primary) started and has not
 /// finished; the data is incomplete and is copied again.
 pub const REPLICA_BOOTSTRAPPING: &[u8] = b"replica/bootstrapping";
+/// On a cluster shard: its id and the partition-map epoch it serves each
+/// table at (a [`super::records::ShardRouting`], JSON), rewritten when they
+/// change. In the database so that a replica of the shard learns them
+/// through the log, in order with the data they describe.
+pub const SHARD_ROUTING: &[u8] = b"shard/routing";
 /// Prefix of restore markers: `restoring/<id>` → `id` (big-endian u32). A
 /// restore streams rows under a fresh table id marked this way and removes
 /// the marker in the write that records the table; rows under an id still

@@ -30,7 +30,7 @@ use rocksdb::{
 };
 
 use featmux_engine::backend::RowData;
-use records::{CheckpointRecord, TableRecord};
+use records::{CheckpointRecord, ShardRouting, TableRecord};
 use wal::WalBatch;
 
 /// Why a store operation failed. Each names the directory and the cause.
@@ -206,6 +206,11 @@ impl StoreBatch<'_> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
         self.put_meta(keys::FLUSHED_AT, &now.to_be_bytes());
+    }
+
+    /// Records what a cluster shard serves (see [`keys::SHARD_ROUTING`]).
+    pub fn put_shard_routing(&mut self, routing: &ShardRouting) {
+        self.put_meta(keys::SHARD_ROUTING, &routing.encode());
     }
 
     /// Records the last primary sequence a replica has applied (written in
@@ -755,6 +760,17 @@ impl Store {
             return Ok(None);
         }
         self.get_u64(keys::REPLICA_SEQUENCE)
+    }
+
+    /// What this cluster shard (or the shard this replica copies) serves;
+    /// `None` outside a cluster.
+    pub fn shard_routing(&self) -> Result<Option<ShardRouting>, StoreError> {
+        self.get_meta(keys::SHARD_ROUTING)?
+            .map(|bytes| {
+                ShardRouting::decode(&bytes)
+                    .map_err(|reason| self.corrupt(format!("shard routing record: {reason}")))
+            })
+            .transpose()
     }
 
     /// Whether this database is (or was being made) a replica's copy.

@@ -94,6 +94,26 @@ impl CheckpointRecord {
     }
 }
 
+/// What a cluster shard serves (see [`super::keys::SHARD_ROUTING`]): its
+/// id and, per table, the partition-map epoch requests must carry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRouting {
+    pub shard: String,
+    pub epochs: std::collections::BTreeMap<String, u64>,
+}
+
+impl ShardRouting {
+    /// The stored bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("routing records serialise")
+    }
+
+    /// Reads stored bytes; the error says what is malformed.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
+}
+
 pub mod v1;
 
 #[cfg(test)]
