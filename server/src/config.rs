@@ -55,6 +55,9 @@ pub struct StorageConfig {
     pub retained_wal_mb: u64,
     /// Also drop retained log older than this many seconds (0: no limit).
     pub retained_wal_secs: u64,
+    /// The last commits kept in memory for replicas that keep up, in MiB
+    /// (answered without reading the log); 0 keeps none.
+    pub replication_buffer_mb: u64,
 }
 
 impl Default for StorageConfig {
@@ -67,6 +70,7 @@ impl Default for StorageConfig {
             max_wal_bytes: catalog.store.max_wal_bytes,
             retained_wal_mb: catalog.store.retained_wal_mb,
             retained_wal_secs: catalog.store.retained_wal_secs,
+            replication_buffer_mb: (catalog.store.recent_log_bytes >> 20) as u64,
         }
     }
 }
@@ -530,7 +534,7 @@ impl ServerConfig {
         // upper bounds keep arithmetic on them (`now + ttl`, timers, prost's
         // 2 GiB message limit, u32 entry counts) from overflowing.
         const DAY_SECS: u64 = 24 * 3600;
-        let ranges: [(&'static str, u64, u64, u64); 12] = [
+        let ranges: [(&'static str, u64, u64, u64); 13] = [
             (
                 "limits.max_batch_values",
                 self.limits.max_batch_values as u64,
@@ -592,6 +596,12 @@ impl ServerConfig {
                 self.storage.max_wal_bytes,
                 1 << 20,
                 1 << 40,
+            ),
+            (
+                "storage.replication_buffer_mb",
+                self.storage.replication_buffer_mb,
+                0,
+                1 << 16,
             ),
         ];
         for (field, value, least, most) in ranges {
@@ -684,6 +694,7 @@ impl ServerConfig {
                 max_wal_bytes: self.storage.max_wal_bytes,
                 retained_wal_mb: self.storage.retained_wal_mb,
                 retained_wal_secs: self.storage.retained_wal_secs,
+                recent_log_bytes: (self.storage.replication_buffer_mb as usize) << 20,
                 ..StoreOptions::default()
             },
             serving: None,

@@ -14,7 +14,7 @@ use featmux_engine::optimizer::Optimizer;
 use featmux_engine::schema::{FeatureSpec, TableSpec, ValueType};
 use featmux_engine::table::Table;
 use featmux_storage::catalog::{Catalog, CatalogError, CatalogOptions, ShardRouting};
-use featmux_storage::store::StoreOptions;
+use featmux_storage::store::{Store, StoreOptions};
 
 const ROWS: u64 = 500;
 const DIM: usize = 4;
@@ -155,6 +155,45 @@ fn a_replica_bootstraps_then_follows_flushes_and_table_changes() {
     primary.flush().unwrap();
     assert_eq!(follow(&primary, &replica), 1);
     assert_same(&primary, &replica);
+}
+
+/// A follower that keeps up is answered from the commits kept in memory;
+/// those are the log's own batches, byte for byte (what a restarted
+/// primary, with nothing in memory, reads from the log).
+#[test]
+fn recent_commits_from_memory_are_the_logs_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let commit = |store: &Store, i: u64| {
+        let mut batch = store.batch();
+        batch.put_version(i);
+        batch.put_replica_sequence(i * 3);
+        batch.commit(false).unwrap();
+    };
+    let open = || {
+        Store::open(
+            dir.path(),
+            StoreOptions::default(),
+            featmux_migrations::MIGRATIONS,
+        )
+        .unwrap()
+        .0
+    };
+    let store = open();
+    commit(&store, 1);
+    let start = store.latest_sequence();
+    assert_eq!(
+        store.batches_after(start, 1 << 20).unwrap(),
+        Some(Vec::new())
+    );
+    for i in 2..6 {
+        commit(&store, i);
+    }
+    let from_memory = store.batches_after(start, 1 << 20).unwrap().unwrap();
+    assert_eq!(from_memory.len(), 4);
+    drop(store);
+    let store = open();
+    let from_log = store.batches_after(start, 1 << 20).unwrap().unwrap();
+    assert_eq!(from_memory, from_log);
 }
 
 #[test]

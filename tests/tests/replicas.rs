@@ -340,10 +340,13 @@ fn a_replica_behind_the_primarys_retained_log_copies_it_again() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let replica_dir = dir.path().join("replica");
-    // The primary keeps no log beyond what RocksDB itself needs.
+    // The primary keeps no log beyond what RocksDB itself needs, and no
+    // commits in memory (which would serve this replica's gap).
     let primary = TestServer::start(
         &dir.path().join("primary"),
-        &primary_settings("retained_wal_mb = 0\nretained_wal_secs = 0\n"),
+        &primary_settings(
+            "retained_wal_mb = 0\nretained_wal_secs = 0\nreplication_buffer_mb = 0\n",
+        ),
     );
     let p = runtime.block_on(primary.client(None));
     runtime

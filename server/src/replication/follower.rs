@@ -242,12 +242,22 @@ impl Follower {
             let catalog = self.catalog.clone();
             let status = self.status.clone();
             let epochs = self.epochs.clone();
+            let received = Instant::now();
             let applied = tokio::task::spawn_blocking(move || {
                 let mut last = None;
                 for batch in &batches {
                     let done = catalog.apply_replicated(batch, &families)?;
                     if let Some(at) = done.flushed_at_micros {
-                        status.observe_apply_lag(since_unix_micros(at));
+                        let lag = since_unix_micros(at);
+                        status.observe_apply_lag(lag);
+                        // Where a late flush spent its time: before it
+                        // arrived here, or applying it.
+                        tracing::debug!(
+                            sequence = batch.sequence,
+                            lag_us = lag.as_micros() as u64,
+                            here_us = received.elapsed().as_micros() as u64,
+                            "applied a flush"
+                        );
                     }
                     if done.shard_routing_changed {
                         epochs.follow_copy(catalog.shard_routing()?);

@@ -10,8 +10,10 @@
 //! - [`keys`]: the key layout (version 1).
 //! - [`records`]: table and checkpoint records kept in `meta`.
 //! - [`wal`]: the write-ahead log read back as a replication stream.
+//! - [`recent`]: the last commits, in memory, for followers that keep up.
 
 pub mod keys;
+mod recent;
 pub mod records;
 pub mod wal;
 
@@ -30,6 +32,7 @@ use rocksdb::{
 };
 
 use featmux_engine::backend::RowData;
+use recent::RecentBatches;
 use records::{CheckpointRecord, ShardRouting, TableRecord};
 use wal::WalBatch;
 
@@ -81,6 +84,10 @@ pub struct StoreOptions {
     /// Also drop retained log older than this (RocksDB's `WAL_ttl_seconds`;
     /// with no size limit it is checked every half of it). 0: no age limit.
     pub retained_wal_secs: u64,
+    /// The last commits kept in memory, once a replica follows, for
+    /// followers that keep up (see [`recent`]); larger commits, and
+    /// followers further behind, are served from the log. 0 keeps none.
+    pub recent_log_bytes: usize,
 }
 
 /// Rolled-over info logs kept beside the current one.
@@ -95,6 +102,7 @@ impl Default for StoreOptions {
             max_info_log_bytes: 16 << 20,
             retained_wal_mb: 1024,
             retained_wal_secs: 0,
+            recent_log_bytes: 64 << 20,
         }
     }
 }
@@ -253,12 +261,32 @@ impl StoreBatch<'_> {
     pub fn commit(self, sync: bool) -> Result<(), StoreError> {
         let mut options = WriteOptions::default();
         options.set_sync(sync);
+        // Under the lock log followers wait under (no lost wakeup), which
+        // also orders commits, so the sequences a commit moved are its own.
+        let mut recent = self.store.recent.lock();
+        let count = self.batch.len() as u64;
+        let kept = recent.as_ref().map(|_| self.batch.data().to_vec());
+        let before = self.store.latest_sequence();
         self.store
             .db
             .write_opt(self.batch, &options)
             .map_err(|e| classify(&self.store.path, e))?;
-        // Wake log followers (under the lock they check under: no lost wakeup).
-        let _written = self.store.written.lock();
+        if let (Some(recent), Some(mut data)) = (recent.as_mut(), kept) {
+            // A write made past this store in between moves more
+            // sequences: the batch then starts a new run in `recent`.
+            let after = self.store.latest_sequence();
+            if count > 0 && after - before == count {
+                // The log's copy carries its sequence in the header.
+                data[..8].copy_from_slice(&(before + 1).to_le_bytes());
+                recent.push(WalBatch {
+                    sequence: before + 1,
+                    count: count as u32,
+                    data,
+                });
+            } else if count > 0 {
+                *recent = RecentBatches::new(self.store.recent_log_bytes);
+            }
+        }
         self.store.write_signal.notify_all();
         Ok(())
     }
@@ -268,8 +296,12 @@ impl StoreBatch<'_> {
 pub struct Store {
     db: DB,
     path: PathBuf,
+    /// The last commits, kept once a follower has asked for the log
+    /// (`None` before: a server without replicas copies nothing). Its lock
+    /// is the one followers wait for [`Self::write_signal`] under.
+    recent: Mutex<Option<RecentBatches>>,
+    recent_log_bytes: usize,
     /// Signalled after every commit, for followers of the log.
-    written: Mutex<()>,
     write_signal: Condvar,
 }
 
@@ -350,7 +382,7 @@ impl Store {
                 source,
             }
         })?;
-        let store = Store::wrap(db, path);
+        let store = Store::wrap(db, path, options.recent_log_bytes);
         store.check_format()?;
         Ok((store, applied))
     }
@@ -368,7 +400,8 @@ impl Store {
         }
         let db = DB::open_cf_for_read_only(&options, path, &existing, false)
             .map_err(|e| classify(path, e))?;
-        let store = Store::wrap(db, path);
+        // Read-only: nothing commits, nothing to keep.
+        let store = Store::wrap(db, path, 0);
         if featmux_migrations::schema_version(&store.db).map_err(|source| {
             StoreError::Migration {
                 path: path.to_owned(),
@@ -381,11 +414,12 @@ impl Store {
         Ok(store)
     }
 
-    fn wrap(db: DB, path: &Path) -> Store {
+    fn wrap(db: DB, path: &Path, recent_log_bytes: usize) -> Store {
         Store {
             db,
             path: path.to_owned(),
-            written: Mutex::new(()),
+            recent: Mutex::new(None),
+            recent_log_bytes,
             write_signal: Condvar::new(),
         }
     }
@@ -682,8 +716,17 @@ impl Store {
         after: u64,
         max_bytes: usize,
     ) -> Result<Option<Vec<WalBatch>>, StoreError> {
-        if after >= self.latest_sequence() {
-            return Ok(Some(Vec::new()));
+        {
+            // From now on commits are kept for followers.
+            let mut recent = self.recent.lock();
+            let capacity = self.recent_log_bytes;
+            let recent = recent.get_or_insert_with(|| RecentBatches::new(capacity));
+            if after >= self.latest_sequence() {
+                return Ok(Some(Vec::new()));
+            }
+            if let Some(batches) = recent.after(after, max_bytes) {
+                return Ok(Some(batches));
+            }
         }
         let updates = match self.db.get_updates_since(after) {
             Ok(updates) => updates,
@@ -726,11 +769,11 @@ impl Store {
     /// Waits until a write after sequence `after` is committed, or
     /// `timeout` passes; returns whether one was.
     pub fn wait_for_write(&self, after: u64, timeout: Duration) -> bool {
-        let mut written = self.written.lock();
+        let mut recent = self.recent.lock();
         if self.latest_sequence() > after {
             return true;
         }
-        self.write_signal.wait_for(&mut written, timeout);
+        self.write_signal.wait_for(&mut recent, timeout);
         self.latest_sequence() > after
     }
 
