@@ -10,6 +10,11 @@
 #   scripts/bench-serving.sh                 # 100 s, writes RESULTS/*.json
 #   DURATION=30 RESULTS=/tmp/x scripts/bench-serving.sh
 #   SERVE_FLAGS="--config my.toml" scripts/bench-serving.sh
+#   FEATMUX=/path/to/featmux scripts/bench-serving.sh   # another build
+#
+# The HTTP load generator keeps at most HTTP_CONCURRENCY (16) requests in
+# flight; when answers are slower than that allows, requests queue in it
+# and their latency, counted from when each was due, grows.
 #
 # Then `python3 scripts/lib/serving_report.py RESULTS...` tabulates runs.
 set -eu
@@ -20,12 +25,15 @@ RATE="${RATE:-500}"
 LOOKUP="${LOOKUP:-24}"
 TRAIN="${TRAIN:-16}"
 PUSH="${PUSH:-8}"
+HTTP_CONCURRENCY="${HTTP_CONCURRENCY:-16}"
 RESULTS="${RESULTS:-docs/results/serving-run}"
 GRPC=127.0.0.1:50081
 HTTP=127.0.0.1:8101
 
-cargo build --release -p featmux-cli
-FEATMUX="$CARGO_TARGET_DIR/release/featmux"
+if [ -z "${FEATMUX:-}" ]; then
+    cargo build --release -p featmux-cli
+    FEATMUX="$CARGO_TARGET_DIR/release/featmux"
+fi
 work=$(mktemp -d)
 server=""
 clients=""
@@ -62,7 +70,7 @@ run() {
 run lookup --workload lookup --examples 512 --concurrency "$LOOKUP"
 run train --workload train --examples 512 --concurrency "$TRAIN"
 run push --workload push --examples 512 --concurrency "$PUSH"
-run http --workload http-lookup --examples 1 --concurrency 64 --rate "$RATE"
+run http --workload http-lookup --examples 1 --concurrency "$HTTP_CONCURRENCY" --rate "$RATE"
 # shellcheck disable=SC2086
 wait $clients
 clients=""

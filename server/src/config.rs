@@ -232,6 +232,45 @@ impl Default for OccupancyConfig {
     }
 }
 
+/// Where request work runs (docs/DESIGN.md, "Serving beside training").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecutionConfig {
+    /// Threads running training work (batch lookups, pushes, Train
+    /// streams, row calls); 0: one per core.
+    pub bulk_threads: usize,
+    /// How much lower their CPU priority is (nice 0..=19; 0: the same as
+    /// serving's), so serving gets a core first.
+    pub bulk_nice: i32,
+    /// A training request that waited longer than this for a bulk thread
+    /// is refused with RESOURCE_EXHAUSTED instead of run.
+    pub bulk_max_wait_ms: u64,
+    /// Lookups without a ticket of at most this many values are serving
+    /// work (normal priority, never queued behind training).
+    pub serving_max_values: usize,
+}
+
+impl Default for ExecutionConfig {
+    fn default() -> Self {
+        ExecutionConfig {
+            bulk_threads: 0,
+            bulk_nice: 10,
+            bulk_max_wait_ms: 30_000,
+            serving_max_values: 4096,
+        }
+    }
+}
+
+impl ExecutionConfig {
+    /// Bulk threads to start: the configured count, else one per core.
+    pub fn bulk_threads(&self) -> usize {
+        match self.bulk_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -265,6 +304,7 @@ pub struct ServerConfig {
     pub cluster: Option<ClusterConfig>,
     pub replica: Option<ReplicaConfig>,
     pub occupancy: OccupancyConfig,
+    pub execution: ExecutionConfig,
 }
 
 impl Default for ServerConfig {
@@ -285,6 +325,7 @@ impl Default for ServerConfig {
             cluster: None,
             replica: None,
             occupancy: OccupancyConfig::default(),
+            execution: ExecutionConfig::default(),
         }
     }
 }
@@ -534,7 +575,7 @@ impl ServerConfig {
         // upper bounds keep arithmetic on them (`now + ttl`, timers, prost's
         // 2 GiB message limit, u32 entry counts) from overflowing.
         const DAY_SECS: u64 = 24 * 3600;
-        let ranges: [(&'static str, u64, u64, u64); 13] = [
+        let ranges: [(&'static str, u64, u64, u64); 16] = [
             (
                 "limits.max_batch_values",
                 self.limits.max_batch_values as u64,
@@ -603,6 +644,24 @@ impl ServerConfig {
                 0,
                 1 << 16,
             ),
+            (
+                "execution.bulk_threads",
+                self.execution.bulk_threads as u64,
+                0,
+                1024,
+            ),
+            (
+                "execution.bulk_max_wait_ms",
+                self.execution.bulk_max_wait_ms,
+                1,
+                DAY_SECS * 1000,
+            ),
+            (
+                "execution.serving_max_values",
+                self.execution.serving_max_values as u64,
+                0,
+                1 << 24,
+            ),
         ];
         for (field, value, least, most) in ranges {
             if !(least..=most).contains(&value) {
@@ -611,6 +670,15 @@ impl ServerConfig {
                     reason: format!("{value} is outside {least}..={most}"),
                 });
             }
+        }
+        if !(0..=19).contains(&self.execution.bulk_nice) {
+            return Err(ConfigError::Invalid {
+                field: "execution.bulk_nice",
+                reason: format!(
+                    "{} is outside 0..=19 (a lower priority than serving's, or the same)",
+                    self.execution.bulk_nice
+                ),
+            });
         }
         if let Some(replica) = &self.replica {
             if !(replica.primary.starts_with("http://") || replica.primary.starts_with("https://"))
@@ -868,7 +936,7 @@ mod tests {
     #[test]
     fn numeric_keys_outside_their_range_are_refused() {
         type Set = fn(&mut ServerConfig);
-        let cases: [(&str, Set); 9] = [
+        let cases: [(&str, Set); 13] = [
             ("tickets.ttl_secs", |c| c.tickets.ttl_secs = u64::MAX),
             ("tickets.ttl_secs", |c| c.tickets.ttl_secs = 0),
             ("shutdown_grace_secs", |c| c.shutdown_grace_secs = u64::MAX),
@@ -886,6 +954,14 @@ mod tests {
             }),
             ("storage.max_dirty_rows", |c| c.storage.max_dirty_rows = 0),
             ("tickets.max_bytes", |c| c.tickets.max_bytes = usize::MAX),
+            ("execution.bulk_nice", |c| c.execution.bulk_nice = 20),
+            ("execution.bulk_nice", |c| c.execution.bulk_nice = -5),
+            ("execution.bulk_max_wait_ms", |c| {
+                c.execution.bulk_max_wait_ms = 0
+            }),
+            ("execution.bulk_threads", |c| {
+                c.execution.bulk_threads = 100_000
+            }),
         ];
         for (key, set) in cases {
             let mut config = ServerConfig::default();

@@ -26,6 +26,9 @@ pub enum ErrorKind {
     /// UNIMPLEMENTED).
     MethodNotAllowed,
     Unavailable,
+    /// Too much work queued ahead of this request (training saturates the
+    /// server): retry with backoff.
+    Overloaded,
     Internal,
 }
 
@@ -67,6 +70,7 @@ impl ApiError {
             ErrorKind::StaleRoute => tonic::Code::Aborted,
             ErrorKind::MethodNotAllowed => tonic::Code::Unimplemented,
             ErrorKind::Unavailable => tonic::Code::Unavailable,
+            ErrorKind::Overloaded => tonic::Code::ResourceExhausted,
             ErrorKind::Internal => tonic::Code::Internal,
         }
     }
@@ -81,7 +85,7 @@ impl ApiError {
             ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::FailedPrecondition | ErrorKind::StaleRoute => StatusCode::CONFLICT,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Unavailable | ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

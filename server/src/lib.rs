@@ -10,7 +10,9 @@
 //!   [`machine`]: the memory the default memory budget comes from.
 //! - [`startup`]: binding the listeners and spawning the transports;
 //!   [`lifecycle`]: recovery, serving, draining and the final flush.
-//! - [`shared`]: what both transports share (operations, tokens, metrics).
+//! - [`shared`]: what both transports share (operations, tokens, metrics);
+//!   [`execution`]: where request work runs (training on low-priority bulk
+//!   threads, serving ahead of it).
 //! - [`api`]: the operations, shared by both transports, and their
 //!   request/response types.
 //! - [`grpc`], [`http`]: the transports; [`convert`] (protobuf) and
@@ -34,6 +36,7 @@ pub mod convert;
 pub mod dedup;
 pub mod error;
 pub mod examples;
+pub mod execution;
 pub mod grpc;
 pub mod http;
 pub mod lifecycle;

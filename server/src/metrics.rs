@@ -50,6 +50,8 @@ pub struct Metrics {
     memory_reserved_bytes: IntGauge,
     wal_bytes: IntGauge,
     flush_consecutive_failures: IntGauge,
+    bulk_queued: IntGauge,
+    bulk_wait: Histogram,
 }
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
@@ -99,7 +101,7 @@ impl Metrics {
                         "featmux_request_duration_seconds",
                         "Request latency by transport, endpoint and status",
                     )
-                    .buckets(buckets),
+                    .buckets(buckets.clone()),
                     &["transport", "endpoint", "code"],
                 )
                 .expect("valid metric"),
@@ -230,6 +232,21 @@ impl Metrics {
                 "featmux_flush_consecutive_failures",
                 "Flushes failed since the last one that worked (non-zero: pushes are not becoming durable)",
             ),
+            bulk_queued: gauge(
+                "featmux_bulk_queued",
+                "Training requests waiting for a bulk thread (execution.bulk_threads)",
+            ),
+            bulk_wait: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "featmux_bulk_wait_seconds",
+                        "How long training requests waited for a bulk thread",
+                    )
+                    .buckets(buckets),
+                )
+                .expect("valid metric"),
+            ),
             registry,
         }
     }
@@ -239,6 +256,14 @@ impl Metrics {
         OpCounters {
             rows_looked_up: self.rows_looked_up.clone(),
             rows_updated: self.rows_updated.clone(),
+        }
+    }
+
+    /// Where the bulk pool reports its queue.
+    pub fn bulk(&self) -> crate::execution::BulkMetrics {
+        crate::execution::BulkMetrics {
+            queued: self.bulk_queued.clone(),
+            waited: self.bulk_wait.clone(),
         }
     }
 

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use crate::auth::Tokens;
 use crate::codec::translate_codec_response;
 use crate::config::{ConfigError, ServerConfig};
+use crate::execution::BulkPool;
 use crate::metrics::Metrics;
 use crate::shared::Shared;
 use crate::{grpc, http, lifecycle};
@@ -117,6 +118,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
             data: config.auth.data_token.clone(),
             public_metrics: config.auth.public_metrics,
         },
+        bulk: BulkPool::start(
+            config.execution.bulk_threads(),
+            config.execution.bulk_nice,
+            Duration::from_millis(config.execution.bulk_max_wait_ms),
+            metrics.bulk(),
+        ),
+        serving_max_values: config.execution.serving_max_values,
         metrics,
         shutdown: stop_rx.clone(),
     });

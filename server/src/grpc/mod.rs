@@ -18,6 +18,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::execution::Lane;
+
 use crate::api::{Api, Encoding, PushTarget, Scope};
 use crate::convert;
 use crate::error::{ApiError, ErrorKind};
@@ -54,6 +56,7 @@ impl Shared {
     async fn grpc_unary<Req, Resp>(
         self: &Arc<Self>,
         endpoint: &'static str,
+        lane: Lane,
         request: Request<Req>,
         op: impl FnOnce(&Api, Req) -> Result<Resp, ApiError> + Send + 'static,
     ) -> Result<Response<Resp>, Status>
@@ -65,7 +68,7 @@ impl Shared {
         let result = match self.api() {
             Ok(api) => {
                 let message = request.into_inner();
-                crate::shared::run_blocking(api, move |api| op(api, message)).await
+                self.run(lane, api, move |api| op(api, message)).await
             }
             Err(e) => Err(e),
         };
@@ -81,6 +84,19 @@ impl Shared {
         }
         result.map(Response::new).map_err(Status::from)
     }
+}
+
+/// Values in a batch (every feature's), which decide a lookup's lane
+/// before anything is decoded.
+fn batch_values(batch: Option<&pb::Batch>) -> usize {
+    use pb::feature_values::Values;
+    let values = |f: &pb::FeatureValues| match &f.values {
+        Some(Values::Strings(v)) => v.values.len(),
+        Some(Values::Int64s(v)) => v.values.len(),
+        Some(Values::PackedStrings(v)) => v.lengths.len() / 4,
+        None => 0,
+    };
+    batch.map_or(0, |b| b.features.iter().map(values).sum())
 }
 
 fn lookup(api: &Api, req: pb::LookupRequest) -> Result<pb::LookupResponse, ApiError> {
@@ -146,14 +162,22 @@ impl EmbeddingService for EmbeddingGrpc {
         &self,
         request: Request<pb::LookupRequest>,
     ) -> Result<Response<pb::LookupResponse>, Status> {
-        self.shared.grpc_unary("Lookup", request, lookup).await
+        let lane = self.shared.lookup_lane(
+            request.get_ref().want_ticket,
+            batch_values(request.get_ref().batch.as_ref()),
+        );
+        self.shared
+            .grpc_unary("Lookup", lane, request, lookup)
+            .await
     }
 
     async fn push(
         &self,
         request: Request<pb::PushRequest>,
     ) -> Result<Response<pb::PushResponse>, Status> {
-        self.shared.grpc_unary("Push", request, push).await
+        self.shared
+            .grpc_unary("Push", Lane::Bulk, request, push)
+            .await
     }
 
     async fn lookup_rows(
@@ -161,7 +185,12 @@ impl EmbeddingService for EmbeddingGrpc {
         request: Request<pb::LookupRowsRequest>,
     ) -> Result<Response<pb::LookupRowsResponse>, Status> {
         self.shared
-            .grpc_unary("LookupRows", request, lookup_rows)
+            .grpc_unary(
+                "LookupRows",
+                self.shared.lookup_lane(false, request.get_ref().rows.len()),
+                request,
+                lookup_rows,
+            )
             .await
     }
 
@@ -169,7 +198,9 @@ impl EmbeddingService for EmbeddingGrpc {
         &self,
         request: Request<pb::PushRowsRequest>,
     ) -> Result<Response<pb::PushResponse>, Status> {
-        self.shared.grpc_unary("PushRows", request, push_rows).await
+        self.shared
+            .grpc_unary("PushRows", Lane::Bulk, request, push_rows)
+            .await
     }
 
     type TrainStream = TrainStream;
@@ -214,13 +245,15 @@ impl EmbeddingService for EmbeddingGrpc {
                 let (endpoint, result) = match message.op {
                     Some(pb::train_request::Op::Lookup(req)) => (
                         "Train/Lookup",
-                        crate::shared::run_blocking(api.clone(), move |api| lookup(api, req))
+                        shared
+                            .run(Lane::Bulk, api.clone(), move |api| lookup(api, req))
                             .await
                             .map(pb::train_response::Result::Lookup),
                     ),
                     Some(pb::train_request::Op::Push(req)) => (
                         "Train/Push",
-                        crate::shared::run_blocking(api.clone(), move |api| push(api, req))
+                        shared
+                            .run(Lane::Bulk, api.clone(), move |api| push(api, req))
                             .await
                             .map(pb::train_response::Result::Push),
                     ),
@@ -272,7 +305,7 @@ impl AdminService for AdminGrpc {
         request: Request<pb::CreateTableRequest>,
     ) -> Result<Response<pb::TableInfo>, Status> {
         self.shared
-            .grpc_unary("CreateTable", request, |api, req| {
+            .grpc_unary("CreateTable", Lane::Serving, request, |api, req| {
                 let spec = convert::table_spec_from_pb(req.table)?;
                 let features = convert::feature_specs_from_pb(req.features)?;
                 Ok(convert::table_info_to_pb(
@@ -287,7 +320,7 @@ impl AdminService for AdminGrpc {
         request: Request<pb::TableName>,
     ) -> Result<Response<pb::TableInfo>, Status> {
         self.shared
-            .grpc_unary("GetTable", request, |api, req| {
+            .grpc_unary("GetTable", Lane::Serving, request, |api, req| {
                 Ok(convert::table_info_to_pb(&api.table_info(&req.table)?))
             })
             .await
@@ -298,7 +331,7 @@ impl AdminService for AdminGrpc {
         request: Request<pb::ListTablesRequest>,
     ) -> Result<Response<pb::ListTablesResponse>, Status> {
         self.shared
-            .grpc_unary("ListTables", request, |api, _| {
+            .grpc_unary("ListTables", Lane::Serving, request, |api, _| {
                 Ok(pb::ListTablesResponse {
                     tables: api
                         .list_tables()
@@ -315,7 +348,7 @@ impl AdminService for AdminGrpc {
         request: Request<pb::TableName>,
     ) -> Result<Response<pb::DropTableResponse>, Status> {
         self.shared
-            .grpc_unary("DropTable", request, |api, req| {
+            .grpc_unary("DropTable", Lane::Serving, request, |api, req| {
                 api.drop_table(&req.table)?;
                 Ok(pb::DropTableResponse {})
             })
@@ -327,7 +360,7 @@ impl AdminService for AdminGrpc {
         request: Request<pb::AddFeaturesRequest>,
     ) -> Result<Response<pb::TableInfo>, Status> {
         self.shared
-            .grpc_unary("AddFeatures", request, |api, req| {
+            .grpc_unary("AddFeatures", Lane::Serving, request, |api, req| {
                 let features = convert::feature_specs_from_pb(req.features)?;
                 Ok(convert::table_info_to_pb(
                     &api.add_features(&req.table, features)?,
@@ -341,7 +374,7 @@ impl AdminService for AdminGrpc {
         request: Request<pb::CreateCheckpointRequest>,
     ) -> Result<Response<pb::Checkpoint>, Status> {
         self.shared
-            .grpc_unary("CreateCheckpoint", request, |api, req| {
+            .grpc_unary("CreateCheckpoint", Lane::Serving, request, |api, req| {
                 Ok(convert::checkpoint_to_pb(
                     api.create_checkpoint(scope(req.this_shard_only))?,
                 ))
@@ -354,7 +387,7 @@ impl AdminService for AdminGrpc {
         request: Request<pb::ListCheckpointsRequest>,
     ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
         self.shared
-            .grpc_unary("ListCheckpoints", request, |api, _| {
+            .grpc_unary("ListCheckpoints", Lane::Serving, request, |api, _| {
                 Ok(pb::ListCheckpointsResponse {
                     checkpoints: api
                         .list_checkpoints()?
@@ -371,7 +404,7 @@ impl AdminService for AdminGrpc {
         request: Request<pb::CheckpointId>,
     ) -> Result<Response<pb::DeleteCheckpointResponse>, Status> {
         self.shared
-            .grpc_unary("DeleteCheckpoint", request, |api, req| {
+            .grpc_unary("DeleteCheckpoint", Lane::Serving, request, |api, req| {
                 api.delete_checkpoint(req.id, scope(req.this_shard_only))?;
                 Ok(pb::DeleteCheckpointResponse {})
             })
@@ -383,7 +416,7 @@ impl AdminService for AdminGrpc {
         request: Request<pb::RestoreCheckpointRequest>,
     ) -> Result<Response<pb::TableInfo>, Status> {
         self.shared
-            .grpc_unary("RestoreCheckpoint", request, |api, req| {
+            .grpc_unary("RestoreCheckpoint", Lane::Serving, request, |api, req| {
                 let into = (!req.into.is_empty()).then_some(req.into.as_str());
                 Ok(convert::table_info_to_pb(&api.restore_checkpoint(
                     req.id,
@@ -400,7 +433,7 @@ impl AdminService for AdminGrpc {
         request: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
         self.shared
-            .grpc_unary("Stats", request, |api, _| {
+            .grpc_unary("Stats", Lane::Serving, request, |api, _| {
                 Ok(convert::stats_to_pb(&api.stats()))
             })
             .await
@@ -411,7 +444,7 @@ impl AdminService for AdminGrpc {
         request: Request<pb::ExplainRequest>,
     ) -> Result<Response<pb::ExplainResponse>, Status> {
         self.shared
-            .grpc_unary("Explain", request, |api, req| {
+            .grpc_unary("Explain", Lane::Serving, request, |api, req| {
                 let features = req
                     .features
                     .into_iter()
@@ -429,7 +462,7 @@ impl AdminService for AdminGrpc {
         request: Request<pb::OccupancyRequest>,
     ) -> Result<Response<pb::OccupancyResponse>, Status> {
         self.shared
-            .grpc_unary("Occupancy", request, |api, req| {
+            .grpc_unary("Occupancy", Lane::Serving, request, |api, req| {
                 Ok(convert::occupancy_to_pb(api.occupancy(&req.table)?))
             })
             .await

@@ -38,7 +38,9 @@ pub(super) async fn api_call<T: Send + 'static>(
     shared: &Shared,
     op: impl FnOnce(&crate::api::Api) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    crate::shared::run_blocking(shared.api()?, op).await
+    shared
+        .run(crate::execution::Lane::Serving, shared.api()?, op)
+        .await
 }
 
 async fn require(shared: Arc<Shared>, role: Role, request: Request, next: Next) -> Response {

@@ -8,7 +8,8 @@ use axum::Json;
 use crate::api::{Api, Encoding};
 use crate::error::ApiError;
 use crate::examples::{self};
-use crate::shared::{run_blocking, Shared};
+use crate::execution::Lane;
+use crate::shared::Shared;
 
 use super::bodies::{ErrorBody, LookupBody, LookupOutput};
 use super::{ApiJson, ApiPath};
@@ -81,7 +82,7 @@ pub(super) async fn lookup(
     if entries <= INLINE_MAX_ENTRIES {
         op(&api)
     } else {
-        run_blocking(api, op).await
+        shared.run(Lane::Serving, api, op).await
     }
     .map(Json)
 }
