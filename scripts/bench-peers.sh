@@ -2,7 +2,10 @@
 # Reproduces docs/results/performance.md and performance.png in one run:
 # featmux (gRPC and HTTP, through a real `featmux serve`), the same lookups
 # in-process, Redis MGET (plain and pipelined) over the same batches, a plain
-# TCP exchange of the same sizes, and iperf3 over loopback.
+# TCP exchange of the same sizes, iperf3 over loopback, and the PyTorch
+# peers a trainer would use instead (nn.EmbeddingBag; FBGEMM's TBE, forward
+# and with its fused row-wise Adagrad: python/benchmarks/peers.py, in the
+# venv scripts/lib/python-venv.sh makes if missing).
 #
 #   scripts/bench-peers.sh              # full run (~6 min), writes the report
 #   DURATION=2 scripts/bench-peers.sh   # shorter runs
@@ -13,6 +16,7 @@
 # FEATMUX, if set, is the featmux binary to measure (e.g. one built from an
 # earlier commit) instead of this tree's release build.
 # Installs redis-server, iperf3 and a font for the plot if missing.
+# TORCH_THREADS: the PyTorch peers' threads (default 2, this machine's cores).
 set -eu
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/featmux-target}"
@@ -37,6 +41,7 @@ if [ -n "$missing" ]; then
 fi
 
 cargo build --release -p featmux-cli -p featmux-tools
+. scripts/lib/python-venv.sh
 FEATMUX="${FEATMUX:-$CARGO_TARGET_DIR/release/featmux}"
 REPORT="$CARGO_TARGET_DIR/release/featmux-report"
 
@@ -120,6 +125,26 @@ train="--optimizer row-wise-adagrad --lr 0.05 $single"
 bench push-rowwise-adagrad --workload push --table rwa $train
 bench engine-push-rowwise-adagrad --workload engine-push --table rwa $train
 bench train-rowwise-adagrad --workload train --table rwa $train
+
+# PyTorch peers and the in-process engine on the same shapes: one table of
+# 10^6 rows every feature shares, 26 features, single values (4,096
+# examples) and bags of 20 (512 examples), 16 and 64 floats per row.
+torch_peer() {
+    name=$1
+    shift
+    echo "== torch $name: $*" >&2
+    "$venv/bin/python" python/benchmarks/peers.py --duration "$DURATION" \
+        --threads "${TORCH_THREADS:-2}" "$@" >"$RESULTS/torch-$name.json"
+}
+for dim in 16 64; do
+    torch_peer "single-d$dim-embedding-bag" --peers embedding-bag --examples 4096 --values 1 --dim "$dim"
+    torch_peer "bags-d$dim-embedding-bag" --peers embedding-bag --examples 512 --values 20 --dim "$dim"
+done
+torch_peer single-d16-tbe --peers tbe --examples 4096 --values 1 --dim 16
+torch_peer single-d16-tbe-train --peers tbe-train --examples 4096 --values 1 --dim 16
+bench engine-lookup-d64 --workload engine-lookup --table single64 --chunk-dim 64 $single
+bench bags-engine-lookup-d64 --workload engine-lookup --table bags64 --chunk-dim 64 $bags
+bench engine-train-rowwise-adagrad --workload engine-train --table rwa $train
 
 # HTTP serving: one example of 26 features, open loop.
 for rate in 100 1000 5000; do

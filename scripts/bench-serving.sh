@@ -12,6 +12,10 @@
 #   SERVE_FLAGS="--config my.toml" scripts/bench-serving.sh
 #   FEATMUX=/path/to/featmux scripts/bench-serving.sh   # another build
 #
+# TRAINERS_NICE=10 runs the training clients at that lower CPU priority:
+# a diagnostic for how much of the serving tail is their CPU on this shared
+# host (trainers normally run elsewhere).
+#
 # The HTTP load generator keeps at most HTTP_CONCURRENCY (16) requests in
 # flight; when answers are slower than that allows, requests queue in it
 # and their latency, counted from when each was due, grows.
@@ -26,6 +30,7 @@ LOOKUP="${LOOKUP:-24}"
 TRAIN="${TRAIN:-16}"
 PUSH="${PUSH:-8}"
 HTTP_CONCURRENCY="${HTTP_CONCURRENCY:-16}"
+TRAINERS_NICE="${TRAINERS_NICE:-0}"
 RESULTS="${RESULTS:-docs/results/serving-run}"
 GRPC=127.0.0.1:50081
 HTTP=127.0.0.1:8101
@@ -60,17 +65,18 @@ common="--addr http://$GRPC --json bench --http http://$HTTP --table serving --r
 # Create the table before the clients race to.
 # shellcheck disable=SC2086
 "$FEATMUX" $common --workload lookup --examples 1 --requests 1 >/dev/null
+# run NICE NAME [bench flags...]
 run() {
-    name=$1
-    shift
+    level=$1 name=$2
+    shift 2
     # shellcheck disable=SC2086
-    "$FEATMUX" $common --duration "$DURATION" "$@" >"$RESULTS/$name.json" &
+    nice -n "$level" "$FEATMUX" $common --duration "$DURATION" "$@" >"$RESULTS/$name.json" &
     clients="$clients $!"
 }
-run lookup --workload lookup --examples 512 --concurrency "$LOOKUP"
-run train --workload train --examples 512 --concurrency "$TRAIN"
-run push --workload push --examples 512 --concurrency "$PUSH"
-run http --workload http-lookup --examples 1 --concurrency "$HTTP_CONCURRENCY" --rate "$RATE"
+run "$TRAINERS_NICE" lookup --workload lookup --examples 512 --concurrency "$LOOKUP"
+run "$TRAINERS_NICE" train --workload train --examples 512 --concurrency "$TRAIN"
+run "$TRAINERS_NICE" push --workload push --examples 512 --concurrency "$PUSH"
+run 0 http --workload http-lookup --examples 1 --concurrency "$HTTP_CONCURRENCY" --rate "$RATE"
 # shellcheck disable=SC2086
 wait $clients
 clients=""

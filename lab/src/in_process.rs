@@ -86,6 +86,16 @@ impl InProcess {
             .map_err(Into::into)
     }
 
+    /// One training step: looks `batch` up keeping its plan, then pushes
+    /// `grads` for that plan; returns the bytes produced and applied.
+    pub fn train_step(&self, batch: &Batch, grads: &[Vec<f32>]) -> anyhow::Result<u64> {
+        let (embeddings, table, plan) = self.lookup_planned(batch)?;
+        self.push_planned(&table, &plan, grads)?;
+        let floats: u64 = embeddings.iter().map(|e| e.data.len() as u64).sum::<u64>()
+            + grads.iter().map(|g| g.len() as u64).sum::<u64>();
+        Ok(floats * 4)
+    }
+
     /// Pushes `grads` for `batch`; returns the gradient bytes applied.
     pub fn push(&self, batch: &Batch, grads: &[Vec<f32>]) -> anyhow::Result<u64> {
         self.catalog().push(&self.table, batch, grads)?;

@@ -248,6 +248,10 @@ pub struct ExecutionConfig {
     /// Lookups without a ticket of at most this many values are serving
     /// work (normal priority, never queued behind training).
     pub serving_max_values: usize,
+    /// Async threads of the HTTP listener (inference lookups, admin,
+    /// metrics), apart from gRPC's so HTTP requests never queue behind
+    /// training messages; 0: one per core.
+    pub http_threads: usize,
 }
 
 impl Default for ExecutionConfig {
@@ -257,6 +261,7 @@ impl Default for ExecutionConfig {
             bulk_nice: 10,
             bulk_max_wait_ms: 30_000,
             serving_max_values: 4096,
+            http_threads: 0,
         }
     }
 }
@@ -264,10 +269,20 @@ impl Default for ExecutionConfig {
 impl ExecutionConfig {
     /// Bulk threads to start: the configured count, else one per core.
     pub fn bulk_threads(&self) -> usize {
-        match self.bulk_threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        }
+        or_cores(self.bulk_threads)
+    }
+
+    /// HTTP threads to start: the configured count, else one per core.
+    pub fn http_threads(&self) -> usize {
+        or_cores(self.http_threads)
+    }
+}
+
+/// `n`, or the number of cores for 0.
+fn or_cores(n: usize) -> usize {
+    match n {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
     }
 }
 
@@ -575,7 +590,7 @@ impl ServerConfig {
         // upper bounds keep arithmetic on them (`now + ttl`, timers, prost's
         // 2 GiB message limit, u32 entry counts) from overflowing.
         const DAY_SECS: u64 = 24 * 3600;
-        let ranges: [(&'static str, u64, u64, u64); 16] = [
+        let ranges: [(&'static str, u64, u64, u64); 17] = [
             (
                 "limits.max_batch_values",
                 self.limits.max_batch_values as u64,
@@ -661,6 +676,12 @@ impl ServerConfig {
                 self.execution.serving_max_values as u64,
                 0,
                 1 << 24,
+            ),
+            (
+                "execution.http_threads",
+                self.execution.http_threads as u64,
+                0,
+                1024,
             ),
         ];
         for (field, value, least, most) in ranges {

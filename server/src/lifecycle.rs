@@ -20,6 +20,7 @@ use crate::dedup::PushDedup;
 use crate::replication::follower::Follower;
 use crate::replication::ReplicaStatus;
 use crate::shared::Shared;
+use crate::startup::HttpThreads;
 use crate::startup::{start, ServeError};
 use crate::tickets::TicketCache;
 
@@ -31,7 +32,7 @@ pub(crate) async fn run(
     stop: watch::Sender<bool>,
     mut stopped: watch::Receiver<bool>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
-    http: JoinHandle<std::io::Result<()>>,
+    (http, _http_threads): (JoinHandle<std::io::Result<()>>, HttpThreads),
 ) -> Result<(), ServeError> {
     let started = Instant::now();
     let data_dir = config.data_dir.clone();

@@ -76,6 +76,19 @@ impl RunningServer {
     }
 }
 
+/// The HTTP listener's own runtime, stopped (without waiting for blocking
+/// tasks) when the server's lifecycle ends; a runtime must not be dropped
+/// plainly inside another.
+pub(crate) struct HttpThreads(Option<tokio::runtime::Runtime>);
+
+impl Drop for HttpThreads {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr).await.map_err(|e| ServeError::Bind {
         addr,
@@ -190,14 +203,32 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     };
 
     let app = http::router(shared.clone(), config.limits.max_request_bytes);
+    // HTTP (inference lookups, admin, metrics) has async threads of its
+    // own: its requests never queue behind the gRPC workers' training
+    // messages (docs/DESIGN.md, "Serving beside training").
+    let http_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.execution.http_threads())
+        .thread_name("featmux-http")
+        .enable_all()
+        .build()
+        .map_err(|e| ServeError::Transport {
+            transport: "HTTP",
+            reason: format!("cannot start its threads: {e}"),
+        })?;
+    let http_listener = http_listener.into_std().map_err(|e| ServeError::Bind {
+        addr: http_addr,
+        reason: e.to_string(),
+    })?;
     let http = {
         let mut stopped = stop_rx.clone();
         let until_stopped = async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
         match tls {
-            None => tokio::spawn(async move {
-                axum::serve(http_listener, app)
+            None => http_runtime.spawn(async move {
+                // Registered with the HTTP runtime's own I/O driver.
+                let listener = TcpListener::from_std(http_listener)?;
+                axum::serve(listener, app)
                     .with_graceful_shutdown(until_stopped)
                     .await
             }),
@@ -209,16 +240,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
                 let handle = axum_server::Handle::new();
                 let grace = Duration::from_secs(config.shutdown_grace_secs);
                 let shutdown_handle = handle.clone();
-                tokio::spawn(async move {
+                http_runtime.spawn(async move {
                     until_stopped.await;
                     shutdown_handle.graceful_shutdown(Some(grace));
                 });
-                let listener = http_listener.into_std().map_err(|e| ServeError::Bind {
-                    addr: http_addr,
-                    reason: e.to_string(),
-                })?;
-                tokio::spawn(async move {
-                    axum_server::from_tcp_rustls(listener, rustls_config)
+                http_runtime.spawn(async move {
+                    axum_server::from_tcp_rustls(http_listener, rustls_config)
                         .handle(handle)
                         .serve(app.into_make_service())
                         .await
@@ -241,7 +268,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         stop.clone(),
         stop_rx,
         grpc,
-        http,
+        (http, HttpThreads(Some(http_runtime))),
     ));
     Ok(RunningServer {
         grpc_addr,

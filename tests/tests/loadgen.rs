@@ -136,7 +136,7 @@ fn peers_run_through_the_same_harness() {
             &[&["--duration", "0.5", "--concurrency", "2"], args].concat(),
         )
     };
-    for workload in ["engine-lookup", "engine-push", "tcp-blast"] {
+    for workload in ["engine-lookup", "engine-push", "engine-train", "tcp-blast"] {
         assert_well_formed(&peer(&["--workload", workload]), workload, 1);
     }
     let tcp = peer(&["--workload", "tcp-blast", "--requests", "10"]);

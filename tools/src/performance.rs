@@ -127,7 +127,7 @@ const RATIOS: &[Ratio] = &[
     },
     Ratio {
         what: "lookup: service vs in-process engine (examples/s)",
-        target: "",
+        target: "≥ 70%",
         featmux: ("lookup", "/examples_per_s"),
         peer: ("engine-lookup", "/examples_per_s"),
         peer_scale: 1.0,
@@ -135,7 +135,7 @@ const RATIOS: &[Ratio] = &[
     },
     Ratio {
         what: "push, row-wise Adagrad: service vs in-process engine (examples/s)",
-        target: "≥ 50%",
+        target: "≥ 85%",
         featmux: ("push-rowwise-adagrad", "/examples_per_s"),
         peer: ("engine-push-rowwise-adagrad", "/examples_per_s"),
         peer_scale: 1.0,
@@ -143,11 +143,59 @@ const RATIOS: &[Ratio] = &[
     },
     Ratio {
         what: "train stream (lookup with ticket + push), row-wise Adagrad: service vs in-process lookup + push",
-        target: "",
+        target: "≥ 70%",
         featmux: ("train-rowwise-adagrad", "/examples_per_s"),
-        peer: ("engine-push-rowwise-adagrad", "/examples_per_s"),
+        peer: ("engine-train-rowwise-adagrad", "/examples_per_s"),
         peer_scale: 1.0,
         unit: "examples/s",
+    },
+    Ratio {
+        what: "in-process lookup vs PyTorch nn.EmbeddingBag forward (rows/s; 4096 ex × 26 single-valued, d = 16)",
+        target: "≥ 100%",
+        featmux: ("engine-lookup", "/rows_per_s"),
+        peer: ("torch-single-d16-embedding-bag", "/rows_per_s"),
+        peer_scale: 1.0,
+        unit: "rows/s",
+    },
+    Ratio {
+        what: "… single-valued, d = 64",
+        target: "≥ 100%",
+        featmux: ("engine-lookup-d64", "/rows_per_s"),
+        peer: ("torch-single-d64-embedding-bag", "/rows_per_s"),
+        peer_scale: 1.0,
+        unit: "rows/s",
+    },
+    Ratio {
+        what: "… bags of 20 (512 ex × 26 features), d = 16",
+        target: "≥ 100%",
+        featmux: ("bags-engine-lookup", "/rows_per_s"),
+        peer: ("torch-bags-d16-embedding-bag", "/rows_per_s"),
+        peer_scale: 1.0,
+        unit: "rows/s",
+    },
+    Ratio {
+        what: "… bags of 20, d = 64",
+        target: "≥ 100%",
+        featmux: ("bags-engine-lookup-d64", "/rows_per_s"),
+        peer: ("torch-bags-d64-embedding-bag", "/rows_per_s"),
+        peer_scale: 1.0,
+        unit: "rows/s",
+    },
+    Ratio {
+        what: "in-process lookup vs FBGEMM TBE forward on the CPU (TorchRec's kernel; single-valued, d = 16)",
+        target: "",
+        featmux: ("engine-lookup", "/rows_per_s"),
+        peer: ("torch-single-d16-tbe", "/rows_per_s"),
+        peer_scale: 1.0,
+        unit: "rows/s",
+    },
+    Ratio {
+        what: "in-process lookup + push, row-wise Adagrad vs FBGEMM TBE forward + backward + fused row-wise Adagrad",
+        target: "≥ 100%",
+        featmux: ("engine-train-rowwise-adagrad", "/rows_per_s"),
+        peer: ("torch-single-d16-tbe-train", "/rows_per_s"),
+        peer_scale: 1.0,
+        unit: "rows/s",
     },
 ];
 
@@ -205,7 +253,8 @@ pub fn markdown(
     }
     for r in RATIOS {
         let (f, p) = ratio_cell(results, r)?;
-        let old = before.map(|b| ratio_cell(b, r)).transpose()?;
+        // A comparison added since the earlier run has no before figures.
+        let old = before.and_then(|b| ratio_cell(b, r).ok());
         let (what, unit, target) = (r.what, r.unit, r.target);
         let ratio = |f: f64, p: f64| {
             let x = f / p;
@@ -232,7 +281,13 @@ pub fn markdown(
                 fmt_num(p),
                 ratio(f, p)
             ),
-            None => unreachable!("before figures exist when --before is given"),
+            None => writeln!(
+                w,
+                "| {what} | {} {unit} | {} | **{}** | – | – | {target} |",
+                fmt_num(f),
+                fmt_num(p),
+                ratio(f, p)
+            ),
         }
         .unwrap();
     }
@@ -438,6 +493,10 @@ mod tests {
             ("push-rowwise-adagrad", "push", 3e6),
             ("engine-push-rowwise-adagrad", "engine-push", 4e6),
             ("train-rowwise-adagrad", "train", 1e6),
+            ("engine-train-rowwise-adagrad", "engine-train", 2e6),
+            ("engine-lookup-d64", "engine-lookup", 3e6),
+            ("bags-engine-lookup", "engine-lookup", 2e6),
+            ("bags-engine-lookup-d64", "engine-lookup", 1e6),
             ("http-100", "http-lookup", 1.0),
             ("http-1000", "http-lookup", 1.0),
             ("http-5000", "http-lookup", 1.0),
@@ -448,6 +507,21 @@ mod tests {
             let mut r = run("lookup", 1e6 * (i + 1) as f64);
             r["examples"] = json!(n);
             write_run(dir, &format!("scale-batch-{n}"), &r);
+        }
+        // The PyTorch peers' lines (python/benchmarks/peers.py).
+        for (name, rows_per_s) in [
+            ("single-d16-embedding-bag", 260e6),
+            ("single-d64-embedding-bag", 52e6),
+            ("bags-d16-embedding-bag", 52e6),
+            ("bags-d64-embedding-bag", 26e6),
+            ("single-d16-tbe", 130e6),
+            ("single-d16-tbe-train", 26e6),
+        ] {
+            write_run(
+                dir,
+                &format!("torch-{name}"),
+                &json!({"peer": name, "rows_per_s": rows_per_s}),
+            );
         }
         write_run(
             dir,
@@ -476,7 +550,18 @@ mod tests {
         assert!(md.contains("| 4 MB/s | 2 | **2.00×** | ≥ 60% |"), "{md}");
         // Service push 3 M vs in-process 4 M examples/s.
         assert!(
-            md.contains("| 3.0M examples/s | 4.0M | **75%** | ≥ 50% |"),
+            md.contains("| 3.0M examples/s | 4.0M | **75%** | ≥ 85% |"),
+            "{md}"
+        );
+        // In-process 5 M examples × 26 = 130 M rows/s against
+        // nn.EmbeddingBag's 260 M; a step of 2 M × 26 against TBE's fused
+        // training step at 26 M rows/s.
+        assert!(
+            md.contains("| 130.0M rows/s | 260.0M | **50%** | ≥ 100% |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 52.0M rows/s | 26.0M | **2.00×** | ≥ 100% |"),
             "{md}"
         );
         assert!(md.contains("cpu: test"));
@@ -489,6 +574,14 @@ mod tests {
         let md = markdown(&results, Some(&old), "p.png").unwrap();
         assert!(
             md.contains("| 4.0M floats/s | 1.0M | **4.00×** | 1.0M | 1.00× | ≥ 2× |"),
+            "{md}"
+        );
+        // A comparison the earlier run did not have shows no before figure.
+        std::fs::remove_file(before.path().join("torch-single-d16-tbe-train.json")).unwrap();
+        let old = Results::load(before.path()).unwrap();
+        let md = markdown(&results, Some(&old), "p.png").unwrap();
+        assert!(
+            md.contains("| 52.0M rows/s | 26.0M | **2.00×** | – | – | ≥ 100% |"),
             "{md}"
         );
     }

@@ -18,6 +18,10 @@ pub enum Workload {
     EngineLookup,
     /// Peer: the same pushes in-process.
     EnginePush,
+    /// Peer: the same training steps in-process (lookup keeping its plan,
+    /// then the push of that plan): what the Train stream costs without
+    /// the service.
+    EngineTrain,
     /// Peer: the same embeddings fetched from Redis with MGET (`--redis`),
     /// bags pooled by the client.
     RedisMget,

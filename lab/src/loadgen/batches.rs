@@ -80,10 +80,11 @@ pub(super) fn prepare(args: &BenchArgs, keys: &Keys, rng: &mut StdRng) -> Prepar
     }
     let width = (args.chunks * args.chunk_dim) as usize;
     let batch = batch.build().expect("a well-formed generated batch");
-    let engine =
-        matches!(args.workload, Workload::EngineLookup | Workload::EnginePush).then(|| {
-            convert::batch_from_pb(Some(batch.clone())).expect("a well-formed generated batch")
-        });
+    let engine = matches!(
+        args.workload,
+        Workload::EngineLookup | Workload::EnginePush | Workload::EngineTrain
+    )
+    .then(|| convert::batch_from_pb(Some(batch.clone())).expect("a well-formed generated batch"));
     let redis = (args.workload == Workload::RedisMget).then(|| redis::RedisBatch {
         keys: redis_keys.concat(),
         values: args.values,

@@ -96,6 +96,10 @@ pub(super) async fn send(
         (Workload::EngineLookup, Transport::Engine(e)) => {
             e.lookup(input.engine.as_ref().expect("prepared for the engine"))
         }
+        (Workload::EngineTrain, Transport::Engine(e)) => e.train_step(
+            input.engine.as_ref().expect("prepared for the engine"),
+            &input.grads,
+        ),
         (Workload::EnginePush, Transport::Engine(e)) => e.push(
             input.engine.as_ref().expect("prepared for the engine"),
             &input.grads,

@@ -73,7 +73,7 @@ pub async fn run(options: ClientOptions, json: bool, args: BenchArgs) -> anyhow:
         })
         .collect();
     let in_process = match args.workload {
-        Workload::EngineLookup | Workload::EnginePush => {
+        Workload::EngineLookup | Workload::EnginePush | Workload::EngineTrain => {
             let (table, features) = table_config(&args)?;
             Some(Arc::new(InProcess::create(table, features)?))
         }
@@ -89,7 +89,7 @@ pub async fn run(options: ClientOptions, json: bool, args: BenchArgs) -> anyhow:
     let mut clients = Vec::with_capacity(args.concurrency);
     for inputs in inputs {
         let transport = match args.workload {
-            Workload::EngineLookup | Workload::EnginePush => {
+            Workload::EngineLookup | Workload::EnginePush | Workload::EngineTrain => {
                 Transport::Engine(in_process.clone().expect("opened above"))
             }
             Workload::RedisMget => Transport::Redis(
