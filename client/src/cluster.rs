@@ -42,6 +42,11 @@ const STALE_ROUTE_RETRY_FOR: Duration = Duration::from_secs(10);
 /// Retries of a call to one shard while it answers UNAVAILABLE.
 const SHARD_RETRIES: u32 = 1;
 
+/// How old a route may get, when reading from replicas, before it is read
+/// again: replicas come and go (a new one is found, a dead one dropped
+/// once its lease expires) without any call failing.
+const REPLICAS_REREAD_AFTER: Duration = Duration::from_secs(10);
+
 /// Where lookups without a ticket read each shard's rows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ReadFrom {
@@ -76,6 +81,8 @@ struct Route {
     shards: Vec<RouteShard>,
     /// Turns among each shard's replicas.
     next_replica: AtomicUsize,
+    /// When this route was read from etcd.
+    read_at: Instant,
 }
 
 impl Route {
@@ -210,10 +217,15 @@ impl ClusterClient {
         Ok(client)
     }
 
-    /// The route of `table`, read from etcd unless cached.
+    /// The route of `table`, read from etcd unless cached (and, reading
+    /// from replicas, younger than [`REPLICAS_REREAD_AFTER`]).
     async fn route(&self, table: &str) -> Result<Arc<Route>, ClientError> {
         if let Some(route) = self.routes.lock().expect("routes").get(table) {
-            return Ok(route.clone());
+            let fresh = self.read_from == ReadFrom::Shards
+                || route.read_at.elapsed() < REPLICAS_REREAD_AFTER;
+            if fresh {
+                return Ok(route.clone());
+            }
         }
         let unknown = || ClientError::Cluster(format!("unknown table `{table}`"));
         let info = self
@@ -272,6 +284,7 @@ impl ClusterClient {
             registry,
             shards,
             next_replica: AtomicUsize::new(0),
+            read_at: Instant::now(),
         });
         route
             .map

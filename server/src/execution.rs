@@ -6,9 +6,10 @@
 //! blocking pool each such request got a thread of its own: 48 training
 //! clients made 48 runnable threads on two cores, and the two async
 //! workers that move every request's bytes (and serve small HTTP lookups
-//! inline) got 2 of 50 shares of the CPU. Serving lookups starved (210 of
-//! 500 req/s, p99 57 s in the measured soak). So work goes to one of two
-//! lanes:
+//! inline) got 2 of 50 shares of the CPU. Serving lookups starved (260 of
+//! 500 req/s answered, p99 47 s: docs/results/serving.md). So work goes to
+//! one of two lanes, and HTTP has async threads of its own
+//! (`execution.http_threads`, started in [`crate::startup`]):
 //!
 //! - **Bulk** ([`BulkPool`]): a fixed pool of `execution.bulk_threads`
 //!   threads (default: one per core) whose CPU priority is lowered
@@ -48,7 +49,7 @@ type Job = Box<dyn FnOnce() + Send>;
 /// Fixed threads at lowered CPU priority running bulk work in arrival
 /// order.
 pub struct BulkPool {
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: mpsc::Sender<Job>,
     max_wait: Duration,
     /// Jobs submitted and not yet started.
     queued: IntGauge,
@@ -87,7 +88,7 @@ impl BulkPool {
                 .expect("spawning a bulk thread");
         }
         BulkPool {
-            jobs: Mutex::new(sender),
+            jobs: sender,
             max_wait,
             queued: metrics.queued,
             waited: metrics.waited,
@@ -134,7 +135,7 @@ impl BulkPool {
             let _ = tx.send(result);
         });
         self.queued.inc();
-        if self.jobs.lock().send(job).is_err() {
+        if self.jobs.send(job).is_err() {
             self.queued.dec();
             return Err(ApiError::new(
                 ErrorKind::Unavailable,

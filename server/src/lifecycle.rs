@@ -20,8 +20,7 @@ use crate::dedup::PushDedup;
 use crate::replication::follower::Follower;
 use crate::replication::ReplicaStatus;
 use crate::shared::Shared;
-use crate::startup::HttpThreads;
-use crate::startup::{start, ServeError};
+use crate::startup::{start, HttpThreads, ServeError};
 use crate::tickets::TicketCache;
 
 /// Recovers, serves until shutdown, then drains and flushes.

@@ -3,15 +3,17 @@
 //! `[cluster]`. Each replica lists itself under its shard in etcd, follows
 //! its shard's map epochs through the shard's log (a new epoch reaches it
 //! only with the data), and serves a `ClusterClient` reading from replicas
-//! with what the shards serve, even once every shard is dead; pushes and
-//! ticket lookups still go to the shards, and a replica refuses writes.
+//! with what the shards serve, even once every shard is dead (a client
+//! started before the replicas existed finds them by reading its route
+//! again); pushes and ticket lookups still go to the shards, and a replica
+//! refuses writes.
 
 use std::time::{Duration, Instant};
 
 use featmux_client::{pb, BatchBuilder, ClientError, ClientOptions, ClusterClient, Code, ReadFrom};
 use featmux_engine::backend::RowGradients;
 use featmux_tests::etcd::Etcd;
-use featmux_tests::requests::{feature, sgd_table};
+use featmux_tests::requests::{feature, sgd_table, Http};
 use featmux_tests::server::{ServerSettings, TestServer};
 
 const PREFIX: &str = "/featmux/replicas";
@@ -97,6 +99,28 @@ async fn replicas_caught_up(shards: &ClusterClient, replicas: &ClusterClient) ->
         assert!(Instant::now() < deadline, "the replicas did not catch up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Rows each server has looked up so far (its metrics).
+async fn rows_looked_up(servers: &[TestServer]) -> Vec<f64> {
+    let mut rows = Vec::new();
+    for server in servers {
+        let http = Http::new(reqwest::Client::new(), server.http_url(), "");
+        let (_, body) = http.get("/metrics").await;
+        let text = body
+            .as_str()
+            .map_or_else(|| body.to_string(), str::to_owned);
+        rows.push(
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix("featmux_rows_looked_up_total ")?
+                        .parse()
+                        .ok()
+                })
+                .expect("featmux_rows_looked_up_total"),
+        );
+    }
+    rows
 }
 
 #[test]
@@ -197,5 +221,38 @@ fn replicas_of_shards_serve_the_cluster_at_the_current_map_epoch() {
         );
         let ticket = survivor.lookup("t", &batch(0..IDS), true).await;
         assert!(ticket.is_err(), "a ticket lookup went to a replica");
+    });
+}
+
+/// A client reading from replicas that started before any replica was
+/// listed finds them once its route is older than the re-read period,
+/// with no failed call to make it look.
+#[test]
+fn a_serving_client_finds_replicas_listed_after_it_started() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let primary = shard(dir.path(), &etcd, "s0");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        primary
+            .client(None)
+            .await
+            .create_table(
+                sgd_table("t", ROWS, 4, 0.5),
+                vec![feature("id", pb::ValueType::Int64, pb::Pooling::Sum, 1)],
+            )
+            .await
+            .unwrap();
+        let early = connect(&etcd, ReadFrom::Replicas).await;
+        let route_read = Instant::now();
+        let want = state(&early).await.unwrap();
+        let mut r = replica(dir.path(), &etcd, &primary, "s0-r0");
+        r.wait_for_log("listed as a replica of the shard");
+        let replicas = [r];
+        state(&early).await.unwrap();
+        assert_eq!(rows_looked_up(&replicas).await, [0.0], "a cached route");
+        tokio::time::sleep_until((route_read + Duration::from_secs(11)).into()).await;
+        assert_eq!(state(&early).await.unwrap(), want);
+        assert!(rows_looked_up(&replicas).await[0] > 0.0, "read again");
     });
 }
