@@ -47,6 +47,10 @@ const SHARD_RETRIES: u32 = 1;
 /// once its lease expires) without any call failing.
 const REPLICAS_REREAD_AFTER: Duration = Duration::from_secs(10);
 
+/// How long a lookup waits for that re-read before it goes on with the
+/// route it has (etcd away must not stall or fail serving reads).
+const REREAD_WAIT: Duration = Duration::from_millis(500);
+
 /// Where lookups without a ticket read each shard's rows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ReadFrom {
@@ -81,8 +85,8 @@ struct Route {
     shards: Vec<RouteShard>,
     /// Turns among each shard's replicas.
     next_replica: AtomicUsize,
-    /// When this route was read from etcd.
-    read_at: Instant,
+    /// When this route is due to be read again (reading from replicas).
+    reread_at: Mutex<Instant>,
 }
 
 impl Route {
@@ -105,6 +109,18 @@ impl Route {
                 "it is not a live member of the cluster (its lease expired)",
             )
         })
+    }
+
+    /// Whether the caller should read this route again now: once per
+    /// period, whoever asks first (the others go on with this one).
+    fn claim_reread(&self) -> bool {
+        let mut at = self.reread_at.lock().expect("reread_at");
+        let now = Instant::now();
+        if now < *at {
+            return false;
+        }
+        *at = now + REPLICAS_REREAD_AFTER;
+        true
     }
 
     /// The replica of shard `s` whose turn it is, if it has any.
@@ -217,16 +233,26 @@ impl ClusterClient {
         Ok(client)
     }
 
-    /// The route of `table`, read from etcd unless cached (and, reading
-    /// from replicas, younger than [`REPLICAS_REREAD_AFTER`]).
+    /// The route of `table`, read from etcd unless cached. Reading from
+    /// replicas, a cached route is read again every
+    /// [`REPLICAS_REREAD_AFTER`]; if that takes longer than
+    /// [`REREAD_WAIT`] or fails, the cached route serves on.
     async fn route(&self, table: &str) -> Result<Arc<Route>, ClientError> {
-        if let Some(route) = self.routes.lock().expect("routes").get(table) {
-            let fresh = self.read_from == ReadFrom::Shards
-                || route.read_at.elapsed() < REPLICAS_REREAD_AFTER;
-            if fresh {
-                return Ok(route.clone());
-            }
+        let cached = self.routes.lock().expect("routes").get(table).cloned();
+        let Some(route) = cached else {
+            return self.read_route(table).await;
+        };
+        if self.read_from == ReadFrom::Shards || !route.claim_reread() {
+            return Ok(route);
         }
+        match tokio::time::timeout(REREAD_WAIT, self.read_route(table)).await {
+            Ok(Ok(fresh)) => Ok(fresh),
+            _ => Ok(route),
+        }
+    }
+
+    /// Reads the route of `table` from etcd and caches it.
+    async fn read_route(&self, table: &str) -> Result<Arc<Route>, ClientError> {
         let unknown = || ClientError::Cluster(format!("unknown table `{table}`"));
         let info = self
             .store
@@ -284,7 +310,7 @@ impl ClusterClient {
             registry,
             shards,
             next_replica: AtomicUsize::new(0),
-            read_at: Instant::now(),
+            reread_at: Mutex::new(Instant::now() + REPLICAS_REREAD_AFTER),
         });
         route
             .map

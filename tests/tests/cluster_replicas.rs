@@ -226,10 +226,11 @@ fn replicas_of_shards_serve_the_cluster_at_the_current_map_epoch() {
 
 /// A client reading from replicas that started before any replica was
 /// listed finds them once its route is older than the re-read period,
-/// with no failed call to make it look.
+/// with no failed call to make it look; with etcd down it serves on with
+/// the route it has.
 #[test]
 fn a_serving_client_finds_replicas_listed_after_it_started() {
-    let etcd = Etcd::start();
+    let mut etcd = Etcd::start();
     let dir = tempfile::tempdir().unwrap();
     let primary = shard(dir.path(), &etcd, "s0");
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -254,5 +255,17 @@ fn a_serving_client_finds_replicas_listed_after_it_started() {
         tokio::time::sleep_until((route_read + Duration::from_secs(11)).into()).await;
         assert_eq!(state(&early).await.unwrap(), want);
         assert!(rows_looked_up(&replicas).await[0] > 0.0, "read again");
+
+        // With etcd gone, the next re-read fails: the route it has serves
+        // on, promptly.
+        etcd.kill(0);
+        tokio::time::sleep_until((route_read + Duration::from_secs(22)).into()).await;
+        let started = Instant::now();
+        assert_eq!(state(&early).await.unwrap(), want);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
     });
 }
