@@ -273,12 +273,7 @@ impl ClusterStore {
     /// The revision each shard has applied, by shard id.
     pub async fn applied(&self) -> Result<Vec<(String, i64)>, ClusterError> {
         let prefix = self.key("applied", "");
-        let response = self
-            .retry(|mut c| {
-                let prefix = prefix.clone();
-                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await?;
+        let response = self.get_prefix(&prefix).await?;
         Ok(response
             .kvs()
             .iter()
@@ -292,12 +287,7 @@ impl ClusterStore {
     /// Tables, maps and members in one read (so at one revision).
     pub async fn snapshot(&self) -> Result<Snapshot, ClusterError> {
         let root = format!("{}/", self.prefix);
-        let response = self
-            .retry(|mut c| {
-                let root = root.clone();
-                async move { c.get(root, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await?;
+        let response = self.get_prefix(&root).await?;
         let mut snapshot = Snapshot {
             revision: revision_of(response.header()),
             ..Snapshot::default()
@@ -425,12 +415,7 @@ impl ClusterStore {
     /// copies.
     pub async fn replicas(&self) -> Result<Vec<(String, pb::ShardMember)>, ClusterError> {
         let prefix = self.key("replicas", "");
-        let response = self
-            .retry(|mut c| {
-                let prefix = prefix.clone();
-                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await?;
+        let response = self.get_prefix(&prefix).await?;
         let mut replicas = Vec::new();
         for kv in response.kvs() {
             let key = String::from_utf8_lossy(kv.key());
@@ -456,12 +441,16 @@ impl ClusterStore {
         &self,
         prefix: &str,
     ) -> Result<Vec<Versioned<T>>, ClusterError> {
-        let response = self
-            .retry(
-                |mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await },
-            )
-            .await?;
+        let response = self.get_prefix(prefix).await?;
         response.kvs().iter().map(decode).collect()
+    }
+
+    /// Every key under `prefix`, in one read.
+    async fn get_prefix(&self, prefix: &str) -> Result<etcd_client::GetResponse, ClusterError> {
+        self.retry(
+            |mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await },
+        )
+        .await
     }
 
     async fn swap(&self, key: &str, revision: i64, value: Vec<u8>) -> Result<i64, ClusterError> {

@@ -101,15 +101,19 @@ async fn tables_and_maps_change_only_by_compare_and_swap() {
     assert!(store.map("t").await.unwrap().is_none());
 }
 
+/// A member `id` at made-up addresses.
+fn member(id: &str) -> pb::ShardMember {
+    pb::ShardMember {
+        id: id.into(),
+        grpc: format!("http://{id}:50051"),
+        http: format!("http://{id}:8080"),
+    }
+}
+
 #[tokio::test]
 async fn a_member_that_stops_renewing_its_lease_disappears() {
     let etcd = Etcd::start();
     let store = etcd.store("/featmux/test").await;
-    let member = |id: &str| pb::ShardMember {
-        id: id.into(),
-        grpc: format!("http://{id}:50051"),
-        http: format!("http://{id}:8080"),
-    };
     let kept = store.join(&Role::Shard, &member("s0"), 2).await.unwrap();
     let lost = store.join(&Role::Shard, &member("s1"), 2).await.unwrap();
     let left = store.join(&Role::Shard, &member("s2"), 2).await.unwrap();
@@ -136,11 +140,6 @@ async fn a_member_that_stops_renewing_its_lease_disappears() {
 async fn replicas_are_listed_by_shard_apart_from_members_and_wake_no_shard() {
     let etcd = Etcd::start();
     let store = etcd.store("/featmux/test").await;
-    let member = |id: &str| pb::ShardMember {
-        id: id.into(),
-        grpc: format!("http://{id}:50051"),
-        http: format!("http://{id}:8080"),
-    };
     let _shard = store.join(&Role::Shard, &member("a"), 5).await.unwrap();
     let revision = store.snapshot().await.unwrap().revision;
     let woken = tokio::spawn({

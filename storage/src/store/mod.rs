@@ -261,31 +261,42 @@ impl StoreBatch<'_> {
     pub fn commit(self, sync: bool) -> Result<(), StoreError> {
         let mut options = WriteOptions::default();
         options.set_sync(sync);
-        // Under the lock log followers wait under (no lost wakeup), which
-        // also orders commits, so the sequences a commit moved are its own.
+        let write = |batch| {
+            self.store
+                .db
+                .write_opt(batch, &options)
+                .map_err(|e| classify(&self.store.path, e))
+        };
         let mut recent = self.store.recent.lock();
+        if recent.is_none() {
+            // Nobody follows the log: commits run side by side, and wake
+            // followers under their lock (no lost wakeup) in case one came.
+            drop(recent);
+            write(self.batch)?;
+            let _waiting = self.store.recent.lock();
+            self.store.write_signal.notify_all();
+            return Ok(());
+        }
+        // Under the lock, commits are ordered, so the sequences this one
+        // moved are its own.
         let count = self.batch.len() as u64;
-        let kept = recent.as_ref().map(|_| self.batch.data().to_vec());
+        let mut data = self.batch.data().to_vec();
         let before = self.store.latest_sequence();
-        self.store
-            .db
-            .write_opt(self.batch, &options)
-            .map_err(|e| classify(&self.store.path, e))?;
-        if let (Some(recent), Some(mut data)) = (recent.as_mut(), kept) {
-            // A write made past this store in between moves more
-            // sequences: the batch then starts a new run in `recent`.
-            let after = self.store.latest_sequence();
-            if count > 0 && after - before == count {
-                // The log's copy carries its sequence in the header.
-                data[..8].copy_from_slice(&(before + 1).to_le_bytes());
-                recent.push(WalBatch {
-                    sequence: before + 1,
-                    count: count as u32,
-                    data,
-                });
-            } else if count > 0 {
-                *recent = RecentBatches::new(self.store.recent_log_bytes);
-            }
+        write(self.batch)?;
+        let recent = recent.as_mut().expect("checked above, under the lock");
+        // A write made past this store in between moves more sequences:
+        // the batch then starts a new run in `recent`.
+        let after = self.store.latest_sequence();
+        if count > 0 && after - before == count {
+            // The log's copy carries its sequence in the header.
+            data[..8].copy_from_slice(&(before + 1).to_le_bytes());
+            recent.push(WalBatch {
+                sequence: before + 1,
+                count: count as u32,
+                data,
+            });
+        } else if count > 0 {
+            *recent = RecentBatches::new(self.store.recent_log_bytes);
         }
         self.store.write_signal.notify_all();
         Ok(())
