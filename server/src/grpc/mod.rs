@@ -18,11 +18,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::execution::Lane;
-
 use crate::api::{Api, Encoding, PushTarget, Scope};
 use crate::convert;
 use crate::error::{ApiError, ErrorKind};
+use crate::execution::Lane;
 use crate::shared::Shared;
 
 /// gRPC's name for a status code, as a metric label.
