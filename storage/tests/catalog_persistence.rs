@@ -694,7 +694,19 @@ fn wal_after_heavy_flushes(max_wal_bytes: u64) -> u64 {
         table.dirty().mark(&rows);
         catalog.flush().unwrap();
     }
-    let wal = catalog.wal_bytes();
+    // RocksDB enforces the bound in the background (memtable flushes,
+    // then log deletion): measure once that has settled, which on a
+    // loaded machine (a parallel CI run) took longer than the writes.
+    let mut wal = catalog.wal_bytes();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let now = catalog.wal_bytes();
+        if now == wal {
+            break;
+        }
+        wal = now;
+    }
     catalog.close().unwrap();
     wal
 }
