@@ -367,7 +367,7 @@ impl ClusterClient {
                 Err(e) => return Err(e),
                 Ok(pooled) => {
                     let embeddings = plan
-                        .embeddings(pooled)
+                        .embeddings_of_pooled(pooled)
                         .into_iter()
                         .map(|e| Embedding {
                             feature: e.feature,

@@ -13,7 +13,7 @@
 //! slots, one per (output row, chunk); slot `s` is floats `[s*d, (s+1)*d)`,
 //! so a block's floats are exactly its row-major `[rows, chunks*d]` output.
 
-use crate::backend::{GatherPlan, RowGradients};
+use crate::backend::{cut_at, GatherPlan, RowGradients};
 use crate::batch::{Batch, FeatureBatch, FeatureEmbeddings, Values};
 use crate::error::EngineError;
 use crate::hashing::{chunk_seed, hash_key};
@@ -107,7 +107,14 @@ impl BatchPlan {
             });
         }
         let mut plan = BatchPlan {
-            gather: GatherPlan::default(),
+            // Sized once for every feature's entries (growing per feature
+            // copied the vectors over again).
+            gather: GatherPlan {
+                rows: Vec::with_capacity(entries),
+                slots: Vec::with_capacity(entries),
+                weights: Vec::with_capacity(entries),
+                num_slots: 0,
+            },
             outputs: Vec::with_capacity(batch.features.len()),
             chunk_dim: table.chunk_dim,
         };
@@ -173,10 +180,6 @@ impl BatchPlan {
         let seeds: Vec<u64> = (0..feature.chunks)
             .map(|j| chunk_seed(table.seed, feature.salt, j))
             .collect();
-        let entries = fb.values.len() * chunks;
-        self.gather.rows.reserve(entries);
-        self.gather.slots.reserve(entries);
-        self.gather.weights.reserve(entries);
         let mut value = 0usize;
         for (example, &len) in fb.lengths.iter().enumerate() {
             let scale = feature.pooling.scale(len as usize);
@@ -207,22 +210,36 @@ impl BatchPlan {
         Ok(())
     }
 
-    /// Splits the backend's pooled `[num_slots, d]` output into one
-    /// embedding block per feature, in batch order.
-    pub fn embeddings(&self, mut pooled: Vec<f32>) -> Vec<FeatureEmbeddings> {
-        let mut out: Vec<FeatureEmbeddings> = self
-            .outputs
+    /// Where each feature's output begins among the gather's slots, and
+    /// where the last ends: the bounds [`crate::backend::Backend::gather_blocks`] cuts at.
+    pub fn block_bounds(&self) -> Vec<usize> {
+        self.outputs
             .iter()
-            .rev()
-            .map(|block| FeatureEmbeddings {
+            .map(|block| block.first_slot)
+            .chain([self.gather.num_slots])
+            .collect()
+    }
+
+    /// Names the blocks of [`crate::backend::Backend::gather_blocks`] (cut at
+    /// [`Self::block_bounds`]): one embedding block per feature, in batch
+    /// order.
+    pub fn embeddings(&self, blocks: Vec<Vec<f32>>) -> Vec<FeatureEmbeddings> {
+        self.outputs
+            .iter()
+            .zip(blocks)
+            .map(|(block, data)| FeatureEmbeddings {
                 feature: block.feature.clone(),
                 rows: block.rows,
                 width: block.width,
-                data: pooled.split_off(block.first_slot * self.chunk_dim),
+                data,
             })
-            .collect();
-        out.reverse();
-        out
+            .collect()
+    }
+
+    /// [`Self::embeddings`] of one pooled `[num_slots, chunk_dim]` output
+    /// (the sum of shards' partial gathers), cut per feature.
+    pub fn embeddings_of_pooled(&self, pooled: Vec<f32>) -> Vec<FeatureEmbeddings> {
+        self.embeddings(cut_at(pooled, &self.block_bounds(), self.chunk_dim))
     }
 
     /// Validates per-feature output gradients (one `[rows, width]` block per

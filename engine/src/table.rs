@@ -254,7 +254,10 @@ impl Table {
     /// Looks up an already planned batch.
     pub fn lookup_plan(&self, plan: &BatchPlan) -> Result<Vec<FeatureEmbeddings>, EngineError> {
         self.check_whole()?;
-        Ok(plan.embeddings(self.backend.gather(&plan.gather)?))
+        let blocks = self
+            .backend
+            .gather_blocks(&plan.gather, &plan.block_bounds())?;
+        Ok(plan.embeddings(blocks))
     }
 
     /// Applies the gradients of a batch's outputs (one `[rows, width]` block

@@ -136,6 +136,20 @@ pub trait Backend: Send + Sync {
     /// Runs a pooled gather and returns `[num_slots, dim]` floats.
     fn gather(&self, plan: &GatherPlan) -> Result<Vec<f32>, EngineError>;
 
+    /// [`Self::gather`]'s output cut into consecutive blocks of slots, block
+    /// `k` holding slots `bounds[k]..bounds[k + 1]` (`bounds` runs from 0 to
+    /// `num_slots`): one block per feature of a batch. This default cuts
+    /// the whole output (one copy of it); a backend that can write each
+    /// block in place does so.
+    fn gather_blocks(
+        &self,
+        plan: &GatherPlan,
+        bounds: &[usize],
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        plan.check_bounds(bounds)?;
+        Ok(cut_at(self.gather(plan)?, bounds, self.spec().dim))
+    }
+
     /// Applies one optimizer step to each row in `update`.
     fn apply(&self, update: &RowGradients) -> Result<(), EngineError>;
 
@@ -305,6 +319,30 @@ impl GatherPlan {
         }
     }
 
+    /// True when entries come in slot order (slots never decrease), so a
+    /// backend can finish each slot before it starts the next.
+    pub fn slots_ascend(&self) -> bool {
+        self.slots.windows(2).all(|w| w[0] <= w[1])
+    }
+
+    /// Checks block bounds for [`Backend::gather_blocks`]: from 0 to
+    /// `num_slots`, never decreasing.
+    pub(crate) fn check_bounds(&self, bounds: &[usize]) -> Result<(), EngineError> {
+        let valid = bounds.first() == Some(&0)
+            && bounds.last() == Some(&self.num_slots)
+            && bounds.windows(2).all(|w| w[0] <= w[1]);
+        if !valid {
+            return Err(EngineError::invalid(
+                "gather plan",
+                format!(
+                    "block bounds {bounds:?} do not run from 0 to the plan's {} slots",
+                    self.num_slots
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks that every entry addresses a row of the table and an output slot.
     pub(crate) fn check(&self, spec: &StorageSpec) -> Result<(), EngineError> {
         let n = self.rows.len();
@@ -376,6 +414,22 @@ impl RowData {
 /// size comes from a client, and a failed allocation must refuse the
 /// request, not abort the process. Zeroed pages come from the kernel
 /// lazily (calloc), so this costs no pass over the memory.
+/// Cuts a `[num_slots, dim]` output into blocks of slots at `bounds`
+/// (checked by [`GatherPlan::check_bounds`]), copying all but the first.
+pub(crate) fn cut_at(mut pooled: Vec<f32>, bounds: &[usize], dim: usize) -> Vec<Vec<f32>> {
+    if bounds.len() < 2 {
+        return Vec::new(); // no blocks (a batch of no features)
+    }
+    let mut blocks: Vec<Vec<f32>> = bounds[1..bounds.len() - 1]
+        .iter()
+        .rev()
+        .map(|&start| pooled.split_off(start * dim))
+        .collect();
+    blocks.push(pooled);
+    blocks.reverse();
+    blocks
+}
+
 pub(crate) fn try_zeroed_floats(len: usize, what: &str) -> Result<Vec<f32>, EngineError> {
     if len == 0 {
         return Ok(Vec::new());
