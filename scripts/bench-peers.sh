@@ -133,8 +133,12 @@ torch_peer() {
     name=$1
     shift
     echo "== torch $name: $*" >&2
+    # 32 distinct batches, as featmux's 8 clients × 4 batches: the same
+    # rows touched, so the same share of them in the CPU's caches (with
+    # peers.py's default of 4, its batches' rows fit in this machine's
+    # 32 MiB L3 and featmux's do not).
     "$venv/bin/python" python/benchmarks/peers.py --duration "$DURATION" \
-        --threads "${TORCH_THREADS:-2}" "$@" >"$RESULTS/torch-$name.json"
+        --threads "${TORCH_THREADS:-2}" --batches 32 "$@" >"$RESULTS/torch-$name.json"
 }
 for dim in 16 64; do
     torch_peer "single-d$dim-embedding-bag" --peers embedding-bag --examples 4096 --values 1 --dim "$dim"

@@ -66,7 +66,10 @@ fn within(reported: f64, exact: f64, relative: f64, what: &str) {
 #[test]
 fn reported_occupancy_matches_exact_counts_within_the_sketch_error() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&dir.path().join("data"), &ServerSettings::default());
+    let every_batch = ServerSettings {
+        extra_toml: "[occupancy]\nsample_every = 1\n".into(),
+    };
+    let server = TestServer::start(&dir.path().join("data"), &every_batch);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let client = runtime.block_on(server.client(None));
     let http = Http::new(reqwest::Client::new(), server.http_url(), "");

@@ -168,7 +168,7 @@ fn a_model_is_evaluated_through_read_replicas() {
     let data = dir.path().join("clicks.csv");
     csv(&data);
     let fast_flushes = ServerSettings {
-        extra_toml: "[storage]\nflush_interval_ms = 50\n".into(),
+        extra_toml: "[storage]\nflush_interval_ms = 50\n[occupancy]\nsample_every = 1\n".into(),
     };
     let primary = TestServer::start(&dir.path().join("primary"), &fast_flushes);
     let replica = |name: &str, format: &str| {

@@ -43,6 +43,14 @@ fn within(reported: f64, exact: f64, relative_error: f64, sigmas: f64) -> bool {
 /// The comparison, as JSON: per feature and for the table.
 pub async fn check(client: &Client, table: &str, dataset: &Dataset) -> anyhow::Result<Value> {
     let report = client.occupancy(table).await?;
+    if report.sample_every != 1 {
+        anyhow::bail!(
+            "the server observes one batch in {} (occupancy.sample_every); comparing with \
+             exact counts needs every batch observed: start it with `sample_every = 1` \
+             in its [occupancy] config",
+            report.sample_every
+        );
+    }
     let error = report.relative_error;
     let mut occupied: HashMap<u64, usize> = HashMap::new();
     let mut features = Vec::new();
