@@ -39,6 +39,7 @@ pub mod optimizer;
 pub mod partition;
 pub mod plan;
 pub mod pooling;
+mod prefetch;
 pub mod registry;
 pub mod schema;
 pub mod table;

@@ -326,13 +326,7 @@ impl Occupancy {
     /// Asks the CPU to load `row`'s word: batches visit rows at random, and
     /// without a hint issued a few entries ahead each is a cache miss.
     fn prefetch(&self, row: usize) {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(word) = self.rows.get(row) {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            // SAFETY: a prefetch reads nothing architecturally and cannot
-            // fault; SSE is part of the x86_64 baseline.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(word.as_ptr().cast::<i8>().cast_const()) };
-        }
+        crate::prefetch::prefetch(self.rows.get(row..=row).unwrap_or_default());
     }
 
     /// Records an item (`item_bit`) of feature `owner` on `row`; returns

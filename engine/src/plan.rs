@@ -293,7 +293,12 @@ impl BatchPlan {
         let mut order: Vec<u32> = (0..gather.rows.len() as u32).collect();
         order.sort_unstable_by_key(|&e| (gather.rows[e as usize], e));
         let mut update = RowGradients::default();
-        for e in order {
+        for (k, &e) in order.iter().enumerate() {
+            // In row order the gradients are read at random: ask for the
+            // one a few entries on while summing this one.
+            if let Some(&ahead) = order.get(k + PREFETCH_AHEAD) {
+                crate::prefetch::prefetch(slot_grad(gather.slots[ahead as usize] as usize));
+            }
             let e = e as usize;
             let row = gather.rows[e];
             if update.rows.last() != Some(&row) {
@@ -318,6 +323,9 @@ impl BatchPlan {
         Ok(update)
     }
 }
+
+/// How many entries ahead [`BatchPlan::row_gradients`] prefetches.
+const PREFETCH_AHEAD: usize = 8;
 
 fn validate_feature_batch(feature: &Feature, fb: &FeatureBatch) -> Result<(), EngineError> {
     let name = &fb.feature;

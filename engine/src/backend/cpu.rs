@@ -116,21 +116,12 @@ impl RowArray {
     /// cache is a full memory stall.
     #[inline(always)]
     fn prefetch(&self, row: usize) {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(cells) = self
-            .cells
-            .get(self.skip + row * self.width..self.skip + (row + 1) * self.width)
-            .filter(|cells| !cells.is_empty())
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let first = cells.as_ptr() as usize / CACHE_LINE;
-            let last = cells[cells.len() - 1].as_ptr() as usize / CACHE_LINE;
-            for line in first..=last {
-                // SAFETY: a prefetch reads nothing architecturally and
-                // cannot fault; SSE is part of the x86_64 baseline.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>((line * CACHE_LINE) as *const i8) };
-            }
-        }
+        let start = self.skip + row * self.width;
+        crate::prefetch::prefetch(
+            self.cells
+                .get(start..start + self.width)
+                .unwrap_or_default(),
+        );
     }
 
     /// Copies `row` into `dst`. Whole only if no write overlapped: readers
