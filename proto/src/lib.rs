@@ -47,7 +47,9 @@ pub mod payload {
     }
 
     /// Decodes little-endian `f32` bytes; `None` if the length is not a
-    /// multiple of 4.
+    /// multiple of 4. (This compiles to a vectorised copy at memcpy speed;
+    /// the bytes may sit at any alignment in the message buffer, so they
+    /// cannot be viewed as floats in place.)
     pub fn decode(bytes: &[u8]) -> Option<Vec<f32>> {
         if bytes.len() % 4 != 0 {
             return None;
@@ -71,6 +73,9 @@ pub mod payload {
             assert_eq!(super::decode(&bytes).unwrap(), values);
             assert!(super::decode(&bytes[..7]).is_none());
             assert_eq!(super::encode_owned(values.to_vec()), bytes);
+            // Payloads sit at any offset of a message buffer.
+            let shifted = [&[0u8][..], &bytes].concat();
+            assert_eq!(super::decode(&shifted[1..]).unwrap(), values);
         }
     }
 }

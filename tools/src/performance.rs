@@ -271,6 +271,22 @@ pub fn markdown(
     )
     .unwrap();
     writeln!(w, "## Machine\n\n```\n{}```\n", results.machine).unwrap();
+    // Absolute before → after figures only compare on the same hardware.
+    let cpu = |machine: &str| {
+        machine
+            .lines()
+            .find(|l| l.starts_with("cpu:"))
+            .map(str::to_owned)
+    };
+    if let Some(before) = before.filter(|b| cpu(&b.machine) != cpu(&results.machine)) {
+        writeln!(
+            w,
+            "The *before* run was on other hardware, so its absolute figures do not compare \
+             with this run's; its ratios do:\n\n```\n{}```\n",
+            before.machine
+        )
+        .unwrap();
+    }
 
     writeln!(w, "## Ratios\n").unwrap();
     if before.is_some() {
@@ -390,21 +406,31 @@ pub fn markdown(
         if name == "iperf3" {
             continue;
         }
-        let n = |f: &str| run.pointer(f).and_then(Value::as_f64).unwrap_or(f64::NAN);
+        // `featmux bench` runs and the PyTorch peers (which report a peer
+        // name, torch threads and rows/s only); "–" where a run has no
+        // such figure.
+        let n = |f: &str| run.pointer(f).and_then(Value::as_f64);
+        let cell = |f: &str, show: &dyn Fn(f64) -> String| n(f).map_or("–".to_owned(), show);
+        let fixed = |digits: usize, scale: f64| move |v: f64| format!("{:.*}", digits, v / scale);
+        let workload = run["workload"]
+            .as_str()
+            .or(run["peer"].as_str())
+            .unwrap_or("?");
+        let clients = n("/concurrency")
+            .or(n("/threads"))
+            .map_or("–".to_owned(), |c| c.to_string());
         writeln!(
             w,
-            "| {name} | {} | {} × {} × {} | {} | {:.0} | {} | {} | {:.0} | {:.2} | {:.2} |",
-            run["workload"].as_str().unwrap_or("?"),
-            n("/examples"),
-            n("/features"),
-            n("/values"),
-            n("/concurrency"),
-            n("/requests_per_s"),
-            fmt_num(n("/examples_per_s")),
-            fmt_num(n("/rows_per_s")),
-            n("/payload_mb_per_s"),
-            n("/latency_us/p50") / 1e3,
-            n("/latency_us/p99") / 1e3,
+            "| {name} | {workload} | {} × {} × {} | {clients} | {} | {} | {} | {} | {} | {} |",
+            cell("/examples", &fixed(0, 1.0)),
+            cell("/features", &fixed(0, 1.0)),
+            cell("/values", &fixed(0, 1.0)),
+            cell("/requests_per_s", &fixed(0, 1.0)),
+            cell("/examples_per_s", &fmt_num),
+            cell("/rows_per_s", &fmt_num),
+            cell("/payload_mb_per_s", &fixed(0, 1.0)),
+            cell("/latency_us/p50", &fixed(2, 1e3)),
+            cell("/latency_us/p99", &fixed(2, 1e3)),
         )
         .unwrap();
     }
@@ -628,6 +654,15 @@ mod tests {
         let md = markdown(&results, Some(&old), "p.png").unwrap();
         assert!(
             md.contains("| 52.0M rows/s | 26.0M | **2.00×** | – | – | ≥ 100% |"),
+            "{md}"
+        );
+        assert!(!md.contains("other hardware"), "{md}");
+        // Absolute figures from other hardware are flagged.
+        std::fs::write(before.path().join("machine.txt"), "cpu: older\n").unwrap();
+        let old = Results::load(before.path()).unwrap();
+        let md = markdown(&results, Some(&old), "p.png").unwrap();
+        assert!(
+            md.contains("other hardware") && md.contains("cpu: older"),
             "{md}"
         );
     }
