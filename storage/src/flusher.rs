@@ -2,7 +2,7 @@
 //! early when too many rows are dirty, and once more on shutdown.
 //!
 //! It is a plain thread (not an async task) because a flush is blocking work:
-//! copying rows under their stripe locks and one RocksDB write. Counters are
+//! copying rows out of the tables and one RocksDB write. Counters are
 //! plain atomics the service exports as Prometheus metrics.
 
 use std::sync::atomic::{AtomicU64, Ordering};

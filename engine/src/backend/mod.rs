@@ -1,8 +1,9 @@
 //! Where the table's floats live. One trait, several implementations that
 //! give the same results on the same inputs (docs/DESIGN.md, "Backends"):
 //!
-//! - [`cpu`]: plain Rust over flat per-block storage, lock-striped by row
-//!   block; the embedded default.
+//! - [`cpu`]: plain Rust over flat arrays, rows on cache lines, a sequence
+//!   lock per stripe of row blocks (readers take no lock); the embedded
+//!   default.
 //! - [`candle`]: the table and optimizer state as candle tensors, on
 //!   `Device::Cpu` or, with the `cuda` feature, `Device::Cuda(n)`.
 //! - [`serving`]: a replica's read-only rows in fp32, fp16 or int8, without
@@ -163,7 +164,7 @@ pub trait Backend: Send + Sync {
 /// Which backend holds a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendKind {
-    /// Plain Rust, lock-striped (the default).
+    /// Plain Rust, lock-free readers (the default).
     #[default]
     Cpu,
     /// candle tensors on the CPU.

@@ -1,5 +1,5 @@
-//! Flushing: dirty rows of every table copied out (row by row, under their
-//! stripe locks) and written in ONE WriteBatch with the training version they
+//! Flushing: dirty rows of every table copied out (row by row, each whole:
+//! the backend's readers never see a torn row) and written in ONE WriteBatch with the training version they
 //! cover, by the background flusher, on demand, before a checkpoint and at
 //! shutdown.
 
@@ -71,7 +71,7 @@ impl Inner {
     }
 
     /// One flush: drain dirty rows of every table, copy them (row by row,
-    /// under their stripe locks), write them in ONE WriteBatch with the
+    /// each whole), write them in ONE WriteBatch with the
     /// version they cover. On failure the rows are marked dirty again.
     pub(super) fn flush_locked(&self, hold_gate: bool) -> Result<FlushReport, CatalogError> {
         let started = Instant::now();
