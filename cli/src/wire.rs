@@ -32,6 +32,7 @@ pub fn batch_to_pb(batch: Batch) -> pb::Batch {
             }),
             lengths: f.lengths,
             weights: f.weights.unwrap_or_default(),
+            values_per_example: 0,
         })
         .collect();
     pb::Batch { features }

@@ -224,11 +224,18 @@ impl BatchBuilder {
             features: self
                 .features
                 .into_iter()
-                .map(|f| pb::FeatureValues {
-                    feature: f.name,
-                    values: Some(f.column.into_pb()),
-                    lengths: f.lengths,
-                    weights: f.weights,
+                .map(|f| {
+                    // Equal bags (single-valued features, most often) go
+                    // as one count instead of a varint per example.
+                    let per_example = f.lengths.first().copied().unwrap_or(0);
+                    let equal = per_example > 0 && f.lengths.iter().all(|&l| l == per_example);
+                    pb::FeatureValues {
+                        feature: f.name,
+                        values: Some(f.column.into_pb()),
+                        lengths: if equal { Vec::new() } else { f.lengths },
+                        weights: f.weights,
+                        values_per_example: if equal { per_example } else { 0 },
+                    }
                 })
                 .collect(),
         })
@@ -249,6 +256,7 @@ impl BatchBuilder {
             values: Some(Column::Strings(packed).into_pb()),
             lengths,
             weights: Vec::new(),
+            values_per_example: 0,
         }
     }
 
@@ -259,6 +267,7 @@ impl BatchBuilder {
             values: Some(Column::Int64(values).into_pb()),
             lengths,
             weights: Vec::new(),
+            values_per_example: 0,
         }
     }
 }
@@ -292,6 +301,24 @@ mod tests {
         };
         assert_eq!(&p.data[..], "xyé".as_bytes());
         assert_eq!(&p.lengths[..], &[2, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0]);
+    }
+
+    #[test]
+    fn equal_bags_travel_as_one_count() {
+        let mut b = BatchBuilder::new();
+        for i in 0..3 {
+            b.example()
+                .add_str("user", format!("u{i}"))
+                .add_i64s("pair", [i, i + 1])
+                .add_strs("tags", ["t"; 1].into_iter().take(i as usize % 2));
+        }
+        let batch = b.build().unwrap();
+        let by_name = |n: &str| batch.features.iter().find(|f| f.feature == n).unwrap();
+        let wire = |n: &str| (by_name(n).lengths.clone(), by_name(n).values_per_example);
+        assert_eq!(wire("user"), (vec![], 1));
+        assert_eq!(wire("pair"), (vec![], 2));
+        // Unequal bags (here 0, 1, 0) keep their lengths.
+        assert_eq!(wire("tags"), (vec![0, 1, 0], 0));
     }
 
     #[test]

@@ -51,6 +51,29 @@ pub fn values_from_pb(fv: &mut pb::FeatureValues) -> Result<Values, WireError> {
     }
 }
 
+/// A feature's bag lengths: `lengths` as sent, or `values_per_example`
+/// spelled out (the other left empty).
+fn lengths_from_pb(fv: &pb::FeatureValues, values: usize) -> Result<Vec<u32>, WireError> {
+    let per_example = fv.values_per_example as usize;
+    if per_example == 0 {
+        return Ok(fv.lengths.clone());
+    }
+    if !fv.lengths.is_empty() {
+        return Err(WireError::new(format!(
+            "feature `{}`: set `lengths` or `values_per_example`, not both",
+            fv.feature
+        )));
+    }
+    if values % per_example != 0 {
+        return Err(WireError::new(format!(
+            "feature `{}`: {values} values are not a whole number of examples of \
+             {per_example} (`values_per_example`)",
+            fv.feature
+        )));
+    }
+    Ok(vec![fv.values_per_example; values / per_example])
+}
+
 /// A batch.
 pub fn batch_from_pb(batch: Option<pb::Batch>) -> Result<Batch, WireError> {
     let batch = batch.ok_or_else(|| WireError::new("missing `batch`"))?;
@@ -59,9 +82,10 @@ pub fn batch_from_pb(batch: Option<pb::Batch>) -> Result<Batch, WireError> {
         .into_iter()
         .map(|mut fv| {
             let values = values_from_pb(&mut fv)?;
+            let lengths = lengths_from_pb(&fv, values.len())?;
             Ok(FeatureBatch {
                 values,
-                lengths: fv.lengths,
+                lengths,
                 weights: (!fv.weights.is_empty()).then_some(fv.weights),
                 feature: fv.feature,
             })
@@ -391,5 +415,32 @@ mod tests {
         };
         let err = batch_from_pb(Some(no_values)).unwrap_err();
         assert!(err.0.contains("`strings` or `int64s`"), "{err}");
+    }
+
+    #[test]
+    fn values_per_example_stands_for_equal_lengths() {
+        let feature = |lengths: Vec<u32>, values_per_example: u32| pb::Batch {
+            features: vec![pb::FeatureValues {
+                feature: "f".into(),
+                values: Some(pb::feature_values::Values::Int64s(pb::Int64Values {
+                    values: vec![1, 2, 3, 4, 5, 6],
+                })),
+                lengths,
+                values_per_example,
+                ..Default::default()
+            }],
+        };
+        let spelled_out = batch_from_pb(Some(feature(vec![2, 2, 2], 0))).unwrap();
+        let implied = batch_from_pb(Some(feature(vec![], 2))).unwrap();
+        assert_eq!(implied.features[0].lengths, vec![2, 2, 2]);
+        assert_eq!(implied, spelled_out);
+        let err = batch_from_pb(Some(feature(vec![], 4))).unwrap_err();
+        assert!(
+            err.0
+                .contains("6 values are not a whole number of examples of 4"),
+            "{err}"
+        );
+        let err = batch_from_pb(Some(feature(vec![2, 2, 2], 2))).unwrap_err();
+        assert!(err.0.contains("not both"), "{err}");
     }
 }

@@ -166,6 +166,7 @@ impl<'a> Column<'a> {
             values: Some(values),
             lengths,
             weights,
+            values_per_example: 0,
         }
     }
 }

@@ -78,12 +78,31 @@ fn malformed_batches_are_invalid_arguments() {
             Code::InvalidArgument,
             "u",
         );
+        // `n` has one value per example: the builder sends that count, not
+        // lengths.
+        assert_eq!(probe().features[1].values_per_example, 1);
+        assert!(probe().features[1].lengths.is_empty());
         let mut mismatched = probe();
-        mismatched.features[1].lengths.push(0); // 3 examples vs 2
+        mismatched.features[1].values_per_example = 0;
+        mismatched.features[1].lengths = vec![1, 1, 0]; // 3 examples vs 2
         expect_status(
             data.lookup("t", &mismatched, false).await,
             Code::InvalidArgument,
             "n",
+        );
+        let mut both = probe();
+        both.features[1].lengths = vec![1, 1];
+        expect_status(
+            data.lookup("t", &both, false).await,
+            Code::InvalidArgument,
+            "feature `n`: set `lengths` or `values_per_example`, not both",
+        );
+        let mut partial = probe();
+        partial.features[1].values_per_example = 3;
+        expect_status(
+            data.push("t", &partial, good_grads).await,
+            Code::InvalidArgument,
+            "2 values are not a whole number of examples of 3",
         );
         for (bad, needle) in [
             (

@@ -104,10 +104,14 @@ impl RowArray {
         })
     }
 
+    /// The cells of `row`, which is `width` (the array's width) floats
+    /// long: passed in so that a caller that knows the width at compile
+    /// time gets its copy loops unrolled.
     #[inline(always)]
-    fn cells(&self, row: usize) -> &[AtomicU32] {
-        let start = self.skip + row * self.width;
-        &self.cells[start..start + self.width]
+    fn cells(&self, row: usize, width: usize) -> &[AtomicU32] {
+        debug_assert_eq!(width, self.width);
+        let start = self.skip + row * width;
+        &self.cells[start..start + width]
     }
 
     /// Asks the CPU to start loading `row` (each of its cache lines) into
@@ -116,19 +120,22 @@ impl RowArray {
     /// cache is a full memory stall.
     #[inline(always)]
     fn prefetch(&self, row: usize) {
-        let start = self.skip + row * self.width;
-        crate::prefetch::prefetch(
-            self.cells
-                .get(start..start + self.width)
-                .unwrap_or_default(),
-        );
+        self.prefetch_known_width(row, self.width);
+    }
+
+    /// [`Self::prefetch`] with the width passed in (see [`Self::cells`]).
+    #[inline(always)]
+    fn prefetch_known_width(&self, row: usize, width: usize) {
+        debug_assert_eq!(width, self.width);
+        let start = self.skip + row * width;
+        crate::prefetch::prefetch(self.cells.get(start..start + width).unwrap_or_default());
     }
 
     /// Copies `row` into `dst`. Whole only if no write overlapped: readers
     /// call it inside [`Stripe::read`], the writer wherever it likes.
     #[inline(always)]
     fn load(&self, row: usize, dst: &mut [f32]) {
-        let cells = self.cells(row);
+        let cells = self.cells(row, dst.len());
         let copied = load_by_4(cells, dst);
         for (d, cell) in dst[copied..].iter_mut().zip(&cells[copied..]) {
             *d = f32::from_bits(cell.load(Ordering::Relaxed));
@@ -137,7 +144,7 @@ impl RowArray {
 
     /// Overwrites `row` with `src`; callers are inside [`Stripe::write`].
     fn store(&self, row: usize, src: &[f32]) {
-        for (cell, s) in self.cells(row).iter().zip(src) {
+        for (cell, s) in self.cells(row, src.len()).iter().zip(src) {
             cell.store(s.to_bits(), Ordering::Relaxed);
         }
     }
@@ -190,6 +197,7 @@ struct Stripe(AtomicU64);
 impl Stripe {
     /// Runs `read` (which copies rows of this stripe) until no write
     /// overlapped it, so what it copied is whole.
+    #[inline(always)]
     fn read(&self, mut read: impl FnMut()) {
         loop {
             let before = self.0.load(Ordering::Acquire);
@@ -367,7 +375,7 @@ impl CpuBackend {
                     let sum = &mut block[start..start + d];
                     while e < n && slots[e] as usize == slot {
                         if let Some(&ahead) = rows.get(e + PREFETCH_AHEAD) {
-                            self.weights.prefetch(ahead as usize);
+                            self.weights.prefetch_known_width(ahead as usize, d);
                         }
                         self.read_weights(rows[e], row);
                         add_scaled(sum, weights[e], row);
