@@ -369,14 +369,28 @@ impl CpuBackend {
             .map(|block_slots| {
                 let mut block = Vec::with_capacity((block_slots[1] - block_slots[0]) * d);
                 for slot in block_slots[0]..block_slots[1] {
+                    let prefetch_ahead = |e: usize| {
+                        if let Some(&ahead) = rows.get(e + PREFETCH_AHEAD) {
+                            self.weights.prefetch_known_width(ahead as usize, d);
+                        }
+                    };
+                    // One entry of weight 1 (every single-valued feature):
+                    // the row is the output, copied as is (the same floats
+                    // as 0 + 1·x, but for the sign of a zero).
+                    let alone = |e: usize| slots.get(e + 1).is_none_or(|&s| s as usize != slot);
+                    if e < n && slots[e] as usize == slot && weights[e] == 1.0 && alone(e) {
+                        prefetch_ahead(e);
+                        self.read_weights(rows[e], row);
+                        block.extend_from_slice(row);
+                        e += 1;
+                        continue;
+                    }
                     // Zeroed here, in L1, rather than the whole block ahead.
                     let start = block.len();
                     block.resize(start + d, 0.0);
                     let sum = &mut block[start..start + d];
                     while e < n && slots[e] as usize == slot {
-                        if let Some(&ahead) = rows.get(e + PREFETCH_AHEAD) {
-                            self.weights.prefetch_known_width(ahead as usize, d);
-                        }
+                        prefetch_ahead(e);
                         self.read_weights(rows[e], row);
                         add_scaled(sum, weights[e], row);
                         e += 1;
@@ -560,13 +574,14 @@ mod tests {
             })
             .unwrap();
             let ascending = GatherPlan {
-                rows: vec![5, 99, 5, 0, 42, 7],
-                slots: vec![0, 0, 1, 3, 3, 3],
-                weights: vec![1.0, 0.5, -2.0, 1.0, 0.25, 1.0],
-                num_slots: 5, // slots 2 and 4 have no entries: zeros
+                rows: vec![5, 99, 5, 13, 0, 42, 7],
+                slots: vec![0, 0, 1, 2, 3, 3, 3],
+                // Slot 2: one entry of weight 1, copied as is.
+                weights: vec![1.0, 0.5, -2.0, 1.0, 1.0, 0.25, 1.0],
+                num_slots: 5, // slot 4 has no entries: zeros
             };
             let any_order = GatherPlan {
-                slots: vec![3, 0, 1, 0, 3, 4],
+                slots: vec![3, 0, 1, 0, 3, 4, 2],
                 ..ascending.clone()
             };
             for plan in [ascending, any_order] {
