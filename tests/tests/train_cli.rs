@@ -151,6 +151,17 @@ fn a_small_model_trains_through_the_service() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("adagrad has no beta1"), "{stderr}");
 
+    // This server samples occupancy (the default): comparing with exact
+    // counts is refused, naming the setting.
+    let check = args(&["--check-occupancy"], "clicks-check");
+    let check: Vec<&str> = check.iter().map(String::as_str).collect();
+    let (code, _, stderr) = train(&check);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("observes one batch in 16 (occupancy.sample_every)"),
+        "{stderr}"
+    );
+
     // Bad flags are named and nothing is created.
     let mut bad = args(&[], "bad");
     let label = bad.iter().position(|a| a == "clicked").unwrap();

@@ -31,6 +31,7 @@ use parking_lot::{Mutex, MutexGuard};
 use super::{Backend, GatherPlan, RowData, RowGradients, StorageSpec};
 use crate::error::EngineError;
 use crate::optimizer::all_finite;
+use crate::prefetch::CACHE_LINE;
 
 /// Rows per block: the unit of locking and of flushing.
 pub const BLOCK_ROWS: u64 = 64;
@@ -58,9 +59,6 @@ struct RowArray {
     skip: usize,
     width: usize,
 }
-
-/// Bytes in a cache line.
-const CACHE_LINE: usize = 64;
 
 impl RowArray {
     /// Allocates `rows` rows of `width` floats and lets `fill(first_row, part)`
