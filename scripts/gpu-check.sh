@@ -6,8 +6,8 @@
 #   OUT=/some/dir scripts/gpu-check.sh      # default OUT: /tmp/featmux-gpu-check
 #
 # (a) the backends' tests (dist/cuda/tests/backends) with the candle backend
-#     on `cuda:0`: the row kernels against plain loops, the candle ops the
-#     optimizers use against candle's CPU device, the CPU-vs-CUDA
+#     on `cuda:0`: the row kernels against plain loops (the fused optimizer
+#     step against `Optimizer::step`, every optimizer), the CPU-vs-CUDA
 #     differential test (all optimizers, poolings, weights, chunks; 1e-5
 #     relative), readers never seeing a torn row;
 # (b) `featmux device-bench`: gather and update rows/s and GB/s on a

@@ -3,9 +3,10 @@
 //! Each optimizer declares the per-row state it needs ([`Optimizer::state_width`])
 //! and that state's initial value; backends keep the state beside the row and
 //! change only rows a push touched. [`Optimizer::step`] is the reference
-//! implementation over plain slices (the CPU backend runs it; the candle
-//! backend re-expresses the same formulas as tensor ops and the differential
-//! test holds the two together).
+//! implementation over plain slices (the CPU backend runs it, and so does the
+//! candle backend on candle's CPU device; on CUDA a fused kernel re-expresses
+//! the same formulas, `backend/row_ops.cu`, and the differential test holds
+//! the two together).
 //!
 //! State layout per row (f32, `d = chunk_dim`):
 //!

@@ -7,7 +7,7 @@
 //! - `gather_kernel`: rows → `[batch, dim]` on the device (ids already
 //!   uploaded, output left there): the lookup's device work;
 //! - `update_kernel`: one optimizer step on unique rows (gradients already
-//!   uploaded): gather rows and state, the optimizer's tensor ops, in-place
+//!   uploaded): the fused optimizer step (`row_ops::optimizer_step`), in-place
 //!   scatter back;
 //! - `gather_call` / `update_call`: the same through the `Backend` trait,
 //!   i.e. with the upload of ids and gradients and the download of rows.

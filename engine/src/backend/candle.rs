@@ -4,10 +4,11 @@
 //!
 //! Lookup uploads the plan's row ids (and, when slots pool several rows,
 //! their weights and per-slot offsets), gathers the rows on the device,
-//! pools them into `[num_slots, dim]` there and downloads once. Push uploads
-//! the unique rows' gradients, gathers their weights and state, runs the
-//! optimizer as tensor ops and writes the rows back in place: never a
-//! whole-table copy. Gather, pooling and the in-place write are the
+//! pools them into `[num_slots, dim]` there and downloads once, through a
+//! reused page-locked buffer ([`super::download`]). Push uploads
+//! the unique rows' gradients, runs the fused optimizer step over their
+//! rows and state and writes the rows back in place: never a whole-table
+//! copy. Gather, pooling, the optimizer step and the in-place write are the
 //! [`row_ops`] kernels.
 //!
 //! Concurrency: lookups share a read lock, updates take the write lock for
@@ -16,13 +17,13 @@
 //! On the CPU this backend is ~3× slower than [`super::cpu`] (candle's
 //! per-op overhead); it exists for devices with their own memory.
 
-use candle_core::{DType, Device, DeviceLocation, Tensor};
+use candle_core::{Device, DeviceLocation, Tensor};
 use parking_lot::RwLock;
 
+use super::download::Downloads;
 use super::row_ops::{self, RowIds};
 use super::{Backend, GatherPlan, RowData, RowGradients, StorageSpec};
 use crate::error::EngineError;
-use crate::optimizer::Optimizer;
 
 struct Tensors {
     weights: Tensor,
@@ -36,6 +37,7 @@ pub struct CandleBackend {
     device: Device,
     state_width: usize,
     tensors: RwLock<Tensors>,
+    downloads: Downloads,
 }
 
 fn backend_error(e: candle_core::Error) -> EngineError {
@@ -85,6 +87,7 @@ impl CandleBackend {
             device,
             state_width,
             tensors: RwLock::new(Tensors { weights, state }),
+            downloads: Downloads::default(),
         })
     }
 
@@ -107,39 +110,28 @@ impl CandleBackend {
     }
 
     /// One optimizer step for unique rows `ids` with gradients `[n, dim]`,
-    /// both already on the device: gathers the rows and their state, runs
-    /// the optimizer as tensor ops, checks that every new value is finite
-    /// and scatters both back in place. A step that would overflow writes
-    /// nothing ([`EngineError::NonFiniteUpdate`]).
+    /// both already on the device: the fused [`row_ops::optimizer_step`]
+    /// computes every new row and its state beside the table, and only when
+    /// all are finite are they scattered back in place. A step that would
+    /// overflow writes nothing ([`EngineError::NonFiniteUpdate`]).
     pub fn apply_on_device(&self, ids: &RowIds, grads: &Tensor) -> Result<(), EngineError> {
         let tensors = self.tensors.write();
-        let next = || -> candle_core::Result<_> {
-            let weights = row_ops::gather_rows(&tensors.weights, ids)?;
-            let state = match &tensors.state {
-                Some(state) => Some(row_ops::gather_rows(state, ids)?),
-                None => None,
-            };
-            let (weights, state) =
-                optimizer_step(&self.spec.optimizer, &weights, state.as_ref(), grads)?;
-            let bad = match first_non_finite_row(&weights)? {
-                Some(i) => Some(i),
-                None => state
-                    .as_ref()
-                    .map(first_non_finite_row)
-                    .transpose()?
-                    .flatten(),
-            };
-            Ok((weights, state, bad))
-        };
-        let (new_weights, new_state, bad) = next().map_err(backend_error)?;
-        if let Some(i) = bad {
+        let step = row_ops::optimizer_step(
+            &self.spec.optimizer,
+            &tensors.weights,
+            tensors.state.as_ref(),
+            ids,
+            grads,
+        )
+        .map_err(backend_error)?;
+        if let Some(i) = step.first_non_finite {
             let rows = ids.to_host().map_err(backend_error)?;
             return Err(EngineError::NonFiniteUpdate { row: rows[i] });
         }
         let write = || -> candle_core::Result<()> {
-            row_ops::scatter_rows(&tensors.weights, ids, &new_weights.contiguous()?)?;
-            if let (Some(state), Some(new_state)) = (&tensors.state, new_state) {
-                row_ops::scatter_rows(state, ids, &new_state.contiguous()?)?;
+            row_ops::scatter_rows(&tensors.weights, ids, &step.weights)?;
+            if let (Some(state), Some(new_state)) = (&tensors.state, &step.state) {
+                row_ops::scatter_rows(state, ids, new_state)?;
             }
             Ok(())
         };
@@ -152,14 +144,14 @@ impl CandleBackend {
         }
         if plan.is_one_row_per_slot() {
             let gathered = self.gather_on_device(&self.upload_rows(&plan.rows)?)?;
-            return gathered.flatten_all()?.to_vec1();
+            return self.downloads.to_vec(&gathered);
         }
         let groups = plan.grouped_by_slot();
         let n = groups.rows.len();
         let gathered = self.gather_on_device(&self.upload_rows(&groups.rows)?)?;
         let weights = Tensor::from_vec(groups.weights, n, &self.device)?;
         let pooled = row_ops::segment_sum(&gathered, &weights, &groups.offsets)?;
-        pooled.flatten_all()?.to_vec1()
+        self.downloads.to_vec(&pooled)
     }
 
     fn apply_impl(&self, update: &RowGradients) -> Result<(), EngineError> {
@@ -187,13 +179,11 @@ impl CandleBackend {
         let tensors = self.tensors.read();
         let weights = row_ops::gather_rows(&tensors.weights, &ids)?;
         let state = match &tensors.state {
-            Some(state) => row_ops::gather_rows(state, &ids)?
-                .flatten_all()?
-                .to_vec1()?,
+            Some(state) => self.downloads.to_vec(&row_ops::gather_rows(state, &ids)?)?,
             None => Vec::new(),
         };
         Ok(RowData {
-            weights: weights.flatten_all()?.to_vec1()?,
+            weights: self.downloads.to_vec(&weights)?,
             state,
         })
     }
@@ -216,21 +206,6 @@ impl CandleBackend {
         }
         Ok(())
     }
-}
-
-/// The first row of `values [n, width]` holding a NaN or an infinity. The
-/// common answer (none) costs one element-wise compare and one reduction on
-/// the device; only a refusal downloads the mask.
-fn first_non_finite_row(values: &Tensor) -> candle_core::Result<Option<usize>> {
-    // |x| <= f32::MAX is false exactly for inf and NaN.
-    let finite = values.abs()?.le(f32::MAX as f64)?;
-    if finite.flatten_all()?.min(0)?.to_scalar::<u8>()? == 1 {
-        return Ok(None);
-    }
-    Ok(finite
-        .to_vec2::<u8>()?
-        .iter()
-        .position(|row| row.contains(&0)))
 }
 
 /// `rows` and `data` without earlier writes of a row written again later.
@@ -261,88 +236,6 @@ fn last_write_wins(
             state: pick(&data.state, state_width),
         },
     )
-}
-
-/// The optimizer formulas of [`Optimizer::step`] as tensor ops over the
-/// gathered rows `w [n, d]`, their state `s [n, state_width]` and gradients
-/// `g [n, d]`. Returns the new rows and state.
-fn optimizer_step(
-    optimizer: &Optimizer,
-    w: &Tensor,
-    s: Option<&Tensor>,
-    g: &Tensor,
-) -> candle_core::Result<(Tensor, Option<Tensor>)> {
-    let d = w.dim(1)?;
-    let state = || s.ok_or_else(|| candle_core::Error::Msg("optimizer state is missing".into()));
-    // Scalars are rounded to f32 before candle sees them, as the CPU code does.
-    let f = |x: f32| x as f64;
-    // candle's `tensor / f64` multiplies by the reciprocal; divide for real so
-    // results match `Optimizer::step` to the last bit where possible.
-    let div = |t: Tensor, x: f32| t.broadcast_div(&Tensor::new(x, t.device())?);
-    Ok(match *optimizer {
-        Optimizer::Sgd { lr } => ((w - (g * f(lr))?)?, None),
-        Optimizer::Adagrad { lr, eps, .. } => {
-            let acc = (state()? + g.sqr()?)?;
-            let step = ((g * f(lr))? / (acc.sqrt()? + f(eps))?)?;
-            ((w - step)?, Some(acc))
-        }
-        Optimizer::RowWiseAdagrad { lr, eps, .. } => {
-            let acc = (state()? + row_ops::row_mean_square(g)?)?;
-            let denom = (acc.sqrt()? + f(eps))?;
-            let step = (g * f(lr))?.broadcast_div(&denom)?;
-            ((w - step)?, Some(acc))
-        }
-        Optimizer::Adam {
-            lr,
-            beta1,
-            beta2,
-            eps,
-        } => {
-            let s = state()?;
-            let (m, v, t) = (
-                s.narrow(1, 0, d)?,
-                s.narrow(1, d, d)?,
-                s.narrow(1, 2 * d, 1)?,
-            );
-            let t = (t + 1.0)?;
-            // In f64, as `optimizer::bias_correction` does.
-            let t64 = t.to_dtype(DType::F64)?;
-            let correction = |beta: f32| {
-                (&t64 * (beta as f64).ln())?
-                    .exp()?
-                    .affine(-1.0, 1.0)?
-                    .to_dtype(DType::F32)
-            };
-            let (correction1, correction2) = (correction(beta1)?, correction(beta2)?);
-            let m = ((m * f(beta1))? + (g * f(1.0 - beta1))?)?;
-            let v = ((v * f(beta2))? + (g.sqr()? * f(1.0 - beta2))?)?;
-            let m_hat = m.broadcast_div(&correction1)?;
-            let v_hat = v.broadcast_div(&correction2)?;
-            let step = ((m_hat * f(lr))? / (v_hat.sqrt()? + f(eps))?)?;
-            ((w - step)?, Some(Tensor::cat(&[&m, &v, &t], 1)?))
-        }
-        Optimizer::Ftrl {
-            alpha,
-            beta,
-            l1,
-            l2,
-            ..
-        } => {
-            let s = state()?;
-            let (z, n) = (s.narrow(1, 0, d)?, s.narrow(1, d, d)?);
-            let n_new = (&n + g.sqr()?)?;
-            let sigma = div((n_new.sqrt()? - n.sqrt()?)?, alpha)?;
-            let z = (z + (g - (sigma * w)?)?)?;
-            let shrunk = (&z - (z.sign()? * f(l1))?)?;
-            let denom = (div((n_new.sqrt()? + f(beta))?, alpha)? + f(l2))?;
-            let dense = (shrunk.neg()? / denom)?;
-            let new_w = z
-                .abs()?
-                .le(f(l1))?
-                .where_cond(&dense.zeros_like()?, &dense)?;
-            (new_w, Some(Tensor::cat(&[&z, &n_new], 1)?))
-        }
-    })
 }
 
 impl Backend for CandleBackend {

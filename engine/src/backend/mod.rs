@@ -18,6 +18,7 @@
 
 pub mod candle;
 pub mod cpu;
+pub mod download;
 pub mod row_ops;
 pub mod serving;
 

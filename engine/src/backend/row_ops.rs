@@ -4,12 +4,16 @@
 //! - [`gather_rows`]: `table[ids]` → `[n, width]`.
 //! - [`segment_sum`]: pools gathered rows into output slots, CSR-style.
 //! - [`scatter_rows`]: writes `[n, width]` rows into the table in place.
-//! - [`row_mean_square`]: `mean(row²)` per row, for row-wise Adagrad.
+//! - [`optimizer_step`]: one fused optimizer step for a set of rows.
 //!
-//! candle's own `index_select` / `index_add` / `scatter_set` / `sum_keepdim`
-//! compute the same, but on CUDA the middle two run one thread per column
-//! over all rows serially, `index_select` indexes with 32 bits and
-//! `sum_keepdim` gave 0 for rows of 8 floats; `row_ops.cu` explains.
+//! candle's own `index_select` / `index_add` / `scatter_set` compute the
+//! first three, but on CUDA the last two run one thread per column over all
+//! rows serially and `index_select` indexes with 32 bits; `row_ops.cu`
+//! explains. An optimizer written as candle tensor ops took two gathers,
+//! about seven ops (a launch, an allocation and a pass over `[n, dim]`
+//! each) and a separate finiteness check: 10× under the device's copy
+//! bandwidth on an H100, and candle's `sum_keepdim` gave 0 for rows of 8
+//! floats there.
 //! Tensors handed to these ops must be contiguous f32 (rows, values).
 //!
 //! The CUDA kernels do no bounds checks (one per thread would cost
@@ -18,9 +22,12 @@
 //! they are made, and pooling offsets are checked by [`segment_sum`]. A bad
 //! index is an error, never an out-of-bounds access.
 
+use candle_core::op::BackpropOp;
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, InplaceOp3, Layout, Result, Shape, Tensor,
+    CpuStorage, CustomOp2, CustomOp3, Device, InplaceOp3, Layout, Result, Shape, Storage, Tensor,
 };
+
+use crate::optimizer::{all_finite, Optimizer};
 
 /// Row ids on a device, every one checked to be below `bound` when they
 /// were made. The ops that index a table take these, never a raw id tensor,
@@ -118,16 +125,159 @@ pub fn scatter_rows(table: &Tensor, ids: &RowIds, src: &Tensor) -> Result<()> {
     table.inplace_op3(&ids.ids, src, &ScatterRows)
 }
 
-/// `[n, 1]` mean of squares of each row of `rows [n, width]` f32, summed in
-/// column order like the CPU backend's row-wise Adagrad (bit-identical).
-pub fn row_mean_square(rows: &Tensor) -> Result<Tensor> {
-    rows.apply_op1_no_bwd(&RowMeanSquare)
+/// The rows one optimizer step would write, still beside the tables: the
+/// caller writes them back with [`scatter_rows`] only when every value is
+/// finite, so a refused step changes nothing.
+#[derive(Debug)]
+pub struct OptimizerStep {
+    /// `[n, dim]` new weights, row `i` for `ids[i]`.
+    pub weights: Tensor,
+    /// `[n, state_width]` new state; `None` for optimizers without state.
+    pub state: Option<Tensor>,
+    /// The least `i` whose new weights or state hold a NaN or an infinity.
+    pub first_non_finite: Option<usize>,
+}
+
+/// One optimizer step for unique rows `ids`, fused: reads each row and its
+/// state from `weights [rows, dim]` / `state [rows, state_width]`, applies
+/// `optimizer` with gradients `grads [n, dim]` and returns the new values.
+/// On the CPU device it runs [`Optimizer::step`] itself (bit-identical to
+/// the CPU backend); on CUDA one kernel does the gathers, the formulas and
+/// the finiteness check (`row_ops.cu`, `featmux_optimizer_step`).
+pub fn optimizer_step(
+    optimizer: &Optimizer,
+    weights: &Tensor,
+    state: Option<&Tensor>,
+    ids: &RowIds,
+    grads: &Tensor,
+) -> Result<OptimizerStep> {
+    const OP: &str = "optimizer_step";
+    ids.check_table(OP, weights)?;
+    let (_, dim) = weights.dims2()?;
+    if grads.dims2()? != (ids.len(), dim) {
+        candle_core::bail!(
+            "{OP}: {:?} gradients for {} ids of width {dim}",
+            grads.dims(),
+            ids.len()
+        )
+    }
+    let state_width = optimizer.state_width(dim);
+    match state {
+        Some(state) => {
+            ids.check_table(OP, state)?;
+            if state.dims2()?.1 != state_width {
+                candle_core::bail!(
+                    "{OP}: state rows of {} floats, {} keeps {state_width}",
+                    state.dims2()?.1,
+                    optimizer.name()
+                )
+            }
+        }
+        None if state_width > 0 => {
+            candle_core::bail!("{OP}: {} needs its state", optimizer.name())
+        }
+        None => {}
+    }
+    let (w_storage, w_layout) = weights.storage_and_layout();
+    let (g_storage, g_layout) = grads.storage_and_layout();
+    let (i_storage, i_layout) = ids.ids.storage_and_layout();
+    let s_guard = state.map(|s| s.storage_and_layout());
+    let s_parts = s_guard
+        .as_ref()
+        .map(|(storage, layout)| (&**storage, *layout));
+    let (new_weights, new_state, first_non_finite) =
+        match (&*w_storage, &*g_storage, &*i_storage, s_parts) {
+            (Storage::Cpu(w), Storage::Cpu(g), Storage::Cpu(i), None) => {
+                let table = Rows::cpu(OP, w, w_layout, dim)?;
+                cpu_step(optimizer, table, None, i, i_layout, g, g_layout)?
+            }
+            (Storage::Cpu(w), Storage::Cpu(g), Storage::Cpu(i), Some((Storage::Cpu(s), sl))) => {
+                let table = Rows::cpu(OP, w, w_layout, dim)?;
+                let state = Rows::cpu(OP, s, sl, state_width)?;
+                cpu_step(optimizer, table, Some(state), i, i_layout, g, g_layout)?
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(w), Storage::Cuda(g), Storage::Cuda(i), s) => {
+                let s = match s {
+                    Some((Storage::Cuda(s), sl)) => Some((s, sl)),
+                    None => None,
+                    Some(_) => candle_core::bail!("{OP}: the state is on another device"),
+                };
+                cuda::optimizer_step(optimizer, (w, w_layout), s, (i, i_layout), (g, g_layout))?
+            }
+            _ => candle_core::bail!("{OP}: the tables, ids and gradients must share one device"),
+        };
+    let n = ids.len();
+    let tensor =
+        |storage, width| Tensor::from_storage(storage, (n, width), BackpropOp::none(), false);
+    Ok(OptimizerStep {
+        weights: tensor(new_weights, dim),
+        state: new_state.map(|s| tensor(s, state_width)),
+        first_non_finite,
+    })
+}
+
+/// A table's rows on the CPU device: `width` floats each.
+struct Rows<'a> {
+    values: &'a [f32],
+    width: usize,
+}
+
+impl<'a> Rows<'a> {
+    fn cpu(op: &str, storage: &'a CpuStorage, layout: &Layout, width: usize) -> Result<Self> {
+        Ok(Rows {
+            values: contiguous::<f32>(op, storage, layout)?,
+            width,
+        })
+    }
+
+    fn row(&self, id: i64) -> &'a [f32] {
+        let start = id as usize * self.width;
+        &self.values[start..start + self.width]
+    }
+}
+
+type StepOutput = (Storage, Option<Storage>, Option<usize>);
+
+fn cpu_step(
+    optimizer: &Optimizer,
+    weights: Rows,
+    state: Option<Rows>,
+    ids: &CpuStorage,
+    ids_layout: &Layout,
+    grads: &CpuStorage,
+    grads_layout: &Layout,
+) -> Result<StepOutput> {
+    const OP: &str = "optimizer_step";
+    let ids = contiguous::<i64>(OP, ids, ids_layout)?;
+    let grads = contiguous::<f32>(OP, grads, grads_layout)?;
+    let (d, sw) = (weights.width, state.as_ref().map_or(0, |s| s.width));
+    let mut new_weights = Vec::with_capacity(ids.len() * d);
+    let mut new_state = Vec::with_capacity(ids.len() * sw);
+    let mut first_non_finite = None;
+    for (i, (&id, g)) in ids.iter().zip(grads.chunks_exact(d)).enumerate() {
+        new_weights.extend_from_slice(weights.row(id));
+        if let Some(state) = &state {
+            new_state.extend_from_slice(state.row(id));
+        }
+        let w = &mut new_weights[i * d..];
+        let s = &mut new_state[i * sw..];
+        optimizer.step(w, s, g);
+        if first_non_finite.is_none() && !(all_finite(w) && all_finite(s)) {
+            first_non_finite = Some(i);
+        }
+    }
+    let cpu = |values| Storage::Cpu(CpuStorage::F32(values));
+    Ok((
+        cpu(new_weights),
+        state.map(|_| cpu(new_state)),
+        first_non_finite,
+    ))
 }
 
 struct GatherRows;
 struct SegmentSum;
 struct ScatterRows;
-struct RowMeanSquare;
 
 fn contiguous<'a, T: candle_core::WithDType>(
     op: &str,
@@ -281,31 +431,6 @@ impl InplaceOp3 for ScatterRows {
     }
 }
 
-impl CustomOp1 for RowMeanSquare {
-    fn name(&self) -> &'static str {
-        "featmux-row-mean-square"
-    }
-
-    fn cpu_fwd(&self, rows: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, width) = rows_and_width(self.name(), layout)?;
-        let rows = contiguous::<f32>(self.name(), rows, layout)?;
-        let out = rows
-            .chunks_exact(width)
-            .map(|row| row.iter().map(|x| x * x).sum::<f32>() / width as f32)
-            .collect();
-        Ok((CpuStorage::F32(out), Shape::from((n, 1))))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        rows: &candle_core::CudaStorage,
-        layout: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        cuda::row_mean_square(rows, layout)
-    }
-}
-
 /// Launches of `row_ops.cu`.
 #[cfg(feature = "cuda")]
 mod cuda {
@@ -316,7 +441,9 @@ mod cuda {
         CudaFunction, CudaSlice, CudaView, LaunchConfig, PushKernelArg,
     };
     use candle_core::cuda_backend::{cudarc, CudaDType, WrapErr};
-    use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape};
+    use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape, Storage};
+
+    use crate::optimizer::Optimizer;
 
     const SOURCE: &str = include_str!("row_ops.cu");
     const MODULE: &str = "featmux_row_ops";
@@ -486,21 +613,81 @@ mod cuda {
         }
     }
 
-    pub fn row_mean_square(rows: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
-        let (n, width) = super::rows_and_width("featmux-row-mean-square", layout)?;
-        let device = rows.device().clone();
-        let rows_view = view::<f32>(rows, layout)?;
-        // SAFETY: the kernel writes every element before anyone reads it.
-        let out: CudaSlice<f32> = unsafe { device.alloc::<f32>(n)? };
-        if n > 0 {
-            let func = function(&device, "featmux_row_mean_square")?;
-            let (n64, width64) = (n as u64, width as u64);
-            // SAFETY: argument types match the kernel.
-            unsafe { launch!(device, func, n; &rows_view, &out, &n64, &width64) }?;
+    /// The kernel's `kind` and four hyper-parameters for `optimizer`, in
+    /// the order `featmux_optimizer_step` reads them.
+    fn kernel_parameters(optimizer: &Optimizer) -> (i32, [f32; 4]) {
+        match *optimizer {
+            Optimizer::Sgd { lr } => (0, [lr, 0.0, 0.0, 0.0]),
+            Optimizer::Adagrad { lr, eps, .. } => (1, [lr, eps, 0.0, 0.0]),
+            Optimizer::RowWiseAdagrad { lr, eps, .. } => (2, [lr, eps, 0.0, 0.0]),
+            Optimizer::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+            } => (3, [lr, beta1, beta2, eps]),
+            Optimizer::Ftrl {
+                alpha,
+                beta,
+                l1,
+                l2,
+                ..
+            } => (4, [alpha, beta, l1, l2]),
         }
+    }
+
+    /// Threads per row: a power of two near a quarter of the row, at most
+    /// a warp, so small rows do not leave most of a warp idle.
+    fn lanes_per_row(dim: usize) -> u32 {
+        dim.div_ceil(4).next_power_of_two().min(32) as u32
+    }
+
+    pub fn optimizer_step(
+        optimizer: &Optimizer,
+        (weights, weights_layout): (&CudaStorage, &Layout),
+        state: Option<(&CudaStorage, &Layout)>,
+        (ids, ids_layout): (&CudaStorage, &Layout),
+        (grads, grads_layout): (&CudaStorage, &Layout),
+    ) -> Result<super::StepOutput> {
+        let (_, d) = super::rows_and_width("featmux-optimizer-step", weights_layout)?;
+        let sw = optimizer.state_width(d);
+        let device = weights.device().clone();
+        let stream = device.cuda_stream();
+        let w_view = view::<f32>(weights, weights_layout)?;
+        let ids_view = view::<i64>(ids, ids_layout)?;
+        let g_view = view::<f32>(grads, grads_layout)?;
+        let n = ids_view.len();
+        // SAFETY: the kernel writes every element before anyone reads it.
+        let (out_w, out_s) = unsafe { (device.alloc::<f32>(n * d)?, device.alloc::<f32>(n * sw)?) };
+        let mut bad = stream.clone_htod(&[u64::MAX]).w()?;
+        if n > 0 {
+            let func = function(&device, "featmux_optimizer_step")?;
+            let (kind, [p0, p1, p2, p3]) = kernel_parameters(optimizer);
+            let lanes = lanes_per_row(d);
+            let (n64, d64, sw64) = (n as u64, d as u64, sw as u64);
+            // Without state the kernel never reads the table's state: the
+            // weights stand in for its pointer.
+            let s_view = match state {
+                Some((s, layout)) => view::<f32>(s, layout)?,
+                None => view::<f32>(weights, weights_layout)?,
+            };
+            // SAFETY: argument types match the kernel; `optimizer_step`
+            // checked every id against both tables (`RowIds`), the gradients'
+            // shape and the state's width.
+            unsafe {
+                launch!(device, func, n * lanes as usize;
+                    &kind, &p0, &p1, &p2, &p3,
+                    &w_view, &s_view, &ids_view, &g_view,
+                    &out_w, &out_s, &mut bad,
+                    &n64, &d64, &sw64, &lanes)
+            }?;
+        }
+        let first_bad = stream.clone_dtoh(&bad).w()?[0];
+        let storage = |slice| Storage::Cuda(CudaStorage::wrap_cuda_slice(slice, device.clone()));
         Ok((
-            CudaStorage::wrap_cuda_slice(out, device),
-            Shape::from((n, 1)),
+            storage(out_w),
+            state.map(|_| storage(out_s)),
+            usize::try_from(first_bad).ok().filter(|&i| i < n),
         ))
     }
 }
