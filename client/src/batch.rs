@@ -2,6 +2,7 @@
 //! at once) and get the KeyedJaggedTensor the server expects.
 
 use crate::pb;
+use featmux_proto::engine::lengths_to_pb;
 use pb::feature_values::Values;
 
 /// A batch that cannot be built.
@@ -225,16 +226,14 @@ impl BatchBuilder {
                 .features
                 .into_iter()
                 .map(|f| {
-                    // Equal bags (single-valued features, most often) go
-                    // as one count instead of a varint per example.
-                    let per_example = f.lengths.first().copied().unwrap_or(0);
-                    let equal = per_example > 0 && f.lengths.iter().all(|&l| l == per_example);
+                    let values = f.column.len();
+                    let (lengths, values_per_example) = lengths_to_pb(f.lengths, values);
                     pb::FeatureValues {
                         feature: f.name,
                         values: Some(f.column.into_pb()),
-                        lengths: if equal { Vec::new() } else { f.lengths },
+                        lengths,
                         weights: f.weights,
-                        values_per_example: if equal { per_example } else { 0 },
+                        values_per_example,
                     }
                 })
                 .collect(),

@@ -47,6 +47,7 @@ pub use client::Client;
 pub use cluster::{ClusterClient, ClusterTicket, PartitionMap, ReadFrom, ShardPush};
 pub use embeddings::{decode_lookup, encode_gradients, Embedding, Lookup};
 pub use error::ClientError;
+pub use featmux_proto::engine::lengths_to_pb;
 pub use featmux_proto::v1 as pb;
 pub use options::{Auth, ClientOptions};
 pub use tonic::Code;

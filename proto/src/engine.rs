@@ -74,6 +74,21 @@ fn lengths_from_pb(fv: &pb::FeatureValues, values: usize) -> Result<Vec<u32>, Wi
     Ok(vec![fv.values_per_example; values / per_example])
 }
 
+/// Bag lengths in their wire form, `(lengths, values_per_example)`: equal
+/// non-empty bags (single-valued features, most often) go as one count
+/// instead of a varint per example; anything else as sent. Lengths that do
+/// not add up to the `values` sent also go as sent, so the server names the
+/// mismatch instead of reading a different number of examples.
+pub fn lengths_to_pb(lengths: Vec<u32>, values: usize) -> (Vec<u32>, u32) {
+    let per_example = lengths.first().copied().unwrap_or(0);
+    let equal = per_example > 0 && lengths.iter().all(|&l| l == per_example);
+    if equal && lengths.len() as u64 * per_example as u64 == values as u64 {
+        (Vec::new(), per_example)
+    } else {
+        (lengths, 0)
+    }
+}
+
 /// A batch.
 pub fn batch_from_pb(batch: Option<pb::Batch>) -> Result<Batch, WireError> {
     let batch = batch.ok_or_else(|| WireError::new("missing `batch`"))?;
@@ -338,6 +353,19 @@ pub fn table_to_pb(spec: &TableSpec, registry: &FeatureRegistry) -> pb::TableInf
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn equal_bags_go_as_one_count_only_when_they_add_up_to_the_values() {
+        assert_eq!(lengths_to_pb(vec![1, 1, 1], 3), (vec![], 1));
+        assert_eq!(lengths_to_pb(vec![2, 2], 4), (vec![], 2));
+        // Unequal, empty or no bags keep their lengths.
+        assert_eq!(lengths_to_pb(vec![2, 0, 1], 3), (vec![2, 0, 1], 0));
+        assert_eq!(lengths_to_pb(vec![0, 0], 0), (vec![0, 0], 0));
+        assert_eq!(lengths_to_pb(vec![], 0), (vec![], 0));
+        // Lengths that disagree with the values go as sent, so the server
+        // names the mismatch rather than reading four examples.
+        assert_eq!(lengths_to_pb(vec![1, 1, 1], 4), (vec![1, 1, 1], 0));
+    }
 
     #[test]
     fn table_and_feature_configs_round_trip() {

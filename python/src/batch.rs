@@ -13,7 +13,7 @@
 //! arrays are copied once. Embeddings come back as `float32` arrays
 //! `[examples, width]` that take ownership of the decoded buffer (no copy).
 
-use featmux_client::{pb, Embedding, PackedStringsBuilder};
+use featmux_client::{lengths_to_pb, pb, Embedding, PackedStringsBuilder};
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray2, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray1};
 use numpy::{PyArray1, PyUntypedArray, PyUntypedArrayMethods};
@@ -154,6 +154,12 @@ impl<'a> Column<'a> {
 
     fn into_pb(self, lengths: Vec<u32>, weights: Vec<f32>) -> pb::FeatureValues {
         use pb::feature_values::Values as Wire;
+        let count = match &self.values {
+            Values::Strings(packed) => packed.len(),
+            Values::Int64(values) => values.len(),
+            Values::Unknown => 0,
+        };
+        let (lengths, values_per_example) = lengths_to_pb(lengths, count);
         let values = match self.values {
             Values::Strings(packed) => Wire::PackedStrings(packed.build()),
             Values::Int64(values) => Wire::Int64s(pb::Int64Values { values }),
@@ -166,7 +172,7 @@ impl<'a> Column<'a> {
             values: Some(values),
             lengths,
             weights,
-            values_per_example: 0,
+            values_per_example,
         }
     }
 }

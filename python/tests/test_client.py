@@ -151,6 +151,9 @@ def test_malformed_batches_raise_naming_the_feature_and_example(data):
         ({"tags": {"values": ["a"]}}, TypeError, "feature `tags`: a column needs `values` and `lengths`"),
         ({"tags": {"values": ["a", 2], "lengths": [2]}}, TypeError, "feature `tags`: values must be all str or all int"),
         ({"tags": {"values": [["a"]], "lengths": [1]}}, TypeError, "feature `tags`, value 0: values are str or int, not list"),
+        # Equal lengths that do not add up to the values: the server names
+        # the mismatch (the client does not send them as one count).
+        ({"tags": {"values": ["a", "b", "c", "d"], "lengths": [1, 1, 1]}}, featmux.InvalidArgument, "lengths sum to 3 but 4 values were sent"),
         ({"user": 3}, TypeError, "feature `user`: expected a list of examples or a column dict"),
         (["user"], TypeError, "a batch is a dict of features, not list"),
     ]
