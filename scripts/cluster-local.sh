@@ -80,8 +80,11 @@ up() {
 }
 
 status() {
-    ETCDCTL_API=3 etcdctl --endpoints "$(endpoints)" get --prefix "$PREFIX/members/" --keys-only |
-        sed -n 's|.*/members/||p'
+    members=$(ETCDCTL_API=3 etcdctl --endpoints "$(endpoints)" get --prefix "$PREFIX/members/" --keys-only) || {
+        echo "status: etcdctl could not list the members (etcdctl comes with Debian's etcd-client)" >&2
+        exit 1
+    }
+    printf '%s\n' "$members" | sed -n 's|.*/members/||p'
     i=0
     while [ "$i" -lt "$SHARDS" ]; do
         state=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$((PORT_BASE + 300 + i))/readyz" || true)

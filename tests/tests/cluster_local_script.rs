@@ -101,7 +101,13 @@ fn the_local_cluster_script_runs_a_cluster_that_survives_an_etcd_member() {
         for (table, workload) in [("after", "lookup"), ("after", "push")] {
             assert_eq!(bench(endpoints, table, workload)["errors"], 0);
         }
-        let status = String::from_utf8(script(dir.path(), base, "status").stdout).unwrap();
+        let status = script(dir.path(), base, "status");
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let status = String::from_utf8(status.stdout).unwrap();
         for shard in ["shard-0", "shard-1", "shard-2"] {
             assert!(status.contains(&format!("{shard}\n")), "{status}");
             assert!(status.contains(&format!("{shard} readyz 200")), "{status}");
