@@ -12,7 +12,8 @@
 #     relative), readers never seeing a torn row;
 # (b) `featmux device-bench`: gather and update rows/s and GB/s on a
 #     10^7-row table, chunk_dim 16, 64 and 128, batches of 65,536 rows,
-#     beside the device's measured copy bandwidth;
+#     beside the device's measured copy bandwidth, and a gather call split
+#     into its upload, kernel and download;
 # (c) `featmux serve --backend cuda:0` answering the load generator's gRPC
 #     lookups (single values and bags) and pushes, then the same against
 #     `--backend cpu` on the same machine.
@@ -137,6 +138,10 @@ if bench:
               f"{r['gather_kernel']['gb_per_s']:>12.0f} {r['update_kernel']['rows_per_s'] / 1e6:>15.1f} "
               f"{r['update_kernel']['gb_per_s']:>12.0f} {r['gather_call']['rows_per_s'] / 1e6:>20.1f} "
               f"{r['update_call']['rows_per_s'] / 1e6:>20.1f}")
+    print("gather call split (ms): upload ids + kernel + download rows = the call's transfers and kernel")
+    for r in bench["results"]:
+        print(f"{r['dim']:>4} {r['ids_upload']['ms']:.3f} + {r['gather_kernel']['ms']:.3f} + "
+              f"{r['rows_download']['ms']:.3f} of {r['gather_call']['ms']:.3f}")
 print("\nend to end (featmux bench, 8 clients, same machine):")
 errors = False
 for label in ("lookup", "bags", "push"):

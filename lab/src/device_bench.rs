@@ -10,7 +10,11 @@
 //!   uploaded): the fused optimizer step (`row_ops::optimizer_step`), in-place
 //!   scatter back;
 //! - `gather_call` / `update_call`: the same through the `Backend` trait,
-//!   i.e. with the upload of ids and gradients and the download of rows.
+//!   i.e. with the upload of ids and gradients and the download of rows;
+//! - `ids_upload` / `rows_download`: the gather call's two transfers alone
+//!   (checking and uploading a batch of row ids; downloading `[batch, dim]`
+//!   rows through the backend's reused page-locked buffer), so a call's time
+//!   splits into transfers, kernel and the rest.
 //!
 //! Bytes are the fewest each operation must move through device memory
 //! (gather: ids + rows read + rows written; update: ids, gradients, rows and
@@ -199,6 +203,20 @@ fn measure(
         table.copy_weights()?;
         Ok(())
     })?;
+    // The gather call's two transfers on their own: where its time goes
+    // beside the kernel.
+    let ids_upload = timed(&mut |i| {
+        table.upload_rows(&lookup_sets[i % BATCH_SETS])?;
+        Ok(())
+    })?;
+    let gathered: Vec<Tensor> = lookup_ids
+        .iter()
+        .map(|ids| table.gather_on_device(ids))
+        .collect::<Result<_, _>>()?;
+    let rows_download = timed(&mut |i| {
+        table.download(&gathered[i % BATCH_SETS])?;
+        Ok(())
+    })?;
 
     let row_bytes = (dim * 4) as f64;
     let gather_bytes = batch as f64 * (8.0 + 2.0 * row_bytes);
@@ -221,6 +239,8 @@ fn measure(
         "update_kernel": rate(update_kernel, update_bytes),
         "gather_call": rate(gather_call, gather_bytes),
         "update_call": rate(update_call, update_bytes),
+        "ids_upload": rate(ids_upload, batch as f64 * 8.0),
+        "rows_download": rate(rows_download, batch as f64 * row_bytes),
     }))
 }
 

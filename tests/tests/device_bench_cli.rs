@@ -48,6 +48,8 @@ fn reports_every_width_and_refuses_what_it_cannot_measure() {
             "update_kernel",
             "gather_call",
             "update_call",
+            "ids_upload",
+            "rows_download",
         ] {
             let rate = result[part]["rows_per_s"].as_f64().unwrap();
             assert!(rate.is_finite() && rate > 0.0, "{part}: {rate}");

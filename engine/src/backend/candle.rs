@@ -103,6 +103,12 @@ impl CandleBackend {
         RowIds::new(rows, self.spec.rows, &self.device)
     }
 
+    /// `tensor`'s values on the host, through this table's reused
+    /// page-locked buffer on a GPU ([`Downloads`]).
+    pub fn download(&self, tensor: &Tensor) -> candle_core::Result<Vec<f32>> {
+        self.downloads.to_vec(tensor)
+    }
+
     /// Gathers rows `ids` into a `[n, dim]` tensor on the device: the lookup
     /// kernel without upload or download.
     pub fn gather_on_device(&self, ids: &RowIds) -> candle_core::Result<Tensor> {
@@ -144,14 +150,14 @@ impl CandleBackend {
         }
         if plan.is_one_row_per_slot() {
             let gathered = self.gather_on_device(&self.upload_rows(&plan.rows)?)?;
-            return self.downloads.to_vec(&gathered);
+            return self.download(&gathered);
         }
         let groups = plan.grouped_by_slot();
         let n = groups.rows.len();
         let gathered = self.gather_on_device(&self.upload_rows(&groups.rows)?)?;
         let weights = Tensor::from_vec(groups.weights, n, &self.device)?;
         let pooled = row_ops::segment_sum(&gathered, &weights, &groups.offsets)?;
-        self.downloads.to_vec(&pooled)
+        self.download(&pooled)
     }
 
     fn apply_impl(&self, update: &RowGradients) -> Result<(), EngineError> {
@@ -179,11 +185,11 @@ impl CandleBackend {
         let tensors = self.tensors.read();
         let weights = row_ops::gather_rows(&tensors.weights, &ids)?;
         let state = match &tensors.state {
-            Some(state) => self.downloads.to_vec(&row_ops::gather_rows(state, &ids)?)?,
+            Some(state) => self.download(&row_ops::gather_rows(state, &ids)?)?,
             None => Vec::new(),
         };
         Ok(RowData {
-            weights: self.downloads.to_vec(&weights)?,
+            weights: self.download(&weights)?,
             state,
         })
     }

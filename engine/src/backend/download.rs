@@ -33,8 +33,8 @@ impl Downloads {
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use candle_core::cuda_backend::cudarc::driver::{result, DevicePtr, PinnedHostSlice};
     use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{result, DevicePtr, PinnedHostSlice};
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{Result, Storage, Tensor};
 
