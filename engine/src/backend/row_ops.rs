@@ -24,7 +24,8 @@
 
 use candle_core::op::BackpropOp;
 use candle_core::{
-    CpuStorage, CustomOp2, CustomOp3, Device, InplaceOp3, Layout, Result, Shape, Storage, Tensor,
+    CpuStorage, CustomOp2, CustomOp3, DType, Device, InplaceOp3, Layout, Result, Shape, Storage,
+    Tensor,
 };
 
 use crate::optimizer::{all_finite, Optimizer};
@@ -177,6 +178,14 @@ pub fn optimizer_step(
             candle_core::bail!("{OP}: {} needs its state", optimizer.name())
         }
         None => {}
+    }
+    if ids.is_empty() {
+        let empty = |width| Tensor::zeros((0, width), DType::F32, weights.device());
+        return Ok(OptimizerStep {
+            weights: empty(dim)?,
+            state: state.map(|_| empty(state_width)).transpose()?,
+            first_non_finite: None,
+        });
     }
     let (w_storage, w_layout) = weights.storage_and_layout();
     let (g_storage, g_layout) = grads.storage_and_layout();
@@ -657,36 +666,41 @@ mod cuda {
         let ids_view = view::<i64>(ids, ids_layout)?;
         let g_view = view::<f32>(grads, grads_layout)?;
         let n = ids_view.len();
+        // `optimizer_step` sends no empty batch here (no zero-size
+        // allocation), and without state there is no state buffer.
         // SAFETY: the kernel writes every element before anyone reads it.
-        let (out_w, out_s) = unsafe { (device.alloc::<f32>(n * d)?, device.alloc::<f32>(n * sw)?) };
+        let out_w = unsafe { device.alloc::<f32>(n * d)? };
+        let out_s = match sw {
+            0 => None,
+            // SAFETY: as for `out_w`.
+            _ => Some(unsafe { device.alloc::<f32>(n * sw)? }),
+        };
         let mut bad = stream.clone_htod(&[u64::MAX]).w()?;
-        if n > 0 {
-            let func = function(&device, "featmux_optimizer_step")?;
-            let (kind, [p0, p1, p2, p3]) = kernel_parameters(optimizer);
-            let lanes = lanes_per_row(d);
-            let (n64, d64, sw64) = (n as u64, d as u64, sw as u64);
-            // Without state the kernel never reads the table's state: the
-            // weights stand in for its pointer.
-            let s_view = match state {
-                Some((s, layout)) => view::<f32>(s, layout)?,
-                None => view::<f32>(weights, weights_layout)?,
-            };
-            // SAFETY: argument types match the kernel; `optimizer_step`
-            // checked every id against both tables (`RowIds`), the gradients'
-            // shape and the state's width.
-            unsafe {
-                launch!(device, func, n * lanes as usize;
-                    &kind, &p0, &p1, &p2, &p3,
-                    &w_view, &s_view, &ids_view, &g_view,
-                    &out_w, &out_s, &mut bad,
-                    &n64, &d64, &sw64, &lanes)
-            }?;
-        }
+        let func = function(&device, "featmux_optimizer_step")?;
+        let (kind, [p0, p1, p2, p3]) = kernel_parameters(optimizer);
+        let lanes = lanes_per_row(d);
+        let (n64, d64, sw64) = (n as u64, d as u64, sw as u64);
+        // Without state the kernel never touches a state pointer: the
+        // weights stand in for both.
+        let s_view = match state {
+            Some((s, layout)) => view::<f32>(s, layout)?,
+            None => view::<f32>(weights, weights_layout)?,
+        };
+        // SAFETY: argument types match the kernel; `optimizer_step`
+        // checked every id against both tables (`RowIds`), the gradients'
+        // shape and the state's width.
+        unsafe {
+            launch!(device, func, n * lanes as usize;
+                &kind, &p0, &p1, &p2, &p3,
+                &w_view, &s_view, &ids_view, &g_view,
+                &out_w, out_s.as_ref().unwrap_or(&out_w), &mut bad,
+                &n64, &d64, &sw64, &lanes)
+        }?;
         let first_bad = stream.clone_dtoh(&bad).w()?[0];
         let storage = |slice| Storage::Cuda(CudaStorage::wrap_cuda_slice(slice, device.clone()));
         Ok((
             storage(out_w),
-            state.map(|_| storage(out_s)),
+            out_s.map(storage),
             usize::try_from(first_bad).ok().filter(|&i| i < n),
         ))
     }

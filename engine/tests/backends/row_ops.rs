@@ -292,6 +292,15 @@ fn optimizer_step_refuses_mismatched_gradients_and_state() {
     let wide = Tensor::zeros((4, 2), DType::F32, &device).unwrap();
     let err = optimizer_step(&optimizer, &table, Some(&wide), &two, &grads).unwrap_err();
     assert!(err.to_string().contains("state rows of 2 floats"), "{err}");
+    // An empty step is no step: no rows, nothing to write back.
+    let none = ids(&device, &[], 4);
+    let empty = Tensor::zeros((0, 8), DType::F32, &device).unwrap();
+    let step = optimizer_step(&optimizer, &table, Some(&state), &none, &empty).unwrap();
+    assert_eq!(
+        (step.weights.dims(), step.first_non_finite),
+        (&[0, 8][..], None)
+    );
+    assert_eq!(step.state.unwrap().dims(), [0, 1]);
     let short = Tensor::zeros((3, 1), DType::F32, &device).unwrap();
     let err = optimizer_step(
         &optimizer,
