@@ -171,7 +171,17 @@ fn a_client_opens_the_connections_it_is_asked_for_and_uses_them() {
             ..ClientOptions::new(server.grpc_url())
         };
         let client = Client::connect(options.clone()).await.unwrap();
-        assert_eq!(connections_to(server.grpc.port()), before + 3);
+        // Counted until the count settles: beside another test's load, one
+        // connection too many was seen for a moment (2 runs in 7).
+        let mut open = connections_to(server.grpc.port());
+        for _ in 0..50 {
+            if open == before + 3 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            open = connections_to(server.grpc.port());
+        }
+        assert_eq!(open, before + 3);
         // Calls in turn on every connection, and concurrently: each answer
         // equals the one-connection client's.
         let expected = admin.lookup("t", &batch(0, 0), false).await.unwrap();
