@@ -8,7 +8,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use featmux_proto::v1::admin_service_server::AdminServiceServer;
-use featmux_proto::v1::embedding_service_server::EmbeddingServiceServer;
 use featmux_proto::v1::replication_service_server::ReplicationServiceServer;
 use featmux_storage::catalog::CatalogError;
 use tokio::net::TcpListener;
@@ -171,13 +170,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
                 shared: shared.clone(),
             })
             .layer(tower::util::MapResponseLayer::new(translate_codec_response))
-            .add_service(
-                EmbeddingServiceServer::new(grpc::EmbeddingGrpc {
-                    shared: shared.clone(),
-                })
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-            )
+            .add_service(grpc::EmbeddingRoutes::new(shared.clone(), max))
             .add_service(
                 AdminServiceServer::new(grpc::AdminGrpc {
                     shared: shared.clone(),

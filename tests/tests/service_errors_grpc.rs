@@ -402,18 +402,25 @@ fn bytes_that_are_not_protobuf_are_invalid_arguments() {
     run(async |f| {
         let Fixture { admin, .. } = f;
         let before = snapshot(admin).await;
-        let status = raw::call(
-            f.server.grpc_url(),
+        // Lookup is served below tonic's codec (grpc/raw_lookup.rs), Push
+        // through it: both refuse alike.
+        for path in [
             "/featmux.v1.EmbeddingService/Push",
-            Some(DATA),
-            vec![0xff, 0xff, 0xff],
-        )
-        .await;
-        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-        assert!(
-            status.message().contains("malformed request message"),
-            "{status:?}"
-        );
+            "/featmux.v1.EmbeddingService/Lookup",
+        ] {
+            let status = raw::call(
+                f.server.grpc_url(),
+                path,
+                Some(DATA),
+                vec![0xff, 0xff, 0xff],
+            )
+            .await;
+            assert_eq!(status.code(), Code::InvalidArgument, "{path}: {status:?}");
+            assert!(
+                status.message().contains("malformed request message"),
+                "{path}: {status:?}"
+            );
+        }
         unchanged!(admin, before, "gRPC malformed protobuf");
     });
 }

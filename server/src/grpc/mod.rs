@@ -1,8 +1,12 @@
 //! The gRPC transport: `EmbeddingService` for trainers and `AdminService`
 //! for operators, both thin wrappers around [`Api`]; [`auth`] checks tokens
-//! before a message is decoded.
+//! before a message is decoded, and [`EmbeddingRoutes`] serves `Lookup`
+//! below tonic's codec.
 
 pub mod auth;
+mod raw_lookup;
+
+pub use raw_lookup::EmbeddingRoutes;
 
 use std::pin::Pin;
 use std::sync::Arc;
