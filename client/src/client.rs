@@ -13,11 +13,12 @@ use tonic::{Code, Request, Status};
 
 use featmux_engine::backend::{GatherPlan, RowGradients};
 
-use crate::embeddings::{decode_lookup, encode_gradients, Lookup};
+use crate::embeddings::{encode_gradients, Lookup};
 use crate::error::source_chain;
 use crate::options::Auth;
 use crate::pb::admin_service_client::AdminServiceClient;
 use crate::pb::embedding_service_client::EmbeddingServiceClient;
+use crate::raw_lookup;
 use crate::{pb, ClientError, ClientOptions, TrainStream};
 
 /// Every call goes through the token interceptor.
@@ -27,8 +28,8 @@ pub(crate) type Transport = InterceptedService<Channel, Auth>;
 /// server.
 #[derive(Clone)]
 pub struct Client {
-    /// One data-plane client per connection, taken in turn by calls.
-    embedding: Arc<[EmbeddingServiceClient<Transport>]>,
+    /// The data-plane connections, taken in turn by calls.
+    connections: Arc<[Transport]>,
     next_connection: Arc<AtomicUsize>,
     pub(crate) admin: AdminServiceClient<Transport>,
     options: ClientOptions,
@@ -105,15 +106,11 @@ impl Client {
         }
         let auth = Auth(token);
         let max = options.max_message_bytes;
-        let mut embedding = Vec::with_capacity(options.connections);
+        let mut connections = Vec::with_capacity(options.connections);
         let mut admin = None;
         for _ in 0..options.connections {
             let channel = connect_with_retries(&endpoint, &options).await?;
-            embedding.push(
-                EmbeddingServiceClient::with_interceptor(channel.clone(), auth.clone())
-                    .max_decoding_message_size(max)
-                    .max_encoding_message_size(max),
-            );
+            connections.push(InterceptedService::new(channel.clone(), auth.clone()));
             admin.get_or_insert_with(|| {
                 AdminServiceClient::with_interceptor(channel, auth.clone())
                     .max_decoding_message_size(max)
@@ -121,7 +118,7 @@ impl Client {
             });
         }
         Ok(Client {
-            embedding: embedding.into(),
+            connections: connections.into(),
             next_connection: Arc::new(AtomicUsize::new(0)),
             admin: admin.expect("at least one connection"),
             options,
@@ -129,10 +126,18 @@ impl Client {
         })
     }
 
-    /// The data-plane client of the next connection in turn.
-    fn embedding(&self) -> &EmbeddingServiceClient<Transport> {
+    /// The next data-plane connection in turn.
+    fn connection(&self) -> Transport {
         let i = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        &self.embedding[i % self.embedding.len()]
+        self.connections[i % self.connections.len()].clone()
+    }
+
+    /// The data-plane client of the next connection in turn.
+    fn embedding(&self) -> EmbeddingServiceClient<Transport> {
+        let max = self.options.max_message_bytes;
+        EmbeddingServiceClient::new(self.connection())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max)
     }
 
     /// Runs one unary call with a deadline, retrying on UNAVAILABLE (the
@@ -226,12 +231,11 @@ impl Client {
             batch: Some(batch.clone()),
             want_ticket,
         };
-        let response = self
-            .call_idempotent(self.embedding(), request, |mut c, r| async move {
-                c.lookup(r).await
-            })
-            .await?;
-        decode_lookup(response)
+        let max = self.options.max_message_bytes;
+        self.call_idempotent(&self.connection(), request, |c, r| {
+            raw_lookup::call(c, r, max)
+        })
+        .await
     }
 
     /// Pushes gradients (one block per batch feature, in batch order).
@@ -270,7 +274,7 @@ impl Client {
             gradients: encode_gradients(grads),
             request_id: self.request_ids.next(),
         };
-        self.call_idempotent(self.embedding(), request, |mut c, r| async move {
+        self.call_idempotent(&self.embedding(), request, |mut c, r| async move {
             c.push(r).await
         })
         .await
@@ -296,7 +300,7 @@ impl Client {
             map_epoch,
         };
         let response = self
-            .call_idempotent(self.embedding(), request, |mut c, r| async move {
+            .call_idempotent(&self.embedding(), request, |mut c, r| async move {
                 c.lookup_rows(r).await
             })
             .await?;
@@ -320,7 +324,7 @@ impl Client {
             request_id: self.request_ids.next(),
             map_epoch,
         };
-        self.call_idempotent(self.embedding(), request, |mut c, r| async move {
+        self.call_idempotent(&self.embedding(), request, |mut c, r| async move {
             c.push_rows(r).await
         })
         .await
@@ -328,7 +332,7 @@ impl Client {
 
     /// Opens a Train stream (lookups and pushes answered in order).
     pub async fn train(&self) -> Result<TrainStream, ClientError> {
-        TrainStream::open(self.embedding().clone()).await
+        TrainStream::open(self.embedding()).await
     }
 }
 

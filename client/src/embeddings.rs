@@ -23,6 +23,29 @@ pub struct Lookup {
     pub ticket: Option<u64>,
 }
 
+impl Embedding {
+    /// A decoded block, refused unless it holds `rows × width` floats.
+    pub(crate) fn checked(
+        feature: String,
+        rows: u32,
+        width: u32,
+        data: Vec<f32>,
+    ) -> Result<Embedding, ClientError> {
+        if data.len() != rows as usize * width as usize {
+            return Err(ClientError::Response(format!(
+                "`{feature}`: {} floats for {rows}×{width}",
+                data.len(),
+            )));
+        }
+        Ok(Embedding {
+            feature,
+            rows: rows as usize,
+            width: width as usize,
+            data,
+        })
+    }
+}
+
 /// Decodes a lookup response.
 pub fn decode_lookup(response: pb::LookupResponse) -> Result<Lookup, ClientError> {
     let embeddings = response
@@ -31,21 +54,7 @@ pub fn decode_lookup(response: pb::LookupResponse) -> Result<Lookup, ClientError
         .map(|e| {
             let data = payload::decode(&e.data)
                 .ok_or_else(|| ClientError::Response(format!("`{}`: ragged payload", e.feature)))?;
-            if data.len() != e.rows as usize * e.width as usize {
-                return Err(ClientError::Response(format!(
-                    "`{}`: {} floats for {}×{}",
-                    e.feature,
-                    data.len(),
-                    e.rows,
-                    e.width
-                )));
-            }
-            Ok(Embedding {
-                feature: e.feature,
-                rows: e.rows as usize,
-                width: e.width as usize,
-                data,
-            })
+            Embedding::checked(e.feature, e.rows, e.width, data)
         })
         .collect::<Result<_, _>>()?;
     Ok(Lookup {

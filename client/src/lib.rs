@@ -39,6 +39,7 @@ mod cluster;
 mod embeddings;
 mod error;
 mod options;
+mod raw_lookup;
 pub mod spec;
 mod train;
 
