@@ -288,30 +288,37 @@ impl BatchPlan {
             &grads[b].as_ref()[start..start + d]
         };
 
-        // Sort entries by row (ties by entry index, so sums are deterministic).
+        // Entries sorted by row, ties by entry index (so sums are
+        // deterministic). Each carries its slot and weight: read in row
+        // order from the plan's arrays they would be cache misses, as many
+        // as the gradient reads themselves.
         let gather = &self.gather;
-        let mut order: Vec<u32> = (0..gather.rows.len() as u32).collect();
-        order.sort_unstable_by_key(|&e| (gather.rows[e as usize], e));
+        let mut entries: Vec<SummedEntry> = (0..gather.rows.len())
+            .map(|e| SummedEntry {
+                row: gather.rows[e],
+                entry: e as u32,
+                slot: gather.slots[e],
+                weight: gather.weights[e],
+            })
+            .collect();
+        entries.sort_unstable_by_key(|x| (x.row, x.entry));
         let mut update = RowGradients::default();
-        for (k, &e) in order.iter().enumerate() {
+        for (k, x) in entries.iter().enumerate() {
             // In row order the gradients are read at random: ask for the
             // one a few entries on while summing this one.
-            if let Some(&ahead) = order.get(k + PREFETCH_AHEAD) {
-                crate::prefetch::prefetch(slot_grad(gather.slots[ahead as usize] as usize));
+            if let Some(ahead) = entries.get(k + PREFETCH_AHEAD) {
+                crate::prefetch::prefetch(slot_grad(ahead.slot as usize));
             }
-            let e = e as usize;
-            let row = gather.rows[e];
-            if update.rows.last() != Some(&row) {
-                update.rows.push(row);
+            if update.rows.last() != Some(&x.row) {
+                update.rows.push(x.row);
                 update.grads.resize(update.grads.len() + d, 0.0);
             }
             let acc = update.grads.len() - d;
-            let weight = gather.weights[e];
             for (a, g) in update.grads[acc..]
                 .iter_mut()
-                .zip(slot_grad(gather.slots[e] as usize))
+                .zip(slot_grad(x.slot as usize))
             {
-                *a += weight * g;
+                *a += x.weight * g;
             }
         }
         if update.grads.iter().any(|v| !v.is_finite()) {
@@ -322,6 +329,14 @@ impl BatchPlan {
         }
         Ok(update)
     }
+}
+
+/// A gather entry as [`BatchPlan::row_gradients`] sums it.
+struct SummedEntry {
+    row: u64,
+    entry: u32,
+    slot: u32,
+    weight: f32,
 }
 
 /// How many entries ahead [`BatchPlan::row_gradients`] prefetches.
