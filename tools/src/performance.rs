@@ -232,6 +232,77 @@ const RATIOS: &[Ratio] = &[
     },
 ];
 
+/// A service path and the in-process run that does the same engine work.
+struct ServicePath {
+    what: &'static str,
+    service: &'static str,
+    engine: &'static str,
+}
+
+const SERVICE_PATHS: &[ServicePath] = &[
+    ServicePath {
+        what: "lookup",
+        service: "lookup",
+        engine: "engine-lookup",
+    },
+    ServicePath {
+        what: "push, row-wise Adagrad",
+        service: "push-rowwise-adagrad",
+        engine: "engine-push-rowwise-adagrad",
+    },
+    ServicePath {
+        what: "train stream, row-wise Adagrad",
+        service: "train-rowwise-adagrad",
+        engine: "engine-train-rowwise-adagrad",
+    },
+];
+
+/// The most a service path can reach of the in-process rate when client,
+/// server and engine share the machine's cores: each call costs the
+/// engine's work (E MB/s of payload in-process) plus moving the same
+/// payload through loopback TCP (T MB/s, the plain exchange), so at most
+/// 1 / (1 + E/T) = T / (E + T).
+fn shared_core_ceiling(engine_mb_per_s: f64, tcp_mb_per_s: f64) -> f64 {
+    tcp_mb_per_s / (engine_mb_per_s + tcp_mb_per_s)
+}
+
+fn write_ceilings(w: &mut String, results: &Results) -> Result<(), String> {
+    writeln!(w, "\n## What sharing the cores allows\n").unwrap();
+    writeln!(
+        w,
+        "A call through the service does at least the in-process engine's work plus moving \
+         its payload through loopback TCP, on the cores the client uses too. With E the \
+         in-process payload rate and T the plain TCP exchange's (`tcp-blast`), the service \
+         reaches at most T / (E + T) of the in-process rate. An estimate: it takes TCP's cost \
+         per byte to be the same both ways, and leaves out the server's durability work (its \
+         flusher), which the in-process runs do not do.\n"
+    )
+    .unwrap();
+    writeln!(
+        w,
+        "| path | in-process payload MB/s | TCP exchange MB/s | ceiling | reached | share of the ceiling |"
+    )
+    .unwrap();
+    writeln!(w, "|---|---:|---:|---:|---:|---:|").unwrap();
+    let tcp = results.get("tcp-blast", "/payload_mb_per_s")?;
+    for path in SERVICE_PATHS {
+        let engine = results.get(path.engine, "/payload_mb_per_s")?;
+        let ceiling = shared_core_ceiling(engine, tcp);
+        let reached = results.get(path.service, "/examples_per_s")?
+            / results.get(path.engine, "/examples_per_s")?;
+        writeln!(
+            w,
+            "| {} | {engine:.0} | {tcp:.0} | {:.0}% | {:.0}% | {:.0}% |",
+            path.what,
+            ceiling * 100.0,
+            reached * 100.0,
+            reached / ceiling * 100.0
+        )
+        .unwrap();
+    }
+    Ok(())
+}
+
 fn fmt_num(v: f64) -> String {
     plot::si(v)
 }
@@ -340,6 +411,8 @@ pub fn markdown(
         }
         .unwrap();
     }
+
+    write_ceilings(w, results)?;
 
     writeln!(
         w,
@@ -633,6 +706,9 @@ mod tests {
             md.contains("| 52.0M rows/s | 26.0M | **2.00×** | ≥ 100% |"),
             "{md}"
         );
+        // E = 5 MB/s in-process, T = 8 MB/s: at most 8/13 = 62 %; the
+        // service's 4 M of the engine's 5 M examples/s is 80 %.
+        assert!(md.contains("| lookup | 5 | 8 | 62% | 80% | 130% |"), "{md}");
         assert!(md.contains("cpu: test"));
         assert!(md.contains("featmux bench --workload redis-mget"));
         assert!(
