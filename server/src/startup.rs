@@ -26,6 +26,9 @@ use crate::{grpc, http, lifecycle};
 /// HTTP/2 flow-control windows of the gRPC server (see [`start`]).
 const STREAM_WINDOW_BYTES: u32 = 8 << 20;
 const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
+/// The largest HTTP/2 frame the server accepts (a push's gradients arrive
+/// in frames of up to this; the protocol's default is 16 KiB).
+const MAX_FRAME_BYTES: u32 = 1 << 20;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -156,7 +159,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         // Windows are flow-control credit, not buffers allocated up front.
         let mut builder = tonic::transport::Server::builder()
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            .max_frame_size(MAX_FRAME_BYTES);
         if let Some((cert, key)) = &tls {
             builder = builder
                 .tls_config(
