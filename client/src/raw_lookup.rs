@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes};
+use featmux_proto::grpc_frame::{header, HEADER_BYTES, LOOKUP_PATH};
 use featmux_proto::v1 as pb;
 use http_body_util::{BodyExt, Full};
 use prost::encoding::{check_wire_type, decode_key, decode_varint, skip_field};
@@ -23,12 +24,6 @@ use tower::{Service, ServiceExt};
 
 use crate::client::Transport;
 use crate::embeddings::{Embedding, Lookup};
-
-const LOOKUP_PATH: &str = "/featmux.v1.EmbeddingService/Lookup";
-
-/// A gRPC message's frame header: a compression flag and a big-endian u32
-/// length.
-const FRAME_HEADER_BYTES: usize = 5;
 
 /// Calls `Lookup` on `transport`; messages over `max_message_bytes` are
 /// refused either way, as tonic refuses them.
@@ -42,9 +37,8 @@ pub(crate) async fn call(
     if length > max_message_bytes {
         return Err(too_large("encoded", length, max_message_bytes));
     }
-    let mut body = Vec::with_capacity(FRAME_HEADER_BYTES + length);
-    body.push(0);
-    body.extend_from_slice(&(length as u32).to_be_bytes());
+    let mut body = Vec::with_capacity(HEADER_BYTES + length);
+    body.extend_from_slice(&header(length as u32));
     message
         .encode(&mut body)
         .expect("a Vec grows to fit the message");
@@ -76,7 +70,7 @@ pub(crate) async fn call(
         match frame.into_data() {
             Ok(data) => {
                 frames.push(data);
-                if frames.remaining() > FRAME_HEADER_BYTES + max_message_bytes {
+                if frames.remaining() > HEADER_BYTES + max_message_bytes {
                     return Err(too_large("decoded", frames.remaining(), max_message_bytes));
                 }
             }
@@ -170,7 +164,7 @@ impl Buf for Frames {
 /// (unknown fields are skipped).
 fn decode_response(mut frames: Frames, max_message_bytes: usize) -> Result<Lookup, Status> {
     let malformed = |why: String| Status::internal(format!("malformed lookup response: {why}"));
-    if frames.remaining() < FRAME_HEADER_BYTES {
+    if frames.remaining() < HEADER_BYTES {
         return Err(malformed("no message".into()));
     }
     if frames.get_u8() != 0 {
@@ -302,9 +296,7 @@ mod tests {
     /// The message framed and cut into chunks of `size` bytes, as frames
     /// may arrive.
     fn frames(message: &[u8], size: usize) -> Frames {
-        let mut framed = vec![0];
-        framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
-        framed.extend_from_slice(message);
+        let framed = [&header(message.len() as u32)[..], message].concat();
         let mut frames = Frames::default();
         for chunk in framed.chunks(size) {
             frames.push(Bytes::copy_from_slice(chunk));

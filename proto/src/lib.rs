@@ -10,6 +10,24 @@ pub mod v1 {
     tonic::include_proto!("featmux.v1");
 }
 
+/// What the server and the client need to serve and call `Lookup` below
+/// tonic's codec (their `raw_lookup` modules): the method's path and gRPC's
+/// message framing.
+pub mod grpc_frame {
+    /// The path of `EmbeddingService.Lookup`.
+    pub const LOOKUP_PATH: &str = "/featmux.v1.EmbeddingService/Lookup";
+
+    /// A gRPC message's frame header: a compression flag (0: none) and the
+    /// message's length as a big-endian u32.
+    pub const HEADER_BYTES: usize = 5;
+
+    /// The header of an uncompressed message of `length` bytes.
+    pub fn header(length: u32) -> [u8; HEADER_BYTES] {
+        let [a, b, c, d] = length.to_be_bytes();
+        [0, a, b, c, d]
+    }
+}
+
 /// Embeddings and gradients travel as raw little-endian `f32` bytes: no
 /// per-float tags as with `repeated float`, and a straight copy on
 /// little-endian machines.

@@ -21,6 +21,7 @@ use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use featmux_engine::batch::FeatureEmbeddings;
+use featmux_proto::grpc_frame::{header, HEADER_BYTES, LOOKUP_PATH};
 use featmux_proto::payload;
 use featmux_proto::v1 as pb;
 use featmux_proto::v1::embedding_service_server::EmbeddingServiceServer;
@@ -37,13 +38,6 @@ use super::{batch_values, EmbeddingGrpc};
 use crate::api::{Encoding, LookupResult};
 use crate::convert;
 use crate::shared::Shared;
-
-/// The method this module serves.
-const LOOKUP_PATH: &str = "/featmux.v1.EmbeddingService/Lookup";
-
-/// A gRPC message's frame header: a compression flag and a big-endian u32
-/// length.
-const FRAME_HEADER_BYTES: usize = 5;
 
 /// `EmbeddingService` as the server routes it: `Lookup` here, every other
 /// method through tonic's generated service.
@@ -166,7 +160,7 @@ async fn read_message(
             "limits.max_message_bytes exceeded: the request message is over {max_message_bytes} bytes"
         ))
     };
-    let body = Limited::new(body, max_message_bytes + FRAME_HEADER_BYTES)
+    let body = Limited::new(body, max_message_bytes + HEADER_BYTES)
         .collect()
         .await
         .map_err(|e| {
@@ -179,18 +173,18 @@ async fn read_message(
         .to_bytes();
     let malformed =
         |why: String| Status::invalid_argument(format!("malformed request message: {why}"));
-    let Some((header, message)) = body.split_first_chunk::<FRAME_HEADER_BYTES>() else {
+    let Some((head, message)) = body.split_first_chunk::<HEADER_BYTES>() else {
         return Err(malformed(format!(
-            "the body has {} bytes, fewer than a message's {FRAME_HEADER_BYTES}-byte header",
+            "the body has {} bytes, fewer than a message's {HEADER_BYTES}-byte header",
             body.len()
         )));
     };
-    if header[0] != 0 {
+    if head[0] != 0 {
         return Err(Status::unimplemented(
             "compressed messages are not accepted: send them uncompressed",
         ));
     }
-    let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    let length = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
     if length > max_message_bytes {
         return Err(too_large());
     }
@@ -200,8 +194,7 @@ async fn read_message(
             message.len()
         )));
     }
-    pb::LookupRequest::decode(body.slice(FRAME_HEADER_BYTES..))
-        .map_err(|e| malformed(e.to_string()))
+    pb::LookupRequest::decode(body.slice(HEADER_BYTES..)).map_err(|e| malformed(e.to_string()))
 }
 
 /// The framed `LookupResponse` as body chunks: small chunks of framing
@@ -259,8 +252,7 @@ fn encode_response(result: LookupResult) -> Vec<Bytes> {
 
     let mut chunks = Vec::with_capacity(2 * blocks.len() + 1);
     let mut framing = BytesMut::with_capacity(64);
-    framing.put_u8(0);
-    framing.put_u32(message_len as u32);
+    framing.put_slice(&header(message_len as u32));
     for block in blocks {
         framing.put_u8(EMBEDDINGS_KEY);
         encode_varint(block_len(&block) as u64, &mut framing);
@@ -401,9 +393,6 @@ mod tests {
     }
 
     fn framed_bytes(message: &[u8]) -> Vec<u8> {
-        let mut body = vec![0];
-        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-        body.extend_from_slice(message);
-        body
+        [&header(message.len() as u32)[..], message].concat()
     }
 }
