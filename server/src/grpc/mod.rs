@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::api::{Api, Encoding, PushTarget, Scope};
+use crate::api::{Api, Encoding, LookupResult, PushTarget, Scope};
 use crate::convert;
 use crate::error::{ApiError, ErrorKind};
 use crate::execution::Lane;
@@ -102,9 +102,20 @@ fn batch_values(batch: Option<&pb::Batch>) -> usize {
     batch.map_or(0, |b| b.features.iter().map(values).sum())
 }
 
-fn lookup(api: &Api, req: pb::LookupRequest) -> Result<pb::LookupResponse, ApiError> {
+/// The lane a lookup runs in, decided before its batch is decoded.
+fn lookup_lane(shared: &Shared, req: &pb::LookupRequest) -> Lane {
+    shared.lookup_lane(req.want_ticket, batch_values(req.batch.as_ref()))
+}
+
+/// A lookup, up to its result: both `Lookup` paths (tonic's and
+/// [`EmbeddingRoutes`]) run this.
+fn lookup_result(api: &Api, req: pb::LookupRequest) -> Result<LookupResult, ApiError> {
     let batch = convert::batch_from_pb(req.batch)?;
-    let result = api.lookup(&req.table, &batch, req.want_ticket, Encoding::Binary)?;
+    api.lookup(&req.table, &batch, req.want_ticket, Encoding::Binary)
+}
+
+fn lookup(api: &Api, req: pb::LookupRequest) -> Result<pb::LookupResponse, ApiError> {
+    let result = lookup_result(api, req)?;
     Ok(pb::LookupResponse {
         embeddings: convert::embeddings_to_pb(result.embeddings),
         ticket: result.ticket.unwrap_or(0),
@@ -165,10 +176,7 @@ impl EmbeddingService for EmbeddingGrpc {
         &self,
         request: Request<pb::LookupRequest>,
     ) -> Result<Response<pb::LookupResponse>, Status> {
-        let lane = self.shared.lookup_lane(
-            request.get_ref().want_ticket,
-            batch_values(request.get_ref().batch.as_ref()),
-        );
+        let lane = lookup_lane(&self.shared, request.get_ref());
         self.shared
             .grpc_unary("Lookup", lane, request, lookup)
             .await

@@ -34,9 +34,8 @@ use tonic::server::NamedService;
 use tonic::Status;
 use tower::Service;
 
-use super::{batch_values, EmbeddingGrpc};
-use crate::api::{Encoding, LookupResult};
-use crate::convert;
+use super::{lookup_lane, lookup_result, EmbeddingGrpc};
+use crate::api::LookupResult;
 use crate::shared::Shared;
 
 /// `EmbeddingService` as the server routes it: `Lookup` here, every other
@@ -104,13 +103,10 @@ async fn serve_lookup(
         Ok(message) => message,
         Err(status) => return status.into_http(),
     };
-    let lane = shared.lookup_lane(message.want_ticket, batch_values(message.batch.as_ref()));
+    let lane = lookup_lane(&shared, &message);
     let request = tonic::Request::from_http(http::Request::from_parts(parts, message));
     let looked_up = shared
-        .grpc_unary("Lookup", lane, request, |api, req: pb::LookupRequest| {
-            let batch = convert::batch_from_pb(req.batch)?;
-            api.lookup(&req.table, &batch, req.want_ticket, Encoding::Binary)
-        })
+        .grpc_unary("Lookup", lane, request, lookup_result)
         .await;
     match looked_up {
         Ok(result) => {
@@ -275,6 +271,7 @@ fn encode_response(result: LookupResult) -> Vec<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::convert;
 
     fn block(feature: &str, rows: usize, width: usize) -> FeatureEmbeddings {
         FeatureEmbeddings {
