@@ -66,7 +66,7 @@ pub(crate) async fn call(
     let mut frames = Frames::default();
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| Status::from_error(e.into()))?;
+        let frame = frame.map_err(transport_status)?;
         match frame.into_data() {
             Ok(data) => {
                 frames.push(data);
