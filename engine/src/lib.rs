@@ -40,6 +40,7 @@ pub mod partition;
 pub mod plan;
 pub mod pooling;
 mod prefetch;
+mod radix;
 pub mod registry;
 pub mod schema;
 pub mod table;

@@ -288,20 +288,19 @@ impl BatchPlan {
             &grads[b].as_ref()[start..start + d]
         };
 
-        // Entries sorted by row, ties by entry index (so sums are
+        // Entries sorted by row, ties in entry order (so sums are
         // deterministic). Each carries its slot and weight: read in row
         // order from the plan's arrays they would be cache misses, as many
         // as the gradient reads themselves.
         let gather = &self.gather;
-        let mut entries: Vec<SummedEntry> = (0..gather.rows.len())
+        let entries: Vec<SummedEntry> = (0..gather.rows.len())
             .map(|e| SummedEntry {
                 row: gather.rows[e],
-                entry: e as u32,
                 slot: gather.slots[e],
                 weight: gather.weights[e],
             })
             .collect();
-        entries.sort_unstable_by_key(|x| (x.row, x.entry));
+        let entries = crate::radix::sort_stable_by_key(entries, |x| x.row);
         let mut update = RowGradients::default();
         for (k, x) in entries.iter().enumerate() {
             // In row order the gradients are read at random: ask for the
@@ -332,9 +331,9 @@ impl BatchPlan {
 }
 
 /// A gather entry as [`BatchPlan::row_gradients`] sums it.
+#[derive(Clone, Copy)]
 struct SummedEntry {
     row: u64,
-    entry: u32,
     slot: u32,
     weight: f32,
 }
