@@ -111,7 +111,7 @@ fn a_fresh_directory_is_migrated_and_migrate_is_idempotent() {
     let (catalog, report) = Catalog::open(dir.path(), CatalogOptions::default()).unwrap();
     assert_eq!(
         report.migrations.iter().map(|m| m.0).collect::<Vec<_>>(),
-        [1, 2, 3]
+        [1, 2, 3, 4]
     );
     drop(catalog);
     let (_, applied) = Store::open(
@@ -123,9 +123,10 @@ fn a_fresh_directory_is_migrated_and_migrate_is_idempotent() {
     assert!(applied.is_empty());
 }
 
-/// Layout 2 lets a table clip gradients (and 3 hold a shard's part); a
-/// layout-1 database (written by an older featmux) moves to 3 with its
-/// tables as they were, and a clipping limit survives a restart.
+/// Layout 2 lets a table clip gradients (and 3 hold a shard's part, 4 keep
+/// a row's state in its record); a layout-1 database (written by an older
+/// featmux) moves to 4 with its tables as they were, and a clipping limit
+/// survives a restart.
 #[test]
 fn a_layout_1_database_moves_to_the_current_layout_and_clipping_limits_are_durable() {
     let dir = tempfile::tempdir().unwrap();
@@ -133,15 +134,11 @@ fn a_layout_1_database_moves_to_the_current_layout_and_clipping_limits_are_durab
     push(&catalog, "t", &[1, 2]);
     let before = all_rows(&catalog.table("t").unwrap());
     catalog.close().unwrap();
-    write_meta_behind_featmux(
-        &dir.path().join("db"),
-        b"schema_version",
-        &1u32.to_be_bytes(),
-    );
+    back_to_layout(&dir.path().join("db"), 1);
     let (catalog, report) = Catalog::open(dir.path(), CatalogOptions::default()).unwrap();
     assert_eq!(
         report.migrations.iter().map(|m| m.0).collect::<Vec<_>>(),
-        [2, 3]
+        [2, 3, 4]
     );
     assert!(all_rows(&catalog.table("t").unwrap()) == before);
     assert_eq!(catalog.table("t").unwrap().spec().max_abs_gradient, None);
@@ -450,7 +447,7 @@ fn a_database_from_a_newer_featmux_is_refused_and_not_modified() {
     let err = open_error(dir.path());
     assert!(
         err.to_string()
-            .contains("schema version 7 is newer than this featmux binary knows (3)"),
+            .contains("schema version 7 is newer than this featmux binary knows (4)"),
         "{err}"
     );
     assert_eq!(
@@ -463,10 +460,106 @@ fn a_database_from_a_newer_featmux_is_refused_and_not_modified() {
 /// Writes `key = value` into the `meta` family with plain RocksDB, as an
 /// operator's tool or a newer featmux might.
 fn write_meta_behind_featmux(db_path: &Path, key: &[u8], value: &[u8]) {
+    behind_featmux(db_path, |db| {
+        db.put_cf(db.cf_handle("meta").unwrap(), key, value)
+            .unwrap()
+    });
+}
+
+/// Runs `change` on the database with plain RocksDB.
+fn behind_featmux(db_path: &Path, change: impl FnOnce(&rocksdb::DB)) {
     let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), db_path).unwrap();
     let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), db_path, &cfs).unwrap();
-    db.put_cf(db.cf_handle("meta").unwrap(), key, value)
+    change(&db);
+}
+
+/// Rewrites a database of the current layout as `version` (< 4) stored
+/// it: a row's weights under `rows`, its optimizer state under the same
+/// key in `state`. Returns how many rows it rewrote.
+fn back_to_layout(db_path: &Path, version: u32) -> u64 {
+    let mut stored = 0;
+    behind_featmux(db_path, |db| {
+        let (rows, state) = (
+            db.cf_handle("rows").unwrap(),
+            db.cf_handle("state").unwrap(),
+        );
+        let records: Vec<_> = db
+            .iterator_cf(rows, rocksdb::IteratorMode::Start)
+            .map(Result::unwrap)
+            .collect();
+        for (key, record) in records {
+            let (weights, row_state) = record.split_at(DIM * 4);
+            assert_eq!(
+                row_state.len(),
+                DIM * 4,
+                "Adagrad keeps one float per weight"
+            );
+            db.put_cf(rows, &key, weights).unwrap();
+            db.put_cf(state, &key, row_state).unwrap();
+            stored += 1;
+        }
+        db.put_cf(
+            db.cf_handle("meta").unwrap(),
+            b"schema_version",
+            version.to_be_bytes(),
+        )
         .unwrap();
+    });
+    stored
+}
+
+/// A layout-3 database opens migrated to layout 4, with every row and
+/// state as it was.
+#[test]
+fn a_layout_3_database_is_migrated_with_its_rows_and_state_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = with_table(dir.path(), "t");
+    for i in 0..20 {
+        push(&catalog, "t", &[i, i + 1, 7]);
+    }
+    let before = all_rows(&catalog.table("t").unwrap());
+    catalog.close().unwrap();
+    let stored = back_to_layout(&dir.path().join("db"), 3);
+    assert!(stored > 0);
+
+    let (catalog, report) = Catalog::open(dir.path(), CatalogOptions::default()).unwrap();
+    assert_eq!(
+        report.migrations.iter().map(|m| m.0).collect::<Vec<_>>(),
+        [4]
+    );
+    assert_eq!(report.rows_loaded, stored);
+    assert!(
+        all_rows(&catalog.table("t").unwrap()) == before,
+        "rows and optimizer state come back exactly"
+    );
+}
+
+#[test]
+fn a_row_record_of_the_wrong_length_is_reported_as_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = with_table(dir.path(), "t");
+    push(&catalog, "t", &[1]);
+    catalog.close().unwrap();
+    behind_featmux(&dir.path().join("db"), |db| {
+        let rows = db.cf_handle("rows").unwrap();
+        let (key, record) = db
+            .iterator_cf(rows, rocksdb::IteratorMode::Start)
+            .next()
+            .unwrap()
+            .unwrap();
+        // Weights alone: a layout-3 record under a layout-4 version.
+        db.put_cf(rows, key, &record[..DIM * 4]).unwrap();
+    });
+    let err = open_error(dir.path());
+    assert!(
+        matches!(err, CatalogError::Store(StoreError::Corrupt { .. })),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("holds 16 bytes, expected 32 (4 weights and 4 optimizer state floats)"),
+        "{err}"
+    );
 }
 
 fn listing(dir: &Path) -> Vec<(String, u64)> {

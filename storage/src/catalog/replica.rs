@@ -295,7 +295,7 @@ impl Catalog {
             CatalogError::Replication(format!("write batch {}: {e}", batch.sequence))
         })?;
         let mut write = inner.store.batch();
-        let mut rows: HashMap<u32, (Vec<u64>, Vec<f32>)> = HashMap::new();
+        let mut rows: HashMap<u32, (Vec<u64>, Vec<&[u8]>)> = HashMap::new();
         let mut records = HashSet::new();
         let mut done = Replicated {
             sequence: batch.last_sequence(),
@@ -324,13 +324,9 @@ impl Catalog {
                         let (id, row) = keys::split_row_key(key).ok_or_else(|| {
                             CatalogError::Replication(format!("a row key of {} bytes", key.len()))
                         })?;
-                        let (ids, weights) = rows.entry(id).or_default();
+                        let (ids, records) = rows.entry(id).or_default();
                         ids.push(row);
-                        weights.extend(
-                            value
-                                .chunks_exact(4)
-                                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))),
-                        );
+                        records.push(value);
                     } else if cf == META_CF {
                         if let Some(id) = table_id(key) {
                             records.insert(id);
@@ -357,21 +353,31 @@ impl Catalog {
         }
         // Row updates of live tables, checked before anything is written.
         let mut updates = Vec::new();
-        for (id, (ids, weights)) in rows {
+        for (id, (ids, row_records)) in rows {
             if records.contains(&id) {
                 continue; // reloaded from the database below
             }
             let Some(live) = inner.live_by_id(id) else {
                 continue; // a table not live yet (a restore's rows)
             };
-            let dim = live.table.spec().chunk_dim;
-            if weights.len() != ids.len() * dim {
+            // A record is the row's weights, then its optimizer state,
+            // which a serving copy does not keep.
+            let (dim, optimizer) = (live.table.spec().chunk_dim, live.table.spec().optimizer);
+            let width = (dim + optimizer.state_width(dim)) * 4;
+            if let Some(odd) = row_records.iter().find(|r| r.len() != width) {
                 return Err(CatalogError::Replication(format!(
-                    "write batch {}: rows of table `{}` are not {dim} floats wide",
+                    "write batch {}: a row of table `{}` holds {} bytes, not {width} \
+                     ({dim} weights and their optimizer state)",
                     batch.sequence,
-                    live.table.spec().name
+                    live.table.spec().name,
+                    odd.len()
                 )));
             }
+            let weights = row_records
+                .iter()
+                .flat_map(|r| r[..dim * 4].chunks_exact(4))
+                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                .collect();
             updates.push((live, ids, weights));
         }
         write.put_replica_sequence(done.sequence);

@@ -20,9 +20,7 @@ pub mod wal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use featmux_migrations::layout::{
-    COLUMN_FAMILIES, FORMAT_KEY, FORMAT_VALUE, META_CF, ROWS_CF, STATE_CF,
-};
+use featmux_migrations::layout::{COLUMN_FAMILIES, FORMAT_KEY, FORMAT_VALUE, META_CF, ROWS_CF};
 use featmux_migrations::{Applied, Migration, MigrationError};
 use parking_lot::{Condvar, Mutex};
 use rocksdb::{
@@ -117,13 +115,6 @@ pub struct StoreBatch<'a> {
 }
 
 impl StoreBatch<'_> {
-    fn put_floats(&mut self, cf: &str, key: &[u8], values: &[f32]) {
-        self.scratch.clear();
-        self.scratch
-            .extend(values.iter().flat_map(|v| v.to_le_bytes()));
-        self.batch.put_cf(self.store.cf(cf), key, &self.scratch);
-    }
-
     fn put_meta(&mut self, key: &[u8], value: &[u8]) {
         self.batch.put_cf(self.store.cf(META_CF), key, value);
     }
@@ -143,23 +134,31 @@ impl StoreBatch<'_> {
         self.batch.delete_range_cf(self.store.cf(cf), start, end);
     }
 
-    /// Writes weights and state of `rows` of table `table_id`.
+    /// Writes `rows` of table `table_id`: one record per row, its weights
+    /// then its optimizer state (one RocksDB key per row: a key's memtable
+    /// insert costs more than its bytes).
     pub fn put_rows(&mut self, table_id: u32, rows: &[u64], data: &RowData) {
         let d = data.weights.len() / rows.len().max(1);
         let s = data.state.len() / rows.len().max(1);
         for (i, &row) in rows.iter().enumerate() {
-            let key = keys::row_key(table_id, row);
-            self.put_floats(ROWS_CF, &key, &data.weights[i * d..(i + 1) * d]);
-            self.put_floats(STATE_CF, &key, &data.state[i * s..(i + 1) * s]);
+            let weights = &data.weights[i * d..(i + 1) * d];
+            let state = &data.state[i * s..(i + 1) * s];
+            self.scratch.clear();
+            self.scratch
+                .extend(weights.iter().chain(state).flat_map(|v| v.to_le_bytes()));
+            self.batch.put_cf(
+                self.store.cf(ROWS_CF),
+                keys::row_key(table_id, row),
+                &self.scratch,
+            );
         }
     }
 
-    /// Deletes every stored row and state of table `table_id`.
+    /// Deletes every stored row of table `table_id`.
     pub fn delete_rows(&mut self, table_id: u32) {
         let (start, end) = keys::table_range(table_id);
-        for cf in [ROWS_CF, STATE_CF] {
-            self.batch.delete_range_cf(self.store.cf(cf), start, end);
-        }
+        self.batch
+            .delete_range_cf(self.store.cf(ROWS_CF), start, end);
     }
 
     /// Writes a table record.
@@ -476,10 +475,8 @@ impl Store {
         // compaction skips by default: force it there.
         let mut options = CompactOptions::default();
         options.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
-        for cf in [ROWS_CF, STATE_CF] {
-            self.db
-                .compact_range_cf_opt(self.cf(cf), Some(&start[..]), Some(&end[..]), &options);
-        }
+        self.db
+            .compact_range_cf_opt(self.cf(ROWS_CF), Some(&start[..]), Some(&end[..]), &options);
     }
 
     /// The database directory.
@@ -604,8 +601,8 @@ impl Store {
 
     /// Streams every stored row of `table_id` (weights `dim` floats, state
     /// `state_width` floats) to `sink` in ascending row order, `chunk` rows at
-    /// a time: two forward scans in lockstep, no point reads. Stops at the
-    /// first error of `sink`.
+    /// a time: one forward scan, no point reads. Stops at the first error of
+    /// `sink`.
     pub fn load_rows<E: From<StoreError>>(
         &self,
         table_id: u32,
@@ -615,19 +612,16 @@ impl Store {
         mut sink: impl FnMut(&[u64], &RowData) -> Result<(), E>,
     ) -> Result<u64, E> {
         let (start, _) = keys::table_range(table_id);
-        let scan = |cf| {
-            // A bulk scan reads each block once: caching it would only push
-            // out what lookups of other data need (and hold the whole table
-            // a second time while a restore or a start-up runs).
-            let mut read = ReadOptions::default();
-            read.fill_cache(false);
-            self.db.iterator_cf_opt(
-                self.cf(cf),
-                read,
-                IteratorMode::From(&start, Direction::Forward),
-            )
-        };
-        let (mut rows_it, mut state_it) = (scan(ROWS_CF), scan(STATE_CF));
+        // A bulk scan reads each block once: caching it would only push
+        // out what lookups of other data need (and hold the whole table
+        // a second time while a restore or a start-up runs).
+        let mut read = ReadOptions::default();
+        read.fill_cache(false);
+        let mut rows_it = self.db.iterator_cf_opt(
+            self.cf(ROWS_CF),
+            read,
+            IteratorMode::From(&start, Direction::Forward),
+        );
         let mut rows = Vec::with_capacity(chunk);
         let mut data = RowData::default();
         let mut total = 0u64;
@@ -636,43 +630,29 @@ impl Store {
                 .next()
                 .transpose()
                 .map_err(|e| classify(&self.path, e))?;
-            let Some((key, weights)) = next else { break };
+            let Some((key, record)) = next else { break };
             let Some(row) = keys::parse_row_key(table_id, &key) else {
                 break;
             };
-            let state = state_it
-                .next()
-                .transpose()
-                .map_err(|e| classify(&self.path, e))?;
-            let state = match state {
-                Some((state_key, state)) if state_key == key => state,
-                _ => {
-                    return Err(self
-                        .corrupt(format!(
-                            "row {row} of table {table_id} has no optimizer state"
-                        ))
-                        .into())
-                }
-            };
-            if weights.len() != dim * 4 || state.len() != state_width * 4 {
+            if record.len() != (dim + state_width) * 4 {
                 return Err(self
                     .corrupt(format!(
-                        "row {row} of table {table_id} holds {} + {} bytes, expected {} + {}",
-                        weights.len(),
-                        state.len(),
-                        dim * 4,
-                        state_width * 4
+                        "row {row} of table {table_id} holds {} bytes, expected {} ({dim} weights \
+                         and {state_width} optimizer state floats)",
+                        record.len(),
+                        (dim + state_width) * 4,
                     ))
                     .into());
             }
+            let (weights, state) = record.split_at(dim * 4);
             rows.push(row);
             let floats = |b: &[u8]| {
                 b.chunks_exact(4)
                     .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
                     .collect::<Vec<_>>()
             };
-            data.weights.extend(floats(&weights));
-            data.state.extend(floats(&state));
+            data.weights.extend(floats(weights));
+            data.state.extend(floats(state));
             if rows.len() == chunk {
                 sink(&rows, &data)?;
                 total += rows.len() as u64;
