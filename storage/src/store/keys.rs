@@ -1,9 +1,9 @@
-//! On-disk key layout, version 1 (see `featmux_migrations::layout`).
+//! On-disk key layout, version 4 (see `featmux_migrations::layout`).
 //!
 //! | column family | key                                  | value                          |
 //! | ------------- | ------------------------------------ | ------------------------------ |
-//! | `rows`        | table id `u32` BE ++ row `u64` BE     | `chunk_dim` × f32 LE           |
-//! | `state`       | same as `rows`                       | `state_width` × f32 LE (maybe empty) |
+//! | `rows`        | table id `u32` BE ++ row `u64` BE     | `chunk_dim` × f32 LE weights, then `state_width` × f32 LE optimizer state |
+//! | `state`       | same as `rows`                       | empty (the state of layouts 1–3) |
 //! | `meta`        | `table/` ++ table id `u32` BE         | [`super::records::TableRecord`] as JSON |
 //! | `meta`        | `checkpoint/` ++ id `u64` BE          | [`super::records::CheckpointRecord`] as JSON |
 //! | `meta`        | `next_table_id`                      | `u32` BE                       |
@@ -20,7 +20,7 @@
 /// Bytes of a row key.
 pub const ROW_KEY_LEN: usize = 12;
 
-/// Key of `row` of table `table_id` in the `rows` and `state` families.
+/// Key of `row` of table `table_id` in the `rows` family.
 pub fn row_key(table_id: u32, row: u64) -> [u8; ROW_KEY_LEN] {
     let mut key = [0u8; ROW_KEY_LEN];
     key[..4].copy_from_slice(&table_id.to_be_bytes());

@@ -7,7 +7,7 @@
 //!
 //! # Layout
 //!
-//! - [`keys`]: the key layout (version 1).
+//! - [`keys`]: the key layout (version 4).
 //! - [`records`]: table and checkpoint records kept in `meta`.
 //! - [`wal`]: the write-ahead log read back as a replication stream.
 //! - [`recent`]: the last commits, in memory, for followers that keep up.
