@@ -20,7 +20,9 @@ pub mod wal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use featmux_migrations::layout::{COLUMN_FAMILIES, FORMAT_KEY, FORMAT_VALUE, META_CF, ROWS_CF};
+use featmux_migrations::layout::{
+    COLUMN_FAMILIES, FORMAT_KEY, FORMAT_VALUE, META_CF, ROWS_CF, STATE_CF,
+};
 use featmux_migrations::{Applied, Migration, MigrationError};
 use parking_lot::{Condvar, Mutex};
 use rocksdb::{
@@ -87,6 +89,10 @@ pub struct StoreOptions {
     /// followers further behind, are served from the log. 0 keeps none.
     pub recent_log_bytes: usize,
 }
+
+/// The layout from which a row's record holds its optimizer state (before,
+/// the state had a family of its own).
+const ROWS_HOLD_STATE_SINCE: u32 = 4;
 
 /// Rolled-over info logs kept beside the current one.
 const INFO_LOGS_KEPT: usize = 4;
@@ -602,7 +608,9 @@ impl Store {
     /// Streams every stored row of `table_id` (weights `dim` floats, state
     /// `state_width` floats) to `sink` in ascending row order, `chunk` rows at
     /// a time: one forward scan, no point reads. Stops at the first error of
-    /// `sink`.
+    /// `sink`. A database of layout 1–3 (a checkpoint, which is opened
+    /// read-only and never migrated) keeps the state in its own family:
+    /// then that family is scanned in lockstep.
     pub fn load_rows<E: From<StoreError>>(
         &self,
         table_id: u32,
@@ -615,13 +623,17 @@ impl Store {
         // A bulk scan reads each block once: caching it would only push
         // out what lookups of other data need (and hold the whole table
         // a second time while a restore or a start-up runs).
-        let mut read = ReadOptions::default();
-        read.fill_cache(false);
-        let mut rows_it = self.db.iterator_cf_opt(
-            self.cf(ROWS_CF),
-            read,
-            IteratorMode::From(&start, Direction::Forward),
-        );
+        let scan = |cf| {
+            let mut read = ReadOptions::default();
+            read.fill_cache(false);
+            self.db.iterator_cf_opt(
+                self.cf(cf),
+                read,
+                IteratorMode::From(&start, Direction::Forward),
+            )
+        };
+        let mut rows_it = scan(ROWS_CF);
+        let mut state_it = (self.schema_version()? < ROWS_HOLD_STATE_SINCE).then(|| scan(STATE_CF));
         let mut rows = Vec::with_capacity(chunk);
         let mut data = RowData::default();
         let mut total = 0u64;
@@ -630,10 +642,28 @@ impl Store {
                 .next()
                 .transpose()
                 .map_err(|e| classify(&self.path, e))?;
-            let Some((key, record)) = next else { break };
+            let Some((key, mut record)) = next else { break };
             let Some(row) = keys::parse_row_key(table_id, &key) else {
                 break;
             };
+            if let Some(state_it) = state_it.as_mut() {
+                match state_it
+                    .next()
+                    .transpose()
+                    .map_err(|e| classify(&self.path, e))?
+                {
+                    Some((state_key, state)) if state_key == key => {
+                        record = [record, state].concat().into_boxed_slice();
+                    }
+                    _ => {
+                        return Err(self
+                            .corrupt(format!(
+                                "row {row} of table {table_id} has no optimizer state"
+                            ))
+                            .into())
+                    }
+                }
+            }
             if record.len() != (dim + state_width) * 4 {
                 return Err(self
                     .corrupt(format!(
