@@ -335,7 +335,7 @@ impl Client {
 
     /// Opens a Train stream (lookups and pushes answered in order).
     pub async fn train(&self) -> Result<TrainStream, ClientError> {
-        TrainStream::open(self.embedding()).await
+        TrainStream::open(self.connection(), self.options.max_message_bytes).await
     }
 }
 

@@ -9,10 +9,8 @@
 //! codes and the message size limit are what tonic's path gives; the
 //! server's side is `featmux-server`'s `grpc/raw_lookup.rs`.
 
-use std::collections::VecDeque;
-
 use bytes::{Buf, Bytes};
-use featmux_proto::grpc_frame::{header, HEADER_BYTES, LOOKUP_PATH};
+use featmux_proto::grpc_frame::{header, Frames, HEADER_BYTES, LOOKUP_PATH};
 use featmux_proto::v1 as pb;
 use http_body_util::{BodyExt, Full};
 use prost::encoding::{check_wire_type, decode_key, decode_varint, skip_field};
@@ -92,11 +90,11 @@ pub(crate) async fn call(
 
 /// A transport failure as tonic's client reports it (the connection
 /// broke: the caller may retry).
-fn transport_status(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Status {
+pub(crate) fn transport_status(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Status {
     Status::from_error(e.into())
 }
 
-fn too_large(what: &str, length: usize, max: usize) -> Status {
+pub(crate) fn too_large(what: &str, length: usize, max: usize) -> Status {
     Status::out_of_range(format!(
         "Error, {what} message length too large: found {length} bytes, the limit is: {max} bytes"
     ))
@@ -104,7 +102,7 @@ fn too_large(what: &str, length: usize, max: usize) -> Status {
 
 /// gRPC's mapping of an HTTP status without a gRPC one (its
 /// http-grpc-status-mapping document, as tonic applies it).
-fn status_of_http(status: http::StatusCode) -> Code {
+pub(crate) fn status_of_http(status: http::StatusCode) -> Code {
     match status.as_u16() {
         400 => Code::Internal,
         401 => Code::Unauthenticated,
@@ -112,50 +110,6 @@ fn status_of_http(status: http::StatusCode) -> Code {
         404 => Code::Unimplemented,
         429 | 502 | 503 | 504 => Code::Unavailable,
         _ => Code::Unknown,
-    }
-}
-
-/// The received DATA frames, read as one stream of bytes without joining
-/// them.
-#[derive(Default)]
-struct Frames {
-    chunks: VecDeque<Bytes>,
-    remaining: usize,
-}
-
-impl Frames {
-    fn push(&mut self, chunk: Bytes) {
-        if !chunk.is_empty() {
-            self.remaining += chunk.len();
-            self.chunks.push_back(chunk);
-        }
-    }
-}
-
-impl Buf for Frames {
-    fn remaining(&self) -> usize {
-        self.remaining
-    }
-
-    fn chunk(&self) -> &[u8] {
-        self.chunks.front().map_or(&[], |c| c)
-    }
-
-    fn advance(&mut self, mut count: usize) {
-        assert!(
-            count <= self.remaining,
-            "advance past the end of the frames"
-        );
-        self.remaining -= count;
-        while count > 0 {
-            let front = self.chunks.front_mut().expect("counted");
-            if count < front.len() {
-                front.advance(count);
-                return;
-            }
-            count -= front.len();
-            self.chunks.pop_front();
-        }
     }
 }
 
@@ -184,13 +138,13 @@ fn decode_response(mut frames: Frames, max_message_bytes: usize) -> Result<Looku
 }
 
 /// A decoding failure, in words.
-type Malformed = String;
+pub(crate) type Malformed = String;
 
-fn wire(e: prost::DecodeError) -> Malformed {
+pub(crate) fn wire(e: prost::DecodeError) -> Malformed {
     e.to_string()
 }
 
-fn decode_message(frames: &mut Frames) -> Result<Lookup, Malformed> {
+pub(crate) fn decode_message(frames: &mut Frames) -> Result<Lookup, Malformed> {
     let mut lookup = Lookup {
         embeddings: Vec::new(),
         ticket: None,
@@ -215,7 +169,7 @@ fn decode_message(frames: &mut Frames) -> Result<Lookup, Malformed> {
 }
 
 /// A length-delimited field's length, checked against what is left.
-fn delimited_length(frames: &mut Frames) -> Result<usize, Malformed> {
+pub(crate) fn delimited_length(frames: &mut Frames) -> Result<usize, Malformed> {
     let length = decode_varint(frames).map_err(wire)?;
     if length > frames.remaining() as u64 {
         return Err(format!(

@@ -1,19 +1,46 @@
 //! The Train stream: lookups and pushes on one HTTP/2 stream, answered in
 //! order, for trainers that issue many small requests.
+//!
+//! Called below tonic's codec, as `Lookup` is (`raw_lookup.rs`): a push's
+//! gradients go to HTTP/2 as chunks of their own ([`encode_chunks`]), not
+//! copied into one message buffer, and an answer's embeddings are copied
+//! once, from the received frames straight into their floats. Headers
+//! (the token), status codes and the message size limit are what tonic's
+//! path gives; the server's side is `featmux-server`'s `grpc/raw_train.rs`.
 
+use std::convert::Infallible;
+
+use bytes::{Buf, Bytes};
+use featmux_proto::grpc_frame::{encode_chunks, FrameError, Frames, TRAIN_PATH};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use prost::encoding::{check_wire_type, decode_key, decode_varint, skip_field};
+use prost::encoding::{DecodeContext, WireType};
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
+use tonic::body::Body;
+use tonic::{Code, Status};
+use tower::{Service, ServiceExt};
 
 use crate::client::Transport;
-use crate::{decode_lookup, encode_gradients, pb, ClientError, Lookup};
-use pb::embedding_service_client::EmbeddingServiceClient;
+use crate::raw_lookup::{
+    decode_message, delimited_length, status_of_http, too_large, transport_status, wire, Malformed,
+};
+use crate::{encode_gradients, pb, ClientError, Lookup};
+
+/// Request chunks queued for HTTP/2 before `send` waits for it to take
+/// them (a push is about two chunks per feature).
+const CHUNKS_IN_FLIGHT: usize = 128;
 
 /// An open Train stream. Requests may be pipelined: send several, then
 /// read their answers in the same order.
 pub struct TrainStream {
-    requests: mpsc::Sender<pb::TrainRequest>,
-    responses: Streaming<pb::TrainResponse>,
+    requests: mpsc::Sender<Result<Frame<Bytes>, Infallible>>,
+    answers: tonic::service::interceptor::ResponseBody<Body>,
+    /// Answer bytes received and not yet decoded.
+    arrived: Frames,
+    max_message_bytes: usize,
     next_id: u64,
 }
 
@@ -25,14 +52,43 @@ pub enum TrainReply {
 }
 
 impl TrainStream {
+    /// Opens the stream on `transport`; messages over `max_message_bytes`
+    /// are refused either way, as tonic refuses them.
     pub(crate) async fn open(
-        mut rpc: EmbeddingServiceClient<Transport>,
+        mut transport: Transport,
+        max_message_bytes: usize,
     ) -> Result<Self, ClientError> {
-        let (requests, rx) = mpsc::channel(16);
-        let responses = rpc.train(ReceiverStream::new(rx)).await?.into_inner();
+        let (requests, chunks) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        let mut http = http::Request::post(TRAIN_PATH)
+            .body(Body::new(StreamBody::new(ReceiverStream::new(chunks))))
+            .expect("a valid request");
+        let headers = http.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        let transport = transport.ready().await.map_err(transport_status)?;
+        let response = transport.call(http).await.map_err(transport_status)?;
+        // A refusal comes as headers only ("trailers-only").
+        if let Some(status) = Status::from_header_map(response.headers()) {
+            if status.code() != Code::Ok {
+                return Err(status.into());
+            }
+        }
+        let http_status = response.status();
+        if http_status != http::StatusCode::OK {
+            return Err(Status::new(
+                status_of_http(http_status),
+                format!("the train stream was answered with HTTP {http_status}"),
+            )
+            .into());
+        }
         Ok(TrainStream {
             requests,
-            responses,
+            answers: response.into_body(),
+            arrived: Frames::default(),
+            max_message_bytes,
             next_id: 1,
         })
     }
@@ -40,10 +96,17 @@ impl TrainStream {
     async fn send(&mut self, op: pb::train_request::Op) -> Result<u64, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        self.requests
-            .send(pb::TrainRequest { id, op: Some(op) })
-            .await
-            .map_err(|_| ClientError::Response("the train stream is closed".into()))?;
+        let message = pb::TrainRequest { id, op: Some(op) };
+        let length = message.encoded_len();
+        if length > self.max_message_bytes {
+            return Err(too_large("encoded", length, self.max_message_bytes).into());
+        }
+        for chunk in encode_chunks(&message) {
+            self.requests
+                .send(Ok(Frame::data(chunk)))
+                .await
+                .map_err(|_| ClientError::Response("the train stream is closed".into()))?;
+        }
         Ok(id)
     }
 
@@ -81,20 +144,38 @@ impl TrainStream {
 
     /// The next answer: its request id and result.
     pub async fn recv(&mut self) -> Result<(u64, Result<TrainReply, ClientError>), ClientError> {
-        let response = self
-            .responses
-            .message()
-            .await?
-            .ok_or_else(|| ClientError::Response("the server ended the train stream".into()))?;
-        let reply = match response.result {
-            Some(pb::train_response::Result::Lookup(l)) => decode_lookup(l).map(TrainReply::Lookup),
-            Some(pb::train_response::Result::Push(p)) => Ok(TrainReply::Push(p)),
-            Some(pb::train_response::Result::Error(e)) => Err(ClientError::Status(
-                tonic::Status::new(tonic::Code::from_i32(e.code), e.message),
-            )),
-            None => Err(ClientError::Response("empty train response".into())),
-        };
-        Ok((response.id, reply))
+        loop {
+            let next = self
+                .arrived
+                .next_message(self.max_message_bytes)
+                .map_err(|e| match e {
+                    FrameError::TooLarge { length, max } => too_large("decoded", length, max),
+                    FrameError::Compressed => {
+                        malformed("compressed, which was not asked for".into())
+                    }
+                })?;
+            if let Some(message) = next {
+                return decode_answer(message).map_err(|why| malformed(why).into());
+            }
+            match self.answers.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => self.arrived.push(data),
+                    Err(frame) => {
+                        let status = frame.into_trailers().ok();
+                        match status.as_ref().and_then(Status::from_header_map) {
+                            Some(status) if status.code() != Code::Ok => return Err(status.into()),
+                            _ => {}
+                        }
+                    }
+                },
+                Some(Err(e)) => return Err(transport_status(e).into()),
+                None => {
+                    return Err(ClientError::Response(
+                        "the server ended the train stream".into(),
+                    ))
+                }
+            }
+        }
     }
 
     /// Looks up and waits for the answer.
@@ -123,5 +204,126 @@ impl TrainStream {
             TrainReply::Push(p) => Ok(p),
             TrainReply::Lookup(_) => Err(ClientError::Response("lookup answer to a push".into())),
         }
+    }
+}
+
+fn malformed(why: Malformed) -> Status {
+    Status::internal(format!("malformed train response: {why}"))
+}
+
+/// Decodes one `TrainResponse`: a lookup's blocks straight from the frames
+/// into their floats (as `Lookup`'s answers are), the rest as prost reads
+/// it (unknown fields are skipped).
+fn decode_answer(mut frames: Frames) -> Result<(u64, Result<TrainReply, ClientError>), Malformed> {
+    let mut id = 0;
+    let mut reply = Err(ClientError::Response("empty train response".into()));
+    while frames.has_remaining() {
+        let (tag, wire_type) = decode_key(&mut frames).map_err(wire)?;
+        match tag {
+            1 => {
+                check_wire_type(WireType::Varint, wire_type).map_err(wire)?;
+                id = decode_varint(&mut frames).map_err(wire)?;
+            }
+            2..=4 => {
+                check_wire_type(WireType::LengthDelimited, wire_type).map_err(wire)?;
+                let length = delimited_length(&mut frames)?;
+                let mut field = frames.split_to(length);
+                reply = match tag {
+                    2 => Ok(TrainReply::Lookup(decode_message(&mut field)?)),
+                    3 => Ok(TrainReply::Push(
+                        pb::PushResponse::decode(field).map_err(wire)?,
+                    )),
+                    _ => {
+                        let error = pb::StreamError::decode(field).map_err(wire)?;
+                        Err(ClientError::Status(Status::new(
+                            Code::from_i32(error.code),
+                            error.message,
+                        )))
+                    }
+                };
+            }
+            _ => skip_field(wire_type, tag, &mut frames, DecodeContext::default()).map_err(wire)?,
+        }
+    }
+    Ok((id, reply))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup_answer(id: u64) -> pb::TrainResponse {
+        pb::TrainResponse {
+            id,
+            result: Some(pb::train_response::Result::Lookup(pb::LookupResponse {
+                embeddings: vec![pb::Embeddings {
+                    feature: "u".into(),
+                    rows: 3,
+                    width: 700,
+                    data: featmux_proto::payload::encode(
+                        &(0..2100).map(|i| i as f32 / 8.0).collect::<Vec<_>>(),
+                    ),
+                }],
+                ticket: 41,
+            })),
+        }
+    }
+
+    /// Every kind of answer decodes as prost decodes it, whatever the
+    /// frame boundaries; unknown fields are skipped.
+    #[test]
+    fn answers_decode_as_prost_does_across_frame_boundaries() {
+        let answers = [
+            lookup_answer(1),
+            pb::TrainResponse {
+                id: 2,
+                result: Some(pb::train_response::Result::Push(pb::PushResponse {
+                    version: 9,
+                    ..Default::default()
+                })),
+            },
+            pb::TrainResponse {
+                id: 3,
+                result: Some(pb::train_response::Result::Error(pb::StreamError {
+                    code: Code::NotFound as i32,
+                    message: "no table `x`".into(),
+                })),
+            },
+        ];
+        for answer in answers {
+            let mut bytes = answer.encode_to_vec();
+            bytes.extend_from_slice(&[9 << 3, 0xac, 0x02]); // field 9: unknown
+            for size in [1, 3, 64, 4096, bytes.len()] {
+                let mut frames = Frames::default();
+                for chunk in bytes.chunks(size) {
+                    frames.push(Bytes::copy_from_slice(chunk));
+                }
+                let (id, reply) = decode_answer(frames).unwrap();
+                assert_eq!(id, answer.id);
+                match (reply, answer.result.clone().unwrap()) {
+                    (Ok(TrainReply::Lookup(got)), pb::train_response::Result::Lookup(sent)) => {
+                        assert_eq!(got, crate::decode_lookup(sent).unwrap(), "{size}")
+                    }
+                    (Ok(TrainReply::Push(got)), pb::train_response::Result::Push(sent)) => {
+                        assert_eq!(got, sent)
+                    }
+                    (Err(ClientError::Status(got)), pb::train_response::Result::Error(sent)) => {
+                        assert_eq!(got.code() as i32, sent.code);
+                        assert_eq!(got.message(), sent.message);
+                    }
+                    (got, sent) => panic!("{got:?} for {sent:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_answers_are_refused() {
+        let mut bytes = lookup_answer(1).encode_to_vec();
+        bytes.truncate(bytes.len() - 1);
+        let mut frames = Frames::default();
+        frames.push(Bytes::from(bytes));
+        let why = decode_answer(frames).unwrap_err();
+        assert!(why.contains("where"), "{why}");
     }
 }

@@ -25,14 +25,6 @@ fn translate_codec_error(code: tonic::Code, message: &str) -> Option<(tonic::Cod
     }
 }
 
-/// [`translate_codec_error`] for a status met while reading a stream.
-pub(crate) fn translate_codec_status(status: tonic::Status) -> tonic::Status {
-    match translate_codec_error(status.code(), status.message()) {
-        Some((code, prefix)) => tonic::Status::new(code, format!("{prefix}: {}", status.message())),
-        None => status,
-    }
-}
-
 /// [`translate_codec_error`] for the trailers-only responses tonic writes
 /// when it refuses a unary request before our handler runs.
 pub(crate) fn translate_codec_response<B>(

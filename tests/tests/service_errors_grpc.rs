@@ -369,6 +369,14 @@ fn requests_over_the_limits_are_resource_exhausted() {
             Code::ResourceExhausted,
             "max_message_bytes",
         );
+        // The Train stream refuses a message over the limit from its header
+        // (served below tonic's codec: grpc/raw_train.rs), and the stream ends.
+        let status = raw::train(f.server.grpc_url(), Some(DATA), vec![0; 70_000]).await;
+        assert_eq!(status.code(), Code::ResourceExhausted, "Train: {status:?}");
+        assert!(
+            status.message().contains("max_message_bytes"),
+            "Train: {status:?}"
+        );
         // 300 values of a 4-chunk feature are 1,200 (value, chunk) entries:
         // over the limit of 1,000 although the values are not.
         let wide_bag = pb::Batch {

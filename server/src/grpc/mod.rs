@@ -1,10 +1,11 @@
 //! The gRPC transport: `EmbeddingService` for trainers and `AdminService`
 //! for operators, both thin wrappers around [`Api`]; [`auth`] checks tokens
-//! before a message is decoded, and [`EmbeddingRoutes`] serves `Lookup`
-//! below tonic's codec.
+//! before a message is decoded, and [`EmbeddingRoutes`] serves `Lookup` and
+//! `Train` below tonic's codec.
 
 pub mod auth;
 mod raw_lookup;
+mod raw_train;
 
 pub use raw_lookup::EmbeddingRoutes;
 
@@ -17,8 +18,6 @@ use featmux_proto::payload;
 use featmux_proto::v1 as pb;
 use featmux_proto::v1::admin_service_server::AdminService;
 use featmux_proto::v1::embedding_service_server::EmbeddingService;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -216,82 +215,59 @@ impl EmbeddingService for EmbeddingGrpc {
 
     type TrainStream = TrainStream;
 
-    /// Serves the stream's messages one at a time, in order; a failed
-    /// message gets a `StreamError` and the stream goes on. The stream ends
-    /// when the client closes it or the server shuts down.
+    /// Never called: [`EmbeddingRoutes`], the only way this service is
+    /// served, takes `Train` before tonic does (`raw_train.rs`).
     async fn train(
         &self,
-        request: Request<Streaming<pb::TrainRequest>>,
+        _request: Request<Streaming<pb::TrainRequest>>,
     ) -> Result<Response<TrainStream>, Status> {
-        let shared = self.shared.clone();
-        let api = shared.api().map_err(|e| {
-            shared.metrics.observe(
-                "grpc",
-                "Train",
-                code_label(e.grpc_code()),
-                Default::default(),
-            );
-            Status::from(e)
-        })?;
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(4);
-        let mut shutdown = shared.shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                let next = tokio::select! {
-                    next = inbound.message() => next,
-                    _ = shutdown.wait_for(|stop| *stop) => break,
-                };
-                let message = match next {
-                    Ok(Some(message)) => message,
-                    Ok(None) => break,
-                    Err(status) => {
-                        let _ = tx
-                            .send(Err(crate::codec::translate_codec_status(status)))
-                            .await;
-                        break;
-                    }
-                };
-                let started = Instant::now();
-                let (endpoint, result) = match message.op {
-                    Some(pb::train_request::Op::Lookup(req)) => (
-                        "Train/Lookup",
-                        shared
-                            .run(Lane::Bulk, api.clone(), move |api| lookup(api, req))
-                            .await
-                            .map(pb::train_response::Result::Lookup),
-                    ),
-                    Some(pb::train_request::Op::Push(req)) => (
-                        "Train/Push",
-                        shared
-                            .run(Lane::Bulk, api.clone(), move |api| push(api, req))
-                            .await
-                            .map(pb::train_response::Result::Push),
-                    ),
-                    None => ("Train", Err(ApiError::invalid("set `lookup` or `push`"))),
-                };
-                let code = result
-                    .as_ref()
-                    .map_or_else(ApiError::grpc_code, |_| tonic::Code::Ok);
-                shared
-                    .metrics
-                    .observe("grpc", endpoint, code_label(code), started.elapsed());
-                let result = result.unwrap_or_else(|e| {
-                    pb::train_response::Result::Error(pb::StreamError {
-                        code: e.grpc_code() as i32,
-                        message: e.message,
-                    })
-                });
-                let response = pb::TrainResponse {
-                    id: message.id,
-                    result: Some(result),
-                };
-                if tx.send(Ok(response)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Err(Status::internal(
+            "Train is served by EmbeddingRoutes, not tonic's generated service",
+        ))
+    }
+}
+
+/// Answers one message of a Train stream: runs it in the bulk lane and
+/// records it; a failed message is answered with a `StreamError`, and the
+/// stream goes on.
+async fn train_message(
+    shared: &Arc<Shared>,
+    api: &Arc<Api>,
+    message: pb::TrainRequest,
+) -> pb::TrainResponse {
+    let started = Instant::now();
+    let (endpoint, result) = match message.op {
+        Some(pb::train_request::Op::Lookup(req)) => (
+            "Train/Lookup",
+            shared
+                .run(Lane::Bulk, api.clone(), move |api| lookup(api, req))
+                .await
+                .map(pb::train_response::Result::Lookup),
+        ),
+        Some(pb::train_request::Op::Push(req)) => (
+            "Train/Push",
+            shared
+                .run(Lane::Bulk, api.clone(), move |api| push(api, req))
+                .await
+                .map(pb::train_response::Result::Push),
+        ),
+        None => ("Train", Err(ApiError::invalid("set `lookup` or `push`"))),
+    };
+    let code = result
+        .as_ref()
+        .map_or_else(ApiError::grpc_code, |_| tonic::Code::Ok);
+    shared
+        .metrics
+        .observe("grpc", endpoint, code_label(code), started.elapsed());
+    let result = result.unwrap_or_else(|e| {
+        pb::train_response::Result::Error(pb::StreamError {
+            code: e.grpc_code() as i32,
+            message: e.message,
+        })
+    });
+    pb::TrainResponse {
+        id: message.id,
+        result: Some(result),
     }
 }
 

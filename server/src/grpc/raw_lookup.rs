@@ -1,4 +1,5 @@
-//! `Lookup` served below tonic's codec.
+//! `Lookup` served below tonic's codec, and the routing that sends
+//! `Lookup` and `Train` (`raw_train.rs`) past tonic's generated service.
 //!
 //! tonic encodes every response message into one buffer (its `EncodeBuf`
 //! takes only copies), so a lookup's megabytes of embeddings, already
@@ -19,27 +20,26 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{BufMut, Bytes, BytesMut};
-use featmux_engine::batch::FeatureEmbeddings;
-use featmux_proto::grpc_frame::{header, HEADER_BYTES, LOOKUP_PATH};
-use featmux_proto::payload;
+use bytes::Bytes;
+use featmux_proto::grpc_frame::{encode_chunks, HEADER_BYTES, LOOKUP_PATH, TRAIN_PATH};
 use featmux_proto::v1 as pb;
 use featmux_proto::v1::embedding_service_server::EmbeddingServiceServer;
 use http_body::Frame;
 use http_body_util::{BodyExt, Limited, StreamBody};
-use prost::encoding::{encode_varint, encoded_len_varint};
 use prost::Message;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::Status;
 use tower::Service;
 
+use super::raw_train::serve_train;
 use super::{lookup_lane, lookup_result, EmbeddingGrpc};
 use crate::api::LookupResult;
+use crate::convert;
 use crate::shared::Shared;
 
-/// `EmbeddingService` as the server routes it: `Lookup` here, every other
-/// method through tonic's generated service.
+/// `EmbeddingService` as the server routes it: `Lookup` here, `Train` in
+/// `raw_train.rs`, every other method through tonic's generated service.
 #[derive(Clone)]
 pub struct EmbeddingRoutes {
     shared: Arc<Shared>,
@@ -83,12 +83,11 @@ impl Service<http::Request<Body>> for EmbeddingRoutes {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if request.uri().path() == LOOKUP_PATH {
-            let shared = self.shared.clone();
-            let max = self.max_message_bytes;
-            Box::pin(async move { Ok(serve_lookup(shared, max, request).await) })
-        } else {
-            Box::pin(self.tonic.call(request))
+        let (shared, max) = (self.shared.clone(), self.max_message_bytes);
+        match request.uri().path() {
+            LOOKUP_PATH => Box::pin(async move { Ok(serve_lookup(shared, max, request).await) }),
+            TRAIN_PATH => Box::pin(async move { Ok(serve_train(shared, max, request).await) }),
+            _ => Box::pin(self.tonic.call(request)),
         }
     }
 }
@@ -116,22 +115,47 @@ async fn serve_lookup(
                 .map(Frame::data)
                 .chain(std::iter::once(Frame::trailers(ok_trailers())))
                 .map(Ok::<_, Infallible>);
-            let mut response =
-                http::Response::new(Body::new(StreamBody::new(tokio_stream::iter(frames))));
-            response.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/grpc"),
-            );
-            response
+            grpc_response(Body::new(StreamBody::new(tokio_stream::iter(frames))))
         }
         Err(status) => status.into_http(),
     }
 }
 
-fn ok_trailers() -> http::HeaderMap {
+/// A gRPC answer with `body` (its messages, then its trailers).
+pub(super) fn grpc_response(body: Body) -> http::Response<Body> {
+    let mut response = http::Response::new(body);
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
+}
+
+/// A request message over `limits.max_message_bytes`, refused as every
+/// other oversized request is.
+pub(super) fn too_large(max_message_bytes: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "limits.max_message_bytes exceeded: the request message is over {max_message_bytes} bytes"
+    ))
+}
+
+pub(super) fn ok_trailers() -> http::HeaderMap {
     let mut trailers = http::HeaderMap::new();
     trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
     trailers
+}
+
+/// Refuses a request whose messages are compressed (`grpc-encoding`),
+/// which this server does not accept, as tonic's codec would: UNIMPLEMENTED.
+pub(super) fn refuse_compression(headers: &http::HeaderMap) -> Result<(), Status> {
+    match headers.get("grpc-encoding") {
+        Some(encoding) if encoding.as_bytes() != b"identity" => {
+            Err(Status::unimplemented(format!(
+                "messages compressed with {encoding:?} are not accepted: send them uncompressed"
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Reads the one message of a unary request, refusing it the way tonic's
@@ -144,18 +168,8 @@ async fn read_message(
     body: Body,
     max_message_bytes: usize,
 ) -> Result<pb::LookupRequest, Status> {
-    if let Some(encoding) = headers.get("grpc-encoding") {
-        if encoding.as_bytes() != b"identity" {
-            return Err(Status::unimplemented(format!(
-                "messages compressed with {encoding:?} are not accepted: send them uncompressed"
-            )));
-        }
-    }
-    let too_large = || {
-        Status::resource_exhausted(format!(
-            "limits.max_message_bytes exceeded: the request message is over {max_message_bytes} bytes"
-        ))
-    };
+    refuse_compression(headers)?;
+    let too_large = || too_large(max_message_bytes);
     let body = Limited::new(body, max_message_bytes + HEADER_BYTES)
         .collect()
         .await
@@ -193,85 +207,20 @@ async fn read_message(
     pb::LookupRequest::decode(body.slice(HEADER_BYTES..)).map_err(|e| malformed(e.to_string()))
 }
 
-/// The framed `LookupResponse` as body chunks: small chunks of framing
-/// (the gRPC header, each block's fields up to its `data` length) between
-/// the blocks' payloads, which are the gathered buffers themselves.
-/// Concatenated, the chunks are exactly prost's encoding of the message.
+/// The framed `LookupResponse` as body chunks: the blocks' payloads are
+/// the gathered buffers themselves ([`encode_chunks`]).
 fn encode_response(result: LookupResult) -> Vec<Bytes> {
-    const EMBEDDINGS_KEY: u8 = 1 << 3 | 2; // field 1, length-delimited
-    const DATA_KEY: u8 = 4 << 3 | 2; // field 4, length-delimited
-    const TICKET_KEY: u8 = 2 << 3; // field 2, varint
-
-    /// One block's encoding up to its payload.
-    struct Block {
-        head: Vec<u8>,
-        payload: Bytes,
-    }
-    let blocks: Vec<Block> = result
-        .embeddings
-        .into_iter()
-        .map(
-            |FeatureEmbeddings {
-                 feature,
-                 rows,
-                 width,
-                 data,
-             }| {
-                // Fields 1–3 as prost writes them; field 4 (`data`) follows.
-                let mut head = pb::Embeddings {
-                    feature,
-                    rows: rows as u32,
-                    width: width as u32,
-                    data: Bytes::new(),
-                }
-                .encode_to_vec();
-                let payload = payload::encode_owned(data);
-                if !payload.is_empty() {
-                    head.push(DATA_KEY);
-                    encode_varint(payload.len() as u64, &mut head);
-                }
-                Block { head, payload }
-            },
-        )
-        .collect();
-    let block_len = |b: &Block| b.head.len() + b.payload.len();
-    let ticket = result.ticket.unwrap_or(0);
-    let message_len: usize = blocks
-        .iter()
-        .map(|b| 1 + encoded_len_varint(block_len(b) as u64) + block_len(b))
-        .sum::<usize>()
-        + if ticket != 0 {
-            1 + encoded_len_varint(ticket)
-        } else {
-            0
-        };
-
-    let mut chunks = Vec::with_capacity(2 * blocks.len() + 1);
-    let mut framing = BytesMut::with_capacity(64);
-    framing.put_slice(&header(message_len as u32));
-    for block in blocks {
-        framing.put_u8(EMBEDDINGS_KEY);
-        encode_varint(block_len(&block) as u64, &mut framing);
-        framing.put_slice(&block.head);
-        if !block.payload.is_empty() {
-            chunks.push(framing.split().freeze());
-            chunks.push(block.payload);
-        }
-    }
-    if ticket != 0 {
-        framing.put_u8(TICKET_KEY);
-        encode_varint(ticket, &mut framing);
-    }
-    if !framing.is_empty() {
-        chunks.push(framing.freeze());
-    }
-    chunks
+    encode_chunks(&pb::LookupResponse {
+        embeddings: convert::embeddings_to_pb(result.embeddings),
+        ticket: result.ticket.unwrap_or(0),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::convert;
+    use featmux_engine::batch::FeatureEmbeddings;
+    use featmux_proto::grpc_frame::header;
 
     fn block(feature: &str, rows: usize, width: usize) -> FeatureEmbeddings {
         FeatureEmbeddings {
@@ -279,41 +228,6 @@ mod tests {
             rows,
             width,
             data: (0..rows * width).map(|i| i as f32 * 0.5 - 3.0).collect(),
-        }
-    }
-
-    /// The chunks concatenated are prost's own framed encoding of the same
-    /// response, whatever the blocks, their sizes (varint lengths of one to
-    /// three bytes) and the ticket.
-    #[test]
-    fn chunks_concatenate_to_prosts_encoding() {
-        let cases = [
-            (vec![], None),
-            (vec![], Some(7)),
-            (vec![block("u", 0, 16)], None),
-            (vec![block("u", 1, 1), block("", 3, 2)], Some(u64::MAX)),
-            (
-                vec![block("user_id", 4096, 16), block("x", 2, 40)],
-                Some(300),
-            ),
-        ];
-        for (embeddings, ticket) in cases {
-            let result = LookupResult {
-                embeddings: embeddings.clone(),
-                ticket,
-            };
-            let wire: Vec<u8> = encode_response(result).concat();
-            let expected = pb::LookupResponse {
-                embeddings: convert::embeddings_to_pb(embeddings),
-                ticket: ticket.unwrap_or(0),
-            }
-            .encode_to_vec();
-            assert_eq!(wire[0], 0, "uncompressed");
-            assert_eq!(
-                u32::from_be_bytes(wire[1..5].try_into().unwrap()) as usize,
-                expected.len()
-            );
-            assert_eq!(&wire[5..], &expected[..]);
         }
     }
 
