@@ -18,7 +18,7 @@ use crate::error::source_chain;
 use crate::options::Auth;
 use crate::pb::admin_service_client::AdminServiceClient;
 use crate::pb::embedding_service_client::EmbeddingServiceClient;
-use crate::raw_lookup;
+use crate::raw_unary;
 use crate::{pb, ClientError, ClientOptions, TrainStream};
 
 /// Every call goes through the token interceptor.
@@ -236,7 +236,7 @@ impl Client {
         };
         let max = self.options.max_message_bytes;
         self.call_idempotent(&self.connection(), request, |c, r| {
-            raw_lookup::call(c, r, max)
+            raw_unary::lookup(c, r, max)
         })
         .await
     }
@@ -277,8 +277,9 @@ impl Client {
             gradients: encode_gradients(grads),
             request_id: self.request_ids.next(),
         };
-        self.call_idempotent(&self.embedding(), request, |mut c, r| async move {
-            c.push(r).await
+        let max = self.options.max_message_bytes;
+        self.call_idempotent(&self.connection(), request, |c, r| {
+            raw_unary::push(c, r, max)
         })
         .await
     }

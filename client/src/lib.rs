@@ -39,7 +39,7 @@ mod cluster;
 mod embeddings;
 mod error;
 mod options;
-mod raw_lookup;
+mod raw_unary;
 pub mod spec;
 mod train;
 

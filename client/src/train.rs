@@ -1,7 +1,7 @@
 //! The Train stream: lookups and pushes on one HTTP/2 stream, answered in
 //! order, for trainers that issue many small requests.
 //!
-//! Called below tonic's codec, as `Lookup` is (`raw_lookup.rs`): a push's
+//! Called below tonic's codec, as `Lookup` and `Push` are (`raw_unary.rs`): a push's
 //! gradients go to HTTP/2 as chunks of their own ([`encode_chunks`]), not
 //! copied into one message buffer, and an answer's embeddings are copied
 //! once, from the received frames straight into their floats. Headers
@@ -24,7 +24,7 @@ use tonic::{Code, Status};
 use tower::{Service, ServiceExt};
 
 use crate::client::Transport;
-use crate::raw_lookup::{
+use crate::raw_unary::{
     decode_message, delimited_length, status_of_http, too_large, transport_status, wire, Malformed,
 };
 use crate::{encode_gradients, pb, ClientError, Lookup};

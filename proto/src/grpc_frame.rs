@@ -1,5 +1,5 @@
 //! gRPC's message framing, for the methods the server and the client serve
-//! and call below tonic's codec (`Lookup` and `Train`).
+//! and call below tonic's codec (`Lookup`, `Push` and `Train`).
 //!
 //! tonic's codec copies every message once more than the wire needs: its
 //! encoder writes the whole message into one buffer (its `EncodeBuf` takes
@@ -18,6 +18,9 @@ use prost::Message;
 
 /// The path of `EmbeddingService.Lookup`.
 pub const LOOKUP_PATH: &str = "/featmux.v1.EmbeddingService/Lookup";
+
+/// The path of `EmbeddingService.Push`.
+pub const PUSH_PATH: &str = "/featmux.v1.EmbeddingService/Push";
 
 /// The path of `EmbeddingService.Train`.
 pub const TRAIN_PATH: &str = "/featmux.v1.EmbeddingService/Train";

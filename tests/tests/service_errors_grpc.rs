@@ -410,11 +410,12 @@ fn bytes_that_are_not_protobuf_are_invalid_arguments() {
     run(async |f| {
         let Fixture { admin, .. } = f;
         let before = snapshot(admin).await;
-        // Lookup is served below tonic's codec (grpc/raw_lookup.rs), Push
-        // through it: both refuse alike.
+        // Lookup and Push are served below tonic's codec
+        // (grpc/raw_unary.rs), PushRows through it: all refuse alike.
         for path in [
             "/featmux.v1.EmbeddingService/Push",
             "/featmux.v1.EmbeddingService/Lookup",
+            "/featmux.v1.EmbeddingService/PushRows",
         ] {
             let status = raw::call(
                 f.server.grpc_url(),

@@ -1,13 +1,14 @@
 //! The gRPC transport: `EmbeddingService` for trainers and `AdminService`
 //! for operators, both thin wrappers around [`Api`]; [`auth`] checks tokens
-//! before a message is decoded, and [`EmbeddingRoutes`] serves `Lookup` and
-//! `Train` below tonic's codec.
+//! before a message is decoded, and [`EmbeddingRoutes`] serves `Lookup`,
+//! `Push` and `Train` below tonic's codec.
 
 pub mod auth;
-mod raw_lookup;
 mod raw_train;
+mod raw_unary;
+mod routes;
 
-pub use raw_lookup::EmbeddingRoutes;
+pub use routes::EmbeddingRoutes;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -106,8 +107,8 @@ fn lookup_lane(shared: &Shared, req: &pb::LookupRequest) -> Lane {
     shared.lookup_lane(req.want_ticket, batch_values(req.batch.as_ref()))
 }
 
-/// A lookup, up to its result: both `Lookup` paths (tonic's and
-/// [`EmbeddingRoutes`]) run this.
+/// A lookup, up to its result (a `Lookup` call's answer is encoded from it
+/// without a copy of the embeddings).
 fn lookup_result(api: &Api, req: pb::LookupRequest) -> Result<LookupResult, ApiError> {
     let batch = convert::batch_from_pb(req.batch)?;
     api.lookup(&req.table, &batch, req.want_ticket, Encoding::Binary)
@@ -169,25 +170,29 @@ pub struct EmbeddingGrpc {
 
 type TrainStream = Pin<Box<dyn Stream<Item = Result<pb::TrainResponse, Status>> + Send>>;
 
+/// What tonic's generated service answers for the methods
+/// [`EmbeddingRoutes`], the only way this service is served, takes before
+/// tonic does: never sent.
+fn served_by_routes(method: &str) -> Status {
+    Status::internal(format!(
+        "{method} is served by EmbeddingRoutes, not tonic's generated service"
+    ))
+}
+
 #[tonic::async_trait]
 impl EmbeddingService for EmbeddingGrpc {
     async fn lookup(
         &self,
-        request: Request<pb::LookupRequest>,
+        _request: Request<pb::LookupRequest>,
     ) -> Result<Response<pb::LookupResponse>, Status> {
-        let lane = lookup_lane(&self.shared, request.get_ref());
-        self.shared
-            .grpc_unary("Lookup", lane, request, lookup)
-            .await
+        Err(served_by_routes("Lookup"))
     }
 
     async fn push(
         &self,
-        request: Request<pb::PushRequest>,
+        _request: Request<pb::PushRequest>,
     ) -> Result<Response<pb::PushResponse>, Status> {
-        self.shared
-            .grpc_unary("Push", Lane::Bulk, request, push)
-            .await
+        Err(served_by_routes("Push"))
     }
 
     async fn lookup_rows(
@@ -215,15 +220,11 @@ impl EmbeddingService for EmbeddingGrpc {
 
     type TrainStream = TrainStream;
 
-    /// Never called: [`EmbeddingRoutes`], the only way this service is
-    /// served, takes `Train` before tonic does (`raw_train.rs`).
     async fn train(
         &self,
         _request: Request<Streaming<pb::TrainRequest>>,
     ) -> Result<Response<TrainStream>, Status> {
-        Err(Status::internal(
-            "Train is served by EmbeddingRoutes, not tonic's generated service",
-        ))
+        Err(served_by_routes("Train"))
     }
 }
 

@@ -21,7 +21,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
-use featmux_proto::grpc_frame::{encode_chunks, FrameError, Frames};
+use featmux_proto::grpc_frame::{encode_chunks, Frames};
 use featmux_proto::v1 as pb;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
@@ -31,7 +31,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::body::Body;
 use tonic::Status;
 
-use super::raw_lookup::{grpc_response, ok_trailers, refuse_compression, too_large};
+use super::routes::{grpc_response, malformed, ok_trailers, refusal, refuse_compression};
 use super::{code_label, train_message};
 use crate::api::Api;
 use crate::shared::Shared;
@@ -104,8 +104,7 @@ async fn answer(
             .next_message(max_message_bytes)
             .map_err(|e| refusal(e, max_message_bytes))?
         {
-            let request =
-                pb::TrainRequest::decode(message).map_err(|e| malformed(e.to_string()))?;
+            let request = pb::TrainRequest::decode(message).map_err(malformed)?;
             let response = train_message(shared, api, request).await;
             for chunk in encode_chunks(&response) {
                 if chunks.send(Ok(Frame::data(chunk))).await.is_err() {
@@ -133,16 +132,4 @@ async fn answer(
             None => return Ok(()),
         }
     }
-}
-
-/// A message the stream cannot take, with the status tonic's path gave it.
-fn refusal(error: FrameError, max_message_bytes: usize) -> Status {
-    match error {
-        FrameError::Compressed => Status::unimplemented(error.to_string()),
-        FrameError::TooLarge { .. } => too_large(max_message_bytes),
-    }
-}
-
-fn malformed(why: String) -> Status {
-    Status::invalid_argument(format!("malformed request message: {why}"))
 }

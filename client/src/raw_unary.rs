@@ -1,18 +1,22 @@
-//! `Lookup` called below tonic's codec.
+//! `Lookup` and `Push` called below tonic's codec.
 //!
 //! tonic's client copies every received HTTP/2 frame into one buffer
 //! before decoding the message from it, and the embeddings were then
-//! copied once more into their float blocks. Here the frames are kept as
-//! they arrived and each block's payload is copied once, from the frames
-//! straight into its `Vec<f32>` (≈ 7 % of the CPU of the 8-client lookup
-//! bench, perf). The request, its headers (token, deadline), the status
-//! codes and the message size limit are what tonic's path gives; the
-//! server's side is `featmux-server`'s `grpc/raw_lookup.rs`.
+//! copied once more into their float blocks; it also copies every request
+//! into one encode buffer, a push's gradients included. Here a request
+//! goes out as chunks that hold its large payloads themselves
+//! ([`encode_chunks`]), and an answer's frames are kept as they arrived:
+//! each block's payload is copied once, straight into its `Vec<f32>` (≈ 7 %
+//! of the CPU of the 8-client lookup bench, perf). The request, its headers
+//! (token, deadline), the status codes and the message size limit are what
+//! tonic's path gives; the server's side is `featmux-server`'s
+//! `grpc/raw_unary.rs`.
 
-use bytes::{Buf, Bytes};
-use featmux_proto::grpc_frame::{header, Frames, HEADER_BYTES, LOOKUP_PATH};
+use bytes::Buf;
+use featmux_proto::grpc_frame::{encode_chunks, Frames, HEADER_BYTES, LOOKUP_PATH, PUSH_PATH};
 use featmux_proto::v1 as pb;
-use http_body_util::{BodyExt, Full};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
 use prost::encoding::{check_wire_type, decode_key, decode_varint, skip_field};
 use prost::encoding::{DecodeContext, WireType};
 use prost::Message;
@@ -23,25 +27,48 @@ use tower::{Service, ServiceExt};
 use crate::client::Transport;
 use crate::embeddings::{Embedding, Lookup};
 
-/// Calls `Lookup` on `transport`; messages over `max_message_bytes` are
-/// refused either way, as tonic refuses them.
-pub(crate) async fn call(
-    mut transport: Transport,
+/// Calls `Lookup` on `transport`.
+pub(crate) async fn lookup(
+    transport: Transport,
     request: Request<pb::LookupRequest>,
     max_message_bytes: usize,
 ) -> Result<Response<Lookup>, Status> {
+    let frames = call(transport, LOOKUP_PATH, request, max_message_bytes).await?;
+    decode_response(frames, max_message_bytes).map(Response::new)
+}
+
+/// Calls `Push` on `transport`.
+pub(crate) async fn push(
+    transport: Transport,
+    request: Request<pb::PushRequest>,
+    max_message_bytes: usize,
+) -> Result<Response<pb::PushResponse>, Status> {
+    let frames = call(transport, PUSH_PATH, request, max_message_bytes).await?;
+    let mut message = unframe(frames, max_message_bytes, "push")?;
+    pb::PushResponse::decode(&mut message)
+        .map(Response::new)
+        .map_err(|e| Status::internal(format!("malformed push response: {e}")))
+}
+
+/// Calls the unary method at `path`; the answer as the frames it arrived
+/// in, framing included. Messages over `max_message_bytes` are refused
+/// either way, as tonic refuses them.
+async fn call<M: Message>(
+    mut transport: Transport,
+    path: &'static str,
+    request: Request<M>,
+    max_message_bytes: usize,
+) -> Result<Frames, Status> {
     let (metadata, _, message) = request.into_parts();
     let length = message.encoded_len();
     if length > max_message_bytes {
         return Err(too_large("encoded", length, max_message_bytes));
     }
-    let mut body = Vec::with_capacity(HEADER_BYTES + length);
-    body.extend_from_slice(&header(length as u32));
-    message
-        .encode(&mut body)
-        .expect("a Vec grows to fit the message");
-    let mut http = http::Request::post(LOOKUP_PATH)
-        .body(Body::new(Full::new(Bytes::from(body))))
+    let chunks = encode_chunks(&message)
+        .into_iter()
+        .map(|chunk| Ok::<_, std::convert::Infallible>(Frame::data(chunk)));
+    let mut http = http::Request::post(path)
+        .body(Body::new(StreamBody::new(tokio_stream::iter(chunks))))
         .expect("a valid request");
     let headers = http.headers_mut();
     headers.extend(metadata.into_headers());
@@ -76,16 +103,13 @@ pub(crate) async fn call(
         }
     }
     match trailers.as_ref().and_then(Status::from_header_map) {
-        Some(status) if status.code() == Code::Ok => {}
-        Some(status) => return Err(status),
-        None => {
-            return Err(Status::new(
-                status_of_http(http_status),
-                format!("the answer (HTTP {http_status}) ended without a gRPC status"),
-            ))
-        }
+        Some(status) if status.code() == Code::Ok => Ok(frames),
+        Some(status) => Err(status),
+        None => Err(Status::new(
+            status_of_http(http_status),
+            format!("the answer (HTTP {http_status}) ended without a gRPC status"),
+        )),
     }
-    decode_response(frames, max_message_bytes).map(Response::new)
 }
 
 /// A transport failure as tonic's client reports it (the connection
@@ -113,11 +137,9 @@ pub(crate) fn status_of_http(status: http::StatusCode) -> Code {
     }
 }
 
-/// Decodes the framed `LookupResponse`: each block's payload is copied
-/// from the frames into its floats, the rest is protobuf as prost reads it
-/// (unknown fields are skipped).
-fn decode_response(mut frames: Frames, max_message_bytes: usize) -> Result<Lookup, Status> {
-    let malformed = |why: String| Status::internal(format!("malformed lookup response: {why}"));
+/// The one message of a unary answer, its header checked.
+fn unframe(mut frames: Frames, max_message_bytes: usize, what: &str) -> Result<Frames, Status> {
+    let malformed = |why: String| Status::internal(format!("malformed {what} response: {why}"));
     if frames.remaining() < HEADER_BYTES {
         return Err(malformed("no message".into()));
     }
@@ -134,7 +156,16 @@ fn decode_response(mut frames: Frames, max_message_bytes: usize) -> Result<Looku
             frames.remaining()
         )));
     }
-    decode_message(&mut frames).map_err(malformed)
+    Ok(frames)
+}
+
+/// Decodes the framed `LookupResponse`: each block's payload is copied
+/// from the frames into its floats, the rest is protobuf as prost reads it
+/// (unknown fields are skipped).
+fn decode_response(frames: Frames, max_message_bytes: usize) -> Result<Lookup, Status> {
+    let mut message = unframe(frames, max_message_bytes, "lookup")?;
+    decode_message(&mut message)
+        .map_err(|why| Status::internal(format!("malformed lookup response: {why}")))
 }
 
 /// A decoding failure, in words.
@@ -227,6 +258,8 @@ fn decode_embedding(frames: &mut Frames, length: usize) -> Result<Embedding, Mal
 mod tests {
     use super::*;
     use crate::embeddings::decode_lookup;
+    use bytes::Bytes;
+    use featmux_proto::grpc_frame::header;
 
     fn response(blocks: &[(&str, u32, u32)], ticket: u64) -> pb::LookupResponse {
         pb::LookupResponse {
