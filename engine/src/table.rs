@@ -17,6 +17,7 @@ use crate::dirty::DirtyRows;
 use crate::error::EngineError;
 use crate::hashing::{chunk_seed, hash_key};
 use crate::occupancy::{Occupancy, OccupancyReport};
+use crate::optimizer::first_non_finite;
 use crate::plan::BatchPlan;
 use crate::registry::{Feature, FeatureRegistry};
 use crate::schema::{FeatureSpec, TableSpec};
@@ -302,7 +303,7 @@ impl Table {
     /// and sends each shard the entries of its rows): `[num_slots, dim]`
     /// pooled partial sums. Rows, slots and weights are checked first.
     pub fn gather_rows(&self, mut plan: GatherPlan) -> Result<Vec<f32>, EngineError> {
-        if let Some(i) = plan.weights.iter().position(|w| !w.is_finite()) {
+        if let Some(i) = first_non_finite(&plan.weights) {
             return Err(EngineError::invalid(
                 "gather plan",
                 format!("weight {i} is {}", plan.weights[i]),
@@ -317,7 +318,7 @@ impl Table {
     /// `max_abs_gradient`; returns the rows stepped. All or nothing: a
     /// step that would make a row non-finite refuses the whole update.
     pub fn push_rows(&self, mut update: RowGradients) -> Result<usize, EngineError> {
-        if let Some(i) = update.grads.iter().position(|g| !g.is_finite()) {
+        if let Some(i) = first_non_finite(&update.grads) {
             return Err(EngineError::invalid(
                 "row gradients",
                 format!("gradient {i} is {}", update.grads[i]),
