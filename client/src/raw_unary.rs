@@ -21,6 +21,8 @@ use prost::encoding::{check_wire_type, decode_key, decode_varint, skip_field};
 use prost::encoding::{DecodeContext, WireType};
 use prost::Message;
 use tonic::body::Body;
+use tonic::metadata::MetadataMap;
+use tonic::service::interceptor::ResponseBody;
 use tonic::{Code, Request, Response, Status};
 use tower::{Service, ServiceExt};
 
@@ -54,7 +56,7 @@ pub(crate) async fn push(
 /// in, framing included. Messages over `max_message_bytes` are refused
 /// either way, as tonic refuses them.
 async fn call<M: Message>(
-    mut transport: Transport,
+    transport: Transport,
     path: &'static str,
     request: Request<M>,
     max_message_bytes: usize,
@@ -67,25 +69,8 @@ async fn call<M: Message>(
     let chunks = encode_chunks(&message)
         .into_iter()
         .map(|chunk| Ok::<_, std::convert::Infallible>(Frame::data(chunk)));
-    let mut http = http::Request::post(path)
-        .body(Body::new(StreamBody::new(tokio_stream::iter(chunks))))
-        .expect("a valid request");
-    let headers = http.headers_mut();
-    headers.extend(metadata.into_headers());
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/grpc"),
-    );
-    headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
-
-    let transport = transport.ready().await.map_err(transport_status)?;
-    let response = transport.call(http).await.map_err(transport_status)?;
-    // A refusal comes as headers only ("trailers-only").
-    if let Some(status) = Status::from_header_map(response.headers()) {
-        if status.code() != Code::Ok {
-            return Err(status);
-        }
-    }
+    let body = Body::new(StreamBody::new(tokio_stream::iter(chunks)));
+    let response = start(transport, path, metadata, body).await?;
     let http_status = response.status();
     let mut body = response.into_body();
     let mut frames = Frames::default();
@@ -110,6 +95,35 @@ async fn call<M: Message>(
             format!("the answer (HTTP {http_status}) ended without a gRPC status"),
         )),
     }
+}
+
+/// Starts a call of the method at `path` with `body` (the framed request
+/// messages) and `metadata`: the answer once its headers have arrived. A
+/// refusal, which comes as headers only ("trailers-only"), is the error.
+pub(crate) async fn start(
+    mut transport: Transport,
+    path: &'static str,
+    metadata: MetadataMap,
+    body: Body,
+) -> Result<http::Response<ResponseBody<Body>>, Status> {
+    let mut http = http::Request::post(path)
+        .body(body)
+        .expect("a valid request");
+    let headers = http.headers_mut();
+    headers.extend(metadata.into_headers());
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    let transport = transport.ready().await.map_err(transport_status)?;
+    let response = transport.call(http).await.map_err(transport_status)?;
+    if let Some(status) = Status::from_header_map(response.headers()) {
+        if status.code() != Code::Ok {
+            return Err(status);
+        }
+    }
+    Ok(response)
 }
 
 /// A transport failure as tonic's client reports it (the connection

@@ -20,12 +20,13 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::body::Body;
+use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
-use tower::{Service, ServiceExt};
 
 use crate::client::Transport;
 use crate::raw_unary::{
-    decode_message, delimited_length, status_of_http, too_large, transport_status, wire, Malformed,
+    decode_message, delimited_length, start, status_of_http, too_large, transport_status, wire,
+    Malformed,
 };
 use crate::{encode_gradients, pb, ClientError, Lookup};
 
@@ -55,27 +56,12 @@ impl TrainStream {
     /// Opens the stream on `transport`; messages over `max_message_bytes`
     /// are refused either way, as tonic refuses them.
     pub(crate) async fn open(
-        mut transport: Transport,
+        transport: Transport,
         max_message_bytes: usize,
     ) -> Result<Self, ClientError> {
         let (requests, chunks) = mpsc::channel(CHUNKS_IN_FLIGHT);
-        let mut http = http::Request::post(TRAIN_PATH)
-            .body(Body::new(StreamBody::new(ReceiverStream::new(chunks))))
-            .expect("a valid request");
-        let headers = http.headers_mut();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/grpc"),
-        );
-        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
-        let transport = transport.ready().await.map_err(transport_status)?;
-        let response = transport.call(http).await.map_err(transport_status)?;
-        // A refusal comes as headers only ("trailers-only").
-        if let Some(status) = Status::from_header_map(response.headers()) {
-            if status.code() != Code::Ok {
-                return Err(status.into());
-            }
-        }
+        let body = Body::new(StreamBody::new(ReceiverStream::new(chunks)));
+        let response = start(transport, TRAIN_PATH, MetadataMap::new(), body).await?;
         let http_status = response.status();
         if http_status != http::StatusCode::OK {
             return Err(Status::new(

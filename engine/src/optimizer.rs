@@ -311,11 +311,11 @@ pub fn all_finite(values: &[f32]) -> bool {
 /// Blocks of 64 floats are tested without a branch per value (a float is
 /// not finite when all its exponent bits are set, so a block's largest
 /// masked exponent says whether it holds one), which the compiler
-/// vectorises; only a block that holds one is searched value by value. For
-/// megabytes of floats (a push checks every gradient it receives, then its
-/// sums); a row's few floats are checked with [`all_finite`]. The
-/// per-value `position` it replaced was a quarter of
-/// [`crate::plan::BatchPlan::row_gradients`]' samples.
+/// vectorises; only a block that holds one is searched value by value.
+/// Meant for megabytes of floats (a push checks every gradient it
+/// receives, then their sums), where the per-value `position` it replaced
+/// was a quarter of [`crate::plan::BatchPlan::row_gradients`]' samples; a
+/// row's few floats are checked faster by [`all_finite`].
 pub fn first_non_finite(values: &[f32]) -> Option<usize> {
     const EXPONENT: u32 = 0x7f80_0000;
     let non_finite = |v: &f32| v.to_bits() & EXPONENT == EXPONENT;

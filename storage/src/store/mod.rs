@@ -91,10 +91,10 @@ pub struct StoreOptions {
     /// RocksDB writes its memtable flushes and compactions with direct I/O
     /// (`O_DIRECT`) where the data directory's filesystem allows it: those
     /// files are written once and read back only by compaction and at
-    /// start, so copying them through the page cache bought nothing. That
-    /// copy was a third of RocksDB's flush threads' CPU when a push bench
-    /// rewrote the whole table every second (0.39 → 0.31 µs per flushed
-    /// row, docs/results/profile.md section 7).
+    /// start, so copying them through the page cache bought nothing. With
+    /// a push bench rewriting the whole table every second, RocksDB's flush
+    /// threads took 0.40, 0.38 µs per flushed row with buffered writes and
+    /// 0.31, 0.32 µs with direct I/O (docs/results/profile.md, section 7).
     pub direct_flush_io: bool,
 }
 
