@@ -103,8 +103,9 @@ pub struct StoreOptions {
 const ROWS_HOLD_STATE_SINCE: u32 = 4;
 
 /// Whether files in `dir` open for direct I/O. Most local filesystems
-/// allow it; where one does not (tmpfs before Linux 6.6, some network
-/// filesystems), RocksDB would fail every flush instead.
+/// allow it (tmpfs did here, on Linux 6.18); where one does not (tmpfs on
+/// older kernels, some network filesystems), RocksDB would fail every
+/// flush instead.
 #[cfg(target_os = "linux")]
 fn supports_direct_io(dir: &Path) -> bool {
     use std::os::unix::fs::OpenOptionsExt;
