@@ -85,6 +85,17 @@ impl PackedStrings {
         &self.data[start..self.ends[i] as usize]
     }
 
+    /// The values' UTF-8 bytes in order: what planning hashes, without
+    /// the index arithmetic of [`Self::get`] per value.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let value = &self.data[start as usize..end as usize];
+            start = end;
+            value
+        })
+    }
+
     /// The buffer of all values, for re-encoding without a copy.
     pub fn data(&self) -> &Bytes {
         &self.data
@@ -222,6 +233,7 @@ mod tests {
         let Values::PackedStrings(p) = &packed else {
             unreachable!()
         };
+        assert!(p.iter().eq(words.map(str::as_bytes)));
         assert_eq!(p.lengths_le(), lengths(&[0, 2, 2, 12]));
     }
 

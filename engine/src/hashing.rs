@@ -37,7 +37,10 @@ pub fn chunk_seed(table_seed: u64, salt: u32, chunk: u32) -> u64 {
     xxh3_64_with_seed(&bytes, table_seed)
 }
 
-/// 64-bit hash of one value under a chunk seed.
+/// 64-bit hash of one value under a chunk seed. Inlined so that a loop
+/// over values of one type drops the match (and an int64's hash its
+/// length dispatch).
+#[inline]
 pub fn hash_key(key: Key<'_>, chunk_seed: u64) -> u64 {
     match key {
         Key::Str(s) => xxh3_64_with_seed(s, chunk_seed),
@@ -47,6 +50,7 @@ pub fn hash_key(key: Key<'_>, chunk_seed: u64) -> u64 {
 
 /// Maps a 64-bit hash uniformly onto `0..range` without a division
 /// (Lemire's multiply-shift "fast range"); `range` may be up to 2^64-1.
+#[inline]
 pub fn fast_range(hash: u64, range: u64) -> u64 {
     ((hash as u128 * range as u128) >> 64) as u64
 }
@@ -62,6 +66,7 @@ pub struct RowSpan {
 
 impl RowSpan {
     /// Row of the table that `hash` selects inside this span.
+    #[inline]
     pub fn row(&self, hash: u64) -> u64 {
         self.offset + fast_range(hash, self.rows)
     }
