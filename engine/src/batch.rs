@@ -87,7 +87,7 @@ impl PackedStrings {
 
     /// The values' UTF-8 bytes in order: what planning hashes, without
     /// the index arithmetic of [`Self::get`] per value.
-    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + Clone + '_ {
         let mut start = 0;
         self.ends.iter().map(move |&end| {
             let value = &self.data[start as usize..end as usize];

@@ -366,15 +366,17 @@ impl FeatureLayout {
     ///
     /// Generic over the keys so each value type gets its own loop (no
     /// match per value), and the entries are written into slices sized
-    /// once: this loop and the hash are all a lookup does per value
-    /// besides copying its row, so every instruction here is paid
-    /// 10^5 times per batch.
+    /// once: this and the hash are all a lookup does per value besides
+    /// copying its row, so every instruction here is paid 10^5 times per
+    /// batch. Rows are hashed in a loop that does nothing else: a hash is
+    /// a chain of dependent multiplies, and only a short loop lets the CPU
+    /// run several values' chains at once.
     fn add_entries<'a>(
         &self,
         gather: &mut GatherPlan,
         fb: &FeatureBatch,
-        mut keys: impl Iterator<Item = Key<'a>>,
-        mut value_hashes: Option<&mut Vec<u64>>,
+        keys: impl Iterator<Item = Key<'a>> + Clone,
+        value_hashes: Option<&mut Vec<u64>>,
     ) {
         let chunks = self.seeds.len();
         let start = gather.rows.len();
@@ -383,13 +385,25 @@ impl FeatureLayout {
         gather.slots.resize(end, 0);
         gather.weights.resize(end, 0.0);
         let rows = &mut gather.rows[start..end];
+        for (j, &seed) in self.seeds.iter().enumerate() {
+            for (row, key) in rows.iter_mut().skip(j).step_by(chunks).zip(keys.clone()) {
+                *row = hash_key(key, seed);
+            }
+        }
+        if let Some(hashes) = value_hashes {
+            hashes.extend(rows.iter().step_by(chunks));
+        }
+        for row in rows.iter_mut() {
+            *row = self.span.row(*row);
+        }
+
         let slots = &mut gather.slots[start..end];
         let weights = &mut gather.weights[start..end];
         let mut entry = 0;
         let mut value = 0;
         for (example, &len) in fb.lengths.iter().enumerate() {
             let scale = self.pooling.scale(len as usize);
-            for key in keys.by_ref().take(len as usize) {
+            for _ in 0..len {
                 let weight = fb.weights.as_ref().map_or(scale, |w| scale * w[value]);
                 let out_row = if self.pooling == Pooling::None {
                     value
@@ -397,14 +411,7 @@ impl FeatureLayout {
                     example
                 };
                 let first = self.first_slot + out_row * chunks;
-                for (j, &seed) in self.seeds.iter().enumerate() {
-                    let hash = hash_key(key, seed);
-                    if j == 0 {
-                        if let Some(hashes) = value_hashes.as_deref_mut() {
-                            hashes.push(hash);
-                        }
-                    }
-                    rows[entry] = self.span.row(hash);
+                for j in 0..chunks {
                     slots[entry] = (first + j) as u32;
                     weights[entry] = weight;
                     entry += 1;
@@ -412,7 +419,7 @@ impl FeatureLayout {
                 value += 1;
             }
         }
-        debug_assert_eq!(entry, rows.len(), "validated lengths sum to the values");
+        debug_assert_eq!(entry, slots.len(), "validated lengths sum to the values");
     }
 }
 
