@@ -58,7 +58,12 @@ fn feature_case() -> impl Strategy<Value = FeatureCase> {
 }
 
 fn bag() -> impl Strategy<Value = BagCase> {
-    proptest::collection::vec((0u8..12, -2.0f32..2.0), 0..5).prop_map(|pairs| BagCase {
+    // Bags of one value half the time: single-valued features (every bag
+    // of one) take their own path through planning.
+    let lengths = prop_oneof![Just(1..2), Just(0..5)];
+    let pairs =
+        lengths.prop_flat_map(|len| proptest::collection::vec((0u8..12, -2.0f32..2.0), len));
+    pairs.prop_map(|pairs| BagCase {
         values: pairs.iter().map(|p| p.0).collect(),
         weights: pairs.iter().map(|p| p.1).collect(),
     })
