@@ -324,7 +324,14 @@ impl GatherPlan {
     /// True when entries come in slot order (slots never decrease), so a
     /// backend can finish each slot before it starts the next.
     pub fn slots_ascend(&self) -> bool {
-        self.slots.windows(2).all(|w| w[0] <= w[1])
+        // No early exit: a fold over pairs compiles to vector compares (an
+        // `all` over `windows(2)` tested one pair per branch, and every
+        // lookup runs this over all its entries).
+        let next = self.slots.iter().skip(1);
+        self.slots
+            .iter()
+            .zip(next)
+            .fold(true, |ascend, (a, b)| ascend & (a <= b))
     }
 
     /// Checks block bounds for [`Backend::gather_blocks`]: from 0 to
@@ -358,10 +365,16 @@ impl GatherPlan {
                 ),
             ));
         }
-        if let Some(s) = self.slots.iter().find(|&&s| s as usize >= self.num_slots) {
+        // The largest slot, not the first too large: a max compiles to
+        // vector compares with no branch per entry.
+        let largest = self.slots.iter().copied().max();
+        if let Some(largest) = largest.filter(|&s| s as usize >= self.num_slots) {
             return Err(EngineError::invalid(
                 "gather plan",
-                format!("slot {s} is outside the plan's {} slots", self.num_slots),
+                format!(
+                    "slot {largest} is outside the plan's {} slots",
+                    self.num_slots
+                ),
             ));
         }
         check_rows(spec, &self.rows)
@@ -456,7 +469,8 @@ pub(crate) fn try_zeroed_floats(len: usize, what: &str) -> Result<Vec<f32>, Engi
 
 /// Checks row indices against the table before any backend touches memory.
 pub(crate) fn check_rows(spec: &StorageSpec, rows: &[u64]) -> Result<(), EngineError> {
-    match rows.iter().find(|&&r| r >= spec.rows) {
+    // The largest row, not the first outside: no branch per row.
+    match rows.iter().copied().max().filter(|&r| r >= spec.rows) {
         Some(r) => Err(EngineError::invalid(
             "rows",
             format!("row {r} is outside the table's {} rows", spec.rows),
