@@ -1,6 +1,7 @@
 #!/bin/sh
 # Reproduces docs/results/performance.md and performance.png in one run:
-# featmux (gRPC and HTTP, through a real `featmux serve`), the same lookups
+# featmux (gRPC over TCP and over a Unix socket, and HTTP, through a real
+# `featmux serve`), the same lookups
 # in-process, Redis MGET (plain and pipelined) over the same batches, a plain
 # TCP exchange of the same sizes, iperf3 over loopback, and the PyTorch
 # peers a trainer would use instead (nn.EmbeddingBag; FBGEMM's TBE, forward
@@ -58,7 +59,7 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
     --dir "$work" >"$work/redis.log" 2>&1 &
 pids="$pids $!"
 "$FEATMUX" serve --data-dir "$work/data" --grpc-addr "$GRPC" --http-addr "$HTTP" \
-    >"$work/featmux.log" 2>&1 &
+    --grpc-unix-socket "$work/grpc.sock" >"$work/featmux.log" 2>&1 &
 featmux_pid=$!
 pids="$pids $featmux_pid"
 for _ in $(seq 100); do
@@ -90,10 +91,19 @@ mkdir -p "$RESULTS" docs/results
 
 # bench NAME [featmux bench flags...]: one run, its JSON report in RESULTS.
 bench() {
-    name=$1
-    shift
-    echo "== $name: $*" >&2
-    "$FEATMUX" --addr "http://$GRPC" --json bench --http "http://$HTTP" \
+    bench_at "http://$GRPC" "$@"
+}
+# bench_unix NAME [flags...]: the same through the server's Unix socket, as
+# a trainer on the server's machine would call it.
+bench_unix() {
+    bench_at "unix://$work/grpc.sock" "$@"
+}
+bench_at() {
+    addr=$1
+    name=$2
+    shift 2
+    echo "== $name ($addr): $*" >&2
+    "$FEATMUX" --addr "$addr" --json bench --http "http://$HTTP" \
         --redis "127.0.0.1:$REDIS_PORT" --duration "$DURATION" --batches 4 "$@" \
         >"$RESULTS/$name.json"
 }
@@ -106,6 +116,7 @@ iperf3 -c 127.0.0.1 -p 5299 -t 5 -J >"$RESULTS/iperf3.json"
 # Single-valued: 4096 examples × 26 features × 16 dims, 8 clients.
 single="--examples 4096 --features 26 --values 1 --vocab 100000 --concurrency 8"
 bench lookup --workload lookup --table single $single
+bench_unix lookup-unix --workload lookup --table single $single
 bench engine-lookup --workload engine-lookup --table single $single
 bench redis-mget --workload redis-mget $single
 bench redis-mget-pipelined --workload redis-mget --mget-keys 1000 $single
@@ -123,8 +134,10 @@ redis-cli -p "$REDIS_PORT" flushall >/dev/null
 # Training with row-wise Adagrad.
 train="--optimizer row-wise-adagrad --lr 0.05 $single"
 bench push-rowwise-adagrad --workload push --table rwa $train
+bench_unix push-rowwise-adagrad-unix --workload push --table rwa $train
 bench engine-push-rowwise-adagrad --workload engine-push --table rwa $train
 bench train-rowwise-adagrad --workload train --table rwa $train
+bench_unix train-rowwise-adagrad-unix --workload train --table rwa $train
 
 # PyTorch peers and the in-process engine on the same shapes: one table of
 # 10^6 rows every feature shares, 26 features, single values (4,096

@@ -10,7 +10,8 @@ use featmux_client::ClientOptions;
 /// How to reach the server (shared by every client command).
 #[derive(Debug, Clone, Args)]
 pub struct Connection {
-    /// Server gRPC endpoint.
+    /// Server gRPC endpoint: `http://host:port`, `https://host:port`, or
+    /// `unix:///path` (the server's `grpc_unix_socket`).
     #[arg(
         long,
         global = true,

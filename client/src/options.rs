@@ -9,7 +9,8 @@ use tonic::{Request, Status};
 /// How to reach a server.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// `http://host:port` or `https://host:port`.
+    /// `http://host:port`, `https://host:port`, or `unix:///path` for a
+    /// server's Unix socket on this machine (no TLS there).
     pub endpoint: String,
     /// Bearer token sent with every call.
     pub token: Option<String>,

@@ -71,7 +71,8 @@ class TrainStream:
 
 class Client:
     """A connection to a featmux server's gRPC port (``http://host:port``,
-    or ``https://`` with TLS). Safe to share between threads.
+    ``https://`` with TLS, or ``unix:///path`` for the server's Unix socket
+    on this machine). Safe to share between threads.
 
     ``token`` is sent as a bearer token; ``ca_cert`` is a PEM file's path or
     bytes for a private CA; ``timeout`` is each call's deadline in seconds;

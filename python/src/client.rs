@@ -83,8 +83,8 @@ impl NativeClient {
 
 #[pymethods]
 impl NativeClient {
-    /// Connects to `addr` (`http://host:port` or `https://…`), retrying while
-    /// the server is not up yet.
+    /// Connects to `addr` (`http://host:port`, `https://…` or
+    /// `unix:///path`), retrying while the server is not up yet.
     #[new]
     #[pyo3(signature = (addr, token=None, ca_cert=None, timeout=30.0, retries=5, connections=4))]
     fn new(

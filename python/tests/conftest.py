@@ -31,6 +31,7 @@ class Server:
         config.write_text(
             f'data_dir = "{tmp / "data"}"\n'
             'grpc_addr = "127.0.0.1:0"\nhttp_addr = "127.0.0.1:0"\nlog_format = "json"\n'
+            f'grpc_unix_socket = "{tmp / "grpc.sock"}"\n'
             f'[auth]\nadmin_token = "{ADMIN}"\ndata_token = "{DATA}"\n'
             "[limits]\nmax_memory_bytes = 268435456\n" + extra_config
         )
@@ -39,6 +40,7 @@ class Server:
             [featmux_binary(), "serve", "--config", str(config)], stderr=self.log, stdout=subprocess.DEVNULL
         )
         self.grpc, self.http = self._addresses()
+        self.unix = f"unix://{tmp / 'grpc.sock'}"
         self._wait_ready()
 
     def _addresses(self) -> tuple[str, str]:

@@ -261,3 +261,18 @@ def test_a_train_stream_pipelines_lookups_and_pushes(admin, data):
     np.testing.assert_allclose(after["item"], before - LR * step, rtol=0, atol=1e-6)
     again = stream.send_lookup("stream_t", batches[0], ticket=False)
     assert stream.recv()[0] == again
+
+
+def test_a_trainer_on_the_servers_machine_can_use_its_unix_socket(server, admin, data):
+    admin.create_table(sgd_table("unix_t"), [{"name": "user"}])
+    local = featmux.Client(server.unix, token=DATA)
+    batch = {"user": ["u1", "u2", "u1"]}
+    before = local.lookup("unix_t", batch, ticket=True)
+    np.testing.assert_array_equal(before["user"], data.lookup("unix_t", batch)["user"])
+    grads = {"user": np.ones((3, 4), dtype=np.float32)}
+    local.push("unix_t", grads, ticket=before)
+    # u1 got two gradients of 1, u2 one; the TCP client sees the update.
+    after = data.lookup("unix_t", batch)["user"]
+    np.testing.assert_allclose(after, before["user"] - LR * np.array([[2.0], [1.0], [2.0]]), rtol=0, atol=1e-6)
+    with pytest.raises(featmux.Unauthenticated):
+        featmux.Client(server.unix).lookup("unix_t", batch)

@@ -303,6 +303,9 @@ pub enum LogFormat {
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub grpc_addr: SocketAddr,
+    /// gRPC on a Unix domain socket as well, for trainers on this machine
+    /// (`unix://PATH` in a client's address); no TLS on it.
+    pub grpc_unix_socket: Option<PathBuf>,
     pub http_addr: SocketAddr,
     /// `cpu`, `candle-cpu` or `cuda:N`.
     pub backend: String,
@@ -327,6 +330,7 @@ impl Default for ServerConfig {
         ServerConfig {
             data_dir: PathBuf::from("./featmux-data"),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            grpc_unix_socket: None,
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             backend: "cpu".into(),
             log_format: LogFormat::Text,
@@ -394,6 +398,10 @@ pub struct ServeArgs {
     /// gRPC listen address [default: 127.0.0.1:50051].
     #[arg(long)]
     pub grpc_addr: Option<SocketAddr>,
+    /// Also serve gRPC on this Unix domain socket (clients on this machine
+    /// dial `unix://PATH`).
+    #[arg(long)]
+    pub grpc_unix_socket: Option<PathBuf>,
     /// HTTP listen address [default: 127.0.0.1:8080].
     #[arg(long)]
     pub http_addr: Option<SocketAddr>,
@@ -466,6 +474,9 @@ impl ServerConfig {
         if let Some(v) = get("FEATMUX_GRPC_ADDR") {
             self.grpc_addr = env_parse("FEATMUX_GRPC_ADDR", v)?;
         }
+        if let Some(v) = get("FEATMUX_GRPC_UNIX_SOCKET") {
+            self.grpc_unix_socket = Some(v.into());
+        }
         if let Some(v) = get("FEATMUX_HTTP_ADDR") {
             self.http_addr = env_parse("FEATMUX_HTTP_ADDR", v)?;
         }
@@ -530,6 +541,9 @@ impl ServerConfig {
         }
         if let Some(v) = args.grpc_addr {
             self.grpc_addr = v;
+        }
+        if let Some(v) = &args.grpc_unix_socket {
+            self.grpc_unix_socket = Some(v.clone());
         }
         if let Some(v) = args.http_addr {
             self.http_addr = v;
@@ -700,6 +714,19 @@ impl ServerConfig {
                     self.execution.bulk_nice
                 ),
             });
+        }
+        if let Some(path) = &self.grpc_unix_socket {
+            // sun_path holds 108 bytes with the terminating NUL.
+            let len = path.as_os_str().len();
+            if !(1..=107).contains(&len) {
+                return Err(ConfigError::Invalid {
+                    field: "grpc_unix_socket",
+                    reason: format!(
+                        "{:?} is {len} bytes; a Unix socket path has 1 to 107",
+                        path.display().to_string()
+                    ),
+                });
+            }
         }
         if let Some(replica) = &self.replica {
             if !(replica.primary.starts_with("http://") || replica.primary.starts_with("https://"))
@@ -949,6 +976,18 @@ mod tests {
         config.backend = "tpu".into();
         let err = config.validate().unwrap_err().to_string();
         assert!(err.starts_with("backend:"), "{err}");
+
+        let mut config = ServerConfig {
+            grpc_unix_socket: Some(format!("/run/{}.sock", "x".repeat(120)).into()),
+            ..ServerConfig::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.starts_with("grpc_unix_socket") && err.contains("130 bytes"),
+            "{err}"
+        );
+        config.grpc_unix_socket = Some("/run/featmux/grpc.sock".into());
+        config.validate().unwrap();
     }
 
     /// Every numeric key has a range; a value outside it (e.g. a ticket TTL

@@ -9,6 +9,7 @@
 //! - [`config`]: the TOML file, environment and flags, validated at start-up;
 //!   [`machine`]: the memory the default memory budget comes from.
 //! - [`startup`]: binding the listeners and spawning the transports;
+//!   [`local_socket`]: gRPC on a Unix socket for same-machine trainers;
 //!   [`lifecycle`]: recovery, serving, draining and the final flush.
 //! - [`shared`]: what both transports share (operations, tokens, metrics);
 //!   [`execution`]: where request work runs (training on low-priority bulk
@@ -40,6 +41,7 @@ pub mod execution;
 pub mod grpc;
 pub mod http;
 pub mod lifecycle;
+pub mod local_socket;
 pub mod logging;
 pub mod machine;
 pub mod metrics;

@@ -19,6 +19,7 @@ use crate::auth::Tokens;
 use crate::codec::translate_codec_response;
 use crate::config::{ConfigError, ServerConfig};
 use crate::execution::BulkPool;
+use crate::local_socket::{LocalSocket, LocalSocketError};
 use crate::metrics::Metrics;
 use crate::shared::Shared;
 use crate::{grpc, http, lifecycle};
@@ -37,6 +38,8 @@ pub enum ServeError {
     Config(#[from] ConfigError),
     #[error("cannot listen on {addr}: {reason}")]
     Bind { addr: SocketAddr, reason: String },
+    #[error(transparent)]
+    LocalSocket(#[from] LocalSocketError),
     #[error("TLS: {0}")]
     Tls(String),
     #[error("cannot open the data directory: {0}")]
@@ -98,6 +101,14 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     })
 }
 
+/// Resolves once the server is told to stop.
+fn until(stop: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> {
+    let mut stopped = stop.clone();
+    async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    }
+}
+
 fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, ServeError> {
     std::fs::read(path).map_err(|e| ServeError::Tls(format!("cannot read {}: {e}", path.display())))
 }
@@ -116,6 +127,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         addr: config.http_addr,
         reason: e.to_string(),
     })?;
+    let local_socket = match &config.grpc_unix_socket {
+        Some(path) => Some(LocalSocket::bind(path).await?),
+        None => None,
+    };
     let tls = match &config.tls {
         Some(tls) => Some((read_pem(&tls.cert)?, read_pem(&tls.key)?)),
         None => None,
@@ -145,6 +160,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     });
     info!(
         grpc = %grpc_addr,
+        grpc_unix_socket = ?config.grpc_unix_socket,
         http = %http_addr,
         tls = tls.is_some(),
         data_dir = %config.data_dir.display(),
@@ -157,46 +173,69 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         // Push requests carry megabytes of gradients: with hyper's default
         // 1 MiB windows the client stalls for a WINDOW_UPDATE every MiB.
         // Windows are flow-control credit, not buffers allocated up front.
-        let mut builder = tonic::transport::Server::builder()
+        let plain = tonic::transport::Server::builder()
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .max_frame_size(MAX_FRAME_BYTES);
-        if let Some((cert, key)) = &tls {
-            builder = builder
+        // The same services and layers on every listener.
+        let routes = |builder: tonic::transport::Server| {
+            builder
+                .layer(grpc::auth::GrpcAuthLayer {
+                    shared: shared.clone(),
+                })
+                .layer(tower::util::MapResponseLayer::new(translate_codec_response))
+                .add_service(grpc::EmbeddingRoutes::new(shared.clone(), max))
+                .add_service(
+                    AdminServiceServer::new(grpc::AdminGrpc {
+                        shared: shared.clone(),
+                    })
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+                )
+                .add_service(ReplicationServiceServer::new(
+                    crate::replication::source::ReplicationGrpc {
+                        shared: shared.clone(),
+                    },
+                ))
+        };
+        let tcp_builder = match &tls {
+            Some((cert, key)) => plain
+                .clone()
                 .tls_config(
                     tonic::transport::ServerTlsConfig::new()
                         .identity(tonic::transport::Identity::from_pem(cert, key)),
                 )
-                .map_err(|e| ServeError::Tls(e.to_string()))?;
-        }
-        let router = builder
-            .layer(grpc::auth::GrpcAuthLayer {
-                shared: shared.clone(),
-            })
-            .layer(tower::util::MapResponseLayer::new(translate_codec_response))
-            .add_service(grpc::EmbeddingRoutes::new(shared.clone(), max))
-            .add_service(
-                AdminServiceServer::new(grpc::AdminGrpc {
-                    shared: shared.clone(),
-                })
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-            )
-            .add_service(ReplicationServiceServer::new(
-                crate::replication::source::ReplicationGrpc {
-                    shared: shared.clone(),
-                },
-            ));
-        let mut stopped = stop_rx.clone();
+                .map_err(|e| ServeError::Tls(e.to_string()))?,
+            None => plain.clone(),
+        };
         // TCP_NODELAY explicitly: tonic ignores its own nodelay setting for
         // an incoming stream, and with Nagle on, a small response (headers,
         // data and trailers in separate writes) waits for the client's
         // delayed ACK: ~40 ms per training step of a small batch.
         let incoming =
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-        tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }))
+        let tcp = routes(tcp_builder).serve_with_incoming_shutdown(incoming, until(&stop_rx));
+        // The local socket is plain gRPC: its file's permissions guard it.
+        let unix = local_socket.map(|mut socket| {
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(
+                socket.take_listener().expect("a freshly bound socket"),
+            );
+            let serving = routes(plain).serve_with_incoming_shutdown(incoming, until(&stop_rx));
+            async move {
+                let served = serving.await;
+                drop(socket);
+                served
+            }
+        });
+        tokio::spawn(async move {
+            match unix {
+                None => tcp.await,
+                Some(unix) => {
+                    let (tcp, unix) = tokio::join!(tcp, unix);
+                    tcp.and(unix)
+                }
+            }
+        })
     };
 
     let app = http::router(shared.clone(), config.limits.max_request_bytes);
@@ -217,10 +256,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         reason: e.to_string(),
     })?;
     let http = {
-        let mut stopped = stop_rx.clone();
-        let until_stopped = async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        };
+        let until_stopped = until(&stop_rx);
         match tls {
             None => http_runtime.spawn(async move {
                 // Registered with the HTTP runtime's own I/O driver.

@@ -183,6 +183,30 @@ const RATIOS: &[Ratio] = &[
         unit: "examples/s",
     },
     Ratio {
+        what: "… the same three over the server's Unix socket (a trainer on the server's machine): lookup",
+        target: "≥ 70%",
+        featmux: ("lookup-unix", "/examples_per_s"),
+        peer: ("engine-lookup", "/examples_per_s"),
+        peer_scale: 1.0,
+        unit: "examples/s",
+    },
+    Ratio {
+        what: "… push over the Unix socket",
+        target: "≥ 85%",
+        featmux: ("push-rowwise-adagrad-unix", "/examples_per_s"),
+        peer: ("engine-push-rowwise-adagrad", "/examples_per_s"),
+        peer_scale: 1.0,
+        unit: "examples/s",
+    },
+    Ratio {
+        what: "… train stream over the Unix socket",
+        target: "≥ 70%",
+        featmux: ("train-rowwise-adagrad-unix", "/examples_per_s"),
+        peer: ("engine-train-rowwise-adagrad", "/examples_per_s"),
+        peer_scale: 1.0,
+        unit: "examples/s",
+    },
+    Ratio {
         what: "in-process lookup vs PyTorch nn.EmbeddingBag forward (rows/s; 4096 ex × 26 single-valued, d = 16)",
         target: "≥ 100%",
         featmux: ("engine-lookup", "/rows_per_s"),
@@ -635,6 +659,9 @@ mod tests {
             ("push-rowwise-adagrad", "push", 3e6),
             ("engine-push-rowwise-adagrad", "engine-push", 4e6),
             ("train-rowwise-adagrad", "train", 1e6),
+            ("lookup-unix", "lookup", 4.5e6),
+            ("push-rowwise-adagrad-unix", "push", 3.2e6),
+            ("train-rowwise-adagrad-unix", "train", 1.2e6),
             ("engine-train-rowwise-adagrad", "engine-train", 2e6),
             ("engine-lookup-d64", "engine-lookup", 3e6),
             ("bags-engine-lookup", "engine-lookup", 2e6),
@@ -693,6 +720,11 @@ mod tests {
         // Service push 3 M vs in-process 4 M examples/s.
         assert!(
             md.contains("| 3.0M examples/s | 4.0M | **75%** | ≥ 85% |"),
+            "{md}"
+        );
+        // Over the Unix socket: 4.5 M of the engine's 5 M lookups.
+        assert!(
+            md.contains("Unix socket (a trainer on the server's machine): lookup | 4.5M examples/s | 5.0M | **90%** | ≥ 70% |"),
             "{md}"
         );
         // In-process 5 M examples × 26 = 130 M rows/s against
