@@ -251,13 +251,7 @@ fn decode_embedding(frames: &mut Frames, length: usize) -> Result<Embedding, Mal
                 if length % 4 != 0 {
                     return Err(format!("`{feature}`: ragged payload"));
                 }
-                data = vec![0f32; length / 4];
-                frames.copy_to_slice(bytemuck::cast_slice_mut(&mut data));
-                if cfg!(target_endian = "big") {
-                    for v in &mut data {
-                        *v = f32::from_bits(u32::from_le(v.to_bits()));
-                    }
-                }
+                data = read_floats(frames, length);
             }
             _ => skip_field(wire_type, tag, frames, DecodeContext::default()).map_err(wire)?,
         }
@@ -266,6 +260,37 @@ fn decode_embedding(frames: &mut Frames, length: usize) -> Result<Embedding, Mal
         return Err("a field runs past its block".into());
     }
     Embedding::checked(feature, rows, width, data).map_err(|e| e.to_string())
+}
+
+/// `length` bytes (a multiple of 4) of little-endian floats, read from
+/// however many frames hold them. The vector is filled as it is read, never
+/// zeroed first: zeroing cost a pass over each block, and with jemalloc a
+/// large zeroed allocation is handed fresh pages (released with
+/// `MADV_DONTNEED`), so every block also paid a page fault per 4 KiB.
+fn read_floats(frames: &mut Frames, length: usize) -> Vec<f32> {
+    debug_assert!(length % 4 == 0 && length <= frames.remaining());
+    let mut data = Vec::with_capacity(length / 4);
+    let mut left = length;
+    while left > 0 {
+        let chunk = frames.chunk();
+        let whole = chunk.len().min(left) / 4 * 4;
+        if whole == 0 {
+            // A float split between two frames.
+            let mut bytes = [0; 4];
+            frames.copy_to_slice(&mut bytes);
+            data.push(f32::from_le_bytes(bytes));
+            left -= 4;
+            continue;
+        }
+        data.extend(
+            chunk[..whole]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        );
+        frames.advance(whole);
+        left -= whole;
+    }
+    data
 }
 
 #[cfg(test)]
