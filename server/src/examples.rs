@@ -149,7 +149,7 @@ pub type ExampleOutput = BTreeMap<String, ExampleEmbedding>;
 /// One object per example: feature → vector (a list of vectors for
 /// features with `none` pooling).
 pub fn per_example(
-    features: &[Feature],
+    features: &[&Feature],
     lengths: &[Vec<u32>],
     embeddings: &[FeatureEmbeddings],
     examples: usize,
@@ -299,6 +299,7 @@ mod tests {
                 data: vec![5.0, 6.0, 7.0],
             },
         ];
+        let features: Vec<&Feature> = features.iter().collect();
         let out = per_example(&features, &[vec![1, 1], vec![2, 1]], &blocks, 2);
         let out = serde_json::to_value(out).unwrap();
         assert_eq!(out[0], json!({"a": [1.0, 2.0], "s": [[5.0], [6.0]]}));

@@ -3,10 +3,12 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::header::CONTENT_TYPE;
+use serde::Serialize;
 
 use crate::api::{Api, Encoding};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
 use crate::examples::{self};
 use crate::execution::Lane;
 use crate::shared::Shared;
@@ -34,7 +36,7 @@ pub(super) async fn lookup(
     State(shared): State<Arc<Shared>>,
     ApiPath(table): ApiPath<String>,
     ApiJson(body): ApiJson<LookupBody>,
-) -> Result<Json<LookupOutput>, ApiError> {
+) -> Result<Response, ApiError> {
     let api = shared.api()?;
     let features = api.features(&table)?;
     let max = api.limits().max_batch_values;
@@ -52,7 +54,9 @@ pub(super) async fn lookup(
         let batch = examples::batch(&features, &body.examples, body.concat, max)?;
         let result = api.lookup(&table, &batch, false, Encoding::Json)?;
         let n = body.examples.len();
-        Ok(if body.concat {
+        let floats: usize = result.embeddings.iter().map(|e| e.data.len()).sum();
+        let names: usize = result.embeddings.iter().map(|e| e.feature.len() + 8).sum();
+        let output = if body.concat {
             LookupOutput {
                 width: Some(result.embeddings.iter().map(|e| e.width).sum()),
                 vectors: Some(examples::concatenated(&result.embeddings, n)),
@@ -63,7 +67,7 @@ pub(super) async fn lookup(
             let used: Vec<_> = batch
                 .features
                 .iter()
-                .filter_map(|fb| features.iter().find(|f| f.name == fb.feature).cloned())
+                .filter_map(|fb| features.iter().find(|f| f.name == fb.feature))
                 .collect();
             let lengths: Vec<_> = batch.features.into_iter().map(|f| f.lengths).collect();
             LookupOutput {
@@ -77,12 +81,32 @@ pub(super) async fn lookup(
                 features: None,
                 width: None,
             }
-        })
+        };
+        sized_json(&output, floats * MAX_FLOAT_TEXT + names * n.max(1) + 64)
     };
     if entries <= INLINE_MAX_ENTRIES {
         op(&api)
     } else {
         shared.run(Lane::Serving, api, op).await
     }
-    .map(Json)
+}
+
+/// The longest an f32 and its separator take as JSON text
+/// (`-1.17549435e-38,`).
+const MAX_FLOAT_TEXT: usize = 16;
+
+/// `value` as a JSON response, written into a buffer of `capacity` bytes.
+/// axum's `Json` starts at 128 bytes and doubles: a single example's
+/// 26 × 16 floats took six reallocations, each copying what was written
+/// so far, and each large enough to make glibc's malloc consolidate its
+/// free lists.
+fn sized_json(value: &impl Serialize, capacity: usize) -> Result<Response, ApiError> {
+    let mut body = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut body, value).map_err(|e| {
+        ApiError::new(
+            ErrorKind::Internal,
+            format!("cannot encode the answer: {e}"),
+        )
+    })?;
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
