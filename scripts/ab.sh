@@ -1,0 +1,80 @@
+#!/bin/sh
+# Alternating A/B runs of two featmux builds (or two transports), each run
+# against a fresh release server, so this host's drift (a fifth between
+# runs) hits both sides alike: how every "before -> after, every round
+# higher" figure in docs/results/profile.md was measured.
+#
+#   scripts/ab.sh ROUNDS BIN_A BIN_B service lookup|push|train
+#   scripts/ab.sh ROUNDS BIN_A BIN_B engine engine-lookup|engine-push|engine-train
+#   scripts/ab.sh ROUNDS BIN_A BIN_B http RATE
+#
+# service and engine print M rows/s (4,096 examples x 26 single-valued
+# features x 16 floats, row-wise Adagrad, 8 clients); http prints the
+# server's CPU per single-example lookup (all its threads, from
+# /proc/PID/stat) with the open-loop p50 and p99 at RATE requests/s.
+# TRANSPORT_A / TRANSPORT_B (tcp or unix, default tcp) pick how side A / B
+# reaches the server, e.g. the same build over TCP and its Unix socket:
+#   TRANSPORT_B=unix scripts/ab.sh 5 "$bin" "$bin" service lookup
+# DURATION: seconds per measured run (default 5).
+set -eu
+[ $# -eq 5 ] || { sed -n '2,20p' "$0" >&2; exit 2; }
+rounds=$1 bin_a=$2 bin_b=$3 kind=$4 what=$5
+DURATION="${DURATION:-5}"
+GRPC=127.0.0.1:50081
+HTTP=127.0.0.1:8181
+shape="--examples 4096 --features 26 --values 1 --vocab 100000 --concurrency 8 --batches 4"
+train="--table rwa --optimizer row-wise-adagrad --lr 0.05"
+
+# one BIN TRANSPORT: one measured run; prints its figure.
+one() {
+    work=$(mktemp -d)
+    "$1" serve --data-dir "$work/data" --grpc-addr "$GRPC" --http-addr "$HTTP" \
+        --grpc-unix-socket "$work/grpc.sock" >"$work/featmux.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 100); do
+        curl -sf "http://$HTTP/readyz" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    if ! kill -0 "$pid" 2>/dev/null; then
+        echo "featmux serve did not start:" >&2
+        cat "$work/featmux.log" >&2
+        exit 1
+    fi
+    case $2 in
+        unix) addr="unix://$work/grpc.sock" ;;
+        *) addr="http://$GRPC" ;;
+    esac
+    bench="$1 --addr $addr --json bench --http http://$HTTP"
+    case $kind in
+        service | engine)
+            $bench --workload "$what" $train $shape --duration "$DURATION" >"$work/run.json"
+            python3 -c "import json,sys; print(f\"{json.load(open(sys.argv[1]))['rows_per_s'] / 1e6:.2f}\")" \
+                "$work/run.json"
+            ;;
+        http)
+            http="--workload http-lookup --table single --examples 1 --features 26 --vocab 100000 --concurrency 16 --rate $what"
+            $bench $http --duration 2 >/dev/null # warm-up (creates the table)
+            before=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+            $bench $http --duration "$DURATION" >"$work/run.json"
+            after=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+            python3 - "$work/run.json" "$before" "$after" <<'PY'
+import json, os, sys
+run = json.load(open(sys.argv[1]))
+ticks = int(sys.argv[3]) - int(sys.argv[2])
+us = 1e6 * ticks / os.sysconf("SC_CLK_TCK") / run["requests"]
+lat = run["latency_us"]
+print(f"{us:.1f} us/request, p50 {lat['p50']} us, p99 {lat['p99']} us")
+PY
+            ;;
+        *) echo "unknown kind $kind (service, engine or http)" >&2; exit 2 ;;
+    esac
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    rm -rf "$work"
+}
+
+for round in $(seq "$rounds"); do
+    a=$(one "$bin_a" "${TRANSPORT_A:-tcp}")
+    b=$(one "$bin_b" "${TRANSPORT_B:-tcp}")
+    echo "round $round: A $a | B $b"
+done
