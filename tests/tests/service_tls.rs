@@ -1,6 +1,7 @@
 //! Both listeners speak TLS when `[tls]` is configured: a private CA signs
 //! the server certificate; the Rust client (gRPC) and an HTTPS client trust
-//! that CA, and a plaintext client is refused.
+//! that CA, and a plaintext client is refused. The gRPC Unix socket beside
+//! them stays plaintext.
 
 use featmux_client::{pb, BatchBuilder, Client, ClientOptions};
 use featmux_tests::requests::feature;
@@ -24,8 +25,11 @@ fn grpc_and_http_serve_over_tls() {
     std::fs::write(&cert_path, server_cert.pem()).unwrap();
     std::fs::write(&key_path, server_key.serialize_pem()).unwrap();
 
+    let socket = dir.path().join("grpc.sock");
     let settings = ServerSettings {
-        extra_toml: format!("[tls]\ncert = {cert_path:?}\nkey = {key_path:?}\n"),
+        extra_toml: format!(
+            "grpc_unix_socket = {socket:?}\n[tls]\ncert = {cert_path:?}\nkey = {key_path:?}\n"
+        ),
     };
     let server = TestServer::start(&dir.path().join("data"), &settings);
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -86,6 +90,19 @@ fn grpc_and_http_serve_over_tls() {
             Ok(c) => c.list_tables().await.is_err(),
         };
         assert!(refused, "a plaintext gRPC client must not get through");
+
+        // The local socket is plain gRPC (its file's permissions guard
+        // it), beside the TLS listeners.
+        let local = Client::connect(ClientOptions::new(format!("unix://{}", socket.display())))
+            .await
+            .unwrap();
+        let mut batch = BatchBuilder::new();
+        batch.example().add_str("u", "x");
+        let over_socket = local
+            .lookup("t", &batch.build().unwrap(), false)
+            .await
+            .unwrap();
+        assert_eq!(over_socket.embeddings[0].data, grpc.embeddings[0].data);
     });
     assert!(server.stop().success());
 }
