@@ -26,11 +26,14 @@ pub struct LocalSocketError {
     pub reason: String,
 }
 
-/// A bound socket; dropping it removes the socket file.
+/// A bound socket: its listener and the file that names it.
 pub struct LocalSocket {
-    listener: Option<UnixListener>,
-    path: PathBuf,
+    pub listener: UnixListener,
+    pub file: SocketFile,
 }
+
+/// The socket's file, removed when this is dropped (after serving ends).
+pub struct SocketFile(PathBuf);
 
 impl LocalSocket {
     /// Binds `path`, first removing a socket file no process answers on (a
@@ -59,31 +62,18 @@ impl LocalSocket {
         }
         let listener = UnixListener::bind(path).map_err(|e| refuse(e.to_string()))?;
         // From here on, a failure removes what was created.
-        let socket = LocalSocket {
-            listener: Some(listener),
-            path: path.to_owned(),
-        };
+        let file = SocketFile(path.to_owned());
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
             .map_err(|e| refuse(format!("cannot set its permissions: {e}")))?;
-        Ok(socket)
-    }
-
-    /// Where it listens.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The listener, to serve from; the file stays until `self` is dropped.
-    pub fn take_listener(&mut self) -> Option<UnixListener> {
-        self.listener.take()
+        Ok(LocalSocket { listener, file })
     }
 }
 
-impl Drop for LocalSocket {
+impl Drop for SocketFile {
     fn drop(&mut self) {
-        // Only our own socket: if the path was replaced meanwhile, leave it.
-        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.file_type().is_socket()) {
-            let _ = std::fs::remove_file(&self.path);
+        // Only a socket: if the path was replaced meanwhile, leave it.
+        if std::fs::symlink_metadata(&self.0).is_ok_and(|m| m.file_type().is_socket()) {
+            let _ = std::fs::remove_file(&self.0);
         }
     }
 }

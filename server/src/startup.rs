@@ -216,14 +216,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
         let tcp = routes(tcp_builder).serve_with_incoming_shutdown(incoming, until(&stop_rx));
         // The local socket is plain gRPC: its file's permissions guard it.
-        let unix = local_socket.map(|mut socket| {
-            let incoming = tokio_stream::wrappers::UnixListenerStream::new(
-                socket.take_listener().expect("a freshly bound socket"),
-            );
+        let unix = local_socket.map(|LocalSocket { listener, file }| {
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
             let serving = routes(plain).serve_with_incoming_shutdown(incoming, until(&stop_rx));
             async move {
                 let served = serving.await;
-                drop(socket);
+                drop(file);
                 served
             }
         });

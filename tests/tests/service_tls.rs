@@ -52,10 +52,8 @@ fn grpc_and_http_serve_over_tls() {
             .unwrap();
         let mut batch = BatchBuilder::new();
         batch.example().add_str("u", "x");
-        let grpc = client
-            .lookup("t", &batch.build().unwrap(), false)
-            .await
-            .unwrap();
+        let batch = batch.build().unwrap();
+        let grpc = client.lookup("t", &batch, false).await.unwrap();
 
         let https = reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
@@ -96,12 +94,7 @@ fn grpc_and_http_serve_over_tls() {
         let local = Client::connect(ClientOptions::new(format!("unix://{}", socket.display())))
             .await
             .unwrap();
-        let mut batch = BatchBuilder::new();
-        batch.example().add_str("u", "x");
-        let over_socket = local
-            .lookup("t", &batch.build().unwrap(), false)
-            .await
-            .unwrap();
+        let over_socket = local.lookup("t", &batch, false).await.unwrap();
         assert_eq!(over_socket.embeddings[0].data, grpc.embeddings[0].data);
     });
     assert!(server.stop().success());
