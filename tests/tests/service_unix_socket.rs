@@ -7,7 +7,7 @@ use std::process::Command;
 
 use featmux_client::{pb, BatchBuilder, Client, ClientOptions, Code};
 use featmux_tests::refusals::expect_status;
-use featmux_tests::requests::{feature, sgd_table};
+use featmux_tests::requests::{assert_close, feature, sgd_table};
 use featmux_tests::server::{featmux_binary, ServerSettings, TestServer};
 
 const ADMIN: &str = "admin-secret";
@@ -63,18 +63,21 @@ fn grpc_over_a_unix_socket_matches_tcp_and_checks_tokens() {
         );
 
         // A push over the socket is seen over TCP, and a Train stream works.
+        // SGD at lr 0.5, gradient 1 on every pooled float: each row moves by
+        // -0.5, so example 0 (alice + bob) by -1 and example 1 (carol) by
+        // -0.5. One block, feature `u`: 2 examples × 4 floats.
         let grads = vec![vec![1.0; 2 * 4]];
         local.push("t", &batch(), &grads).await.unwrap();
         let after = rows(tcp.lookup("t", &batch(), false).await.unwrap());
-        assert_ne!(after, before, "the push changed the rows");
+        let expected: Vec<f32> = before[0]
+            .iter()
+            .enumerate()
+            .map(|(i, x)| x - if i < 4 { 1.0 } else { 0.5 })
+            .collect();
+        assert_close(&after[0], &expected);
         let mut stream = local.train().await.unwrap();
-        let looked_up = stream.lookup("t", batch(), true).await.unwrap();
         assert_eq!(
-            looked_up
-                .embeddings
-                .into_iter()
-                .map(|e| e.data)
-                .collect::<Vec<_>>(),
+            rows(stream.lookup("t", batch(), true).await.unwrap()),
             after
         );
 

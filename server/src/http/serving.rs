@@ -82,7 +82,7 @@ pub(super) async fn lookup(
                 width: None,
             }
         };
-        sized_json(&output, floats * MAX_FLOAT_TEXT + names * n.max(1) + 64)
+        sized_json(&output, floats * MAX_FLOAT_TEXT + names * n + 64)
     };
     if entries <= INLINE_MAX_ENTRIES {
         op(&api)
