@@ -12,12 +12,14 @@
 # features x 16 floats, row-wise Adagrad, 8 clients); http prints the
 # server's CPU per single-example lookup (all its threads, from
 # /proc/PID/stat) with the open-loop p50 and p99 at RATE requests/s.
-# TRANSPORT_A / TRANSPORT_B (tcp or unix, default tcp) pick how side A / B
-# reaches the server, e.g. the same build over TCP and its Unix socket:
+# TRANSPORT_A / TRANSPORT_B (tcp, unix or region, default tcp) pick how
+# side A / B reaches the server, e.g. the same build over TCP and its Unix
+# socket:
 #   TRANSPORT_B=unix scripts/ab.sh 5 "$bin" "$bin" service lookup
+# region: the Unix socket with a shared-memory region (lookup and train).
 # DURATION: seconds per measured run (default 5).
 set -eu
-[ $# -eq 5 ] || { sed -n '2,20p' "$0" >&2; exit 2; }
+[ $# -eq 5 ] || { sed -n '2,22p' "$0" >&2; exit 2; }
 rounds=$1 bin_a=$2 bin_b=$3 kind=$4 what=$5
 DURATION="${DURATION:-5}"
 GRPC=127.0.0.1:50081
@@ -40,11 +42,13 @@ one() {
         cat "$work/featmux.log" >&2
         exit 1
     fi
+    region=""
     case $2 in
         unix) addr="unix://$work/grpc.sock" ;;
+        region) addr="unix://$work/grpc.sock" region="--shared-region" ;;
         *) addr="http://$GRPC" ;;
     esac
-    bench="$1 --addr $addr --json bench --http http://$HTTP"
+    bench="$1 --addr $addr --json bench --http http://$HTTP $region"
     case $kind in
         service | engine)
             $bench --workload "$what" $train $shape --duration "$DURATION" >"$work/run.json"

@@ -25,6 +25,8 @@
 //! - [`ClientOptions`] (`options`): endpoint, token, deadlines, retries, TLS.
 //! - [`Client`] (`client`): connecting, the retry loop, lookups, pushes and
 //!   the Train stream ([`TrainStream`], `train`); the admin calls (`admin`).
+//! - [`SharedRegion`] (`region`): a Train stream's shared memory, for a
+//!   trainer on the server's machine.
 //! - [`BatchBuilder`] (`batch`): typed KeyedJaggedTensor batches.
 //! - [`Lookup`], [`Embedding`] (`embeddings`): decoded payloads.
 //! - [`ClientError`] (`error`).
@@ -40,6 +42,7 @@ mod embeddings;
 mod error;
 mod options;
 mod raw_unary;
+mod region;
 pub mod spec;
 mod train;
 
@@ -51,5 +54,6 @@ pub use error::ClientError;
 pub use featmux_proto::engine::lengths_to_pb;
 pub use featmux_proto::v1 as pb;
 pub use options::{Auth, ClientOptions};
+pub use region::SharedRegion;
 pub use tonic::Code;
 pub use train::{TrainReply, TrainStream};

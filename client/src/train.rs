@@ -28,6 +28,7 @@ use crate::raw_unary::{
     decode_message, delimited_length, start, status_of_http, too_large, transport_status, wire,
     Malformed,
 };
+use crate::region::SharedRegion;
 use crate::{encode_gradients, pb, ClientError, Lookup};
 
 /// Request chunks queued for HTTP/2 before `send` waits for it to take
@@ -43,6 +44,7 @@ pub struct TrainStream {
     arrived: Frames,
     max_message_bytes: usize,
     next_id: u64,
+    region: Option<SharedRegion>,
 }
 
 /// One answer on the stream; a failed request does not end the stream.
@@ -50,6 +52,8 @@ pub struct TrainStream {
 pub enum TrainReply {
     Lookup(Lookup),
     Push(pb::PushResponse),
+    RegionOpened(pb::RegionOpened),
+    RegionLookup(pb::RegionLookupResponse),
 }
 
 impl TrainStream {
@@ -76,6 +80,7 @@ impl TrainStream {
             arrived: Frames::default(),
             max_message_bytes,
             next_id: 1,
+            region: None,
         })
     }
 
@@ -174,7 +179,84 @@ impl TrainStream {
         self.send_lookup(table, batch, want_ticket).await?;
         match self.recv().await?.1? {
             TrainReply::Lookup(l) => Ok(l),
-            TrainReply::Push(_) => Err(ClientError::Response("push answer to a lookup".into())),
+            other => Err(unexpected("Lookup", &other)),
+        }
+    }
+
+    /// Asks for a shared-memory region of `bytes` bytes and maps it: on the
+    /// server's machine (a stream over its Unix socket), lookups and pushes
+    /// can then move their payload through it ([`Self::lookup_into_region`],
+    /// [`Self::push_ticket_from_region`]) instead of through the socket.
+    pub async fn open_region(&mut self, bytes: u64) -> Result<(), ClientError> {
+        self.send(pb::train_request::Op::OpenRegion(pb::OpenRegion { bytes }))
+            .await?;
+        let opened = match self.recv().await?.1? {
+            TrainReply::RegionOpened(opened) => opened,
+            other => return Err(unexpected("OpenRegion", &other)),
+        };
+        self.region = Some(SharedRegion::map(&opened)?);
+        Ok(())
+    }
+
+    /// The stream's region, once [`Self::open_region`] has mapped it: read
+    /// a lookup's blocks from it, write a push's gradients into it.
+    pub fn region(&self) -> Option<&SharedRegion> {
+        self.region.as_ref()
+    }
+
+    /// The same, to write.
+    pub fn region_mut(&mut self) -> Option<&mut SharedRegion> {
+        self.region.as_mut()
+    }
+
+    /// Looks up; the server writes the blocks into the region, back to
+    /// back in batch order from `offset` (read them with
+    /// [`SharedRegion::block`]).
+    pub async fn lookup_into_region(
+        &mut self,
+        table: &str,
+        batch: pb::Batch,
+        want_ticket: bool,
+        offset: u64,
+    ) -> Result<pb::RegionLookupResponse, ClientError> {
+        let lookup = pb::LookupRequest {
+            table: table.to_owned(),
+            batch: Some(batch),
+            want_ticket,
+        };
+        self.send(pb::train_request::Op::RegionLookup(pb::RegionLookup {
+            lookup: Some(lookup),
+            offset,
+        }))
+        .await?;
+        match self.recv().await?.1? {
+            TrainReply::RegionLookup(answer) => Ok(answer),
+            other => Err(unexpected("RegionLookup", &other)),
+        }
+    }
+
+    /// Pushes a ticket's gradients, which the caller wrote into the region
+    /// where `gradients` say (one per batch feature, in batch order).
+    pub async fn push_ticket_from_region(
+        &mut self,
+        table: &str,
+        ticket: u64,
+        gradients: Vec<pb::RegionGradient>,
+    ) -> Result<pb::PushResponse, ClientError> {
+        let push = pb::PushRequest {
+            table: table.to_owned(),
+            target: Some(pb::push_request::Target::Ticket(ticket)),
+            gradients: Vec::new(),
+            request_id: 0,
+        };
+        self.send(pb::train_request::Op::RegionPush(pb::RegionPush {
+            push: Some(push),
+            gradients,
+        }))
+        .await?;
+        match self.recv().await?.1? {
+            TrainReply::Push(p) => Ok(p),
+            other => Err(unexpected("RegionPush", &other)),
         }
     }
 
@@ -188,9 +270,20 @@ impl TrainStream {
         self.send_push_ticket(table, ticket, grads).await?;
         match self.recv().await?.1? {
             TrainReply::Push(p) => Ok(p),
-            TrainReply::Lookup(_) => Err(ClientError::Response("lookup answer to a push".into())),
+            other => Err(unexpected("Push", &other)),
         }
     }
+}
+
+/// An answer of another kind than the request waited for.
+fn unexpected(request: &str, answer: &TrainReply) -> ClientError {
+    let kind = match answer {
+        TrainReply::Lookup(_) => "Lookup",
+        TrainReply::Push(_) => "Push",
+        TrainReply::RegionOpened(_) => "RegionOpened",
+        TrainReply::RegionLookup(_) => "RegionLookup",
+    };
+    ClientError::Response(format!("a {kind} answer to a {request} request"))
 }
 
 fn malformed(why: Malformed) -> Status {
@@ -210,7 +303,7 @@ fn decode_answer(mut frames: Frames) -> Result<(u64, Result<TrainReply, ClientEr
                 check_wire_type(WireType::Varint, wire_type).map_err(wire)?;
                 id = decode_varint(&mut frames).map_err(wire)?;
             }
-            2..=4 => {
+            2..=6 => {
                 check_wire_type(WireType::LengthDelimited, wire_type).map_err(wire)?;
                 let length = delimited_length(&mut frames)?;
                 let mut field = frames.split_to(length);
@@ -218,6 +311,12 @@ fn decode_answer(mut frames: Frames) -> Result<(u64, Result<TrainReply, ClientEr
                     2 => Ok(TrainReply::Lookup(decode_message(&mut field)?)),
                     3 => Ok(TrainReply::Push(
                         pb::PushResponse::decode(field).map_err(wire)?,
+                    )),
+                    5 => Ok(TrainReply::RegionOpened(
+                        pb::RegionOpened::decode(field).map_err(wire)?,
+                    )),
+                    6 => Ok(TrainReply::RegionLookup(
+                        pb::RegionLookupResponse::decode(field).map_err(wire)?,
                     )),
                     _ => {
                         let error = pb::StreamError::decode(field).map_err(wire)?;
@@ -275,6 +374,27 @@ mod tests {
                     message: "no table `x`".into(),
                 })),
             },
+            pb::TrainResponse {
+                id: 4,
+                result: Some(pb::train_response::Result::RegionOpened(pb::RegionOpened {
+                    path: "/dev/shm/featmux-region-1-0".into(),
+                    bytes: 4096,
+                })),
+            },
+            pb::TrainResponse {
+                id: 5,
+                result: Some(pb::train_response::Result::RegionLookup(
+                    pb::RegionLookupResponse {
+                        blocks: vec![pb::RegionBlock {
+                            feature: "u".into(),
+                            rows: 3,
+                            width: 4,
+                            offset: 64,
+                        }],
+                        ticket: 7,
+                    },
+                )),
+            },
         ];
         for answer in answers {
             let mut bytes = answer.encode_to_vec();
@@ -293,6 +413,14 @@ mod tests {
                     (Ok(TrainReply::Push(got)), pb::train_response::Result::Push(sent)) => {
                         assert_eq!(got, sent)
                     }
+                    (
+                        Ok(TrainReply::RegionOpened(got)),
+                        pb::train_response::Result::RegionOpened(sent),
+                    ) => assert_eq!(got, sent),
+                    (
+                        Ok(TrainReply::RegionLookup(got)),
+                        pb::train_response::Result::RegionLookup(sent),
+                    ) => assert_eq!(got, sent),
                     (Err(ClientError::Status(got)), pb::train_response::Result::Error(sent)) => {
                         assert_eq!(got.code() as i32, sent.code);
                         assert_eq!(got.message(), sent.message);

@@ -54,6 +54,23 @@ pub mod payload {
         }
     }
 
+    /// `floats` floats whose little-endian bytes `fill` writes straight
+    /// into the vector's memory (a read from a file, with no byte buffer
+    /// between).
+    pub fn decode_from<E>(
+        floats: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<Vec<f32>, E> {
+        let mut values = vec![0f32; floats];
+        fill(bytemuck::cast_slice_mut(&mut values))?;
+        if cfg!(target_endian = "big") {
+            for v in &mut values {
+                *v = f32::from_le_bytes(v.to_ne_bytes());
+            }
+        }
+        Ok(values)
+    }
+
     /// Decodes little-endian `f32` bytes; `None` if the length is not a
     /// multiple of 4. (This compiles to a vectorised copy at memcpy speed;
     /// the bytes may sit at any alignment in the message buffer, so they
@@ -84,6 +101,11 @@ pub mod payload {
             // Payloads sit at any offset of a message buffer.
             let shifted = [&[0u8][..], &bytes].concat();
             assert_eq!(super::decode(&shifted[1..]).unwrap(), values);
+            let filled = super::decode_from(values.len(), |into| {
+                into.copy_from_slice(&bytes);
+                Ok::<_, ()>(())
+            });
+            assert_eq!(filled.unwrap(), values);
         }
     }
 }

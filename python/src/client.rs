@@ -342,6 +342,12 @@ impl NativeTrainStream {
             Ok(TrainReply::Push(pushed)) => {
                 (id, "push", push_to_dict(py, &pushed)?, None::<u64>).into_pyobject(py)
             }
+            // This stream sends no region messages, so it gets no such answers.
+            Ok(other @ (TrainReply::RegionOpened(_) | TrainReply::RegionLookup(_))) => {
+                Err(PyRuntimeError::new_err(format!(
+                    "an answer this stream did not ask for: {other:?}"
+                )))
+            }
             Err(e) => (id, "error", errors::to_py(e).into_value(py), None::<u64>).into_pyobject(py),
         }
     }

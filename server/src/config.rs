@@ -106,6 +106,9 @@ pub struct LimitsConfig {
     pub push_dedup_window_secs: u64,
     /// Most push answers kept for retries (oldest dropped first).
     pub push_dedup_max_entries: usize,
+    /// Memory the Train streams' shared-memory regions may hold together
+    /// (files in `shared_region_dir`, counted while their streams last).
+    pub max_shared_memory_bytes: u64,
 }
 
 impl Default for LimitsConfig {
@@ -117,6 +120,7 @@ impl Default for LimitsConfig {
             max_memory_bytes: None,
             push_dedup_window_secs: 600,
             push_dedup_max_entries: 1 << 18,
+            max_shared_memory_bytes: 4 << 30,
         }
     }
 }
@@ -306,6 +310,9 @@ pub struct ServerConfig {
     /// gRPC on a Unix domain socket as well, for trainers on this machine
     /// (`unix://PATH` in a client's address); no TLS on it.
     pub grpc_unix_socket: Option<PathBuf>,
+    /// Where the shared-memory regions of Train streams on the Unix socket
+    /// are created: a memory-backed filesystem the trainers can open.
+    pub shared_region_dir: PathBuf,
     pub http_addr: SocketAddr,
     /// `cpu`, `candle-cpu` or `cuda:N`.
     pub backend: String,
@@ -331,6 +338,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./featmux-data"),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             grpc_unix_socket: None,
+            shared_region_dir: PathBuf::from("/dev/shm"),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             backend: "cpu".into(),
             log_format: LogFormat::Text,
@@ -477,6 +485,9 @@ impl ServerConfig {
         if let Some(v) = get("FEATMUX_GRPC_UNIX_SOCKET") {
             self.grpc_unix_socket = Some(v.into());
         }
+        if let Some(v) = get("FEATMUX_SHARED_REGION_DIR") {
+            self.shared_region_dir = v.into();
+        }
         if let Some(v) = get("FEATMUX_HTTP_ADDR") {
             self.http_addr = env_parse("FEATMUX_HTTP_ADDR", v)?;
         }
@@ -604,7 +615,7 @@ impl ServerConfig {
         // upper bounds keep arithmetic on them (`now + ttl`, timers, prost's
         // 2 GiB message limit, u32 entry counts) from overflowing.
         const DAY_SECS: u64 = 24 * 3600;
-        let ranges: [(&'static str, u64, u64, u64); 17] = [
+        let ranges: [(&'static str, u64, u64, u64); 18] = [
             (
                 "limits.max_batch_values",
                 self.limits.max_batch_values as u64,
@@ -647,6 +658,12 @@ impl ServerConfig {
                 "limits.max_memory_bytes",
                 self.limits.max_memory_bytes.unwrap_or(1),
                 1,
+                1 << 50,
+            ),
+            (
+                "limits.max_shared_memory_bytes",
+                self.limits.max_shared_memory_bytes,
+                0,
                 1 << 50,
             ),
             (

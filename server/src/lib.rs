@@ -47,6 +47,7 @@ pub mod machine;
 pub mod metrics;
 pub mod replication;
 pub mod shared;
+pub mod shared_region;
 pub mod startup;
 pub mod tickets;
 

@@ -22,6 +22,7 @@ use crate::execution::BulkPool;
 use crate::local_socket::{LocalSocket, LocalSocketError};
 use crate::metrics::Metrics;
 use crate::shared::Shared;
+use crate::shared_region::RegionDirectory;
 use crate::{grpc, http, lifecycle};
 
 /// HTTP/2 flow-control windows of the gRPC server (see [`start`]).
@@ -40,6 +41,11 @@ pub enum ServeError {
     Bind { addr: SocketAddr, reason: String },
     #[error(transparent)]
     LocalSocket(#[from] LocalSocketError),
+    #[error("shared_region_dir {}: {reason}", dir.display())]
+    SharedRegions {
+        dir: std::path::PathBuf,
+        reason: String,
+    },
     #[error("TLS: {0}")]
     Tls(String),
     #[error("cannot open the data directory: {0}")]
@@ -131,6 +137,20 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         Some(path) => Some(LocalSocket::bind(path).await?),
         None => None,
     };
+    // Shared-memory regions are for the socket's same-machine clients.
+    let regions = match &config.grpc_unix_socket {
+        Some(_) => {
+            let dir = config.shared_region_dir.clone();
+            let max = config.limits.max_shared_memory_bytes;
+            let regions =
+                RegionDirectory::new(dir.clone(), max).map_err(|e| ServeError::SharedRegions {
+                    dir,
+                    reason: e.to_string(),
+                })?;
+            Some(Arc::new(regions))
+        }
+        None => None,
+    };
     let tls = match &config.tls {
         Some(tls) => Some((read_pem(&tls.cert)?, read_pem(&tls.key)?)),
         None => None,
@@ -178,13 +198,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .max_frame_size(MAX_FRAME_BYTES);
         // The same services and layers on every listener.
-        let routes = |builder: tonic::transport::Server| {
+        let routes = |builder: tonic::transport::Server, regions: Option<Arc<RegionDirectory>>| {
             builder
                 .layer(grpc::auth::GrpcAuthLayer {
                     shared: shared.clone(),
                 })
                 .layer(tower::util::MapResponseLayer::new(translate_codec_response))
-                .add_service(grpc::EmbeddingRoutes::new(shared.clone(), max))
+                .add_service(grpc::EmbeddingRoutes::new(shared.clone(), max, regions))
                 .add_service(
                     AdminServiceServer::new(grpc::AdminGrpc {
                         shared: shared.clone(),
@@ -214,11 +234,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         // delayed ACK: ~40 ms per training step of a small batch.
         let incoming =
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-        let tcp = routes(tcp_builder).serve_with_incoming_shutdown(incoming, until(&stop_rx));
+        let tcp = routes(tcp_builder, None).serve_with_incoming_shutdown(incoming, until(&stop_rx));
         // The local socket is plain gRPC: its file's permissions guard it.
         let unix = local_socket.map(|LocalSocket { listener, file }| {
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-            let serving = routes(plain).serve_with_incoming_shutdown(incoming, until(&stop_rx));
+            let serving =
+                routes(plain, regions).serve_with_incoming_shutdown(incoming, until(&stop_rx));
             async move {
                 let served = serving.await;
                 drop(file);

@@ -100,6 +100,69 @@ fn every_workload_runs_and_reports() {
     assert!(server.stop().success());
 }
 
+/// `--shared-region`: lookups and training steps through a Train stream's
+/// shared-memory region on the Unix socket, every step applied.
+#[test]
+fn shared_region_workloads_run_over_the_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("grpc.sock");
+    let shm = dir.path().join("shm");
+    std::fs::create_dir(&shm).unwrap();
+    let settings = ServerSettings {
+        extra_toml: format!("grpc_unix_socket = {socket:?}\nshared_region_dir = {shm:?}\n"),
+    };
+    let server = TestServer::start(&dir.path().join("data"), &settings);
+    let addr = format!("unix://{}", socket.display());
+    let prefix = [
+        "--addr",
+        addr.as_str(),
+        "--json",
+        "bench",
+        "--shared-region",
+    ];
+    let report = bench_with(
+        &prefix,
+        &[
+            "--workload",
+            "lookup",
+            "--duration",
+            "0.5",
+            "--concurrency",
+            "2",
+        ],
+    );
+    assert_well_formed(&report, "lookup", 1);
+    assert_eq!(report["shared_region"], true);
+    let before = stats_version(&server);
+    let report = bench_with(
+        &prefix,
+        &[
+            "--workload",
+            "train",
+            "--requests",
+            "12",
+            "--duration",
+            "60",
+        ],
+    );
+    assert_eq!(report["requests"], 12, "{report}");
+    assert_eq!(stats_version(&server), before + 12);
+
+    let refused = Command::new(featmux_binary())
+        .args(prefix)
+        .args(["--workload", "push", "--requests", "1"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("for the lookup and train workloads"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(server.stop().success());
+    assert_eq!(std::fs::read_dir(&shm).unwrap().count(), 0);
+}
+
 /// Zero errors, rows/s = requests × 32 examples × 4 features × `values`
 /// per second, payload moved, ordered percentiles.
 fn assert_well_formed(report: &Value, workload: &str, values: u64) {

@@ -117,4 +117,9 @@ pub struct BenchArgs {
     /// The cluster's key prefix in etcd.
     #[arg(long, default_value = "/featmux")]
     pub cluster_prefix: String,
+    /// `lookup` and `train` on a Train stream whose embeddings and
+    /// gradients go through a shared-memory region: a trainer on the
+    /// server's machine, on its Unix socket (`--addr unix://PATH`).
+    #[arg(long)]
+    pub shared_region: bool,
 }

@@ -30,6 +30,9 @@ pub(super) enum Transport {
     Grpc(Client),
     Cluster(featmux_client::ClusterClient),
     Stream(featmux_client::TrainStream),
+    /// A Train stream with a shared-memory region; gradients are written
+    /// from this byte offset on, after the embeddings.
+    Region(featmux_client::TrainStream, u64),
     Http(reqwest::Client),
     Engine(Arc<InProcess>),
     Redis(redis::RedisConnection, Vec<f32>),
@@ -76,6 +79,34 @@ pub(super) async fn send(
                 .map(|_| floats(&looked_up.embeddings) + grad_bytes)
                 .map_err(Into::into)
         }
+        (Workload::Lookup, Transport::Region(stream, _)) => {
+            let answer = stream
+                .lookup_into_region(&args.table, input.batch.clone(), false, 0)
+                .await?;
+            Ok(region_bytes(&answer))
+        }
+        (Workload::Train, Transport::Region(stream, grads_at)) => {
+            let answer = stream
+                .lookup_into_region(&args.table, input.batch.clone(), true, 0)
+                .await?;
+            let region = stream.region_mut().context("no region")?;
+            let mut at = *grads_at;
+            let mut gradients = Vec::with_capacity(input.grads.len());
+            for (block, grad) in answer.blocks.iter().zip(&input.grads) {
+                region.floats_mut(at, grad.len())?.copy_from_slice(grad);
+                let bytes = grad.len() as u64 * 4;
+                gradients.push(featmux_client::pb::RegionGradient {
+                    feature: block.feature.clone(),
+                    offset: at,
+                    bytes,
+                });
+                at += bytes;
+            }
+            stream
+                .push_ticket_from_region(&args.table, answer.ticket, gradients)
+                .await?;
+            Ok(region_bytes(&answer) + grad_bytes)
+        }
         (Workload::HttpLookup, Transport::Http(h)) => {
             let url = format!("{}/v1/tables/{}/lookup", args.http, args.table);
             let response = h
@@ -117,6 +148,15 @@ pub(super) async fn send(
         }
         _ => unreachable!("transport chosen by workload"),
     }
+}
+
+/// The bytes of a lookup's blocks in the region.
+fn region_bytes(answer: &featmux_client::pb::RegionLookupResponse) -> u64 {
+    answer
+        .blocks
+        .iter()
+        .map(|b| u64::from(b.rows) * u64::from(b.width) * 4)
+        .sum()
 }
 
 /// Runs one client until the deadline or the shared request budget ends.

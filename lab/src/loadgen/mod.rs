@@ -55,6 +55,11 @@ pub async fn run(options: ClientOptions, json: bool, args: BenchArgs) -> anyhow:
             "--concurrency, --examples, --features and --values must be at least 1"
         ));
     }
+    if args.shared_region && !matches!(args.workload, Workload::Lookup | Workload::Train) {
+        return Err(anyhow::anyhow!(
+            "--shared-region is for the lookup and train workloads"
+        ));
+    }
     if !args.etcd.is_empty() && !matches!(args.workload, Workload::Lookup | Workload::Push) {
         return Err(anyhow::anyhow!(
             "--etcd routes the lookup and push workloads only"
@@ -100,7 +105,7 @@ pub async fn run(options: ClientOptions, json: bool, args: BenchArgs) -> anyhow:
                 blast::BlastConnection::connect(blast_addr.expect("started above")).await?,
             ),
             _ if !args.etcd.is_empty() => cluster_transport(&args, &options).await?,
-            _ => server_transport(args.workload, &options).await?,
+            _ => server_transport(&args, &options).await?,
         };
         clients.push((transport, inputs));
     }
@@ -163,6 +168,7 @@ pub async fn run(options: ClientOptions, json: bool, args: BenchArgs) -> anyhow:
         "mget_keys": args.mget_keys,
         "concurrency": args.concurrency,
         "etcd": args.etcd,
+        "shared_region": args.shared_region,
         "zipf": args.zipf,
         "rate": args.rate,
         "elapsed_s": elapsed,

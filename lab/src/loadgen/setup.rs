@@ -61,10 +61,19 @@ pub(super) async fn ensure_tables(args: &BenchArgs, options: &ClientOptions) -> 
 
 /// Connects one client of a server workload.
 pub(super) async fn server_transport(
-    workload: Workload,
+    args: &BenchArgs,
     options: &ClientOptions,
 ) -> anyhow::Result<Transport> {
-    Ok(match workload {
+    Ok(match args.workload {
+        Workload::Lookup | Workload::Train if args.shared_region => {
+            let mut stream = grpc_client(options).await?.train().await?;
+            // A batch's embeddings, then room for its gradients.
+            let block_bytes = (args.examples * args.features) as u64
+                * u64::from(args.chunks * args.chunk_dim)
+                * 4;
+            stream.open_region(2 * block_bytes).await?;
+            Transport::Region(stream, block_bytes)
+        }
         Workload::HttpLookup => {
             let mut headers = reqwest::header::HeaderMap::new();
             if let Some(token) = &options.token {

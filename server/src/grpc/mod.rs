@@ -7,6 +7,9 @@ pub mod auth;
 mod raw_train;
 mod raw_unary;
 mod routes;
+mod shared_memory;
+
+use shared_memory::StreamRegion;
 
 pub use routes::EmbeddingRoutes;
 
@@ -122,14 +125,18 @@ fn lookup(api: &Api, req: pb::LookupRequest) -> Result<pb::LookupResponse, ApiEr
     })
 }
 
-fn push(api: &Api, req: pb::PushRequest) -> Result<pb::PushResponse, ApiError> {
-    let target = match req.target {
+fn push_target(target: Option<pb::push_request::Target>) -> Result<PushTarget, ApiError> {
+    match target {
         Some(pb::push_request::Target::Batch(batch)) => {
-            PushTarget::Batch(convert::batch_from_pb(Some(batch))?)
+            Ok(PushTarget::Batch(convert::batch_from_pb(Some(batch))?))
         }
-        Some(pb::push_request::Target::Ticket(id)) => PushTarget::Ticket(id),
-        None => return Err(ApiError::invalid("set `batch` or `ticket`")),
-    };
+        Some(pb::push_request::Target::Ticket(id)) => Ok(PushTarget::Ticket(id)),
+        None => Err(ApiError::invalid("set `batch` or `ticket`")),
+    }
+}
+
+fn push(api: &Api, req: pb::PushRequest) -> Result<pb::PushResponse, ApiError> {
+    let target = push_target(req.target)?;
     let gradients = convert::gradients_from_pb(req.gradients)?;
     api.push(&req.table, &target, gradients, req.request_id)
         .map(convert::push_result_to_pb)
@@ -234,9 +241,13 @@ impl EmbeddingService for EmbeddingGrpc {
 async fn train_message(
     shared: &Arc<Shared>,
     api: &Arc<Api>,
+    region: &mut StreamRegion,
     message: pb::TrainRequest,
 ) -> pb::TrainResponse {
+    use pb::train_request::Op;
+    use pb::train_response::Result as Answer;
     let started = Instant::now();
+    region.message_arrived();
     let (endpoint, result) = match message.op {
         Some(pb::train_request::Op::Lookup(req)) => (
             "Train/Lookup",
@@ -252,7 +263,25 @@ async fn train_message(
                 .await
                 .map(pb::train_response::Result::Push),
         ),
-        None => ("Train", Err(ApiError::invalid("set `lookup` or `push`"))),
+        Some(Op::OpenRegion(req)) => (
+            "Train/OpenRegion",
+            region.open(req).map(Answer::RegionOpened),
+        ),
+        Some(Op::RegionLookup(req)) => (
+            "Train/RegionLookup",
+            region
+                .lookup(shared, api, req)
+                .await
+                .map(Answer::RegionLookup),
+        ),
+        Some(Op::RegionPush(req)) => (
+            "Train/RegionPush",
+            region.push(shared, api, req).await.map(Answer::Push),
+        ),
+        None => (
+            "Train",
+            Err(ApiError::invalid("set one of the message's operations")),
+        ),
     };
     let code = result
         .as_ref()

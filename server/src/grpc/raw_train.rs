@@ -15,7 +15,9 @@
 //! compressed, not protobuf) ends the stream with the status tonic's path
 //! gave it; the stream ends when the client closes its side or the server
 //! shuts down. Tokens are checked outside, by
-//! [`super::auth::GrpcAuthLayer`].
+//! [`super::auth::GrpcAuthLayer`]. A stream on the Unix socket may open a
+//! shared-memory region ([`super::shared_memory`]); it is closed, and its
+//! file's name removed, when the stream ends.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -32,9 +34,11 @@ use tonic::body::Body;
 use tonic::Status;
 
 use super::routes::{grpc_response, malformed, ok_trailers, refusal, refuse_compression};
+use super::shared_memory::StreamRegion;
 use super::{code_label, train_message};
 use crate::api::Api;
 use crate::shared::Shared;
+use crate::shared_region::RegionDirectory;
 
 /// Answer chunks queued for HTTP/2 before the stream waits for it to take
 /// them (a lookup's answer is about two chunks per feature).
@@ -47,6 +51,7 @@ type Chunks = mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
 pub(super) async fn serve_train(
     shared: Arc<Shared>,
     max_message_bytes: usize,
+    regions: Option<Arc<RegionDirectory>>,
     request: http::Request<Body>,
 ) -> http::Response<Body> {
     if let Err(status) = refuse_compression(request.headers()) {
@@ -64,9 +69,11 @@ pub(super) async fn serve_train(
     };
     let (chunks, answers) = mpsc::channel(CHUNKS_IN_FLIGHT);
     tokio::spawn(async move {
+        let mut region = StreamRegion::new(regions);
         let ended = answer(
             &shared,
             &api,
+            &mut region,
             max_message_bytes,
             request.into_body(),
             &chunks,
@@ -93,6 +100,7 @@ pub(super) async fn serve_train(
 async fn answer(
     shared: &Arc<Shared>,
     api: &Arc<Api>,
+    region: &mut StreamRegion,
     max_message_bytes: usize,
     mut body: Body,
     chunks: &Chunks,
@@ -105,7 +113,7 @@ async fn answer(
             .map_err(|e| refusal(e, max_message_bytes))?
         {
             let request = pb::TrainRequest::decode(message).map_err(malformed)?;
-            let response = train_message(shared, api, request).await;
+            let response = train_message(shared, api, region, request).await;
             for chunk in encode_chunks(&response) {
                 if chunks.send(Ok(Frame::data(chunk))).await.is_err() {
                     return Ok(());

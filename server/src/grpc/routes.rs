@@ -30,18 +30,26 @@ use super::raw_train::serve_train;
 use super::raw_unary::{serve_lookup, serve_push};
 use super::EmbeddingGrpc;
 use crate::shared::Shared;
+use crate::shared_region::RegionDirectory;
 
 /// `EmbeddingService` as the server routes it.
 #[derive(Clone)]
 pub struct EmbeddingRoutes {
     shared: Arc<Shared>,
     max_message_bytes: usize,
+    /// Set on the Unix socket's routes: Train streams may open regions.
+    regions: Option<Arc<RegionDirectory>>,
     tonic: EmbeddingServiceServer<EmbeddingGrpc>,
 }
 
 impl EmbeddingRoutes {
-    /// `max_message_bytes` bounds a request message, as it bounds tonic's.
-    pub fn new(shared: Arc<Shared>, max_message_bytes: usize) -> Self {
+    /// `max_message_bytes` bounds a request message, as it bounds tonic's;
+    /// `regions`, where the clients share the server's machine.
+    pub fn new(
+        shared: Arc<Shared>,
+        max_message_bytes: usize,
+        regions: Option<Arc<RegionDirectory>>,
+    ) -> Self {
         let tonic = EmbeddingServiceServer::new(EmbeddingGrpc {
             shared: shared.clone(),
         })
@@ -50,6 +58,7 @@ impl EmbeddingRoutes {
         EmbeddingRoutes {
             shared,
             max_message_bytes,
+            regions,
             tonic,
         }
     }
@@ -79,7 +88,10 @@ impl Service<http::Request<Body>> for EmbeddingRoutes {
         match request.uri().path() {
             LOOKUP_PATH => Box::pin(async move { Ok(serve_lookup(shared, max, request).await) }),
             PUSH_PATH => Box::pin(async move { Ok(serve_push(shared, max, request).await) }),
-            TRAIN_PATH => Box::pin(async move { Ok(serve_train(shared, max, request).await) }),
+            TRAIN_PATH => {
+                let regions = self.regions.clone();
+                Box::pin(async move { Ok(serve_train(shared, max, regions, request).await) })
+            }
             _ => Box::pin(self.tonic.call(request)),
         }
     }

@@ -1,0 +1,332 @@
+//! Shared-memory regions on the Train stream (`OpenRegion`, `RegionLookup`,
+//! `RegionPush`), for trainers on the server's machine: the embeddings a
+//! region lookup leaves in the region are the ones a socket lookup
+//! answers, a region push moves the rows by exactly the step its gradients
+//! ask for, the file's name is gone once the client has it, and every
+//! request the server cannot serve from the region is refused with the
+//! stream left open and the server up.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use featmux_client::{pb, BatchBuilder, Client, ClientOptions, Code, TrainStream};
+use featmux_tests::refusals::expect_status;
+use featmux_tests::requests::{assert_close, feature, sgd_table};
+use featmux_tests::server::{ServerSettings, TestServer};
+
+/// Two features: `u` one chunk of 4 floats, `v` two chunks of 4.
+fn batch() -> pb::Batch {
+    let mut b = BatchBuilder::new();
+    b.example()
+        .add_str("u", "alice")
+        .add_str("u", "bob")
+        .add_str("v", "x");
+    b.example().add_str("u", "carol").add_str("v", "y");
+    b.build().unwrap()
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    shm: PathBuf,
+    server: TestServer,
+}
+
+fn start(max_shared_memory_bytes: u64) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("grpc.sock");
+    let shm = dir.path().join("shm");
+    std::fs::create_dir(&shm).unwrap();
+    let settings = ServerSettings {
+        extra_toml: format!(
+            "grpc_unix_socket = {socket:?}\nshared_region_dir = {shm:?}\n\
+             [limits]\nmax_shared_memory_bytes = {max_shared_memory_bytes}\n"
+        ),
+    };
+    let server = TestServer::start(&dir.path().join("data"), &settings);
+    Setup {
+        _dir: dir,
+        socket,
+        shm,
+        server,
+    }
+}
+
+async fn unix_client(socket: &Path) -> Client {
+    Client::connect(ClientOptions::new(format!("unix://{}", socket.display())))
+        .await
+        .expect("connect over the Unix socket")
+}
+
+async fn create_table(client: &Client) {
+    client
+        .create_table(
+            sgd_table("t", 1000, 4, 0.5),
+            vec![
+                feature("u", pb::ValueType::String, pb::Pooling::Sum, 1),
+                feature("v", pb::ValueType::String, pb::Pooling::Sum, 2),
+            ],
+        )
+        .await
+        .unwrap();
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+#[test]
+fn region_lookups_and_pushes_match_the_socket_and_leave_no_file() {
+    let setup = start(1 << 20);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = unix_client(&setup.socket).await;
+        create_table(&client).await;
+        let mut plain = client.train().await.unwrap();
+        let expected = plain.lookup("t", batch(), false).await.unwrap();
+
+        let mut stream = client.train().await.unwrap();
+        stream.open_region(4096).await.unwrap();
+        // The file exists, mode 0660, until the stream's next message.
+        let named = files_in(&setup.shm);
+        assert_eq!(named.len(), 1, "{named:?}");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&named[0]).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o660);
+
+        let answer = stream
+            .lookup_into_region("t", batch(), true, 16)
+            .await
+            .unwrap();
+        assert!(files_in(&setup.shm).is_empty(), "the name is removed");
+        let region = stream.region().unwrap();
+        assert_eq!(region.len(), 4096);
+        let mut at = 16;
+        assert_eq!(answer.blocks.len(), expected.embeddings.len());
+        for (block, want) in answer.blocks.iter().zip(&expected.embeddings) {
+            assert_eq!(
+                (
+                    block.feature.as_str(),
+                    block.rows as usize,
+                    block.width as usize
+                ),
+                (want.feature.as_str(), want.rows, want.width)
+            );
+            assert_eq!(block.offset, at);
+            assert_eq!(region.block(block).unwrap(), want.data.as_slice());
+            at += want.data.len() as u64 * 4;
+        }
+
+        // Gradient 1 on every pooled float of `u`, 2 on every float of
+        // `v`; SGD at lr 0.5 moves each row by -0.5 per unit of gradient
+        // per occurrence.
+        let region = stream.region_mut().unwrap();
+        let mut gradients = Vec::new();
+        let mut at = 1024;
+        for (want, g) in expected.embeddings.iter().zip([1.0, 2.0]) {
+            let floats = want.data.len();
+            region.floats_mut(at, floats).unwrap().fill(g);
+            gradients.push(pb::RegionGradient {
+                feature: want.feature.clone(),
+                offset: at,
+                bytes: floats as u64 * 4,
+            });
+            at += floats as u64 * 4;
+        }
+        let pushed = stream
+            .push_ticket_from_region("t", answer.ticket, gradients)
+            .await
+            .unwrap();
+        assert_eq!(pushed.unique_rows, 3 + 2 * 2);
+
+        let after = plain.lookup("t", batch(), false).await.unwrap();
+        // u: example 0 pools alice + bob (2 rows), example 1 carol (1).
+        let step_u = [1.0, 0.5];
+        // v: one value per example, each row moved by 0.5 * 2.
+        let step_v = [1.0, 1.0];
+        for ((got, want), steps) in after
+            .embeddings
+            .iter()
+            .zip(&expected.embeddings)
+            .zip([step_u, step_v])
+        {
+            let moved: Vec<f32> = want
+                .data
+                .iter()
+                .enumerate()
+                .map(|(i, x)| x - steps[i / want.width])
+                .collect();
+            assert_close(&got.data, &moved);
+        }
+    });
+    assert!(files_in(&setup.shm).is_empty());
+    assert!(setup.server.stop().success());
+}
+
+#[test]
+fn requests_the_region_cannot_serve_are_refused_and_the_stream_goes_on() {
+    let setup = start(1 << 20);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = unix_client(&setup.socket).await;
+        create_table(&client).await;
+
+        // Over TCP there are no regions.
+        let tcp = setup.server.client(None).await;
+        let mut over_tcp = tcp.train().await.unwrap();
+        expect_status(
+            over_tcp.open_region(4096).await,
+            Code::FailedPrecondition,
+            "Unix socket",
+        );
+        over_tcp.lookup("t", batch(), false).await.unwrap();
+
+        let mut stream = client.train().await.unwrap();
+        expect_status(
+            stream.lookup_into_region("t", batch(), false, 0).await,
+            Code::FailedPrecondition,
+            "send OpenRegion first",
+        );
+        for (bytes, code, needle) in [
+            (2 << 20, Code::ResourceExhausted, "max_shared_memory_bytes"),
+            (0, Code::InvalidArgument, "positive multiple of 4"),
+            (4095, Code::InvalidArgument, "positive multiple of 4"),
+        ] {
+            expect_status(stream.open_region(bytes).await, code, needle);
+            assert!(files_in(&setup.shm).is_empty(), "{bytes}");
+        }
+        stream.open_region(256).await.unwrap();
+        expect_status(
+            stream.open_region(256).await,
+            Code::FailedPrecondition,
+            "one per stream",
+        );
+
+        // The answer is 2 × 4 + 2 × 8 floats = 96 bytes.
+        let good = stream
+            .lookup_into_region("t", batch(), true, 0)
+            .await
+            .unwrap();
+        let written = stream.region().unwrap().floats(0, 24).unwrap().to_vec();
+        for (offset, needle) in [(200, "of a region of 256 bytes"), (2, "multiples of 4")] {
+            expect_status(
+                stream.lookup_into_region("t", batch(), false, offset).await,
+                Code::InvalidArgument,
+                needle,
+            );
+        }
+        let region = stream.region().unwrap();
+        assert_eq!(region.floats(0, 24).unwrap(), written.as_slice());
+        assert!(region.floats(96, 40).unwrap().iter().all(|&x| x == 0.0));
+
+        let gradient = |feature: &str, offset, bytes| pb::RegionGradient {
+            feature: feature.into(),
+            offset,
+            bytes,
+        };
+        for (gradients, needle) in [
+            (
+                vec![gradient("u", 0, 32), gradient("v", 240, 64)],
+                "of a region of 256 bytes",
+            ),
+            (
+                vec![gradient("u", 0, 30), gradient("v", 32, 64)],
+                "whole number of f32",
+            ),
+            (
+                vec![gradient("u", 0, 32)],
+                "1 gradient blocks for a batch of 2",
+            ),
+        ] {
+            expect_status(
+                stream
+                    .push_ticket_from_region("t", good.ticket, gradients)
+                    .await,
+                Code::InvalidArgument,
+                needle,
+            );
+        }
+        // Nothing moved: the refused pushes changed no row.
+        let unchanged = stream.lookup("t", batch(), false).await.unwrap();
+        let flat: Vec<f32> = unchanged
+            .embeddings
+            .iter()
+            .flat_map(|e| e.data.clone())
+            .collect();
+        assert_eq!(flat, written);
+    });
+    assert!(setup.server.stop().success());
+}
+
+#[test]
+fn a_region_its_client_truncates_fails_that_push_not_the_server() {
+    let setup = start(1 << 20);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = unix_client(&setup.socket).await;
+        create_table(&client).await;
+        let mut stream = client.train().await.unwrap();
+        stream.open_region(4096).await.unwrap();
+        // What a misbehaving process that opened the file could do.
+        let held = std::fs::File::options()
+            .write(true)
+            .open(files_in(&setup.shm).pop().unwrap())
+            .unwrap();
+        let answer = stream
+            .lookup_into_region("t", batch(), true, 0)
+            .await
+            .unwrap();
+        held.set_len(0).unwrap();
+        let gradients = answer
+            .blocks
+            .iter()
+            .map(|b| pb::RegionGradient {
+                feature: b.feature.clone(),
+                offset: 1024,
+                bytes: u64::from(b.rows * b.width) * 4,
+            })
+            .collect();
+        expect_status(
+            stream
+                .push_ticket_from_region("t", answer.ticket, gradients)
+                .await,
+            Code::FailedPrecondition,
+            "truncated",
+        );
+        stream.lookup("t", batch(), false).await.unwrap();
+    });
+    assert!(setup.server.stop().success());
+}
+
+#[test]
+fn a_streams_region_goes_when_the_stream_ends() {
+    let setup = start(64 << 10);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = unix_client(&setup.socket).await;
+        // The whole budget, then the stream ends before its next message:
+        // the server removes the name and returns the budget.
+        let mut first: TrainStream = client.train().await.unwrap();
+        first.open_region(64 << 10).await.unwrap();
+        assert_eq!(files_in(&setup.shm).len(), 1);
+        let mut second = client.train().await.unwrap();
+        expect_status(
+            second.open_region(4096).await,
+            Code::ResourceExhausted,
+            "max_shared_memory_bytes",
+        );
+        drop(first);
+        // The server notices the stream's end asynchronously.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Err(e) = second.open_region(64 << 10).await {
+            assert!(Instant::now() < deadline, "the budget never came back: {e}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(files_in(&setup.shm).len(), 1, "only the second's");
+    });
+    assert!(setup.server.stop().success());
+}
