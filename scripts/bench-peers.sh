@@ -98,6 +98,11 @@ bench() {
 bench_unix() {
     bench_at "unix://$work/grpc.sock" "$@"
 }
+# bench_region NAME [flags...]: on the Unix socket, with each client's
+# embeddings and gradients through a shared-memory region.
+bench_region() {
+    bench_unix "$@" --shared-region
+}
 bench_at() {
     addr=$1
     name=$2
@@ -117,6 +122,7 @@ iperf3 -c 127.0.0.1 -p 5299 -t 5 -J >"$RESULTS/iperf3.json"
 single="--examples 4096 --features 26 --values 1 --vocab 100000 --concurrency 8"
 bench lookup --workload lookup --table single $single
 bench_unix lookup-unix --workload lookup --table single $single
+bench_region lookup-region --workload lookup --table single $single
 bench engine-lookup --workload engine-lookup --table single $single
 bench redis-mget --workload redis-mget $single
 bench redis-mget-pipelined --workload redis-mget --mget-keys 1000 $single
@@ -138,6 +144,7 @@ bench_unix push-rowwise-adagrad-unix --workload push --table rwa $train
 bench engine-push-rowwise-adagrad --workload engine-push --table rwa $train
 bench train-rowwise-adagrad --workload train --table rwa $train
 bench_unix train-rowwise-adagrad-unix --workload train --table rwa $train
+bench_region train-rowwise-adagrad-region --workload train --table rwa $train
 
 # PyTorch peers and the in-process engine on the same shapes: one table of
 # 10^6 rows every feature shares, 26 features, single values (4,096

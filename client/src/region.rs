@@ -11,8 +11,10 @@ use memmap2::{MmapMut, MmapOptions};
 use crate::{pb, ClientError};
 
 /// The mapped region.
+#[derive(Debug)]
 pub struct SharedRegion {
     map: MmapMut,
+    path: String,
 }
 
 impl SharedRegion {
@@ -36,7 +38,17 @@ impl SharedRegion {
         // has the size the server gave it and only this client can resize
         // it once its name is gone.
         let map = unsafe { MmapOptions::new().len(len).map_mut(&file) }.map_err(failed)?;
-        Ok(SharedRegion { map })
+        Ok(SharedRegion {
+            map,
+            path: opened.path.clone(),
+        })
+    }
+
+    /// The file the server created. Its name is removed when the server
+    /// reads the stream's next message: another mapping of the same memory
+    /// (a Python `mmap`, say) must open it before then.
+    pub fn path(&self) -> &str {
+        &self.path
     }
 
     /// Its size in bytes.

@@ -187,15 +187,14 @@ impl TrainStream {
     /// server's machine (a stream over its Unix socket), lookups and pushes
     /// can then move their payload through it ([`Self::lookup_into_region`],
     /// [`Self::push_ticket_from_region`]) instead of through the socket.
-    pub async fn open_region(&mut self, bytes: u64) -> Result<(), ClientError> {
+    pub async fn open_region(&mut self, bytes: u64) -> Result<&mut SharedRegion, ClientError> {
         self.send(pb::train_request::Op::OpenRegion(pb::OpenRegion { bytes }))
             .await?;
         let opened = match self.recv().await?.1? {
             TrainReply::RegionOpened(opened) => opened,
             other => return Err(unexpected("OpenRegion", &other)),
         };
-        self.region = Some(SharedRegion::map(&opened)?);
-        Ok(())
+        Ok(self.region.insert(SharedRegion::map(&opened)?))
     }
 
     /// The stream's region, once [`Self::open_region`] has mapped it: read

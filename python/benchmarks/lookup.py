@@ -8,6 +8,10 @@ them over; read into the wire format on every call) for `--duration` seconds.
 
     python python/benchmarks/lookup.py --addr http://127.0.0.1:50051 --table bench
 
+With `--shared-region` (an `--addr unix:///path` of the server's socket),
+each thread looks up on a Train stream of its own with a shared-memory
+region, and gets its embeddings as views of the region.
+
 Prints one JSON line; `scripts/bench-python.sh` runs it beside the Rust
 client's `featmux bench` against the same server.
 """
@@ -44,6 +48,8 @@ def main():
     p.add_argument("--threads", type=int, default=8)
     p.add_argument("--batches", type=int, default=8)
     p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--shared-region", action="store_true")
+    p.add_argument("--dim", type=int, default=16, help="the table's width (to size the region)")
     args = p.parse_args()
     client = featmux.Client(args.addr, token=args.token, connections=args.threads)
     prepared = [batches(args, seed) for seed in range(args.threads)]
@@ -51,10 +57,14 @@ def main():
     stop = time.monotonic() + args.duration
 
     def run(i):
+        lookup = lambda b: client.lookup(args.table, b)  # noqa: E731
+        if args.shared_region:
+            stream = client.train()
+            stream.open_region(4 * args.examples * args.features * args.dim)
+            lookup = lambda b: stream.lookup_into_region(args.table, b, ticket=False)  # noqa: E731
         n = 0
         while time.monotonic() < stop:
-            b = prepared[i][n % len(prepared[i])]
-            client.lookup(args.table, b)
+            lookup(prepared[i][n % len(prepared[i])])
             n += 1
         counts[i] = n
 
@@ -71,6 +81,7 @@ def main():
     requests = sum(counts)
     print(json.dumps({
         "client": "python",
+        "shared_region": args.shared_region,
         "threads": args.threads,
         "examples": args.examples,
         "features": args.features,

@@ -3,6 +3,7 @@ with dicts shaped like the HTTP API's JSON."""
 
 from __future__ import annotations
 
+import mmap
 import os
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -45,6 +46,7 @@ class TrainStream:
 
     def __init__(self, native):
         self._native = native
+        self._region: Optional[mmap.mmap] = None
 
     def send_lookup(self, table: str, batch: Mapping[str, Any], ticket: bool = True) -> int:
         """Sends a lookup (with a ticket by default); returns its id."""
@@ -67,6 +69,86 @@ class TrainStream:
         if kind == "lookup":
             return id, Embeddings(payload, ticket)
         return id, payload
+
+    # Shared memory, for a trainer on the server's machine.
+
+    def open_region(self, nbytes: int) -> None:
+        """Gives this stream a shared-memory region of ``nbytes`` bytes (a
+        stream of a client on the server's Unix socket, ``unix:///path``):
+        :meth:`lookup_into_region` and :meth:`push_from_region` then move
+        embeddings and gradients through memory this process and the
+        server share, not through the socket. Twice a lookup's answer
+        (4 bytes × examples × the batch's summed widths) holds it and its
+        gradients. One region per stream; it lasts as long as the stream."""
+        path, size = self._native.open_region(nbytes)
+        # The server removes the file's name when this stream's next
+        # message arrives: map it now.
+        with open(path, "r+b") as f:
+            self._region = mmap.mmap(f.fileno(), size)
+
+    def lookup_into_region(
+        self, table: str, batch: Mapping[str, Any], ticket: bool = True, offset: int = 0
+    ) -> Embeddings:
+        """A lookup whose embeddings the server writes into the region, back
+        to back from byte ``offset`` (a multiple of 4). The arrays are views
+        of the region, not copies (``torch.from_numpy`` keeps it that way):
+        a later lookup over the same bytes changes them."""
+        region = self._mapped()
+        blocks, ticket_id = self._native.lookup_into_region(table, batch, ticket, offset)
+        arrays = [
+            (feature, np.frombuffer(region, np.float32, rows * width, at).reshape(rows, width))
+            for feature, rows, width, at in blocks
+        ]
+        return Embeddings(arrays, ticket_id)
+
+    def push_from_region(
+        self, table: str, grads: Gradients, ticket: Embeddings, offset: Optional[int] = None
+    ) -> dict:
+        """Pushes the gradients of a :meth:`lookup_into_region` answer (its
+        ticket) through the region. A gradient that already is a contiguous
+        view of the region (computed in place) is used where it lies; any
+        other is copied into the region from byte ``offset`` on (by
+        default, just past the lookup's embeddings)."""
+        if ticket.ticket is None:
+            raise ValueError("this lookup asked for no ticket")
+        region = self._mapped()
+        order = list(ticket)
+        blocks = _gradient_blocks(grads, order)
+        ends = [_offset_in(region, e) for e in ticket.values()]
+        if offset is None:
+            if any(at is None for at in ends):
+                raise ValueError("the ticket's embeddings are not in this stream's region: give `offset`")
+            offset = max(at + e.nbytes for at, e in zip(ends, ticket.values()))
+        gradients = []
+        for feature, block in zip(order, blocks):
+            at = _offset_in(region, block)
+            if at is None:
+                at = offset
+                if at % 4 or at + block.nbytes > len(region):
+                    raise ValueError(
+                        f"gradient `{feature}` ({block.nbytes} bytes at {at}) does not fit the region's {len(region)} bytes"
+                    )
+                np.frombuffer(region, np.float32, block.size, at)[:] = block
+                offset = at + block.nbytes
+            gradients.append((feature, at, block.nbytes))
+        return self._native.push_from_region(table, ticket.ticket, gradients)
+
+    def _mapped(self) -> mmap.mmap:
+        if self._region is None:
+            raise ValueError("this stream has no region: call open_region first")
+        return self._region
+
+
+def _offset_in(region: mmap.mmap, array: np.ndarray) -> Optional[int]:
+    """Where a contiguous float32 array lies in ``region``, or None when it
+    lies elsewhere."""
+    if array.dtype != np.float32 or not array.flags.c_contiguous:
+        return None
+    base = np.frombuffer(region, np.uint8).ctypes.data
+    at = array.ctypes.data - base
+    if 0 <= at and at + array.nbytes <= len(region):
+        return at
+    return None
 
 
 class Client:

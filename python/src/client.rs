@@ -328,6 +328,61 @@ impl NativeTrainStream {
         })
     }
 
+    /// Asks for the stream's shared-memory region (a stream on the server's
+    /// Unix socket) and maps it; returns its file's path and size, for the
+    /// Python side to map as well before its next call on this stream.
+    fn open_region(&self, py: Python<'_>, bytes: u64) -> PyResult<(String, u64)> {
+        self.with_stream(py, async |s| {
+            let region = s.open_region(bytes).await?;
+            Ok((region.path().to_owned(), region.len() as u64))
+        })
+    }
+
+    /// A lookup whose blocks the server writes into the region from
+    /// `offset`: `([(feature, rows, width, offset)], ticket)`.
+    fn lookup_into_region<'py>(
+        &self,
+        py: Python<'py>,
+        table: String,
+        batch: &Bound<'py, PyAny>,
+        ticket: bool,
+        offset: u64,
+    ) -> PyResult<RegionAnswer> {
+        let batch = batch::to_batch(batch)?;
+        let answer = self.with_stream(py, async |s| {
+            s.lookup_into_region(&table, batch, ticket, offset).await
+        })?;
+        let blocks = answer
+            .blocks
+            .into_iter()
+            .map(|b| (b.feature, b.rows, b.width, b.offset))
+            .collect();
+        Ok((blocks, (answer.ticket != 0).then_some(answer.ticket)))
+    }
+
+    /// Pushes a ticket's gradients, read by the server from the region:
+    /// `gradients` are `(feature, offset, bytes)` in batch order.
+    fn push_from_region<'py>(
+        &self,
+        py: Python<'py>,
+        table: String,
+        ticket: u64,
+        gradients: Vec<(String, u64, u64)>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let gradients = gradients
+            .into_iter()
+            .map(|(feature, offset, bytes)| pb::RegionGradient {
+                feature,
+                offset,
+                bytes,
+            })
+            .collect();
+        let pushed = self.with_stream(py, async |s| {
+            s.push_ticket_from_region(&table, ticket, gradients).await
+        })?;
+        push_to_dict(py, &pushed)
+    }
+
     /// The next answer: `(id, "lookup", [(feature, array)], ticket)`,
     /// `(id, "push", {version, entries, unique_rows}, None)`, or
     /// `(id, "error", exception, None)` for a request the server refused
@@ -352,6 +407,9 @@ impl NativeTrainStream {
         }
     }
 }
+
+/// A region lookup's blocks `(feature, rows, width, offset)` and ticket.
+type RegionAnswer = (Vec<(String, u32, u32, u64)>, Option<u64>);
 
 fn push_to_dict<'py>(py: Python<'py>, p: &pb::PushResponse) -> PyResult<Bound<'py, PyDict>> {
     let out = PyDict::new(py);

@@ -263,6 +263,40 @@ def test_a_train_stream_pipelines_lookups_and_pushes(admin, data):
     assert stream.recv()[0] == again
 
 
+def test_a_train_streams_region_carries_embeddings_and_gradients(server, admin, data):
+    admin.create_table(sgd_table("region_t"), [{"name": "user"}, {"name": "item", "chunks": 2}])
+    batch = {"user": ["u1", "u2", "u1"], "item": ["a", "b", "c"]}
+    expected = data.lookup("region_t", batch)
+    stream = featmux.Client(server.unix, token=DATA).train()
+    stream.open_region(4096)
+
+    got = stream.lookup_into_region("region_t", batch, offset=64)
+    assert list(got) == ["user", "item"]
+    for feature in got:
+        np.testing.assert_array_equal(got[feature], expected[feature])
+    # Views of the region, not copies.
+    assert not got["user"].flags.owndata
+
+    # `user` gradients copied in after the embeddings; `item` computed in
+    # place in the region.
+    grads = {
+        "user": np.ones((3, 4), dtype=np.float32),
+        "item": np.frombuffer(stream._region, np.float32, 3 * 8, 2048).reshape(3, 8),
+    }
+    grads["item"][:] = 2.0
+    answer = stream.push_from_region("region_t", grads, ticket=got)
+    assert answer["unique_rows"] == 2 + 3 * 2
+    after = data.lookup("region_t", batch)
+    # u1 got two gradients of 1, u2 one; each item row one gradient of 2.
+    np.testing.assert_allclose(after["user"], expected["user"] - LR * np.array([[2.0], [1.0], [2.0]]), atol=1e-6)
+    np.testing.assert_allclose(after["item"], expected["item"] - LR * 2.0, atol=1e-6)
+
+    with pytest.raises(featmux.InvalidArgument, match="of a region of 4096 bytes"):
+        stream.lookup_into_region("region_t", batch, offset=4000)
+    with pytest.raises(featmux.FailedPrecondition, match="Unix socket"):
+        data.train().open_region(4096)
+
+
 def test_a_trainer_on_the_servers_machine_can_use_its_unix_socket(server, admin, data):
     admin.create_table(sgd_table("unix_t"), [{"name": "user"}])
     local = featmux.Client(server.unix, token=DATA)
