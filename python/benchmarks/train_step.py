@@ -10,6 +10,10 @@ overlapping the next step.
 
     python python/benchmarks/train_step.py --addr http://127.0.0.1:50051
 
+With `--unix unix:///path` (the server's Unix socket) it also runs the
+featmux step there, and there with shared-memory regions
+(`EmbeddingCollection(shared_region=...)`).
+
 `scripts/bench-python.sh` runs it against a release server.
 """
 
@@ -49,14 +53,15 @@ class TimedCollection(EmbeddingCollection):
         self.push_s += time.perf_counter() - started
 
 
-def featmux_steps(args, batches, labels, async_push: bool) -> dict:
-    client = featmux.Client(args.addr, token=args.token)
+def featmux_steps(args, batches, labels, async_push: bool, addr: str = "", shared_region: bool = False) -> dict:
+    client = featmux.Client(addr or args.addr, token=args.token)
     table = f"train-step-{time.time_ns()}"
     client.create_table(
         {"name": table, "rows": args.rows, "chunk_dim": args.dim, "seed": 1, "optimizer": {"kind": "adagrad", "lr": 0.05}},
         [{"name": f"f{f}", "value_type": "int64", "pooling": "mean"} for f in range(args.features)],
     )
-    embeddings = TimedCollection(client, table, concat=True, async_push=async_push)
+    region = 4 * args.examples * args.features * args.dim if shared_region else None
+    embeddings = TimedCollection(client, table, concat=True, async_push=async_push, shared_region=region)
     model = mlp(args.features * args.dim)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
@@ -132,6 +137,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=8)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--unix", help="the server's Unix socket, unix:///path")
     args = p.parse_args()
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -140,6 +146,12 @@ def main() -> None:
     with_featmux = featmux_steps(args, batches, labels, async_push=False)
     overlapped = featmux_steps(args, batches, labels, async_push=True)
     baseline = embedding_bag_steps(args, batches, labels)
+    local = {}
+    if args.unix:
+        local = {
+            "featmux_unix": featmux_steps(args, batches, labels, async_push=False, addr=args.unix),
+            "featmux_unix_region": featmux_steps(args, batches, labels, async_push=False, addr=args.unix, shared_region=True),
+        }
     print(json.dumps({
         "examples": args.examples,
         "features": args.features,
@@ -150,6 +162,7 @@ def main() -> None:
         # Pushes on a background thread (push_ms: handing them over).
         "featmux_async_push": overlapped,
         "embedding_bag": baseline,
+        **local,
     }))
 
 

@@ -14,6 +14,14 @@ With ``async_push=True`` the push runs on a background thread (at most
 ``max_pending`` in flight) so the next batch's lookup overlaps it;
 :meth:`EmbeddingCollection.wait` drains them (and re-raises a failure).
 
+On the server's machine (a client of its Unix socket, ``unix:///path``),
+``shared_region=BYTES`` has lookups and pushes move their embeddings and
+gradients through shared memory instead of the socket: two Train streams
+(one for lookups, one for pushes), each with a region of that size, which
+must hold a batch's embeddings (4 bytes × examples × summed widths). The
+embeddings are copied out of the region into the output tensors: autograd
+keeps a layer's input for backward, and the next lookup reuses the region.
+
 ``torch`` is an optional dependency of the package; import this module only
 where it is installed.
 """
@@ -106,11 +114,15 @@ class EmbeddingCollection(torch.nn.Module):
         concat: bool = False,
         async_push: bool = False,
         max_pending: int = 2,
+        shared_region: Optional[int] = None,
     ):
         super().__init__()
         self.client = client
         self.table = table
         self.concat = concat
+        self._regions: Optional[tuple[_RegionStream, _RegionStream]] = None
+        if shared_region is not None:
+            self._regions = (_RegionStream(client, shared_region), _RegionStream(client, shared_region))
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featmux-push") if async_push else None
         self._slots = threading.BoundedSemaphore(max_pending)
         self._pending: list[Future] = []
@@ -119,7 +131,10 @@ class EmbeddingCollection(torch.nn.Module):
     def forward(self, batch: Any) -> Union[dict, torch.Tensor]:
         batch = _as_batch(batch)
         train = self.training and torch.is_grad_enabled()
-        looked_up = self.client.lookup(self.table, batch, ticket=train)
+        if self._regions is None:
+            looked_up = self.client.lookup(self.table, batch, ticket=train)
+        else:
+            looked_up = self._regions[0].lookup(self.table, batch, train)
         if train:
             anchor = torch.empty(0, requires_grad=True)
             tensors = _Lookup.apply(anchor, self, looked_up, *looked_up.values())
@@ -130,12 +145,13 @@ class EmbeddingCollection(torch.nn.Module):
         return dict(zip(looked_up, tensors))
 
     def _push(self, grads: Mapping[str, np.ndarray], looked_up: Embeddings) -> None:
+        push = self.client.push if self._regions is None else self._regions[1].push
         if self._pool is None:
-            self.last_push = self.client.push(self.table, grads, ticket=looked_up)
+            self.last_push = push(self.table, grads, ticket=looked_up)
             return
         self._collect_done()
         self._slots.acquire()
-        future = self._pool.submit(self.client.push, self.table, grads, ticket=looked_up)
+        future = self._pool.submit(push, self.table, grads, ticket=looked_up)
         future.add_done_callback(lambda _: self._slots.release())
         self._pending.append(future)
 
@@ -156,5 +172,27 @@ class EmbeddingCollection(torch.nn.Module):
             self.last_push = future.result()
 
     def extra_repr(self) -> str:
-        return f"table={self.table!r}, concat={self.concat}, async_push={self._pool is not None}"
+        return (
+            f"table={self.table!r}, concat={self.concat}, async_push={self._pool is not None}, "
+            f"shared_region={self._regions is not None}"
+        )
+
+
+class _RegionStream:
+    """A Train stream with a shared-memory region, used by one thread at a
+    time (what is in the region is read before the lock is released)."""
+
+    def __init__(self, client: Client, nbytes: int):
+        self._stream = client.train()
+        self._stream.open_region(nbytes)
+        self._lock = threading.Lock()
+
+    def lookup(self, table: str, batch: Mapping[str, Any], ticket: bool) -> Embeddings:
+        with self._lock:
+            in_region = self._stream.lookup_into_region(table, batch, ticket=ticket)
+            return Embeddings([(f, a.copy()) for f, a in in_region.items()], in_region.ticket)
+
+    def push(self, table: str, grads: Mapping[str, np.ndarray], ticket: Embeddings) -> dict:
+        with self._lock:
+            return self._stream.push_from_region(table, grads, ticket=ticket, offset=0)
 

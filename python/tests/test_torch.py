@@ -74,8 +74,22 @@ def train_step(module, b, seed):
     return {f: t.detach().clone() for f, t in out.items()}, grads
 
 
-def test_backward_pushes_exactly_the_gradients_of_the_outputs(client):
-    module = EmbeddingCollection(client, "torch_t")
+@pytest.fixture(scope="module")
+def local(server, client):
+    """A client of the server's Unix socket (after `client` made the table)."""
+    return featmux.Client(server.unix, token=DATA)
+
+
+def collection(client, local, shared_region, **options):
+    """The module over TCP, or with regions over the Unix socket."""
+    if shared_region is None:
+        return EmbeddingCollection(client, "torch_t", **options)
+    return EmbeddingCollection(local, "torch_t", shared_region=shared_region, **options)
+
+
+@pytest.mark.parametrize("shared_region", [None, 4096])
+def test_backward_pushes_exactly_the_gradients_of_the_outputs(client, local, shared_region):
+    module = collection(client, local, shared_region)
     b = batch(0)
     before, grads = train_step(module, b, seed=1)
     assert module.last_push["unique_rows"] == 2 + 4 + 5 + 3 + 6
@@ -86,8 +100,9 @@ def test_backward_pushes_exactly_the_gradients_of_the_outputs(client):
         torch.testing.assert_close(after[f] - before[f], step, rtol=0, atol=1e-5, msg=f)
 
 
-def test_a_dense_model_trains_beside_featmux_and_async_pushes_arrive(admin, client):
-    module = EmbeddingCollection(client, "torch_t", concat=True, async_push=True)
+@pytest.mark.parametrize("shared_region", [None, 4096])
+def test_a_dense_model_trains_beside_featmux_and_async_pushes_arrive(admin, client, local, shared_region):
+    module = collection(client, local, shared_region, concat=True, async_push=True)
     dense = torch.nn.Linear(4 + 4 + 4 + 4 + 12, 1)
     optimizer = torch.optim.SGD(dense.parameters(), lr=0.1)
     b = batch(100)
