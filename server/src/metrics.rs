@@ -51,6 +51,7 @@ pub struct Metrics {
     wal_bytes: IntGauge,
     flush_consecutive_failures: IntGauge,
     bulk_queued: IntGauge,
+    shared_memory_bytes: IntGauge,
     bulk_wait: Histogram,
 }
 
@@ -236,6 +237,10 @@ impl Metrics {
                 "featmux_bulk_queued",
                 "Training requests waiting for a bulk thread (execution.bulk_threads)",
             ),
+            shared_memory_bytes: gauge(
+                "featmux_shared_memory_bytes",
+                "Bytes the Train streams' shared-memory regions hold (limits.max_shared_memory_bytes)",
+            ),
             bulk_wait: register(
                 r,
                 Histogram::with_opts(
@@ -265,6 +270,11 @@ impl Metrics {
             queued: self.bulk_queued.clone(),
             waited: self.bulk_wait.clone(),
         }
+    }
+
+    /// Where the shared-memory regions report what they hold.
+    pub fn shared_memory(&self) -> IntGauge {
+        self.shared_memory_bytes.clone()
     }
 
     /// The histogram a replica records its apply lag in.

@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use prometheus::IntGauge;
+
 use crate::error::{ApiError, ErrorKind};
 
 /// Owner and group may open a region, as they may connect to the socket.
@@ -34,6 +36,8 @@ pub struct RegionDirectory {
     dir: PathBuf,
     max_bytes: u64,
     in_use: Arc<AtomicU64>,
+    /// `featmux_shared_memory_bytes`: what `in_use` holds, for operators.
+    gauge: IntGauge,
     created: AtomicU64,
 }
 
@@ -51,17 +55,20 @@ pub struct Region {
 struct Reservation {
     bytes: u64,
     in_use: Arc<AtomicU64>,
+    gauge: IntGauge,
 }
 
 impl RegionDirectory {
-    /// Regions in `dir`, at most `max_bytes` of them at a time. Fails
-    /// unless `dir` is a directory this process can list; removes what
-    /// servers that are no longer running left in it.
-    pub fn new(dir: PathBuf, max_bytes: u64) -> std::io::Result<Self> {
+    /// Regions in `dir`, at most `max_bytes` of them at a time, their
+    /// total shown in `gauge`. Fails unless `dir` is a directory this
+    /// process can list; removes what servers that are no longer running
+    /// left in it.
+    pub fn new(dir: PathBuf, max_bytes: u64, gauge: IntGauge) -> std::io::Result<Self> {
         let regions = RegionDirectory {
             dir,
             max_bytes,
             in_use: Arc::new(AtomicU64::new(0)),
+            gauge,
             created: AtomicU64::new(0),
         };
         let removed = regions.remove_leftovers()?;
@@ -95,9 +102,11 @@ impl RegionDirectory {
                     self.max_bytes
                 ))
             })?;
+        self.gauge.add(bytes as i64);
         let reservation = Reservation {
             bytes,
             in_use: self.in_use.clone(),
+            gauge: self.gauge.clone(),
         };
         let (file, path) = self.create_file()?;
         // From here on, dropping `region` removes the file and returns the
@@ -171,11 +180,6 @@ impl RegionDirectory {
             }
         }
         Ok(removed)
-    }
-
-    /// Bytes all open regions hold.
-    pub fn in_use(&self) -> u64 {
-        self.in_use.load(Ordering::Acquire)
     }
 }
 
@@ -271,6 +275,7 @@ impl Drop for Region {
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.in_use.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.gauge.sub(self.bytes as i64);
     }
 }
 
@@ -282,9 +287,13 @@ fn internal(message: String) -> ApiError {
 mod tests {
     use super::*;
 
+    fn gauge() -> IntGauge {
+        IntGauge::new("shared_memory_bytes", "test").unwrap()
+    }
+
     fn directory(max_bytes: u64) -> (tempfile::TempDir, RegionDirectory) {
         let dir = tempfile::tempdir().unwrap();
-        let regions = RegionDirectory::new(dir.path().to_owned(), max_bytes).unwrap();
+        let regions = RegionDirectory::new(dir.path().to_owned(), max_bytes, gauge()).unwrap();
         (dir, regions)
     }
 
@@ -297,7 +306,7 @@ mod tests {
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.len(), 4096);
         assert_eq!(meta.permissions().mode() & 0o777, REGION_MODE);
-        assert_eq!(regions.in_use(), 4096);
+        assert_eq!(regions.gauge.get(), 4096);
 
         // What the trainer opened stays shared after the name goes.
         let trainer = File::options().read(true).write(true).open(&path).unwrap();
@@ -317,7 +326,7 @@ mod tests {
         assert_eq!(&read, b"wxyz");
 
         drop(region);
-        assert_eq!(regions.in_use(), 0);
+        assert_eq!(regions.gauge.get(), 0);
     }
 
     #[test]
@@ -390,7 +399,7 @@ mod tests {
         for path in [&gone, &running, &other] {
             std::fs::write(path, b"x").unwrap();
         }
-        RegionDirectory::new(dir.path().to_owned(), 64).unwrap();
+        RegionDirectory::new(dir.path().to_owned(), 64, gauge()).unwrap();
         assert!(!gone.exists());
         assert!(running.exists(), "pid 1 is running");
         assert!(other.exists());
@@ -401,7 +410,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("file");
         std::fs::write(&file, b"x").unwrap();
-        assert!(RegionDirectory::new(file, 64).is_err());
-        assert!(RegionDirectory::new(dir.path().join("missing"), 64).is_err());
+        assert!(RegionDirectory::new(file, 64, gauge()).is_err());
+        assert!(RegionDirectory::new(dir.path().join("missing"), 64, gauge()).is_err());
     }
 }

@@ -137,20 +137,22 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         Some(path) => Some(LocalSocket::bind(path).await?),
         None => None,
     };
+    let metrics = Metrics::new();
     // Shared-memory regions are for the socket's same-machine clients.
-    let regions = match &config.grpc_unix_socket {
-        Some(_) => {
-            let dir = config.shared_region_dir.clone();
-            let max = config.limits.max_shared_memory_bytes;
-            let regions =
-                RegionDirectory::new(dir.clone(), max).map_err(|e| ServeError::SharedRegions {
-                    dir,
-                    reason: e.to_string(),
-                })?;
-            Some(Arc::new(regions))
-        }
-        None => None,
-    };
+    let regions =
+        match &config.grpc_unix_socket {
+            Some(_) => {
+                let dir = config.shared_region_dir.clone();
+                let max = config.limits.max_shared_memory_bytes;
+                let regions = RegionDirectory::new(dir.clone(), max, metrics.shared_memory())
+                    .map_err(|e| ServeError::SharedRegions {
+                        dir,
+                        reason: e.to_string(),
+                    })?;
+                Some(Arc::new(regions))
+            }
+            None => None,
+        };
     let tls = match &config.tls {
         Some(tls) => Some((read_pem(&tls.cert)?, read_pem(&tls.key)?)),
         None => None,
@@ -160,7 +162,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     }
 
     let (stop, stop_rx) = watch::channel(false);
-    let metrics = Metrics::new();
     let shared = Arc::new(Shared {
         api: OnceLock::new(),
         tokens: Tokens {

@@ -114,6 +114,18 @@ impl Http {
             .await
     }
 
+    /// One unlabelled metric's value from `/metrics` (read with the admin
+    /// token).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.get("/metrics").await;
+        let text = body
+            .as_str()
+            .map_or_else(|| body.to_string(), str::to_owned);
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+    }
+
     /// POST JSON with `token`.
     pub async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
         self.send(reqwest::Method::POST, path, Some(token), Some(body))

@@ -106,19 +106,7 @@ async fn rows_looked_up(servers: &[TestServer]) -> Vec<f64> {
     let mut rows = Vec::new();
     for server in servers {
         let http = Http::new(reqwest::Client::new(), server.http_url(), "");
-        let (_, body) = http.get("/metrics").await;
-        let text = body
-            .as_str()
-            .map_or_else(|| body.to_string(), str::to_owned);
-        rows.push(
-            text.lines()
-                .find_map(|l| {
-                    l.strip_prefix("featmux_rows_looked_up_total ")?
-                        .parse()
-                        .ok()
-                })
-                .expect("featmux_rows_looked_up_total"),
-        );
+        rows.push(http.metric("featmux_rows_looked_up_total").await);
     }
     rows
 }

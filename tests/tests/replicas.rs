@@ -90,17 +90,6 @@ async fn caught_up(primary: &Client, replica: &Client) {
     }
 }
 
-async fn metric(http: &Http, name: &str) -> f64 {
-    let (_, body) = http.get("/metrics").await;
-    let text = body
-        .as_str()
-        .map(str::to_owned)
-        .unwrap_or_else(|| body.to_string());
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name}"))
-}
-
 fn expect_refused<T: std::fmt::Debug>(result: Result<T, ClientError>, primary: &TestServer) {
     let status = match result {
         Err(ClientError::Status(status)) => status,
@@ -174,8 +163,8 @@ fn a_replica_copies_the_primary_serves_what_it_serves_and_refuses_writes() {
         let (status, body) = http.get("/readyz").await;
         assert_eq!(status, 200, "{body}");
         assert!(body.to_string().contains("replica of"), "{body}");
-        assert_eq!(metric(&http, "featmux_replica_connected").await, 1.0);
-        assert_eq!(metric(&http, "featmux_replica_bootstraps").await, 1.0);
+        assert_eq!(http.metric("featmux_replica_connected").await, 1.0);
+        assert_eq!(http.metric("featmux_replica_bootstraps").await, 1.0);
 
         // A replica of a replica is refused: replicas follow the primary.
         let chained = TestServer::spawn(
@@ -291,7 +280,7 @@ fn a_replica_resumes_after_kill_9_and_serves_on_while_its_primary_is_down() {
         caught_up(&p, &r).await;
         assert_eq!(state(&r).await, state(&p).await);
         assert_eq!(
-            metric(&http, "featmux_replica_bootstraps").await,
+            http.metric("featmux_replica_bootstraps").await,
             0.0,
             "resumed, not copied again"
         );
@@ -301,7 +290,7 @@ fn a_replica_resumes_after_kill_9_and_serves_on_while_its_primary_is_down() {
     drop(primary); // kill -9
     runtime.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while metric(&http, "featmux_replica_connected").await != 0.0 {
+        while http.metric("featmux_replica_connected").await != 0.0 {
             assert!(
                 Instant::now() < deadline,
                 "the replica never noticed its primary died"
@@ -312,9 +301,9 @@ fn a_replica_resumes_after_kill_9_and_serves_on_while_its_primary_is_down() {
         let (status, body) = http.get("/readyz").await;
         assert_eq!(status, 200, "{body}");
         assert!(body.to_string().contains("primary unreachable"), "{body}");
-        let stale = metric(&http, "featmux_replica_staleness_milliseconds").await;
+        let stale = http.metric("featmux_replica_staleness_milliseconds").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(metric(&http, "featmux_replica_staleness_milliseconds").await >= stale + 250.0);
+        assert!(http.metric("featmux_replica_staleness_milliseconds").await >= stale + 250.0);
     });
 
     // The primary comes back on the same addresses: the replica follows again.
@@ -331,7 +320,7 @@ fn a_replica_resumes_after_kill_9_and_serves_on_while_its_primary_is_down() {
         }
         caught_up(&p, &r).await;
         assert_eq!(state(&r).await, state(&p).await);
-        assert_eq!(metric(&http, "featmux_replica_connected").await, 1.0);
+        assert_eq!(http.metric("featmux_replica_connected").await, 1.0);
     });
 }
 
@@ -370,7 +359,7 @@ fn a_replica_behind_the_primarys_retained_log_copies_it_again() {
     runtime.block_on(async {
         let r = replica.client(None).await;
         caught_up(&p, &r).await;
-        assert_eq!(metric(&http, "featmux_replica_bootstraps").await, 1.0);
+        assert_eq!(http.metric("featmux_replica_bootstraps").await, 1.0);
         // int8: each row within half a quantization step of the primary's.
         let (exact, served) = (state(&p).await, state(&r).await);
         for (want, got) in exact.chunks(4).zip(served.chunks(4)) {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use featmux_client::{pb, BatchBuilder, Client, ClientOptions, Code, TrainStream};
 use featmux_tests::refusals::expect_status;
-use featmux_tests::requests::{assert_close, feature, sgd_table};
+use featmux_tests::requests::{assert_close, feature, sgd_table, Http};
 use featmux_tests::server::{ServerSettings, TestServer};
 
 /// Two features: `u` one chunk of 4 floats, `v` two chunks of 4.
@@ -69,6 +69,13 @@ async fn create_table(client: &Client) {
         )
         .await
         .unwrap();
+}
+
+/// `featmux_shared_memory_bytes` from `/metrics`.
+async fn shared_memory_bytes(server: &TestServer) -> f64 {
+    Http::new(reqwest::Client::new(), server.http_url(), "")
+        .metric("featmux_shared_memory_bytes")
+        .await
 }
 
 fn files_in(dir: &Path) -> Vec<PathBuf> {
@@ -313,6 +320,7 @@ fn a_streams_region_goes_when_the_stream_ends() {
         let mut first: TrainStream = client.train().await.unwrap();
         first.open_region(64 << 10).await.unwrap();
         assert_eq!(files_in(&setup.shm).len(), 1);
+        assert_eq!(shared_memory_bytes(&setup.server).await, (64 << 10) as f64);
         let mut second = client.train().await.unwrap();
         expect_status(
             second.open_region(4096).await,
@@ -327,6 +335,12 @@ fn a_streams_region_goes_when_the_stream_ends() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(files_in(&setup.shm).len(), 1, "only the second's");
+        drop(second);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while shared_memory_bytes(&setup.server).await != 0.0 {
+            assert!(Instant::now() < deadline, "the gauge never went back to 0");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     });
     assert!(setup.server.stop().success());
 }
