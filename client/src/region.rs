@@ -1,12 +1,17 @@
 //! A Train stream's shared-memory region, as the trainer maps it: the
 //! server writes lookups' embeddings into it and reads pushes' gradients
 //! from it, so on the server's own machine neither crosses the socket
-//! (the server's `shared_region.rs` has the design).
+//! (the server's `shared_region.rs` has the design). The region's
+//! descriptor comes over the server's region socket
+//! (`server/src/region_handoff.rs`), with the token `OpenRegion` answered.
 
 use std::fs::File;
-use std::path::Path;
+use std::io::{IoSliceMut, Write};
+use std::mem::MaybeUninit;
+use std::os::unix::net::UnixStream;
 
 use memmap2::{MmapMut, MmapOptions};
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 
 use crate::{pb, ClientError};
 
@@ -14,41 +19,35 @@ use crate::{pb, ClientError};
 #[derive(Debug)]
 pub struct SharedRegion {
     map: MmapMut,
-    path: String,
+    file: File,
 }
 
 impl SharedRegion {
-    /// Maps the file the server created (before the server removes its
-    /// name, which it does on the stream's next message).
-    pub(crate) fn map(opened: &pb::RegionOpened) -> Result<Self, ClientError> {
+    /// Takes the region's descriptor from the region socket and maps it.
+    /// Blocking (a local connection and two small messages).
+    pub(crate) fn take(opened: &pb::RegionOpened) -> Result<Self, ClientError> {
         let failed = |e: std::io::Error| {
-            ClientError::Response(format!("cannot map the region {}: {e}", opened.path))
+            ClientError::Response(format!(
+                "cannot take the region from {}: {e}",
+                opened.socket
+            ))
         };
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .open(Path::new(&opened.path))
-            .map_err(failed)?;
+        let file = receive_descriptor(opened).map_err(failed)?;
         let len = usize::try_from(opened.bytes)
             .map_err(|_| ClientError::Response(format!("a region of {} bytes", opened.bytes)))?;
         // SAFETY: the mapping is shared with the server, which writes it
-        // (pwrite) only while it answers a message this stream sent, and
-        // every view handed out borrows the stream, which sending needs
-        // mutably: no view is alive while the server may write. The file
-        // has the size the server gave it and only this client can resize
-        // it once its name is gone.
+        // only while it answers a message this stream sent; every view
+        // handed out borrows the stream, which sending needs mutably, so no
+        // view is alive while the server may write. The server sealed the
+        // file's size, so the mapping cannot lose its pages.
         let map = unsafe { MmapOptions::new().len(len).map_mut(&file) }.map_err(failed)?;
-        Ok(SharedRegion {
-            map,
-            path: opened.path.clone(),
-        })
+        Ok(SharedRegion { map, file })
     }
 
-    /// The file the server created. Its name is removed when the server
-    /// reads the stream's next message: another mapping of the same memory
-    /// (a Python `mmap`, say) must open it before then.
-    pub fn path(&self) -> &str {
-        &self.path
+    /// Another descriptor of the region's memory, for another mapping of
+    /// it (a Python `mmap`, say).
+    pub fn try_clone_file(&self) -> std::io::Result<File> {
+        self.file.try_clone()
     }
 
     /// Its size in bytes.
@@ -102,4 +101,29 @@ fn misaligned(e: bytemuck::PodCastError) -> ClientError {
     ClientError::Response(format!(
         "the region's floats cannot be viewed in place: {e:?}"
     ))
+}
+
+/// Sends the token; receives the answer byte and the descriptor.
+fn receive_descriptor(opened: &pb::RegionOpened) -> std::io::Result<File> {
+    let mut socket = UnixStream::connect(&opened.socket)?;
+    socket.write_all(&opened.token)?;
+    let mut answer = [0u8; 1];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    rustix::net::recvmsg(
+        &socket,
+        &mut [IoSliceMut::new(&mut answer)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let descriptor = control.drain().find_map(|message| match message {
+        RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
+        _ => None,
+    });
+    match (answer[0], descriptor) {
+        (1, Some(fd)) => Ok(File::from(fd)),
+        _ => Err(std::io::Error::other(
+            "the server no longer offers this region (its token is good until the stream's next message)",
+        )),
+    }
 }

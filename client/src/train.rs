@@ -194,7 +194,10 @@ impl TrainStream {
             TrainReply::RegionOpened(opened) => opened,
             other => return Err(unexpected("OpenRegion", &other)),
         };
-        Ok(self.region.insert(SharedRegion::map(&opened)?))
+        let region = tokio::task::spawn_blocking(move || SharedRegion::take(&opened))
+            .await
+            .map_err(|e| ClientError::Response(format!("taking the region: {e}")))??;
+        Ok(self.region.insert(region))
     }
 
     /// The stream's region, once [`Self::open_region`] has mapped it: read
@@ -376,7 +379,8 @@ mod tests {
             pb::TrainResponse {
                 id: 4,
                 result: Some(pb::train_response::Result::RegionOpened(pb::RegionOpened {
-                    path: "/dev/shm/featmux-region-1-0".into(),
+                    socket: "/run/featmux/grpc.sock.regions".into(),
+                    token: vec![7; 16].into(),
                     bytes: 4096,
                 })),
             },

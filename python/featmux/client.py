@@ -80,11 +80,11 @@ class TrainStream:
         server share, not through the socket. Twice a lookup's answer
         (4 bytes × examples × the batch's summed widths) holds it and its
         gradients. One region per stream; it lasts as long as the stream."""
-        path, size = self._native.open_region(nbytes)
-        # The server removes the file's name when this stream's next
-        # message arrives: map it now.
-        with open(path, "r+b") as f:
-            self._region = mmap.mmap(f.fileno(), size)
+        fd, size = self._native.open_region(nbytes)
+        try:
+            self._region = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
 
     def lookup_into_region(
         self, table: str, batch: Mapping[str, Any], ticket: bool = True, offset: int = 0

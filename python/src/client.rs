@@ -329,13 +329,17 @@ impl NativeTrainStream {
     }
 
     /// Asks for the stream's shared-memory region (a stream on the server's
-    /// Unix socket) and maps it; returns its file's path and size, for the
-    /// Python side to map as well before its next call on this stream.
-    fn open_region(&self, py: Python<'_>, bytes: u64) -> PyResult<(String, u64)> {
-        self.with_stream(py, async |s| {
+    /// Unix socket) and maps it; returns a new descriptor of it, which the
+    /// caller owns (and closes once it has mapped it too), and its size.
+    fn open_region(&self, py: Python<'_>, bytes: u64) -> PyResult<(i32, u64)> {
+        let (file, len) = self.with_stream(py, async |s| {
             let region = s.open_region(bytes).await?;
-            Ok((region.path().to_owned(), region.len() as u64))
-        })
+            let file = region
+                .try_clone_file()
+                .map_err(|e| ClientError::Response(format!("cannot pass the region on: {e}")))?;
+            Ok((file, region.len() as u64))
+        })?;
+        Ok((std::os::fd::IntoRawFd::into_raw_fd(file), len))
     }
 
     /// A lookup whose blocks the server writes into the region from

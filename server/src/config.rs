@@ -310,9 +310,6 @@ pub struct ServerConfig {
     /// gRPC on a Unix domain socket as well, for trainers on this machine
     /// (`unix://PATH` in a client's address); no TLS on it.
     pub grpc_unix_socket: Option<PathBuf>,
-    /// Where the shared-memory regions of Train streams on the Unix socket
-    /// are created: a memory-backed filesystem the trainers can open.
-    pub shared_region_dir: PathBuf,
     pub http_addr: SocketAddr,
     /// `cpu`, `candle-cpu` or `cuda:N`.
     pub backend: String,
@@ -338,7 +335,6 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./featmux-data"),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             grpc_unix_socket: None,
-            shared_region_dir: PathBuf::from("/dev/shm"),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             backend: "cpu".into(),
             log_format: LogFormat::Text,
@@ -484,9 +480,6 @@ impl ServerConfig {
         }
         if let Some(v) = get("FEATMUX_GRPC_UNIX_SOCKET") {
             self.grpc_unix_socket = Some(v.into());
-        }
-        if let Some(v) = get("FEATMUX_SHARED_REGION_DIR") {
-            self.shared_region_dir = v.into();
         }
         if let Some(v) = get("FEATMUX_HTTP_ADDR") {
             self.http_addr = env_parse("FEATMUX_HTTP_ADDR", v)?;
@@ -733,13 +726,15 @@ impl ServerConfig {
             });
         }
         if let Some(path) = &self.grpc_unix_socket {
-            // sun_path holds 108 bytes with the terminating NUL.
+            // sun_path holds 108 bytes with the terminating NUL, and the
+            // region socket beside it (`PATH.regions`) needs 8 more.
             let len = path.as_os_str().len();
-            if !(1..=107).contains(&len) {
+            if !(1..=99).contains(&len) {
                 return Err(ConfigError::Invalid {
                     field: "grpc_unix_socket",
                     reason: format!(
-                        "{:?} is {len} bytes; a Unix socket path has 1 to 107",
+                        "{:?} is {len} bytes; a Unix socket path has 1 to 107, and this one \
+                         1 to 99, to leave room for the region socket PATH.regions",
                         path.display().to_string()
                     ),
                 });

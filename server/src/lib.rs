@@ -45,6 +45,7 @@ pub mod local_socket;
 pub mod logging;
 pub mod machine;
 pub mod metrics;
+pub mod region_handoff;
 pub mod replication;
 pub mod shared;
 pub mod shared_region;

@@ -1,90 +1,108 @@
 //! Shared-memory regions for Train streams of trainers on the server's own
 //! machine (connected to its Unix socket): a lookup's embeddings are
-//! written into the trainer's mapped region and its gradients read from
+//! written into memory the trainer has mapped and its gradients read from
 //! it, instead of both crossing the socket. A socket costs two kernel
 //! copies of every payload on the cores the engine uses (docs/DESIGN.md,
-//! "Same-machine clients"); a region costs the server one, and the trainer
-//! none.
+//! "Same-machine clients"); a region costs the server one plain memory
+//! copy, and the trainer none.
 //!
-//! The server never maps a region. It reads and writes the file with
-//! `pread`/`pwrite`, so nothing the trainer does to its side (writing
-//! while the server reads, truncating the file) can fault the server or
-//! reach past the region: a read past a shrunken end is an error for that
-//! one request. The server creates every region itself, with a name of its
-//! own choosing, so a request can never point it at another file.
+//! A region is an anonymous memory file (`memfd`) the server creates,
+//! maps, and seals against shrinking and growing before anyone else can
+//! hold it, so its size never changes: nothing the trainer does can make
+//! the server's mapping fault (a file shrunk under a mapping raises
+//! SIGBUS). The trainer gets the file's descriptor over the region socket
+//! ([`crate::region_handoff`]), with a one-time token; nothing has a name,
+//! so nothing is left behind however either side exits.
+//!
+//! The trainer may write the region while the server reads it, so the
+//! server never forms references into it: bytes are copied in and out
+//! through raw pointers, and what it reads is validated after the copy.
 
-use std::fs::{File, Permissions};
-use std::io::ErrorKind as IoErrorKind;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::collections::HashMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use memmap2::MmapRaw;
 use prometheus::IntGauge;
+use rustix::fs::{MemfdFlags, SealFlags};
 
 use crate::error::{ApiError, ErrorKind};
 
-/// Owner and group may open a region, as they may connect to the socket.
-const REGION_MODE: u32 = 0o660;
+/// A one-time password for one region's descriptor on the region socket.
+pub type Token = [u8; 16];
 
-/// Prefix of every region file's name, so an operator can tell them apart
-/// in a shared `/dev/shm`.
-const NAME_PREFIX: &str = "featmux-region-";
+/// Descriptors offered to the clients that know their token.
+#[derive(Default)]
+pub struct Offers(Mutex<HashMap<Token, File>>);
 
-/// Where regions are created, and how much memory they may hold together.
-pub struct RegionDirectory {
-    dir: PathBuf,
+impl Offers {
+    /// Takes the descriptor offered for `token`: each is handed out once.
+    pub fn take(&self, token: &Token) -> Option<File> {
+        self.lock().remove(token)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Token, File>> {
+        // Nothing panics while holding it; a poisoned map is still whole.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Creates regions within a budget, and offers their descriptors.
+pub struct Regions {
+    /// The region socket's path, which `OpenRegion` answers.
+    socket: PathBuf,
     max_bytes: u64,
     in_use: Arc<AtomicU64>,
     /// `featmux_shared_memory_bytes`: what `in_use` holds, for operators.
     gauge: IntGauge,
-    created: AtomicU64,
+    offers: Arc<Offers>,
 }
 
-/// One stream's region: the open file (its name removed once the trainer
-/// has opened it) and its share of the directory's budget.
-#[derive(Debug)]
+/// One stream's region: the sealed memory file, the server's mapping of
+/// it, the offer of its descriptor (until taken or withdrawn) and its
+/// share of the budget.
 pub struct Region {
-    file: File,
-    name: Mutex<Option<PathBuf>>,
-    reservation: Reservation,
+    map: MmapRaw,
+    offer: Mutex<Option<(Token, Arc<Offers>)>>,
+    _reservation: Reservation,
 }
 
 /// Bytes counted against `limits.max_shared_memory_bytes` until dropped.
-#[derive(Debug)]
 struct Reservation {
     bytes: u64,
     in_use: Arc<AtomicU64>,
     gauge: IntGauge,
 }
 
-impl RegionDirectory {
-    /// Regions in `dir`, at most `max_bytes` of them at a time, their
-    /// total shown in `gauge`. Fails unless `dir` is a directory this
-    /// process can list; removes what servers that are no longer running
-    /// left in it.
-    pub fn new(dir: PathBuf, max_bytes: u64, gauge: IntGauge) -> std::io::Result<Self> {
-        let regions = RegionDirectory {
-            dir,
+impl Regions {
+    /// At most `max_bytes` of regions at a time, their total shown in
+    /// `gauge`; their descriptors are handed out on `socket`.
+    pub fn new(socket: PathBuf, max_bytes: u64, gauge: IntGauge) -> Self {
+        Regions {
+            socket,
             max_bytes,
             in_use: Arc::new(AtomicU64::new(0)),
             gauge,
-            created: AtomicU64::new(0),
-        };
-        let removed = regions.remove_leftovers()?;
-        if removed > 0 {
-            tracing::info!(
-                dir = %regions.dir.display(),
-                removed,
-                "removed the shared-memory regions of servers no longer running"
-            );
+            offers: Arc::default(),
         }
-        Ok(regions)
     }
 
-    /// Creates a region of `bytes` bytes; refused (and nothing created)
-    /// when it would take the regions over the budget.
-    pub fn open(&self, bytes: u64) -> Result<Region, ApiError> {
+    /// Where clients take the descriptors.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The descriptors on offer (what the region socket hands out).
+    pub fn offers(&self) -> Arc<Offers> {
+        self.offers.clone()
+    }
+
+    /// Creates a region of `bytes` bytes and offers its descriptor; returns
+    /// it with the offer's token. Refused (and nothing created) when it
+    /// would take the regions over the budget.
+    pub fn open(&self, bytes: u64) -> Result<(Region, Token), ApiError> {
         if bytes == 0 || bytes % 4 != 0 {
             return Err(ApiError::invalid(format!(
                 "a region of {bytes} bytes: ask for a positive multiple of 4 (it holds f32)"
@@ -103,104 +121,55 @@ impl RegionDirectory {
                 ))
             })?;
         self.gauge.add(bytes as i64);
+        // From here on, dropping it returns the bytes to the budget.
         let reservation = Reservation {
             bytes,
             in_use: self.in_use.clone(),
             gauge: self.gauge.clone(),
         };
-        let (file, path) = self.create_file()?;
-        // From here on, dropping `region` removes the file and returns the
-        // reservation.
-        let region = Region {
-            file,
-            name: Mutex::new(Some(path)),
-            reservation,
+        let failed = |what: &str, e: std::io::Error| {
+            internal(format!("cannot {what} a region of {bytes} bytes: {e}"))
         };
-        // The mode explicitly, not as the umask leaves it: the group must
-        // be able to open the file for writing (its gradients).
-        let sized = region
-            .file
-            .set_permissions(Permissions::from_mode(REGION_MODE))
-            .and_then(|()| region.file.set_len(bytes));
-        sized.map_err(|e| {
-            internal(format!(
-                "cannot set up the region {} ({bytes} bytes): {e}",
-                region.path().unwrap_or_default().display()
-            ))
-        })?;
-        Ok(region)
-    }
-
-    /// A new file with a name no other region has (`O_EXCL`, so an
-    /// existing file or symlink is never opened).
-    fn create_file(&self) -> Result<(File, PathBuf), ApiError> {
-        loop {
-            let n = self.created.fetch_add(1, Ordering::Relaxed);
-            let path = self
-                .dir
-                .join(format!("{NAME_PREFIX}{}-{n}", std::process::id()));
-            match File::options()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(REGION_MODE)
-                .open(&path)
-            {
-                Ok(file) => return Ok((file, path)),
-                Err(e) if e.kind() == IoErrorKind::AlreadyExists => continue,
-                Err(e) => {
-                    return Err(internal(format!(
-                        "cannot create a region in {}: {e}",
-                        self.dir.display()
-                    )))
-                }
-            }
-        }
-    }
-
-    /// Removes the region files of servers that are no longer running (a
-    /// server that crashed between creating a region and its trainer
-    /// opening it leaves the name behind); returns how many.
-    fn remove_leftovers(&self) -> std::io::Result<usize> {
-        let mut removed = 0;
-        for entry in std::fs::read_dir(&self.dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(pid) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix(NAME_PREFIX))
-                .and_then(|rest| rest.split_once('-'))
-                .and_then(|(pid, _)| pid.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let running = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
-            if !running && std::fs::remove_file(entry.path()).is_ok() {
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        let file = File::from(
+            rustix::fs::memfd_create(
+                "featmux-region",
+                MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+            )
+            .map_err(|e| failed("create", e.into()))?,
+        );
+        file.set_len(bytes).map_err(|e| failed("size", e))?;
+        rustix::fs::fcntl_add_seals(&file, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+            .map_err(|e| failed("seal", e.into()))?;
+        // Populated: the memory is the budget's already, and the first
+        // lookup need not fault every page in.
+        let map = memmap2::MmapOptions::new()
+            .populate()
+            .map_raw(&file)
+            .map_err(|e| failed("map", e))?;
+        let token = new_token().map_err(|e| failed("draw a token for", e))?;
+        self.offers.lock().insert(token, file);
+        let region = Region {
+            map,
+            offer: Mutex::new(Some((token, self.offers.clone()))),
+            _reservation: reservation,
+        };
+        Ok((region, token))
     }
 }
 
 impl Region {
     /// Its size in bytes.
     pub fn bytes(&self) -> u64 {
-        self.reservation.bytes
+        self.map.len() as u64
     }
 
-    /// The file's path; `None` once the name is removed.
-    pub fn path(&self) -> Option<PathBuf> {
-        self.name().clone()
-    }
-
-    /// Removes the file's name: the trainer has it open, and the memory
-    /// goes back once both sides close it, however either of them exits.
-    pub fn remove_name(&self) {
-        if let Some(path) = self.name().take() {
-            if let Err(e) = std::fs::remove_file(&path) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove a region's name");
-            }
+    /// Withdraws the descriptor's offer if it was not taken: called when the
+    /// stream's next message arrives (the client has it by then, or never
+    /// will), and when the region closes.
+    pub fn withdraw_offer(&self) {
+        let offer = self.offer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((token, offers)) = offer {
+            offers.take(&token);
         }
     }
 
@@ -217,28 +186,39 @@ impl Region {
         let mut at = offset;
         for block in blocks {
             let block = block.as_ref();
-            self.file
-                .write_all_at(block, at)
-                .map_err(|e| internal(format!("cannot write into the region: {e}")))?;
+            // SAFETY: `check_range` put `at .. at + len` inside the
+            // mapping, whose size the seals fix; the source is this
+            // process's own memory, so the two cannot overlap. The client
+            // may read or write these bytes meanwhile: they are plain
+            // data, and the server reads nothing back from them.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    block.as_ptr(),
+                    self.map.as_mut_ptr().add(at as usize),
+                    block.len(),
+                )
+            };
             starts.push(at);
             at += block.len() as u64;
         }
         Ok(starts)
     }
 
-    /// Fills `into` from the region at `offset`.
+    /// Copies `into.len()` bytes from the region at `offset`: a snapshot
+    /// the caller validates, whatever the client writes meanwhile.
     pub fn read(&self, what: &str, offset: u64, into: &mut [u8]) -> Result<(), ApiError> {
         self.check_range(what, offset, into.len() as u64)?;
-        self.file.read_exact_at(into, offset).map_err(|e| {
-            if e.kind() == IoErrorKind::UnexpectedEof {
-                ApiError::new(
-                    ErrorKind::FailedPrecondition,
-                    format!("{what}: the region's file was truncated by its client"),
-                )
-            } else {
-                internal(format!("cannot read {what} from the region: {e}"))
-            }
-        })
+        // SAFETY: as in `write_blocks`: in bounds of a mapping of fixed
+        // size, into memory of this process's own; any bit pattern is a
+        // valid byte.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.map.as_ptr().add(offset as usize),
+                into.as_mut_ptr(),
+                into.len(),
+            )
+        };
+        Ok(())
     }
 
     /// Refuses a range that is misaligned for f32 or outside the region.
@@ -259,16 +239,9 @@ impl Region {
     }
 }
 
-impl Region {
-    fn name(&self) -> std::sync::MutexGuard<'_, Option<PathBuf>> {
-        // Nothing panics while holding it; a poisoned lock's value is fine.
-        self.name.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 impl Drop for Region {
     fn drop(&mut self) {
-        self.remove_name();
+        self.withdraw_offer();
     }
 }
 
@@ -279,6 +252,17 @@ impl Drop for Reservation {
     }
 }
 
+/// A token no one can guess from the outside (the kernel's random bytes).
+fn new_token() -> std::io::Result<Token> {
+    let mut token = [0; 16];
+    let mut filled = 0;
+    while filled < token.len() {
+        filled +=
+            rustix::rand::getrandom(&mut token[filled..], rustix::rand::GetRandomFlags::empty())?;
+    }
+    Ok(token)
+}
+
 fn internal(message: String) -> ApiError {
     ApiError::new(ErrorKind::Internal, message)
 }
@@ -286,41 +270,33 @@ fn internal(message: String) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileExt;
 
-    fn gauge() -> IntGauge {
-        IntGauge::new("shared_memory_bytes", "test").unwrap()
-    }
-
-    fn directory(max_bytes: u64) -> (tempfile::TempDir, RegionDirectory) {
-        let dir = tempfile::tempdir().unwrap();
-        let regions = RegionDirectory::new(dir.path().to_owned(), max_bytes, gauge()).unwrap();
-        (dir, regions)
+    fn regions(max_bytes: u64) -> Regions {
+        Regions::new(
+            PathBuf::from("/run/featmux/grpc.sock.regions"),
+            max_bytes,
+            IntGauge::new("shared_memory_bytes", "test").unwrap(),
+        )
     }
 
     #[test]
-    fn a_region_is_a_file_of_its_size_until_its_name_is_removed() {
-        let (dir, regions) = directory(1 << 20);
-        let region = regions.open(4096).unwrap();
-        let path = region.path().unwrap();
-        assert!(path.starts_with(dir.path()));
-        let meta = std::fs::metadata(&path).unwrap();
-        assert_eq!(meta.len(), 4096);
-        assert_eq!(meta.permissions().mode() & 0o777, REGION_MODE);
+    fn a_region_is_shared_with_whoever_takes_its_offer_once() {
+        let regions = regions(1 << 20);
+        let (region, token) = regions.open(4096).unwrap();
+        assert_eq!(region.bytes(), 4096);
         assert_eq!(regions.gauge.get(), 4096);
+        let client = regions.offers().take(&token).expect("offered");
+        assert!(regions.offers().take(&token).is_none(), "offered once");
 
-        // What the trainer opened stays shared after the name goes.
-        let trainer = File::options().read(true).write(true).open(&path).unwrap();
-        region.remove_name();
-        assert!(!path.exists());
-        assert_eq!(region.path(), None);
         let starts = region
             .write_blocks(8, &[&b"abcd"[..], &b"efghijkl"[..]])
             .unwrap();
         assert_eq!(starts, [8, 12]);
         let mut seen = [0; 12];
-        trainer.read_exact_at(&mut seen, 8).unwrap();
+        client.read_exact_at(&mut seen, 8).unwrap();
         assert_eq!(&seen, b"abcdefghijkl");
-        trainer.write_all_at(b"wxyz", 100).unwrap();
+        client.write_all_at(b"wxyz", 100).unwrap();
         let mut read = [0; 4];
         region.read("gradient", 100, &mut read).unwrap();
         assert_eq!(&read, b"wxyz");
@@ -330,33 +306,48 @@ mod tests {
     }
 
     #[test]
-    fn dropping_an_unopened_region_removes_its_file() {
-        let (dir, regions) = directory(1 << 20);
-        let path = regions.open(64).unwrap().path().unwrap();
-        assert!(!path.exists());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    fn its_client_can_neither_shrink_nor_grow_it() {
+        let regions = regions(1 << 20);
+        let (_region, token) = regions.open(4096).unwrap();
+        let client = regions.offers().take(&token).unwrap();
+        for size in [0, 16, 8192] {
+            let err = client.set_len(size).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{size}");
+        }
+        assert_eq!(client.metadata().unwrap().len(), 4096);
     }
 
     #[test]
-    fn regions_over_the_budget_are_refused_and_create_nothing() {
-        let (dir, regions) = directory(1000);
+    fn an_offer_not_taken_is_withdrawn_with_its_region() {
+        let regions = regions(1 << 20);
+        let (region, token) = regions.open(64).unwrap();
+        region.withdraw_offer();
+        assert!(regions.offers().take(&token).is_none());
+        let (region, token) = regions.open(64).unwrap();
+        drop(region);
+        assert!(regions.offers().take(&token).is_none());
+    }
+
+    #[test]
+    fn regions_over_the_budget_are_refused() {
+        let regions = regions(1000);
         let first = regions.open(600).unwrap();
-        let err = regions.open(600).unwrap_err();
+        let err = regions.open(600).err().unwrap();
         assert_eq!(err.kind, ErrorKind::TooLarge);
         assert!(err.message.contains("max_shared_memory_bytes"), "{err:?}");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert_eq!(regions.gauge.get(), 600);
         drop(first);
         regions.open(1000).unwrap();
         for bytes in [0, 6] {
-            let err = regions.open(bytes).unwrap_err();
+            let err = regions.open(bytes).err().unwrap();
             assert_eq!(err.kind, ErrorKind::InvalidArgument, "{bytes}");
         }
     }
 
     #[test]
     fn ranges_outside_the_region_or_misaligned_are_refused_untouched() {
-        let (_dir, regions) = directory(1 << 20);
-        let region = regions.open(64).unwrap();
+        let regions = regions(1 << 20);
+        let (region, _) = regions.open(64).unwrap();
         for (offset, len) in [(60, 8), (2, 4), (u64::MAX - 3, 8)] {
             let block = vec![7; len];
             let err = region.write_blocks(offset, &[&block]).unwrap_err();
@@ -371,46 +362,5 @@ mod tests {
         let mut head = [9; 32];
         region.read("head", 0, &mut head).unwrap();
         assert_eq!(head, [0; 32]);
-    }
-
-    #[test]
-    fn a_region_its_client_truncated_fails_the_read_not_the_server() {
-        let (_dir, regions) = directory(1 << 20);
-        let region = regions.open(4096).unwrap();
-        File::options()
-            .write(true)
-            .open(region.path().unwrap())
-            .unwrap()
-            .set_len(16)
-            .unwrap();
-        let mut into = [0; 64];
-        let err = region.read("gradient `f0`", 0, &mut into).unwrap_err();
-        assert_eq!(err.kind, ErrorKind::FailedPrecondition);
-        assert!(err.message.contains("truncated"), "{err:?}");
-    }
-
-    #[test]
-    fn leftovers_of_servers_that_are_gone_are_removed_at_start() {
-        let dir = tempfile::tempdir().unwrap();
-        // No process has pid 4194304 (above Linux's pid_max).
-        let gone = dir.path().join(format!("{NAME_PREFIX}4194304-0"));
-        let running = dir.path().join(format!("{NAME_PREFIX}1-0"));
-        let other = dir.path().join("someone-elses-file");
-        for path in [&gone, &running, &other] {
-            std::fs::write(path, b"x").unwrap();
-        }
-        RegionDirectory::new(dir.path().to_owned(), 64, gauge()).unwrap();
-        assert!(!gone.exists());
-        assert!(running.exists(), "pid 1 is running");
-        assert!(other.exists());
-    }
-
-    #[test]
-    fn a_directory_that_is_not_one_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("file");
-        std::fs::write(&file, b"x").unwrap();
-        assert!(RegionDirectory::new(file, 64, gauge()).is_err());
-        assert!(RegionDirectory::new(dir.path().join("missing"), 64, gauge()).is_err());
     }
 }

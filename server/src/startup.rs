@@ -21,8 +21,9 @@ use crate::config::{ConfigError, ServerConfig};
 use crate::execution::BulkPool;
 use crate::local_socket::{LocalSocket, LocalSocketError};
 use crate::metrics::Metrics;
+use crate::region_handoff;
 use crate::shared::Shared;
-use crate::shared_region::RegionDirectory;
+use crate::shared_region::Regions;
 use crate::{grpc, http, lifecycle};
 
 /// HTTP/2 flow-control windows of the gRPC server (see [`start`]).
@@ -41,11 +42,6 @@ pub enum ServeError {
     Bind { addr: SocketAddr, reason: String },
     #[error(transparent)]
     LocalSocket(#[from] LocalSocketError),
-    #[error("shared_region_dir {}: {reason}", dir.display())]
-    SharedRegions {
-        dir: std::path::PathBuf,
-        reason: String,
-    },
     #[error("TLS: {0}")]
     Tls(String),
     #[error("cannot open the data directory: {0}")]
@@ -138,21 +134,21 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         None => None,
     };
     let metrics = Metrics::new();
-    // Shared-memory regions are for the socket's same-machine clients.
-    let regions =
-        match &config.grpc_unix_socket {
-            Some(_) => {
-                let dir = config.shared_region_dir.clone();
-                let max = config.limits.max_shared_memory_bytes;
-                let regions = RegionDirectory::new(dir.clone(), max, metrics.shared_memory())
-                    .map_err(|e| ServeError::SharedRegions {
-                        dir,
-                        reason: e.to_string(),
-                    })?;
-                Some(Arc::new(regions))
-            }
-            None => None,
-        };
+    // Shared-memory regions are for the socket's same-machine clients,
+    // who take them on the region socket beside it.
+    let regions = match &config.grpc_unix_socket {
+        Some(path) => {
+            let socket = region_handoff::socket_path(path);
+            let bound = LocalSocket::bind(&socket).await?;
+            let regions = Regions::new(
+                socket,
+                config.limits.max_shared_memory_bytes,
+                metrics.shared_memory(),
+            );
+            Some((Arc::new(regions), bound))
+        }
+        None => None,
+    };
     let tls = match &config.tls {
         Some(tls) => Some((read_pem(&tls.cert)?, read_pem(&tls.key)?)),
         None => None,
@@ -199,7 +195,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .max_frame_size(MAX_FRAME_BYTES);
         // The same services and layers on every listener.
-        let routes = |builder: tonic::transport::Server, regions: Option<Arc<RegionDirectory>>| {
+        let routes = |builder: tonic::transport::Server, regions: Option<Arc<Regions>>| {
             builder
                 .layer(grpc::auth::GrpcAuthLayer {
                     shared: shared.clone(),
@@ -237,6 +233,14 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
         let tcp = routes(tcp_builder, None).serve_with_incoming_shutdown(incoming, until(&stop_rx));
         // The local socket is plain gRPC: its file's permissions guard it.
+        let (regions, region_socket) = regions.unzip();
+        if let (Some(LocalSocket { listener, file }), Some(regions)) = (region_socket, &regions) {
+            let serving = region_handoff::serve(listener, regions.offers(), until(&stop_rx));
+            tokio::spawn(async move {
+                serving.await;
+                drop(file);
+            });
+        }
         let unix = local_socket.map(|LocalSocket { listener, file }| {
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
             let serving =

@@ -106,10 +106,8 @@ fn every_workload_runs_and_reports() {
 fn shared_region_workloads_run_over_the_unix_socket() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("grpc.sock");
-    let shm = dir.path().join("shm");
-    std::fs::create_dir(&shm).unwrap();
     let settings = ServerSettings {
-        extra_toml: format!("grpc_unix_socket = {socket:?}\nshared_region_dir = {shm:?}\n"),
+        extra_toml: format!("grpc_unix_socket = {socket:?}\n"),
     };
     let server = TestServer::start(&dir.path().join("data"), &settings);
     let addr = format!("unix://{}", socket.display());
@@ -160,7 +158,6 @@ fn shared_region_workloads_run_over_the_unix_socket() {
         String::from_utf8_lossy(&refused.stderr)
     );
     assert!(server.stop().success());
-    assert_eq!(std::fs::read_dir(&shm).unwrap().count(), 0);
 }
 
 /// Zero errors, rows/s = requests × 32 examples × 4 features × `values`

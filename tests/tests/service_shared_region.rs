@@ -2,9 +2,10 @@
 //! `RegionPush`), for trainers on the server's machine: the embeddings a
 //! region lookup leaves in the region are the ones a socket lookup
 //! answers, a region push moves the rows by exactly the step its gradients
-//! ask for, the file's name is gone once the client has it, and every
-//! request the server cannot serve from the region is refused with the
-//! stream left open and the server up.
+//! ask for, the client cannot resize the region under the server's
+//! mapping, the region socket hands a descriptor out only for its token,
+//! and every request the server cannot serve from the region is refused
+//! with the stream left open and the server up.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -28,18 +29,15 @@ fn batch() -> pb::Batch {
 struct Setup {
     _dir: tempfile::TempDir,
     socket: PathBuf,
-    shm: PathBuf,
     server: TestServer,
 }
 
 fn start(max_shared_memory_bytes: u64) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("grpc.sock");
-    let shm = dir.path().join("shm");
-    std::fs::create_dir(&shm).unwrap();
     let settings = ServerSettings {
         extra_toml: format!(
-            "grpc_unix_socket = {socket:?}\nshared_region_dir = {shm:?}\n\
+            "grpc_unix_socket = {socket:?}\n\
              [limits]\nmax_shared_memory_bytes = {max_shared_memory_bytes}\n"
         ),
     };
@@ -47,7 +45,6 @@ fn start(max_shared_memory_bytes: u64) -> Setup {
     Setup {
         _dir: dir,
         socket,
-        shm,
         server,
     }
 }
@@ -78,15 +75,8 @@ async fn shared_memory_bytes(server: &TestServer) -> f64 {
         .await
 }
 
-fn files_in(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect()
-}
-
 #[test]
-fn region_lookups_and_pushes_match_the_socket_and_leave_no_file() {
+fn region_lookups_and_pushes_match_the_socket() {
     let setup = start(1 << 20);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -97,19 +87,10 @@ fn region_lookups_and_pushes_match_the_socket_and_leave_no_file() {
 
         let mut stream = client.train().await.unwrap();
         stream.open_region(4096).await.unwrap();
-        // The file exists, mode 0660, until the stream's next message.
-        let named = files_in(&setup.shm);
-        assert_eq!(named.len(), 1, "{named:?}");
-        let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(&named[0]).unwrap().permissions(),
-        );
-        assert_eq!(mode & 0o777, 0o660);
-
         let answer = stream
             .lookup_into_region("t", batch(), true, 16)
             .await
             .unwrap();
-        assert!(files_in(&setup.shm).is_empty(), "the name is removed");
         let region = stream.region().unwrap();
         assert_eq!(region.len(), 4096);
         let mut at = 16;
@@ -170,7 +151,6 @@ fn region_lookups_and_pushes_match_the_socket_and_leave_no_file() {
             assert_close(&got.data, &moved);
         }
     });
-    assert!(files_in(&setup.shm).is_empty());
     assert!(setup.server.stop().success());
 }
 
@@ -204,7 +184,7 @@ fn requests_the_region_cannot_serve_are_refused_and_the_stream_goes_on() {
             (4095, Code::InvalidArgument, "positive multiple of 4"),
         ] {
             expect_status(stream.open_region(bytes).await, code, needle);
-            assert!(files_in(&setup.shm).is_empty(), "{bytes}");
+            assert_eq!(shared_memory_bytes(&setup.server).await, 0.0, "{bytes}");
         }
         stream.open_region(256).await.unwrap();
         expect_status(
@@ -270,24 +250,25 @@ fn requests_the_region_cannot_serve_are_refused_and_the_stream_goes_on() {
 }
 
 #[test]
-fn a_region_its_client_truncates_fails_that_push_not_the_server() {
+fn a_client_can_neither_shrink_nor_grow_its_region() {
     let setup = start(1 << 20);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let client = unix_client(&setup.socket).await;
         create_table(&client).await;
         let mut stream = client.train().await.unwrap();
-        stream.open_region(4096).await.unwrap();
-        // What a misbehaving process that opened the file could do.
-        let held = std::fs::File::options()
-            .write(true)
-            .open(files_in(&setup.shm).pop().unwrap())
-            .unwrap();
+        let region = stream.open_region(4096).await.unwrap();
+        // What a misbehaving process holding the region could try: a
+        // shrunken file under the server's mapping would be a SIGBUS.
+        let held = region.try_clone_file().unwrap();
+        for size in [0, 16, 1 << 20] {
+            let err = held.set_len(size).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{size}");
+        }
         let answer = stream
             .lookup_into_region("t", batch(), true, 0)
             .await
             .unwrap();
-        held.set_len(0).unwrap();
         let gradients = answer
             .blocks
             .iter()
@@ -297,16 +278,30 @@ fn a_region_its_client_truncates_fails_that_push_not_the_server() {
                 bytes: u64::from(b.rows * b.width) * 4,
             })
             .collect();
-        expect_status(
-            stream
-                .push_ticket_from_region("t", answer.ticket, gradients)
-                .await,
-            Code::FailedPrecondition,
-            "truncated",
-        );
-        stream.lookup("t", batch(), false).await.unwrap();
+        stream
+            .push_ticket_from_region("t", answer.ticket, gradients)
+            .await
+            .unwrap();
     });
     assert!(setup.server.stop().success());
+}
+
+/// The region socket answers 0, with no descriptor, for a token it did not
+/// hand out; it sits beside the gRPC socket with the same mode.
+#[test]
+fn the_region_socket_hands_out_nothing_without_a_token() {
+    let setup = start(1 << 20);
+    let path = format!("{}.regions", setup.socket.display());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o660);
+    let mut socket = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    std::io::Write::write_all(&mut socket, &[7; 16]).unwrap();
+    let mut answer = Vec::new();
+    std::io::Read::read_to_end(&mut socket, &mut answer).unwrap();
+    assert_eq!(answer, [0]);
+    assert!(setup.server.stop().success());
+    assert!(!Path::new(&path).exists(), "removed at shutdown");
 }
 
 #[test]
@@ -315,11 +310,9 @@ fn a_streams_region_goes_when_the_stream_ends() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let client = unix_client(&setup.socket).await;
-        // The whole budget, then the stream ends before its next message:
-        // the server removes the name and returns the budget.
+        // The whole budget, then the stream ends: the budget comes back.
         let mut first: TrainStream = client.train().await.unwrap();
         first.open_region(64 << 10).await.unwrap();
-        assert_eq!(files_in(&setup.shm).len(), 1);
         assert_eq!(shared_memory_bytes(&setup.server).await, (64 << 10) as f64);
         let mut second = client.train().await.unwrap();
         expect_status(
@@ -334,7 +327,6 @@ fn a_streams_region_goes_when_the_stream_ends() {
             assert!(Instant::now() < deadline, "the budget never came back: {e}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(files_in(&setup.shm).len(), 1, "only the second's");
         drop(second);
         let deadline = Instant::now() + Duration::from_secs(10);
         while shared_memory_bytes(&setup.server).await != 0.0 {

@@ -38,7 +38,7 @@ use super::shared_memory::StreamRegion;
 use super::{code_label, train_message};
 use crate::api::Api;
 use crate::shared::Shared;
-use crate::shared_region::RegionDirectory;
+use crate::shared_region::Regions;
 
 /// Answer chunks queued for HTTP/2 before the stream waits for it to take
 /// them (a lookup's answer is about two chunks per feature).
@@ -51,7 +51,7 @@ type Chunks = mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
 pub(super) async fn serve_train(
     shared: Arc<Shared>,
     max_message_bytes: usize,
-    regions: Option<Arc<RegionDirectory>>,
+    regions: Option<Arc<Regions>>,
     request: http::Request<Body>,
 ) -> http::Response<Body> {
     if let Err(status) = refuse_compression(request.headers()) {

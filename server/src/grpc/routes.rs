@@ -30,7 +30,7 @@ use super::raw_train::serve_train;
 use super::raw_unary::{serve_lookup, serve_push};
 use super::EmbeddingGrpc;
 use crate::shared::Shared;
-use crate::shared_region::RegionDirectory;
+use crate::shared_region::Regions;
 
 /// `EmbeddingService` as the server routes it.
 #[derive(Clone)]
@@ -38,7 +38,7 @@ pub struct EmbeddingRoutes {
     shared: Arc<Shared>,
     max_message_bytes: usize,
     /// Set on the Unix socket's routes: Train streams may open regions.
-    regions: Option<Arc<RegionDirectory>>,
+    regions: Option<Arc<Regions>>,
     tonic: EmbeddingServiceServer<EmbeddingGrpc>,
 }
 
@@ -48,7 +48,7 @@ impl EmbeddingRoutes {
     pub fn new(
         shared: Arc<Shared>,
         max_message_bytes: usize,
-        regions: Option<Arc<RegionDirectory>>,
+        regions: Option<Arc<Regions>>,
     ) -> Self {
         let tonic = EmbeddingServiceServer::new(EmbeddingGrpc {
             shared: shared.clone(),

@@ -13,33 +13,34 @@ use crate::api::{Api, GradientBlock};
 use crate::error::{ApiError, ErrorKind};
 use crate::execution::Lane;
 use crate::shared::Shared;
-use crate::shared_region::{Region, RegionDirectory};
+use crate::shared_region::{Region, Regions};
 
 /// What one Train stream may do with shared memory: where regions come
 /// from (none over TCP) and the region it opened.
 pub(super) struct StreamRegion {
-    directory: Option<Arc<RegionDirectory>>,
+    regions: Option<Arc<Regions>>,
     region: Option<Arc<Region>>,
 }
 
 impl StreamRegion {
-    pub(super) fn new(directory: Option<Arc<RegionDirectory>>) -> Self {
+    pub(super) fn new(regions: Option<Arc<Regions>>) -> Self {
         StreamRegion {
-            directory,
+            regions,
             region: None,
         }
     }
 
-    /// Called for every message the stream reads: the client has opened
-    /// its region by now (the protocol says so), so the file's name goes.
+    /// Called for every message the stream reads: the client has taken
+    /// its region's descriptor by now (the protocol says so), or never
+    /// will, so the offer goes.
     pub(super) fn message_arrived(&self) {
         if let Some(region) = &self.region {
-            region.remove_name();
+            region.withdraw_offer();
         }
     }
 
     pub(super) fn open(&mut self, req: pb::OpenRegion) -> Result<pb::RegionOpened, ApiError> {
-        let Some(directory) = &self.directory else {
+        let Some(regions) = &self.regions else {
             return Err(ApiError::new(
                 ErrorKind::FailedPrecondition,
                 "shared-memory regions are offered on the server's Unix socket only \
@@ -52,13 +53,10 @@ impl StreamRegion {
                 "this stream has its region already (one per stream)",
             ));
         }
-        let region = directory.open(req.bytes)?;
+        let (region, token) = regions.open(req.bytes)?;
         let opened = pb::RegionOpened {
-            path: region
-                .path()
-                .expect("a new region has its name")
-                .to_string_lossy()
-                .into_owned(),
+            socket: regions.socket().to_string_lossy().into_owned(),
+            token: token.to_vec().into(),
             bytes: region.bytes(),
         };
         self.region = Some(Arc::new(region));
