@@ -213,7 +213,10 @@ impl TrainStream {
 
     /// Looks up; the server writes the blocks into the region, back to
     /// back in batch order from `offset` (read them with
-    /// [`SharedRegion::block`]).
+    /// [`SharedRegion::block`]). As every call here, it sends and then
+    /// waits for its answer: a call abandoned in between (its future
+    /// dropped) leaves the stream out of step, and the server may still
+    /// write the region; open a new stream after one.
     pub async fn lookup_into_region(
         &mut self,
         table: &str,

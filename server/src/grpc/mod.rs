@@ -249,19 +249,19 @@ async fn train_message(
     let started = Instant::now();
     region.message_arrived();
     let (endpoint, result) = match message.op {
-        Some(pb::train_request::Op::Lookup(req)) => (
+        Some(Op::Lookup(req)) => (
             "Train/Lookup",
             shared
                 .run(Lane::Bulk, api.clone(), move |api| lookup(api, req))
                 .await
-                .map(pb::train_response::Result::Lookup),
+                .map(Answer::Lookup),
         ),
-        Some(pb::train_request::Op::Push(req)) => (
+        Some(Op::Push(req)) => (
             "Train/Push",
             shared
                 .run(Lane::Bulk, api.clone(), move |api| push(api, req))
                 .await
-                .map(pb::train_response::Result::Push),
+                .map(Answer::Push),
         ),
         Some(Op::OpenRegion(req)) => (
             "Train/OpenRegion",
@@ -290,7 +290,7 @@ async fn train_message(
         .metrics
         .observe("grpc", endpoint, code_label(code), started.elapsed());
     let result = result.unwrap_or_else(|e| {
-        pb::train_response::Result::Error(pb::StreamError {
+        Answer::Error(pb::StreamError {
             code: e.grpc_code() as i32,
             message: e.message,
         })

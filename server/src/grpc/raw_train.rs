@@ -16,8 +16,8 @@
 //! gave it; the stream ends when the client closes its side or the server
 //! shuts down. Tokens are checked outside, by
 //! [`super::auth::GrpcAuthLayer`]. A stream on the Unix socket may open a
-//! shared-memory region ([`super::shared_memory`]); it is closed, and its
-//! file's name removed, when the stream ends.
+//! shared-memory region ([`super::shared_memory`]); it is closed, and the
+//! offer of its descriptor withdrawn, when the stream ends.
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The Train stream's shared-memory messages: `OpenRegion`, and the lookups
 //! and pushes whose embeddings and gradients go through the stream's region
-//! instead of the socket ([`crate::shared_region`] says why and how the
-//! server keeps itself safe from what the client does to the file).
+//! instead of the socket ([`crate::shared_region`] says why, and how the
+//! server keeps itself safe from what the client does to the memory).
 
 use std::sync::Arc;
 
