@@ -72,6 +72,20 @@ impl SharedRegion {
         bytemuck::try_cast_slice_mut(&mut self.map[range]).map_err(misaligned)
     }
 
+    /// Encodes `message` from byte `offset` (a multiple of 4), if it fits
+    /// there; returns its length.
+    pub(crate) fn encode_at(
+        &mut self,
+        offset: u64,
+        message: &impl prost::Message,
+    ) -> Option<usize> {
+        let start = usize::try_from(offset).ok().filter(|o| o % 4 == 0)?;
+        let len = message.encoded_len();
+        let mut into = self.map.get_mut(start..start.checked_add(len)?)?;
+        message.encode(&mut into).ok()?;
+        Some(len)
+    }
+
     /// A lookup's block, as the server wrote it.
     pub fn block(&self, block: &pb::RegionBlock) -> Result<&[f32], ClientError> {
         self.floats(block.offset, block.rows as usize * block.width as usize)

@@ -213,7 +213,11 @@ impl TrainStream {
 
     /// Looks up; the server writes the blocks into the region, back to
     /// back in batch order from `offset` (read them with
-    /// [`SharedRegion::block`]). As every call here, it sends and then
+    /// [`SharedRegion::block`]). The batch goes through the region too,
+    /// encoded from `offset` where it fits (the server reads it before it
+    /// writes a block), else through the socket: the call changes bytes
+    /// from `offset` on, the blocks' and the batch's, which may reach
+    /// further (bags of many values). As every call here, it sends and then
     /// waits for its answer: a call abandoned in between (its future
     /// dropped) leaves the stream out of step, and the server may still
     /// write the region; open a new stream after one.
@@ -224,14 +228,21 @@ impl TrainStream {
         want_ticket: bool,
         offset: u64,
     ) -> Result<pb::RegionLookupResponse, ClientError> {
+        let in_region = self
+            .region
+            .as_mut()
+            .and_then(|region| region.encode_at(offset, &batch))
+            .filter(|&len| len > 0);
         let lookup = pb::LookupRequest {
             table: table.to_owned(),
-            batch: Some(batch),
+            batch: in_region.is_none().then_some(batch),
             want_ticket,
         };
         self.send(pb::train_request::Op::RegionLookup(pb::RegionLookup {
             lookup: Some(lookup),
             offset,
+            batch_offset: offset,
+            batch_bytes: in_region.unwrap_or(0) as u64,
         }))
         .await?;
         match self.recv().await?.1? {

@@ -92,7 +92,10 @@ class TrainStream:
         """A lookup whose embeddings the server writes into the region, back
         to back from byte ``offset`` (a multiple of 4). The arrays are views
         of the region, not copies (``torch.from_numpy`` keeps it that way):
-        a later lookup over the same bytes changes them."""
+        a later lookup over the same bytes changes them. The batch travels
+        through the region too, encoded from ``offset`` where it fits, so a
+        lookup changes bytes from ``offset`` on: its blocks', and its
+        batch's, which may reach further (bags of many values)."""
         region = self._mapped()
         blocks, ticket_id = self._native.lookup_into_region(table, batch, ticket, offset)
         arrays = [

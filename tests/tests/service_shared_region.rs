@@ -206,9 +206,11 @@ fn requests_the_region_cannot_serve_are_refused_and_the_stream_goes_on() {
                 needle,
             );
         }
+        // The server wrote nothing: the good answer is still there, and
+        // from 200 on only the refused lookup's own batch is.
         let region = stream.region().unwrap();
         assert_eq!(region.floats(0, 24).unwrap(), written.as_slice());
-        assert!(region.floats(96, 40).unwrap().iter().all(|&x| x == 0.0));
+        assert!(region.floats(96, 26).unwrap().iter().all(|&x| x == 0.0));
 
         let gradient = |feature: &str, offset, bytes| pb::RegionGradient {
             feature: feature.into(),

@@ -5,8 +5,10 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use featmux_proto::payload;
 use featmux_proto::v1 as pb;
+use prost::Message;
 
 use super::{lookup_result, push_target};
 use crate::api::{Api, GradientBlock};
@@ -80,9 +82,17 @@ impl StreamRegion {
         req: pb::RegionLookup,
     ) -> Result<pb::RegionLookupResponse, ApiError> {
         let region = self.region()?;
-        let lookup = req.lookup.unwrap_or_default();
+        let mut lookup = req.lookup.unwrap_or_default();
         shared
             .run(Lane::Bulk, api.clone(), move |api| {
+                if req.batch_bytes > 0 {
+                    lookup.batch = Some(batch_in(
+                        &region,
+                        &lookup,
+                        req.batch_offset,
+                        req.batch_bytes,
+                    )?);
+                }
                 let result = lookup_result(api, lookup)?;
                 let (shapes, data): (Vec<_>, Vec<_>) = result
                     .embeddings
@@ -136,6 +146,34 @@ impl StreamRegion {
     }
 }
 
+/// The encoded batch a region lookup left in the region, copied out before
+/// it is decoded (the client may write the region meanwhile).
+fn batch_in(
+    region: &Region,
+    lookup: &pb::LookupRequest,
+    offset: u64,
+    bytes: u64,
+) -> Result<pb::Batch, ApiError> {
+    if lookup.batch.is_some() {
+        return Err(ApiError::invalid(
+            "the batch is both in `lookup.batch` and in the region (`batch_bytes`): send one",
+        ));
+    }
+    if bytes > region.bytes() {
+        return Err(ApiError::invalid(format!(
+            "a batch of {bytes} bytes in a region of {}",
+            region.bytes()
+        )));
+    }
+    let mut encoded = vec![0; bytes as usize];
+    region.read("the batch", offset, &mut encoded)?;
+    pb::Batch::decode(Bytes::from(encoded)).map_err(|e| {
+        ApiError::invalid(format!(
+            "the {bytes} bytes at offset {offset} of the region are not a Batch message: {e}"
+        ))
+    })
+}
+
 fn read_gradient(region: &Region, g: pb::RegionGradient) -> Result<GradientBlock, ApiError> {
     let what = format!("gradient `{}`", g.feature);
     if g.bytes % 4 != 0 || g.bytes > region.bytes() {
@@ -152,4 +190,66 @@ fn read_gradient(region: &Region, g: pb::RegionGradient) -> Result<GradientBlock
         feature: g.feature,
         data,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use prometheus::IntGauge;
+
+    use super::*;
+    use crate::shared_region::Regions;
+
+    fn region_with(offset: u64, bytes: &[u8]) -> Region {
+        let regions = Regions::new(
+            "/run/featmux/grpc.sock.regions".into(),
+            1 << 20,
+            IntGauge::new("shared_memory_bytes", "test").unwrap(),
+        );
+        let (region, token) = regions.open(4096).unwrap();
+        let client = regions.offers().take(&token).unwrap();
+        client.write_all_at(bytes, offset).unwrap();
+        region
+    }
+
+    fn batch() -> pb::Batch {
+        pb::Batch {
+            features: vec![pb::FeatureValues {
+                feature: "u".into(),
+                values: Some(pb::feature_values::Values::Int64s(pb::Int64Values {
+                    values: vec![7, 8, 9],
+                })),
+                lengths: vec![1, 2],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn a_batch_in_the_region_is_the_one_the_client_encoded() {
+        let encoded = batch().encode_to_vec();
+        let region = region_with(64, &encoded);
+        let lookup = pb::LookupRequest::default();
+        let read = batch_in(&region, &lookup, 64, encoded.len() as u64).unwrap();
+        assert_eq!(read, batch());
+    }
+
+    #[test]
+    fn a_batch_the_region_does_not_hold_is_refused() {
+        let region = region_with(0, &[0xff; 32]);
+        let none = pb::LookupRequest::default();
+        let err = batch_in(&region, &none, 0, 32).unwrap_err();
+        assert!(err.message.contains("are not a Batch message"), "{err:?}");
+        let both = pb::LookupRequest {
+            batch: Some(batch()),
+            ..Default::default()
+        };
+        let err = batch_in(&region, &both, 0, 4).unwrap_err();
+        assert!(err.message.contains("send one"), "{err:?}");
+        for (offset, bytes) in [(0, 8192), (4092, 8), (2, 4)] {
+            let err = batch_in(&region, &none, offset, bytes).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::InvalidArgument, "{offset} {bytes}");
+        }
+    }
 }
