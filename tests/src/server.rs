@@ -29,6 +29,18 @@ pub fn featmux_binary() -> PathBuf {
     binary
 }
 
+/// A client of the server's gRPC Unix socket at `socket` (its
+/// `grpc_unix_socket`), with `token` (if any).
+pub async fn unix_client(socket: &Path, token: Option<&str>) -> Client {
+    connect(format!("unix://{}", socket.display()), token).await
+}
+
+async fn connect(addr: String, token: Option<&str>) -> Client {
+    let mut options = ClientOptions::new(addr);
+    options.token = token.map(str::to_owned);
+    Client::connect(options).await.expect("connect")
+}
+
 /// A running server process.
 pub struct TestServer {
     child: Option<Child>,
@@ -161,9 +173,7 @@ impl TestServer {
 
     /// A client with `token` (if any).
     pub async fn client(&self, token: Option<&str>) -> Client {
-        let mut options = ClientOptions::new(self.grpc_url());
-        options.token = token.map(str::to_owned);
-        Client::connect(options).await.expect("connect")
+        connect(self.grpc_url(), token).await
     }
 
     /// Sends SIGTERM and waits for the process to exit.

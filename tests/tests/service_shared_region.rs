@@ -10,10 +10,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use featmux_client::{pb, BatchBuilder, Client, ClientOptions, Code, TrainStream};
+use featmux_client::{pb, BatchBuilder, Client, Code, TrainStream};
 use featmux_tests::refusals::expect_status;
 use featmux_tests::requests::{assert_close, feature, sgd_table, Http};
-use featmux_tests::server::{ServerSettings, TestServer};
+use featmux_tests::server::{unix_client, ServerSettings, TestServer};
 
 /// Two features: `u` one chunk of 4 floats, `v` two chunks of 4.
 fn batch() -> pb::Batch {
@@ -49,12 +49,6 @@ fn start(max_shared_memory_bytes: u64) -> Setup {
     }
 }
 
-async fn unix_client(socket: &Path) -> Client {
-    Client::connect(ClientOptions::new(format!("unix://{}", socket.display())))
-        .await
-        .expect("connect over the Unix socket")
-}
-
 async fn create_table(client: &Client) {
     client
         .create_table(
@@ -80,7 +74,7 @@ fn region_lookups_and_pushes_match_the_socket() {
     let setup = start(1 << 20);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let client = unix_client(&setup.socket).await;
+        let client = unix_client(&setup.socket, None).await;
         create_table(&client).await;
         let mut plain = client.train().await.unwrap();
         let expected = plain.lookup("t", batch(), false).await.unwrap();
@@ -159,7 +153,7 @@ fn requests_the_region_cannot_serve_are_refused_and_the_stream_goes_on() {
     let setup = start(1 << 20);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let client = unix_client(&setup.socket).await;
+        let client = unix_client(&setup.socket, None).await;
         create_table(&client).await;
 
         // Over TCP there are no regions.
@@ -256,7 +250,7 @@ fn a_client_can_neither_shrink_nor_grow_its_region() {
     let setup = start(1 << 20);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let client = unix_client(&setup.socket).await;
+        let client = unix_client(&setup.socket, None).await;
         create_table(&client).await;
         let mut stream = client.train().await.unwrap();
         let region = stream.open_region(4096).await.unwrap();
@@ -311,7 +305,7 @@ fn a_streams_region_goes_when_the_stream_ends() {
     let setup = start(64 << 10);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let client = unix_client(&setup.socket).await;
+        let client = unix_client(&setup.socket, None).await;
         // The whole budget, then the stream ends: the budget comes back.
         let mut first: TrainStream = client.train().await.unwrap();
         first.open_region(64 << 10).await.unwrap();

@@ -5,10 +5,10 @@
 
 use std::process::Command;
 
-use featmux_client::{pb, BatchBuilder, Client, ClientOptions, Code};
+use featmux_client::{pb, BatchBuilder, Code};
 use featmux_tests::refusals::expect_status;
 use featmux_tests::requests::{assert_close, feature, sgd_table};
-use featmux_tests::server::{featmux_binary, ServerSettings, TestServer};
+use featmux_tests::server::{featmux_binary, unix_client, ServerSettings, TestServer};
 
 const ADMIN: &str = "admin-secret";
 const DATA: &str = "data-secret";
@@ -18,14 +18,6 @@ fn batch() -> pb::Batch {
     b.example().add_str("u", "alice").add_str("u", "bob");
     b.example().add_str("u", "carol");
     b.build().unwrap()
-}
-
-async fn unix_client(path: &std::path::Path, token: Option<&str>) -> Client {
-    let mut options = ClientOptions::new(format!("unix://{}", path.display()));
-    options.token = token.map(str::to_owned);
-    Client::connect(options)
-        .await
-        .expect("connect over the Unix socket")
 }
 
 fn rows(lookup: featmux_client::Lookup) -> Vec<Vec<f32>> {
