@@ -5,7 +5,7 @@
 
 use featmux_client::{pb, BatchBuilder, Client, ClientOptions};
 use featmux_tests::requests::feature;
-use featmux_tests::server::{ServerSettings, TestServer};
+use featmux_tests::server::{unix_client, ServerSettings, TestServer};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 
 #[test]
@@ -91,9 +91,7 @@ fn grpc_and_http_serve_over_tls() {
 
         // The local socket is plain gRPC (its file's permissions guard
         // it), beside the TLS listeners.
-        let local = Client::connect(ClientOptions::new(format!("unix://{}", socket.display())))
-            .await
-            .unwrap();
+        let local = unix_client(&socket, None).await;
         let over_socket = local.lookup("t", &batch, false).await.unwrap();
         assert_eq!(over_socket.embeddings[0].data, grpc.embeddings[0].data);
     });
