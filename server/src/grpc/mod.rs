@@ -265,7 +265,7 @@ async fn train_message(
         ),
         Some(Op::OpenRegion(req)) => (
             "Train/OpenRegion",
-            region.open(req).map(Answer::RegionOpened),
+            region.open(req).await.map(Answer::RegionOpened),
         ),
         Some(Op::RegionLookup(req)) => (
             "Train/RegionLookup",

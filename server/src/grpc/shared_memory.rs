@@ -41,8 +41,10 @@ impl StreamRegion {
         }
     }
 
-    pub(super) fn open(&mut self, req: pb::OpenRegion) -> Result<pb::RegionOpened, ApiError> {
-        let Some(regions) = &self.regions else {
+    /// Creates the stream's region, off the async workers: populating its
+    /// pages takes time in proportion to its size.
+    pub(super) async fn open(&mut self, req: pb::OpenRegion) -> Result<pb::RegionOpened, ApiError> {
+        let Some(regions) = self.regions.clone() else {
             return Err(ApiError::new(
                 ErrorKind::FailedPrecondition,
                 "shared-memory regions are offered on the server's Unix socket only \
@@ -55,7 +57,10 @@ impl StreamRegion {
                 "this stream has its region already (one per stream)",
             ));
         }
-        let (region, token) = regions.open(req.bytes)?;
+        let creating = regions.clone();
+        let (region, token) = tokio::task::spawn_blocking(move || creating.open(req.bytes))
+            .await
+            .map_err(|e| ApiError::new(ErrorKind::Internal, format!("creating a region: {e}")))??;
         let opened = pb::RegionOpened {
             socket: regions.socket().to_string_lossy().into_owned(),
             token: token.to_vec().into(),
