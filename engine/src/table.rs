@@ -11,7 +11,7 @@ use std::ops::Range;
 use parking_lot::RwLock;
 
 use crate::backend::serving::{RowFormat, ServingBackend};
-use crate::backend::{self, Backend, BackendKind, GatherPlan, RowGradients};
+use crate::backend::{self, Backend, BackendKind, GatherPlan, GatherTarget, RowGradients};
 use crate::batch::{Batch, FeatureEmbeddings, Values};
 use crate::dirty::DirtyRows;
 use crate::error::EngineError;
@@ -259,6 +259,19 @@ impl Table {
             .backend
             .gather_blocks(&plan.gather, &plan.block_bounds())?;
         Ok(plan.embeddings(blocks))
+    }
+
+    /// [`Self::lookup_plan`] written into `out`, the blocks one after the
+    /// other in batch order (`[rows, width]` each, as
+    /// [`BatchPlan::outputs`] lists them): memory another process may
+    /// share, see [`GatherTarget`].
+    pub fn lookup_plan_into(
+        &self,
+        plan: &BatchPlan,
+        out: &mut GatherTarget,
+    ) -> Result<(), EngineError> {
+        self.check_whole()?;
+        self.backend.gather_into(&plan.gather, out)
     }
 
     /// Applies the gradients of a batch's outputs (one `[rows, width]` block

@@ -3,8 +3,8 @@
 //! written into memory the trainer has mapped and its gradients read from
 //! it, instead of both crossing the socket. A socket costs two kernel
 //! copies of every payload on the cores the engine uses (docs/DESIGN.md,
-//! "Same-machine clients"); a region costs the server one plain memory
-//! copy, and the trainer none.
+//! "Same-machine clients"); with a region the gather writes a lookup's
+//! blocks straight into it, and a push copies its gradients out once.
 //!
 //! A region is an anonymous memory file (`memfd`) the server creates,
 //! maps, and seals against shrinking and growing before anyone else can
@@ -15,15 +15,19 @@
 //! so nothing is left behind however either side exits.
 //!
 //! The trainer may write the region while the server reads it, so the
-//! server never forms references into it: bytes are copied in and out
-//! through raw pointers, and what it reads is validated after the copy.
+//! server never forms references into it: a lookup's gather writes into
+//! it through a raw pointer and reads nothing back (a
+//! [`GatherTarget`]); gradients and batches are copied out through raw
+//! pointers, and what was read is validated after the copy.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use featmux_engine::backend::GatherTarget;
 use memmap2::MmapRaw;
 use prometheus::IntGauge;
 use rustix::fs::{MemfdFlags, SealFlags};
@@ -173,42 +177,26 @@ impl Region {
         }
     }
 
-    /// Writes `blocks` back to back from `offset`; returns where each
-    /// starts. Refused, with nothing written, unless all of them fit.
-    pub fn write_blocks(
-        &self,
-        offset: u64,
-        blocks: &[impl AsRef<[u8]>],
-    ) -> Result<Vec<u64>, ApiError> {
-        let total: u64 = blocks.iter().map(|b| b.as_ref().len() as u64).sum();
-        self.check_range("the answer", offset, total)?;
-        let mut starts = Vec::with_capacity(blocks.len());
-        let mut at = offset;
-        for block in blocks {
-            let block = block.as_ref();
-            // SAFETY: `check_range` put `at .. at + len` inside the
-            // mapping, whose size the seals fix; the source is this
-            // process's own memory, so the two cannot overlap. The client
-            // may read or write these bytes meanwhile: they are plain
-            // data, and the server reads nothing back from them.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    block.as_ptr(),
-                    self.map.as_mut_ptr().add(at as usize),
-                    block.len(),
-                )
-            };
-            starts.push(at);
-            at += block.len() as u64;
-        }
-        Ok(starts)
+    /// The `floats` floats from `offset`, lent to a gather that writes a
+    /// lookup's blocks there: refused unless all of them fit.
+    pub fn gather_target(&self, offset: u64, floats: usize) -> Result<GatherTarget<'_>, ApiError> {
+        self.check_range("the answer", offset, (floats as u64).saturating_mul(4))?;
+        // SAFETY: `check_range` put the floats inside the mapping, whose
+        // size the seals fix, at an offset that is a multiple of 4 from a
+        // page-aligned start; the mapping lives as long as the borrow of
+        // `self`. The server forms no reference to it: the client may read
+        // or write it meanwhile.
+        let start = unsafe { self.map.as_mut_ptr().add(offset as usize) };
+        let start = NonNull::new(start.cast::<f32>()).expect("a mapping is never at address 0");
+        // SAFETY: as above.
+        Ok(unsafe { GatherTarget::new(start, floats) })
     }
 
     /// Copies `into.len()` bytes from the region at `offset`: a snapshot
     /// the caller validates, whatever the client writes meanwhile.
     pub fn read(&self, what: &str, offset: u64, into: &mut [u8]) -> Result<(), ApiError> {
         self.check_range(what, offset, into.len() as u64)?;
-        // SAFETY: as in `write_blocks`: in bounds of a mapping of fixed
+        // SAFETY: as in `gather_target`: in bounds of a mapping of fixed
         // size, into memory of this process's own; any bit pattern is a
         // valid byte.
         unsafe {
@@ -289,13 +277,7 @@ mod tests {
         let client = regions.offers().take(&token).expect("offered");
         assert!(regions.offers().take(&token).is_none(), "offered once");
 
-        let starts = region
-            .write_blocks(8, &[&b"abcd"[..], &b"efghijkl"[..]])
-            .unwrap();
-        assert_eq!(starts, [8, 12]);
-        let mut seen = [0; 12];
-        client.read_exact_at(&mut seen, 8).unwrap();
-        assert_eq!(&seen, b"abcdefghijkl");
+        assert_eq!(region.gather_target(8, 1022).unwrap().len(), 1022);
         client.write_all_at(b"wxyz", 100).unwrap();
         let mut read = [0; 4];
         region.read("gradient", 100, &mut read).unwrap();
@@ -349,18 +331,12 @@ mod tests {
         let regions = regions(1 << 20);
         let (region, _) = regions.open(64).unwrap();
         for (offset, len) in [(60, 8), (2, 4), (u64::MAX - 3, 8)] {
-            let block = vec![7; len];
-            let err = region.write_blocks(offset, &[&block]).unwrap_err();
+            let err = region.gather_target(offset, len / 4).err().unwrap();
             assert_eq!(err.kind, ErrorKind::InvalidArgument, "{offset} {len}");
             let mut into = vec![0; len];
             assert!(region.read("gradient", offset, &mut into).is_err());
         }
-        // Both blocks or neither: the first fits, the second does not.
-        assert!(region
-            .write_blocks(0, &[&[1; 32][..], &[2; 40][..]])
-            .is_err());
-        let mut head = [9; 32];
-        region.read("head", 0, &mut head).unwrap();
-        assert_eq!(head, [0; 32]);
+        let err = region.gather_target(0, usize::MAX).err().unwrap();
+        assert!(err.message.contains("the answer"), "{err:?}");
     }
 }

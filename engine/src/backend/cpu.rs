@@ -28,7 +28,7 @@ use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 
-use super::{Backend, GatherPlan, RowData, RowGradients, StorageSpec};
+use super::{Backend, GatherPlan, GatherTarget, RowData, RowGradients, StorageSpec};
 use crate::error::EngineError;
 use crate::optimizer::all_finite;
 use crate::prefetch::CACHE_LINE;
@@ -136,10 +136,26 @@ impl RowArray {
     /// call it inside [`Stripe::read`], the writer wherever it likes.
     #[inline(always)]
     fn load(&self, row: usize, dst: &mut [f32]) {
-        let cells = self.cells(row, dst.len());
-        let copied = load_by_4(cells, dst);
-        for (d, cell) in dst[copied..].iter_mut().zip(&cells[copied..]) {
-            *d = f32::from_bits(cell.load(Ordering::Relaxed));
+        // SAFETY: `dst` is valid for writes of its length.
+        unsafe { self.load_to(row, dst.as_mut_ptr(), dst.len()) }
+    }
+
+    /// [`Self::load`] through a raw pointer (a gather's output may be
+    /// memory another process shares, see [`super::GatherTarget`]).
+    ///
+    /// # Safety
+    ///
+    /// `dst` is valid for writes of `width` floats.
+    #[inline(always)]
+    unsafe fn load_to(&self, row: usize, dst: *mut f32, width: usize) {
+        let cells = self.cells(row, width);
+        // SAFETY: the caller's promise, for the `width` floats of `cells`.
+        unsafe {
+            let copied = load_by_4(cells, dst);
+            for (i, cell) in cells.iter().enumerate().skip(copied) {
+                dst.add(i)
+                    .write(f32::from_bits(cell.load(Ordering::Relaxed)));
+            }
         }
     }
 
@@ -192,8 +208,9 @@ fn store_by_4(_src: &[f32], _cells: &[AtomicU32]) -> usize {
     0
 }
 
-/// Copies the leading groups of 4 floats of `cells` into `dst`, one 16-byte
-/// load each; returns how many floats it copied (the rest is the caller's).
+/// Copies the leading groups of 4 floats of `cells` into `dst` (valid for
+/// writes of `cells.len()` floats), one 16-byte load each; returns how many
+/// floats it copied (the rest is the caller's).
 ///
 /// Why assembly: a gather is bound by how many rows' cache misses the CPU
 /// overlaps, and that shrinks with every instruction a row takes. Relaxed
@@ -205,14 +222,14 @@ fn store_by_4(_src: &[f32], _cells: &[AtomicU32]) -> usize {
 /// discards (the byte-wise atomic copy of C++ proposal P1478).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn load_by_4(cells: &[AtomicU32], dst: &mut [f32]) -> usize {
+unsafe fn load_by_4(cells: &[AtomicU32], dst: *mut f32) -> usize {
     use std::arch::x86_64::{__m128, _mm_storeu_ps};
-    let n = cells.len().min(dst.len()) / 4 * 4;
+    let n = cells.len() / 4 * 4;
     for i in (0..n).step_by(4) {
         let group: __m128;
-        // SAFETY: `cells[i..i + 4]` and `dst[i..i + 4]` are in bounds
-        // (i + 4 <= n); the assembly only reads those 16 bytes, and SSE is
-        // part of the x86_64 baseline.
+        // SAFETY: `cells[i..i + 4]` is in bounds (i + 4 <= n) and so is
+        // `dst[i..i + 4]` (the caller's promise); the assembly only reads
+        // those 16 bytes, and SSE is part of the x86_64 baseline.
         unsafe {
             std::arch::asm!(
                 "movups {group}, [{cells}]",
@@ -220,7 +237,7 @@ fn load_by_4(cells: &[AtomicU32], dst: &mut [f32]) -> usize {
                 group = out(xmm_reg) group,
                 options(nostack, preserves_flags, readonly),
             );
-            _mm_storeu_ps(dst.as_mut_ptr().add(i), group);
+            _mm_storeu_ps(dst.add(i), group);
         }
     }
     n
@@ -228,7 +245,7 @@ fn load_by_4(cells: &[AtomicU32], dst: &mut [f32]) -> usize {
 
 /// Elsewhere every float is a relaxed atomic load.
 #[cfg(not(target_arch = "x86_64"))]
-fn load_by_4(_cells: &[AtomicU32], _dst: &mut [f32]) -> usize {
+unsafe fn load_by_4(_cells: &[AtomicU32], _dst: *mut f32) -> usize {
     0
 }
 
@@ -379,68 +396,125 @@ impl CpuBackend {
             .read(|| self.weights.load(row as usize, dst));
     }
 
+    /// [`Self::read_weights`] through a raw pointer.
+    ///
+    /// # Safety
+    ///
+    /// `dst` is valid for writes of the table's width in floats.
+    #[inline(always)]
+    unsafe fn read_weights_to(&self, row: u64, dst: *mut f32, width: usize) {
+        // SAFETY: the caller's promise.
+        self.stripe(row)
+            .read(|| unsafe { self.weights.load_to(row as usize, dst, width) });
+    }
+
     /// Pools a plan whose slots never decrease (what a batch plans, except
-    /// bags of multi-chunk features) one slot after the other into blocks
-    /// cut at `bounds`: each slot is summed while it sits in L1 and each
-    /// output float written once, straight into its block. No
-    /// `[num_slots, dim]` buffer to read back, no copy to cut it.
+    /// bags of multi-chunk features) into one block per feature, cut at
+    /// `bounds`. Each block is written once, straight from the rows: no
+    /// `[num_slots, dim]` buffer to zero first, none to cut afterwards.
     fn gather_in_slot_order(&self, plan: &GatherPlan, bounds: &[usize]) -> Vec<Vec<f32>> {
+        let d = self.spec.dim;
+        let mut blocks: Vec<Vec<f32>> = bounds
+            .windows(2)
+            .map(|slots| Vec::with_capacity((slots[1] - slots[0]) * d))
+            .collect();
+        let starts: Vec<*mut f32> = blocks.iter_mut().map(Vec::as_mut_ptr).collect();
+        // SAFETY: block `k` has room for its `bounds[k + 1] - bounds[k]`
+        // slots of `d` floats.
+        unsafe { self.pool_in_slot_order(plan, bounds, &starts) };
+        for (block, slots) in blocks.iter_mut().zip(bounds.windows(2)) {
+            // SAFETY: the pooling wrote every slot of the block.
+            unsafe { block.set_len((slots[1] - slots[0]) * d) };
+        }
+        blocks
+    }
+
+    /// Pools a plan whose slots never decrease one slot after the other,
+    /// the slots of block `k` (`bounds[k]..bounds[k + 1]`) to consecutive
+    /// rows from `starts[k]`: each slot is summed while it sits in L1 and
+    /// its output row written once, never read back.
+    ///
+    /// # Safety
+    ///
+    /// `starts[k]` is valid for writes of `(bounds[k + 1] - bounds[k]) *
+    /// dim` floats, for every block.
+    unsafe fn pool_in_slot_order(&self, plan: &GatherPlan, bounds: &[usize], starts: &[*mut f32]) {
         // Common widths get their own copy of the loop, in which every
         // row's copy and sum unroll into a few vector instructions: the
         // fewer instructions a row takes, the more rows' cache misses the
         // CPU overlaps.
-        match self.spec.dim {
-            8 => self.pool_slots::<8>(plan, bounds),
-            16 => self.pool_slots::<16>(plan, bounds),
-            32 => self.pool_slots::<32>(plan, bounds),
-            64 => self.pool_slots::<64>(plan, bounds),
-            _ => self.pool_slots::<0>(plan, bounds),
+        // SAFETY: the caller's promise, which every arm passes on.
+        unsafe {
+            match self.spec.dim {
+                8 => self.pool_slots::<8>(plan, bounds, starts),
+                16 => self.pool_slots::<16>(plan, bounds, starts),
+                32 => self.pool_slots::<32>(plan, bounds, starts),
+                64 => self.pool_slots::<64>(plan, bounds, starts),
+                _ => self.pool_slots::<0>(plan, bounds, starts),
+            }
         }
     }
 
-    /// [`Self::gather_in_slot_order`] for rows of `D` floats (0: the
+    /// [`Self::pool_in_slot_order`] for rows of `D` floats (0: the
     /// table's width, known at run time).
     ///
     /// Plain loops on purpose: the body of a closure that captured `d`
     /// (an iterator's `map`) compiled to one function for every `D`, which
     /// the linker folded into one, so no width got its own copy and every
     /// row's copy was a call to `memcpy` (17 % of an in-process lookup).
+    ///
+    /// # Safety
+    ///
+    /// As [`Self::pool_in_slot_order`].
     #[inline(always)]
-    fn pool_slots<const D: usize>(&self, plan: &GatherPlan, bounds: &[usize]) -> Vec<Vec<f32>> {
+    unsafe fn pool_slots<const D: usize>(
+        &self,
+        plan: &GatherPlan,
+        bounds: &[usize],
+        starts: &[*mut f32],
+    ) {
         let d = if D == 0 { self.spec.dim } else { D };
         let n = plan.rows.len();
         let (rows, slots, weights) = (&plan.rows[..n], &plan.slots[..n], &plan.weights[..n]);
-        let mut row = vec![0.0f32; d];
-        let row = &mut row[..d];
-        let mut blocks = Vec::with_capacity(bounds.len().saturating_sub(1));
+        // A known width's row and sum are arrays on the stack, which the
+        // compiler keeps in vector registers.
+        let (mut row_of_d, mut sum_of_d) = ([0.0f32; D], [0.0f32; D]);
+        let (mut row_vec, mut sum_vec) = (Vec::new(), Vec::new());
+        let (row, sum): (&mut [f32], &mut [f32]) = if D == 0 {
+            row_vec.resize(d, 0.0);
+            sum_vec.resize(d, 0.0);
+            (&mut row_vec, &mut sum_vec)
+        } else {
+            (&mut row_of_d, &mut sum_of_d)
+        };
         let mut e = 0;
-        for block_slots in bounds.windows(2) {
-            let mut block = Vec::with_capacity((block_slots[1] - block_slots[0]) * d);
-            for slot in block_slots[0]..block_slots[1] {
-                let start = block.len();
-                // Zeroed here, in L1, rather than the whole block ahead.
-                block.resize(start + d, 0.0);
-                let out = &mut block[start..start + d];
+        for (block_slots, &start) in bounds.windows(2).zip(starts) {
+            for (i, slot) in (block_slots[0]..block_slots[1]).enumerate() {
+                // SAFETY: slot `i` of the block is within what the caller
+                // promised writable.
+                let out = unsafe { start.add(i * d) };
                 // One entry of weight 1 (every single-valued feature): the
                 // row is the output, read straight into it (the same
                 // floats as 0 + 1·x, but for the sign of a zero).
                 let alone = slots.get(e + 1).is_none_or(|&s| s as usize != slot);
                 if e < n && slots[e] as usize == slot && weights[e] == 1.0 && alone {
                     self.prefetch_ahead::<D>(rows, e);
-                    self.read_weights(rows[e], out);
+                    // SAFETY: `out` has room for one row (above).
+                    unsafe { self.read_weights_to(rows[e], out, d) };
                     e += 1;
                     continue;
                 }
+                sum.fill(0.0);
                 while e < n && slots[e] as usize == slot {
                     self.prefetch_ahead::<D>(rows, e);
                     self.read_weights(rows[e], row);
-                    add_scaled(out, weights[e], row);
+                    add_scaled(sum, weights[e], row);
                     e += 1;
                 }
+                // SAFETY: as above; `sum` is this function's own memory.
+                unsafe { std::ptr::copy_nonoverlapping(sum.as_ptr(), out, d) };
             }
-            blocks.push(block);
         }
-        blocks
     }
 
     /// Prefetches the row [`PREFETCH_AHEAD`] entries after entry `e` (rows
@@ -555,6 +629,18 @@ impl Backend for CpuBackend {
             bounds,
             self.spec.dim,
         ))
+    }
+
+    fn gather_into(&self, plan: &GatherPlan, out: &mut GatherTarget) -> Result<(), EngineError> {
+        plan.check(&self.spec)?;
+        out.check_len(plan.num_slots.saturating_mul(self.spec.dim))?;
+        if plan.slots_ascend() {
+            // SAFETY: `out` holds the plan's `num_slots` rows (checked).
+            unsafe { self.pool_in_slot_order(plan, &[0, plan.num_slots], &[out.as_mut_ptr()]) };
+            return Ok(());
+        }
+        out.write(&self.gather_in_any_order(plan));
+        Ok(())
     }
 
     fn apply(&self, update: &RowGradients) -> Result<(), EngineError> {

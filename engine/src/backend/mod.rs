@@ -19,9 +19,11 @@
 pub mod candle;
 pub mod cpu;
 pub mod download;
+pub mod gather_target;
 pub mod row_ops;
 pub mod serving;
 
+pub use self::gather_target::GatherTarget;
 use crate::error::EngineError;
 use crate::init::Initializer;
 use crate::optimizer::Optimizer;
@@ -150,6 +152,16 @@ pub trait Backend: Send + Sync {
     ) -> Result<Vec<Vec<f32>>, EngineError> {
         plan.check_bounds(bounds)?;
         Ok(cut_at(self.gather(plan)?, bounds, self.spec().dim))
+    }
+
+    /// [`Self::gather`]'s `[num_slots, dim]` output written into `out`
+    /// (exactly that many floats), memory another process may share. This
+    /// default gathers and copies; a backend that can write each output
+    /// row in place does so, saving the copy.
+    fn gather_into(&self, plan: &GatherPlan, out: &mut GatherTarget) -> Result<(), EngineError> {
+        out.check_len(plan.num_slots.saturating_mul(self.spec().dim))?;
+        out.write(&self.gather(plan)?);
+        Ok(())
     }
 
     /// Applies one optimizer step to each row in `update`.
@@ -425,10 +437,6 @@ impl RowData {
     }
 }
 
-/// `len` zeroed floats, or an error where the allocator refuses: a table's
-/// size comes from a client, and a failed allocation must refuse the
-/// request, not abort the process. Zeroed pages come from the kernel
-/// lazily (calloc), so this costs no pass over the memory.
 /// Cuts a `[num_slots, dim]` output into blocks of slots at `bounds`
 /// (checked by [`GatherPlan::check_bounds`]), copying all but the first.
 pub(crate) fn cut_at(mut pooled: Vec<f32>, bounds: &[usize], dim: usize) -> Vec<Vec<f32>> {
@@ -445,6 +453,10 @@ pub(crate) fn cut_at(mut pooled: Vec<f32>, bounds: &[usize], dim: usize) -> Vec<
     blocks
 }
 
+/// `len` zeroed floats, or an error where the allocator refuses: a table's
+/// size comes from a client, and a failed allocation must refuse the
+/// request, not abort the process. Zeroed pages come from the kernel
+/// lazily (calloc), so this costs no pass over the memory.
 pub(crate) fn try_zeroed_floats(len: usize, what: &str) -> Result<Vec<f32>, EngineError> {
     if len == 0 {
         return Ok(Vec::new());

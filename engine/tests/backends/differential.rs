@@ -4,7 +4,9 @@
 //! every pooling, weights, multi-chunk features, both placements, and a small
 //! vocabulary so rows repeat inside and across batches.
 
-use featmux_engine::backend::BackendKind;
+use std::ptr::NonNull;
+
+use featmux_engine::backend::{BackendKind, GatherTarget};
 use featmux_engine::batch::{Batch, FeatureBatch, FeatureEmbeddings};
 use featmux_engine::optimizer::Optimizer;
 use featmux_engine::pooling::Pooling;
@@ -117,6 +119,20 @@ fn random_batch(rng: &mut impl Rng) -> Batch {
 
 /// The first element where `cpu` and `candle` differ by more than 1e-5
 /// relative (1e-8 absolute near zero), described.
+/// `batch` looked up into memory lent through a [`GatherTarget`] (what a
+/// shared-memory region lookup does), which starts as NaN so that a float
+/// the gather skipped shows.
+fn lookup_into(table: &Table, batch: &Batch) -> Vec<f32> {
+    let plan = table.plan(batch).unwrap();
+    let floats = plan.outputs.iter().map(|o| o.rows * o.width).sum();
+    let mut out = vec![f32::NAN; floats];
+    let start = NonNull::new(out.as_mut_ptr()).unwrap();
+    // SAFETY: `out` is ours and unused until the target is gone.
+    let mut target = unsafe { GatherTarget::new(start, floats) };
+    table.lookup_plan_into(&plan, &mut target).unwrap();
+    out
+}
+
 fn first_mismatch(what: &str, cpu: &[f32], candle: &[f32]) -> Option<String> {
     if cpu.len() != candle.len() {
         return Some(format!("{what}: {} vs {} values", cpu.len(), candle.len()));
@@ -161,6 +177,10 @@ fn cpu_and_candle_backends_agree_on_a_random_workload() {
             let out_candle = candle.lookup(&batch).unwrap();
             for (a, b) in out_cpu.iter().zip(&out_candle) {
                 assert_close(&format!("{what} lookup {}", a.feature), &a.data, &b.data);
+            }
+            for (table, blocks) in [(&cpu, &out_cpu), (&candle, &out_candle)] {
+                let whole: Vec<f32> = blocks.iter().flat_map(|b| b.data.clone()).collect();
+                assert_eq!(lookup_into(table, &batch), whole, "{what}: into a target");
             }
             if rng.random_bool(0.5) {
                 lookups += 1;
@@ -235,4 +255,32 @@ fn one_push_moves_every_optimizers_rows_identically() {
         failures.extend(first_mismatch(&format!("{name} state"), &a.state, &b.state));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_gather_target_of_another_size_is_refused_and_left_alone() {
+    let mut rng = StdRng::seed_from_u64(13);
+    let batch = random_batch(&mut rng);
+    for backend in [BackendKind::Cpu, super::device::candle_backend()] {
+        let table = make_table(Optimizer::Sgd { lr: 0.1 }, backend);
+        let plan = table.plan(&batch).unwrap();
+        let floats: usize = plan.outputs.iter().map(|o| o.rows * o.width).sum();
+        for len in [floats - 1, floats + 1] {
+            let mut out = vec![7.0f32; floats + 1];
+            let start = NonNull::new(out.as_mut_ptr()).unwrap();
+            // SAFETY: `out` is ours, unused until the target is gone.
+            let mut target = unsafe { GatherTarget::new(start, len) };
+            let err = table.lookup_plan_into(&plan, &mut target).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!(
+                    "holds {len} floats and the gather writes {floats}"
+                )),
+                "{err}"
+            );
+            assert!(
+                out.iter().all(|&x| x == 7.0),
+                "{backend:?} wrote on refusing"
+            );
+        }
+    }
 }

@@ -16,11 +16,11 @@ use crate::dedup::PushDedup;
 use crate::error::{ApiError, ErrorKind};
 use crate::replication::ReplicaStatus;
 use crate::tickets::{Ticket, TicketCache};
-use featmux_engine::backend::{GatherPlan, RowGradients};
+use featmux_engine::backend::{GatherPlan, GatherTarget, RowGradients};
 use featmux_engine::batch::{Batch, FeatureEmbeddings, Values};
 use featmux_engine::error::EngineError;
 use featmux_engine::occupancy::OccupancyReport;
-use featmux_engine::plan::BatchPlan;
+use featmux_engine::plan::{BatchPlan, OutputBlock};
 use featmux_engine::registry::Feature;
 use featmux_engine::schema::{FeatureSpec, TableSpec};
 use featmux_engine::table::{PushSummary, Table};
@@ -241,6 +241,47 @@ impl Api {
         want_ticket: bool,
         encoding: Encoding,
     ) -> Result<LookupResult, ApiError> {
+        let (embeddings, ticket) =
+            self.lookup_with(table, batch, want_ticket, encoding, |table, plan, _| {
+                Ok(table.lookup_plan(plan)?)
+            })?;
+        Ok(LookupResult { embeddings, ticket })
+    }
+
+    /// [`Self::lookup`] written into memory the caller lends once it knows
+    /// how many floats the blocks take (`target(floats)`; a shared-memory
+    /// region), the blocks one after the other in batch order, under the
+    /// same limits as a binary response. Returns each block's shape.
+    pub fn lookup_into<'a>(
+        &self,
+        table: &str,
+        batch: &Batch,
+        want_ticket: bool,
+        target: impl FnOnce(usize) -> Result<GatherTarget<'a>, ApiError>,
+    ) -> Result<(Vec<OutputBlock>, Option<u64>), ApiError> {
+        self.lookup_with(
+            table,
+            batch,
+            want_ticket,
+            Encoding::Binary,
+            |table, plan, floats| {
+                table.lookup_plan_into(plan, &mut target(floats)?)?;
+                Ok(plan.outputs.clone())
+            },
+        )
+    }
+
+    /// What [`Self::lookup`] and [`Self::lookup_into`] share: the plan, its
+    /// size checked, `gather(table, plan, floats)`, the counter and the
+    /// ticket.
+    fn lookup_with<T>(
+        &self,
+        table: &str,
+        batch: &Batch,
+        want_ticket: bool,
+        encoding: Encoding,
+        gather: impl FnOnce(&Table, &BatchPlan, usize) -> Result<T, ApiError>,
+    ) -> Result<(T, Option<u64>), ApiError> {
         let table = self.catalog.table(table)?;
         let plan = self.plan(&table, batch)?;
         let floats: usize = plan.outputs.iter().map(|o| o.rows * o.width).sum();
@@ -252,7 +293,7 @@ impl Api {
                  the {max}-byte message limit (limits.max_message_bytes); split the batch"
             )));
         }
-        let embeddings = table.lookup_plan(&plan)?;
+        let gathered = gather(&table, &plan, floats)?;
         self.counters
             .rows_looked_up
             .inc_by(plan.gather.rows.len() as u64);
@@ -264,7 +305,7 @@ impl Api {
         } else {
             None
         };
-        Ok(LookupResult { embeddings, ticket })
+        Ok((gathered, ticket))
     }
 
     /// Pushes gradients: one block per batch feature, in batch order. A

@@ -10,8 +10,9 @@ use featmux_proto::payload;
 use featmux_proto::v1 as pb;
 use prost::Message;
 
-use super::{lookup_result, push_target};
+use super::push_target;
 use crate::api::{Api, GradientBlock};
+use crate::convert;
 use crate::error::{ApiError, ErrorKind};
 use crate::execution::Lane;
 use crate::shared::Shared;
@@ -79,7 +80,8 @@ impl StreamRegion {
         })
     }
 
-    /// Looks up, then writes the blocks into the region.
+    /// Looks up, the gather writing the blocks straight into the region,
+    /// one after the other from `req.offset`.
     pub(super) async fn lookup(
         &self,
         shared: &Shared,
@@ -98,25 +100,27 @@ impl StreamRegion {
                         req.batch_bytes,
                     )?);
                 }
-                let result = lookup_result(api, lookup)?;
-                let (shapes, data): (Vec<_>, Vec<_>) = result
-                    .embeddings
-                    .into_iter()
-                    .map(|e| ((e.feature, e.rows, e.width), payload::encode_owned(e.data)))
-                    .unzip();
-                let starts = region.write_blocks(req.offset, &data)?;
+                let batch = convert::batch_from_pb(lookup.batch)?;
+                let (blocks, ticket) =
+                    api.lookup_into(&lookup.table, &batch, lookup.want_ticket, |floats| {
+                        region.gather_target(req.offset, floats)
+                    })?;
+                let mut offset = req.offset;
                 Ok(pb::RegionLookupResponse {
-                    blocks: shapes
+                    blocks: blocks
                         .into_iter()
-                        .zip(starts)
-                        .map(|((feature, rows, width), offset)| pb::RegionBlock {
-                            feature,
-                            rows: rows as u32,
-                            width: width as u32,
-                            offset,
+                        .map(|block| {
+                            let at = offset;
+                            offset += (block.rows * block.width * 4) as u64;
+                            pb::RegionBlock {
+                                feature: block.feature,
+                                rows: block.rows as u32,
+                                width: block.width as u32,
+                                offset: at,
+                            }
                         })
                         .collect(),
-                    ticket: result.ticket.unwrap_or(0),
+                    ticket: ticket.unwrap_or(0),
                 })
             })
             .await
