@@ -42,29 +42,36 @@ impl PackedStrings {
         if u32::try_from(data.len()).is_err() {
             return Err(format!("{} bytes of values; at most 2^32 - 1", data.len()));
         }
-        let mut end = 0u64;
+        // The ends first, in a loop that does nothing else, then the
+        // checks (with the checks inside the loop this function took 6.4 %
+        // of a region lookup's server samples, 3.6 % without): the ends
+        // never decrease, so they fit `data` (and u32) if the last one does.
         let mut ends = Vec::with_capacity(lengths.len() / 4);
+        let mut end = 0u64;
         for length in lengths.chunks_exact(4) {
             end += u32::from_le_bytes(length.try_into().expect("4 bytes")) as u64;
-            if end > data.len() as u64 {
-                return Err(format!(
-                    "the lengths add up to more than the {} bytes of `data`",
-                    data.len()
-                ));
-            }
-            if !text.is_char_boundary(end as usize) {
-                return Err(format!(
-                    "value {} ends inside a UTF-8 character",
-                    ends.len()
-                ));
-            }
             ends.push(end as u32);
+        }
+        if end > data.len() as u64 {
+            return Err(format!(
+                "the lengths add up to more than the {} bytes of `data`",
+                data.len()
+            ));
         }
         if end != data.len() as u64 {
             return Err(format!(
                 "the lengths add up to {end} bytes but `data` has {}",
                 data.len()
             ));
+        }
+        // In ASCII every byte starts a character.
+        if !text.is_ascii() {
+            if let Some(i) = ends
+                .iter()
+                .position(|&e| !text.is_char_boundary(e as usize))
+            {
+                return Err(format!("value {i} ends inside a UTF-8 character"));
+            }
         }
         Ok(PackedStrings { data, ends })
     }

@@ -192,21 +192,32 @@ impl Region {
         Ok(unsafe { GatherTarget::new(start, floats) })
     }
 
-    /// Copies `into.len()` bytes from the region at `offset`: a snapshot
-    /// the caller validates, whatever the client writes meanwhile.
-    pub fn read(&self, what: &str, offset: u64, into: &mut [u8]) -> Result<(), ApiError> {
-        self.check_range(what, offset, into.len() as u64)?;
-        // SAFETY: as in `gather_target`: in bounds of a mapping of fixed
-        // size, into memory of this process's own; any bit pattern is a
-        // valid byte.
+    /// Copies `len` values of `T` (bytes, floats) out of the region from
+    /// `offset` into a new vector: a snapshot the caller validates,
+    /// whatever the client writes meanwhile. Floats are the machine's own
+    /// byte order, as the client wrote them into its mapping.
+    pub fn copy_out<T: bytemuck::Pod>(
+        &self,
+        what: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<T>, ApiError> {
+        let bytes = len.saturating_mul(size_of::<T>());
+        self.check_range(what, offset, bytes as u64)?;
+        let mut values = Vec::<T>::with_capacity(len);
+        // SAFETY: as in `gather_target`, the source is in bounds of a
+        // mapping of fixed size; the destination is the vector's own
+        // memory, `bytes` long. Any bit pattern is a valid `T` (`Pod`), so
+        // every value is initialised once copied.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 self.map.as_ptr().add(offset as usize),
-                into.as_mut_ptr(),
-                into.len(),
-            )
-        };
-        Ok(())
+                values.as_mut_ptr().cast::<u8>(),
+                bytes,
+            );
+            values.set_len(len);
+        }
+        Ok(values)
     }
 
     /// Refuses a range that is misaligned for f32 or outside the region.
@@ -279,9 +290,8 @@ mod tests {
 
         assert_eq!(region.gather_target(8, 1022).unwrap().len(), 1022);
         client.write_all_at(b"wxyz", 100).unwrap();
-        let mut read = [0; 4];
-        region.read("gradient", 100, &mut read).unwrap();
-        assert_eq!(&read, b"wxyz");
+        let read = region.copy_out::<u8>("gradient", 100, 4).unwrap();
+        assert_eq!(read, b"wxyz");
 
         drop(region);
         assert_eq!(regions.gauge.get(), 0);
@@ -333,8 +343,7 @@ mod tests {
         for (offset, len) in [(60, 8), (2, 4), (u64::MAX - 3, 8)] {
             let err = region.gather_target(offset, len / 4).err().unwrap();
             assert_eq!(err.kind, ErrorKind::InvalidArgument, "{offset} {len}");
-            let mut into = vec![0; len];
-            assert!(region.read("gradient", offset, &mut into).is_err());
+            assert!(region.copy_out::<u8>("gradient", offset, len).is_err());
         }
         let err = region.gather_target(0, usize::MAX).err().unwrap();
         assert!(err.message.contains("the answer"), "{err:?}");

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use featmux_proto::payload;
 use featmux_proto::v1 as pb;
 use prost::Message;
 
@@ -174,8 +173,7 @@ fn batch_in(
             region.bytes()
         )));
     }
-    let mut encoded = vec![0; bytes as usize];
-    region.read("the batch", offset, &mut encoded)?;
+    let encoded = region.copy_out::<u8>("the batch", offset, bytes as usize)?;
     pb::Batch::decode(Bytes::from(encoded)).map_err(|e| {
         ApiError::invalid(format!(
             "the {bytes} bytes at offset {offset} of the region are not a Batch message: {e}"
@@ -192,9 +190,7 @@ fn read_gradient(region: &Region, g: pb::RegionGradient) -> Result<GradientBlock
             region.bytes()
         )));
     }
-    let data = payload::decode_from(g.bytes as usize / 4, |into| {
-        region.read(&what, g.offset, into)
-    })?;
+    let data = region.copy_out(&what, g.offset, g.bytes as usize / 4)?;
     Ok(GradientBlock {
         feature: g.feature,
         data,
