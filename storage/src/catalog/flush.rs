@@ -11,6 +11,7 @@ use featmux_engine::error::EngineError;
 
 use super::{Catalog, CatalogError, Inner, LiveTable, ROW_CHUNK};
 use crate::flusher::{FlushReport, FlushStats};
+use crate::store::StoreBatch;
 
 impl Catalog {
     /// Writes every dirty row now.
@@ -76,7 +77,17 @@ impl Inner {
     pub(super) fn flush_locked(&self, hold_gate: bool) -> Result<FlushReport, CatalogError> {
         let started = Instant::now();
         self.wake_pending.store(false, Ordering::Release);
-        let mut batch = self.store.batch();
+        // Room for the rows dirty now (a few more may be by the drain).
+        let expected = self
+            .tables
+            .read()
+            .values()
+            .map(|live| {
+                let record = StoreBatch::row_record_bytes(live.table.backend().spec());
+                live.table.dirty().len() * record
+            })
+            .sum();
+        let mut batch = self.store.batch_with_capacity(expected);
         let mut drained: Vec<(Arc<LiveTable>, Vec<u64>)> = Vec::new();
         let mut report = FlushReport::default();
         let copied = {

@@ -31,7 +31,7 @@ use rocksdb::{
     WriteBatch, WriteOptions, DB, DEFAULT_COLUMN_FAMILY_NAME,
 };
 
-use featmux_engine::backend::RowData;
+use featmux_engine::backend::{RowData, StorageSpec};
 use recent::RecentBatches;
 use records::{CheckpointRecord, ShardRouting, TableRecord};
 use wal::WalBatch;
@@ -170,6 +170,15 @@ impl StoreBatch<'_> {
     /// Deletes keys `start..end` of column family `cf` (a replicated write).
     pub fn delete_range_in(&mut self, cf: &str, start: &[u8], end: &[u8]) {
         self.batch.delete_range_cf(self.store.cf(cf), start, end);
+    }
+
+    /// Bytes one row of `spec`'s table takes in a batch: its key, weights
+    /// and optimizer state, and the record's header (a type byte and
+    /// three varints, column family and lengths: 8 bytes is enough for
+    /// rows up to 2^14 bytes, and only a capacity hint beyond).
+    pub fn row_record_bytes(spec: &StorageSpec) -> usize {
+        let floats = spec.dim + spec.optimizer.state_width(spec.dim);
+        keys::ROW_KEY_LEN + floats * 4 + 8
     }
 
     /// Writes `rows` of table `table_id`: one record per row, its weights
@@ -417,7 +426,6 @@ impl Store {
         if options.direct_flush_io && supports_direct_io(path) {
             db_options.set_use_direct_io_for_flush_and_compaction(true);
         }
-        let cf_options = Self::cf_options(options);
         // The unused default family gets our options too: after a full disk
         // RocksDB resumes writes by itself once the largest memtable of any
         // family fits in the free space, and the crate would open it with
@@ -425,7 +433,7 @@ impl Store {
         let cfs = COLUMN_FAMILIES
             .iter()
             .chain([&DEFAULT_COLUMN_FAMILY_NAME])
-            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options.clone()));
+            .map(|name| ColumnFamilyDescriptor::new(*name, Self::cf_options(name, options)));
         let db = DB::open_cf_descriptors(&db_options, path, cfs).map_err(|e| classify(path, e))?;
         let applied = featmux_migrations::migrate(&db, migrations).map_err(|source| {
             StoreError::Migration {
@@ -475,9 +483,17 @@ impl Store {
         }
     }
 
-    fn cf_options(options: StoreOptions) -> Options {
+    fn cf_options(name: &str, options: StoreOptions) -> Options {
         let mut cf = Options::default();
-        cf.set_compression_type(DBCompressionType::Lz4);
+        // Rows are floats, which LZ4 (matching repeated byte strings) does
+        // not shrink: a trained 10^6 × 16 table's files took 69.4 MB with
+        // it and 69.6 MB without, and compressing cost 2.8 % of a server's
+        // samples under pushes (docs/results/profile.md, section 11).
+        cf.set_compression_type(if name == ROWS_CF {
+            DBCompressionType::None
+        } else {
+            DBCompressionType::Lz4
+        });
         cf.set_write_buffer_size(options.write_buffer_bytes);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&Cache::new_lru_cache(options.block_cache_bytes));
@@ -527,9 +543,17 @@ impl Store {
 
     /// A new, empty atomic write.
     pub fn batch(&self) -> StoreBatch<'_> {
+        self.batch_with_capacity(0)
+    }
+
+    /// [`Self::batch`] with room for `bytes` of records (see
+    /// [`StoreBatch::row_record_bytes`]): a flush's batch of 10^6 rows
+    /// otherwise copies itself each time it outgrows its buffer, about as
+    /// many bytes again as it holds.
+    pub fn batch_with_capacity(&self, bytes: usize) -> StoreBatch<'_> {
         StoreBatch {
             store: self,
-            batch: WriteBatch::default(),
+            batch: WriteBatch::with_capacity_bytes(bytes),
             scratch: Vec::new(),
         }
     }
@@ -902,5 +926,51 @@ mod tests {
             .map(|entry| entry.unwrap().file_name())
             .collect();
         assert_eq!(names, ["kept"]);
+    }
+
+    /// The flush sizes its batch by `row_record_bytes`: it must cover what
+    /// `put_rows` writes, for a narrow and a wide row with state.
+    #[test]
+    fn a_row_record_fits_the_bytes_reserved_for_it() {
+        use featmux_engine::init::Initializer;
+        use featmux_engine::optimizer::Optimizer;
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions::default();
+        let (store, _) = Store::open(dir.path(), options, featmux_migrations::MIGRATIONS).unwrap();
+        for (dim, optimizer) in [
+            (4, Optimizer::Sgd { lr: 0.1 }),
+            (
+                256,
+                Optimizer::Adam {
+                    lr: 0.1,
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                },
+            ),
+        ] {
+            let spec = StorageSpec {
+                rows: 1 << 40,
+                first_row: 0,
+                dim,
+                seed: 0,
+                initializer: Initializer::Uniform { bound: None },
+                optimizer,
+            };
+            let rows: Vec<u64> = (0..100).map(|r| r * 1_000_003).collect();
+            let state = optimizer.state_width(dim);
+            let data = RowData {
+                weights: vec![0.5; rows.len() * dim],
+                state: vec![0.5; rows.len() * state],
+            };
+            let mut batch = store.batch();
+            let empty = batch.payload_bytes();
+            batch.put_rows(u32::MAX, &rows, &data);
+            let written = batch.payload_bytes() - empty;
+            let reserved = rows.len() * StoreBatch::row_record_bytes(&spec);
+            assert!(written <= reserved, "d = {dim}: {written} > {reserved}");
+            let spare = reserved - written;
+            assert!(spare <= 4 * rows.len(), "d = {dim}: {spare} bytes spare");
+        }
     }
 }
