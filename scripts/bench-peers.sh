@@ -48,8 +48,9 @@ REPORT="$CARGO_TARGET_DIR/release/featmux-report"
 
 work=$(mktemp -d)
 pids=""
+featmux_pid=""
 cleanup() {
-    for pid in $pids; do kill "$pid" 2>/dev/null || true; done
+    for pid in $pids $featmux_pid; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$work"
 }
@@ -58,23 +59,37 @@ trap cleanup EXIT INT TERM
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
     --dir "$work" >"$work/redis.log" 2>&1 &
 pids="$pids $!"
-"$FEATMUX" serve --data-dir "$work/data" --grpc-addr "$GRPC" --http-addr "$HTTP" \
-    --grpc-unix-socket "$work/grpc.sock" >"$work/featmux.log" 2>&1 &
-featmux_pid=$!
-pids="$pids $featmux_pid"
 for _ in $(seq 100); do
-    if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 &&
-        curl -sf "http://$HTTP/readyz" >/dev/null 2>&1; then
-        break
-    fi
+    redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
     sleep 0.1
 done
-# Ready, and ours: another server already on these ports would answer too.
-if ! curl -sf "http://$HTTP/readyz" >/dev/null || ! kill -0 "$featmux_pid" 2>/dev/null; then
-    echo "featmux serve did not start (ports $GRPC / $HTTP taken?):" >&2
-    cat "$work/featmux.log" >&2
-    exit 1
-fi
+
+# fresh_server: stops the featmux server if one runs, then starts one on
+# an empty data directory. Each training run over the service gets its
+# own, as each in-process run gets a fresh catalog: on one long-lived
+# server a run would inherit the previous runs' dirty rows and RocksDB's
+# compactions of them.
+fresh_server() {
+    if [ -n "$featmux_pid" ]; then
+        kill "$featmux_pid"
+        wait "$featmux_pid" 2>/dev/null || true
+    fi
+    rm -rf "$work/data"
+    "$FEATMUX" serve --data-dir "$work/data" --grpc-addr "$GRPC" --http-addr "$HTTP" \
+        --grpc-unix-socket "$work/grpc.sock" >"$work/featmux.log" 2>&1 &
+    featmux_pid=$!
+    for _ in $(seq 100); do
+        curl -sf "http://$HTTP/readyz" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    # Ready, and ours: another server already on these ports would answer too.
+    if ! curl -sf "http://$HTTP/readyz" >/dev/null || ! kill -0 "$featmux_pid" 2>/dev/null; then
+        echo "featmux serve did not start (ports $GRPC / $HTTP taken?):" >&2
+        cat "$work/featmux.log" >&2
+        exit 1
+    fi
+}
+fresh_server
 
 rm -rf "$RESULTS"
 mkdir -p "$RESULTS" docs/results
@@ -137,14 +152,20 @@ bench bags-redis-mget --workload redis-mget $bags
 bench bags-redis-mget-pipelined --workload redis-mget --mget-keys 1000 $bags
 redis-cli -p "$REDIS_PORT" flushall >/dev/null
 
-# Training with row-wise Adagrad.
+# Training with row-wise Adagrad, each service run on a fresh server.
 train="--optimizer row-wise-adagrad --lr 0.05 $single"
+fresh_server
 bench push-rowwise-adagrad --workload push --table rwa $train
+fresh_server
 bench_unix push-rowwise-adagrad-unix --workload push --table rwa $train
 bench engine-push-rowwise-adagrad --workload engine-push --table rwa $train
+fresh_server
 bench train-rowwise-adagrad --workload train --table rwa $train
+fresh_server
 bench_unix train-rowwise-adagrad-unix --workload train --table rwa $train
+fresh_server
 bench_region train-rowwise-adagrad-region --workload train --table rwa $train
+fresh_server
 
 # PyTorch peers and the in-process engine on the same shapes: one table of
 # 10^6 rows every feature shares, 26 features, single values (4,096
