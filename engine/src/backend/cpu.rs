@@ -540,19 +540,27 @@ impl CpuBackend {
         let turn = self.writer.lock();
         // 1. Every row's next value, computed beside the table and checked:
         //    a step that would overflow refuses the whole push.
-        let mut weights = vec![0.0f32; rows.len() * d];
-        let mut state = vec![0.0f32; rows.len() * sw];
+        //    Not zeroed first: each row is loaded into the room past the
+        //    rows before it, which then counts as theirs.
+        let mut weights = Vec::<f32>::with_capacity(rows.len() * d);
+        let mut state = Vec::<f32>::with_capacity(rows.len() * sw);
         for (i, &row) in rows.iter().enumerate() {
             if let Some(&next) = rows.get(i + PREFETCH_AHEAD) {
                 self.weights.prefetch_known_width(next as usize, d);
                 self.state.prefetch(next as usize);
             }
-            let (w, s) = (
-                &mut weights[i * d..(i + 1) * d],
-                &mut state[i * sw..(i + 1) * sw],
-            );
-            self.weights.load(row as usize, w);
-            self.state.load(row as usize, s);
+            // SAFETY: row `i`'s floats are within the capacity reserved
+            // above, and `load_to` writes every one of them before the
+            // lengths take them in.
+            unsafe {
+                self.weights
+                    .load_to(row as usize, weights.as_mut_ptr().add(i * d), d);
+                self.state
+                    .load_to(row as usize, state.as_mut_ptr().add(i * sw), sw);
+                weights.set_len((i + 1) * d);
+                state.set_len((i + 1) * sw);
+            }
+            let (w, s) = (&mut weights[i * d..], &mut state[i * sw..]);
             self.spec
                 .optimizer
                 .step(w, s, &update.grads[i * d..(i + 1) * d]);
