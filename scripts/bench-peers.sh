@@ -158,6 +158,8 @@ fresh_server
 bench push-rowwise-adagrad --workload push --table rwa $train
 fresh_server
 bench_unix push-rowwise-adagrad-unix --workload push --table rwa $train
+fresh_server
+bench_region push-rowwise-adagrad-region --workload push --table rwa $train
 bench engine-push-rowwise-adagrad --workload engine-push --table rwa $train
 fresh_server
 bench train-rowwise-adagrad --workload train --table rwa $train

@@ -259,15 +259,59 @@ impl TrainStream {
         ticket: u64,
         gradients: Vec<pb::RegionGradient>,
     ) -> Result<pb::PushResponse, ClientError> {
+        let target = pb::push_request::Target::Ticket(ticket);
+        self.region_push(table, Some(target), gradients, 0, 0).await
+    }
+
+    /// Pushes the gradients of `batch` (a batch looked up elsewhere, so
+    /// with no ticket), which the caller wrote into the region where
+    /// `gradients` say. The batch goes through the region too, encoded
+    /// from `batch_offset` where it fits (else through the socket): keep
+    /// that range clear of the gradients.
+    pub async fn push_batch_from_region(
+        &mut self,
+        table: &str,
+        batch: pb::Batch,
+        gradients: Vec<pb::RegionGradient>,
+        batch_offset: u64,
+    ) -> Result<pb::PushResponse, ClientError> {
+        let in_region = self
+            .region
+            .as_mut()
+            .and_then(|region| region.encode_at(batch_offset, &batch))
+            .filter(|&len| len > 0);
+        match in_region {
+            Some(len) => {
+                self.region_push(table, None, gradients, batch_offset, len as u64)
+                    .await
+            }
+            None => {
+                let target = pb::push_request::Target::Batch(batch);
+                self.region_push(table, Some(target), gradients, 0, 0).await
+            }
+        }
+    }
+
+    /// Sends one `RegionPush` and waits for its answer.
+    async fn region_push(
+        &mut self,
+        table: &str,
+        target: Option<pb::push_request::Target>,
+        gradients: Vec<pb::RegionGradient>,
+        batch_offset: u64,
+        batch_bytes: u64,
+    ) -> Result<pb::PushResponse, ClientError> {
         let push = pb::PushRequest {
             table: table.to_owned(),
-            target: Some(pb::push_request::Target::Ticket(ticket)),
+            target,
             gradients: Vec::new(),
             request_id: 0,
         };
         self.send(pb::train_request::Op::RegionPush(pb::RegionPush {
             push: Some(push),
             gradients,
+            batch_offset,
+            batch_bytes,
         }))
         .await?;
         match self.recv().await?.1? {

@@ -131,29 +131,34 @@ fn shared_region_workloads_run_over_the_unix_socket() {
     );
     assert_well_formed(&report, "lookup", 1);
     assert_eq!(report["shared_region"], true);
-    let before = stats_version(&server);
-    let report = bench_with(
-        &prefix,
-        &[
-            "--workload",
-            "train",
-            "--requests",
-            "12",
-            "--duration",
-            "60",
-        ],
-    );
-    assert_eq!(report["requests"], 12, "{report}");
-    assert_eq!(stats_version(&server), before + 12);
+    // Every step and every push applied.
+    for workload in ["train", "push"] {
+        let before = stats_version(&server);
+        let report = bench_with(
+            &prefix,
+            &[
+                "--workload",
+                workload,
+                "--requests",
+                "12",
+                "--duration",
+                "60",
+            ],
+        );
+        assert_eq!(report["requests"], 12, "{report}");
+        assert_eq!(report["errors"], 0, "{report}");
+        assert_eq!(stats_version(&server), before + 12, "{workload}");
+    }
 
     let refused = Command::new(featmux_binary())
         .args(prefix)
-        .args(["--workload", "push", "--requests", "1"])
+        .args(["--workload", "http-lookup", "--requests", "1"])
         .output()
         .unwrap();
     assert!(!refused.status.success());
     assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("for the lookup and train workloads"),
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("for the lookup, push and train workloads"),
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );

@@ -1,8 +1,9 @@
 //! Shared-memory regions on the Train stream (`OpenRegion`, `RegionLookup`,
 //! `RegionPush`), for trainers on the server's machine: the embeddings a
 //! region lookup leaves in the region are the ones a socket lookup
-//! answers, a region push moves the rows by exactly the step its gradients
-//! ask for, the client cannot resize the region under the server's
+//! answers, a region push (for a ticket, or for a batch that is in the
+//! region too) moves the rows by exactly the step its gradients ask for,
+//! the client cannot resize the region under the server's
 //! mapping, the region socket hands a descriptor out only for its token,
 //! and every request the server cannot serve from the region is refused
 //! with the stream left open and the server up.
@@ -120,15 +121,28 @@ fn region_lookups_and_pushes_match_the_socket() {
             at += floats as u64 * 4;
         }
         let pushed = stream
-            .push_ticket_from_region("t", answer.ticket, gradients)
+            .push_ticket_from_region("t", answer.ticket, gradients.clone())
             .await
             .unwrap();
         assert_eq!(pushed.unique_rows, 3 + 2 * 2);
+        // The same gradients again, for the batch itself (no ticket),
+        // which goes through the region as well.
+        let pushed = stream
+            .push_batch_from_region("t", batch(), gradients, 2048)
+            .await
+            .unwrap();
+        assert_eq!(pushed.unique_rows, 3 + 2 * 2);
+        let encoded = stream.region().unwrap().floats(2048, 4).unwrap();
+        assert!(
+            encoded.iter().any(|&x| x != 0.0),
+            "the batch is in the region"
+        );
 
         let after = plain.lookup("t", batch(), false).await.unwrap();
         // u: example 0 pools alice + bob (2 rows), example 1 carol (1).
         let step_u = [1.0, 0.5];
-        // v: one value per example, each row moved by 0.5 * 2.
+        // v: one value per example, each row moved by 0.5 * 2; both
+        // pushes alike.
         let step_v = [1.0, 1.0];
         for ((got, want), steps) in after
             .embeddings
@@ -140,7 +154,7 @@ fn region_lookups_and_pushes_match_the_socket() {
                 .data
                 .iter()
                 .enumerate()
-                .map(|(i, x)| x - steps[i / want.width])
+                .map(|(i, x)| x - 2.0 * steps[i / want.width])
                 .collect();
             assert_close(&got.data, &moved);
         }

@@ -117,9 +117,9 @@ pub struct BenchArgs {
     /// The cluster's key prefix in etcd.
     #[arg(long, default_value = "/featmux")]
     pub cluster_prefix: String,
-    /// `lookup` and `train` on a Train stream whose embeddings and
-    /// gradients go through a shared-memory region: a trainer on the
-    /// server's machine, on its Unix socket (`--addr unix://PATH`).
+    /// `lookup`, `push` and `train` on a Train stream whose embeddings,
+    /// gradients and batches go through a shared-memory region: a trainer
+    /// on the server's machine, on its Unix socket (`--addr unix://PATH`).
     #[arg(long)]
     pub shared_region: bool,
 }

@@ -89,23 +89,21 @@ pub(super) async fn send(
             let answer = stream
                 .lookup_into_region(&args.table, input.batch.clone(), true, 0)
                 .await?;
-            let region = stream.region_mut().context("no region")?;
-            let mut at = *grads_at;
-            let mut gradients = Vec::with_capacity(input.grads.len());
-            for (block, grad) in answer.blocks.iter().zip(&input.grads) {
-                region.floats_mut(at, grad.len())?.copy_from_slice(grad);
-                let bytes = grad.len() as u64 * 4;
-                gradients.push(featmux_client::pb::RegionGradient {
-                    feature: block.feature.clone(),
-                    offset: at,
-                    bytes,
-                });
-                at += bytes;
-            }
+            let features = answer.blocks.iter().map(|b| &b.feature);
+            let (gradients, _) = gradients_into_region(stream, *grads_at, features, &input.grads)?;
             stream
                 .push_ticket_from_region(&args.table, answer.ticket, gradients)
                 .await?;
             Ok(region_bytes(&answer) + grad_bytes)
+        }
+        (Workload::Push, Transport::Region(stream, _)) => {
+            // The gradients from the region's start, the batch after them.
+            let features = input.batch.features.iter().map(|f| &f.feature);
+            let (gradients, end) = gradients_into_region(stream, 0, features, &input.grads)?;
+            stream
+                .push_batch_from_region(&args.table, input.batch.clone(), gradients, end)
+                .await?;
+            Ok(grad_bytes)
         }
         (Workload::HttpLookup, Transport::Http(h)) => {
             let url = format!("{}/v1/tables/{}/lookup", args.http, args.table);
@@ -148,6 +146,30 @@ pub(super) async fn send(
         }
         _ => unreachable!("transport chosen by workload"),
     }
+}
+
+/// Copies `grads` (one block per feature) into the stream's region, back
+/// to back from byte `at`: what a trainer does with its gradients before a
+/// region push. Returns where each went, and where they end.
+fn gradients_into_region<'a>(
+    stream: &mut featmux_client::TrainStream,
+    mut at: u64,
+    features: impl Iterator<Item = &'a String>,
+    grads: &[Vec<f32>],
+) -> anyhow::Result<(Vec<featmux_client::pb::RegionGradient>, u64)> {
+    let region = stream.region_mut().context("no region")?;
+    let mut gradients = Vec::with_capacity(grads.len());
+    for (feature, grad) in features.zip(grads) {
+        region.floats_mut(at, grad.len())?.copy_from_slice(grad);
+        let bytes = grad.len() as u64 * 4;
+        gradients.push(featmux_client::pb::RegionGradient {
+            feature: feature.clone(),
+            offset: at,
+            bytes,
+        });
+        at += bytes;
+    }
+    Ok((gradients, at))
 }
 
 /// The bytes of a lookup's blocks in the region.

@@ -55,9 +55,14 @@ pub async fn run(options: ClientOptions, json: bool, args: BenchArgs) -> anyhow:
             "--concurrency, --examples, --features and --values must be at least 1"
         ));
     }
-    if args.shared_region && !matches!(args.workload, Workload::Lookup | Workload::Train) {
+    if args.shared_region
+        && !matches!(
+            args.workload,
+            Workload::Lookup | Workload::Push | Workload::Train
+        )
+    {
         return Err(anyhow::anyhow!(
-            "--shared-region is for the lookup and train workloads"
+            "--shared-region is for the lookup, push and train workloads"
         ));
     }
     if !args.etcd.is_empty() && !matches!(args.workload, Workload::Lookup | Workload::Push) {

@@ -65,9 +65,10 @@ pub(super) async fn server_transport(
     options: &ClientOptions,
 ) -> anyhow::Result<Transport> {
     Ok(match args.workload {
-        Workload::Lookup | Workload::Train if args.shared_region => {
+        Workload::Lookup | Workload::Push | Workload::Train if args.shared_region => {
             let mut stream = grpc_client(options).await?.train().await?;
-            // A batch's embeddings, then room for its gradients.
+            // A batch's embeddings, then room for its gradients (a push:
+            // its gradients, then its batch).
             let block_bytes = (args.examples * args.features) as u64
                 * u64::from(args.chunks * args.chunk_dim)
                 * 4;

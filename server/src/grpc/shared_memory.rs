@@ -10,7 +10,7 @@ use featmux_proto::v1 as pb;
 use prost::Message;
 
 use super::push_target;
-use crate::api::{Api, GradientBlock};
+use crate::api::{Api, GradientBlock, PushTarget};
 use crate::convert;
 use crate::error::{ApiError, ErrorKind};
 use crate::execution::Lane;
@@ -92,9 +92,10 @@ impl StreamRegion {
         shared
             .run(Lane::Bulk, api.clone(), move |api| {
                 if req.batch_bytes > 0 {
+                    let inline = lookup.batch.is_some();
                     lookup.batch = Some(batch_in(
                         &region,
-                        &lookup,
+                        inline,
                         req.batch_offset,
                         req.batch_bytes,
                     )?);
@@ -125,7 +126,8 @@ impl StreamRegion {
             .await
     }
 
-    /// Reads the gradients from the region, then pushes them.
+    /// Reads the gradients (and the batch, if it is there) from the
+    /// region, then pushes them.
     pub(super) async fn push(
         &self,
         shared: &Shared,
@@ -141,7 +143,13 @@ impl StreamRegion {
         }
         shared
             .run(Lane::Bulk, api.clone(), move |api| {
-                let target = push_target(push.target)?;
+                let target = if req.batch_bytes > 0 {
+                    let inline = push.target.is_some();
+                    let batch = batch_in(&region, inline, req.batch_offset, req.batch_bytes)?;
+                    PushTarget::Batch(convert::batch_from_pb(Some(batch))?)
+                } else {
+                    push_target(push.target)?
+                };
                 let gradients = req
                     .gradients
                     .into_iter()
@@ -154,17 +162,13 @@ impl StreamRegion {
     }
 }
 
-/// The encoded batch a region lookup left in the region, copied out before
-/// it is decoded (the client may write the region meanwhile).
-fn batch_in(
-    region: &Region,
-    lookup: &pb::LookupRequest,
-    offset: u64,
-    bytes: u64,
-) -> Result<pb::Batch, ApiError> {
-    if lookup.batch.is_some() {
+/// The encoded batch a region lookup or push left in the region, copied
+/// out before it is decoded (the client may write the region meanwhile).
+/// `inline`: the message carries a batch (or a push target) as well.
+fn batch_in(region: &Region, inline: bool, offset: u64, bytes: u64) -> Result<pb::Batch, ApiError> {
+    if inline {
         return Err(ApiError::invalid(
-            "the batch is both in `lookup.batch` and in the region (`batch_bytes`): send one",
+            "the batch is both in the message and in the region (`batch_bytes`): send one",
         ));
     }
     if bytes > region.bytes() {
@@ -235,25 +239,19 @@ mod tests {
     fn a_batch_in_the_region_is_the_one_the_client_encoded() {
         let encoded = batch().encode_to_vec();
         let region = region_with(64, &encoded);
-        let lookup = pb::LookupRequest::default();
-        let read = batch_in(&region, &lookup, 64, encoded.len() as u64).unwrap();
+        let read = batch_in(&region, false, 64, encoded.len() as u64).unwrap();
         assert_eq!(read, batch());
     }
 
     #[test]
     fn a_batch_the_region_does_not_hold_is_refused() {
         let region = region_with(0, &[0xff; 32]);
-        let none = pb::LookupRequest::default();
-        let err = batch_in(&region, &none, 0, 32).unwrap_err();
+        let err = batch_in(&region, false, 0, 32).unwrap_err();
         assert!(err.message.contains("are not a Batch message"), "{err:?}");
-        let both = pb::LookupRequest {
-            batch: Some(batch()),
-            ..Default::default()
-        };
-        let err = batch_in(&region, &both, 0, 4).unwrap_err();
+        let err = batch_in(&region, true, 0, 4).unwrap_err();
         assert!(err.message.contains("send one"), "{err:?}");
         for (offset, bytes) in [(0, 8192), (4092, 8), (2, 4)] {
-            let err = batch_in(&region, &none, offset, bytes).unwrap_err();
+            let err = batch_in(&region, false, offset, bytes).unwrap_err();
             assert_eq!(err.kind, ErrorKind::InvalidArgument, "{offset} {bytes}");
         }
     }
