@@ -1,7 +1,7 @@
 """Type stubs of the Rust extension module (python/src/), for IDEs and
 type checkers; the documented API is featmux.Client."""
 
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import numpy.typing as npt
@@ -61,6 +61,9 @@ class NativeTrainStream:
         self, table: str, batch: _Batch, ticket: bool, offset: int
     ) -> tuple[list[tuple[str, int, int, int]], Optional[int]]: ...
     def push_from_region(self, table: str, ticket: int, gradients: list[tuple[str, int, int]]) -> dict: ...
+    def push_batch_from_region(
+        self, table: str, batch: Mapping[str, Any], gradients: list[tuple[str, int, int]], batch_offset: int
+    ) -> dict: ...
 
 class NativeClusterTicket: ...
 

@@ -105,41 +105,59 @@ class TrainStream:
         return Embeddings(arrays, ticket_id)
 
     def push_from_region(
-        self, table: str, grads: Gradients, ticket: Embeddings, offset: Optional[int] = None
+        self,
+        table: str,
+        grads: Gradients,
+        ticket: Optional[Embeddings] = None,
+        offset: Optional[int] = None,
+        batch: Optional[Mapping[str, Any]] = None,
     ) -> dict:
-        """Pushes the gradients of a :meth:`lookup_into_region` answer (its
-        ticket) through the region. A gradient that already is a contiguous
-        view of the region (computed in place) is used where it lies; any
-        other is copied into the region from byte ``offset`` on (by
-        default, just past the lookup's embeddings)."""
+        """Pushes gradients through the region: those of a
+        :meth:`lookup_into_region` answer (``ticket``), or of ``batch``
+        (looked up elsewhere; the batch goes through the region too, just
+        past the gradients). A gradient that already is a contiguous view of
+        the region (computed in place) is used where it lies; any other is
+        copied into the region from byte ``offset`` on (by default just past
+        the ticket's embeddings, or from 0 for a batch)."""
+        if (ticket is None) == (batch is None):
+            raise ValueError("give `ticket` (a lookup_into_region answer) or `batch`, not both")
+        region = self._mapped()
+        if batch is not None:
+            gradients, end = _place_gradients(region, list(batch), grads, offset or 0)
+            return self._native.push_batch_from_region(table, batch, gradients, end)
         if ticket.ticket is None:
             raise ValueError("this lookup asked for no ticket")
-        region = self._mapped()
-        order = list(ticket)
-        blocks = _gradient_blocks(grads, order)
-        ends = [_offset_in(region, e) for e in ticket.values()]
         if offset is None:
+            ends = [_offset_in(region, e) for e in ticket.values()]
             if any(at is None for at in ends):
                 raise ValueError("the ticket's embeddings are not in this stream's region: give `offset`")
             offset = max(at + e.nbytes for at, e in zip(ends, ticket.values()))
-        gradients = []
-        for feature, block in zip(order, blocks):
-            at = _offset_in(region, block)
-            if at is None:
-                at = offset
-                if at % 4 or at + block.nbytes > len(region):
-                    raise ValueError(
-                        f"gradient `{feature}` ({block.nbytes} bytes at {at}) does not fit the region's {len(region)} bytes"
-                    )
-                np.frombuffer(region, np.float32, block.size, at)[:] = block
-                offset = at + block.nbytes
-            gradients.append((feature, at, block.nbytes))
+        gradients, _ = _place_gradients(region, list(ticket), grads, offset)
         return self._native.push_from_region(table, ticket.ticket, gradients)
 
     def _mapped(self) -> mmap.mmap:
         if self._region is None:
             raise ValueError("this stream has no region: call open_region first")
         return self._region
+
+
+def _place_gradients(region: mmap.mmap, order: list, grads: Gradients, offset: int) -> tuple:
+    """``(feature, offset, bytes)`` of each gradient block in the region,
+    in ``order``: where it already lies, else copied there from ``offset``
+    on; and the byte after the last one copied."""
+    gradients = []
+    for feature, block in zip(order, _gradient_blocks(grads, order)):
+        at = _offset_in(region, block)
+        if at is None:
+            at = offset
+            if at % 4 or at + block.nbytes > len(region):
+                raise ValueError(
+                    f"gradient `{feature}` ({block.nbytes} bytes at {at}) does not fit the region's {len(region)} bytes"
+                )
+            np.frombuffer(region, np.float32, block.size, at)[:] = block
+            offset = at + block.nbytes
+        gradients.append((feature, at, block.nbytes))
+    return gradients, offset
 
 
 def _offset_in(region: mmap.mmap, array: np.ndarray) -> Optional[int]:

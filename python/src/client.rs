@@ -373,16 +373,29 @@ impl NativeTrainStream {
         ticket: u64,
         gradients: Vec<(String, u64, u64)>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let gradients = gradients
-            .into_iter()
-            .map(|(feature, offset, bytes)| pb::RegionGradient {
-                feature,
-                offset,
-                bytes,
-            })
-            .collect();
+        let gradients = region_gradients(gradients);
         let pushed = self.with_stream(py, async |s| {
             s.push_ticket_from_region(&table, ticket, gradients).await
+        })?;
+        push_to_dict(py, &pushed)
+    }
+
+    /// Pushes the gradients of `batch` (no ticket), read by the server from
+    /// the region as in `push_from_region`; the batch goes through the
+    /// region too, encoded from `batch_offset` where it fits.
+    fn push_batch_from_region<'py>(
+        &self,
+        py: Python<'py>,
+        table: String,
+        batch: &Bound<'py, PyAny>,
+        gradients: Vec<(String, u64, u64)>,
+        batch_offset: u64,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let batch = batch::to_batch(batch)?;
+        let gradients = region_gradients(gradients);
+        let pushed = self.with_stream(py, async |s| {
+            s.push_batch_from_region(&table, batch, gradients, batch_offset)
+                .await
         })?;
         push_to_dict(py, &pushed)
     }
@@ -430,4 +443,17 @@ fn checkpoint_to_dict<'py>(py: Python<'py>, c: &pb::Checkpoint) -> PyResult<Boun
     out.set_item("created_unix_ms", c.created_unix_ms)?;
     out.set_item("tables", &c.tables)?;
     Ok(out)
+}
+
+/// Gradient blocks in the region as Python gives them: `(feature, offset,
+/// bytes)`.
+fn region_gradients(gradients: Vec<(String, u64, u64)>) -> Vec<pb::RegionGradient> {
+    gradients
+        .into_iter()
+        .map(|(feature, offset, bytes)| pb::RegionGradient {
+            feature,
+            offset,
+            bytes,
+        })
+        .collect()
 }

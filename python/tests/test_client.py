@@ -286,10 +286,17 @@ def test_a_train_streams_region_carries_embeddings_and_gradients(server, admin, 
     grads["item"][:] = 2.0
     answer = stream.push_from_region("region_t", grads, ticket=got)
     assert answer["unique_rows"] == 2 + 3 * 2
+    # The same gradients again, for the batch itself (no ticket): the
+    # batch goes through the region too.
+    answer = stream.push_from_region("region_t", grads, batch=batch)
+    assert answer["unique_rows"] == 2 + 3 * 2
+    with pytest.raises(ValueError, match="not both"):
+        stream.push_from_region("region_t", grads, ticket=got, batch=batch)
     after = data.lookup("region_t", batch)
-    # u1 got two gradients of 1, u2 one; each item row one gradient of 2.
-    np.testing.assert_allclose(after["user"], expected["user"] - LR * np.array([[2.0], [1.0], [2.0]]), atol=1e-6)
-    np.testing.assert_allclose(after["item"], expected["item"] - LR * 2.0, atol=1e-6)
+    # Per push, u1 got two gradients of 1, u2 one; each item row one
+    # gradient of 2.
+    np.testing.assert_allclose(after["user"], expected["user"] - 2 * LR * np.array([[2.0], [1.0], [2.0]]), atol=1e-6)
+    np.testing.assert_allclose(after["item"], expected["item"] - 2 * LR * 2.0, atol=1e-6)
 
     with pytest.raises(featmux.InvalidArgument, match="of a region of 4096 bytes"):
         stream.lookup_into_region("region_t", batch, offset=4000)
