@@ -426,6 +426,15 @@ impl Store {
         if options.direct_flush_io && supports_direct_io(path) {
             db_options.set_use_direct_io_for_flush_and_compaction(true);
         }
+        // Copies of one `Options` share its block cache: one cache for all
+        // families, as `block_cache_bytes` says.
+        let cf_options = Self::cf_options(options);
+        let mut rows_options = cf_options.clone();
+        // Rows are floats, which LZ4 (matching repeated byte strings) does
+        // not shrink: a trained 10^6 × 16 table's files took 69.4 MB with
+        // it and 69.6 MB without, and compressing cost 2.8 % of a server's
+        // samples under pushes (docs/results/profile.md, section 11).
+        rows_options.set_compression_type(DBCompressionType::None);
         // The unused default family gets our options too: after a full disk
         // RocksDB resumes writes by itself once the largest memtable of any
         // family fits in the free space, and the crate would open it with
@@ -433,7 +442,14 @@ impl Store {
         let cfs = COLUMN_FAMILIES
             .iter()
             .chain([&DEFAULT_COLUMN_FAMILY_NAME])
-            .map(|name| ColumnFamilyDescriptor::new(*name, Self::cf_options(name, options)));
+            .map(|&name| {
+                let options = if name == ROWS_CF {
+                    &rows_options
+                } else {
+                    &cf_options
+                };
+                ColumnFamilyDescriptor::new(name, options.clone())
+            });
         let db = DB::open_cf_descriptors(&db_options, path, cfs).map_err(|e| classify(path, e))?;
         let applied = featmux_migrations::migrate(&db, migrations).map_err(|source| {
             StoreError::Migration {
@@ -483,17 +499,9 @@ impl Store {
         }
     }
 
-    fn cf_options(name: &str, options: StoreOptions) -> Options {
+    fn cf_options(options: StoreOptions) -> Options {
         let mut cf = Options::default();
-        // Rows are floats, which LZ4 (matching repeated byte strings) does
-        // not shrink: a trained 10^6 × 16 table's files took 69.4 MB with
-        // it and 69.6 MB without, and compressing cost 2.8 % of a server's
-        // samples under pushes (docs/results/profile.md, section 11).
-        cf.set_compression_type(if name == ROWS_CF {
-            DBCompressionType::None
-        } else {
-            DBCompressionType::Lz4
-        });
+        cf.set_compression_type(DBCompressionType::Lz4);
         cf.set_write_buffer_size(options.write_buffer_bytes);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&Cache::new_lru_cache(options.block_cache_bytes));
@@ -926,6 +934,45 @@ mod tests {
             .map(|entry| entry.unwrap().file_name())
             .collect();
         assert_eq!(names, ["kept"]);
+    }
+
+    /// Rows are stored uncompressed, everything else with LZ4: what the
+    /// OPTIONS file RocksDB writes on open says of each family.
+    #[test]
+    fn only_the_rows_go_uncompressed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, _) = Store::open(
+            dir.path(),
+            StoreOptions::default(),
+            featmux_migrations::MIGRATIONS,
+        )
+        .unwrap();
+        let options = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("OPTIONS-")
+            })
+            .expect("an OPTIONS file");
+        let text = std::fs::read_to_string(options).unwrap();
+        for cf in COLUMN_FAMILIES {
+            let section = text
+                .split("[CFOptions \"")
+                .find(|s| s.starts_with(&format!("{cf}\"")))
+                .unwrap_or_else(|| panic!("no section for {cf}"));
+            let want = if cf == ROWS_CF {
+                "kNoCompression"
+            } else {
+                "kLZ4Compression"
+            };
+            assert!(
+                section.contains(&format!("\n  compression={want}\n")),
+                "{cf}: {want}"
+            );
+        }
     }
 
     /// The flush sizes its batch by `row_record_bytes`: it must cover what
