@@ -114,8 +114,8 @@ class TrainStream:
     ) -> dict:
         """Pushes gradients through the region: those of a
         :meth:`lookup_into_region` answer (``ticket``), or of ``batch``
-        (looked up elsewhere; the batch goes through the region too, just
-        past the gradients). A gradient that already is a contiguous view of
+        (looked up elsewhere; the batch goes through the region too, past
+        every gradient). A gradient that already is a contiguous view of
         the region (computed in place) is used where it lies; any other is
         copied into the region from byte ``offset`` on (by default just past
         the ticket's embeddings, or from 0 for a batch)."""
@@ -123,7 +123,10 @@ class TrainStream:
             raise ValueError("give `ticket` (a lookup_into_region answer) or `batch`, not both")
         region = self._mapped()
         if batch is not None:
-            gradients, end = _place_gradients(region, list(batch), grads, offset or 0)
+            gradients, _ = _place_gradients(region, list(batch), grads, offset or 0)
+            # Past every gradient, copied or in place: the client writes
+            # the batch before the server reads them.
+            end = max((at + nbytes for _, at, nbytes in gradients), default=0)
             return self._native.push_batch_from_region(table, batch, gradients, end)
         if ticket.ticket is None:
             raise ValueError("this lookup asked for no ticket")

@@ -287,7 +287,10 @@ def test_a_train_streams_region_carries_embeddings_and_gradients(server, admin, 
     answer = stream.push_from_region("region_t", grads, ticket=got)
     assert answer["unique_rows"] == 2 + 3 * 2
     # The same gradients again, for the batch itself (no ticket): the
-    # batch goes through the region too.
+    # batch goes through the region too, past the `item` gradients, which
+    # now lie just past where `user`'s are copied to.
+    grads["item"] = np.frombuffer(stream._region, np.float32, 3 * 8, 64).reshape(3, 8)
+    grads["item"][:] = 2.0
     answer = stream.push_from_region("region_t", grads, batch=batch)
     assert answer["unique_rows"] == 2 + 3 * 2
     with pytest.raises(ValueError, match="not both"):
