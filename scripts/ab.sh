@@ -16,10 +16,11 @@
 # side A / B reaches the server, e.g. the same build over TCP and its Unix
 # socket:
 #   TRANSPORT_B=unix scripts/ab.sh 5 "$bin" "$bin" service lookup
-# region: the Unix socket with a shared-memory region (lookup and train).
+# region: the Unix socket with a shared-memory region (lookup, push, train).
 # DURATION: seconds per measured run (default 5).
 set -eu
-[ $# -eq 5 ] || { sed -n '2,22p' "$0" >&2; exit 2; }
+. "$(dirname "$0")/lib/serve.sh"
+[ $# -eq 5 ] || { sed -n '2,20p' "$0" >&2; exit 2; }
 rounds=$1 bin_a=$2 bin_b=$3 kind=$4 what=$5
 DURATION="${DURATION:-5}"
 GRPC=127.0.0.1:50081
@@ -30,18 +31,8 @@ train="--table rwa --optimizer row-wise-adagrad --lr 0.05"
 # one BIN TRANSPORT: one measured run; prints its figure.
 one() {
     work=$(mktemp -d)
-    "$1" serve --data-dir "$work/data" --grpc-addr "$GRPC" --http-addr "$HTTP" \
-        --grpc-unix-socket "$work/grpc.sock" >"$work/featmux.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 100); do
-        curl -sf "http://$HTTP/readyz" >/dev/null 2>&1 && break
-        sleep 0.1
-    done
-    if ! kill -0 "$pid" 2>/dev/null; then
-        echo "featmux serve did not start:" >&2
-        cat "$work/featmux.log" >&2
-        exit 1
-    fi
+    start_server "$1" "$GRPC" "$HTTP" "$work"
+    pid=$server
     region=""
     case $2 in
         unix) addr="unix://$work/grpc.sock" ;;

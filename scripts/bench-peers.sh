@@ -43,6 +43,7 @@ fi
 
 cargo build --release -p featmux-cli -p featmux-tools
 . scripts/lib/python-venv.sh
+. scripts/lib/serve.sh
 FEATMUX="${FEATMUX:-$CARGO_TARGET_DIR/release/featmux}"
 REPORT="$CARGO_TARGET_DIR/release/featmux-report"
 
@@ -75,19 +76,8 @@ fresh_server() {
         wait "$featmux_pid" 2>/dev/null || true
     fi
     rm -rf "$work/data"
-    "$FEATMUX" serve --data-dir "$work/data" --grpc-addr "$GRPC" --http-addr "$HTTP" \
-        --grpc-unix-socket "$work/grpc.sock" >"$work/featmux.log" 2>&1 &
-    featmux_pid=$!
-    for _ in $(seq 100); do
-        curl -sf "http://$HTTP/readyz" >/dev/null 2>&1 && break
-        sleep 0.1
-    done
-    # Ready, and ours: another server already on these ports would answer too.
-    if ! curl -sf "http://$HTTP/readyz" >/dev/null || ! kill -0 "$featmux_pid" 2>/dev/null; then
-        echo "featmux serve did not start (ports $GRPC / $HTTP taken?):" >&2
-        cat "$work/featmux.log" >&2
-        exit 1
-    fi
+    start_server "$FEATMUX" "$GRPC" "$HTTP" "$work"
+    featmux_pid=$server
 }
 fresh_server
 

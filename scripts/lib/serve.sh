@@ -1,16 +1,26 @@
-# Sourced by the experiment and benchmark scripts: starts a release `featmux serve` in a
-# temporary work directory and stops it (and removes the directory) when
-# the script exits.
+# Sourced by the experiment and benchmark scripts: starts a release
+# `featmux serve` and waits until it is ready.
 #
 #   . scripts/lib/serve.sh
 #   serve "$FEATMUX" 127.0.0.1:50077 127.0.0.1:8097   # sets $work, $server
+#
+# serve makes a temporary work directory and stops the server (and removes
+# the directory) when the script exits; start_server is the start alone,
+# for scripts that start several servers in turn.
 
 # shellcheck shell=sh
 serve() {
     work=$(mktemp -d)
     trap 'serve_cleanup' EXIT INT TERM
-    "$1" serve --data-dir "$work/data" --grpc-addr "$2" --http-addr "$3" \
-        >"$work/featmux.log" 2>&1 &
+    start_server "$1" "$2" "$3" "$work"
+}
+
+# start_server BIN GRPC_ADDR HTTP_ADDR DIR: a server on DIR/data, its Unix
+# socket DIR/grpc.sock and its log DIR/featmux.log; sets $server, or exits
+# with the log if it did not come up.
+start_server() {
+    "$1" serve --data-dir "$4/data" --grpc-addr "$2" --http-addr "$3" \
+        --grpc-unix-socket "$4/grpc.sock" >"$4/featmux.log" 2>&1 &
     server=$!
     for _ in $(seq 100); do
         curl -sf "http://$3/readyz" >/dev/null 2>&1 && break
@@ -19,7 +29,7 @@ serve() {
     # Ready, and ours: another server already on these ports would answer too.
     if ! curl -sf "http://$3/readyz" >/dev/null || ! kill -0 "$server" 2>/dev/null; then
         echo "featmux serve did not start (ports $2 / $3 taken?):" >&2
-        cat "$work/featmux.log" >&2
+        cat "$4/featmux.log" >&2
         exit 1
     fi
 }
