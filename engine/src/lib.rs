@@ -17,6 +17,7 @@
 //! - [`registry`]: registered features, salts, partition slices.
 //! - [`batch`]: KeyedJaggedTensor-style requests and per-feature outputs.
 //! - [`pooling`]: sum / mean / sqrtn / none, and their un-pooling factors.
+//! - [`layout`]: a batch validated against a table, before hashing.
 //! - [`plan`]: a batch resolved to rows; gradients reduced to unique rows.
 //! - [`partition`]: a table's rows cut into partitions owned by shards.
 //! - [`optimizer`]: sparse SGD, Adagrad, row-wise Adagrad, Adam, FTRL.
@@ -34,6 +35,7 @@ pub mod dirty;
 pub mod error;
 pub mod hashing;
 pub mod init;
+pub mod layout;
 pub mod occupancy;
 pub mod optimizer;
 pub mod partition;

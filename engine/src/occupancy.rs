@@ -275,7 +275,7 @@ impl Occupancy {
 
     /// Records the traffic of `batch`, planned as `plan` with `registry`;
     /// `value_hashes` holds each value's first-chunk hash
-    /// ([`BatchPlan::build_hashing`]).
+    /// ([`BatchPlan::from_layout`]).
     pub fn observe(
         &self,
         registry: &FeatureRegistry,

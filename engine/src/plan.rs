@@ -1,8 +1,9 @@
 //! A batch resolved to table rows, the step lookup and push share.
 //!
-//! Planning validates the batch against the registry (unknown feature, value
-//! type, lengths, weights, batch size), hashes every value of every chunk
-//! once, and folds pooling into one factor per (value, chunk) entry. Lookup
+//! Planning takes a batch validated against the registry
+//! ([`crate::layout::BatchLayout`]: unknown feature, value type, lengths,
+//! weights, batch size), hashes every value of every chunk once, and folds
+//! pooling into one factor per (value, chunk) entry. Lookup
 //! hands the plan's [`GatherPlan`] to the backend; push runs the same entries
 //! backwards ([`BatchPlan::row_gradients`]): un-pool, split chunks and sum the
 //! gradients of duplicate rows across the whole batch. Because a plan is
@@ -16,22 +17,13 @@
 use crate::backend::{cut_at, GatherPlan, RowGradients};
 use crate::batch::{Batch, FeatureBatch, FeatureEmbeddings, Values};
 use crate::error::EngineError;
-use crate::hashing::{chunk_seed, hash_key, Key, RowSpan};
+use crate::hashing::{hash_key, Key};
+pub use crate::layout::OutputBlock;
+use crate::layout::{block_bounds, embeddings, BatchLayout, FeatureLayout};
 use crate::optimizer::first_non_finite;
 use crate::pooling::Pooling;
-use crate::registry::{Feature, FeatureRegistry};
-use crate::schema::{TableSpec, ValueType};
-
-/// Where one feature's output sits in the plan's slots.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutputBlock {
-    pub feature: String,
-    /// Batch size, or the number of values for `none` pooling.
-    pub rows: usize,
-    /// `chunks * chunk_dim`.
-    pub width: usize,
-    first_slot: usize,
-}
+use crate::registry::FeatureRegistry;
+use crate::schema::TableSpec;
 
 /// A validated, hashed batch: the gather entries and the output layout.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,165 +59,74 @@ impl BatchPlan {
             .map(|o| o.feature.as_str())
     }
 
-    /// Validates `batch` against the table and resolves it to rows. A
-    /// batch of more than `max_entries` (value, chunk) entries is refused
-    /// before anything is allocated for it: what a batch costs is its
-    /// values times their features' chunks, not its values. Entries are
-    /// indexed with `u32`, so `max_entries` is capped at `u32::MAX`.
+    /// Validates `batch` against the table (see [`BatchLayout::new`] for
+    /// `max_entries`) and resolves it to rows.
     pub fn build(
         table: &TableSpec,
         registry: &FeatureRegistry,
         batch: &Batch,
         max_entries: usize,
     ) -> Result<Self, EngineError> {
-        Self::build_hashing(table, registry, batch, max_entries, None)
+        Ok(Self::from_layout(
+            &BatchLayout::new(table, registry, batch, max_entries)?,
+            None,
+        ))
     }
 
-    /// [`Self::build`], also handing out each value's hash under its
-    /// feature's first chunk seed (one per value, features in batch order):
-    /// a uniform 64-bit identity of the value, which the occupancy
-    /// statistics use instead of hashing every value a second time.
-    pub fn build_hashing(
-        table: &TableSpec,
-        registry: &FeatureRegistry,
-        batch: &Batch,
-        max_entries: usize,
-        mut value_hashes: Option<&mut Vec<u64>>,
-    ) -> Result<Self, EngineError> {
-        let max_entries = max_entries.min(u32::MAX as usize);
-        let mut entries = 0usize;
-        for fb in &batch.features {
-            let chunks = registry
-                .get(&fb.feature)
-                .ok_or_else(|| EngineError::UnknownFeature(fb.feature.clone()))?
-                .chunks as usize;
-            entries = entries.saturating_add(fb.values.len().saturating_mul(chunks));
-        }
-        if entries > max_entries {
-            return Err(EngineError::BatchTooLarge {
-                entries,
-                max: max_entries,
-            });
-        }
-        let mut plan = BatchPlan {
+    /// Hashes every value of a validated batch. With `value_hashes`, also
+    /// hands out each value's hash under its feature's first chunk seed
+    /// (one per value, features in batch order): a uniform 64-bit identity
+    /// of the value, which the occupancy statistics use instead of hashing
+    /// every value a second time.
+    pub fn from_layout(layout: &BatchLayout<'_>, mut value_hashes: Option<&mut Vec<u64>>) -> Self {
+        let mut gather = GatherPlan {
             // Sized once for every feature's entries (growing per feature
             // copied the vectors over again).
-            gather: GatherPlan {
-                rows: Vec::with_capacity(entries),
-                slots: Vec::with_capacity(entries),
-                weights: Vec::with_capacity(entries),
-                num_slots: 0,
-            },
-            outputs: Vec::with_capacity(batch.features.len()),
-            chunk_dim: table.chunk_dim,
+            rows: Vec::with_capacity(layout.entries),
+            slots: Vec::with_capacity(layout.entries),
+            weights: Vec::with_capacity(layout.entries),
+            num_slots: layout.num_slots,
         };
-        let batch_size = batch.features.first().map(|f| f.lengths.len());
-        for (i, fb) in batch.features.iter().enumerate() {
-            let feature = registry
-                .get(&fb.feature)
-                .ok_or_else(|| EngineError::UnknownFeature(fb.feature.clone()))?;
-            if batch.features[..i]
-                .iter()
-                .any(|other| other.feature == fb.feature)
-            {
-                return Err(EngineError::batch(
-                    &fb.feature,
-                    "appears more than once in the batch",
-                ));
-            }
-            if Some(fb.lengths.len()) != batch_size {
-                return Err(EngineError::batch(
-                    &fb.feature,
-                    format!(
-                        "has {} examples but feature `{}` has {}",
-                        fb.lengths.len(),
-                        batch.features[0].feature,
-                        batch_size.unwrap_or(0)
-                    ),
-                ));
-            }
-            validate_feature_batch(feature, fb)?;
-            plan.add_feature(table, feature, fb, value_hashes.as_deref_mut())?;
-        }
-        Ok(plan)
-    }
-
-    fn add_feature(
-        &mut self,
-        table: &TableSpec,
-        feature: &Feature,
-        fb: &FeatureBatch,
-        value_hashes: Option<&mut Vec<u64>>,
-    ) -> Result<(), EngineError> {
-        let chunks = feature.chunks as usize;
-        let rows = match feature.pooling {
-            Pooling::None => fb.values.len(),
-            _ => fb.lengths.len(),
-        };
-        let first_slot = self.gather.num_slots;
-        self.gather.num_slots = rows
-            .checked_mul(chunks)
-            .and_then(|n| n.checked_add(first_slot))
-            .filter(|&n| n <= u32::MAX as usize)
-            .ok_or_else(|| {
-                EngineError::batch(&fb.feature, "the batch's output exceeds 2^32 rows")
-            })?;
-        self.outputs.push(OutputBlock {
-            feature: fb.feature.clone(),
-            rows,
-            width: feature.width(table.chunk_dim),
-            first_slot,
-        });
-
-        let layout = FeatureLayout {
-            span: feature.span(table.rows),
-            seeds: (0..feature.chunks)
-                .map(|j| chunk_seed(table.seed, feature.salt, j))
-                .collect(),
-            pooling: feature.pooling,
-            first_slot,
-        };
-        let gather = &mut self.gather;
-        match &fb.values {
-            Values::Strings(values) => {
-                let keys = values.iter().map(|v| Key::Str(v.as_bytes()));
-                layout.add_entries(gather, fb, keys, value_hashes);
-            }
-            Values::PackedStrings(values) => {
-                layout.add_entries(gather, fb, values.iter().map(Key::Str), value_hashes);
-            }
-            Values::Int64(values) => {
-                let keys = values.iter().map(|&v| Key::Int(v));
-                layout.add_entries(gather, fb, keys, value_hashes);
+        for (feature, fb) in &layout.features {
+            let hashes = value_hashes.as_deref_mut();
+            match &fb.values {
+                Values::Strings(values) => {
+                    let keys = values.iter().map(|v| Key::Str(v.as_bytes()));
+                    add_entries(feature, &mut gather, fb, keys, hashes);
+                }
+                Values::PackedStrings(values) => {
+                    add_entries(
+                        feature,
+                        &mut gather,
+                        fb,
+                        values.iter().map(Key::Str),
+                        hashes,
+                    );
+                }
+                Values::Int64(values) => {
+                    let keys = values.iter().map(|&v| Key::Int(v));
+                    add_entries(feature, &mut gather, fb, keys, hashes);
+                }
             }
         }
-        Ok(())
+        BatchPlan {
+            gather,
+            outputs: layout.outputs.clone(),
+            chunk_dim: layout.chunk_dim,
+        }
     }
 
     /// Where each feature's output begins among the gather's slots, and
     /// where the last ends: the bounds [`crate::backend::Backend::gather_blocks`] cuts at.
     pub fn block_bounds(&self) -> Vec<usize> {
-        self.outputs
-            .iter()
-            .map(|block| block.first_slot)
-            .chain([self.gather.num_slots])
-            .collect()
+        block_bounds(&self.outputs, self.gather.num_slots)
     }
 
     /// Names the blocks of [`crate::backend::Backend::gather_blocks`] (cut at
     /// [`Self::block_bounds`]): one embedding block per feature, in batch
     /// order.
     pub fn embeddings(&self, blocks: Vec<Vec<f32>>) -> Vec<FeatureEmbeddings> {
-        self.outputs
-            .iter()
-            .zip(blocks)
-            .map(|(block, data)| FeatureEmbeddings {
-                feature: block.feature.clone(),
-                rows: block.rows,
-                width: block.width,
-                data,
-            })
-            .collect()
+        embeddings(&self.outputs, blocks)
     }
 
     /// [`Self::embeddings`] of one pooled `[num_slots, chunk_dim]` output
@@ -357,142 +258,86 @@ struct SummedEntry {
     offset: u32,
 }
 
-/// What planning one feature's values needs beside the values: where
-/// its rows lie, one hash seed per chunk, its pooling and its first slot.
-struct FeatureLayout {
-    span: RowSpan,
-    seeds: Vec<u64>,
-    pooling: Pooling,
-    first_slot: usize,
-}
-
-impl FeatureLayout {
-    /// Appends the gather entries of a validated feature batch whose
-    /// values `keys` yields in order: one per (value, chunk).
-    ///
-    /// Generic over the keys so each value type gets its own loop (no
-    /// match per value), and the entries are written into slices sized
-    /// once: this and the hash are all a lookup does per value besides
-    /// copying its row, so every instruction here is paid 10^5 times per
-    /// batch. Rows are hashed in a loop that does nothing else: a hash is
-    /// a chain of dependent multiplies, and only a short loop lets the CPU
-    /// run several values' chains at once.
-    fn add_entries<'a>(
-        &self,
-        gather: &mut GatherPlan,
-        fb: &FeatureBatch,
-        keys: impl Iterator<Item = Key<'a>> + Clone,
-        value_hashes: Option<&mut Vec<u64>>,
-    ) {
-        let chunks = self.seeds.len();
-        let start = gather.rows.len();
-        let end = start + fb.values.len() * chunks;
-        gather.rows.resize(end, 0);
-        gather.slots.resize(end, 0);
-        gather.weights.resize(end, 0.0);
-        let rows = &mut gather.rows[start..end];
-        for (j, &seed) in self.seeds.iter().enumerate() {
-            for (row, key) in rows.iter_mut().skip(j).step_by(chunks).zip(keys.clone()) {
-                *row = hash_key(key, seed);
-            }
+/// Appends the gather entries of a validated feature batch whose
+/// values `keys` yields in order: one per (value, chunk).
+///
+/// Generic over the keys so each value type gets its own loop (no
+/// match per value), and the entries are written into slices sized
+/// once: this and the hash are all a lookup does per value besides
+/// copying its row, so every instruction here is paid 10^5 times per
+/// batch. Rows are hashed in a loop that does nothing else: a hash is
+/// a chain of dependent multiplies, and only a short loop lets the CPU
+/// run several values' chains at once.
+fn add_entries<'a>(
+    layout: &FeatureLayout,
+    gather: &mut GatherPlan,
+    fb: &FeatureBatch,
+    keys: impl Iterator<Item = Key<'a>> + Clone,
+    value_hashes: Option<&mut Vec<u64>>,
+) {
+    let chunks = layout.seeds.len();
+    let start = gather.rows.len();
+    let end = start + fb.values.len() * chunks;
+    gather.rows.resize(end, 0);
+    gather.slots.resize(end, 0);
+    gather.weights.resize(end, 0.0);
+    let rows = &mut gather.rows[start..end];
+    for (j, &seed) in layout.seeds.iter().enumerate() {
+        for (row, key) in rows.iter_mut().skip(j).step_by(chunks).zip(keys.clone()) {
+            *row = hash_key(key, seed);
         }
-        if let Some(hashes) = value_hashes {
-            hashes.extend(rows.iter().step_by(chunks));
-        }
-        for row in rows.iter_mut() {
-            *row = self.span.row(*row);
-        }
-
-        let slots = &mut gather.slots[start..end];
-        let weights = &mut gather.weights[start..end];
-        let unweighted_chunk = chunks == 1 && fb.weights.is_none();
-        if unweighted_chunk && fb.lengths.iter().all(|&len| len == 1) {
-            // Single-valued (the commonest feature): entry i is slot i of
-            // the block, weighted by a bag of one's scale. Two plain fills
-            // instead of the general loop below (a third of planning).
-            for (i, slot) in slots.iter_mut().enumerate() {
-                *slot = (self.first_slot + i) as u32;
-            }
-            weights.fill(self.pooling.scale(1));
-            return;
-        }
-        let mut entry = 0;
-        let mut value = 0;
-        for (example, &len) in fb.lengths.iter().enumerate() {
-            let scale = self.pooling.scale(len as usize);
-            if unweighted_chunk && self.pooling != Pooling::None {
-                // A pooled bag: its values share one slot and one weight.
-                let bag = entry..entry + len as usize;
-                slots[bag.clone()].fill((self.first_slot + example) as u32);
-                weights[bag].fill(scale);
-                entry += len as usize;
-                value += len as usize;
-                continue;
-            }
-            for _ in 0..len {
-                let weight = fb.weights.as_ref().map_or(scale, |w| scale * w[value]);
-                let out_row = if self.pooling == Pooling::None {
-                    value
-                } else {
-                    example
-                };
-                let first = self.first_slot + out_row * chunks;
-                for j in 0..chunks {
-                    slots[entry] = (first + j) as u32;
-                    weights[entry] = weight;
-                    entry += 1;
-                }
-                value += 1;
-            }
-        }
-        debug_assert_eq!(entry, slots.len(), "validated lengths sum to the values");
     }
+    if let Some(hashes) = value_hashes {
+        hashes.extend(rows.iter().step_by(chunks));
+    }
+    for row in rows.iter_mut() {
+        *row = layout.span.row(*row);
+    }
+
+    let slots = &mut gather.slots[start..end];
+    let weights = &mut gather.weights[start..end];
+    let unweighted_chunk = chunks == 1 && fb.weights.is_none();
+    if unweighted_chunk && fb.lengths.iter().all(|&len| len == 1) {
+        // Single-valued (the commonest feature): entry i is slot i of
+        // the block, weighted by a bag of one's scale. Two plain fills
+        // instead of the general loop below (a third of planning).
+        for (i, slot) in slots.iter_mut().enumerate() {
+            *slot = (layout.first_slot + i) as u32;
+        }
+        weights.fill(layout.pooling.scale(1));
+        return;
+    }
+    let mut entry = 0;
+    let mut value = 0;
+    for (example, &len) in fb.lengths.iter().enumerate() {
+        let scale = layout.pooling.scale(len as usize);
+        if unweighted_chunk && layout.pooling != Pooling::None {
+            // A pooled bag: its values share one slot and one weight.
+            let bag = entry..entry + len as usize;
+            slots[bag.clone()].fill((layout.first_slot + example) as u32);
+            weights[bag].fill(scale);
+            entry += len as usize;
+            value += len as usize;
+            continue;
+        }
+        for _ in 0..len {
+            let weight = fb.weights.as_ref().map_or(scale, |w| scale * w[value]);
+            let out_row = if layout.pooling == Pooling::None {
+                value
+            } else {
+                example
+            };
+            let first = layout.first_slot + out_row * chunks;
+            for j in 0..chunks {
+                slots[entry] = (first + j) as u32;
+                weights[entry] = weight;
+                entry += 1;
+            }
+            value += 1;
+        }
+    }
+    debug_assert_eq!(entry, slots.len(), "validated lengths sum to the values");
 }
 
 /// How many entries ahead [`BatchPlan::row_gradients`] prefetches.
 const PREFETCH_AHEAD: usize = 8;
-
-fn validate_feature_batch(feature: &Feature, fb: &FeatureBatch) -> Result<(), EngineError> {
-    let name = &fb.feature;
-    match (&fb.values, feature.value_type) {
-        // A column of empty bags has no type to check (a client that saw
-        // no value cannot tell which type the feature has).
-        (values, _) if values.is_empty() => {}
-        (Values::Strings(_) | Values::PackedStrings(_), ValueType::String)
-        | (Values::Int64(_), ValueType::Int64) => {}
-        (Values::Strings(_) | Values::PackedStrings(_), ValueType::Int64) => {
-            return Err(EngineError::batch(
-                name,
-                "expects int64 values, got strings",
-            ));
-        }
-        (Values::Int64(_), ValueType::String) => {
-            return Err(EngineError::batch(name, "expects string values, got int64"));
-        }
-    }
-    let total: u64 = fb.lengths.iter().map(|&l| l as u64).sum();
-    if total != fb.values.len() as u64 {
-        return Err(EngineError::batch(
-            name,
-            format!(
-                "lengths sum to {total} but {} values were sent",
-                fb.values.len()
-            ),
-        ));
-    }
-    if let Some(weights) = &fb.weights {
-        if weights.len() != fb.values.len() {
-            return Err(EngineError::batch(
-                name,
-                format!("{} weights for {} values", weights.len(), fb.values.len()),
-            ));
-        }
-        if let Some(i) = first_non_finite(weights) {
-            return Err(EngineError::batch(
-                name,
-                format!("weight {i} is {}", weights[i]),
-            ));
-        }
-    }
-    Ok(())
-}

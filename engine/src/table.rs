@@ -16,6 +16,7 @@ use crate::batch::{Batch, FeatureEmbeddings, Values};
 use crate::dirty::DirtyRows;
 use crate::error::EngineError;
 use crate::hashing::{chunk_seed, hash_key};
+use crate::layout::BatchLayout;
 use crate::occupancy::{Occupancy, OccupancyReport};
 use crate::optimizer::first_non_finite;
 use crate::plan::BatchPlan;
@@ -208,20 +209,32 @@ impl Table {
         max_entries: usize,
     ) -> Result<BatchPlan, EngineError> {
         let registry = self.registry.read();
-        let observing = self.occupancy.as_ref().filter(|o| o.wants_batch());
-        let Some(occupancy) = observing else {
-            return BatchPlan::build(&self.spec, &registry, batch, max_entries);
+        let layout = BatchLayout::new(&self.spec, &registry, batch, max_entries)?;
+        Ok(self.plan_observed(&registry, batch, &layout, self.observing()))
+    }
+
+    /// The occupancy statistics if they are to observe the next batch (one
+    /// in [`Occupancy::sample_every`]); counts the batch either way.
+    fn observing(&self) -> Option<&Occupancy> {
+        self.occupancy.as_ref().filter(|o| o.wants_batch())
+    }
+
+    /// Hashes `layout`, the layout of `batch`, into a plan, and shows the
+    /// plan to `occupancy` if given.
+    fn plan_observed(
+        &self,
+        registry: &FeatureRegistry,
+        batch: &Batch,
+        layout: &BatchLayout<'_>,
+        occupancy: Option<&Occupancy>,
+    ) -> BatchPlan {
+        let Some(occupancy) = occupancy else {
+            return BatchPlan::from_layout(layout, None);
         };
         let mut value_hashes = Vec::new();
-        let plan = BatchPlan::build_hashing(
-            &self.spec,
-            &registry,
-            batch,
-            max_entries,
-            Some(&mut value_hashes),
-        )?;
-        occupancy.observe(&registry, batch, &plan, &value_hashes);
-        Ok(plan)
+        let plan = BatchPlan::from_layout(layout, Some(&mut value_hashes));
+        occupancy.observe(registry, batch, &plan, &value_hashes);
+        plan
     }
 
     /// Observes one planned batch in `n` for the occupancy statistics (0:
@@ -249,7 +262,40 @@ impl Table {
     /// Looks up a batch: one pooled `[rows, chunks*chunk_dim]` block per
     /// feature of the batch, in batch order.
     pub fn lookup(&self, batch: &Batch) -> Result<Vec<FeatureEmbeddings>, EngineError> {
-        self.lookup_plan(&self.plan(batch)?)
+        self.lookup_layout(batch, &self.layout(batch, usize::MAX)?)
+    }
+
+    /// Validates `batch` against the table (see [`Self::plan_bounded`] for
+    /// `max_entries`) without hashing it: its output blocks are known, for
+    /// a caller to check, before [`Self::lookup_layout`] gathers them.
+    pub fn layout<'a>(
+        &self,
+        batch: &'a Batch,
+        max_entries: usize,
+    ) -> Result<BatchLayout<'a>, EngineError> {
+        BatchLayout::new(&self.spec, &self.registry.read(), batch, max_entries)
+    }
+
+    /// Looks up `batch`, laid out as `layout`, keeping no plan: unless the
+    /// occupancy statistics observe this batch, each value is hashed as
+    /// the backend's gather reaches it ([`Backend::gather_layout`]).
+    pub fn lookup_layout(
+        &self,
+        batch: &Batch,
+        layout: &BatchLayout<'_>,
+    ) -> Result<Vec<FeatureEmbeddings>, EngineError> {
+        self.check_whole()?;
+        let blocks = match self.observing() {
+            Some(occupancy) => {
+                let registry = self.registry.read();
+                let plan = self.plan_observed(&registry, batch, layout, Some(occupancy));
+                drop(registry);
+                self.backend
+                    .gather_blocks(&plan.gather, &plan.block_bounds())?
+            }
+            None => self.backend.gather_layout(layout)?,
+        };
+        Ok(layout.embeddings(blocks))
     }
 
     /// Looks up an already planned batch.

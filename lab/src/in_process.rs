@@ -57,7 +57,7 @@ impl InProcess {
 
     /// Looks `batch` up; returns the embedding bytes produced.
     pub fn lookup(&self, batch: &Batch) -> anyhow::Result<u64> {
-        let (embeddings, _, _) = self.lookup_planned(batch)?;
+        let embeddings = self.catalog().table(&self.table)?.lookup(batch)?;
         Ok(embeddings.iter().map(|e| e.data.len() as u64 * 4).sum())
     }
 

@@ -26,7 +26,9 @@ pub mod serving;
 pub use self::gather_target::GatherTarget;
 use crate::error::EngineError;
 use crate::init::Initializer;
+use crate::layout::BatchLayout;
 use crate::optimizer::Optimizer;
+use crate::plan::BatchPlan;
 
 /// A pooled gather: `out[slot] += weight * table[row]` for every entry, over
 /// `num_slots` output rows of `dim` floats, starting from zeros. Entries are
@@ -162,6 +164,15 @@ pub trait Backend: Send + Sync {
         out.check_len(plan.num_slots.saturating_mul(self.spec().dim))?;
         out.write(&self.gather(plan)?);
         Ok(())
+    }
+
+    /// A validated batch's blocks (one per feature, in batch order) with
+    /// no plan kept: what a lookup that keeps no ticket needs. This default
+    /// plans the batch and gathers the plan; a backend that can hash each
+    /// value as its gather reaches it does so (see [`crate::layout`]).
+    fn gather_layout(&self, layout: &BatchLayout<'_>) -> Result<Vec<Vec<f32>>, EngineError> {
+        let plan = BatchPlan::from_layout(layout, None);
+        self.gather_blocks(&plan.gather, &plan.block_bounds())
     }
 
     /// Applies one optimizer step to each row in `update`.

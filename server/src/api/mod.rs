@@ -241,6 +241,20 @@ impl Api {
         want_ticket: bool,
         encoding: Encoding,
     ) -> Result<LookupResult, ApiError> {
+        if !want_ticket {
+            // No plan to keep: the table may hash each value as its
+            // gather reaches it.
+            let table = self.catalog.table(table)?;
+            self.check_size(batch)?;
+            let layout = table.layout(batch, self.limits.max_batch_values)?;
+            self.check_output(&layout.outputs, encoding)?;
+            let embeddings = table.lookup_layout(batch, &layout)?;
+            self.counters.rows_looked_up.inc_by(layout.entries as u64);
+            return Ok(LookupResult {
+                embeddings,
+                ticket: None,
+            });
+        }
         let (embeddings, ticket) =
             self.lookup_with(table, batch, want_ticket, encoding, |table, plan, _| {
                 Ok(table.lookup_plan(plan)?)
@@ -271,7 +285,22 @@ impl Api {
         )
     }
 
-    /// What [`Self::lookup`] and [`Self::lookup_into`] share: the plan, its
+    /// The floats `outputs` hold, if their response in `encoding` fits
+    /// `limits.max_message_bytes` (checked before anything is gathered).
+    fn check_output(&self, outputs: &[OutputBlock], encoding: Encoding) -> Result<usize, ApiError> {
+        let floats: usize = outputs.iter().map(|o| o.rows * o.width).sum();
+        let bytes = floats.saturating_mul(encoding.bytes_per_float());
+        let max = self.limits.max_output_bytes;
+        if bytes > max {
+            return Err(ApiError::too_large(format!(
+                "the response would carry {floats} floats ({bytes} bytes as {encoding:?}), over \
+                 the {max}-byte message limit (limits.max_message_bytes); split the batch"
+            )));
+        }
+        Ok(floats)
+    }
+
+    /// What [`Self::lookup`] with a ticket and [`Self::lookup_into`] share: the plan, its
     /// size checked, `gather(table, plan, floats)`, the counter and the
     /// ticket.
     fn lookup_with<T>(
@@ -284,15 +313,7 @@ impl Api {
     ) -> Result<(T, Option<u64>), ApiError> {
         let table = self.catalog.table(table)?;
         let plan = self.plan(&table, batch)?;
-        let floats: usize = plan.outputs.iter().map(|o| o.rows * o.width).sum();
-        let bytes = floats.saturating_mul(encoding.bytes_per_float());
-        let max = self.limits.max_output_bytes;
-        if bytes > max {
-            return Err(ApiError::too_large(format!(
-                "the response would carry {floats} floats ({bytes} bytes as {encoding:?}), over \
-                 the {max}-byte message limit (limits.max_message_bytes); split the batch"
-            )));
-        }
+        let floats = self.check_output(&plan.outputs, encoding)?;
         let gathered = gather(&table, &plan, floats)?;
         self.counters
             .rows_looked_up

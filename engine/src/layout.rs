@@ -1,0 +1,376 @@
+//! A validated batch before any value is hashed: where each feature's
+//! output goes and what hashing its values needs.
+//!
+//! Two things are built from a layout. [`crate::plan::BatchPlan`] hashes
+//! every value into arrays first, which a push and a ticket need. A lookup
+//! that keeps no ticket needs no arrays: [`FeatureEntries`] hands the
+//! backend each (value, chunk) entry as it is hashed, so the backend can
+//! hash a value while the rows of the values before it are still on their
+//! way from memory (planning first ran the hashing and the cache misses one
+//! after the other).
+
+use crate::backend::GatherPlan;
+use crate::batch::{Batch, FeatureBatch, FeatureEmbeddings, Values};
+use crate::error::EngineError;
+use crate::hashing::{chunk_seed, hash_key, Key, RowSpan};
+use crate::optimizer::first_non_finite;
+use crate::pooling::Pooling;
+use crate::registry::{Feature, FeatureRegistry};
+use crate::schema::{TableSpec, ValueType};
+
+/// Where one feature's output sits in a batch's slots.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputBlock {
+    pub feature: String,
+    /// Batch size, or the number of values for `none` pooling.
+    pub rows: usize,
+    /// `chunks * chunk_dim`.
+    pub width: usize,
+    pub(crate) first_slot: usize,
+}
+
+/// What hashing one feature's values needs beside the values: where its
+/// rows lie, one hash seed per chunk, its pooling and its first slot.
+pub(crate) struct FeatureLayout {
+    pub(crate) span: RowSpan,
+    pub(crate) seeds: Vec<u64>,
+    pub(crate) pooling: Pooling,
+    pub(crate) first_slot: usize,
+}
+
+/// A batch checked against a table: every feature known, of the right
+/// value type, lengths and weights consistent, within the entry limit.
+pub struct BatchLayout<'a> {
+    pub(crate) features: Vec<(FeatureLayout, &'a FeatureBatch)>,
+    pub outputs: Vec<OutputBlock>,
+    /// Output rows of `chunk_dim` floats over all blocks.
+    pub num_slots: usize,
+    /// (value, chunk) entries: what gathering the batch reads.
+    pub entries: usize,
+    pub chunk_dim: usize,
+}
+
+impl<'a> BatchLayout<'a> {
+    /// Validates `batch` against the table. A batch of more than
+    /// `max_entries` (value, chunk) entries is refused before anything is
+    /// allocated for it: what a batch costs is its values times their
+    /// features' chunks, not its values. Entries are indexed with `u32`, so
+    /// `max_entries` is capped at `u32::MAX`.
+    pub fn new(
+        table: &TableSpec,
+        registry: &FeatureRegistry,
+        batch: &'a Batch,
+        max_entries: usize,
+    ) -> Result<Self, EngineError> {
+        let max_entries = max_entries.min(u32::MAX as usize);
+        let mut entries = 0usize;
+        for fb in &batch.features {
+            let chunks = registry
+                .get(&fb.feature)
+                .ok_or_else(|| EngineError::UnknownFeature(fb.feature.clone()))?
+                .chunks as usize;
+            entries = entries.saturating_add(fb.values.len().saturating_mul(chunks));
+        }
+        if entries > max_entries {
+            return Err(EngineError::BatchTooLarge {
+                entries,
+                max: max_entries,
+            });
+        }
+        let mut layout = BatchLayout {
+            features: Vec::with_capacity(batch.features.len()),
+            outputs: Vec::with_capacity(batch.features.len()),
+            num_slots: 0,
+            entries,
+            chunk_dim: table.chunk_dim,
+        };
+        let batch_size = batch.features.first().map(|f| f.lengths.len());
+        for (i, fb) in batch.features.iter().enumerate() {
+            let feature = registry
+                .get(&fb.feature)
+                .ok_or_else(|| EngineError::UnknownFeature(fb.feature.clone()))?;
+            if batch.features[..i]
+                .iter()
+                .any(|other| other.feature == fb.feature)
+            {
+                return Err(EngineError::batch(
+                    &fb.feature,
+                    "appears more than once in the batch",
+                ));
+            }
+            if Some(fb.lengths.len()) != batch_size {
+                return Err(EngineError::batch(
+                    &fb.feature,
+                    format!(
+                        "has {} examples but feature `{}` has {}",
+                        fb.lengths.len(),
+                        batch.features[0].feature,
+                        batch_size.unwrap_or(0)
+                    ),
+                ));
+            }
+            validate_feature_batch(feature, fb)?;
+            layout.add_feature(table, feature, fb)?;
+        }
+        Ok(layout)
+    }
+
+    fn add_feature(
+        &mut self,
+        table: &TableSpec,
+        feature: &Feature,
+        fb: &'a FeatureBatch,
+    ) -> Result<(), EngineError> {
+        let rows = match feature.pooling {
+            Pooling::None => fb.values.len(),
+            _ => fb.lengths.len(),
+        };
+        let first_slot = self.num_slots;
+        self.num_slots = rows
+            .checked_mul(feature.chunks as usize)
+            .and_then(|n| n.checked_add(first_slot))
+            .filter(|&n| n <= u32::MAX as usize)
+            .ok_or_else(|| {
+                EngineError::batch(&fb.feature, "the batch's output exceeds 2^32 rows")
+            })?;
+        self.outputs.push(OutputBlock {
+            feature: fb.feature.clone(),
+            rows,
+            width: feature.width(table.chunk_dim),
+            first_slot,
+        });
+        let layout = FeatureLayout {
+            span: feature.span(table.rows),
+            seeds: (0..feature.chunks)
+                .map(|j| chunk_seed(table.seed, feature.salt, j))
+                .collect(),
+            pooling: feature.pooling,
+            first_slot,
+        };
+        self.features.push((layout, fb));
+        Ok(())
+    }
+
+    /// Where each feature's output begins among the slots, and where the
+    /// last ends: the bounds [`crate::backend::Backend::gather_blocks`]
+    /// cuts at.
+    pub fn block_bounds(&self) -> Vec<usize> {
+        block_bounds(&self.outputs, self.num_slots)
+    }
+
+    /// One past the last table row any of the batch's features hashes
+    /// into: a backend holding fewer rows cannot gather it.
+    pub fn rows_end(&self) -> u64 {
+        self.features
+            .iter()
+            .map(|(layout, _)| layout.span.offset + layout.span.rows)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// True when some output row sums several entries (bags of more than
+    /// one value, or of several chunks): more entries than slots.
+    pub fn sums_entries(&self) -> bool {
+        self.entries > self.num_slots
+    }
+
+    /// Hands `sink` each feature's entries in batch order, each value type
+    /// through its own monomorphic loop.
+    pub fn for_each_feature(&self, sink: &mut impl EntrySink) {
+        for (block, (layout, fb)) in self.features.iter().enumerate() {
+            let slots = self.outputs[block].rows * layout.seeds.len();
+            match &fb.values {
+                Values::Strings(values) => {
+                    let key = |i: usize| Key::Str(values[i].as_bytes());
+                    sink.feature(block, slots, FeatureEntries { layout, fb, key });
+                }
+                Values::PackedStrings(values) => {
+                    let key = |i: usize| Key::Str(values.get(i));
+                    sink.feature(block, slots, FeatureEntries { layout, fb, key });
+                }
+                Values::Int64(values) => {
+                    let key = |i: usize| Key::Int(values[i]);
+                    sink.feature(block, slots, FeatureEntries { layout, fb, key });
+                }
+            }
+        }
+    }
+
+    /// Names gathered blocks (one per feature, in batch order).
+    pub fn embeddings(&self, blocks: Vec<Vec<f32>>) -> Vec<FeatureEmbeddings> {
+        embeddings(&self.outputs, blocks)
+    }
+}
+
+/// [`BatchLayout::block_bounds`] of blocks that end at `num_slots`.
+pub(crate) fn block_bounds(outputs: &[OutputBlock], num_slots: usize) -> Vec<usize> {
+    outputs
+        .iter()
+        .map(|block| block.first_slot)
+        .chain([num_slots])
+        .collect()
+}
+
+/// Gathered blocks named after their features.
+pub(crate) fn embeddings(outputs: &[OutputBlock], blocks: Vec<Vec<f32>>) -> Vec<FeatureEmbeddings> {
+    outputs
+        .iter()
+        .zip(blocks)
+        .map(|(block, data)| FeatureEmbeddings {
+            feature: block.feature.clone(),
+            rows: block.rows,
+            width: block.width,
+            data,
+        })
+        .collect()
+}
+
+/// One (value, chunk) entry of a gather: `out[slot] += weight *
+/// table[row]`, `slot` counted from the first of its feature's block.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Entry {
+    pub row: u64,
+    pub slot: u32,
+    pub weight: f32,
+}
+
+/// What consumes a batch's entries feature by feature
+/// ([`BatchLayout::for_each_feature`]).
+pub trait EntrySink {
+    /// Feature `block` of the batch, whose output takes `slots` slots.
+    fn feature<'v, K: Fn(usize) -> Key<'v>>(
+        &mut self,
+        block: usize,
+        slots: usize,
+        entries: FeatureEntries<'_, K>,
+    );
+}
+
+/// One feature's entries, hashed as they are handed out: `key(i)` is its
+/// `i`-th value.
+pub struct FeatureEntries<'l, K> {
+    layout: &'l FeatureLayout,
+    fb: &'l FeatureBatch,
+    key: K,
+}
+
+impl<'v, K: Fn(usize) -> Key<'v>> FeatureEntries<'_, K> {
+    /// How many entries [`Self::for_each`] hands out: values × chunks.
+    pub fn len(&self) -> usize {
+        self.fb.values.len() * self.layout.seeds.len()
+    }
+
+    /// True for a feature with no values in the batch.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The entries as a plan of `slots` slots (slots counted from the
+    /// block's first).
+    pub fn to_plan(&self, slots: usize) -> GatherPlan {
+        let n = self.len();
+        let mut plan = GatherPlan {
+            rows: Vec::with_capacity(n),
+            slots: Vec::with_capacity(n),
+            weights: Vec::with_capacity(n),
+            num_slots: slots,
+        };
+        self.for_each(|e| {
+            plan.rows.push(e.row);
+            plan.slots.push(e.slot);
+            plan.weights.push(e.weight);
+        });
+        plan
+    }
+
+    /// Calls `emit` with every entry, slots never decreasing: an output
+    /// row's chunks in order, and within a slot its values in batch order
+    /// (the order a plan sums them in, so both give the same floats).
+    #[inline(always)]
+    pub fn for_each(&self, mut emit: impl FnMut(Entry)) {
+        let FeatureLayout {
+            span,
+            seeds,
+            pooling,
+            ..
+        } = self.layout;
+        let chunks = seeds.len();
+        let weights = self.fb.weights.as_deref();
+        let weight = |scale: f32, value: usize| weights.map_or(scale, |w| scale * w[value]);
+        let mut value = 0;
+        for (example, &len) in self.fb.lengths.iter().enumerate() {
+            let scale = pooling.scale(len as usize);
+            // Pooled, the bag is one output row; unpooled, each of its
+            // values is one. (One loop for both, so `emit`, which the
+            // backend inlines, is inlined once.)
+            let (out_rows, values_per_row) = match pooling {
+                Pooling::None => (len as usize, 1),
+                _ => (1, len as usize),
+            };
+            for _ in 0..out_rows {
+                let out_row = if *pooling == Pooling::None {
+                    value
+                } else {
+                    example
+                };
+                let values = value..value + values_per_row;
+                for (j, &seed) in seeds.iter().enumerate() {
+                    let slot = (out_row * chunks + j) as u32;
+                    for v in values.clone() {
+                        emit(Entry {
+                            row: span.row(hash_key((self.key)(v), seed)),
+                            slot,
+                            weight: weight(scale, v),
+                        });
+                    }
+                }
+                value = values.end;
+            }
+        }
+    }
+}
+
+fn validate_feature_batch(feature: &Feature, fb: &FeatureBatch) -> Result<(), EngineError> {
+    let name = &fb.feature;
+    match (&fb.values, feature.value_type) {
+        // A column of empty bags has no type to check (a client that saw
+        // no value cannot tell which type the feature has).
+        (values, _) if values.is_empty() => {}
+        (Values::Strings(_) | Values::PackedStrings(_), ValueType::String)
+        | (Values::Int64(_), ValueType::Int64) => {}
+        (Values::Strings(_) | Values::PackedStrings(_), ValueType::Int64) => {
+            return Err(EngineError::batch(
+                name,
+                "expects int64 values, got strings",
+            ));
+        }
+        (Values::Int64(_), ValueType::String) => {
+            return Err(EngineError::batch(name, "expects string values, got int64"));
+        }
+    }
+    let total: u64 = fb.lengths.iter().map(|&l| l as u64).sum();
+    if total != fb.values.len() as u64 {
+        return Err(EngineError::batch(
+            name,
+            format!(
+                "lengths sum to {total} but {} values were sent",
+                fb.values.len()
+            ),
+        ));
+    }
+    if let Some(weights) = &fb.weights {
+        if weights.len() != fb.values.len() {
+            return Err(EngineError::batch(
+                name,
+                format!("{} weights for {} values", weights.len(), fb.values.len()),
+            ));
+        }
+        if let Some(i) = first_non_finite(weights) {
+            return Err(EngineError::batch(
+                name,
+                format!("weight {i} is {}", weights[i]),
+            ));
+        }
+    }
+    Ok(())
+}
