@@ -17,15 +17,18 @@
 # socket:
 #   TRANSPORT_B=unix scripts/ab.sh 5 "$bin" "$bin" service lookup
 # region: the Unix socket with a shared-memory region (lookup, push, train).
-# DURATION: seconds per measured run (default 5).
+# DURATION: seconds per measured run (default 5). SHAPE: the batches'
+# shape instead of the default, e.g. bags of 20 values:
+#   SHAPE="--examples 512 --features 26 --values 20 --vocab 100000 --concurrency 8 --batches 4" \
+#       scripts/ab.sh 4 "$a" "$b" engine engine-lookup
 set -eu
 . "$(dirname "$0")/lib/serve.sh"
-[ $# -eq 5 ] || { sed -n '2,20p' "$0" >&2; exit 2; }
+[ $# -eq 5 ] || { sed -n '2,23p' "$0" >&2; exit 2; }
 rounds=$1 bin_a=$2 bin_b=$3 kind=$4 what=$5
 DURATION="${DURATION:-5}"
 GRPC=127.0.0.1:50081
 HTTP=127.0.0.1:8181
-shape="--examples 4096 --features 26 --values 1 --vocab 100000 --concurrency 8 --batches 4"
+shape="${SHAPE:---examples 4096 --features 26 --values 1 --vocab 100000 --concurrency 8 --batches 4}"
 train="--table rwa --optimizer row-wise-adagrad --lr 0.05"
 
 # one BIN TRANSPORT: one measured run; prints its figure.
