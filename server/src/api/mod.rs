@@ -300,9 +300,9 @@ impl Api {
         Ok(floats)
     }
 
-    /// What [`Self::lookup`] with a ticket and [`Self::lookup_into`] share: the plan, its
-    /// size checked, `gather(table, plan, floats)`, the counter and the
-    /// ticket.
+    /// What [`Self::lookup`] with a ticket and [`Self::lookup_into`]
+    /// share: the plan, its size checked, `gather(table, plan, floats)`,
+    /// the counter and the ticket.
     fn lookup_with<T>(
         &self,
         table: &str,
