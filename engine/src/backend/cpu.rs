@@ -348,6 +348,36 @@ fn add_scaled(sum: &mut [f32], weight: f32, row: &[f32]) {
     }
 }
 
+/// A row and a running sum for the pooling loops, `D` floats each (0: a
+/// width known only at run time). For a known width they are arrays on
+/// the stack, which the compiler keeps in vector registers.
+struct RowScratch<const D: usize> {
+    row: [f32; D],
+    sum: [f32; D],
+    heap: Vec<f32>,
+}
+
+impl<const D: usize> RowScratch<D> {
+    fn new() -> Self {
+        RowScratch {
+            row: [0.0; D],
+            sum: [0.0; D],
+            heap: Vec::new(),
+        }
+    }
+
+    /// The row and the sum, `d` floats each (`d == D` unless `D` is 0).
+    #[inline(always)]
+    fn row_and_sum(&mut self, d: usize) -> (&mut [f32], &mut [f32]) {
+        if D == 0 {
+            self.heap.resize(2 * d, 0.0);
+            self.heap.split_at_mut(d)
+        } else {
+            (&mut self.row, &mut self.sum)
+        }
+    }
+}
+
 /// How far [`CpuBackend::pool_entries`] has written a block of `slots`
 /// output rows from `out`: the slots before `written` hold their output,
 /// `open` is being summed.
@@ -562,17 +592,8 @@ impl CpuBackend {
         let d = if D == 0 { self.spec.dim } else { D };
         let n = plan.rows.len();
         let (rows, slots, weights) = (&plan.rows[..n], &plan.slots[..n], &plan.weights[..n]);
-        // A known width's row and sum are arrays on the stack, which the
-        // compiler keeps in vector registers.
-        let (mut row_of_d, mut sum_of_d) = ([0.0f32; D], [0.0f32; D]);
-        let (mut row_vec, mut sum_vec) = (Vec::new(), Vec::new());
-        let (row, sum): (&mut [f32], &mut [f32]) = if D == 0 {
-            row_vec.resize(d, 0.0);
-            sum_vec.resize(d, 0.0);
-            (&mut row_vec, &mut sum_vec)
-        } else {
-            (&mut row_of_d, &mut sum_of_d)
-        };
+        let mut scratch = RowScratch::<D>::new();
+        let (row, sum) = scratch.row_and_sum(d);
         let mut e = 0;
         for (block_slots, &start) in bounds.windows(2).zip(starts) {
             for (i, slot) in (block_slots[0]..block_slots[1]).enumerate() {
@@ -622,15 +643,8 @@ impl CpuBackend {
         out: *mut f32,
     ) {
         let d = if D == 0 { self.spec.dim } else { D };
-        let (mut row_of_d, mut sum_of_d) = ([0.0f32; D], [0.0f32; D]);
-        let (mut row_vec, mut sum_vec) = (Vec::new(), Vec::new());
-        let (row, sum): (&mut [f32], &mut [f32]) = if D == 0 {
-            row_vec.resize(d, 0.0);
-            sum_vec.resize(d, 0.0);
-            (&mut row_vec, &mut sum_vec)
-        } else {
-            (&mut row_of_d, &mut sum_of_d)
-        };
+        let mut scratch = RowScratch::<D>::new();
+        let (row, sum) = scratch.row_and_sum(d);
         let mut block = BlockCursor {
             out,
             slots,
