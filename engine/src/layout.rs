@@ -9,7 +9,6 @@
 //! way from memory (planning first ran the hashing and the cache misses one
 //! after the other).
 
-use crate::backend::GatherPlan;
 use crate::batch::{Batch, FeatureBatch, FeatureEmbeddings, Values};
 use crate::error::EngineError;
 use crate::hashing::{chunk_seed, hash_key, Key, RowSpan};
@@ -151,13 +150,6 @@ impl<'a> BatchLayout<'a> {
         Ok(())
     }
 
-    /// Where each feature's output begins among the slots, and where the
-    /// last ends: the bounds [`crate::backend::Backend::gather_blocks`]
-    /// cuts at.
-    pub fn block_bounds(&self) -> Vec<usize> {
-        block_bounds(&self.outputs, self.num_slots)
-    }
-
     /// One past the last table row any of the batch's features hashes
     /// into: a backend holding fewer rows cannot gather it.
     pub fn rows_end(&self) -> u64 {
@@ -202,7 +194,9 @@ impl<'a> BatchLayout<'a> {
     }
 }
 
-/// [`BatchLayout::block_bounds`] of blocks that end at `num_slots`.
+/// Where each block begins among the slots, and where the last ends
+/// (`num_slots`): the bounds [`crate::backend::Backend::gather_blocks`]
+/// cuts at.
 pub(crate) fn block_bounds(outputs: &[OutputBlock], num_slots: usize) -> Vec<usize> {
     outputs
         .iter()
@@ -255,34 +249,6 @@ pub struct FeatureEntries<'l, K> {
 }
 
 impl<'v, K: Fn(usize) -> Key<'v>> FeatureEntries<'_, K> {
-    /// How many entries [`Self::for_each`] hands out: values × chunks.
-    pub fn len(&self) -> usize {
-        self.fb.values.len() * self.layout.seeds.len()
-    }
-
-    /// True for a feature with no values in the batch.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The entries as a plan of `slots` slots (slots counted from the
-    /// block's first).
-    pub fn to_plan(&self, slots: usize) -> GatherPlan {
-        let n = self.len();
-        let mut plan = GatherPlan {
-            rows: Vec::with_capacity(n),
-            slots: Vec::with_capacity(n),
-            weights: Vec::with_capacity(n),
-            num_slots: slots,
-        };
-        self.for_each(|e| {
-            plan.rows.push(e.row);
-            plan.slots.push(e.slot);
-            plan.weights.push(e.weight);
-        });
-        plan
-    }
-
     /// Calls `emit` with every entry, slots never decreasing: an output
     /// row's chunks in order, and within a slot its values in batch order
     /// (the order a plan sums them in, so both give the same floats).
