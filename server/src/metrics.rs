@@ -50,6 +50,7 @@ pub struct Metrics {
     memory_reserved_bytes: IntGauge,
     wal_bytes: IntGauge,
     flush_consecutive_failures: IntGauge,
+    flush_pushes_held_us: IntGauge,
     bulk_queued: IntGauge,
     shared_memory_bytes: IntGauge,
     bulk_wait: Histogram,
@@ -229,6 +230,10 @@ impl Metrics {
                 "featmux_wal_bytes",
                 "Bytes of RocksDB write-ahead log (what a restart replays; storage.max_wal_bytes)",
             ),
+            flush_pushes_held_us: gauge(
+                "featmux_flush_pushes_held_microseconds",
+                "Time pushes waited while flushes copied their rows (total)",
+            ),
             flush_consecutive_failures: gauge(
                 "featmux_flush_consecutive_failures",
                 "Flushes failed since the last one that worked (non-zero: pushes are not becoming durable)",
@@ -316,6 +321,10 @@ impl Metrics {
         let last = flush.last_flush_unix_ms.load(Ordering::Relaxed);
         gauge(&self.flush_age_ms, unix_ms().saturating_sub(last));
         gauge(&self.flushes, flush.flushes.load(Ordering::Relaxed));
+        gauge(
+            &self.flush_pushes_held_us,
+            flush.pushes_held_nanos.load(Ordering::Relaxed) / 1000,
+        );
         gauge(&self.flush_failures, flush.failures.load(Ordering::Relaxed));
         gauge(
             &self.flush_consecutive_failures,

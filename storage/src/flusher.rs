@@ -41,6 +41,9 @@ pub struct FlushStats {
     pub last_flush_ms: AtomicU64,
     /// Unix milliseconds when the last flush completed (gauge); lag = now − this.
     pub last_flush_unix_ms: AtomicU64,
+    /// Nanoseconds pushes were held back while flushes copied rows: what
+    /// flushes that hold whole pushes cost training.
+    pub pushes_held_nanos: AtomicU64,
 }
 
 impl FlushStats {

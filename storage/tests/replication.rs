@@ -6,10 +6,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use featmux_engine::backend::serving::RowFormat;
 use featmux_engine::backend::GatherPlan;
-use featmux_engine::batch::{Batch, FeatureBatch};
+use featmux_engine::batch::{Batch, FeatureBatch, Values};
+use featmux_engine::init::Initializer;
 use featmux_engine::optimizer::Optimizer;
 use featmux_engine::schema::{FeatureSpec, TableSpec, ValueType};
 use featmux_engine::table::Table;
@@ -155,6 +157,89 @@ fn a_replica_bootstraps_then_follows_flushes_and_table_changes() {
     primary.flush().unwrap();
     assert_eq!(follow(&primary, &replica), 1);
     assert_same(&primary, &replica);
+}
+
+/// A flush holds exactly the pushes up to the version it records, even
+/// while pushes run beside it: so a replica, which shows one flush at a
+/// time, only ever serves a state its primary passed through, and the
+/// version it reports is that state's.
+#[test]
+fn each_flush_holds_exactly_the_pushes_up_to_its_version_while_pushes_run() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = Catalog::open(pdir.path(), CatalogOptions::default())
+        .unwrap()
+        .0;
+    // Every push adds -1 to the row of each of 32 ids: a row's weight is
+    // minus the pushes times the ids hashed to it.
+    let counting = TableSpec {
+        initializer: Initializer::Zeros,
+        optimizer: Optimizer::Sgd { lr: 1.0 },
+        ..TableSpec::new("c", 64, 1)
+    };
+    let ids: Vec<i64> = (0..32).collect();
+    primary
+        .create_table(
+            counting,
+            vec![FeatureSpec::new("id").value_type(ValueType::Int64)],
+        )
+        .unwrap();
+    let mut ids_per_row = vec![0.0f32; 64];
+    for rows in primary
+        .table("c")
+        .unwrap()
+        .explain("id", &Values::Int64(ids.clone()))
+        .unwrap()
+    {
+        ids_per_row[rows[0] as usize] += 1.0;
+    }
+    let replica = replica(rdir.path(), RowFormat::F32);
+    let snapshot = primary.replication_snapshot().unwrap();
+    replica.bootstrap_replica(snapshot.dir()).unwrap();
+    drop(snapshot);
+
+    // What the replica served after each flush, checked once the pusher
+    // has stopped.
+    let done = AtomicBool::new(false);
+    let observed: Vec<(u64, Vec<f32>)> = std::thread::scope(|s| {
+        s.spawn(|| {
+            let batch = Batch::new(vec![FeatureBatch::int64(
+                "id",
+                ids.clone(),
+                vec![1; ids.len()],
+            )]);
+            while !done.load(Ordering::Relaxed) {
+                primary.push("c", &batch, &[vec![1.0; 32]]).unwrap();
+            }
+        });
+        let observed = (0..200)
+            .map(|_| {
+                // Some pushes since the last flush, and more on the way.
+                let flushed = replica.version();
+                while primary.version() <= flushed {
+                    std::thread::yield_now();
+                }
+                primary.flush().unwrap();
+                follow(&primary, &replica);
+                (replica.version(), weights(&replica.table("c").unwrap()))
+            })
+            .collect();
+        done.store(true, Ordering::Relaxed);
+        observed
+    });
+    for (version, weights) in &observed {
+        let expected: Vec<f32> = ids_per_row.iter().map(|n| -n * *version as f32).collect();
+        assert_eq!(weights, &expected, "the replica at version {version}");
+    }
+    let versions: Vec<u64> = observed.iter().map(|(v, _)| *v).collect();
+    assert!(
+        versions.windows(2).all(|w| w[0] < w[1]),
+        "every flush found new pushes: {versions:?}"
+    );
+    let held = primary
+        .flush_stats()
+        .pushes_held_nanos
+        .load(Ordering::Relaxed);
+    assert!(held > 0, "the time pushes were held is counted");
 }
 
 /// A follower that keeps up is answered from the commits kept in memory;

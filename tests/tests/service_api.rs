@@ -236,6 +236,7 @@ fn every_endpoint_works_through_the_client_and_raw_http() {
             "featmux_dirty_rows{table=\"ads\"}",
             "featmux_table_bytes{table=\"ads\"}",
             "featmux_flush_lag_versions",
+            "featmux_flush_pushes_held_microseconds",
             "featmux_database_bytes",
         ] {
             assert!(metrics.contains(needle), "metrics lack {needle}:\n{metrics}");

@@ -30,7 +30,7 @@ impl Catalog {
         let inner = self.writable()?;
         let _admin = inner.admin.lock();
         let _flush = inner.flush_lock.lock();
-        let report = inner.flush_locked(true)?;
+        let report = inner.flush_locked()?;
         // The id is claimed (synced) before its directory exists: a crash
         // below leaves an orphan directory under an id never used again,
         // removed at the next start (`open::remove_orphan_checkpoints`).

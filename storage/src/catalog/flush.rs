@@ -1,7 +1,9 @@
-//! Flushing: dirty rows of every table copied out (row by row, each whole:
-//! the backend's readers never see a torn row) and written in ONE WriteBatch with the training version they
+//! Flushing: the dirty rows of every table copied out while no push is in
+//! flight, and written in ONE WriteBatch with the training version they
 //! cover, by the background flusher, on demand, before a checkpoint and at
-//! shutdown.
+//! shutdown. So every flush holds exactly the pushes up to its version:
+//! what a restart recovers, a checkpoint keeps and a replica serves is a
+//! state the tables passed through, never part of a push.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use crate::store::StoreBatch;
 impl Catalog {
     /// Writes every dirty row now.
     pub fn flush(&self) -> Result<FlushReport, CatalogError> {
-        self.writable()?.flush(false)
+        self.writable()?.flush()
     }
 
     /// Flusher counters, for metrics.
@@ -66,15 +68,16 @@ impl Catalog {
 }
 
 impl Inner {
-    pub(super) fn flush(&self, hold_gate: bool) -> Result<FlushReport, CatalogError> {
+    pub(super) fn flush(&self) -> Result<FlushReport, CatalogError> {
         let _flush = self.flush_lock.lock();
-        self.flush_locked(hold_gate)
+        self.flush_locked()
     }
 
-    /// One flush: drain dirty rows of every table, copy them (row by row,
-    /// each whole), write them in ONE WriteBatch with the
-    /// version they cover. On failure the rows are marked dirty again.
-    pub(super) fn flush_locked(&self, hold_gate: bool) -> Result<FlushReport, CatalogError> {
+    /// One flush: with pushes held back, read the version, drain every
+    /// table's dirty rows and copy them; then, pushes going on, write them
+    /// in ONE WriteBatch with that version. On failure the rows are marked
+    /// dirty again.
+    pub(super) fn flush_locked(&self) -> Result<FlushReport, CatalogError> {
         let started = Instant::now();
         self.wake_pending.store(false, Ordering::Release);
         // Room for the rows dirty now (a few more may be by the drain).
@@ -90,12 +93,13 @@ impl Inner {
         let mut batch = self.store.batch_with_capacity(expected);
         let mut drained: Vec<(Arc<LiveTable>, Vec<u64>)> = Vec::new();
         let mut report = FlushReport::default();
+        let gate_asked = Instant::now();
         let copied = {
-            let _gate = hold_gate.then(|| self.push_gate.write());
-            // Every push numbered <= version marked its rows before this
-            // load, and its table was in the map before it: so the tables
-            // are listed after the load (a table created between a listing
-            // and the load could hold a push counted durable unwritten).
+            // No push is in flight while the gate is held: every push
+            // numbered <= version has changed its rows and marked them
+            // dirty, and none after it has begun. A push's table was in the
+            // map before the push, so the tables listed now include it.
+            let _gate = self.push_gate.write();
             report.version = self.version.load(Ordering::Acquire);
             let tables: Vec<Arc<LiveTable>> = self.tables.read().values().cloned().collect();
             tables.iter().try_for_each(|live| {
@@ -110,6 +114,10 @@ impl Inner {
                 })
             })
         };
+        let held = u64::try_from(gate_asked.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.stats
+            .pushes_held_nanos
+            .fetch_add(held, Ordering::Relaxed);
         let unchanged = report.rows == 0
             && report.version == self.stats.flushed_version.load(Ordering::Acquire);
         let written = match copied {

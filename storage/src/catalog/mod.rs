@@ -4,13 +4,13 @@
 //! - configuration (create/drop table, add feature) is written to RocksDB with
 //!   sync *before* it takes effect in memory, so an acknowledged change
 //!   survives any crash and a failed write changes nothing;
-//! - pushes mark rows dirty; the [`Flusher`] writes them in one atomic
-//!   WriteBatch per flush, with the training version it covers;
+//! - pushes mark rows dirty; the [`Flusher`] copies them while no push is
+//!   in flight and writes them in one atomic WriteBatch per flush, with the
+//!   training version it covers: a flush holds exactly the pushes `<=` it;
 //! - start-up runs migrations, then bulk-loads stored rows over the lazily
 //!   initialised tables;
-//! - checkpoints are RocksDB checkpoints taken right after a flush, at a
-//!   moment no push is in flight, so one holds exactly the pushes `<=` its
-//!   version.
+//! - checkpoints are RocksDB checkpoints taken right after a flush (and
+//!   before the next), so one holds exactly the pushes `<=` its version.
 //!
 //! Lock order (outer to inner): `admin` → `flush_lock` → `push_gate`.
 //!
@@ -190,8 +190,8 @@ struct Inner {
     budget: Arc<MemoryBudget>,
     /// Serialises writers of rows to the store (flush, restore, drop).
     flush_lock: Mutex<()>,
-    /// Pushes hold it shared; a checkpoint holds it exclusively while it
-    /// copies dirty rows, so no push is half-applied in a checkpoint.
+    /// Pushes hold it shared; a flush holds it exclusively while it copies
+    /// dirty rows, so no push is half-applied in a flush.
     push_gate: RwLock<()>,
     /// Pushes applied so far (the training version); persisted by flushes.
     version: AtomicU64,
@@ -327,7 +327,7 @@ impl Catalog {
         // The flusher's last flush may have failed; try once more and report.
         let report = self
             .inner
-            .flush(false)
+            .flush()
             .map_err(|cause| CatalogError::Unflushed {
                 unwritten_rows: self.dirty_rows(),
                 cause: Box::new(cause),

@@ -129,8 +129,7 @@ impl Catalog {
         let flusher = Flusher::start(options.flush_interval, move || {
             // A failed flush keeps its rows dirty and is retried (after a
             // backoff); the failure is counted and kept for the operator.
-            weak.upgrade()
-                .is_none_or(|inner| inner.flush(false).is_ok())
+            weak.upgrade().is_none_or(|inner| inner.flush().is_ok())
         });
         Ok((
             Catalog {
