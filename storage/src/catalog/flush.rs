@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use featmux_engine::backend::RowData;
 use featmux_engine::error::EngineError;
 
 use super::{Catalog, CatalogError, Inner, LiveTable, ROW_CHUNK};
@@ -74,24 +75,16 @@ impl Inner {
     }
 
     /// One flush: with pushes held back, read the version, drain every
-    /// table's dirty rows and copy them; then, pushes going on, write them
-    /// in ONE WriteBatch with that version. On failure the rows are marked
-    /// dirty again.
+    /// table's dirty rows and copy them; then, pushes going on, encode the
+    /// copies into ONE WriteBatch with that version and write it. On
+    /// failure the rows are marked dirty again.
     pub(super) fn flush_locked(&self) -> Result<FlushReport, CatalogError> {
         let started = Instant::now();
         self.wake_pending.store(false, Ordering::Release);
-        // Room for the rows dirty now (a few more may be by the drain).
-        let expected = self
-            .tables
-            .read()
-            .values()
-            .map(|live| {
-                let record = StoreBatch::row_record_bytes(live.table.backend().spec());
-                live.table.dirty().len() * record
-            })
-            .sum();
-        let mut batch = self.store.batch_with_capacity(expected);
+        // Each table's drained rows, and their copies ROW_CHUNK rows at a
+        // time (in that order).
         let mut drained: Vec<(Arc<LiveTable>, Vec<u64>)> = Vec::new();
+        let mut copies: Vec<RowData> = Vec::new();
         let mut report = FlushReport::default();
         let gate_asked = Instant::now();
         let copied = {
@@ -105,13 +98,12 @@ impl Inner {
             tables.iter().try_for_each(|live| {
                 let rows = live.table.dirty().drain();
                 report.rows += rows.len() as u64;
-                drained.push((live.clone(), rows));
-                let rows = &drained.last().expect("just pushed").1;
-                rows.chunks(ROW_CHUNK).try_for_each(|chunk| {
-                    let data = live.table.backend().read_rows(chunk)?;
-                    batch.put_rows(live.id, chunk, &data);
+                let copied = rows.chunks(ROW_CHUNK).try_for_each(|chunk| {
+                    copies.push(live.table.backend().read_rows(chunk)?);
                     Ok::<(), EngineError>(())
-                })
+                });
+                drained.push((live.clone(), rows));
+                copied
             })
         };
         let held = u64::try_from(gate_asked.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -123,13 +115,27 @@ impl Inner {
         let written = match copied {
             Ok(()) if unchanged => Ok(()),
             Ok(()) => {
+                let bytes = drained
+                    .iter()
+                    .map(|(live, rows)| {
+                        rows.len() * StoreBatch::row_record_bytes(live.table.backend().spec())
+                    })
+                    .sum();
+                let mut batch = self.store.batch_with_capacity(bytes);
+                let mut copies = copies.iter();
+                for (live, rows) in &drained {
+                    for chunk in rows.chunks(ROW_CHUNK) {
+                        let data = copies.next().expect("one copy per chunk");
+                        batch.put_rows(live.id, chunk, data);
+                    }
+                }
                 batch.put_version(report.version);
                 report.bytes = batch.payload_bytes() as u64;
                 batch
                     .commit(self.options.sync_flushes)
                     .map_err(CatalogError::from)
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(CatalogError::from(e)),
         };
         if let Err(e) = written {
             for (live, rows) in drained {
