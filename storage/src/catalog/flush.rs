@@ -122,11 +122,13 @@ impl Inner {
                     })
                     .sum();
                 let mut batch = self.store.batch_with_capacity(bytes);
-                let mut copies = copies.iter();
+                // Each copy is freed once encoded, so the flush holds about
+                // one set of its rows' bytes at a time, not two.
+                let mut copies = copies.into_iter();
                 for (live, rows) in &drained {
                     for chunk in rows.chunks(ROW_CHUNK) {
                         let data = copies.next().expect("one copy per chunk");
-                        batch.put_rows(live.id, chunk, data);
+                        batch.put_rows(live.id, chunk, &data);
                     }
                 }
                 batch.put_version(report.version);
