@@ -43,7 +43,8 @@ pub const SKETCH_RELATIVE_ERROR: f64 = 0.008125;
 const PREFETCH_AHEAD: usize = 16;
 /// Batches observed by default: one in 16. Observing a batch costs about
 /// as much as gathering it (two sketch updates and a row word per entry);
-/// one in 16 keeps that near 3 % of lookup time, and traffic shares stay
+/// one in 16 keeps that to 5–6 % of an in-process lookup's samples
+/// (docs/results/profile.md, section 13), and traffic shares stay
 /// unbiased. Exact checks (tests, `featmux train --check-occupancy`) set 1.
 pub const DEFAULT_SAMPLE_EVERY: u32 = 16;
 /// The owner of a row no feature has used.
