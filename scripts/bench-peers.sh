@@ -8,8 +8,8 @@
 # and with its fused row-wise Adagrad: python/benchmarks/peers.py, in the
 # venv scripts/lib/python-venv.sh makes if missing).
 #
-#   scripts/bench-peers.sh              # full run (~6 min), writes the report
-#   DURATION=2 scripts/bench-peers.sh   # shorter runs
+#   scripts/bench-peers.sh              # full run (~17 min), writes the report
+#   DURATION=2 PAIRS=1 scripts/bench-peers.sh   # shorter runs, one round
 #   RESULTS=/tmp/run BEFORE=docs/results/performance-before scripts/bench-peers.sh
 #
 # RESULTS is where the raw JSON goes (default docs/results/performance-run);
@@ -18,6 +18,7 @@
 # earlier commit) instead of this tree's release build.
 # Installs redis-server, iperf3 and a font for the plot if missing.
 # TORCH_THREADS: the PyTorch peers' threads (default 2, this machine's cores).
+# PAIRS: rounds of each in-process run beside its PyTorch peer (default 3).
 set -eu
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/featmux-target}"
@@ -137,7 +138,6 @@ bench tcp-blast --workload tcp-blast $single
 redis-cli -p "$REDIS_PORT" flushall >/dev/null
 bags="--examples 512 --features 26 --values 20 --vocab 100000 --concurrency 8"
 bench bags-lookup --workload lookup --table bags $bags
-bench bags-engine-lookup --workload engine-lookup --table bags $bags
 bench bags-redis-mget --workload redis-mget $bags
 bench bags-redis-mget-pipelined --workload redis-mget --mget-keys 1000 $bags
 redis-cli -p "$REDIS_PORT" flushall >/dev/null
@@ -162,6 +162,10 @@ fresh_server
 # PyTorch peers and the in-process engine on the same shapes: one table of
 # 10^6 rows every feature shares, 26 features, single values (4,096
 # examples) and bags of 20 (512 examples), 16 and 64 floats per row.
+# PAIRS rounds (default 3), each running featmux and then the peer back to
+# back: a peer's rate has moved by a third between two runs on this host,
+# so only runs made side by side divide fairly. The report shows each
+# ratio's median over the rounds and every round's.
 torch_peer() {
     name=$1
     shift
@@ -173,14 +177,26 @@ torch_peer() {
     "$venv/bin/python" python/benchmarks/peers.py --duration "$DURATION" \
         --threads "${TORCH_THREADS:-2}" --batches 32 "$@" >"$RESULTS/torch-$name.json"
 }
-for dim in 16 64; do
-    torch_peer "single-d$dim-embedding-bag" --peers embedding-bag --examples 4096 --values 1 --dim "$dim"
-    torch_peer "bags-d$dim-embedding-bag" --peers embedding-bag --examples 512 --values 20 --dim "$dim"
+for round in $(seq "${PAIRS:-3}"); do
+    for dim in 16 64; do
+        # The d = 16 runs keep the names the service's runs compare with.
+        case $dim in 16) at="" table="" ;; *) at="-d$dim" table=$dim ;; esac
+        bench "engine-lookup$at-$round" --workload engine-lookup --table "single$table" \
+            --chunk-dim "$dim" $single
+        torch_peer "single-d$dim-embedding-bag-$round" --peers embedding-bag \
+            --examples 4096 --values 1 --dim "$dim"
+        if [ "$dim" = 16 ]; then
+            # Paired with the same engine run as nn.EmbeddingBag.
+            torch_peer "single-d16-tbe-$round" --peers tbe --examples 4096 --values 1 --dim 16
+        fi
+        bench "bags-engine-lookup$at-$round" --workload engine-lookup --table "bags$table" \
+            --chunk-dim "$dim" $bags
+        torch_peer "bags-d$dim-embedding-bag-$round" --peers embedding-bag \
+            --examples 512 --values 20 --dim "$dim"
+    done
+    bench "engine-train-rowwise-adagrad-$round" --workload engine-train --table rwa $train
+    torch_peer "single-d16-tbe-train-$round" --peers tbe-train --examples 4096 --values 1 --dim 16
 done
-torch_peer single-d16-tbe --peers tbe --examples 4096 --values 1 --dim 16
-torch_peer single-d16-tbe-train --peers tbe-train --examples 4096 --values 1 --dim 16
-bench engine-lookup-d64 --workload engine-lookup --table single64 --chunk-dim 64 $single
-bench bags-engine-lookup-d64 --workload engine-lookup --table bags64 --chunk-dim 64 $bags
 bench engine-train-rowwise-adagrad --workload engine-train --table rwa $train
 
 # HTTP serving: one example of 26 features, open loop; five runs of each
