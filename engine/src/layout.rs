@@ -249,6 +249,28 @@ pub struct FeatureEntries<'l, K> {
 }
 
 impl<'v, K: Fn(usize) -> Key<'v>> FeatureEntries<'_, K> {
+    /// This feature as plain [`Bags`], if it is one: one chunk, pooled,
+    /// no per-value weights.
+    pub fn bags(&self) -> Option<Bags<'_, K>> {
+        let FeatureLayout {
+            span,
+            seeds,
+            pooling,
+            ..
+        } = self.layout;
+        match seeds[..] {
+            [seed] if *pooling != Pooling::None && self.fb.weights.is_none() => Some(Bags {
+                lengths: &self.fb.lengths,
+                values: self.fb.values.len(),
+                pooling: *pooling,
+                span: *span,
+                seed,
+                key: &self.key,
+            }),
+            _ => None,
+        }
+    }
+
     /// Calls `emit` with every entry, slots never decreasing: an output
     /// row's chunks in order, and within a slot its values in batch order
     /// (the order a plan sums them in, so both give the same floats).
@@ -293,6 +315,36 @@ impl<'v, K: Fn(usize) -> Key<'v>> FeatureEntries<'_, K> {
                 value = values.end;
             }
         }
+    }
+}
+
+/// A feature whose output rows are its bags, one row each: one chunk,
+/// pooled, no per-value weights (the usual multi-valued feature). Its
+/// entries need no slot or weight of their own, so a backend can pool it
+/// in a loop that carries only rows ([`FeatureEntries::bags`]).
+pub struct Bags<'l, K> {
+    /// Values per bag, one bag per output row.
+    pub lengths: &'l [u32],
+    /// Values in all bags: the sum of `lengths`.
+    pub values: usize,
+    pooling: Pooling,
+    span: RowSpan,
+    seed: u64,
+    key: &'l K,
+}
+
+impl<'v, K: Fn(usize) -> Key<'v>> Bags<'_, K> {
+    /// The row of value `i`, as [`FeatureEntries::for_each`] hashes it.
+    #[inline(always)]
+    pub fn row(&self, i: usize) -> u64 {
+        self.span.row(hash_key((self.key)(i), self.seed))
+    }
+
+    /// The weight of every value of a bag of `len` values (as
+    /// [`FeatureEntries::for_each`] gives it).
+    #[inline(always)]
+    pub fn weight(&self, len: usize) -> f32 {
+        self.pooling.scale(len)
     }
 }
 
