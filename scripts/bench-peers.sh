@@ -86,7 +86,11 @@ rm -rf "$RESULTS"
 mkdir -p "$RESULTS" docs/results
 {
     echo "date:     $(date -u '+%Y-%m-%d %H:%M UTC')"
-    echo "commit:   $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (with uncommitted changes)')"
+    # The results folder (just emptied) and the report it rewrites are
+    # not the measured tree's changes.
+    echo "commit:   $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ":(exclude)$RESULTS" \
+        ':(exclude)docs/results/performance.md' ':(exclude)docs/results/performance.png' \
+        || echo ' (with uncommitted changes)')"
     echo "cpu:      $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"
     echo "memory:   $(free -g | awk '/Mem:/ {print $2}') GiB"
     echo "kernel:   $(uname -r)"
