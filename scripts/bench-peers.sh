@@ -183,7 +183,8 @@ torch_peer() {
 }
 for round in $(seq "${PAIRS:-3}"); do
     for dim in 16 64; do
-        # The d = 16 runs keep the names the service's runs compare with.
+        # Run names: the report's (engine-lookup, bags-engine-lookup, with
+        # -d64 at 64 floats) and the round after them.
         case $dim in 16) at="" table="" ;; *) at="-d$dim" table=$dim ;; esac
         bench "engine-lookup$at-$round" --workload engine-lookup --table "single$table" \
             --chunk-dim "$dim" $single
