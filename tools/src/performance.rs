@@ -386,7 +386,7 @@ struct RatioFigures {
 /// median, and featmux's and the peer's figures are the medians of their
 /// own runs. Otherwise the one run of each side.
 fn ratio_figures(results: &Results, r: &Ratio) -> Result<RatioFigures, String> {
-    let featmux = results.rounds(r.featmux.0, r.featmux.1)?;
+    let mut featmux = results.rounds(r.featmux.0, r.featmux.1)?;
     let peer = results.rounds(r.peer.0, r.peer.1)?;
     if featmux.is_empty() || peer.is_empty() {
         let (f, p) = (
@@ -409,11 +409,12 @@ fn ratio_figures(results: &Results, r: &Ratio) -> Result<RatioFigures, String> {
             peer.len()
         ));
     }
-    let peer: Vec<f64> = peer.iter().map(|p| p * r.peer_scale).collect();
+    let mut peer: Vec<f64> = peer.iter().map(|p| p * r.peer_scale).collect();
+    // The rounds' ratios before the medians below sort each side.
     let rounds: Vec<f64> = featmux.iter().zip(&peer).map(|(f, p)| f / p).collect();
     Ok(RatioFigures {
-        featmux: median(&mut featmux.clone()),
-        peer: median(&mut peer.clone()),
+        featmux: median(&mut featmux),
+        peer: median(&mut peer),
         ratio: median(&mut rounds.clone()),
         rounds,
     })
