@@ -18,6 +18,10 @@
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
+mod ints;
+
+pub use ints::push_int_hashes;
+
 /// One feature value, borrowed from a request: the two value types a feature
 /// may declare. Borrowed so hashing a batch copies no strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

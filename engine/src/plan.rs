@@ -17,7 +17,7 @@
 use crate::backend::{cut_at, GatherPlan, RowGradients};
 use crate::batch::{Batch, FeatureBatch, FeatureEmbeddings, Values};
 use crate::error::EngineError;
-use crate::hashing::{hash_key, Key};
+use crate::hashing::{hash_key, push_int_hashes, Key};
 use crate::layout::{block_bounds, embeddings, BatchLayout, FeatureLayout, OutputBlock};
 use crate::optimizer::first_non_finite;
 use crate::pooling::Pooling;
@@ -280,9 +280,12 @@ fn add_entries<'a>(
     // The entries are appended, not zeroed and then overwritten, where
     // they come in order (the zeroing was 2.7 % of a single-valued lookup).
     if let [seed] = layout.seeds[..] {
-        gather
-            .rows
-            .extend(keys.clone().map(|key| hash_key(key, seed)));
+        match &fb.values {
+            Values::Int64(ints) => push_int_hashes(ints, seed, &mut gather.rows),
+            _ => gather
+                .rows
+                .extend(keys.clone().map(|key| hash_key(key, seed))),
+        }
     } else {
         gather.rows.resize(end, 0);
         for (j, &seed) in layout.seeds.iter().enumerate() {

@@ -1165,7 +1165,7 @@ mod tests {
     use crate::optimizer::Optimizer;
     use crate::pooling::Pooling;
     use crate::registry::FeatureRegistry;
-    use crate::schema::{FeatureSpec, TableSpec};
+    use crate::schema::{FeatureSpec, TableSpec, ValueType};
 
     /// Sums the plan's entries from rows read one by one: what every
     /// gather must produce, `[num_slots, dim]`.
@@ -1274,6 +1274,7 @@ mod tests {
                 FeatureSpec::new("b"),
                 FeatureSpec::new("c").pooling(Pooling::Mean),
                 FeatureSpec::new("d").chunks(2),
+                FeatureSpec::new("e").value_type(ValueType::Int64),
             ] {
                 registry.register(spec, table.rows).unwrap();
             }
@@ -1281,7 +1282,7 @@ mod tests {
             // copied as is) and 2; the same values with weights, and in two
             // chunks (`pool_entries`); and 100 values in mean-pooled bags of
             // 0 to 13, more than `HASHED_AHEAD`, so the rows hashed ahead
-            // wrap around their ring.
+            // wrap around their ring, as strings and as int64s.
             let values = ["x", "y", "z", "w", "v", "u"];
             let (mut long, mut lengths) = (Vec::new(), Vec::new());
             for len in [0, 1, 2, 3, 5, 8, 13].into_iter().cycle() {
@@ -1292,6 +1293,7 @@ mod tests {
                     break;
                 }
             }
+            let ints: Vec<i64> = (0..100).map(|i| i * 7919 - 500).collect();
             let batches = [
                 Batch::new(vec![
                     FeatureBatch::strings("a", values, vec![3, 0, 1, 2]),
@@ -1299,7 +1301,8 @@ mod tests {
                         .with_weights(vec![0.5, -1.0, 2.0, 1.0, 0.25, 3.0]),
                     FeatureBatch::strings("d", values, vec![1, 3, 0, 2]),
                 ]),
-                Batch::new(vec![FeatureBatch::strings("c", long, lengths)]),
+                Batch::new(vec![FeatureBatch::strings("c", long, lengths.clone())]),
+                Batch::new(vec![FeatureBatch::int64("e", ints, lengths)]),
             ];
             let backend = backend(table.rows, dim, avx);
             for batch in &batches {
