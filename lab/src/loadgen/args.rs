@@ -29,6 +29,23 @@ pub enum Workload {
     TcpBlast,
 }
 
+/// How the benchmark's keys are sent (`--key-type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KeyType {
+    String,
+    Int64,
+}
+
+impl KeyType {
+    /// The name the feature spec (`type=`) takes.
+    pub(super) fn spec(self) -> &'static str {
+        match self {
+            KeyType::String => "string",
+            KeyType::Int64 => "int64",
+        }
+    }
+}
+
 impl Workload {
     /// Whether it talks to a featmux server.
     pub(super) fn uses_server(self) -> bool {
@@ -80,6 +97,11 @@ pub struct BenchArgs {
     /// Zipf exponent of key popularity; 0 = uniform.
     #[arg(long, default_value_t = 0.0)]
     pub zipf: f64,
+    /// Type of the features' values: `string` (`k<id>`) or `int64` (the
+    /// ids themselves, as a TorchRec trainer's KeyedJaggedTensor carries
+    /// them). Redis keys are strings either way.
+    #[arg(long, value_enum, default_value = "string")]
+    pub key_type: KeyType,
     /// Concurrent clients (one connection each).
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,

@@ -10,7 +10,7 @@ use rand::Rng;
 use rand_distr::{Distribution, Zipf};
 use serde_json::{json, Value};
 
-use super::args::{BenchArgs, Workload};
+use super::args::{BenchArgs, KeyType, Workload};
 use super::redis;
 
 /// Draws keys uniformly or Zipf-distributed.
@@ -65,16 +65,25 @@ pub(super) fn prepare(args: &BenchArgs, keys: &Keys, rng: &mut StdRng) -> Prepar
         let mut example = serde_json::Map::new();
         for (f, feature_keys) in redis_keys.iter_mut().enumerate() {
             let name = format!("f{f}");
-            let values: Vec<String> = (0..args.values)
-                .map(|_| format!("k{}", keys.draw(rng)))
-                .collect();
+            let ids: Vec<u64> = (0..args.values).map(|_| keys.draw(rng)).collect();
+            let values: Vec<String> = ids.iter().map(|id| format!("k{id}")).collect();
             if args.workload == Workload::RedisMget {
                 feature_keys.extend(values.iter().map(|v| redis::key(f, v)));
             }
-            if args.workload == Workload::HttpLookup {
-                example.insert(name.clone(), json!(values));
+            match args.key_type {
+                KeyType::String => {
+                    if args.workload == Workload::HttpLookup {
+                        example.insert(name.clone(), json!(values));
+                    }
+                    batch.add_strs(&name, values);
+                }
+                KeyType::Int64 => {
+                    if args.workload == Workload::HttpLookup {
+                        example.insert(name.clone(), json!(ids));
+                    }
+                    batch.add_i64s(&name, ids.iter().map(|&id| id as i64));
+                }
             }
-            batch.add_strs(&name, values);
         }
         examples.push(Value::Object(example));
     }

@@ -20,8 +20,10 @@ pub(super) fn table_config(
     let features = (0..args.features)
         .map(|f| {
             feature(&format!(
-                "f{f}:chunks={},pooling={}",
-                args.chunks, args.pooling
+                "f{f}:chunks={},pooling={},type={}",
+                args.chunks,
+                args.pooling,
+                args.key_type.spec()
             ))
         })
         .collect::<Result<Vec<_>, _>>()
