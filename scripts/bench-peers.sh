@@ -181,13 +181,18 @@ torch_peer() {
     "$venv/bin/python" python/benchmarks/peers.py --duration "$DURATION" \
         --threads "${TORCH_THREADS:-2}" --batches 32 "$@" >"$RESULTS/torch-$name.json"
 }
+# The engine's values are int64 ids in these runs, as a PyTorch trainer's
+# KeyedJaggedTensor carries them (featmux's Python module sends them as
+# they are); featmux still hashes every one. The service runs above send
+# strings, as Redis keys them.
+ids="--key-type int64"
 for round in $(seq "${PAIRS:-3}"); do
     for dim in 16 64; do
         # Run names: the report's (engine-lookup, bags-engine-lookup, with
         # -d64 at 64 floats) and the round after them.
         case $dim in 16) at="" table="" ;; *) at="-d$dim" table=$dim ;; esac
         bench "engine-lookup$at-$round" --workload engine-lookup --table "single$table" \
-            --chunk-dim "$dim" $single
+            --chunk-dim "$dim" $single $ids
         torch_peer "single-d$dim-embedding-bag-$round" --peers embedding-bag \
             --examples 4096 --values 1 --dim "$dim"
         if [ "$dim" = 16 ]; then
@@ -195,11 +200,11 @@ for round in $(seq "${PAIRS:-3}"); do
             torch_peer "single-d16-tbe-$round" --peers tbe --examples 4096 --values 1 --dim 16
         fi
         bench "bags-engine-lookup$at-$round" --workload engine-lookup --table "bags$table" \
-            --chunk-dim "$dim" $bags
+            --chunk-dim "$dim" $bags $ids
         torch_peer "bags-d$dim-embedding-bag-$round" --peers embedding-bag \
             --examples 512 --values 20 --dim "$dim"
     done
-    bench "engine-train-rowwise-adagrad-$round" --workload engine-train --table rwa $train
+    bench "engine-train-rowwise-adagrad-$round" --workload engine-train --table rwa $train $ids
     torch_peer "single-d16-tbe-train-$round" --peers tbe-train --examples 4096 --values 1 --dim 16
 done
 bench engine-train-rowwise-adagrad --workload engine-train --table rwa $train

@@ -245,7 +245,7 @@ const RATIOS: &[Ratio] = &[
         unit: "examples/s",
     },
     Ratio {
-        what: "in-process lookup vs PyTorch nn.EmbeddingBag forward (rows/s; 4096 ex × 26 single-valued, d = 16)",
+        what: "in-process lookup vs PyTorch nn.EmbeddingBag forward (rows/s; int64 ids, 4096 ex × 26 single-valued, d = 16)",
         target: "≥ 100%",
         featmux: ("engine-lookup", "/rows_per_s"),
         peer: ("torch-single-d16-embedding-bag", "/rows_per_s"),
@@ -285,7 +285,7 @@ const RATIOS: &[Ratio] = &[
         unit: "rows/s",
     },
     Ratio {
-        what: "in-process lookup + push, row-wise Adagrad vs FBGEMM TBE forward + backward + fused row-wise Adagrad",
+        what: "in-process lookup + push (int64 ids), row-wise Adagrad vs FBGEMM TBE forward + backward + fused row-wise Adagrad",
         target: "≥ 100%",
         featmux: ("engine-train-rowwise-adagrad", "/rows_per_s"),
         peer: ("torch-single-d16-tbe-train", "/rows_per_s"),
