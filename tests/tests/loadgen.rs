@@ -100,6 +100,34 @@ fn every_workload_runs_and_reports() {
     assert!(server.stop().success());
 }
 
+/// `--key-type int64`: the ids as int64 values, into a table of int64
+/// features the first run creates (the server refuses int64 values for
+/// string features, so a string table would make every request fail).
+#[test]
+fn int64_ids_run_through_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &ServerSettings::default());
+    for workload in ["lookup", "train", "http-lookup"] {
+        let report = bench(
+            &server,
+            &[
+                "--workload",
+                workload,
+                "--key-type",
+                "int64",
+                "--values",
+                "2",
+                "--duration",
+                "0.5",
+                "--concurrency",
+                "2",
+            ],
+        );
+        assert_well_formed(&report, workload, 2);
+    }
+    assert!(server.stop().success());
+}
+
 /// `--shared-region`: lookups and training steps through a Train stream's
 /// shared-memory region on the Unix socket, every step applied.
 #[test]
@@ -203,6 +231,10 @@ fn peers_run_through_the_same_harness() {
     };
     for workload in ["engine-lookup", "engine-push", "engine-train", "tcp-blast"] {
         assert_well_formed(&peer(&["--workload", workload]), workload, 1);
+    }
+    for workload in ["engine-lookup", "engine-train"] {
+        let report = peer(&["--workload", workload, "--key-type", "int64"]);
+        assert_well_formed(&report, workload, 1);
     }
     let tcp = peer(&["--workload", "tcp-blast", "--requests", "10"]);
     // Each exchange returns a lookup's embeddings: 32 × 4 × 16 floats.

@@ -111,8 +111,8 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    /// Values that reach every bit of both halves, the extremes, and
-    /// every length around the lanes' multiple of four.
+    /// `n` values: the extremes and the halves' edges first, then
+    /// pseudo-random ones that reach every bit of both halves.
     fn values(n: usize) -> Vec<i64> {
         let mut x = 0x9e37_79b9_7f4a_7c15_u64;
         let mut values = vec![0, -1, 1, i64::MIN, i64::MAX, 0xffff_ffff, 1 << 32];
@@ -136,6 +136,8 @@ mod tests {
             u64::MAX,
             0x0123_4567_89ab_cdef,
         ] {
+            // Lengths around the lanes' multiple of four, so the scalar
+            // tail is checked too.
             for n in [0, 1, 3, 4, 5, 7, 8, 9, 31, 32, 33, 1000] {
                 let values = values(n);
                 let mut out = vec![7];
