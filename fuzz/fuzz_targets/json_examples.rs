@@ -12,7 +12,10 @@ fuzz_target!(|data: &[u8]| {
     let features = featmux_fuzz::table().features();
     let _ = examples::entries(&features, &examples);
     for concat in [false, true] {
-        if let Ok(batch) = examples::batch(&features, &examples, concat, featmux_fuzz::MAX_ENTRIES)
+        // Each batch takes the examples' strings: hand it its own copy.
+        let mut examples = examples.clone();
+        if let Ok(batch) =
+            examples::batch(&features, &mut examples, concat, featmux_fuzz::MAX_ENTRIES)
         {
             featmux_fuzz::exercise(&batch);
         }

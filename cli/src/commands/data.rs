@@ -12,7 +12,7 @@ use crate::wire::{batch_to_pb, table_info_from_pb};
 /// Builds a batch from JSON examples with the server's own serving-format
 /// decoder, typed by the table's features.
 fn examples_batch(info: &TableInfo, examples: &[String]) -> anyhow::Result<pb::Batch> {
-    let examples = examples
+    let mut examples = examples
         .iter()
         .enumerate()
         .map(|(i, text)| {
@@ -21,7 +21,7 @@ fn examples_batch(info: &TableInfo, examples: &[String]) -> anyhow::Result<pb::B
         .collect::<anyhow::Result<Vec<examples::Example>>>()?;
     let features: Vec<_> = info.features.iter().map(FeatureInfo::feature).collect();
     // The server enforces its own limit; the CLI builds what it was given.
-    let batch = examples::batch(&features, &examples, false, usize::MAX)?;
+    let batch = examples::batch(&features, &mut examples, false, usize::MAX)?;
     Ok(batch_to_pb(batch))
 }
 

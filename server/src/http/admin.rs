@@ -105,8 +105,9 @@ pub(super) async fn explain(
 ) -> Result<Json<ExplainOutput>, ApiError> {
     api_call(&shared, move |api| {
         let registered = api.features(&table)?;
-        let example = [body.features];
-        let batch = examples::batch(&registered, &example, false, api.limits().max_batch_values)?;
+        let mut example = [body.features];
+        let max = api.limits().max_batch_values;
+        let batch = examples::batch(&registered, &mut example, false, max)?;
         let features: Vec<_> = batch
             .features
             .into_iter()

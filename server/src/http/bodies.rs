@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::api::{Checkpoint, ExplainedValue, TableInfo};
-use crate::examples::{Example, ExampleOutput};
+use crate::examples::{Example, PerExample};
 use featmux_engine::schema::{FeatureSpec, TableSpec};
 
 /// The error body every failing endpoint returns.
@@ -41,10 +41,10 @@ pub struct LookupBody {
 /// A serving lookup's answer: `examples` (per-feature vectors) or, with
 /// `concat`, `vectors` with the `features` they concatenate.
 #[derive(Serialize, ToSchema)]
-pub struct LookupOutput {
+pub struct LookupOutput<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<Object>>)]
-    pub examples: Option<Vec<ExampleOutput>>,
+    pub examples: Option<PerExample<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vectors: Option<Vec<Vec<f32>>>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -48,15 +48,19 @@ pub(super) async fn lookup(
         )));
     }
     let op = move |api: &Api| {
-        if body.concat {
+        let LookupBody {
+            mut examples,
+            concat,
+        } = body;
+        if concat {
             examples::check_concatenable(&features)?;
         }
-        let batch = examples::batch(&features, &body.examples, body.concat, max)?;
+        let batch = examples::batch(&features, &mut examples, concat, max)?;
         let result = api.lookup(&table, &batch, false, Encoding::Json)?;
-        let n = body.examples.len();
+        let n = examples.len();
         let floats: usize = result.embeddings.iter().map(|e| e.data.len()).sum();
         let names: usize = result.embeddings.iter().map(|e| e.feature.len() + 8).sum();
-        let output = if body.concat {
+        let output = if concat {
             LookupOutput {
                 width: Some(result.embeddings.iter().map(|e| e.width).sum()),
                 vectors: Some(examples::concatenated(&result.embeddings, n)),
@@ -71,7 +75,7 @@ pub(super) async fn lookup(
                 .collect();
             let lengths: Vec<_> = batch.features.into_iter().map(|f| f.lengths).collect();
             LookupOutput {
-                examples: Some(examples::per_example(
+                examples: Some(examples::PerExample::new(
                     &used,
                     &lengths,
                     &result.embeddings,
