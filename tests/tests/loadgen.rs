@@ -4,7 +4,7 @@
 //! The peers (in-process engine, TCP exchange, Redis MGET against a real
 //! `redis-server`) run through the same harness.
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 use featmux_tests::etcd::Etcd;
 use featmux_tests::server::{featmux_binary, ServerSettings, TestServer};
@@ -25,7 +25,20 @@ fn bench(server: &TestServer, args: &[&str]) -> Value {
 }
 
 fn bench_with(prefix: &[&str], args: &[&str]) -> Value {
-    let out = Command::new(featmux_binary())
+    let out = bench_output(prefix, args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+/// A bench run on table `lg` of 10,000 rows, 32 examples × 4 features,
+/// whatever its outcome.
+fn bench_output(prefix: &[&str], args: &[&str]) -> Output {
+    Command::new(featmux_binary())
         .args(prefix)
         .args([
             "--table",
@@ -41,14 +54,7 @@ fn bench_with(prefix: &[&str], args: &[&str]) -> Value {
         ])
         .args(args)
         .output()
-        .expect("run featmux bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "bench {args:?} failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+        .expect("run featmux bench")
 }
 
 #[test]
@@ -125,6 +131,36 @@ fn int64_ids_run_through_the_service() {
         );
         assert_well_formed(&report, workload, 2);
     }
+    assert!(server.stop().success());
+}
+
+/// A run that finds its table with features of another value type is
+/// refused before it starts, naming the feature and both types (it used to
+/// run, every request failing on the server).
+#[test]
+fn an_existing_table_of_another_key_type_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &ServerSettings::default());
+    let (grpc, http) = (server.grpc_url(), server.http_url());
+    let prefix = ["--addr", &grpc, "--json", "bench", "--http", &http];
+    let run = [
+        "--workload",
+        "lookup",
+        "--duration",
+        "0.2",
+        "--concurrency",
+        "1",
+    ];
+    assert_well_formed(&bench_with(&prefix, &run), "lookup", 1);
+    let int64 = [&run[..], &["--key-type", "int64"]].concat();
+    let out = bench_output(&prefix, &int64);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "ran on a string table: {stderr}");
+    assert!(
+        stderr.contains("feature `f0` as type=string,chunks=1,pooling=sum")
+            && stderr.contains("sends type=int64"),
+        "{stderr}"
+    );
     assert!(server.stop().success());
 }
 

@@ -146,7 +146,9 @@ async fn ensure_table(args: &BenchArgs, admin: &Client) -> anyhow::Result<()> {
 }
 
 /// Accepts an existing benchmark table with the shape and features this
-/// run would create.
+/// run would create. A feature of another value type, chunk count or
+/// pooling is refused here: the run's requests would otherwise all fail,
+/// or measure another shape than the one asked for.
 fn check_existing(args: &BenchArgs, info: &pb::TableInfo) -> anyhow::Result<()> {
     let config = info.config.as_ref();
     let shape = config.map(|c| (c.rows, c.chunk_dim));
@@ -158,17 +160,45 @@ fn check_existing(args: &BenchArgs, info: &pb::TableInfo) -> anyhow::Result<()> 
             args.chunk_dim
         );
     }
-    let missing = (0..args.features).map(|f| format!("f{f}")).find(|name| {
-        !info
+    let (_, wanted) = table_config(args)?;
+    for want in &wanted {
+        let Some(have) = info
             .features
             .iter()
-            .any(|x| x.config.as_ref().is_some_and(|c| &c.name == name))
-    });
-    match missing {
-        Some(name) => Err(anyhow::anyhow!(
-            "table `{}` exists without feature `{name}`",
-            args.table
-        )),
-        None => Ok(()),
+            .filter_map(|f| f.config.as_ref())
+            .find(|c| c.name == want.name)
+        else {
+            anyhow::bail!(
+                "table `{}` exists without feature `{}`",
+                args.table,
+                want.name
+            );
+        };
+        // As the feature spec spells them: `type=int64`, `pooling=sum`.
+        let kind = |c: &pb::FeatureConfig| {
+            let type_name = pb::ValueType::try_from(c.value_type).map_or_else(
+                |_| c.value_type.to_string(),
+                |t| t.as_str_name()["VALUE_TYPE_".len()..].to_lowercase(),
+            );
+            let pooling = pb::Pooling::try_from(c.pooling).map_or_else(
+                |_| c.pooling.to_string(),
+                |p| p.as_str_name()["POOLING_".len()..].to_lowercase(),
+            );
+            format!(
+                "type={type_name},chunks={},pooling={pooling}",
+                c.chunks.max(1)
+            )
+        };
+        if kind(have) != kind(want) {
+            anyhow::bail!(
+                "table `{}` has feature `{}` as {}, but this run sends {} (another --table, \
+                 or the options that created it)",
+                args.table,
+                want.name,
+                kind(have),
+                kind(want)
+            );
+        }
     }
+    Ok(())
 }
