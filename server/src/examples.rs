@@ -137,9 +137,9 @@ pub fn batch(
 
 /// The answer's `examples`: one object per example, feature → vector (a
 /// list of vectors for features with `none` pooling), serialized straight
-/// from the looked-up blocks. Building an owned map of copied vectors per
-/// example first cost a name and a vector allocation per feature, about a
-/// tenth of a single-example lookup's server time.
+/// from the looked-up blocks: an owned map per example first cost a cloned
+/// name, a copied vector and their frees per feature and example
+/// (docs/results/profile.md, section 16).
 pub struct PerExample<'a> {
     /// In feature-name order: the key order of each example's object.
     blocks: Vec<ExampleBlock<'a>>,

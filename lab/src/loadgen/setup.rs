@@ -174,31 +174,32 @@ fn check_existing(args: &BenchArgs, info: &pb::TableInfo) -> anyhow::Result<()> 
                 want.name
             );
         };
-        // As the feature spec spells them: `type=int64`, `pooling=sum`.
-        let kind = |c: &pb::FeatureConfig| {
-            let type_name = pb::ValueType::try_from(c.value_type).map_or_else(
-                |_| c.value_type.to_string(),
-                |t| t.as_str_name()["VALUE_TYPE_".len()..].to_lowercase(),
-            );
-            let pooling = pb::Pooling::try_from(c.pooling).map_or_else(
-                |_| c.pooling.to_string(),
-                |p| p.as_str_name()["POOLING_".len()..].to_lowercase(),
-            );
-            format!(
-                "type={type_name},chunks={},pooling={pooling}",
-                c.chunks.max(1)
-            )
-        };
-        if kind(have) != kind(want) {
+        let (have, want_spec) = (feature_spec(have), feature_spec(want));
+        if have != want_spec {
             anyhow::bail!(
-                "table `{}` has feature `{}` as {}, but this run sends {} (another --table, \
-                 or the options that created it)",
+                "table `{}` has feature `{}` as {have}, but this run sends {want_spec} (use \
+                 another --table, or the options that created it)",
                 args.table,
                 want.name,
-                kind(have),
-                kind(want)
             );
         }
     }
     Ok(())
+}
+
+/// What a feature holds, as the feature spec spells it
+/// (`type=int64,chunks=1,pooling=sum`).
+fn feature_spec(c: &pb::FeatureConfig) -> String {
+    let type_name = pb::ValueType::try_from(c.value_type).map_or_else(
+        |_| c.value_type.to_string(),
+        |t| t.as_str_name()["VALUE_TYPE_".len()..].to_lowercase(),
+    );
+    let pooling = pb::Pooling::try_from(c.pooling).map_or_else(
+        |_| c.pooling.to_string(),
+        |p| p.as_str_name()["POOLING_".len()..].to_lowercase(),
+    );
+    format!(
+        "type={type_name},chunks={},pooling={pooling}",
+        c.chunks.max(1)
+    )
 }
