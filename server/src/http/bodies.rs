@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::api::{Checkpoint, ExplainedValue, TableInfo};
@@ -25,7 +26,7 @@ pub struct ErrorDetail {
 }
 
 /// A serving lookup.
-#[derive(Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LookupBody {
     /// Examples as `{feature: value | [values]}`; a missing feature is an
@@ -36,6 +37,40 @@ pub struct LookupBody {
     /// order, concatenated.
     #[serde(default)]
     pub concat: bool,
+}
+
+impl LookupBody {
+    /// The body from its parsed JSON when that is an object of `examples`
+    /// (objects) and optionally `concat` (a bool), moving each example's
+    /// map; `Err` gives back any other value untouched, for serde to
+    /// deserialize or refuse.
+    pub fn from_plain(value: Value) -> Result<Self, Value> {
+        let Value::Object(mut fields) = value else {
+            return Err(value);
+        };
+        let plain = fields.keys().all(|k| k == "examples" || k == "concat")
+            && matches!(fields.get("concat"), None | Some(Value::Bool(_)))
+            && matches!(fields.get("examples"), Some(Value::Array(items))
+                if items.iter().all(Value::is_object));
+        if !plain {
+            return Err(Value::Object(fields));
+        }
+        let concat = fields
+            .get("concat")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let examples = match fields.remove("examples") {
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .filter_map(|item| match item {
+                    Value::Object(example) => Some(example),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(LookupBody { examples, concat })
+    }
 }
 
 /// A serving lookup's answer: `examples` (per-feature vectors) or, with
@@ -107,4 +142,36 @@ pub struct RestoreBody {
     #[serde(default)]
     #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
     pub into: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Plain bodies come out as serde reads them; every other shape is
+    /// handed back unchanged, for serde to read or refuse.
+    #[test]
+    fn plain_lookup_bodies_move_and_others_go_back() {
+        for body in [
+            json!({"examples": [{"u": "a", "n": [1, 2]}, {}]}),
+            json!({"examples": [], "concat": true}),
+            json!({"concat": false, "examples": [{"u": null}]}),
+        ] {
+            let fast = LookupBody::from_plain(body.clone()).expect("plain");
+            let serde: LookupBody = serde_json::from_value(body).unwrap();
+            assert_eq!((fast.examples, fast.concat), (serde.examples, serde.concat));
+        }
+        for body in [
+            json!({"examples": [{"u": "a"}], "extra": 1}),
+            json!({"examples": [{"u": "a"}], "concat": "yes"}),
+            json!({"examples": [{"u": "a"}, 3]}),
+            json!({"examples": {"u": "a"}}),
+            json!({"concat": true}),
+            json!([{"u": "a"}]),
+        ] {
+            assert_eq!(LookupBody::from_plain(body.clone()).unwrap_err(), body);
+            assert!(serde_json::from_value::<LookupBody>(body).is_err());
+        }
+    }
 }

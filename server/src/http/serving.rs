@@ -14,7 +14,7 @@ use crate::execution::Lane;
 use crate::shared::Shared;
 
 use super::bodies::{ErrorBody, LookupBody, LookupOutput};
-use super::{ApiJson, ApiPath};
+use super::{ApiPath, LookupJson};
 
 /// Serving lookups of at most this many (value, chunk) entries run on the
 /// async worker itself: they take tens of microseconds, less than the two
@@ -35,7 +35,7 @@ const INLINE_MAX_ENTRIES: usize = 256;
 pub(super) async fn lookup(
     State(shared): State<Arc<Shared>>,
     ApiPath(table): ApiPath<String>,
-    ApiJson(body): ApiJson<LookupBody>,
+    LookupJson(body): LookupJson,
 ) -> Result<Response, ApiError> {
     let api = shared.api()?;
     let features = api.features(&table)?;
