@@ -18,7 +18,8 @@
 # earlier commit) instead of this tree's release build.
 # Installs redis-server, iperf3 and a font for the plot if missing.
 # TORCH_THREADS: the PyTorch peers' threads (default 2, this machine's cores).
-# PAIRS: rounds of each in-process run beside its PyTorch peer (default 3).
+# PAIRS: rounds of each comparison made in rounds (default 3): the service
+# paths beside the in-process engine, the engine beside its PyTorch peer.
 set -eu
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/featmux-target}"
@@ -84,11 +85,16 @@ fresh_server
 
 rm -rf "$RESULTS"
 mkdir -p "$RESULTS" docs/results
+# A results folder outside the tree (an absolute path) is no change of it.
+case "$RESULTS" in
+    /*) results_in_tree=. ;;
+    *) results_in_tree=":(exclude)$RESULTS" ;;
+esac
 {
     echo "date:     $(date -u '+%Y-%m-%d %H:%M UTC')"
     # The results folder (just emptied) and the report it rewrites are
     # not the measured tree's changes.
-    echo "commit:   $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ":(exclude)$RESULTS" \
+    echo "commit:   $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . "$results_in_tree" \
         ':(exclude)docs/results/performance.md' ':(exclude)docs/results/performance.png' \
         || echo ' (with uncommitted changes)')"
     echo "cpu:      $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"
@@ -130,13 +136,37 @@ iperf3 -c 127.0.0.1 -p 5299 -t 5 -J >"$RESULTS/iperf3.json"
 
 # Single-valued: 4096 examples × 26 features × 16 dims, 8 clients.
 single="--examples 4096 --features 26 --values 1 --vocab 100000 --concurrency 8"
-bench lookup --workload lookup --table single $single
-bench_unix lookup-unix --workload lookup --table single $single
-bench_region lookup-region --workload lookup --table single $single
-bench engine-lookup --workload engine-lookup --table single $single
+train="--optimizer row-wise-adagrad --lr 0.05 $single"
+# Each service path and the in-process run it is divided by, in PAIRS
+# rounds (default 3) run back to back: the in-process rate alone has moved
+# by two fifths between two runs on this host, so a share is the median of
+# the rounds' shares (the report lists each). Training runs each get a
+# fresh server.
+for round in $(seq "${PAIRS:-3}"); do
+    bench "engine-lookup-$round" --workload engine-lookup --table single $single
+    bench "lookup-$round" --workload lookup --table single $single
+    bench_unix "lookup-unix-$round" --workload lookup --table single $single
+    bench_region "lookup-region-$round" --workload lookup --table single $single
+    bench "tcp-blast-$round" --workload tcp-blast $single
+
+    bench "engine-push-rowwise-adagrad-$round" --workload engine-push --table rwa $train
+    fresh_server
+    bench "push-rowwise-adagrad-$round" --workload push --table rwa $train
+    fresh_server
+    bench_unix "push-rowwise-adagrad-unix-$round" --workload push --table rwa $train
+    fresh_server
+    bench_region "push-rowwise-adagrad-region-$round" --workload push --table rwa $train
+    bench "engine-train-rowwise-adagrad-$round" --workload engine-train --table rwa $train
+    fresh_server
+    bench "train-rowwise-adagrad-$round" --workload train --table rwa $train
+    fresh_server
+    bench_unix "train-rowwise-adagrad-unix-$round" --workload train --table rwa $train
+    fresh_server
+    bench_region "train-rowwise-adagrad-region-$round" --workload train --table rwa $train
+    fresh_server
+done
 bench redis-mget --workload redis-mget $single
 bench redis-mget-pipelined --workload redis-mget --mget-keys 1000 $single
-bench tcp-blast --workload tcp-blast $single
 
 # Bags of 20 values, sum pooling: Redis ships every row to the client.
 redis-cli -p "$REDIS_PORT" flushall >/dev/null
@@ -145,23 +175,6 @@ bench bags-lookup --workload lookup --table bags $bags
 bench bags-redis-mget --workload redis-mget $bags
 bench bags-redis-mget-pipelined --workload redis-mget --mget-keys 1000 $bags
 redis-cli -p "$REDIS_PORT" flushall >/dev/null
-
-# Training with row-wise Adagrad, each service run on a fresh server.
-train="--optimizer row-wise-adagrad --lr 0.05 $single"
-fresh_server
-bench push-rowwise-adagrad --workload push --table rwa $train
-fresh_server
-bench_unix push-rowwise-adagrad-unix --workload push --table rwa $train
-fresh_server
-bench_region push-rowwise-adagrad-region --workload push --table rwa $train
-bench engine-push-rowwise-adagrad --workload engine-push --table rwa $train
-fresh_server
-bench train-rowwise-adagrad --workload train --table rwa $train
-fresh_server
-bench_unix train-rowwise-adagrad-unix --workload train --table rwa $train
-fresh_server
-bench_region train-rowwise-adagrad-region --workload train --table rwa $train
-fresh_server
 
 # PyTorch peers and the in-process engine on the same shapes: one table of
 # 10^6 rows every feature shares, 26 features, single values (4,096
@@ -188,10 +201,10 @@ torch_peer() {
 ids="--key-type int64"
 for round in $(seq "${PAIRS:-3}"); do
     for dim in 16 64; do
-        # Run names: the report's (engine-lookup, bags-engine-lookup, with
-        # -d64 at 64 floats) and the round after them.
+        # Run names: the report's (engine-lookup-ids, bags-engine-lookup,
+        # with -d64 at 64 floats) and the round after them.
         case $dim in 16) at="" table="" ;; *) at="-d$dim" table=$dim ;; esac
-        bench "engine-lookup$at-$round" --workload engine-lookup --table "single$table" \
+        bench "engine-lookup-ids$at-$round" --workload engine-lookup --table "single$table" \
             --chunk-dim "$dim" $single $ids
         torch_peer "single-d$dim-embedding-bag-$round" --peers embedding-bag \
             --examples 4096 --values 1 --dim "$dim"
@@ -204,10 +217,10 @@ for round in $(seq "${PAIRS:-3}"); do
         torch_peer "bags-d$dim-embedding-bag-$round" --peers embedding-bag \
             --examples 512 --values 20 --dim "$dim"
     done
-    bench "engine-train-rowwise-adagrad-$round" --workload engine-train --table rwa $train $ids
+    bench "engine-train-rowwise-adagrad-ids-$round" --workload engine-train --table rwa \
+        $train $ids
     torch_peer "single-d16-tbe-train-$round" --peers tbe-train --examples 4096 --values 1 --dim 16
 done
-bench engine-train-rowwise-adagrad --workload engine-train --table rwa $train
 
 # HTTP serving: one example of 26 features, open loop; five runs of each
 # rate (the report shows their median and every p99: host noise).

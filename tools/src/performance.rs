@@ -247,7 +247,7 @@ const RATIOS: &[Ratio] = &[
     Ratio {
         what: "in-process lookup vs PyTorch nn.EmbeddingBag forward (rows/s; int64 ids, 4096 ex × 26 single-valued, d = 16)",
         target: "≥ 100%",
-        featmux: ("engine-lookup", "/rows_per_s"),
+        featmux: ("engine-lookup-ids", "/rows_per_s"),
         peer: ("torch-single-d16-embedding-bag", "/rows_per_s"),
         peer_scale: 1.0,
         unit: "rows/s",
@@ -255,7 +255,7 @@ const RATIOS: &[Ratio] = &[
     Ratio {
         what: "… single-valued, d = 64",
         target: "≥ 100%",
-        featmux: ("engine-lookup-d64", "/rows_per_s"),
+        featmux: ("engine-lookup-ids-d64", "/rows_per_s"),
         peer: ("torch-single-d64-embedding-bag", "/rows_per_s"),
         peer_scale: 1.0,
         unit: "rows/s",
@@ -279,7 +279,7 @@ const RATIOS: &[Ratio] = &[
     Ratio {
         what: "in-process lookup vs FBGEMM TBE forward on the CPU (TorchRec's kernel; single-valued, d = 16)",
         target: "",
-        featmux: ("engine-lookup", "/rows_per_s"),
+        featmux: ("engine-lookup-ids", "/rows_per_s"),
         peer: ("torch-single-d16-tbe", "/rows_per_s"),
         peer_scale: 1.0,
         unit: "rows/s",
@@ -287,7 +287,7 @@ const RATIOS: &[Ratio] = &[
     Ratio {
         what: "in-process lookup + push (int64 ids), row-wise Adagrad vs FBGEMM TBE forward + backward + fused row-wise Adagrad",
         target: "≥ 100%",
-        featmux: ("engine-train-rowwise-adagrad", "/rows_per_s"),
+        featmux: ("engine-train-rowwise-adagrad-ids", "/rows_per_s"),
         peer: ("torch-single-d16-tbe-train", "/rows_per_s"),
         peer_scale: 1.0,
         unit: "rows/s",
@@ -337,7 +337,8 @@ fn write_ceilings(w: &mut String, results: &Results) -> Result<(), String> {
          in-process payload rate and T the plain TCP exchange's (`tcp-blast`), the service \
          reaches at most T / (E + T) of the in-process rate. An estimate: it takes TCP's cost \
          per byte to be the same both ways, and leaves out the server's durability work (its \
-         flusher), which the in-process runs do not do.\n"
+         flusher), which the in-process runs do not do. E and T are the medians of their \
+         rounds; *reached* is the median of the rounds' shares.\n"
     )
     .unwrap();
     writeln!(
@@ -346,12 +347,19 @@ fn write_ceilings(w: &mut String, results: &Results) -> Result<(), String> {
     )
     .unwrap();
     writeln!(w, "|---|---:|---:|---:|---:|---:|").unwrap();
-    let tcp = results.get("tcp-blast", "/payload_mb_per_s")?;
+    // Medians over the rounds where the runs were repeated; the share
+    // reached is the median of the rounds' own shares, as in the ratios.
+    let tcp = results.median("tcp-blast", "/payload_mb_per_s")?;
     for path in SERVICE_PATHS {
-        let engine = results.get(path.engine, "/payload_mb_per_s")?;
+        let engine = results.median(path.engine, "/payload_mb_per_s")?;
         let ceiling = shared_core_ceiling(engine, tcp);
-        let reached = results.get(path.service, "/examples_per_s")?
-            / results.get(path.engine, "/examples_per_s")?;
+        let reached = paired_figures(
+            results,
+            (path.service, "/examples_per_s"),
+            (path.engine, "/examples_per_s"),
+            1.0,
+        )?
+        .ratio;
         writeln!(
             w,
             "| {} | {engine:.0} | {tcp:.0} | {:.0}% | {:.0}% | {:.0}% |",
@@ -384,14 +392,26 @@ struct RatioFigures {
 /// the peer's), each round's ratio divides two runs made back to back, so
 /// the host's drift between rounds hits both alike; the ratio is their
 /// median, and featmux's and the peer's figures are the medians of their
-/// own runs. Otherwise the one run of each side.
+/// own runs. Where only one side ran in rounds (a service run against a
+/// one-off Redis run), that side's median is divided by the other's run.
 fn ratio_figures(results: &Results, r: &Ratio) -> Result<RatioFigures, String> {
-    let mut featmux = results.rounds(r.featmux.0, r.featmux.1)?;
-    let peer = results.rounds(r.peer.0, r.peer.1)?;
-    if featmux.is_empty() || peer.is_empty() {
+    paired_figures(results, r.featmux, r.peer, r.peer_scale)
+}
+
+/// [`ratio_figures`] of `featmux` ÷ `peer` (run name, JSON pointer), the
+/// peer's figures scaled by `peer_scale`.
+fn paired_figures(
+    results: &Results,
+    featmux: (&str, &str),
+    peer: (&str, &str),
+    peer_scale: f64,
+) -> Result<RatioFigures, String> {
+    let mut featmux_rounds = results.rounds(featmux.0, featmux.1)?;
+    let peer_rounds = results.rounds(peer.0, peer.1)?;
+    if featmux_rounds.is_empty() || peer_rounds.is_empty() {
         let (f, p) = (
-            results.get(r.featmux.0, r.featmux.1)?,
-            results.get(r.peer.0, r.peer.1)? * r.peer_scale,
+            results.median(featmux.0, featmux.1)?,
+            results.median(peer.0, peer.1)? * peer_scale,
         );
         return Ok(RatioFigures {
             featmux: f,
@@ -400,21 +420,25 @@ fn ratio_figures(results: &Results, r: &Ratio) -> Result<RatioFigures, String> {
             rounds: Vec::new(),
         });
     }
-    if featmux.len() != peer.len() {
+    if featmux_rounds.len() != peer_rounds.len() {
         return Err(format!(
             "`{}` ran {} rounds but `{}` {}: a ratio needs both runs of every round",
-            r.featmux.0,
-            featmux.len(),
-            r.peer.0,
-            peer.len()
+            featmux.0,
+            featmux_rounds.len(),
+            peer.0,
+            peer_rounds.len()
         ));
     }
-    let mut peer: Vec<f64> = peer.iter().map(|p| p * r.peer_scale).collect();
+    let mut peer_rounds: Vec<f64> = peer_rounds.iter().map(|p| p * peer_scale).collect();
     // The rounds' ratios before the medians below sort each side.
-    let rounds: Vec<f64> = featmux.iter().zip(&peer).map(|(f, p)| f / p).collect();
+    let rounds: Vec<f64> = featmux_rounds
+        .iter()
+        .zip(&peer_rounds)
+        .map(|(f, p)| f / p)
+        .collect();
     Ok(RatioFigures {
-        featmux: median(&mut featmux),
-        peer: median(&mut peer),
+        featmux: median(&mut featmux_rounds),
+        peer: median(&mut peer_rounds),
         ratio: median(&mut rounds.clone()),
         rounds,
     })
@@ -447,10 +471,11 @@ pub fn markdown(
         "Generated by `scripts/bench-peers.sh` (which ran every command below in one run, \
          then `featmux-report performance`). Client and server share the same machine, so \
          every figure includes the client's own cost. Ratios divide two figures of the same \
-         run. Where a comparison ran in alternating rounds (featmux's run, then the peer's, \
-         back to back), its ratio is the median of the rounds' ratios, each listed: the \
-         host's drift between runs (a fifth or more here) then hits both sides of a round \
-         alike.{}\n",
+         run. Where a comparison ran in rounds (each round its two sides back to back: the \
+         in-process run and then the service's, or featmux's run and then the peer's), its \
+         ratio is the median of the rounds' ratios, each listed: the host's drift between \
+         runs (a fifth or more here) then hits both sides of a round alike. A figure of \
+         runs repeated in rounds is their median.{}\n",
         if before.is_some() {
             " *Before* columns are the same figures from the run before the optimizations \
              listed in [profile.md](profile.md)."
@@ -748,7 +773,9 @@ mod tests {
             ("push-rowwise-adagrad-region", "push", 3.5e6),
             ("train-rowwise-adagrad-region", "train", 1.4e6),
             ("engine-train-rowwise-adagrad", "engine-train", 2e6),
-            ("engine-lookup-d64", "engine-lookup", 3e6),
+            ("engine-lookup-ids", "engine-lookup", 5e6),
+            ("engine-train-rowwise-adagrad-ids", "engine-train", 2e6),
+            ("engine-lookup-ids-d64", "engine-lookup", 3e6),
             ("bags-engine-lookup", "engine-lookup", 2e6),
             ("bags-engine-lookup-d64", "engine-lookup", 1e6),
             ("http-100", "http-lookup", 1.0),
@@ -875,7 +902,7 @@ mod tests {
         {
             write_run(
                 dir.path(),
-                &format!("engine-lookup-{}", k + 1),
+                &format!("engine-lookup-ids-{}", k + 1),
                 &run("engine-lookup", featmux),
             );
             write_run(
@@ -903,6 +930,52 @@ mod tests {
         let results = Results::load(dir.path()).unwrap();
         let err = markdown(&results, None, "p.png").unwrap_err();
         assert!(err.contains("ran 3 rounds but"), "{err}");
+    }
+
+    #[test]
+    fn service_shares_pair_each_round_with_its_in_process_run() {
+        let dir = tempfile::tempdir().unwrap();
+        complete_run(dir.path(), 4e6);
+        for name in ["lookup", "engine-lookup", "tcp-blast"] {
+            std::fs::remove_file(dir.path().join(format!("{name}.json"))).unwrap();
+        }
+        // Service 1, 2, 3 M examples/s against in-process 2, 8, 4 M: the
+        // rounds' shares 50 %, 25 %, 75 %, median 50 % (the medians'
+        // ratio, 2 / 4, is also 50 %; the rounds differ in order). TCP
+        // 6, 8, 10 MB/s.
+        for (k, (service, engine, tcp)) in [(1e6, 2e6, 6e6), (2e6, 8e6, 8e6), (3e6, 4e6, 10e6)]
+            .into_iter()
+            .enumerate()
+        {
+            let k = k + 1;
+            write_run(dir.path(), &format!("lookup-{k}"), &run("lookup", service));
+            write_run(
+                dir.path(),
+                &format!("engine-lookup-{k}"),
+                &run("engine-lookup", engine),
+            );
+            write_run(
+                dir.path(),
+                &format!("tcp-blast-{k}"),
+                &run("tcp-blast", tcp),
+            );
+        }
+        let results = Results::load(dir.path()).unwrap();
+        let md = markdown(&results, None, "p.png").unwrap();
+        assert!(
+            md.contains(
+                "in-process engine (examples/s) | 2.0M examples/s | 4.0M | **50%** (rounds: 50%, 25%, 75%) | ≥ 70% |"
+            ),
+            "{md}"
+        );
+        // Against a one-off Redis run (1 M floats/s): the rounds' median, 2 M.
+        assert!(
+            md.contains("| 2.0M floats/s | 1.0M | **2.00×** | ≥ 2× |"),
+            "{md}"
+        );
+        // E = 4 MB/s, T = 8 MB/s (medians): at most 8/12 = 67 %; reached
+        // 50 %, the rounds' median: 75 % of the ceiling.
+        assert!(md.contains("| lookup | 4 | 8 | 67% | 50% | 75% |"), "{md}");
     }
 
     #[test]
