@@ -50,6 +50,8 @@ pub fn exercise(batch: &Batch) {
     assert!(plan.gather.rows.iter().all(|&r| r < 1000));
     let embeddings = table.lookup_plan(&plan).expect("a valid plan looks up");
     let grads: Vec<Vec<f32>> = embeddings.iter().map(|e| vec![0.0; e.data.len()]).collect();
-    let update = plan.row_gradients(&grads).expect("gradients of the right shape");
+    let update = plan
+        .row_gradients(&grads)
+        .expect("gradients of the right shape");
     assert!(update.rows.windows(2).all(|w| w[0] < w[1]));
 }
