@@ -1,7 +1,9 @@
 //! Readers must never see a torn row. Writer threads keep overwriting rows
 //! with constant vectors (whole-row writes, and SGD pushes of constant
 //! gradients, which keep a constant row constant) while reader threads look
-//! rows up and check that every row they see is internally constant.
+//! rows up and check that every row they see is internally constant: one
+//! value per example, and bags of several (a sum of constant rows is
+//! constant), which the CPU backend pools in another loop.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -14,7 +16,7 @@ use featmux_engine::table::Table;
 
 const ROWS: u64 = 256;
 const DIM: usize = 256;
-const WRITES_PER_WRITER: usize = 3_000;
+const WRITES_PER_WRITER: usize = 10_000;
 
 fn constant_table(backend: BackendKind) -> Table {
     let spec = TableSpec {
@@ -69,14 +71,21 @@ fn run(backend: BackendKind) {
                         keys.iter().map(String::as_str),
                         vec![1; keys.len()],
                     )]);
+                    let bags = Batch::new(vec![FeatureBatch::strings(
+                        "f",
+                        keys.iter().map(String::as_str),
+                        vec![4; keys.len() / 4],
+                    )]);
                     let all: Vec<u64> = (0..ROWS).collect();
                     // Check at least once, even if the writers finish first
                     // (a loaded CI machine may schedule readers late).
                     loop {
                         let finished = done.load(Ordering::Relaxed);
                         let looked_up = table.lookup(&batch).unwrap().remove(0).data;
+                        let pooled = table.lookup(&bags).unwrap().remove(0).data;
                         let read = table.backend().read_rows(&all).unwrap().weights;
-                        for row in looked_up.chunks(DIM).chain(read.chunks(DIM)) {
+                        let seen = looked_up.chunks(DIM).chain(pooled.chunks(DIM));
+                        for row in seen.chain(read.chunks(DIM)) {
                             assert!(
                                 row.iter().all(|&v| v == row[0]),
                                 "torn row: {:?} … {:?}",
@@ -84,7 +93,8 @@ fn run(backend: BackendKind) {
                                 &row[DIM - 4..]
                             );
                         }
-                        rows_checked.fetch_add(keys.len() + all.len(), Ordering::Relaxed);
+                        let rows = keys.len() + keys.len() / 4 + all.len();
+                        rows_checked.fetch_add(rows, Ordering::Relaxed);
                         if finished {
                             break;
                         }
