@@ -149,21 +149,16 @@ for round in $(seq "${PAIRS:-3}"); do
     bench_region "lookup-region-$round" --workload lookup --table single $single
     bench "tcp-blast-$round" --workload tcp-blast $single
 
-    bench "engine-push-rowwise-adagrad-$round" --workload engine-push --table rwa $train
-    fresh_server
-    bench "push-rowwise-adagrad-$round" --workload push --table rwa $train
-    fresh_server
-    bench_unix "push-rowwise-adagrad-unix-$round" --workload push --table rwa $train
-    fresh_server
-    bench_region "push-rowwise-adagrad-region-$round" --workload push --table rwa $train
-    bench "engine-train-rowwise-adagrad-$round" --workload engine-train --table rwa $train
-    fresh_server
-    bench "train-rowwise-adagrad-$round" --workload train --table rwa $train
-    fresh_server
-    bench_unix "train-rowwise-adagrad-unix-$round" --workload train --table rwa $train
-    fresh_server
-    bench_region "train-rowwise-adagrad-region-$round" --workload train --table rwa $train
-    fresh_server
+    for op in push train; do
+        bench "engine-$op-rowwise-adagrad-$round" --workload "engine-$op" --table rwa $train
+        fresh_server
+        bench "$op-rowwise-adagrad-$round" --workload "$op" --table rwa $train
+        fresh_server
+        bench_unix "$op-rowwise-adagrad-unix-$round" --workload "$op" --table rwa $train
+        fresh_server
+        bench_region "$op-rowwise-adagrad-region-$round" --workload "$op" --table rwa $train
+        fresh_server
+    done
 done
 bench redis-mget --workload redis-mget $single
 bench redis-mget-pipelined --workload redis-mget --mget-keys 1000 $single
