@@ -312,8 +312,8 @@ pub fn all_finite(values: &[f32]) -> bool {
 /// not finite when all its exponent bits are set, so a block's largest
 /// masked exponent says whether it holds one), which the compiler
 /// vectorises; only a block that holds one is searched value by value.
-/// Meant for megabytes of floats (a push checks every gradient it
-/// receives, then their sums), where the per-value `position` it replaced
+/// Meant for megabytes of floats (a push checks the summed gradients of
+/// its rows), where the per-value `position` it replaced
 /// was a quarter of [`crate::plan::BatchPlan::row_gradients`]' samples; a
 /// row's few floats are checked faster by [`all_finite`].
 pub fn first_non_finite(values: &[f32]) -> Option<usize> {

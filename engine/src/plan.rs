@@ -149,6 +149,14 @@ impl BatchPlan {
     /// Validates per-feature output gradients (one `[rows, width]` block per
     /// output, in plan order), then un-pools them onto rows and sums
     /// duplicates: the push's [`RowGradients`].
+    ///
+    /// Finiteness is checked on the sums, the values the optimizer will
+    /// step with, not on the gradients first: a NaN or infinity sent stays
+    /// one in every sum it enters, so one pass over the sums refuses all
+    /// that a pass over the gradients would (and sums that overflow), at
+    /// half the memory traffic. Only a gradient no row receives (an empty
+    /// bag's) goes unchecked, and it changes nothing. The error still names
+    /// the value sent when there is one.
     pub fn row_gradients<G: AsRef<[f32]>>(&self, grads: &[G]) -> Result<RowGradients, EngineError> {
         if grads.len() != self.outputs.len() {
             let feature = self
@@ -176,12 +184,6 @@ impl BatchPlan {
                         block.width,
                         g.len()
                     ),
-                ));
-            }
-            if let Some(i) = first_non_finite(g) {
-                return Err(EngineError::gradients(
-                    &block.feature,
-                    format!("value {i} is {}", g[i]),
                 ));
             }
         }
@@ -238,12 +240,24 @@ impl BatchPlan {
             }
         }
         if first_non_finite(&update.grads).is_some() {
-            return Err(EngineError::gradients(
-                "<batch>",
-                "summing the gradients of duplicate rows overflows f32",
-            ));
+            return Err(self.non_finite_gradient(grads));
         }
         Ok(update)
+    }
+
+    /// The error for a push whose summed gradients are not all finite: the
+    /// first NaN or infinity sent, or else the overflow of a sum.
+    fn non_finite_gradient<G: AsRef<[f32]>>(&self, grads: &[G]) -> EngineError {
+        for (block, g) in self.outputs.iter().zip(grads) {
+            let g = g.as_ref();
+            if let Some(i) = first_non_finite(g) {
+                return EngineError::gradients(&block.feature, format!("value {i} is {}", g[i]));
+            }
+        }
+        EngineError::gradients(
+            "<batch>",
+            "summing the gradients of duplicate rows overflows f32",
+        )
     }
 }
 

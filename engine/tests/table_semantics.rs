@@ -496,7 +496,21 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
 
     // And the good request does change it, so the comparison above can fail.
     t.push(&ok_batch, &[grads_ok.clone(), grads_ok]).unwrap();
-    assert!(table_rows(&t, 0..ROWS) != before);
+    let pushed = table_rows(&t, 0..ROWS);
+    assert!(pushed != before);
+
+    // Only sums are checked: the gradient of an empty bag reaches no row,
+    // so whatever it holds is not applied.
+    let empty_bag = Batch::new(vec![FeatureBatch::strings("m", ["a"], vec![0, 1])]);
+    let unused = [vec![f32::NAN; DIM], vec![0.1; DIM]].concat();
+    t.push(&empty_bag, &[unused]).unwrap();
+    let after = table_rows(&t, 0..ROWS);
+    assert!(after
+        .weights
+        .iter()
+        .chain(&after.state)
+        .all(|v| v.is_finite()));
+    assert!(after != pushed, "the bag of one value was pushed");
 }
 
 /// A batch costs its values times their features' chunks: planning refuses
