@@ -513,6 +513,33 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     assert!(after != pushed, "the bag of one value was pushed");
 }
 
+/// Only the sums of a push are checked: a NaN sent refuses it, and is
+/// named, wherever its row falls among thousands.
+#[test]
+fn a_non_finite_gradient_anywhere_in_a_large_push_refuses_it() {
+    // Rows enough that 3,000 values get rows of their own, nearly all.
+    const BIG: u64 = 1 << 20;
+    let spec = TableSpec {
+        optimizer: Optimizer::Sgd { lr: 0.1 },
+        ..TableSpec::new("big", BIG, DIM)
+    };
+    let t = Table::create(spec, BackendKind::Cpu).unwrap();
+    t.add_feature(FeatureSpec::new("s")).unwrap();
+    let values: Vec<String> = (0..3000).map(|i| format!("v{i}")).collect();
+    let batch = Batch::new(vec![FeatureBatch::strings("s", &values, vec![1; 3000])]);
+    let before = table_rows(&t, 0..BIG);
+    for bad in [0, 1500, 2999] {
+        let mut grads = vec![0.1; 3000 * DIM];
+        grads[bad * DIM + 1] = f32::NAN;
+        let err = t.push(&batch, &[grads]).unwrap_err().to_string();
+        let message = format!("value {} is NaN", bad * DIM + 1);
+        assert!(err.contains(&message), "`{err}` should contain `{message}`");
+    }
+    assert!(table_rows(&t, 0..BIG) == before);
+    t.push(&batch, &[vec![0.1; 3000 * DIM]]).unwrap();
+    assert!(table_rows(&t, 0..BIG) != before);
+}
+
 /// A batch costs its values times their features' chunks: planning refuses
 /// more entries than asked before allocating them, and never more than the
 /// `u32` entry indices can address (4M values of a 1,024-chunk feature used
