@@ -33,6 +33,7 @@ pub mod backend;
 pub mod batch;
 pub mod dirty;
 pub mod error;
+pub mod gradients;
 pub mod hashing;
 pub mod init;
 pub mod layout;

@@ -17,6 +17,7 @@
 use crate::backend::{cut_at, GatherPlan, RowGradients};
 use crate::batch::{Batch, FeatureBatch, FeatureEmbeddings, Values};
 use crate::error::EngineError;
+use crate::gradients::GradientSource;
 use crate::hashing::{hash_key, push_int_hashes, Key};
 use crate::layout::{block_bounds, embeddings, BatchLayout, FeatureLayout, OutputBlock};
 use crate::optimizer::first_non_finite;
@@ -157,7 +158,10 @@ impl BatchPlan {
     /// half the memory traffic. Only a gradient no row receives (an empty
     /// bag's) goes unchecked, and it changes nothing. The error still names
     /// the value sent when there is one.
-    pub fn row_gradients<G: AsRef<[f32]>>(&self, grads: &[G]) -> Result<RowGradients, EngineError> {
+    pub fn row_gradients<G: GradientSource>(
+        &self,
+        grads: &[G],
+    ) -> Result<RowGradients, EngineError> {
         if grads.len() != self.outputs.len() {
             let feature = self
                 .outputs
@@ -173,7 +177,6 @@ impl BatchPlan {
             ));
         }
         for (block, g) in self.outputs.iter().zip(grads) {
-            let g = g.as_ref();
             let expected = block.rows * block.width;
             if g.len() != expected {
                 return Err(EngineError::gradients(
@@ -188,10 +191,6 @@ impl BatchPlan {
             }
         }
         let d = self.chunk_dim;
-        let entry_grad = |x: &SummedEntry| -> &[f32] {
-            let start = x.offset as usize * d;
-            &grads[x.block as usize].as_ref()[start..start + d]
-        };
 
         // Entries sorted by row, ties in entry order (so sums are
         // deterministic). Each carries its weight and where its gradient
@@ -228,16 +227,18 @@ impl BatchPlan {
             // In row order the gradients are read at random: ask for the
             // one a few entries on while summing this one.
             if let Some(ahead) = entries.get(k + PREFETCH_AHEAD) {
-                crate::prefetch::prefetch(entry_grad(ahead));
+                grads[ahead.block as usize].prefetch(ahead.offset as usize * d, d);
             }
             if update.rows.last() != Some(&x.row) {
                 update.rows.push(x.row);
                 update.grads.resize(update.grads.len() + d, 0.0);
             }
             let acc = update.grads.len() - d;
-            for (a, g) in update.grads[acc..].iter_mut().zip(entry_grad(x)) {
-                *a += x.weight * g;
-            }
+            grads[x.block as usize].add_scaled_to(
+                x.offset as usize * d,
+                x.weight,
+                &mut update.grads[acc..],
+            );
         }
         if first_non_finite(&update.grads).is_some() {
             return Err(self.non_finite_gradient(grads));
@@ -247,11 +248,10 @@ impl BatchPlan {
 
     /// The error for a push whose summed gradients are not all finite: the
     /// first NaN or infinity sent, or else the overflow of a sum.
-    fn non_finite_gradient<G: AsRef<[f32]>>(&self, grads: &[G]) -> EngineError {
+    fn non_finite_gradient<G: GradientSource>(&self, grads: &[G]) -> EngineError {
         for (block, g) in self.outputs.iter().zip(grads) {
-            let g = g.as_ref();
-            if let Some(i) = first_non_finite(g) {
-                return EngineError::gradients(&block.feature, format!("value {i} is {}", g[i]));
+            if let Some((i, value)) = g.first_non_finite() {
+                return EngineError::gradients(&block.feature, format!("value {i} is {value}"));
             }
         }
         EngineError::gradients(

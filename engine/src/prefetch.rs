@@ -12,12 +12,23 @@ pub(crate) const CACHE_LINE: usize = 64;
 /// where no hint is available).
 #[inline(always)]
 pub(crate) fn prefetch<T>(values: &[T]) {
+    prefetch_bytes(values.as_ptr().cast(), std::mem::size_of_val(values));
+}
+
+/// [`prefetch`] of `len` floats from `first`, memory the caller may hold
+/// no reference to (another process's shared memory).
+#[inline(always)]
+pub(crate) fn prefetch_floats(first: *const f32, len: usize) {
+    prefetch_bytes(first.cast(), len * std::mem::size_of::<f32>());
+}
+
+#[inline(always)]
+fn prefetch_bytes(start: *const u8, bytes: usize) {
     #[cfg(target_arch = "x86_64")]
-    if let (Some(first), Some(last)) = (values.first(), values.last()) {
+    if bytes > 0 {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let start = first as *const T as usize;
-        let end = last as *const T as usize + std::mem::size_of::<T>() - 1;
-        let mut line = start / CACHE_LINE * CACHE_LINE;
+        let end = start as usize + bytes - 1;
+        let mut line = start as usize / CACHE_LINE * CACHE_LINE;
         while line <= end {
             // SAFETY: a prefetch reads nothing architecturally and cannot
             // fault (any address may be hinted); SSE is part of the x86_64
@@ -27,5 +38,5 @@ pub(crate) fn prefetch<T>(values: &[T]) {
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = values;
+    let _ = (start, bytes);
 }

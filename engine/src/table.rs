@@ -15,6 +15,7 @@ use crate::backend::{self, Backend, BackendKind, GatherPlan, GatherTarget, RowGr
 use crate::batch::{Batch, FeatureEmbeddings, Values};
 use crate::dirty::DirtyRows;
 use crate::error::EngineError;
+use crate::gradients::GradientSource;
 use crate::hashing::{chunk_seed, hash_key};
 use crate::layout::BatchLayout;
 use crate::occupancy::{Occupancy, OccupancyReport};
@@ -323,7 +324,7 @@ impl Table {
     /// Applies the gradients of a batch's outputs (one `[rows, width]` block
     /// per batch feature, in batch order). Everything is validated before the
     /// first row changes; a refused push changes nothing.
-    pub fn push<G: AsRef<[f32]>>(
+    pub fn push<G: GradientSource>(
         &self,
         batch: &Batch,
         grads: &[G],
@@ -334,7 +335,7 @@ impl Table {
     /// Applies gradients to an already planned batch (e.g. from a ticket).
     /// A push whose step would make any row or optimizer state non-finite is
     /// refused as a whole, naming the feature and the row.
-    pub fn push_plan<G: AsRef<[f32]>>(
+    pub fn push_plan<G: GradientSource>(
         &self,
         plan: &BatchPlan,
         grads: &[G],

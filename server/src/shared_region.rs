@@ -4,7 +4,7 @@
 //! it, instead of both crossing the socket. A socket costs two kernel
 //! copies of every payload on the cores the engine uses (docs/DESIGN.md,
 //! "Same-machine clients"); with a region the gather writes a lookup's
-//! blocks straight into it, and a push copies its gradients out once.
+//! blocks straight into it, and a push reads its gradients where they lie.
 //!
 //! A region is an anonymous memory file (`memfd`) the server creates,
 //! maps, and seals against shrinking and growing before anyone else can
@@ -17,8 +17,9 @@
 //! The trainer may write the region while the server reads it, so the
 //! server never forms references into it: a lookup's gather writes into
 //! it through a raw pointer and reads nothing back (a
-//! [`GatherTarget`]); gradients and batches are copied out through raw
-//! pointers, and what was read is validated after the copy.
+//! [`GatherTarget`]); a push reads its gradients in place, a row at a
+//! time through a raw pointer, and validates the sums it made of them
+//! ([`SharedGradients`]); a batch is copied out, then decoded.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -28,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use featmux_engine::backend::GatherTarget;
+use featmux_engine::gradients::SharedGradients;
 use memmap2::MmapRaw;
 use prometheus::IntGauge;
 use rustix::fs::{MemfdFlags, SealFlags};
@@ -192,32 +194,42 @@ impl Region {
         Ok(unsafe { GatherTarget::new(start, floats) })
     }
 
-    /// Copies `len` values of `T` (bytes, floats) out of the region from
-    /// `offset` into a new vector: a snapshot the caller validates,
-    /// whatever the client writes meanwhile. Floats are the machine's own
-    /// byte order, as the client wrote them into its mapping.
-    pub fn copy_out<T: bytemuck::Pod>(
+    /// The `floats` floats from `offset`, lent to a push that reads its
+    /// gradients there: refused unless all of them fit.
+    pub fn gradients(
         &self,
         what: &str,
         offset: u64,
-        len: usize,
-    ) -> Result<Vec<T>, ApiError> {
-        let bytes = len.saturating_mul(size_of::<T>());
-        self.check_range(what, offset, bytes as u64)?;
-        let mut values = Vec::<T>::with_capacity(len);
+        floats: usize,
+    ) -> Result<SharedGradients<'_>, ApiError> {
+        self.check_range(what, offset, (floats as u64).saturating_mul(4))?;
+        // SAFETY: as in `gather_target`; the server forms no reference to
+        // the floats, and reads them only by copying.
+        let start = unsafe { self.map.as_ptr().add(offset as usize) };
+        let start =
+            NonNull::new(start.cast::<f32>().cast_mut()).expect("a mapping is never at address 0");
+        // SAFETY: as above.
+        Ok(unsafe { SharedGradients::new(start, floats) })
+    }
+
+    /// Copies `len` bytes out of the region from `offset` into a new
+    /// vector: a snapshot the caller validates (a batch it decodes),
+    /// whatever the client writes meanwhile.
+    pub fn copy_out(&self, what: &str, offset: u64, len: usize) -> Result<Vec<u8>, ApiError> {
+        self.check_range(what, offset, len as u64)?;
+        let mut bytes = Vec::<u8>::with_capacity(len);
         // SAFETY: as in `gather_target`, the source is in bounds of a
         // mapping of fixed size; the destination is the vector's own
-        // memory, `bytes` long. Any bit pattern is a valid `T` (`Pod`), so
-        // every value is initialised once copied.
+        // memory, `len` bytes long, every one of them written by the copy.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 self.map.as_ptr().add(offset as usize),
-                values.as_mut_ptr().cast::<u8>(),
-                bytes,
+                bytes.as_mut_ptr(),
+                len,
             );
-            values.set_len(len);
+            bytes.set_len(len);
         }
-        Ok(values)
+        Ok(bytes)
     }
 
     /// Refuses a range that is misaligned for f32 or outside the region.
@@ -269,6 +281,7 @@ fn internal(message: String) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use featmux_engine::gradients::GradientSource;
     use std::os::unix::fs::FileExt;
 
     fn regions(max_bytes: u64) -> Regions {
@@ -290,8 +303,13 @@ mod tests {
 
         assert_eq!(region.gather_target(8, 1022).unwrap().len(), 1022);
         client.write_all_at(b"wxyz", 100).unwrap();
-        let read = region.copy_out::<u8>("gradient", 100, 4).unwrap();
+        let read = region.copy_out("the batch", 100, 4).unwrap();
         assert_eq!(read, b"wxyz");
+        client.write_all_at(&1.5f32.to_ne_bytes(), 200).unwrap();
+        let mut sum = [1.0];
+        let gradients = region.gradients("gradient", 200, 1).unwrap();
+        gradients.add_scaled_to(0, 2.0, &mut sum);
+        assert_eq!(sum, [4.0]);
 
         drop(region);
         assert_eq!(regions.gauge.get(), 0);
@@ -343,7 +361,8 @@ mod tests {
         for (offset, len) in [(60, 8), (2, 4), (u64::MAX - 3, 8)] {
             let err = region.gather_target(offset, len / 4).err().unwrap();
             assert_eq!(err.kind, ErrorKind::InvalidArgument, "{offset} {len}");
-            assert!(region.copy_out::<u8>("gradient", offset, len).is_err());
+            assert!(region.copy_out("the batch", offset, len).is_err());
+            assert!(region.gradients("gradient", offset, len / 4).is_err());
         }
         let err = region.gather_target(0, usize::MAX).err().unwrap();
         assert!(err.message.contains("the answer"), "{err:?}");

@@ -247,6 +247,22 @@ fn requests_the_region_cannot_serve_are_refused_and_the_stream_goes_on() {
                 needle,
             );
         }
+        // Gradients read in place are checked as the HTTP and socket ones
+        // are: a NaN in the region refuses the push, naming its value.
+        let floats = stream.region_mut().unwrap().floats_mut(96, 24).unwrap();
+        floats.fill(0.5);
+        floats[8 + 3] = f32::NAN;
+        expect_status(
+            stream
+                .push_ticket_from_region(
+                    "t",
+                    good.ticket,
+                    vec![gradient("u", 96, 32), gradient("v", 128, 64)],
+                )
+                .await,
+            Code::InvalidArgument,
+            "invalid gradients for feature `v`: value 3 is NaN",
+        );
         // Nothing moved: the refused pushes changed no row.
         let unchanged = stream.lookup("t", batch(), false).await.unwrap();
         let flat: Vec<f32> = unchanged

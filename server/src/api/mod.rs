@@ -19,6 +19,7 @@ use crate::tickets::{Ticket, TicketCache};
 use featmux_engine::backend::{GatherPlan, GatherTarget, RowGradients};
 use featmux_engine::batch::{Batch, FeatureEmbeddings, Values};
 use featmux_engine::error::EngineError;
+use featmux_engine::gradients::GradientSource;
 use featmux_engine::layout::OutputBlock;
 use featmux_engine::occupancy::OccupancyReport;
 use featmux_engine::plan::BatchPlan;
@@ -88,10 +89,10 @@ pub struct LookupResult {
 
 /// Checks the blocks against the batch's features (count and, where given,
 /// names) and returns their data in batch order.
-fn match_gradients<'a>(
+fn match_gradients<'a, D>(
     features: impl ExactSizeIterator<Item = &'a str>,
-    blocks: Vec<GradientBlock>,
-) -> Result<Vec<Vec<f32>>, ApiError> {
+    blocks: Vec<GradientBlock<D>>,
+) -> Result<Vec<D>, ApiError> {
     if features.len() != blocks.len() {
         return Err(ApiError::invalid(format!(
             "{} gradient blocks for a batch of {} features; send one per batch feature, in \
@@ -333,11 +334,11 @@ impl Api {
     /// Pushes gradients: one block per batch feature, in batch order. A
     /// non-zero `request_id` already answered for `table` within the
     /// deduplication window gets that answer, and nothing is applied.
-    pub fn push(
+    pub fn push<D: GradientSource>(
         &self,
         table: &str,
         target: &PushTarget,
-        blocks: Vec<GradientBlock>,
+        blocks: Vec<GradientBlock<D>>,
         request_id: u64,
     ) -> Result<PushResult, ApiError> {
         self.writable()?;
@@ -414,11 +415,11 @@ impl Api {
         })
     }
 
-    fn apply_push(
+    fn apply_push<D: GradientSource>(
         &self,
         table: &str,
         target: &PushTarget,
-        blocks: Vec<GradientBlock>,
+        blocks: Vec<GradientBlock<D>>,
     ) -> Result<PushResult, ApiError> {
         let (summary, version) = match target {
             PushTarget::Batch(batch) => {

@@ -8,11 +8,13 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 /// The gradient of one output block; `feature` may be left empty, and is
-/// checked against the batch when set.
+/// checked against the batch when set. `data` is the floats a request
+/// carried, or where they lie in a region shared with the trainer
+/// ([`featmux_engine::gradients::SharedGradients`]), read in place.
 #[derive(Debug, Clone, Default)]
-pub struct GradientBlock {
+pub struct GradientBlock<D = Vec<f32>> {
     pub feature: String,
-    pub data: Vec<f32>,
+    pub data: D,
 }
 
 /// A checkpoint, as the API describes it (the store keeps its own record).

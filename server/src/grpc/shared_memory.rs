@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use featmux_engine::gradients::SharedGradients;
 use featmux_proto::v1 as pb;
 use prost::Message;
 
@@ -177,7 +178,7 @@ fn batch_in(region: &Region, inline: bool, offset: u64, bytes: u64) -> Result<pb
             region.bytes()
         )));
     }
-    let encoded = region.copy_out::<u8>("the batch", offset, bytes as usize)?;
+    let encoded = region.copy_out("the batch", offset, bytes as usize)?;
     pb::Batch::decode(Bytes::from(encoded)).map_err(|e| {
         ApiError::invalid(format!(
             "the {bytes} bytes at offset {offset} of the region are not a Batch message: {e}"
@@ -185,7 +186,12 @@ fn batch_in(region: &Region, inline: bool, offset: u64, bytes: u64) -> Result<pb
     })
 }
 
-fn read_gradient(region: &Region, g: pb::RegionGradient) -> Result<GradientBlock, ApiError> {
+/// Where a gradient block lies in the region, checked to fit: the push
+/// reads it in place.
+fn read_gradient(
+    region: &Region,
+    g: pb::RegionGradient,
+) -> Result<GradientBlock<SharedGradients<'_>>, ApiError> {
     let what = format!("gradient `{}`", g.feature);
     if g.bytes % 4 != 0 || g.bytes > region.bytes() {
         return Err(ApiError::invalid(format!(
@@ -194,7 +200,7 @@ fn read_gradient(region: &Region, g: pb::RegionGradient) -> Result<GradientBlock
             region.bytes()
         )));
     }
-    let data = region.copy_out(&what, g.offset, g.bytes as usize / 4)?;
+    let data = region.gradients(&what, g.offset, g.bytes as usize / 4)?;
     Ok(GradientBlock {
         feature: g.feature,
         data,

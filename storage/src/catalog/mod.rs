@@ -42,6 +42,7 @@ use featmux_engine::backend::serving::RowFormat;
 use featmux_engine::backend::{BackendKind, RowData, RowGradients};
 use featmux_engine::batch::Batch;
 use featmux_engine::error::EngineError;
+use featmux_engine::gradients::GradientSource;
 use featmux_engine::plan::BatchPlan;
 use featmux_engine::registry::FeatureRegistry;
 use featmux_engine::schema::TableSpec;
@@ -237,7 +238,7 @@ impl Catalog {
 
     /// Pushes gradients for `batch` into `table`; returns the push's training
     /// version (durable once a flush reports a version at least as high).
-    pub fn push<G: AsRef<[f32]>>(
+    pub fn push<G: GradientSource>(
         &self,
         table: &str,
         batch: &Batch,
@@ -251,7 +252,7 @@ impl Catalog {
     /// Pushes gradients for a batch planned earlier on `table` (a lookup's
     /// ticket). Refused if that table object was dropped or replaced since,
     /// because the plan's rows belong to it.
-    pub fn push_plan<G: AsRef<[f32]>>(
+    pub fn push_plan<G: GradientSource>(
         &self,
         table: &Arc<Table>,
         plan: &BatchPlan,

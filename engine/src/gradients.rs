@@ -1,0 +1,195 @@
+//! Where a push reads its gradients from: floats of the caller's own, or
+//! floats in memory another process may write at any time (a region the
+//! server shares with a trainer on its machine).
+//!
+//! Why read shared memory in place: copying a region push's gradients out
+//! first (6.8 MB for 4,096 × 26 rows of 16 floats, into pages the copy
+//! faults in) was a tenth of the server's time per region push
+//! (docs/results/profile.md, section 18). A push reads each gradient once,
+//! into the sums [`crate::plan::BatchPlan::row_gradients`] keeps in its own
+//! memory, and checks those sums, never the gradients. So whatever the
+//! other process writes meanwhile can change the values summed, never let
+//! a non-finite one through.
+//!
+//! As for [`crate::backend::GatherTarget`], the engine forms no reference
+//! to shared memory (a reference promises Rust that nothing else changes
+//! the floats while it lives): [`SharedGradients`] copies them out through
+//! a raw pointer, a few at a time.
+
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+
+use crate::optimizer::first_non_finite;
+
+/// One output block of a push's gradients (`[rows, width]` floats, row
+/// major), as [`crate::plan::BatchPlan::row_gradients`] reads it.
+pub trait GradientSource {
+    /// Floats in the block.
+    fn len(&self) -> usize;
+
+    /// Whether the block holds no floats.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds `weight` × floats `start..start + acc.len()` to `acc`.
+    fn add_scaled_to(&self, start: usize, weight: f32, acc: &mut [f32]);
+
+    /// Asks the CPU to start loading floats `start..start + len`.
+    fn prefetch(&self, start: usize, len: usize);
+
+    /// The first NaN or infinity in the block, with its index: for an
+    /// error that names what was sent.
+    fn first_non_finite(&self) -> Option<(usize, f32)>;
+}
+
+impl<T: AsRef<[f32]>> GradientSource for T {
+    fn len(&self) -> usize {
+        self.as_ref().len()
+    }
+
+    #[inline(always)]
+    fn add_scaled_to(&self, start: usize, weight: f32, acc: &mut [f32]) {
+        let g = &self.as_ref()[start..start + acc.len()];
+        for (a, g) in acc.iter_mut().zip(g) {
+            *a += weight * g;
+        }
+    }
+
+    #[inline(always)]
+    fn prefetch(&self, start: usize, len: usize) {
+        crate::prefetch::prefetch(&self.as_ref()[start..start + len]);
+    }
+
+    fn first_non_finite(&self) -> Option<(usize, f32)> {
+        let g = self.as_ref();
+        first_non_finite(g).map(|i| (i, g[i]))
+    }
+}
+
+/// Floats copied out this many at a time by [`SharedGradients`]: a row of
+/// up to 64 floats in one copy, on the stack.
+const COPY_FLOATS: usize = 64;
+
+/// `len` gradients in memory another process may write, lent for `'a` and
+/// read only by copying through a raw pointer (see the module's doc).
+pub struct SharedGradients<'a> {
+    start: NonNull<f32>,
+    len: usize,
+    memory: PhantomData<&'a ()>,
+}
+
+impl<'a> SharedGradients<'a> {
+    /// # Safety
+    ///
+    /// `start` is aligned for `f32` and valid for reads of `len` floats for
+    /// `'a`, and this process holds no mutable reference to those floats
+    /// meanwhile. Another process may read or write them.
+    pub unsafe fn new(start: NonNull<f32>, len: usize) -> Self {
+        SharedGradients {
+            start,
+            len,
+            memory: PhantomData,
+        }
+    }
+
+    /// Copies floats `start..start + out.len()` into `out`.
+    #[inline(always)]
+    fn copy_to(&self, start: usize, out: &mut [f32]) {
+        assert!(
+            start <= self.len && out.len() <= self.len - start,
+            "floats {start}..{} of {}",
+            start + out.len(),
+            self.len
+        );
+        // SAFETY: the range is within the `len` floats `new` was promised
+        // are readable for `'a`; `out` is this process's own memory, which
+        // the shared floats cannot overlap. Any bits are a valid f32.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.start.as_ptr().add(start),
+                out.as_mut_ptr(),
+                out.len(),
+            );
+        }
+    }
+}
+
+impl GradientSource for SharedGradients<'_> {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline(always)]
+    fn add_scaled_to(&self, start: usize, weight: f32, acc: &mut [f32]) {
+        let mut copied = [0.0f32; COPY_FLOATS];
+        for (i, acc) in acc.chunks_mut(COPY_FLOATS).enumerate() {
+            let g = &mut copied[..acc.len()];
+            self.copy_to(start + i * COPY_FLOATS, g);
+            for (a, g) in acc.iter_mut().zip(&*g) {
+                *a += weight * g;
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn prefetch(&self, start: usize, len: usize) {
+        if start < self.len {
+            let len = len.min(self.len - start);
+            // SAFETY: in bounds, as `copy_to`; a prefetch reads nothing.
+            let first = unsafe { self.start.as_ptr().add(start) };
+            crate::prefetch::prefetch_floats(first, len);
+        }
+    }
+
+    fn first_non_finite(&self) -> Option<(usize, f32)> {
+        let mut copied = [0.0f32; COPY_FLOATS];
+        (0..self.len).step_by(COPY_FLOATS).find_map(|start| {
+            let g = &mut copied[..COPY_FLOATS.min(self.len - start)];
+            self.copy_to(start, g);
+            first_non_finite(g).map(|i| (start + i, g[i]))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(values: &mut [f32]) -> SharedGradients<'_> {
+        let start = NonNull::new(values.as_mut_ptr()).unwrap();
+        // SAFETY: `values` is borrowed for the result's lifetime, and
+        // nothing else refers to it meanwhile.
+        unsafe { SharedGradients::new(start, values.len()) }
+    }
+
+    /// Shared gradients sum and report exactly as a slice of the same
+    /// floats, across the 64-float copies and at the block's end.
+    #[test]
+    fn shared_gradients_read_as_the_same_floats_in_a_slice() {
+        let mut values: Vec<f32> = (0..300).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let owned = values.clone();
+        for (start, len) in [(0, 16), (10, 64), (5, 130), (200, 100), (299, 1)] {
+            let mut from_slice = vec![1.0; len];
+            let mut from_shared = vec![1.0; len];
+            owned.add_scaled_to(start, 0.25, &mut from_slice);
+            shared(&mut values).add_scaled_to(start, 0.25, &mut from_shared);
+            assert_eq!(from_slice, from_shared, "{start} {len}");
+        }
+        assert_eq!(shared(&mut values).first_non_finite(), None);
+        for bad in [0, 63, 64, 299] {
+            let mut values = owned.clone();
+            values[bad] = f32::NEG_INFINITY;
+            let found = shared(&mut values).first_non_finite();
+            assert_eq!(found, Some((bad, f32::NEG_INFINITY)));
+            assert_eq!(found, values.first_non_finite());
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "floats 290..310 of 300")]
+    fn shared_gradients_refuse_a_range_past_their_end() {
+        let mut values = vec![0.0; 300];
+        shared(&mut values).add_scaled_to(290, 1.0, &mut [0.0; 20]);
+    }
+}
