@@ -9,9 +9,11 @@
 #   scripts/ab.sh ROUNDS BIN_A BIN_B http RATE
 #
 # service and engine print M rows/s (4,096 examples x 26 single-valued
-# features x 16 floats, row-wise Adagrad, 8 clients); http prints the
-# server's CPU per single-example lookup (all its threads, from
-# /proc/PID/stat) with the open-loop p50 and p99 at RATE requests/s.
+# features x 16 floats, row-wise Adagrad, 8 clients), service also the
+# server's CPU per request (all its threads, from /proc/PID/stat: on a
+# host whose throughput drifts, the steadier figure); http prints the
+# server's CPU per single-example lookup with the open-loop p50 and p99
+# at RATE requests/s.
 # TRANSPORT_A / TRANSPORT_B (tcp, unix or region, default tcp) pick how
 # side A / B reaches the server, e.g. the same build over TCP and its Unix
 # socket:
@@ -23,7 +25,7 @@
 #       scripts/ab.sh 4 "$a" "$b" engine engine-lookup
 set -eu
 . "$(dirname "$0")/lib/serve.sh"
-[ $# -eq 5 ] || { sed -n '2,23p' "$0" >&2; exit 2; }
+[ $# -eq 5 ] || { sed -n '2,25p' "$0" >&2; exit 2; }
 rounds=$1 bin_a=$2 bin_b=$3 kind=$4 what=$5
 DURATION="${DURATION:-5}"
 GRPC=127.0.0.1:50081
@@ -44,10 +46,22 @@ one() {
     esac
     bench="$1 --addr $addr --json bench --http http://$HTTP $region"
     case $kind in
-        service | engine)
+        engine)
             $bench --workload "$what" $train $shape --duration "$DURATION" >"$work/run.json"
             python3 -c "import json,sys; print(f\"{json.load(open(sys.argv[1]))['rows_per_s'] / 1e6:.2f}\")" \
                 "$work/run.json"
+            ;;
+        service)
+            before=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+            $bench --workload "$what" $train $shape --duration "$DURATION" >"$work/run.json"
+            after=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+            python3 - "$work/run.json" "$before" "$after" <<'PY'
+import json, os, sys
+run = json.load(open(sys.argv[1]))
+ticks = int(sys.argv[3]) - int(sys.argv[2])
+ms = 1e3 * ticks / os.sysconf("SC_CLK_TCK") / run["requests"]
+print(f"{run['rows_per_s'] / 1e6:.2f} M rows/s, server {ms:.2f} ms/request")
+PY
             ;;
         http)
             http="--workload http-lookup --table single --examples 1 --features 26 --vocab 100000 --concurrency 16 --rate $what"
