@@ -7,6 +7,7 @@
 //! layer later allows retiring a feature.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -63,7 +64,10 @@ impl Feature {
 /// All features of one table, in registration order.
 #[derive(Debug, Clone, Default)]
 pub struct FeatureRegistry {
-    features: Vec<Feature>,
+    /// Shared with the requests that hold a [`Self::snapshot`]; registering
+    /// a feature meanwhile copies the list (rare) instead of every request
+    /// copying it (every HTTP lookup reads it).
+    features: Arc<Vec<Feature>>,
     by_name: HashMap<String, usize>,
     next_salt: u32,
 }
@@ -72,6 +76,12 @@ impl FeatureRegistry {
     /// Features in registration order (the order a serving model concatenates).
     pub fn features(&self) -> &[Feature] {
         &self.features
+    }
+
+    /// [`Self::features`] as a snapshot that outlives the registry's lock,
+    /// without copying them.
+    pub fn snapshot(&self) -> Arc<Vec<Feature>> {
+        self.features.clone()
     }
 
     /// The salt the next registered feature will get (persisted, so salts
@@ -118,7 +128,7 @@ impl FeatureRegistry {
             registry
                 .by_name
                 .insert(feature.name.clone(), registry.features.len());
-            registry.features.push(feature);
+            Arc::make_mut(&mut registry.features).push(feature);
         }
         registry.next_salt = next_salt;
         Ok(registry)
@@ -164,7 +174,7 @@ impl FeatureRegistry {
         self.next_salt = next_salt;
         self.by_name
             .insert(feature.name.clone(), self.features.len());
-        self.features.push(feature.clone());
+        Arc::make_mut(&mut self.features).push(feature.clone());
         Ok(feature)
     }
 

@@ -7,6 +7,7 @@
 //! protected by the backend's own striping.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use parking_lot::RwLock;
 
@@ -192,9 +193,9 @@ impl Table {
         self.registry.read().clone()
     }
 
-    /// Registered features in registration order.
-    pub fn features(&self) -> Vec<Feature> {
-        self.registry.read().features().to_vec()
+    /// Registered features in registration order, as a snapshot (no copy).
+    pub fn features(&self) -> Arc<Vec<Feature>> {
+        self.registry.read().snapshot()
     }
 
     /// Validates and hashes a batch (reusable for the matching push).

@@ -689,7 +689,7 @@ impl Api {
     }
 
     /// The registered features of `table`, for decoding serving requests.
-    pub fn features(&self, table: &str) -> Result<Vec<Feature>, ApiError> {
+    pub fn features(&self, table: &str) -> Result<Arc<Vec<Feature>>, ApiError> {
         Ok(self.catalog.table(table)?.features())
     }
 }
@@ -715,7 +715,7 @@ fn describe(table: &Table) -> TableInfo {
         dirty_rows: table.dirty().len() as u64,
         features: table
             .features()
-            .into_iter()
+            .iter()
             .map(|f| FeatureInfo {
                 width: f.width(d),
                 salt: f.salt,
