@@ -3,9 +3,9 @@
 //! server shares with a trainer on its machine).
 //!
 //! Why read shared memory in place: copying a region push's gradients out
-//! first (6.8 MB for 4,096 × 26 rows of 16 floats, into pages the copy
-//! faults in) was a tenth of the server's time per region push
-//! (docs/results/profile.md, section 18). A push reads each gradient once,
+//! first (6.8 MB for 4,096 × 26 rows of 16 floats, into a fresh vector)
+//! took 1.6 of the 23 ms of CPU a region push cost (docs/results/profile.md,
+//! section 18). A push reads each gradient once,
 //! into the sums [`crate::plan::BatchPlan::row_gradients`] keeps in its own
 //! memory, and checks those sums, never the gradients. So whatever the
 //! other process writes meanwhile can change the values summed, never let
