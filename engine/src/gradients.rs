@@ -25,12 +25,7 @@ use crate::optimizer::first_non_finite;
 /// major), as [`crate::plan::BatchPlan::row_gradients`] reads it.
 pub trait GradientSource {
     /// Floats in the block.
-    fn len(&self) -> usize;
-
-    /// Whether the block holds no floats.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
+    fn floats(&self) -> usize;
 
     /// Adds `weight` × floats `start..start + acc.len()` to `acc`.
     fn add_scaled_to(&self, start: usize, weight: f32, acc: &mut [f32]);
@@ -44,7 +39,7 @@ pub trait GradientSource {
 }
 
 impl<T: AsRef<[f32]>> GradientSource for T {
-    fn len(&self) -> usize {
+    fn floats(&self) -> usize {
         self.as_ref().len()
     }
 
@@ -116,7 +111,7 @@ impl<'a> SharedGradients<'a> {
 }
 
 impl GradientSource for SharedGradients<'_> {
-    fn len(&self) -> usize {
+    fn floats(&self) -> usize {
         self.len
     }
 

@@ -178,14 +178,14 @@ impl BatchPlan {
         }
         for (block, g) in self.outputs.iter().zip(grads) {
             let expected = block.rows * block.width;
-            if g.len() != expected {
+            if g.floats() != expected {
                 return Err(EngineError::gradients(
                     &block.feature,
                     format!(
                         "expected {} × {} = {expected} values, got {}",
                         block.rows,
                         block.width,
-                        g.len()
+                        g.floats()
                     ),
                 ));
             }

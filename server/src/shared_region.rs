@@ -182,15 +182,8 @@ impl Region {
     /// The `floats` floats from `offset`, lent to a gather that writes a
     /// lookup's blocks there: refused unless all of them fit.
     pub fn gather_target(&self, offset: u64, floats: usize) -> Result<GatherTarget<'_>, ApiError> {
-        self.check_range("the answer", offset, (floats as u64).saturating_mul(4))?;
-        // SAFETY: `check_range` put the floats inside the mapping, whose
-        // size the seals fix, at an offset that is a multiple of 4 from a
-        // page-aligned start; the mapping lives as long as the borrow of
-        // `self`. The server forms no reference to it: the client may read
-        // or write it meanwhile.
-        let start = unsafe { self.map.as_mut_ptr().add(offset as usize) };
-        let start = NonNull::new(start.cast::<f32>()).expect("a mapping is never at address 0");
-        // SAFETY: as above.
+        let start = self.floats_at("the answer", offset, floats)?;
+        // SAFETY: as in `floats_at`.
         Ok(unsafe { GatherTarget::new(start, floats) })
     }
 
@@ -202,14 +195,22 @@ impl Region {
         offset: u64,
         floats: usize,
     ) -> Result<SharedGradients<'_>, ApiError> {
-        self.check_range(what, offset, (floats as u64).saturating_mul(4))?;
-        // SAFETY: as in `gather_target`; the server forms no reference to
-        // the floats, and reads them only by copying.
-        let start = unsafe { self.map.as_ptr().add(offset as usize) };
-        let start =
-            NonNull::new(start.cast::<f32>().cast_mut()).expect("a mapping is never at address 0");
-        // SAFETY: as above.
+        let start = self.floats_at(what, offset, floats)?;
+        // SAFETY: as in `floats_at`; the push reads them only by copying.
         Ok(unsafe { SharedGradients::new(start, floats) })
+    }
+
+    /// Where the `floats` floats from `offset` start, refused unless all of
+    /// them fit. Valid for reads and writes for as long as `self` is
+    /// borrowed: the range is inside the mapping, whose size the seals fix,
+    /// at an offset that is a multiple of 4 from a page-aligned start. The
+    /// server forms no reference to it: the client may read or write it
+    /// meanwhile.
+    fn floats_at(&self, what: &str, offset: u64, floats: usize) -> Result<NonNull<f32>, ApiError> {
+        self.check_range(what, offset, (floats as u64).saturating_mul(4))?;
+        // SAFETY: `check_range` put the offset inside the mapping.
+        let start = unsafe { self.map.as_mut_ptr().add(offset as usize) };
+        Ok(NonNull::new(start.cast::<f32>()).expect("a mapping is never at address 0"))
     }
 
     /// Copies `len` bytes out of the region from `offset` into a new
