@@ -13,8 +13,8 @@
 //!
 //! As for [`crate::backend::GatherTarget`], the engine forms no reference
 //! to shared memory (a reference promises Rust that nothing else changes
-//! the floats while it lives): [`SharedGradients`] copies them out through
-//! a raw pointer, a few at a time.
+//! the floats while it lives): [`SharedGradients`] reads them by value
+//! through a raw pointer, each float once.
 
 use std::marker::PhantomData;
 use std::ptr::NonNull;
@@ -62,12 +62,15 @@ impl<T: AsRef<[f32]>> GradientSource for T {
     }
 }
 
-/// Floats copied out this many at a time by [`SharedGradients`]: a row of
-/// up to 64 floats in one copy, on the stack.
+/// Floats [`SharedGradients`] copies out at a time onto the stack to
+/// search them for a non-finite one (a refused push's error).
 const COPY_FLOATS: usize = 64;
 
 /// `len` gradients in memory another process may write, lent for `'a` and
-/// read only by copying through a raw pointer (see the module's doc).
+/// read only by value through a raw pointer (see the module's doc). A push
+/// reads each row's floats straight into its sums: copying the row onto
+/// the stack first was a `memcpy` call per row (4 M more instructions per
+/// region push of 4,096 × 26 rows; docs/results/profile.md, section 19).
 pub struct SharedGradients<'a> {
     start: NonNull<f32>,
     len: usize,
@@ -88,25 +91,29 @@ impl<'a> SharedGradients<'a> {
         }
     }
 
+    /// Where floats `start..start + len` begin, checked to be within the
+    /// block: valid for reads of `len` floats by value (any bits are a
+    /// valid f32), never to borrow.
+    #[inline(always)]
+    fn range(&self, start: usize, len: usize) -> *const f32 {
+        assert!(
+            start <= self.len && len <= self.len - start,
+            "floats {start}..{} of {}",
+            start + len,
+            self.len
+        );
+        // SAFETY: in bounds of the `len` floats `new` was promised are
+        // readable for `'a`.
+        unsafe { self.start.as_ptr().add(start) }
+    }
+
     /// Copies floats `start..start + out.len()` into `out`.
     #[inline(always)]
     fn copy_to(&self, start: usize, out: &mut [f32]) {
-        assert!(
-            start <= self.len && out.len() <= self.len - start,
-            "floats {start}..{} of {}",
-            start + out.len(),
-            self.len
-        );
-        // SAFETY: the range is within the `len` floats `new` was promised
-        // are readable for `'a`; `out` is this process's own memory, which
-        // the shared floats cannot overlap. Any bits are a valid f32.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.start.as_ptr().add(start),
-                out.as_mut_ptr(),
-                out.len(),
-            );
-        }
+        let from = self.range(start, out.len());
+        // SAFETY: `range` checked the source; `out` is this process's own
+        // memory, which the shared floats cannot overlap.
+        unsafe { std::ptr::copy_nonoverlapping(from, out.as_mut_ptr(), out.len()) };
     }
 }
 
@@ -117,13 +124,11 @@ impl GradientSource for SharedGradients<'_> {
 
     #[inline(always)]
     fn add_scaled_to(&self, start: usize, weight: f32, acc: &mut [f32]) {
-        let mut copied = [0.0f32; COPY_FLOATS];
-        for (i, acc) in acc.chunks_mut(COPY_FLOATS).enumerate() {
-            let g = &mut copied[..acc.len()];
-            self.copy_to(start + i * COPY_FLOATS, g);
-            for (a, g) in acc.iter_mut().zip(&*g) {
-                *a += weight * g;
-            }
+        let from = self.range(start, acc.len());
+        for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: `range` checked floats `start..start + acc.len()`;
+            // each is read once, by value.
+            *a += weight * unsafe { from.add(j).read() };
         }
     }
 
@@ -131,7 +136,7 @@ impl GradientSource for SharedGradients<'_> {
     fn prefetch(&self, start: usize, len: usize) {
         if start < self.len {
             let len = len.min(self.len - start);
-            // SAFETY: in bounds, as `copy_to`; a prefetch reads nothing.
+            // SAFETY: in bounds, as `range` checks; a prefetch reads nothing.
             let first = unsafe { self.start.as_ptr().add(start) };
             crate::prefetch::prefetch_floats(first, len);
         }
