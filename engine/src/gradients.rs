@@ -62,10 +62,6 @@ impl<T: AsRef<[f32]>> GradientSource for T {
     }
 }
 
-/// Floats [`SharedGradients`] copies out at a time onto the stack to
-/// search them for a non-finite one (a refused push's error).
-const COPY_FLOATS: usize = 64;
-
 /// `len` gradients in memory another process may write, lent for `'a` and
 /// read only by value through a raw pointer (see the module's doc). A push
 /// reads each row's floats straight into its sums: copying the row onto
@@ -106,15 +102,6 @@ impl<'a> SharedGradients<'a> {
         // readable for `'a`.
         unsafe { self.start.as_ptr().add(start) }
     }
-
-    /// Copies floats `start..start + out.len()` into `out`.
-    #[inline(always)]
-    fn copy_to(&self, start: usize, out: &mut [f32]) {
-        let from = self.range(start, out.len());
-        // SAFETY: `range` checked the source; `out` is this process's own
-        // memory, which the shared floats cannot overlap.
-        unsafe { std::ptr::copy_nonoverlapping(from, out.as_mut_ptr(), out.len()) };
-    }
 }
 
 impl GradientSource for SharedGradients<'_> {
@@ -136,18 +123,18 @@ impl GradientSource for SharedGradients<'_> {
     fn prefetch(&self, start: usize, len: usize) {
         if start < self.len {
             let len = len.min(self.len - start);
-            // SAFETY: in bounds, as `range` checks; a prefetch reads nothing.
-            let first = unsafe { self.start.as_ptr().add(start) };
-            crate::prefetch::prefetch_floats(first, len);
+            crate::prefetch::prefetch_floats(self.range(start, len), len);
         }
     }
 
     fn first_non_finite(&self) -> Option<(usize, f32)> {
-        let mut copied = [0.0f32; COPY_FLOATS];
-        (0..self.len).step_by(COPY_FLOATS).find_map(|start| {
-            let g = &mut copied[..COPY_FLOATS.min(self.len - start)];
-            self.copy_to(start, g);
-            first_non_finite(g).map(|i| (start + i, g[i]))
+        // Only a refused push searches, so one float at a time will do.
+        let from = self.range(0, self.len);
+        (0..self.len).find_map(|i| {
+            // SAFETY: `range` checked all `len` floats; each is read once,
+            // by value.
+            let value = unsafe { from.add(i).read() };
+            (!value.is_finite()).then_some((i, value))
         })
     }
 }
