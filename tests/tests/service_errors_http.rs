@@ -57,6 +57,18 @@ fn http_serving_errors_use_the_same_statuses() {
             400,
             "EOF",
         );
+        // A feature given twice in one example (JSON allows the repeat).
+        expect_http(
+            http.send_raw(
+                "/v1/tables/t/lookup",
+                DATA,
+                "application/json",
+                br#"{"examples": [{"u": "a", "u": "b"}]}"#.to_vec(),
+            )
+            .await,
+            400,
+            "example 0: feature `u` is given twice",
+        );
         expect_http(
             http.send_raw("/v1/tables/t/lookup", DATA, "text/plain", b"{}".to_vec())
                 .await,
@@ -112,7 +124,7 @@ fn http_serving_errors_use_the_same_statuses() {
             )
             .await,
             413,
-            "1200 (value, chunk) rows",
+            "1200 (value, chunk) entries",
         );
         // 5,000 empty examples × 2 features: refused before the per-feature
         // lengths are built.

@@ -1,28 +1,35 @@
 //! `featmux lookup` and `featmux explain`: the data plane from a shell.
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use featmux_client::{pb, BatchBuilder, Client};
 use featmux_engine::schema::ValueType;
 use featmux_server::api::{FeatureInfo, TableInfo};
-use featmux_server::examples;
+use featmux_server::examples::ExampleReader;
+use serde::de::DeserializeSeed;
 use serde_json::{json, Value};
 
 use crate::wire::{batch_to_pb, table_info_from_pb};
 
 /// Builds a batch from JSON examples with the server's own serving-format
-/// decoder, typed by the table's features.
+/// reader, typed by the table's features.
 fn examples_batch(info: &TableInfo, examples: &[String]) -> anyhow::Result<pb::Batch> {
-    let mut examples = examples
-        .iter()
-        .enumerate()
-        .map(|(i, text)| {
-            serde_json::from_str(text).with_context(|| format!("example {i} is not a JSON object"))
-        })
-        .collect::<anyhow::Result<Vec<examples::Example>>>()?;
     let features: Vec<_> = info.features.iter().map(FeatureInfo::feature).collect();
     // The server enforces its own limit; the CLI builds what it was given.
-    let batch = examples::batch(&features, &mut examples, false, usize::MAX)?;
-    Ok(batch_to_pb(batch))
+    let mut reader = ExampleReader::new(&features, usize::MAX);
+    for (i, text) in examples.iter().enumerate() {
+        let mut json = serde_json::Deserializer::from_str(text);
+        let read = reader
+            .one()
+            .deserialize(&mut json)
+            .and_then(|()| json.end());
+        if let Err(e) = read {
+            return Err(match reader.take_refusal() {
+                Some(refusal) => refusal.into(),
+                None => anyhow!("example {i} is not a JSON object of features: {e}"),
+            });
+        }
+    }
+    Ok(batch_to_pb(reader.finish(false)?.batch))
 }
 
 pub async fn lookup(

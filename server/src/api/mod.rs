@@ -639,7 +639,7 @@ impl Api {
         }
         if entries > self.limits.max_batch_values {
             return Err(ApiError::too_large(format!(
-                "{entries} (value, chunk) rows to explain; the limit is {} \
+                "{entries} (value, chunk) entries to explain; the limit is {} \
                  (limits.max_batch_values)",
                 self.limits.max_batch_values
             )));

@@ -10,14 +10,13 @@ use featmux_engine::occupancy::OccupancyReport;
 
 use crate::api::{Checkpoint, Scope, Stats, TableInfo, TableStats};
 use crate::error::ApiError;
-use crate::examples::{self};
 use crate::shared::Shared;
 
 use super::bodies::{
     AddFeaturesBody, CheckpointList, CreateTableBody, ErrorBody, ExplainBody, ExplainOutput,
     RestoreBody, TableList,
 };
-use super::{api_call, ApiJson, ApiPath};
+use super::{api_call, ApiJson, ApiPath, JsonBytes};
 
 #[utoipa::path(get, path = "/v1/tables", tag = "admin",
     responses((status = 200, body = TableList), (status = 401, body = ErrorBody)),
@@ -101,14 +100,14 @@ pub(super) async fn add_features(
 pub(super) async fn explain(
     State(shared): State<Arc<Shared>>,
     ApiPath(table): ApiPath<String>,
-    ApiJson(body): ApiJson<ExplainBody>,
+    JsonBytes(body): JsonBytes,
 ) -> Result<Json<ExplainOutput>, ApiError> {
     api_call(&shared, move |api| {
         let registered = api.features(&table)?;
-        let mut example = [body.features];
-        let max = api.limits().max_batch_values;
-        let batch = examples::batch(&registered, &mut example, false, max)?;
-        let features: Vec<_> = batch
+        let body = ExplainBody::read(&body, &registered, api.limits().max_batch_values)?;
+        let features: Vec<_> = body
+            .features
+            .batch
             .features
             .into_iter()
             .map(|f| (f.feature, f.values))

@@ -2,13 +2,17 @@
 //! body, each with its OpenAPI schema.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use utoipa::ToSchema;
 
+use super::extract::read_examples;
 use crate::api::{Checkpoint, ExplainedValue, TableInfo};
-use crate::examples::{Example, PerExample};
+use crate::error::ApiError;
+use crate::examples::{ExampleReader, Examples, PerExample};
+use featmux_engine::registry::Feature;
 use featmux_engine::schema::{FeatureSpec, TableSpec};
 
 /// The error body every failing endpoint returns.
@@ -26,13 +30,14 @@ pub struct ErrorDetail {
 }
 
 /// A serving lookup.
-#[derive(Debug, Deserialize, ToSchema)]
+// `read` enforces what the serde attributes tell the schema.
+#[derive(Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LookupBody {
     /// Examples as `{feature: value | [values]}`; a missing feature is an
     /// empty bag.
     #[schema(value_type = Vec<Object>)]
-    pub examples: Vec<Example>,
+    pub examples: Examples,
     /// Return one vector per example: every feature of the table, in table
     /// order, concatenated.
     #[serde(default)]
@@ -40,36 +45,61 @@ pub struct LookupBody {
 }
 
 impl LookupBody {
-    /// The body from its parsed JSON when that is an object of `examples`
-    /// (objects) and optionally `concat` (a bool), moving each example's
-    /// map; `Err` gives back any other value untouched, for serde to
-    /// deserialize or refuse.
-    pub fn from_plain(value: Value) -> Result<Self, Value> {
-        let Value::Object(mut fields) = value else {
-            return Err(value);
-        };
-        let plain = fields.keys().all(|k| k == "examples" || k == "concat")
-            && matches!(fields.get("concat"), None | Some(Value::Bool(_)))
-            && matches!(fields.get("examples"), Some(Value::Array(items))
-                if items.iter().all(Value::is_object));
-        if !plain {
-            return Err(Value::Object(fields));
+    /// The body in `json` for a table of `features`, its examples read
+    /// straight into a batch ([`ExampleReader`]); `max` is
+    /// limits.max_batch_values.
+    pub fn read(json: &[u8], features: &[Feature], max: usize) -> Result<Self, ApiError> {
+        let mut reader = ExampleReader::new(features, max);
+        let concat = read_examples(json, &mut reader, |reader, json| {
+            json.deserialize_map(LookupFields(reader))
+        })?;
+        Ok(LookupBody {
+            examples: reader.finish(concat)?,
+            concat,
+        })
+    }
+}
+
+/// A lookup body's fields.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum LookupField {
+    Examples,
+    Concat,
+}
+
+/// Reads a lookup body's fields: the examples into the reader, and
+/// `concat`.
+struct LookupFields<'r, 'f>(&'r mut ExampleReader<'f>);
+
+impl<'de> Visitor<'de> for LookupFields<'_, '_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a lookup: an object of `examples` and optionally `concat`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        let (mut examples, mut concat) = (false, None);
+        while let Some(field) = map.next_key()? {
+            match field {
+                LookupField::Examples if examples => {
+                    return Err(de::Error::duplicate_field("examples"))
+                }
+                LookupField::Examples => {
+                    map.next_value_seed(self.0.list())?;
+                    examples = true;
+                }
+                LookupField::Concat if concat.is_some() => {
+                    return Err(de::Error::duplicate_field("concat"))
+                }
+                LookupField::Concat => concat = Some(map.next_value()?),
+            }
         }
-        let concat = fields
-            .get("concat")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        let examples = match fields.remove("examples") {
-            Some(Value::Array(items)) => items
-                .into_iter()
-                .filter_map(|item| match item {
-                    Value::Object(example) => Some(example),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        Ok(LookupBody { examples, concat })
+        if !examples {
+            return Err(de::Error::missing_field("examples"));
+        }
+        Ok(concat.unwrap_or(false))
     }
 }
 
@@ -106,12 +136,60 @@ pub struct AddFeaturesBody {
 }
 
 /// Values to explain, per feature.
-#[derive(Deserialize, ToSchema)]
+// `read` enforces what the serde attribute tells the schema.
+#[derive(Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExplainBody {
     /// `{feature: value | [values]}`.
     #[schema(value_type = Object)]
-    pub features: Example,
+    pub features: Examples,
+}
+
+impl ExplainBody {
+    /// The body in `json` for a table of `features`, read like one lookup
+    /// example; `max` is limits.max_batch_values.
+    pub fn read(json: &[u8], features: &[Feature], max: usize) -> Result<Self, ApiError> {
+        let mut reader = ExampleReader::new(features, max);
+        read_examples(json, &mut reader, |reader, json| {
+            json.deserialize_map(ExplainFields(reader))
+        })?;
+        Ok(ExplainBody {
+            features: reader.finish(false)?,
+        })
+    }
+}
+
+/// An explain body's one field.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum ExplainField {
+    Features,
+}
+
+/// Reads an explain body's `features` into the reader.
+struct ExplainFields<'r, 'f>(&'r mut ExampleReader<'f>);
+
+impl<'de> Visitor<'de> for ExplainFields<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object of `features`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut features = false;
+        while let Some(ExplainField::Features) = map.next_key()? {
+            if features {
+                return Err(de::Error::duplicate_field("features"));
+            }
+            map.next_value_seed(self.0.one())?;
+            features = true;
+        }
+        match features {
+            true => Ok(()),
+            false => Err(de::Error::missing_field("features")),
+        }
+    }
 }
 
 /// The rows of each explained value, per feature.
@@ -147,31 +225,84 @@ pub struct RestoreBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::error::ErrorKind;
+    use crate::examples::feature;
+    use featmux_engine::pooling::Pooling;
+    use featmux_engine::schema::ValueType;
 
-    /// Plain bodies come out as serde reads them; every other shape is
-    /// handed back unchanged, for serde to read or refuse.
+    fn features() -> Vec<Feature> {
+        ["u", "v"]
+            .map(|name| feature(name, ValueType::String, Pooling::Sum))
+            .into()
+    }
+
+    /// `concat` may come before or after the examples; either way it puts
+    /// every feature in the batch.
     #[test]
-    fn plain_lookup_bodies_move_and_others_go_back() {
-        for body in [
-            json!({"examples": [{"u": "a", "n": [1, 2]}, {}]}),
-            json!({"examples": [], "concat": true}),
-            json!({"concat": false, "examples": [{"u": null}]}),
+    fn lookup_bodies_read_concat_wherever_it_is() {
+        let features = features();
+        for json in [
+            r#"{"examples": [{"u": "a"}], "concat": true}"#,
+            r#"{"concat": true, "examples": [{"u": "a"}]}"#,
         ] {
-            let fast = LookupBody::from_plain(body.clone()).expect("plain");
-            let serde: LookupBody = serde_json::from_value(body).unwrap();
-            assert_eq!((fast.examples, fast.concat), (serde.examples, serde.concat));
+            let body = LookupBody::read(json.as_bytes(), &features, 100).unwrap();
+            assert!(body.concat);
+            assert_eq!(body.examples.batch.features.len(), 2, "{json}");
         }
-        for body in [
-            json!({"examples": [{"u": "a"}], "extra": 1}),
-            json!({"examples": [{"u": "a"}], "concat": "yes"}),
-            json!({"examples": [{"u": "a"}, 3]}),
-            json!({"examples": {"u": "a"}}),
-            json!({"concat": true}),
-            json!([{"u": "a"}]),
+        let body = LookupBody::read(br#"{"examples": [{"u": "a"}]}"#, &features, 100).unwrap();
+        assert!(!body.concat);
+        assert_eq!(body.examples.batch.features.len(), 1);
+    }
+
+    /// Each malformed body is a 400 whose message names what is wrong.
+    #[test]
+    fn malformed_lookup_bodies_say_what_is_wrong() {
+        let features = features();
+        for (json, says) in [
+            (r#"{"examples": [], "extra": 1}"#, "unknown field `extra`"),
+            (
+                r#"{"examples": [], "examples": []}"#,
+                "duplicate field `examples`",
+            ),
+            (r#"{"concat": true}"#, "missing field `examples`"),
+            (r#"{"examples": [], "concat": "yes"}"#, "expected a boolean"),
+            (r#"{"examples": "nope"}"#, "expected `examples` as a list"),
+            (
+                r#"{"examples": [{"u": "a"}, 3]}"#,
+                "expected example 1 as an object",
+            ),
+            (r#"[{"u": "a"}]"#, "expected a lookup"),
+            (
+                r#"{"examples": []} x"#,
+                "Failed to parse the request body as JSON",
+            ),
+            (r#"{"examples": ["#, "EOF"),
         ] {
-            assert_eq!(LookupBody::from_plain(body.clone()).unwrap_err(), body);
-            assert!(serde_json::from_value::<LookupBody>(body).is_err());
+            let err = LookupBody::read(json.as_bytes(), &features, 100).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::InvalidArgument, "{json}");
+            assert!(err.message.contains(says), "{json}: {err}");
         }
+    }
+
+    #[test]
+    fn explain_bodies_read_one_example() {
+        let features = features();
+        let body = ExplainBody::read(br#"{"features": {"v": ["a", "b"]}}"#, &features, 100);
+        let batch = body.unwrap().features.batch;
+        assert_eq!(batch.features.len(), 1);
+        assert_eq!(batch.features[0].lengths, vec![2]);
+        for (json, says) in [
+            (r#"{}"#, "missing field `features`"),
+            (r#"{"features": {}, "more": 1}"#, "unknown field `more`"),
+            (
+                r#"{"features": [{"v": "a"}]}"#,
+                "expected example 0 as an object",
+            ),
+        ] {
+            let err = ExplainBody::read(json.as_bytes(), &features, 100).unwrap_err();
+            assert!(err.message.contains(says), "{json}: {err}");
+        }
+        let err = ExplainBody::read(br#"{"features": {"w": 1}}"#, &features, 100).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::NotFound);
     }
 }

@@ -4,15 +4,17 @@
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
-use axum::http::StatusCode;
-use axum::Json;
+use axum::http::{HeaderMap, StatusCode};
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
+use serde_json::error::Category;
 use serde_json::Value;
 
 use crate::error::ApiError;
-
-use super::bodies::LookupBody;
+use crate::examples::read::integral;
+use crate::examples::ExampleReader;
 
 /// A JSON body. Integral numbers written as floats (`161.0`, as JavaScript
 /// and many JSON libraries write them) are accepted where an integer is
@@ -23,66 +25,91 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        deserialize(body_value(req, state).await?).map(ApiJson)
+        let JsonBytes(bytes) = JsonBytes::from_request(req, state).await?;
+        let mut value = serde_json::from_slice(&bytes).map_err(malformed)?;
+        integral_floats_as_integers(&mut value);
+        serde_path_to_error::deserialize(value)
+            .map(ApiJson)
+            .map_err(|e| ApiError::invalid(format!("{DATA_ERROR}: {e}")))
     }
 }
 
-/// A serving lookup's body, [`ApiJson`] without its second pass in the
-/// usual case: deserializing [`LookupBody`] from the parsed `Value` built
-/// every example's map again (4 % of a single-example lookup's server
-/// samples), where [`LookupBody::from_plain`] moves them. A body of any
-/// other shape takes [`ApiJson`]'s path, so its errors read the same.
-pub struct LookupJson(pub LookupBody);
+/// A JSON body's bytes, for the bodies read with the table's features at
+/// hand (lookup and explain examples, [`read_examples`]). Refused, as
+/// axum's `Json` refuses, without a JSON content type or over the limit.
+pub struct JsonBytes(pub Bytes);
 
-impl<S: Send + Sync> FromRequest<S> for LookupJson {
+impl<S: Send + Sync> FromRequest<S> for JsonBytes {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match LookupBody::from_plain(body_value(req, state).await?) {
-            Ok(body) => Ok(LookupJson(body)),
-            Err(value) => deserialize(value).map(LookupJson),
+        if !says_json(req.headers()) {
+            return Err(ApiError::invalid(
+                "Expected request with `Content-Type: application/json`",
+            ));
+        }
+        match Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(JsonBytes(bytes)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::too_large(format!(
+                    "{} (limits.max_request_bytes)",
+                    rejection.body_text()
+                )))
+            }
+            Err(rejection) => Err(ApiError::invalid(rejection.body_text())),
         }
     }
 }
 
-/// The body as JSON, integral floats read as integers.
-async fn body_value<S: Send + Sync>(req: Request, state: &S) -> Result<Value, ApiError> {
-    let mut value = match Json::<Value>::from_request(req, state).await {
-        Ok(Json(value)) => value,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return Err(ApiError::too_large(format!(
-                "{} (limits.max_request_bytes)",
-                rejection.body_text()
-            )));
-        }
-        Err(rejection) => return Err(ApiError::invalid(rejection.body_text())),
-    };
-    integral_floats_as_integers(&mut value);
-    Ok(value)
+/// Whether the body is declared JSON: `application/json` or
+/// `application/*+json`, with any parameters (axum's rule).
+fn says_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<mime::Mime>().ok())
+        .is_some_and(|mime| {
+            mime.type_() == "application"
+                && (mime.subtype() == "json" || mime.suffix().is_some_and(|s| s == "json"))
+        })
 }
 
-/// `value` as a `T`; the error says where in the body it did not fit.
-fn deserialize<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        ApiError::invalid(format!(
-            "Failed to deserialize the JSON body into the target type: {e}"
-        ))
-    })
+/// What axum's `Json` calls a body of the wrong shape.
+const DATA_ERROR: &str = "Failed to deserialize the JSON body into the target type";
+
+/// A body that is not JSON, or not JSON of the expected shape.
+fn malformed(e: serde_json::Error) -> ApiError {
+    let what = match e.classify() {
+        Category::Data => DATA_ERROR,
+        _ => "Failed to parse the request body as JSON",
+    };
+    ApiError::invalid(format!("{what}: {e}"))
 }
+
+/// `json` read by `read` through `reader`: a refusal the reader made
+/// comes back as it was made (an unknown feature is a 404, a limit a 413),
+/// anything else as a 400 that says where the JSON went wrong.
+pub fn read_examples<'f, T>(
+    json: &[u8],
+    reader: &mut ExampleReader<'f>,
+    read: impl FnOnce(&mut ExampleReader<'f>, &mut JsonDeserializer<'_>) -> serde_json::Result<T>,
+) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(json);
+    read(reader, &mut deserializer)
+        .and_then(|value| deserializer.end().map(|()| value))
+        .map_err(|e| reader.take_refusal().unwrap_or_else(|| malformed(e)))
+}
+
+/// serde_json's reader of a request body.
+pub type JsonDeserializer<'a> = serde_json::Deserializer<serde_json::de::SliceRead<'a>>;
 
 /// Rewrites every number with no fractional part (within ±2^53, where f64
 /// is exact) as an integer.
 fn integral_floats_as_integers(value: &mut Value) {
     match value {
         Value::Number(n) => {
-            if let Some(f) = n.as_f64().filter(|_| n.is_f64()) {
-                if f.fract() == 0.0 && f.abs() <= (1u64 << 53) as f64 {
-                    *n = if f >= 0.0 {
-                        (f as u64).into()
-                    } else {
-                        (f as i64).into()
-                    };
-                }
+            if let Some(i) = n.as_f64().filter(|_| n.is_f64()).and_then(integral) {
+                *n = i.into();
             }
         }
         Value::Array(items) => items.iter_mut().for_each(integral_floats_as_integers),
@@ -125,5 +152,22 @@ mod tests {
             serde_json::json!({"a": 161, "b": [-2, 0.5], "c": 1e300, "d": "3.0"})
         );
         assert!(v["a"].is_u64() && v["b"][0].is_i64());
+    }
+
+    #[test]
+    fn json_content_types_are_told_from_others() {
+        for (content_type, json) in [
+            ("application/json", true),
+            ("application/json; charset=utf-8", true),
+            ("application/cloudevents+json", true),
+            ("text/json", false),
+            ("text/plain", false),
+            ("application/jsonx", false),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE, content_type.parse().unwrap());
+            assert_eq!(says_json(&headers), json, "{content_type}");
+        }
+        assert!(!says_json(&HeaderMap::new()));
     }
 }

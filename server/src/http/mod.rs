@@ -31,7 +31,7 @@ use crate::auth::Role;
 use crate::error::{ApiError, ErrorKind};
 use crate::shared::Shared;
 
-use extract::{ApiJson, ApiPath, LookupJson};
+use extract::{ApiJson, ApiPath, JsonBytes};
 pub use openapi::openapi;
 
 pub(super) async fn api_call<T: Send + 'static>(

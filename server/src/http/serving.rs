@@ -9,12 +9,12 @@ use serde::Serialize;
 
 use crate::api::{Api, Encoding};
 use crate::error::{ApiError, ErrorKind};
-use crate::examples::{self};
+use crate::examples;
 use crate::execution::Lane;
 use crate::shared::Shared;
 
 use super::bodies::{ErrorBody, LookupBody, LookupOutput};
-use super::{ApiPath, LookupJson};
+use super::{ApiPath, JsonBytes};
 
 /// Serving lookups of at most this many (value, chunk) entries run on the
 /// async worker itself: they take tens of microseconds, less than the two
@@ -35,29 +35,20 @@ const INLINE_MAX_ENTRIES: usize = 256;
 pub(super) async fn lookup(
     State(shared): State<Arc<Shared>>,
     ApiPath(table): ApiPath<String>,
-    LookupJson(body): LookupJson,
+    JsonBytes(body): JsonBytes,
 ) -> Result<Response, ApiError> {
     let api = shared.api()?;
     let features = api.features(&table)?;
-    let max = api.limits().max_batch_values;
-    let entries = examples::entries(&features, &body.examples);
-    if entries > max {
-        return Err(ApiError::too_large(format!(
-            "the examples ask for {entries} (value, chunk) entries; the limit is {max} \
-             (limits.max_batch_values)"
-        )));
-    }
+    let body = LookupBody::read(&body, &features, api.limits().max_batch_values)?;
+    let entries = body.examples.entries;
     let op = move |api: &Api| {
-        let LookupBody {
-            mut examples,
-            concat,
-        } = body;
+        let LookupBody { examples, concat } = body;
         if concat {
             examples::check_concatenable(&features)?;
         }
-        let batch = examples::batch(&features, &mut examples, concat, max)?;
+        let batch = examples.batch;
         let result = api.lookup(&table, &batch, false, Encoding::Json)?;
-        let n = examples.len();
+        let n = examples.count;
         let floats: usize = result.embeddings.iter().map(|e| e.data.len()).sum();
         let names: usize = result.embeddings.iter().map(|e| e.feature.len() + 8).sum();
         let output = if concat {
