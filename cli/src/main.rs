@@ -6,11 +6,13 @@
 //! # Layout
 //!
 //! - this file: the command line and dispatch;
+//! - [`allocator`]: glibc malloc settings, made before anything runs;
 //! - [`connection`]: the global flags that say how to reach a server;
 //! - [`commands`]: the admin and data commands, one file per group;
 //! - [`wire`]: the protobuf conversions only the CLI needs;
 //! - [`migrate`]: `featmux migrate`.
 
+mod allocator;
 mod commands;
 mod connection;
 mod migrate;
@@ -81,21 +83,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Keeps large allocations on the reusable heap. A lookup's output and a
-/// push's gradients are megabytes; above glibc's default threshold each one
-/// is a fresh mmap, so every request page-faulted its buffers in and unmapped
-/// them again (a quarter of the in-process lookup time). 32 MiB is glibc's
-/// largest allowed threshold.
-fn keep_large_allocations_on_the_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; called before any
-    // other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
-    }
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.connection.json;
     match cli.command {
@@ -117,7 +104,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() {
-    keep_large_allocations_on_the_heap();
+    allocator::keep_more_freed_chunks_per_thread();
+    allocator::keep_large_allocations_on_the_heap();
     if let Err(e) = run(Cli::parse()) {
         // `{:#}`: the whole context chain on one line, outermost first.
         eprintln!("error: {e:#}");

@@ -176,6 +176,11 @@ impl TestServer {
         connect(self.grpc_url(), token).await
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn stop(self) -> ExitStatus {
         self.stop_with_logs().0

@@ -58,6 +58,10 @@ pub struct ExampleReader<'f> {
     entries: usize,
     /// How many features some example names.
     named: usize,
+    /// The feature after the one named last, tried before a search:
+    /// examples name their features in one order, most often the table's
+    /// (a search cost a string comparison per feature before it).
+    next: usize,
     /// Past a limit: count, keep nothing.
     counting_only: bool,
     refusal: Option<ApiError>,
@@ -101,6 +105,7 @@ impl<'f> ExampleReader<'f> {
             examples: 0,
             entries: 0,
             named: 0,
+            next: 0,
             counting_only: false,
             refusal: None,
         }
@@ -186,7 +191,12 @@ impl<'f> ExampleReader<'f> {
     /// bag started; `None` for an unknown name once only counting.
     fn name(&mut self, name: &str) -> Result<Option<usize>, ApiError> {
         let example = self.examples;
-        let Some(i) = self.features.iter().position(|f| f.name == name) else {
+        let guessed = self.features.get(self.next).filter(|f| f.name == name);
+        let found = match guessed {
+            Some(_) => Some(self.next),
+            None => self.features.iter().position(|f| f.name == name),
+        };
+        let Some(i) = found else {
             if self.counting_only {
                 return Ok(None);
             }
@@ -195,6 +205,7 @@ impl<'f> ExampleReader<'f> {
                 format!("example {example}: unknown feature `{name}`"),
             ));
         };
+        self.next = (i + 1) % self.features.len();
         let column = &mut self.columns[i];
         if !column.named {
             column.named = true;
