@@ -62,14 +62,24 @@ impl<'a> BatchLayout<'a> {
         max_entries: usize,
     ) -> Result<Self, EngineError> {
         let max_entries = max_entries.min(u32::MAX as usize);
-        let mut entries = 0usize;
-        for fb in &batch.features {
-            let chunks = registry
-                .get(&fb.feature)
-                .ok_or_else(|| EngineError::UnknownFeature(fb.feature.clone()))?
-                .chunks as usize;
-            entries = entries.saturating_add(fb.values.len().saturating_mul(chunks));
-        }
+        // Each feature looked up once: a serving lookup of one example
+        // spent more on these lookups and on comparing names than on
+        // hashing its values.
+        let registered = batch
+            .features
+            .iter()
+            .map(|fb| {
+                registry
+                    .get(&fb.feature)
+                    .ok_or_else(|| EngineError::UnknownFeature(fb.feature.clone()))
+            })
+            .collect::<Result<Vec<&Feature>, _>>()?;
+        let entries = batch
+            .features
+            .iter()
+            .zip(&registered)
+            .map(|(fb, feature)| fb.values.len().saturating_mul(feature.chunks as usize))
+            .fold(0usize, usize::saturating_add);
         if entries > max_entries {
             return Err(EngineError::BatchTooLarge {
                 entries,
@@ -84,13 +94,11 @@ impl<'a> BatchLayout<'a> {
             chunk_dim: table.chunk_dim,
         };
         let batch_size = batch.features.first().map(|f| f.lengths.len());
-        for (i, fb) in batch.features.iter().enumerate() {
-            let feature = registry
-                .get(&fb.feature)
-                .ok_or_else(|| EngineError::UnknownFeature(fb.feature.clone()))?;
-            if batch.features[..i]
+        for (i, (fb, &feature)) in batch.features.iter().zip(&registered).enumerate() {
+            // One name, one registered feature: the same reference.
+            if registered[..i]
                 .iter()
-                .any(|other| other.feature == fb.feature)
+                .any(|&other| std::ptr::eq(other, feature))
             {
                 return Err(EngineError::batch(
                     &fb.feature,
