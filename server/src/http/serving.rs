@@ -59,10 +59,13 @@ pub(super) async fn lookup(
                 examples: None,
             }
         } else {
+            // The batch is in table order: one pass over the table finds
+            // each of its features.
+            let mut table = features.iter();
             let used: Vec<_> = batch
                 .features
                 .iter()
-                .filter_map(|fb| features.iter().find(|f| f.name == fb.feature))
+                .filter_map(|fb| table.find(|f| f.name == fb.feature))
                 .collect();
             let lengths: Vec<_> = batch.features.into_iter().map(|f| f.lengths).collect();
             LookupOutput {
