@@ -196,6 +196,12 @@ impl<'a> BatchLayout<'a> {
         }
     }
 
+    /// Where each feature's output begins among the slots, and where the
+    /// last ends.
+    pub fn block_bounds(&self) -> Vec<usize> {
+        block_bounds(&self.outputs, self.num_slots)
+    }
+
     /// Names gathered blocks (one per feature, in batch order).
     pub fn embeddings(&self, blocks: Vec<Vec<f32>>) -> Vec<FeatureEmbeddings> {
         embeddings(&self.outputs, blocks)

@@ -78,39 +78,9 @@ impl BatchPlan {
     /// (one per value, features in batch order): a uniform 64-bit identity
     /// of the value, which the occupancy statistics use instead of hashing
     /// every value a second time.
-    pub fn from_layout(layout: &BatchLayout<'_>, mut value_hashes: Option<&mut Vec<u64>>) -> Self {
-        let mut gather = GatherPlan {
-            // Sized once for every feature's entries (growing per feature
-            // copied the vectors over again).
-            rows: Vec::with_capacity(layout.entries),
-            slots: Vec::with_capacity(layout.entries),
-            weights: Vec::with_capacity(layout.entries),
-            num_slots: layout.num_slots,
-        };
-        for (feature, fb) in &layout.features {
-            let hashes = value_hashes.as_deref_mut();
-            match &fb.values {
-                Values::Strings(values) => {
-                    let keys = values.iter().map(|v| Key::Str(v.as_bytes()));
-                    add_entries(feature, &mut gather, fb, keys, hashes);
-                }
-                Values::PackedStrings(values) => {
-                    add_entries(
-                        feature,
-                        &mut gather,
-                        fb,
-                        values.iter().map(Key::Str),
-                        hashes,
-                    );
-                }
-                Values::Int64(values) => {
-                    let keys = values.iter().map(|&v| Key::Int(v));
-                    add_entries(feature, &mut gather, fb, keys, hashes);
-                }
-            }
-        }
+    pub fn from_layout(layout: &BatchLayout<'_>, value_hashes: Option<&mut Vec<u64>>) -> Self {
         BatchPlan {
-            gather,
+            gather: gather_plan(layout, value_hashes),
             outputs: layout.outputs.clone(),
             chunk_dim: layout.chunk_dim,
         }
@@ -269,6 +239,47 @@ struct SummedEntry {
     weight: f32,
     block: u32,
     offset: u32,
+}
+
+/// The rows and slots of every (value, chunk) entry of a validated batch,
+/// without the outputs' names a [`BatchPlan`] keeps: a lookup that keeps
+/// no ticket gathers from this alone (cloning the names cost a
+/// single-example HTTP lookup 26 allocations and their frees).
+pub(crate) fn gather_plan(
+    layout: &BatchLayout<'_>,
+    mut value_hashes: Option<&mut Vec<u64>>,
+) -> GatherPlan {
+    let mut gather = GatherPlan {
+        // Sized once for every feature's entries (growing per feature
+        // copied the vectors over again).
+        rows: Vec::with_capacity(layout.entries),
+        slots: Vec::with_capacity(layout.entries),
+        weights: Vec::with_capacity(layout.entries),
+        num_slots: layout.num_slots,
+    };
+    for (feature, fb) in &layout.features {
+        let hashes = value_hashes.as_deref_mut();
+        match &fb.values {
+            Values::Strings(values) => {
+                let keys = values.iter().map(|v| Key::Str(v.as_bytes()));
+                add_entries(feature, &mut gather, fb, keys, hashes);
+            }
+            Values::PackedStrings(values) => {
+                add_entries(
+                    feature,
+                    &mut gather,
+                    fb,
+                    values.iter().map(Key::Str),
+                    hashes,
+                );
+            }
+            Values::Int64(values) => {
+                let keys = values.iter().map(|&v| Key::Int(v));
+                add_entries(feature, &mut gather, fb, keys, hashes);
+            }
+        }
+    }
+    gather
 }
 
 /// Appends the gather entries of a validated feature batch whose

@@ -39,7 +39,7 @@ use crate::error::EngineError;
 use crate::hashing::Key;
 use crate::layout::{Bags, BatchLayout, Entry, EntrySink, FeatureEntries};
 use crate::optimizer::all_finite;
-use crate::plan::BatchPlan;
+use crate::plan::gather_plan;
 use crate::prefetch::CACHE_LINE;
 
 /// Rows per block: the unit of locking and of flushing.
@@ -1229,8 +1229,8 @@ impl Backend for CpuBackend {
             // The plan's rows and slots come from the layout checked above,
             // so its entries are not checked again (3.4 % of a lookup's
             // samples).
-            let plan = BatchPlan::from_layout(layout, None);
-            return Ok(self.gather_checked_blocks(&plan.gather, &plan.block_bounds()));
+            let gather = gather_plan(layout, None);
+            return Ok(self.gather_checked_blocks(&gather, &layout.block_bounds()));
         }
         let mut blocks: Vec<Vec<f32>> = layout
             .outputs
@@ -1301,6 +1301,7 @@ mod tests {
     use crate::batch::{Batch, FeatureBatch};
     use crate::init::Initializer;
     use crate::optimizer::Optimizer;
+    use crate::plan::BatchPlan;
     use crate::pooling::Pooling;
     use crate::registry::FeatureRegistry;
     use crate::schema::{FeatureSpec, TableSpec, ValueType};

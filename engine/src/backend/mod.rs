@@ -28,7 +28,7 @@ use crate::error::EngineError;
 use crate::init::Initializer;
 use crate::layout::BatchLayout;
 use crate::optimizer::Optimizer;
-use crate::plan::BatchPlan;
+use crate::plan::gather_plan;
 
 /// A pooled gather: `out[slot] += weight * table[row]` for every entry, over
 /// `num_slots` output rows of `dim` floats, starting from zeros. Entries are
@@ -171,8 +171,7 @@ pub trait Backend: Send + Sync {
     /// plans the batch and gathers the plan; a backend that can hash each
     /// value as its gather reaches it does so (see [`crate::layout`]).
     fn gather_layout(&self, layout: &BatchLayout<'_>) -> Result<Vec<Vec<f32>>, EngineError> {
-        let plan = BatchPlan::from_layout(layout, None);
-        self.gather_blocks(&plan.gather, &plan.block_bounds())
+        self.gather_blocks(&gather_plan(layout, None), &layout.block_bounds())
     }
 
     /// Applies one optimizer step to each row in `update`.
