@@ -30,7 +30,7 @@ const TCACHE_CHUNKS: u32 = 128;
 /// Restarts the process in place (same pid, arguments and environment)
 /// with [`TCACHE_COUNT`] raised to [`TCACHE_CHUNKS`], unless
 /// `GLIBC_TUNABLES` already sets it (an operator's choice, or this
-/// restart's). A single-example HTTP lookup allocates and frees about 300
+/// restart's). A single-example HTTP lookup allocates and frees nearly 300
 /// small chunks (its strings, the batch, the answer's pieces). With 7 kept
 /// per size, most frees went past the thread's cache into glibc's shared
 /// bins, and the answer's buffer (over 1 KiB) then made glibc consolidate
