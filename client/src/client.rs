@@ -229,14 +229,16 @@ impl Client {
         batch: &pb::Batch,
         want_ticket: bool,
     ) -> Result<Lookup, ClientError> {
+        let precision = self.options.lookup_precision;
         let request = pb::LookupRequest {
             table: table.to_owned(),
             batch: Some(batch.clone()),
             want_ticket,
+            precision: precision.into(),
         };
         let max = self.options.max_message_bytes;
         self.call_idempotent(&self.connection(), request, |c, r| {
-            raw_unary::lookup(c, r, max)
+            raw_unary::lookup(c, r, max, precision)
         })
         .await
     }
@@ -336,7 +338,12 @@ impl Client {
 
     /// Opens a Train stream (lookups and pushes answered in order).
     pub async fn train(&self) -> Result<TrainStream, ClientError> {
-        TrainStream::open(self.connection(), self.options.max_message_bytes).await
+        TrainStream::open(
+            self.connection(),
+            self.options.max_message_bytes,
+            self.options.lookup_precision,
+        )
+        .await
     }
 }
 

@@ -1,7 +1,7 @@
 //! Embedding and gradient payloads: a lookup response decoded into float
 //! blocks (checked against their shapes), gradients encoded for a push.
 
-use featmux_proto::payload;
+use featmux_proto::{payload, precision};
 
 use crate::{pb, ClientError};
 
@@ -46,14 +46,23 @@ impl Embedding {
     }
 }
 
-/// Decodes a lookup response.
+/// Decodes a lookup response, each block in the precision it says.
 pub fn decode_lookup(response: pb::LookupResponse) -> Result<Lookup, ClientError> {
     let embeddings = response
         .embeddings
         .into_iter()
         .map(|e| {
-            let data = payload::decode(&e.data)
-                .ok_or_else(|| ClientError::Response(format!("`{}`: ragged payload", e.feature)))?;
+            let ragged = || ClientError::Response(format!("`{}`: ragged payload", e.feature));
+            let data =
+                match pb::Precision::from_field(e.precision).map_err(ClientError::Response)? {
+                    pb::Precision::F32 => payload::decode(&e.data).ok_or_else(ragged)?,
+                    sixteen if e.data.len() % 2 == 0 => {
+                        let mut data = Vec::with_capacity(e.data.len() / 2);
+                        precision::widen_into(&e.data, sixteen, &mut data);
+                        data
+                    }
+                    _ => return Err(ragged()),
+                };
             Embedding::checked(e.feature, e.rows, e.width, data)
         })
         .collect::<Result<_, _>>()?;

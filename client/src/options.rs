@@ -6,6 +6,8 @@ use std::time::Duration;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Request, Status};
 
+use crate::pb;
+
 /// How to reach a server.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -32,11 +34,17 @@ pub struct ClientOptions {
     /// shared by many threads (the Python client) needs several to keep
     /// the server's cores busy.
     pub connections: usize,
+    /// How lookups (`Lookup` and the Train stream's) ask for their answer:
+    /// f32 (exact, the default), or f16 / bf16, half the bytes on the wire
+    /// (each value rounded on the server, see `Precision` in the proto),
+    /// widened back to f32 here. Region lookups and a cluster's row-level
+    /// lookups always carry f32.
+    pub lookup_precision: pb::Precision,
 }
 
 impl ClientOptions {
     /// Defaults: 30 s deadline, 5 retries from 50 ms, 256 MiB messages,
-    /// one connection.
+    /// one connection, f32 answers.
     pub fn new(endpoint: impl Into<String>) -> Self {
         ClientOptions {
             endpoint: endpoint.into(),
@@ -49,6 +57,7 @@ impl ClientOptions {
             tls_domain: None,
             max_message_bytes: 256 << 20,
             connections: 1,
+            lookup_precision: pb::Precision::F32,
         }
     }
 

@@ -14,6 +14,7 @@
 
 use bytes::Buf;
 use featmux_proto::grpc_frame::{encode_chunks, Frames, HEADER_BYTES, LOOKUP_PATH, PUSH_PATH};
+use featmux_proto::precision;
 use featmux_proto::v1 as pb;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
@@ -29,14 +30,16 @@ use tower::{Service, ServiceExt};
 use crate::client::Transport;
 use crate::embeddings::{Embedding, Lookup};
 
-/// Calls `Lookup` on `transport`.
+/// Calls `Lookup` on `transport`, which asked for its answer in
+/// `precision`.
 pub(crate) async fn lookup(
     transport: Transport,
     request: Request<pb::LookupRequest>,
     max_message_bytes: usize,
+    precision: pb::Precision,
 ) -> Result<Response<Lookup>, Status> {
     let frames = call(transport, LOOKUP_PATH, request, max_message_bytes).await?;
-    decode_response(frames, max_message_bytes).map(Response::new)
+    decode_response(frames, max_message_bytes, precision).map(Response::new)
 }
 
 /// Calls `Push` on `transport`.
@@ -176,9 +179,13 @@ fn unframe(mut frames: Frames, max_message_bytes: usize, what: &str) -> Result<F
 /// Decodes the framed `LookupResponse`: each block's payload is copied
 /// from the frames into its floats, the rest is protobuf as prost reads it
 /// (unknown fields are skipped).
-fn decode_response(frames: Frames, max_message_bytes: usize) -> Result<Lookup, Status> {
+fn decode_response(
+    frames: Frames,
+    max_message_bytes: usize,
+    precision: pb::Precision,
+) -> Result<Lookup, Status> {
     let mut message = unframe(frames, max_message_bytes, "lookup")?;
-    decode_message(&mut message)
+    decode_message(&mut message, precision)
         .map_err(|why| Status::internal(format!("malformed lookup response: {why}")))
 }
 
@@ -189,7 +196,11 @@ pub(crate) fn wire(e: prost::DecodeError) -> Malformed {
     e.to_string()
 }
 
-pub(crate) fn decode_message(frames: &mut Frames) -> Result<Lookup, Malformed> {
+/// A `LookupResponse` whose request asked for `precision`.
+pub(crate) fn decode_message(
+    frames: &mut Frames,
+    precision: pb::Precision,
+) -> Result<Lookup, Malformed> {
     let mut lookup = Lookup {
         embeddings: Vec::new(),
         ticket: None,
@@ -200,7 +211,9 @@ pub(crate) fn decode_message(frames: &mut Frames) -> Result<Lookup, Malformed> {
             1 => {
                 check_wire_type(WireType::LengthDelimited, wire_type).map_err(wire)?;
                 let length = delimited_length(frames)?;
-                lookup.embeddings.push(decode_embedding(frames, length)?);
+                lookup
+                    .embeddings
+                    .push(decode_embedding(frames, length, precision)?);
             }
             2 => {
                 check_wire_type(WireType::Varint, wire_type).map_err(wire)?;
@@ -225,10 +238,16 @@ pub(crate) fn delimited_length(frames: &mut Frames) -> Result<usize, Malformed> 
     Ok(length as usize)
 }
 
-/// One `Embeddings` message of `length` bytes.
-fn decode_embedding(frames: &mut Frames, length: usize) -> Result<Embedding, Malformed> {
+/// One `Embeddings` message of `length` bytes, whose payload is in
+/// `asked` (refused if the block says it is not).
+fn decode_embedding(
+    frames: &mut Frames,
+    length: usize,
+    asked: pb::Precision,
+) -> Result<Embedding, Malformed> {
     let end = frames.remaining() - length;
     let (mut feature, mut rows, mut width, mut data) = (String::new(), 0u32, 0u32, Vec::new());
+    let mut precision = pb::Precision::F32 as i32;
     while frames.remaining() > end {
         let (tag, wire_type) = decode_key(frames).map_err(wire)?;
         match tag {
@@ -248,10 +267,17 @@ fn decode_embedding(frames: &mut Frames, length: usize) -> Result<Embedding, Mal
             4 => {
                 check_wire_type(WireType::LengthDelimited, wire_type).map_err(wire)?;
                 let length = delimited_length(frames)?;
-                if length % 4 != 0 {
+                if length % asked.bytes_per_float() != 0 {
                     return Err(format!("`{feature}`: ragged payload"));
                 }
-                data = read_floats(frames, length);
+                data = match asked {
+                    pb::Precision::F32 => read_floats(frames, length),
+                    sixteen => read_halves(frames, length, sixteen),
+                };
+            }
+            5 => {
+                check_wire_type(WireType::Varint, wire_type).map_err(wire)?;
+                precision = decode_varint(frames).map_err(wire)? as i32;
             }
             _ => skip_field(wire_type, tag, frames, DecodeContext::default()).map_err(wire)?,
         }
@@ -259,7 +285,26 @@ fn decode_embedding(frames: &mut Frames, length: usize) -> Result<Embedding, Mal
     if frames.remaining() != end {
         return Err("a field runs past its block".into());
     }
+    check_precision(&feature, asked, precision)?;
     Embedding::checked(feature, rows, width, data).map_err(|e| e.to_string())
+}
+
+/// Refuses a block answered in another precision than the lookup asked
+/// for (`said`: its `precision` field).
+pub(crate) fn check_precision(
+    feature: &str,
+    asked: pb::Precision,
+    said: i32,
+) -> Result<(), Malformed> {
+    if said == asked as i32 {
+        return Ok(());
+    }
+    let said = pb::Precision::try_from(said).map_or_else(|_| said.to_string(), |p| p.name().into());
+    Err(format!(
+        "`{feature}` is answered in {said} where {} was asked (a server that predates \
+         16-bit answers sends f32)",
+        asked.name()
+    ))
 }
 
 /// `length` bytes (a multiple of 4) of little-endian floats, read from
@@ -294,6 +339,30 @@ fn read_floats(frames: &mut Frames, length: usize) -> Vec<f32> {
     data
 }
 
+/// [`read_floats`] for a payload of 16-bit floats in `precision`, widened
+/// to f32 as they are read.
+fn read_halves(frames: &mut Frames, length: usize, precision: pb::Precision) -> Vec<f32> {
+    debug_assert!(length % 2 == 0 && length <= frames.remaining());
+    let mut data = Vec::with_capacity(length / 2);
+    let mut left = length;
+    while left > 0 {
+        let chunk = frames.chunk();
+        let whole = chunk.len().min(left) / 2 * 2;
+        if whole == 0 {
+            // A value split between two frames.
+            let mut bytes = [0; 2];
+            frames.copy_to_slice(&mut bytes);
+            precision::widen_into(&bytes, precision, &mut data);
+            left -= 2;
+            continue;
+        }
+        precision::widen_into(&chunk[..whole], precision, &mut data);
+        frames.advance(whole);
+        left -= whole;
+    }
+    data
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,6 +371,15 @@ mod tests {
     use featmux_proto::grpc_frame::header;
 
     fn response(blocks: &[(&str, u32, u32)], ticket: u64) -> pb::LookupResponse {
+        response_in(blocks, ticket, pb::Precision::F32)
+    }
+
+    /// Blocks of values that 16 bits round (1/3 + i/4), in `precision`.
+    fn response_in(
+        blocks: &[(&str, u32, u32)],
+        ticket: u64,
+        precision: pb::Precision,
+    ) -> pb::LookupResponse {
         pb::LookupResponse {
             embeddings: blocks
                 .iter()
@@ -309,11 +387,13 @@ mod tests {
                     feature: feature.into(),
                     rows,
                     width,
-                    data: featmux_proto::payload::encode(
-                        &(0..rows * width)
-                            .map(|i| i as f32 * 0.25 - 1.0)
-                            .collect::<Vec<_>>(),
+                    data: precision::encode(
+                        (0..rows * width)
+                            .map(|i| i as f32 * 0.25 - 1.0 / 3.0)
+                            .collect(),
+                        precision,
                     ),
+                    precision: precision.into(),
                 })
                 .collect(),
             ticket,
@@ -332,22 +412,53 @@ mod tests {
     }
 
     /// Whatever the frame boundaries, the blocks are prost's decoding of
-    /// the same bytes.
+    /// the same bytes, in each precision.
     #[test]
     fn decodes_as_prost_does_across_any_frame_boundaries() {
-        let cases = [
-            response(&[], 0),
-            response(&[], 9),
-            response(&[("u", 3, 2), ("", 0, 8), ("wide", 130, 40)], u64::MAX),
-        ];
-        for case in cases {
-            let bytes = case.encode_to_vec();
-            let expected = decode_lookup(case.clone()).unwrap();
-            for size in [1, 2, 3, 7, 64, 16384, bytes.len() + 5] {
-                let decoded = decode_response(frames(&bytes, size), 1 << 30).unwrap();
-                assert_eq!(decoded, expected, "frames of {size} bytes");
+        let blocks = [("u", 3, 2), ("", 0, 8), ("wide", 130, 40)];
+        for precision in [pb::Precision::F32, pb::Precision::F16, pb::Precision::Bf16] {
+            let cases = [
+                response_in(&[], 0, precision),
+                response_in(&[], 9, precision),
+                response_in(&blocks, u64::MAX, precision),
+            ];
+            for case in cases {
+                let bytes = case.encode_to_vec();
+                let expected = decode_lookup(case.clone()).unwrap();
+                for size in [1, 2, 3, 7, 64, 16384, bytes.len() + 5] {
+                    let decoded = decode_response(frames(&bytes, size), 1 << 30, precision);
+                    assert_eq!(
+                        decoded.unwrap(),
+                        expected,
+                        "{precision:?} in {size}-byte frames"
+                    );
+                }
             }
         }
+        // Widened, each bf16 value is its f32 rounded to 8 significant
+        // bits: near it, not it (no i/4 - 1/3 is a bf16).
+        let exact = decode_lookup(response(&blocks, 0)).unwrap();
+        let bf16 = decode_lookup(response_in(&blocks, 0, pb::Precision::Bf16)).unwrap();
+        let (exact, bf16) = (&exact.embeddings[2].data, &bf16.embeddings[2].data);
+        assert_ne!(bf16[0], exact[0]);
+        assert!((bf16[0] - exact[0]).abs() <= exact[0].abs() / 256.0);
+        assert_eq!(bf16.len(), exact.len());
+    }
+
+    /// A block in another precision than asked (a server that ignores the
+    /// field answers f32) is refused by name, not misread.
+    #[test]
+    fn answers_in_another_precision_are_refused() {
+        let f32_answer = response(&[("u", 2, 4)], 0).encode_to_vec();
+        let status = decode_response(frames(&f32_answer, 64), 1 << 20, pb::Precision::Bf16);
+        let message = status.unwrap_err().message().to_owned();
+        assert!(
+            message.contains("`u` is answered in f32 where bf16 was asked"),
+            "{message}"
+        );
+        let f16_answer = response_in(&[("u", 2, 4)], 0, pb::Precision::F16).encode_to_vec();
+        let status = decode_response(frames(&f16_answer, 64), 1 << 20, pb::Precision::Bf16);
+        assert!(status.unwrap_err().message().contains("in f16 where bf16"));
     }
 
     #[test]
@@ -356,14 +467,17 @@ mod tests {
         // Field 9, varint 300; then the known fields again.
         let mut with_unknown = vec![9 << 3, 0xac, 0x02];
         with_unknown.append(&mut bytes);
-        let decoded = decode_response(frames(&with_unknown, 3), 1 << 20).unwrap();
+        let decoded =
+            decode_response(frames(&with_unknown, 3), 1 << 20, pb::Precision::F32).unwrap();
         assert_eq!(decoded, decode_lookup(response(&[("u", 1, 4)], 5)).unwrap());
     }
 
     #[test]
     fn malformed_and_oversized_answers_are_refused() {
         let good = response(&[("u", 2, 4)], 0).encode_to_vec();
-        let refused = |frames: Frames, max: usize| decode_response(frames, max).unwrap_err();
+        let refused = |frames: Frames, max: usize| {
+            decode_response(frames, max, pb::Precision::F32).unwrap_err()
+        };
 
         let status = refused(frames(&good, 5), good.len() - 1);
         assert_eq!(status.code(), Code::OutOfRange, "{status:?}");

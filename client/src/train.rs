@@ -43,6 +43,8 @@ pub struct TrainStream {
     /// Answer bytes received and not yet decoded.
     arrived: Frames,
     max_message_bytes: usize,
+    /// What the stream's lookups ask their answers in.
+    precision: pb::Precision,
     next_id: u64,
     region: Option<SharedRegion>,
 }
@@ -58,10 +60,12 @@ pub enum TrainReply {
 
 impl TrainStream {
     /// Opens the stream on `transport`; messages over `max_message_bytes`
-    /// are refused either way, as tonic refuses them.
+    /// are refused either way, as tonic refuses them. Its lookups ask for
+    /// answers in `precision`.
     pub(crate) async fn open(
         transport: Transport,
         max_message_bytes: usize,
+        precision: pb::Precision,
     ) -> Result<Self, ClientError> {
         let (requests, chunks) = mpsc::channel(CHUNKS_IN_FLIGHT);
         let body = Body::new(StreamBody::new(ReceiverStream::new(chunks)));
@@ -79,6 +83,7 @@ impl TrainStream {
             answers: response.into_body(),
             arrived: Frames::default(),
             max_message_bytes,
+            precision,
             next_id: 1,
             region: None,
         })
@@ -112,6 +117,7 @@ impl TrainStream {
             table: table.to_owned(),
             batch: Some(batch),
             want_ticket,
+            precision: self.precision.into(),
         }))
         .await
     }
@@ -146,7 +152,7 @@ impl TrainStream {
                     }
                 })?;
             if let Some(message) = next {
-                return decode_answer(message).map_err(|why| malformed(why).into());
+                return decode_answer(message, self.precision).map_err(|why| malformed(why).into());
             }
             match self.answers.frame().await {
                 Some(Ok(frame)) => match frame.into_data() {
@@ -237,6 +243,8 @@ impl TrainStream {
             table: table.to_owned(),
             batch: in_region.is_none().then_some(batch),
             want_ticket,
+            // The blocks land in the region as f32.
+            precision: pb::Precision::F32.into(),
         };
         self.send(pb::train_request::Op::RegionLookup(pb::RegionLookup {
             lookup: Some(lookup),
@@ -353,7 +361,10 @@ fn malformed(why: Malformed) -> Status {
 /// Decodes one `TrainResponse`: a lookup's blocks straight from the frames
 /// into their floats (as `Lookup`'s answers are), the rest as prost reads
 /// it (unknown fields are skipped).
-fn decode_answer(mut frames: Frames) -> Result<(u64, Result<TrainReply, ClientError>), Malformed> {
+fn decode_answer(
+    mut frames: Frames,
+    precision: pb::Precision,
+) -> Result<(u64, Result<TrainReply, ClientError>), Malformed> {
     let mut id = 0;
     let mut reply = Err(ClientError::Response("empty train response".into()));
     while frames.has_remaining() {
@@ -368,7 +379,7 @@ fn decode_answer(mut frames: Frames) -> Result<(u64, Result<TrainReply, ClientEr
                 let length = delimited_length(&mut frames)?;
                 let mut field = frames.split_to(length);
                 reply = match tag {
-                    2 => Ok(TrainReply::Lookup(decode_message(&mut field)?)),
+                    2 => Ok(TrainReply::Lookup(decode_message(&mut field, precision)?)),
                     3 => Ok(TrainReply::Push(
                         pb::PushResponse::decode(field).map_err(wire)?,
                     )),
@@ -408,6 +419,7 @@ mod tests {
                     data: featmux_proto::payload::encode(
                         &(0..2100).map(|i| i as f32 / 8.0).collect::<Vec<_>>(),
                     ),
+                    precision: pb::Precision::F32.into(),
                 }],
                 ticket: 41,
             })),
@@ -465,7 +477,7 @@ mod tests {
                 for chunk in bytes.chunks(size) {
                     frames.push(Bytes::copy_from_slice(chunk));
                 }
-                let (id, reply) = decode_answer(frames).unwrap();
+                let (id, reply) = decode_answer(frames, pb::Precision::F32).unwrap();
                 assert_eq!(id, answer.id);
                 match (reply, answer.result.clone().unwrap()) {
                     (Ok(TrainReply::Lookup(got)), pb::train_response::Result::Lookup(sent)) => {
@@ -498,7 +510,7 @@ mod tests {
         bytes.truncate(bytes.len() - 1);
         let mut frames = Frames::default();
         frames.push(Bytes::from(bytes));
-        let why = decode_answer(frames).unwrap_err();
+        let why = decode_answer(frames, pb::Precision::F32).unwrap_err();
         assert!(why.contains("where"), "{why}");
     }
 }

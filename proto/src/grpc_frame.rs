@@ -267,6 +267,7 @@ mod tests {
                             .map(|i| i as f32 - 7.5)
                             .collect::<Vec<_>>(),
                     ),
+                    precision: pb::Precision::F32.into(),
                 })
                 .collect(),
             ticket,

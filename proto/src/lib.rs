@@ -11,6 +11,7 @@ pub mod v1 {
 }
 
 pub mod grpc_frame;
+pub mod precision;
 
 /// Embeddings and gradients travel as raw little-endian `f32` bytes: no
 /// per-float tags as with `repeated float`, and a straight copy on

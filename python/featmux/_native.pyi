@@ -29,6 +29,7 @@ class NativeClient:
         timeout: float = 30.0,
         retries: int = 5,
         connections: int = 4,
+        lookup_precision: str = "f32",
     ) -> None: ...
     def lookup(
         self, table: str, batch: _Batch, ticket: bool = False

@@ -185,7 +185,11 @@ class Client:
     ``retries`` the attempts after UNAVAILABLE (with backoff);
     ``connections`` the HTTP/2 connections calls are spread over (one
     connection serialises every call's framing at both ends: threads
-    sharing a client need several)."""
+    sharing a client need several). ``lookup_precision="f16"`` or
+    ``"bf16"`` has lookups (and a train stream's) answered in 16-bit floats,
+    half the bytes on the wire, each value rounded by the server (ties to
+    even); the arrays are still float32. Tables, pooling and pushes stay
+    float32; region lookups always carry float32."""
 
     def __init__(
         self,
@@ -195,11 +199,12 @@ class Client:
         timeout: float = 30.0,
         retries: int = 5,
         connections: int = 4,
+        lookup_precision: str = "f32",
     ):
         if ca_cert is not None and not isinstance(ca_cert, bytes):
             with open(ca_cert, "rb") as f:
                 ca_cert = f.read()
-        self._native = NativeClient(addr, token, ca_cert, timeout, retries, connections)
+        self._native = NativeClient(addr, token, ca_cert, timeout, retries, connections, lookup_precision)
 
     @classmethod
     def _from_native(cls, native: NativeClient) -> "Client":

@@ -84,9 +84,11 @@ impl NativeClient {
 #[pymethods]
 impl NativeClient {
     /// Connects to `addr` (`http://host:port`, `https://…` or
-    /// `unix:///path`), retrying while the server is not up yet.
+    /// `unix:///path`), retrying while the server is not up yet; lookups
+    /// ask for answers in `lookup_precision` (`f32`, `f16` or `bf16`).
     #[new]
-    #[pyo3(signature = (addr, token=None, ca_cert=None, timeout=30.0, retries=5, connections=4))]
+    #[pyo3(signature = (addr, token=None, ca_cert=None, timeout=30.0, retries=5, connections=4, lookup_precision="f32"))]
+    #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn new(
         py: Python<'_>,
         addr: String,
@@ -95,6 +97,7 @@ impl NativeClient {
         timeout: f64,
         retries: u32,
         connections: usize,
+        lookup_precision: &str,
     ) -> PyResult<Self> {
         let options = ClientOptions {
             token,
@@ -102,6 +105,8 @@ impl NativeClient {
             timeout: deadline(timeout)?,
             retries,
             connections,
+            lookup_precision: pb::Precision::from_name(lookup_precision)
+                .map_err(PyValueError::new_err)?,
             ..ClientOptions::new(addr)
         };
         let client = py

@@ -100,6 +100,28 @@ def test_lookups_are_numpy_arrays_equal_to_the_rust_clients(server, admin, data)
     np.testing.assert_array_equal(columns["tags"], got["tags"])
 
 
+def test_sixteen_bit_lookups_are_the_float32_ones_rounded(server, admin, data):
+    admin.create_table(sgd_table("half_t", chunk_dim=16), [{"name": "user"}])
+    batch = {"user": [f"u{i}" for i in range(64)]}
+    exact = data.lookup("half_t", batch)["user"]
+    f16 = featmux.Client(server.grpc, token=DATA, lookup_precision="f16")
+    got = f16.lookup("half_t", batch)["user"]
+    assert got.dtype == np.float32 and got.shape == exact.shape
+    np.testing.assert_array_equal(got, exact.astype(np.float16).astype(np.float32))
+    # bf16: the top 16 bits of each float32, rounded to nearest (ties to even).
+    bits = exact.view(np.uint32).astype(np.uint64)
+    rounded = (((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
+    bf16 = featmux.Client(server.grpc, token=DATA, lookup_precision="bf16")
+    got = bf16.lookup("half_t", batch)["user"]
+    np.testing.assert_array_equal(got, rounded)
+    assert not np.array_equal(got, exact)
+    stream = bf16.train()
+    stream.send_lookup("half_t", batch, ticket=False)
+    np.testing.assert_array_equal(stream.recv()[1]["user"], rounded)
+    with pytest.raises(ValueError, match="unknown precision `fp8`"):
+        featmux.Client(server.grpc, token=DATA, lookup_precision="fp8")
+
+
 def test_every_batch_form_reads_the_same_values(admin, data):
     admin.create_table(
         sgd_table("forms_t"),

@@ -3,8 +3,9 @@
 //! [`featmux_proto::engine`], shared with cluster clients, and are
 //! re-exported here for the handlers. Decoding names the field at fault.
 
-use featmux_proto::payload;
 use featmux_proto::v1 as pb;
+use featmux_proto::v1::Precision;
+use featmux_proto::{payload, precision};
 
 use crate::api::{
     Checkpoint, ExplainedValue, FeatureInfo, GradientBlock, PushResult, ShardCheckpoint, Stats,
@@ -19,15 +20,19 @@ pub use featmux_proto::engine::{
 };
 use featmux_proto::engine::{feature_spec_to_pb, table_spec_to_pb};
 
-/// Output blocks as raw little-endian payloads.
-pub fn embeddings_to_pb(embeddings: Vec<FeatureEmbeddings>) -> Vec<pb::Embeddings> {
+/// Output blocks as raw little-endian payloads in `precision`.
+pub fn embeddings_to_pb(
+    embeddings: Vec<FeatureEmbeddings>,
+    precision: Precision,
+) -> Vec<pb::Embeddings> {
     embeddings
         .into_iter()
         .map(|e| pb::Embeddings {
-            data: payload::encode_owned(e.data),
+            data: precision::encode(e.data, precision),
             rows: e.rows as u32,
             width: e.width as u32,
             feature: e.feature,
+            precision: precision.into(),
         })
         .collect()
 }

@@ -2,6 +2,7 @@
 //! batches, concurrency, duration or request count, and open-loop rate.
 
 use clap::{Args, ValueEnum};
+use featmux_client::pb::Precision;
 
 /// What each request does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -102,6 +103,11 @@ pub struct BenchArgs {
     /// them). Redis keys are strings either way.
     #[arg(long, value_enum, default_value = "string")]
     pub key_type: KeyType,
+    /// What lookups ask their answers in (the lookup and train workloads
+    /// over a socket): `f32`, or `f16` / `bf16`, half the bytes (rounded
+    /// on the server, widened by the client).
+    #[arg(long, default_value = "f32", value_parser = Precision::from_name)]
+    pub precision: Precision,
     /// Concurrent clients (one connection each).
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,

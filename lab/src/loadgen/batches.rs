@@ -102,6 +102,7 @@ pub(super) fn prepare(args: &BenchArgs, keys: &Keys, rng: &mut StdRng) -> Prepar
         table: args.table.clone(),
         batch: Some(batch.clone()),
         want_ticket: false,
+        precision: args.precision.into(),
     });
     Prepared {
         batch,

@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
+use featmux_client::pb::Precision;
 use featmux_client::ClientOptions;
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
@@ -65,6 +66,20 @@ pub async fn run(options: ClientOptions, json: bool, args: BenchArgs) -> anyhow:
             "--shared-region is for the lookup, push and train workloads"
         ));
     }
+    if args.precision != Precision::F32
+        && (args.shared_region
+            || !args.etcd.is_empty()
+            || !matches!(args.workload, Workload::Lookup | Workload::Train))
+    {
+        return Err(anyhow::anyhow!(
+            "--precision is for the lookup and train workloads on one server's socket \
+             (region and cluster lookups carry f32)"
+        ));
+    }
+    let options = ClientOptions {
+        lookup_precision: args.precision,
+        ..options
+    };
     if !args.etcd.is_empty() && !matches!(args.workload, Workload::Lookup | Workload::Push) {
         return Err(anyhow::anyhow!(
             "--etcd routes the lookup and push workloads only"
@@ -170,6 +185,7 @@ pub async fn run(options: ClientOptions, json: bool, args: BenchArgs) -> anyhow:
         "chunk_dim": args.chunk_dim,
         "rows": args.rows,
         "optimizer": args.optimizer,
+        "precision": args.precision.name(),
         "mget_keys": args.mget_keys,
         "concurrency": args.concurrency,
         "etcd": args.etcd,

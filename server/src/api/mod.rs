@@ -26,6 +26,7 @@ use featmux_engine::plan::BatchPlan;
 use featmux_engine::registry::Feature;
 use featmux_engine::schema::{FeatureSpec, TableSpec};
 use featmux_engine::table::{PushSummary, Table};
+use featmux_proto::v1::Precision;
 use featmux_storage::catalog::Catalog;
 
 pub use types::{
@@ -58,8 +59,8 @@ pub struct Limits {
 /// How a lookup's embeddings travel: what bounds the response's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
-    /// Raw little-endian floats (gRPC): 4 bytes each.
-    Binary,
+    /// Raw little-endian floats (gRPC) in a precision: 4 or 2 bytes each.
+    Binary(Precision),
     /// JSON numbers: up to 16 bytes each (`-1.2345678e-12,`).
     Json,
 }
@@ -67,8 +68,16 @@ pub enum Encoding {
 impl Encoding {
     fn bytes_per_float(self) -> usize {
         match self {
-            Encoding::Binary => 4,
+            Encoding::Binary(precision) => precision.bytes_per_float(),
             Encoding::Json => 16,
+        }
+    }
+
+    /// How a limit's message names it.
+    fn name(self) -> &'static str {
+        match self {
+            Encoding::Binary(precision) => precision.name(),
+            Encoding::Json => "JSON numbers",
         }
     }
 }
@@ -279,7 +288,7 @@ impl Api {
             table,
             batch,
             want_ticket,
-            Encoding::Binary,
+            Encoding::Binary(Precision::F32),
             |table, plan, floats| {
                 table.lookup_plan_into(plan, &mut target(floats)?)?;
                 Ok(plan.outputs.clone())
@@ -295,8 +304,9 @@ impl Api {
         let max = self.limits.max_output_bytes;
         if bytes > max {
             return Err(ApiError::too_large(format!(
-                "the response would carry {floats} floats ({bytes} bytes as {encoding:?}), over \
-                 the {max}-byte message limit (limits.max_message_bytes); split the batch"
+                "the response would carry {floats} floats ({bytes} bytes as {}), over \
+                 the {max}-byte message limit (limits.max_message_bytes); split the batch",
+                encoding.name()
             )));
         }
         Ok(floats)

@@ -22,10 +22,11 @@ use featmux_proto::payload;
 use featmux_proto::v1 as pb;
 use featmux_proto::v1::admin_service_server::AdminService;
 use featmux_proto::v1::embedding_service_server::EmbeddingService;
+use featmux_proto::v1::Precision;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::api::{Api, Encoding, LookupResult, PushTarget, Scope};
+use crate::api::{Api, Encoding, PushTarget, Scope};
 use crate::convert;
 use crate::error::{ApiError, ErrorKind};
 use crate::execution::Lane;
@@ -110,17 +111,20 @@ fn lookup_lane(shared: &Shared, req: &pb::LookupRequest) -> Lane {
     shared.lookup_lane(req.want_ticket, batch_values(req.batch.as_ref()))
 }
 
-/// A lookup, up to its result (a `Lookup` call's answer is encoded from it
-/// without a copy of the embeddings).
-fn lookup_result(api: &Api, req: pb::LookupRequest) -> Result<LookupResult, ApiError> {
-    let batch = convert::batch_from_pb(req.batch)?;
-    api.lookup(&req.table, &batch, req.want_ticket, Encoding::Binary)
-}
-
+/// A lookup, answered in the precision it asks for. Runs in the lookup's
+/// lane, conversion included; an f32 answer's payloads are the gathered
+/// buffers themselves (no copy).
 fn lookup(api: &Api, req: pb::LookupRequest) -> Result<pb::LookupResponse, ApiError> {
-    let result = lookup_result(api, req)?;
+    let precision = Precision::from_field(req.precision).map_err(ApiError::invalid)?;
+    let batch = convert::batch_from_pb(req.batch)?;
+    let result = api.lookup(
+        &req.table,
+        &batch,
+        req.want_ticket,
+        Encoding::Binary(precision),
+    )?;
     Ok(pb::LookupResponse {
-        embeddings: convert::embeddings_to_pb(result.embeddings),
+        embeddings: convert::embeddings_to_pb(result.embeddings, precision),
         ticket: result.ticket.unwrap_or(0),
     })
 }

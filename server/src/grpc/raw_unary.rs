@@ -23,9 +23,7 @@ use tonic::Status;
 use super::routes::{
     grpc_response, malformed, ok_trailers, refusal, refuse_compression, too_large,
 };
-use super::{lookup_lane, lookup_result, push};
-use crate::api::LookupResult;
-use crate::convert;
+use super::{lookup, lookup_lane, push};
 use crate::execution::Lane;
 use crate::shared::Shared;
 
@@ -42,9 +40,7 @@ pub(super) async fn serve_lookup(
     };
     let lane = lookup_lane(&shared, &message);
     let request = tonic::Request::from_http(http::Request::from_parts(parts, message));
-    let looked_up = shared
-        .grpc_unary("Lookup", lane, request, lookup_result)
-        .await;
+    let looked_up = shared.grpc_unary("Lookup", lane, request, lookup).await;
     match looked_up {
         Ok(result) => answer(encode_response(result.into_inner())),
         Err(status) => status.into_http(),
@@ -124,20 +120,19 @@ async fn read_message<M: Message + Default>(
     M::decode(message).map_err(malformed)
 }
 
-/// The framed `LookupResponse` as body chunks: the blocks' payloads are
-/// the gathered buffers themselves ([`encode_chunks`]).
-fn encode_response(result: LookupResult) -> Vec<Bytes> {
-    encode_chunks(&pb::LookupResponse {
-        embeddings: convert::embeddings_to_pb(result.embeddings),
-        ticket: result.ticket.unwrap_or(0),
-    })
+/// The framed `LookupResponse` as body chunks: the blocks' payloads stay
+/// the buffers they are ([`encode_chunks`]).
+fn encode_response(response: pb::LookupResponse) -> Vec<Bytes> {
+    encode_chunks(&response)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::convert;
     use featmux_engine::batch::FeatureEmbeddings;
     use featmux_proto::grpc_frame::header;
+    use featmux_proto::v1::Precision;
 
     fn block(feature: &str, rows: usize, width: usize) -> FeatureEmbeddings {
         FeatureEmbeddings {
@@ -154,9 +149,9 @@ mod tests {
     fn payloads_are_not_copied() {
         let embeddings = vec![block("a", 64, 16), block("b", 32, 8)];
         let pointers: Vec<*const u8> = embeddings.iter().map(|e| e.data.as_ptr().cast()).collect();
-        let chunks = encode_response(LookupResult {
-            embeddings,
-            ticket: None,
+        let chunks = encode_response(pb::LookupResponse {
+            embeddings: convert::embeddings_to_pb(embeddings, Precision::F32),
+            ticket: 0,
         });
         assert_eq!(chunks.len(), 4);
         assert_eq!(chunks[1].as_ptr(), pointers[0]);
@@ -186,6 +181,7 @@ mod tests {
             table: "t".into(),
             batch: None,
             want_ticket: true,
+            precision: Precision::Bf16.into(),
         };
         let bytes = request.encode_to_vec();
         let identity = [("grpc-encoding", "identity")];

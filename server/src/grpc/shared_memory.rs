@@ -88,8 +88,14 @@ impl StreamRegion {
         api: &Arc<Api>,
         req: pb::RegionLookup,
     ) -> Result<pb::RegionLookupResponse, ApiError> {
-        let region = self.region()?;
         let mut lookup = req.lookup.unwrap_or_default();
+        if lookup.precision != pb::Precision::F32 as i32 {
+            return Err(ApiError::invalid(
+                "a region lookup's blocks are f32 in shared memory: leave `lookup.precision` \
+                 unset (16-bit answers are for lookups answered over the socket)",
+            ));
+        }
+        let region = self.region()?;
         shared
             .run(Lane::Bulk, api.clone(), move |api| {
                 if req.batch_bytes > 0 {

@@ -1,0 +1,201 @@
+//! Lookups answered in 16-bit floats (`LookupRequest.precision`): over
+//! unary `Lookup` and the Train stream each value is the f32 answer
+//! rounded to f16 or bf16 (ties to even) and widened back by the client;
+//! pushes still train the f32 table; the message limit counts 2 bytes a
+//! float; an unknown precision, and one asked of a region lookup, are
+//! refused by name.
+
+use featmux_client::{pb, BatchBuilder, Client, ClientOptions, Code};
+use featmux_tests::refusals::expect_status;
+use featmux_tests::requests::{feature, sgd_table};
+use featmux_tests::server::{ServerSettings, TestServer};
+use half::{bf16, f16};
+use tokio_stream::StreamExt;
+
+const EXAMPLES: usize = 1500;
+const DIM: usize = 16;
+
+/// `EXAMPLES` examples of one value each: 96,000 bytes as f32, 48,000 as
+/// 16-bit floats, either side of the 65,536-byte message limit.
+fn batch() -> pb::Batch {
+    examples(0..EXAMPLES)
+}
+
+fn examples(range: std::ops::Range<usize>) -> pb::Batch {
+    let mut b = BatchBuilder::new();
+    for i in range {
+        b.example().add_str("u", format!("v{i}"));
+    }
+    b.build().unwrap()
+}
+
+async fn client(server: &TestServer, precision: pb::Precision) -> Client {
+    let mut options = ClientOptions::new(server.grpc_url());
+    options.lookup_precision = precision;
+    Client::connect(options).await.unwrap()
+}
+
+fn rounded(values: &[f32], precision: pb::Precision) -> Vec<f32> {
+    values
+        .iter()
+        .map(|&v| match precision {
+            pb::Precision::F16 => f16::from_f32(v).to_f32(),
+            pb::Precision::Bf16 => bf16::from_f32(v).to_f32(),
+            pb::Precision::F32 => v,
+        })
+        .collect()
+}
+
+/// The exact f32 answer for `batch()`, looked up in two halves (each
+/// within the message limit in f32).
+async fn exact(f32_client: &Client) -> Vec<f32> {
+    let mut values = Vec::new();
+    for half in [0..EXAMPLES / 2, EXAMPLES / 2..EXAMPLES] {
+        let answer = f32_client.lookup("t", &examples(half), false).await;
+        values.extend_from_slice(&answer.unwrap().embeddings[0].data);
+    }
+    values
+}
+
+#[test]
+fn sixteen_bit_answers_are_the_f32_ones_rounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = ServerSettings {
+        extra_toml: "[limits]\nmax_message_bytes = 65536\n".into(),
+    };
+    let server = TestServer::start(&dir.path().join("data"), &settings);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let f32_client = client(&server, pb::Precision::F32).await;
+        f32_client
+            .create_table(
+                sgd_table("t", 100_000, DIM as u32, 0.5),
+                vec![feature("u", pb::ValueType::String, pb::Pooling::Sum, 1)],
+            )
+            .await
+            .unwrap();
+        let exact = exact(&f32_client).await;
+        assert_eq!(exact.len(), EXAMPLES * DIM);
+
+        // 96,000 bytes of f32 would break the limit; 48,000 of 16 bits fit.
+        expect_status(
+            f32_client.lookup("t", &batch(), false).await,
+            Code::ResourceExhausted,
+            "96000 bytes as f32",
+        );
+        for precision in [pb::Precision::F16, pb::Precision::Bf16] {
+            let sixteen = client(&server, precision).await;
+            let answer = sixteen.lookup("t", &batch(), false).await.unwrap();
+            assert_eq!(answer.embeddings.len(), 1);
+            let block = &answer.embeddings[0];
+            assert_eq!((block.rows, block.width), (EXAMPLES, DIM));
+            assert_eq!(block.data, rounded(&exact, precision), "{precision:?}");
+            assert_ne!(block.data, exact, "rounded, not exact");
+
+            let mut stream = sixteen.train().await.unwrap();
+            let looked_up = stream.lookup("t", batch(), true).await.unwrap();
+            assert_eq!(looked_up.embeddings[0].data, rounded(&exact, precision));
+        }
+
+        // A push of a 16-bit lookup's ticket trains the f32 table: SGD at
+        // lr 0.5 with gradient 1 moves each float by exactly -0.5 (four
+        // values of their own rows).
+        let mut b = BatchBuilder::new();
+        for key in ["p0", "p1", "p2", "p3"] {
+            b.example().add_str("u", key);
+        }
+        let pushed = b.build().unwrap();
+        let before = f32_client.lookup("t", &pushed, false).await.unwrap();
+        let mut stream = client(&server, pb::Precision::Bf16)
+            .await
+            .train()
+            .await
+            .unwrap();
+        let ticket = stream
+            .lookup("t", pushed.clone(), true)
+            .await
+            .unwrap()
+            .ticket;
+        stream
+            .push_ticket("t", ticket.unwrap(), &[vec![1.0; 4 * DIM]])
+            .await
+            .unwrap();
+        let after = f32_client.lookup("t", &pushed, false).await.unwrap();
+        let moved: Vec<f32> = before.embeddings[0].data.iter().map(|v| v - 0.5).collect();
+        assert_eq!(after.embeddings[0].data, moved);
+    });
+}
+
+#[test]
+fn unknown_precisions_and_region_precisions_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("grpc.sock");
+    let settings = ServerSettings {
+        extra_toml: format!("grpc_unix_socket = {socket:?}\n"),
+    };
+    let server = TestServer::start(&dir.path().join("data"), &settings);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        server
+            .client(None)
+            .await
+            .create_table(
+                sgd_table("t", 1000, 4, 0.5),
+                vec![feature("u", pb::ValueType::String, pb::Pooling::Sum, 1)],
+            )
+            .await
+            .unwrap();
+        let mut generated =
+            pb::embedding_service_client::EmbeddingServiceClient::connect(server.grpc_url())
+                .await
+                .unwrap();
+        let lookup = |precision: i32| pb::LookupRequest {
+            table: "t".into(),
+            batch: Some(batch()),
+            want_ticket: false,
+            precision,
+        };
+        let status = generated.lookup(lookup(9)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains("unknown precision 9: 0 (f32), 1 (f16) or 2 (bf16)"),
+            "{status:?}"
+        );
+
+        // A region lookup's blocks are f32 in shared memory: asking it for
+        // bf16 is refused on the stream, which goes on.
+        let requests = tokio_stream::iter([
+            pb::TrainRequest {
+                id: 1,
+                op: Some(pb::train_request::Op::RegionLookup(pb::RegionLookup {
+                    lookup: Some(lookup(pb::Precision::Bf16.into())),
+                    ..Default::default()
+                })),
+            },
+            pb::TrainRequest {
+                id: 2,
+                op: Some(pb::train_request::Op::Lookup(lookup(
+                    pb::Precision::Bf16.into(),
+                ))),
+            },
+        ]);
+        let mut answers = generated.train(requests).await.unwrap().into_inner();
+        let first = answers.next().await.unwrap().unwrap();
+        let Some(pb::train_response::Result::Error(error)) = first.result else {
+            panic!("refused: {first:?}");
+        };
+        assert_eq!(error.code, Code::InvalidArgument as i32);
+        assert!(
+            error.message.contains("a region lookup's blocks are f32"),
+            "{error:?}"
+        );
+        let second = answers.next().await.unwrap().unwrap();
+        let Some(pb::train_response::Result::Lookup(answer)) = second.result else {
+            panic!("answered: {second:?}");
+        };
+        assert_eq!(answer.embeddings[0].precision, pb::Precision::Bf16 as i32);
+        assert_eq!(answer.embeddings[0].data.len(), EXAMPLES * 4 * 2);
+    });
+}
