@@ -145,6 +145,7 @@ train="--optimizer row-wise-adagrad --lr 0.05 $single"
 for round in $(seq "${PAIRS:-3}"); do
     bench "engine-lookup-$round" --workload engine-lookup --table single $single
     bench "lookup-$round" --workload lookup --table single $single
+    bench "lookup-bf16-$round" --workload lookup --table single $single --precision bf16
     bench_unix "lookup-unix-$round" --workload lookup --table single $single
     bench_region "lookup-region-$round" --workload lookup --table single $single
     bench "tcp-blast-$round" --workload tcp-blast $single
@@ -153,6 +154,10 @@ for round in $(seq "${PAIRS:-3}"); do
         bench "engine-$op-rowwise-adagrad-$round" --workload "engine-$op" --table rwa $train
         fresh_server
         bench "$op-rowwise-adagrad-$round" --workload "$op" --table rwa $train
+        fresh_server
+        # The same with 16-bit gradients (and answers, for the stream).
+        case $op in push) half="--push-precision bf16" ;; *) half="--precision bf16 --push-precision bf16" ;; esac
+        bench "$op-rowwise-adagrad-bf16-$round" --workload "$op" --table rwa $train $half
         fresh_server
         bench_unix "$op-rowwise-adagrad-unix-$round" --workload "$op" --table rwa $train
         fresh_server

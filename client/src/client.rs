@@ -276,8 +276,9 @@ impl Client {
         let request = pb::PushRequest {
             table: table.to_owned(),
             target: Some(target),
-            gradients: encode_gradients(grads),
+            gradients: encode_gradients(grads, self.options.push_precision),
             request_id: self.request_ids.next(),
+            precision: self.options.push_precision.into(),
         };
         let max = self.options.max_message_bytes;
         self.call_idempotent(&self.connection(), request, |c, r| {
@@ -342,6 +343,7 @@ impl Client {
             self.connection(),
             self.options.max_message_bytes,
             self.options.lookup_precision,
+            self.options.push_precision,
         )
         .await
     }

@@ -1,7 +1,7 @@
 //! Embedding and gradient payloads: a lookup response decoded into float
 //! blocks (checked against their shapes), gradients encoded for a push.
 
-use featmux_proto::{payload, precision};
+use featmux_proto::precision;
 
 use crate::{pb, ClientError};
 
@@ -52,17 +52,10 @@ pub fn decode_lookup(response: pb::LookupResponse) -> Result<Lookup, ClientError
         .embeddings
         .into_iter()
         .map(|e| {
-            let ragged = || ClientError::Response(format!("`{}`: ragged payload", e.feature));
-            let data =
-                match pb::Precision::from_field(e.precision).map_err(ClientError::Response)? {
-                    pb::Precision::F32 => payload::decode(&e.data).ok_or_else(ragged)?,
-                    sixteen if e.data.len() % 2 == 0 => {
-                        let mut data = Vec::with_capacity(e.data.len() / 2);
-                        precision::widen_into(&e.data, sixteen, &mut data);
-                        data
-                    }
-                    _ => return Err(ragged()),
-                };
+            let precision =
+                pb::Precision::from_field(e.precision).map_err(ClientError::Response)?;
+            let data = precision::decode(&e.data, precision)
+                .ok_or_else(|| ClientError::Response(format!("`{}`: ragged payload", e.feature)))?;
             Embedding::checked(e.feature, e.rows, e.width, data)
         })
         .collect::<Result<_, _>>()?;
@@ -72,13 +65,14 @@ pub fn decode_lookup(response: pb::LookupResponse) -> Result<Lookup, ClientError
     })
 }
 
-/// Gradient blocks in wire form (names left empty: order is what counts).
-pub fn encode_gradients(grads: &[Vec<f32>]) -> Vec<pb::Gradient> {
+/// Gradient blocks in wire form, each float in `precision` (names left
+/// empty: order is what counts).
+pub fn encode_gradients(grads: &[Vec<f32>], precision: pb::Precision) -> Vec<pb::Gradient> {
     grads
         .iter()
         .map(|g| pb::Gradient {
             feature: String::new(),
-            data: payload::encode(g),
+            data: precision::encode_slice(g, precision),
         })
         .collect()
 }

@@ -40,11 +40,16 @@ pub struct ClientOptions {
     /// widened back to f32 here. Region lookups and a cluster's row-level
     /// lookups always carry f32.
     pub lookup_precision: pb::Precision,
+    /// How pushes (`Push` and the Train stream's) send their gradients:
+    /// f32 (the default), or f16 / bf16, each rounded here (half the
+    /// bytes); the server widens them and its optimizer runs in f32.
+    /// Region and row-level pushes always carry f32.
+    pub push_precision: pb::Precision,
 }
 
 impl ClientOptions {
     /// Defaults: 30 s deadline, 5 retries from 50 ms, 256 MiB messages,
-    /// one connection, f32 answers.
+    /// one connection, f32 answers and gradients.
     pub fn new(endpoint: impl Into<String>) -> Self {
         ClientOptions {
             endpoint: endpoint.into(),
@@ -58,6 +63,7 @@ impl ClientOptions {
             max_message_bytes: 256 << 20,
             connections: 1,
             lookup_precision: pb::Precision::F32,
+            push_precision: pb::Precision::F32,
         }
     }
 

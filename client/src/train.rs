@@ -45,6 +45,8 @@ pub struct TrainStream {
     max_message_bytes: usize,
     /// What the stream's lookups ask their answers in.
     precision: pb::Precision,
+    /// What the stream's pushes send their gradients in.
+    push_precision: pb::Precision,
     next_id: u64,
     region: Option<SharedRegion>,
 }
@@ -61,11 +63,12 @@ pub enum TrainReply {
 impl TrainStream {
     /// Opens the stream on `transport`; messages over `max_message_bytes`
     /// are refused either way, as tonic refuses them. Its lookups ask for
-    /// answers in `precision`.
+    /// answers in `precision`, its pushes send `push_precision`.
     pub(crate) async fn open(
         transport: Transport,
         max_message_bytes: usize,
         precision: pb::Precision,
+        push_precision: pb::Precision,
     ) -> Result<Self, ClientError> {
         let (requests, chunks) = mpsc::channel(CHUNKS_IN_FLIGHT);
         let body = Body::new(StreamBody::new(ReceiverStream::new(chunks)));
@@ -84,6 +87,7 @@ impl TrainStream {
             arrived: Frames::default(),
             max_message_bytes,
             precision,
+            push_precision,
             next_id: 1,
             region: None,
         })
@@ -132,9 +136,10 @@ impl TrainStream {
         self.send(pb::train_request::Op::Push(pb::PushRequest {
             table: table.to_owned(),
             target: Some(pb::push_request::Target::Ticket(ticket)),
-            gradients: encode_gradients(grads),
+            gradients: encode_gradients(grads, self.push_precision),
             // A stream is not retried: its messages need no request id.
             request_id: 0,
+            precision: self.push_precision.into(),
         }))
         .await
     }
@@ -314,6 +319,8 @@ impl TrainStream {
             target,
             gradients: Vec::new(),
             request_id: 0,
+            // The gradients are in the region as f32.
+            precision: pb::Precision::F32.into(),
         };
         self.send(pb::train_request::Op::RegionPush(pb::RegionPush {
             push: Some(push),

@@ -53,8 +53,17 @@ impl Precision {
 /// 16-bit floats, each the one nearest its f32 (ties to even; NaN stays
 /// NaN; f16 turns magnitudes beyond 65,504 into infinities).
 pub fn encode(values: Vec<f32>, precision: Precision) -> Bytes {
+    match precision {
+        Precision::F32 => payload::encode_owned(values),
+        sixteen => encode_slice(&values, sixteen),
+    }
+}
+
+/// [`encode`] of floats the caller keeps (a push's gradients): copied for
+/// f32.
+pub fn encode_slice(values: &[f32], precision: Precision) -> Bytes {
     let bits: Vec<u16> = match precision {
-        Precision::F32 => return payload::encode_owned(values),
+        Precision::F32 => return payload::encode(values),
         Precision::F16 => {
             let mut bits = Vec::with_capacity(values.len());
             let mut block = [f16::ZERO; BLOCK];
@@ -103,6 +112,20 @@ struct LittleEndianHalves(Vec<u16>);
 impl AsRef<[u8]> for LittleEndianHalves {
     fn as_ref(&self) -> &[u8] {
         bytemuck::cast_slice(&self.0)
+    }
+}
+
+/// The floats of a payload in `precision`; `None` unless its length is a
+/// whole number of them.
+pub fn decode(bytes: &[u8], precision: Precision) -> Option<Vec<f32>> {
+    match precision {
+        Precision::F32 => payload::decode(bytes),
+        _ if bytes.len() % 2 != 0 => None,
+        sixteen => {
+            let mut floats = Vec::with_capacity(bytes.len() / 2);
+            widen_into(bytes, sixteen, &mut floats);
+            Some(floats)
+        }
     }
 }
 
@@ -228,6 +251,17 @@ mod tests {
                     assert_eq!(b.to_bits(), want.to_bits(), "{precision:?} {v:e}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn payloads_decode_in_their_precision() {
+        let values = [1.5f32, -0.25, 1024.0];
+        for precision in [Precision::F32, Precision::F16, Precision::Bf16] {
+            let bytes = encode_slice(&values, precision);
+            assert_eq!(bytes.len(), 3 * precision.bytes_per_float());
+            assert_eq!(decode(&bytes, precision).unwrap(), values, "{precision:?}");
+            assert!(decode(&bytes[1..], precision).is_none(), "{precision:?}");
         }
     }
 

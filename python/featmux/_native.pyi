@@ -30,6 +30,7 @@ class NativeClient:
         retries: int = 5,
         connections: int = 4,
         lookup_precision: str = "f32",
+        push_precision: str = "f32",
     ) -> None: ...
     def lookup(
         self, table: str, batch: _Batch, ticket: bool = False

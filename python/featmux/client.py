@@ -188,8 +188,10 @@ class Client:
     sharing a client need several). ``lookup_precision="f16"`` or
     ``"bf16"`` has lookups (and a train stream's) answered in 16-bit floats,
     half the bytes on the wire, each value rounded by the server (ties to
-    even); the arrays are still float32. Tables, pooling and pushes stay
-    float32; region lookups always carry float32."""
+    even); the arrays are still float32. ``push_precision`` does the same
+    for pushed gradients (rounded here, widened by the server, whose
+    optimizer runs in float32). Tables and pooling stay float32; regions
+    always carry float32."""
 
     def __init__(
         self,
@@ -200,11 +202,14 @@ class Client:
         retries: int = 5,
         connections: int = 4,
         lookup_precision: str = "f32",
+        push_precision: str = "f32",
     ):
         if ca_cert is not None and not isinstance(ca_cert, bytes):
             with open(ca_cert, "rb") as f:
                 ca_cert = f.read()
-        self._native = NativeClient(addr, token, ca_cert, timeout, retries, connections, lookup_precision)
+        self._native = NativeClient(
+            addr, token, ca_cert, timeout, retries, connections, lookup_precision, push_precision
+        )
 
     @classmethod
     def _from_native(cls, native: NativeClient) -> "Client":

@@ -85,9 +85,10 @@ impl NativeClient {
 impl NativeClient {
     /// Connects to `addr` (`http://host:port`, `https://…` or
     /// `unix:///path`), retrying while the server is not up yet; lookups
-    /// ask for answers in `lookup_precision` (`f32`, `f16` or `bf16`).
+    /// ask for answers in `lookup_precision`, pushes send gradients in
+    /// `push_precision` (`f32`, `f16` or `bf16`).
     #[new]
-    #[pyo3(signature = (addr, token=None, ca_cert=None, timeout=30.0, retries=5, connections=4, lookup_precision="f32"))]
+    #[pyo3(signature = (addr, token=None, ca_cert=None, timeout=30.0, retries=5, connections=4, lookup_precision="f32", push_precision="f32"))]
     #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn new(
         py: Python<'_>,
@@ -98,15 +99,17 @@ impl NativeClient {
         retries: u32,
         connections: usize,
         lookup_precision: &str,
+        push_precision: &str,
     ) -> PyResult<Self> {
+        let precision = |name| pb::Precision::from_name(name).map_err(PyValueError::new_err);
         let options = ClientOptions {
             token,
             ca_cert,
             timeout: deadline(timeout)?,
             retries,
             connections,
-            lookup_precision: pb::Precision::from_name(lookup_precision)
-                .map_err(PyValueError::new_err)?,
+            lookup_precision: precision(lookup_precision)?,
+            push_precision: precision(push_precision)?,
             ..ClientOptions::new(addr)
         };
         let client = py

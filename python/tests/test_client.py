@@ -101,7 +101,7 @@ def test_lookups_are_numpy_arrays_equal_to_the_rust_clients(server, admin, data)
 
 
 def test_sixteen_bit_lookups_are_the_float32_ones_rounded(server, admin, data):
-    admin.create_table(sgd_table("half_t", chunk_dim=16), [{"name": "user"}])
+    admin.create_table(sgd_table("half_t", rows=1_000_000, chunk_dim=16), [{"name": "user"}])
     batch = {"user": [f"u{i}" for i in range(64)]}
     exact = data.lookup("half_t", batch)["user"]
     f16 = featmux.Client(server.grpc, token=DATA, lookup_precision="f16")
@@ -120,6 +120,12 @@ def test_sixteen_bit_lookups_are_the_float32_ones_rounded(server, admin, data):
     np.testing.assert_array_equal(stream.recv()[1]["user"], rounded)
     with pytest.raises(ValueError, match="unknown precision `fp8`"):
         featmux.Client(server.grpc, token=DATA, lookup_precision="fp8")
+    # 16-bit gradients: each rounded, then applied in float32 (SGD: -lr * g).
+    pusher = featmux.Client(server.grpc, token=DATA, push_precision="f16")
+    grad = np.full((64, 16), 1 / 3, np.float32)
+    pusher.push("half_t", {"user": grad}, batch=batch)
+    after = data.lookup("half_t", batch)["user"]
+    np.testing.assert_array_equal(after, exact - np.float32(LR) * grad.astype(np.float16).astype(np.float32))
 
 
 def test_every_batch_form_reads_the_same_values(admin, data):

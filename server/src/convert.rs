@@ -3,9 +3,9 @@
 //! [`featmux_proto::engine`], shared with cluster clients, and are
 //! re-exported here for the handlers. Decoding names the field at fault.
 
+use featmux_proto::precision;
 use featmux_proto::v1 as pb;
 use featmux_proto::v1::Precision;
-use featmux_proto::{payload, precision};
 
 use crate::api::{
     Checkpoint, ExplainedValue, FeatureInfo, GradientBlock, PushResult, ShardCheckpoint, Stats,
@@ -37,17 +37,22 @@ pub fn embeddings_to_pb(
         .collect()
 }
 
-/// Gradient blocks from their payloads.
-pub fn gradients_from_pb(gradients: Vec<pb::Gradient>) -> Result<Vec<GradientBlock>, ApiError> {
+/// Gradient blocks from their payloads, each float in `precision` (widened
+/// to f32 as they are read).
+pub fn gradients_from_pb(
+    gradients: Vec<pb::Gradient>,
+    precision: Precision,
+) -> Result<Vec<GradientBlock>, ApiError> {
     gradients
         .into_iter()
         .enumerate()
         .map(|(i, g)| {
-            let data = payload::decode(&g.data).ok_or_else(|| {
+            let data = precision::decode(&g.data, precision).ok_or_else(|| {
                 ApiError::invalid(format!(
-                    "gradient block {i} (`{}`) has {} bytes, not a whole number of f32",
+                    "gradient block {i} (`{}`) has {} bytes, not a whole number of {}",
                     g.feature,
-                    g.data.len()
+                    g.data.len(),
+                    precision.name()
                 ))
             })?;
             Ok(GradientBlock {
@@ -213,7 +218,21 @@ mod tests {
             feature: "f".into(),
             data: vec![0u8; 6].into(),
         }];
-        let err = gradients_from_pb(ragged).unwrap_err();
-        assert!(err.message.contains("6 bytes"), "{err}");
+        let err = gradients_from_pb(ragged.clone(), Precision::F32).unwrap_err();
+        assert!(
+            err.message.contains("6 bytes, not a whole number of f32"),
+            "{err}"
+        );
+        let odd = vec![pb::Gradient {
+            feature: "f".into(),
+            data: vec![0u8; 7].into(),
+        }];
+        let err = gradients_from_pb(odd, Precision::Bf16).unwrap_err();
+        assert!(
+            err.message.contains("7 bytes, not a whole number of bf16"),
+            "{err}"
+        );
+        let widened = gradients_from_pb(ragged, Precision::F16).unwrap();
+        assert_eq!(widened[0].data, vec![0.0; 3]);
     }
 }

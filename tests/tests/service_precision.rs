@@ -3,7 +3,8 @@
 //! rounded to f16 or bf16 (ties to even) and widened back by the client;
 //! pushes still train the f32 table; the message limit counts 2 bytes a
 //! float; an unknown precision, and one asked of a region lookup, are
-//! refused by name.
+//! refused by name. Pushes with 16-bit gradients (`PushRequest.precision`)
+//! apply each gradient rounded, in f32; a region push refuses them.
 
 use featmux_client::{pb, BatchBuilder, Client, ClientOptions, Code};
 use featmux_tests::refusals::expect_status;
@@ -32,6 +33,12 @@ fn examples(range: std::ops::Range<usize>) -> pb::Batch {
 async fn client(server: &TestServer, precision: pb::Precision) -> Client {
     let mut options = ClientOptions::new(server.grpc_url());
     options.lookup_precision = precision;
+    Client::connect(options).await.unwrap()
+}
+
+async fn pushing_client(server: &TestServer, precision: pb::Precision) -> Client {
+    let mut options = ClientOptions::new(server.grpc_url());
+    options.push_precision = precision;
     Client::connect(options).await.unwrap()
 }
 
@@ -129,11 +136,7 @@ fn sixteen_bit_answers_are_the_f32_ones_rounded() {
 #[test]
 fn unknown_precisions_and_region_precisions_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("grpc.sock");
-    let settings = ServerSettings {
-        extra_toml: format!("grpc_unix_socket = {socket:?}\n"),
-    };
-    let server = TestServer::start(&dir.path().join("data"), &settings);
+    let server = TestServer::start(&dir.path().join("data"), &ServerSettings::default());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         server
@@ -197,5 +200,85 @@ fn unknown_precisions_and_region_precisions_are_refused() {
         };
         assert_eq!(answer.embeddings[0].precision, pb::Precision::Bf16 as i32);
         assert_eq!(answer.embeddings[0].data.len(), EXAMPLES * 4 * 2);
+    });
+}
+
+#[test]
+fn sixteen_bit_gradients_are_rounded_then_applied_in_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &ServerSettings::default());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let exact = client(&server, pb::Precision::F32).await;
+        exact
+            .create_table(
+                sgd_table("t", 100_000, DIM as u32, 0.5),
+                vec![feature("u", pb::ValueType::String, pb::Pooling::Sum, 1)],
+            )
+            .await
+            .unwrap();
+        // 1/3 is no f16 or bf16: each push moves the rows by lr times the
+        // gradient as rounded (SGD at lr 0.5; one value per example, each
+        // of its own row).
+        let batch = examples(0..4);
+        let grads = vec![vec![1.0f32 / 3.0; 4 * DIM]];
+        for precision in [pb::Precision::F16, pb::Precision::Bf16] {
+            let rounded_grad = rounded(&grads[0], precision);
+            assert_ne!(rounded_grad, grads[0]);
+            let step = |before: &[f32]| -> Vec<f32> {
+                before
+                    .iter()
+                    .zip(&rounded_grad)
+                    .map(|(w, g)| w - 0.5 * g)
+                    .collect()
+            };
+            let pusher = pushing_client(&server, precision).await;
+            let before = exact.lookup("t", &batch, false).await.unwrap();
+            pusher.push("t", &batch, &grads).await.unwrap();
+            let after = exact.lookup("t", &batch, false).await.unwrap();
+            assert_eq!(after.embeddings[0].data, step(&before.embeddings[0].data));
+
+            let mut stream = pusher.train().await.unwrap();
+            let ticket = stream
+                .lookup("t", batch.clone(), true)
+                .await
+                .unwrap()
+                .ticket;
+            stream
+                .push_ticket("t", ticket.unwrap(), &grads)
+                .await
+                .unwrap();
+            let again = exact.lookup("t", &batch, false).await.unwrap();
+            assert_eq!(again.embeddings[0].data, step(&after.embeddings[0].data));
+        }
+
+        // A region push's gradients are f32 in shared memory.
+        let mut generated =
+            pb::embedding_service_client::EmbeddingServiceClient::connect(server.grpc_url())
+                .await
+                .unwrap();
+        let push = pb::PushRequest {
+            table: "t".into(),
+            target: Some(pb::push_request::Target::Batch(batch.clone())),
+            precision: pb::Precision::Bf16.into(),
+            ..Default::default()
+        };
+        let requests = tokio_stream::iter([pb::TrainRequest {
+            id: 1,
+            op: Some(pb::train_request::Op::RegionPush(pb::RegionPush {
+                push: Some(push),
+                ..Default::default()
+            })),
+        }]);
+        let mut answers = generated.train(requests).await.unwrap().into_inner();
+        let first = answers.next().await.unwrap().unwrap();
+        let Some(pb::train_response::Result::Error(error)) = first.result else {
+            panic!("refused: {first:?}");
+        };
+        assert_eq!(error.code, Code::InvalidArgument as i32);
+        assert!(
+            error.message.contains("a region push's gradients are f32"),
+            "{error:?}"
+        );
     });
 }

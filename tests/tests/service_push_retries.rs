@@ -181,8 +181,9 @@ fn a_repeated_request_id_returns_the_first_answer() {
         let request = pb::PushRequest {
             table: "t".into(),
             target: Some(pb::push_request::Target::Ticket(looked_up.ticket.unwrap())),
-            gradients: featmux_client::encode_gradients(&[vec![0.5; 4]]),
+            gradients: featmux_client::encode_gradients(&[vec![0.5; 4]], pb::Precision::F32),
             request_id: 0xfeed,
+            precision: pb::Precision::F32.into(),
         };
         let mut raw =
             pb::embedding_service_client::EmbeddingServiceClient::connect(server.grpc_url())

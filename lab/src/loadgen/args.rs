@@ -108,6 +108,11 @@ pub struct BenchArgs {
     /// on the server, widened by the client).
     #[arg(long, default_value = "f32", value_parser = Precision::from_name)]
     pub precision: Precision,
+    /// What pushes send their gradients in (the push and train workloads
+    /// over a socket): `f32`, or `f16` / `bf16`, half the bytes (rounded
+    /// by the client, widened by the server).
+    #[arg(long, default_value = "f32", value_parser = Precision::from_name)]
+    pub push_precision: Precision,
     /// Concurrent clients (one connection each).
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,

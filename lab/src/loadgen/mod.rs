@@ -66,18 +66,27 @@ pub async fn run(options: ClientOptions, json: bool, args: BenchArgs) -> anyhow:
             "--shared-region is for the lookup, push and train workloads"
         ));
     }
+    // A region and a cluster's row-level calls carry f32 only.
+    let f32_only = args.shared_region || !args.etcd.is_empty();
     if args.precision != Precision::F32
-        && (args.shared_region
-            || !args.etcd.is_empty()
-            || !matches!(args.workload, Workload::Lookup | Workload::Train))
+        && (f32_only || !matches!(args.workload, Workload::Lookup | Workload::Train))
     {
         return Err(anyhow::anyhow!(
             "--precision is for the lookup and train workloads on one server's socket \
              (region and cluster lookups carry f32)"
         ));
     }
+    if args.push_precision != Precision::F32
+        && (f32_only || !matches!(args.workload, Workload::Push | Workload::Train))
+    {
+        return Err(anyhow::anyhow!(
+            "--push-precision is for the push and train workloads on one server's socket \
+             (region and cluster pushes carry f32)"
+        ));
+    }
     let options = ClientOptions {
         lookup_precision: args.precision,
+        push_precision: args.push_precision,
         ..options
     };
     if !args.etcd.is_empty() && !matches!(args.workload, Workload::Lookup | Workload::Push) {
@@ -186,6 +195,7 @@ pub async fn run(options: ClientOptions, json: bool, args: BenchArgs) -> anyhow:
         "rows": args.rows,
         "optimizer": args.optimizer,
         "precision": args.precision.name(),
+        "push_precision": args.push_precision.name(),
         "mget_keys": args.mget_keys,
         "concurrency": args.concurrency,
         "etcd": args.etcd,

@@ -140,8 +140,9 @@ fn push_target(target: Option<pb::push_request::Target>) -> Result<PushTarget, A
 }
 
 fn push(api: &Api, req: pb::PushRequest) -> Result<pb::PushResponse, ApiError> {
+    let precision = Precision::from_field(req.precision).map_err(ApiError::invalid)?;
     let target = push_target(req.target)?;
-    let gradients = convert::gradients_from_pb(req.gradients)?;
+    let gradients = convert::gradients_from_pb(req.gradients, precision)?;
     api.push(&req.table, &target, gradients, req.request_id)
         .map(convert::push_result_to_pb)
 }

@@ -232,6 +232,7 @@ mod tests {
                 })
                 .collect(),
             request_id: 99,
+            precision: Precision::F32.into(),
         };
         let bytes = framed_bytes(&push.encode_to_vec());
         for size in [1, 7, 1000, 4096, bytes.len()] {

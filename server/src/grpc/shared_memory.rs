@@ -141,8 +141,14 @@ impl StreamRegion {
         api: &Arc<Api>,
         req: pb::RegionPush,
     ) -> Result<pb::PushResponse, ApiError> {
-        let region = self.region()?;
         let push = req.push.unwrap_or_default();
+        if push.precision != pb::Precision::F32 as i32 {
+            return Err(ApiError::invalid(
+                "a region push's gradients are f32 in shared memory: leave `push.precision` \
+                 unset (16-bit gradients are for pushes sent over the socket)",
+            ));
+        }
+        let region = self.region()?;
         if !push.gradients.is_empty() {
             return Err(ApiError::invalid(
                 "a region push reads its gradients from the region: leave `push.gradients` empty",
