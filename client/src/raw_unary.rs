@@ -291,7 +291,7 @@ fn decode_embedding(
 
 /// Refuses a block answered in another precision than the lookup asked
 /// for (`said`: its `precision` field).
-pub(crate) fn check_precision(
+fn check_precision(
     feature: &str,
     asked: pb::Precision,
     said: i32,
@@ -374,7 +374,7 @@ mod tests {
         response_in(blocks, ticket, pb::Precision::F32)
     }
 
-    /// Blocks of values that 16 bits round (1/3 + i/4), in `precision`.
+    /// Blocks of values that 16 bits round (i/4 - 1/3), in `precision`.
     fn response_in(
         blocks: &[(&str, u32, u32)],
         ticket: u64,

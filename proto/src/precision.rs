@@ -1,10 +1,10 @@
-//! A lookup answer's floats in the precision the lookup asked for
-//! ([`Precision`]): f32 as gathered, or each rounded to 16 bits on the
-//! server and widened back on the client.
+//! A lookup answer's or a push's floats in the precision it names
+//! ([`Precision`]): f32 as they are, or each rounded to 16 bits by the
+//! sender and widened back (exactly) by the receiver.
 //!
-//! Why: over a socket a lookup's cost is mostly its bytes (the kernel's
-//! copies and the TCP stack scale with them), and a trainer that computes
-//! in 16 bits gains nothing from 32-bit embeddings. Halving them is what
+//! Why: over a socket a lookup's or a push's cost follows its bytes (the
+//! kernel's copies and the TCP stack), and a trainer that computes in 16
+//! bits gains nothing from 32-bit embeddings. Halving them is what
 //! TorchRec's quantized communications do for its all-to-alls.
 
 use bytes::Bytes;
@@ -92,9 +92,9 @@ pub fn encode_slice(values: &[f32], precision: Precision) -> Bytes {
 const BLOCK: usize = 1024;
 
 /// The bf16 nearest `value` (ties to even; NaN stays NaN), as its bits.
-/// Branch-free, so a loop over a block vectorises: the value-by-value
-/// conversion with a branch took a seventh of a server's CPU per 16-bit
-/// lookup (perf of `featmux bench --workload lookup --precision bf16`).
+/// Branch-free, so a loop over a block vectorises. (Over a whole answer
+/// the pass waits for memory either way: docs/results/profile.md,
+/// section 21.)
 fn bf16_bits(value: f32) -> u16 {
     let bits = value.to_bits();
     let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
@@ -201,12 +201,12 @@ mod tests {
         assert!(back[5].is_nan());
 
         // bf16 keeps f32's exponent: 70000 is near, 1e-30 is not zero.
-        let values = vec![70000.0, 1e-30, -1.0 - 2f32.powi(-9)];
+        let values = vec![70000.0, 1e-30, -1.0 - 2f32.powi(-8)];
         let back = widen(&encode(values.clone(), Precision::Bf16), Precision::Bf16);
         for (b, v) in back.iter().zip(&values) {
             assert!((b - v).abs() <= v.abs() * 2f32.powi(-8), "{b} for {v}");
         }
-        // -1 - 2^-9 is a tie between -1 and -1 - 2^-7: to even, -1.
+        // -1 - 2^-8 is a tie between -1 and -1 - 2^-7: to even, -1.
         assert_eq!(back[2], -1.0);
     }
 
