@@ -291,11 +291,7 @@ fn decode_embedding(
 
 /// Refuses a block answered in another precision than the lookup asked
 /// for (`said`: its `precision` field).
-fn check_precision(
-    feature: &str,
-    asked: pb::Precision,
-    said: i32,
-) -> Result<(), Malformed> {
+fn check_precision(feature: &str, asked: pb::Precision, said: i32) -> Result<(), Malformed> {
     if said == asked as i32 {
         return Ok(());
     }
