@@ -310,49 +310,46 @@ fn check_precision(feature: &str, asked: pb::Precision, said: i32) -> Result<(),
 /// Python extension uses) made every 4 KiB of it a page fault (perf: 20.6 %
 /// of a bench client's samples clearing pages).
 fn read_floats(frames: &mut Frames, length: usize) -> Vec<f32> {
-    debug_assert!(length % 4 == 0 && length <= frames.remaining());
-    let mut data = Vec::with_capacity(length / 4);
-    let mut left = length;
-    while left > 0 {
-        let chunk = frames.chunk();
-        let whole = chunk.len().min(left) / 4 * 4;
-        if whole == 0 {
-            // A float split between two frames.
-            let mut bytes = [0; 4];
-            frames.copy_to_slice(&mut bytes);
-            data.push(f32::from_le_bytes(bytes));
-            left -= 4;
-            continue;
-        }
+    read_values::<4>(frames, length, |bytes, data| {
         data.extend(
-            chunk[..whole]
+            bytes
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        );
-        frames.advance(whole);
-        left -= whole;
-    }
-    data
+        )
+    })
 }
 
 /// [`read_floats`] for a payload of 16-bit floats in `precision`, widened
 /// to f32 as they are read.
 fn read_halves(frames: &mut Frames, length: usize, precision: pb::Precision) -> Vec<f32> {
-    debug_assert!(length % 2 == 0 && length <= frames.remaining());
-    let mut data = Vec::with_capacity(length / 2);
+    read_values::<2>(frames, length, |bytes, data| {
+        precision::widen_into(bytes, precision, data)
+    })
+}
+
+/// `length` bytes (a multiple of `UNIT`) of `UNIT`-byte values from however
+/// many frames hold them, `append` turning each run of whole values into
+/// floats at the end of the vector.
+fn read_values<const UNIT: usize>(
+    frames: &mut Frames,
+    length: usize,
+    append: impl Fn(&[u8], &mut Vec<f32>),
+) -> Vec<f32> {
+    debug_assert!(length % UNIT == 0 && length <= frames.remaining());
+    let mut data = Vec::with_capacity(length / UNIT);
     let mut left = length;
     while left > 0 {
         let chunk = frames.chunk();
-        let whole = chunk.len().min(left) / 2 * 2;
+        let whole = chunk.len().min(left) / UNIT * UNIT;
         if whole == 0 {
             // A value split between two frames.
-            let mut bytes = [0; 2];
+            let mut bytes = [0; UNIT];
             frames.copy_to_slice(&mut bytes);
-            precision::widen_into(&bytes, precision, &mut data);
-            left -= 2;
+            append(&bytes, &mut data);
+            left -= UNIT;
             continue;
         }
-        precision::widen_into(&chunk[..whole], precision, &mut data);
+        append(&chunk[..whole], &mut data);
         frames.advance(whole);
         left -= whole;
     }

@@ -42,6 +42,17 @@ async fn pushing_client(server: &TestServer, precision: pb::Precision) -> Client
     Client::connect(options).await.unwrap()
 }
 
+/// Table `t`: SGD at lr 0.5, 10^5 rows of `DIM`, one string feature `u`.
+async fn create_table(client: &Client) {
+    client
+        .create_table(
+            sgd_table("t", 100_000, DIM as u32, 0.5),
+            vec![feature("u", pb::ValueType::String, pb::Pooling::Sum, 1)],
+        )
+        .await
+        .unwrap();
+}
+
 fn rounded(values: &[f32], precision: pb::Precision) -> Vec<f32> {
     values
         .iter()
@@ -74,13 +85,7 @@ fn sixteen_bit_answers_are_the_f32_ones_rounded() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let f32_client = client(&server, pb::Precision::F32).await;
-        f32_client
-            .create_table(
-                sgd_table("t", 100_000, DIM as u32, 0.5),
-                vec![feature("u", pb::ValueType::String, pb::Pooling::Sum, 1)],
-            )
-            .await
-            .unwrap();
+        create_table(&f32_client).await;
         let exact = exact(&f32_client).await;
         assert_eq!(exact.len(), EXAMPLES * DIM);
 
@@ -139,15 +144,7 @@ fn unknown_precisions_and_region_precisions_are_refused() {
     let server = TestServer::start(&dir.path().join("data"), &ServerSettings::default());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        server
-            .client(None)
-            .await
-            .create_table(
-                sgd_table("t", 1000, 4, 0.5),
-                vec![feature("u", pb::ValueType::String, pb::Pooling::Sum, 1)],
-            )
-            .await
-            .unwrap();
+        create_table(&server.client(None).await).await;
         let mut generated =
             pb::embedding_service_client::EmbeddingServiceClient::connect(server.grpc_url())
                 .await
@@ -199,7 +196,7 @@ fn unknown_precisions_and_region_precisions_are_refused() {
             panic!("answered: {second:?}");
         };
         assert_eq!(answer.embeddings[0].precision, pb::Precision::Bf16 as i32);
-        assert_eq!(answer.embeddings[0].data.len(), EXAMPLES * 4 * 2);
+        assert_eq!(answer.embeddings[0].data.len(), EXAMPLES * DIM * 2);
     });
 }
 
@@ -210,13 +207,7 @@ fn sixteen_bit_gradients_are_rounded_then_applied_in_f32() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let exact = client(&server, pb::Precision::F32).await;
-        exact
-            .create_table(
-                sgd_table("t", 100_000, DIM as u32, 0.5),
-                vec![feature("u", pb::ValueType::String, pb::Pooling::Sum, 1)],
-            )
-            .await
-            .unwrap();
+        create_table(&exact).await;
         // 1/3 is no f16 or bf16: each push moves the rows by lr times the
         // gradient as rounded (SGD at lr 0.5; one value per example, each
         // of its own row).
