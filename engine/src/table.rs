@@ -12,7 +12,9 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use crate::backend::serving::{RowFormat, ServingBackend};
-use crate::backend::{self, Backend, BackendKind, GatherPlan, GatherTarget, RowGradients};
+use crate::backend::{
+    self, Backend, BackendKind, BlockSink, GatherPlan, GatherTarget, RowGradients,
+};
 use crate::batch::{Batch, FeatureEmbeddings, Values};
 use crate::dirty::DirtyRows;
 use crate::error::EngineError;
@@ -287,17 +289,40 @@ impl Table {
         layout: &BatchLayout<'_>,
     ) -> Result<Vec<FeatureEmbeddings>, EngineError> {
         self.check_whole()?;
-        let blocks = match self.observing() {
-            Some(occupancy) => {
-                let registry = self.registry.read();
-                let plan = self.plan_observed(&registry, batch, layout, Some(occupancy));
-                drop(registry);
-                self.backend
-                    .gather_blocks(&plan.gather, &plan.block_bounds())?
-            }
+        let blocks = match self.observed_plan(batch, layout) {
+            Some(plan) => self
+                .backend
+                .gather_blocks(&plan.gather, &plan.block_bounds())?,
             None => self.backend.gather_layout(layout)?,
         };
         Ok(layout.embeddings(blocks))
+    }
+
+    /// [`Self::lookup_layout`] handed to `sink` block by block, each as the
+    /// gather finishes it (`layout.outputs` name the blocks): for a caller
+    /// that turns the floats into something else (see [`BlockSink`]).
+    pub fn lookup_layout_to(
+        &self,
+        batch: &Batch,
+        layout: &BatchLayout<'_>,
+        sink: &mut dyn BlockSink,
+    ) -> Result<(), EngineError> {
+        self.check_whole()?;
+        match self.observed_plan(batch, layout) {
+            Some(plan) => self
+                .backend
+                .gather_blocks_to(&plan.gather, &plan.block_bounds(), sink),
+            None => self.backend.gather_layout_to(layout, sink),
+        }
+    }
+
+    /// The plan of `batch` (laid out as `layout`) when the occupancy
+    /// statistics observe it, as they need its rows; otherwise none, and
+    /// the backend may hash each value as its gather reaches it.
+    fn observed_plan(&self, batch: &Batch, layout: &BatchLayout<'_>) -> Option<BatchPlan> {
+        let occupancy = self.observing()?;
+        let registry = self.registry.read();
+        Some(self.plan_observed(&registry, batch, layout, Some(occupancy)))
     }
 
     /// Looks up an already planned batch.
@@ -307,6 +332,18 @@ impl Table {
             .backend
             .gather_blocks(&plan.gather, &plan.block_bounds())?;
         Ok(plan.embeddings(blocks))
+    }
+
+    /// [`Self::lookup_plan`] handed to `sink` block by block (as
+    /// [`Self::lookup_layout_to`]; `plan.outputs` name the blocks).
+    pub fn lookup_plan_to(
+        &self,
+        plan: &BatchPlan,
+        sink: &mut dyn BlockSink,
+    ) -> Result<(), EngineError> {
+        self.check_whole()?;
+        self.backend
+            .gather_blocks_to(&plan.gather, &plan.block_bounds(), sink)
     }
 
     /// [`Self::lookup_plan`] written into `out`, the blocks one after the

@@ -2,7 +2,7 @@
 //! from the backend: pooling, chunks, placement, duplicate summing, lazy init,
 //! and refusal of bad input without any change.
 
-use featmux_engine::backend::{BackendKind, GatherPlan, RowData, RowGradients};
+use featmux_engine::backend::{BackendKind, BlockSink, GatherPlan, RowData, RowGradients};
 use featmux_engine::batch::{Batch, FeatureBatch, Values};
 use featmux_engine::error::EngineError;
 use featmux_engine::init::Initializer;
@@ -581,5 +581,73 @@ fn planning_bounds_values_times_chunks_before_allocating() {
             "2^32 entries were planned: {:?}",
             other.map(|p| p.gather.rows.len())
         ),
+    }
+}
+
+/// What a [`BlockSink`] got: each block's floats, checked to come in
+/// batch order.
+struct Collected(Vec<(usize, Vec<f32>)>);
+
+impl BlockSink for Collected {
+    fn block(&mut self, index: usize, floats: &[f32]) {
+        assert_eq!(index, self.0.len(), "blocks in batch order, each once");
+        self.0.push((index, floats.to_vec()));
+    }
+}
+
+#[test]
+fn blocks_handed_to_a_sink_are_the_lookups_blocks() {
+    let single = Batch::new(vec![
+        FeatureBatch::strings("s", ["a", "b", "c"], vec![1, 1, 1]),
+        FeatureBatch::int64("wide", vec![7, -3, 7], vec![1, 1, 1]),
+    ]);
+    let bags = Batch::new(vec![
+        FeatureBatch::strings("s", ["a", "b", "c"], vec![2, 0, 1]),
+        FeatureBatch::strings("m", ["a", "b", "c", "d"], vec![1, 3, 0]),
+        FeatureBatch::strings("seq", ["a", "b", "c"], vec![2, 0, 1]),
+        FeatureBatch::int64("wide", vec![1, 2, 3, 4], vec![3, 0, 1]),
+    ]);
+    for backend in [BackendKind::Cpu, BackendKind::CandleCpu] {
+        let t = Table::create(
+            TableSpec {
+                seed: 11,
+                ..TableSpec::new("t", ROWS, DIM)
+            },
+            backend,
+        )
+        .unwrap();
+        for spec in [
+            FeatureSpec::new("s"),
+            FeatureSpec::new("m").pooling(Pooling::Mean),
+            FeatureSpec::new("seq").pooling(Pooling::None),
+            FeatureSpec::new("wide")
+                .chunks(3)
+                .value_type(ValueType::Int64),
+        ] {
+            t.add_feature(spec).unwrap();
+        }
+        // Every batch observed by the occupancy statistics (gathered from
+        // a plan), then none (hashed as the gather goes).
+        for every in [1, 0] {
+            t.sample_occupancy_every(every);
+            for batch in [&single, &bags] {
+                let expected: Vec<Vec<f32>> = t
+                    .lookup(batch)
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| e.data)
+                    .collect();
+                let layout = t.layout(batch, usize::MAX).unwrap();
+                let mut streamed = Collected(Vec::new());
+                t.lookup_layout_to(batch, &layout, &mut streamed).unwrap();
+                let mut planned = Collected(Vec::new());
+                t.lookup_plan_to(&t.plan(batch).unwrap(), &mut planned)
+                    .unwrap();
+                for got in [streamed, planned] {
+                    let got: Vec<Vec<f32>> = got.0.into_iter().map(|(_, f)| f).collect();
+                    assert_eq!(got, expected, "{backend:?}, observing every {every}");
+                }
+            }
+        }
     }
 }

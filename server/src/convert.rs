@@ -12,7 +12,10 @@ use crate::api::{
     TableInfo,
 };
 use crate::error::ApiError;
+use bytes::Bytes;
+use featmux_engine::backend::BlockSink;
 use featmux_engine::batch::FeatureEmbeddings;
+use featmux_engine::layout::OutputBlock;
 use featmux_engine::occupancy::OccupancyReport;
 pub use featmux_proto::engine::{
     batch_from_pb, feature_spec_from_pb, feature_specs_from_pb, optimizer_from_pb,
@@ -20,21 +23,59 @@ pub use featmux_proto::engine::{
 };
 use featmux_proto::engine::{feature_spec_to_pb, table_spec_to_pb};
 
-/// Output blocks as raw little-endian payloads in `precision`.
-pub fn embeddings_to_pb(
-    embeddings: Vec<FeatureEmbeddings>,
-    precision: Precision,
-) -> Vec<pb::Embeddings> {
+/// Output blocks as raw little-endian f32 payloads: each the gathered
+/// vector itself, no copy.
+pub fn embeddings_to_pb(embeddings: Vec<FeatureEmbeddings>) -> Vec<pb::Embeddings> {
     embeddings
         .into_iter()
         .map(|e| pb::Embeddings {
-            data: precision::encode(e.data, precision),
+            data: precision::encode(e.data, Precision::F32),
             rows: e.rows as u32,
             width: e.width as u32,
             feature: e.feature,
-            precision: precision.into(),
+            precision: Precision::F32.into(),
         })
         .collect()
+}
+
+/// A lookup's payloads in a precision of its own (16 bits), each block
+/// converted as the gather finishes it, while its floats are still in the
+/// core's cache ([`BlockSink`]).
+pub struct EncodedPayloads {
+    precision: Precision,
+    payloads: Vec<Bytes>,
+}
+
+impl EncodedPayloads {
+    pub fn new(precision: Precision) -> Self {
+        EncodedPayloads {
+            precision,
+            payloads: Vec::new(),
+        }
+    }
+
+    /// The answer's blocks, `outputs` naming them in the order they came.
+    pub fn into_pb(self, outputs: Vec<OutputBlock>) -> Vec<pb::Embeddings> {
+        assert_eq!(outputs.len(), self.payloads.len(), "one payload per block");
+        outputs
+            .into_iter()
+            .zip(self.payloads)
+            .map(|(o, data)| pb::Embeddings {
+                data,
+                rows: o.rows as u32,
+                width: o.width as u32,
+                feature: o.feature,
+                precision: self.precision.into(),
+            })
+            .collect()
+    }
+}
+
+impl BlockSink for EncodedPayloads {
+    fn block(&mut self, _: usize, floats: &[f32]) {
+        self.payloads
+            .push(precision::encode_slice(floats, self.precision));
+    }
 }
 
 /// Gradient blocks from their payloads, each float in `precision` (widened

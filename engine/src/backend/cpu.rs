@@ -34,7 +34,7 @@ use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 
-use super::{Backend, GatherPlan, GatherTarget, RowData, RowGradients, StorageSpec};
+use super::{Backend, BlockSink, GatherPlan, GatherTarget, RowData, RowGradients, StorageSpec};
 use crate::error::EngineError;
 use crate::hashing::Key;
 use crate::layout::{Bags, BatchLayout, Entry, EntrySink, FeatureEntries};
@@ -494,15 +494,106 @@ impl BlockCursor {
     }
 }
 
-/// Pools each feature of a [`BatchLayout`] into its own block
-/// ([`CpuBackend::gather_layout`]).
-struct BlockPooler<'b> {
-    backend: &'b CpuBackend,
-    /// One per feature, with room for its output.
-    blocks: &'b mut [Vec<f32>],
+/// Where [`CpuBackend`]'s block-by-block gathers write each block: into a
+/// vector of its own, kept ([`KeptBlocks`]), or into one buffer reused for
+/// every block and handed to a [`BlockSink`] ([`SunkBlocks`]).
+///
+/// # Safety
+///
+/// [`Self::start`] returns memory valid for writes of `floats` floats,
+/// which nothing else reads or writes until [`Self::written`] for the
+/// same block.
+unsafe trait BlockOut {
+    /// Where block `index`, `floats` floats long, is to be written.
+    fn start(&mut self, index: usize, floats: usize) -> *mut f32;
+
+    /// Block `index` is written.
+    ///
+    /// # Safety
+    ///
+    /// All `floats` floats from [`Self::start`]'s pointer for this block
+    /// have been written.
+    unsafe fn written(&mut self, index: usize, floats: usize);
 }
 
-impl EntrySink for BlockPooler<'_> {
+/// Each block into a vector of its own: what a lookup returns.
+struct KeptBlocks(Vec<Vec<f32>>);
+
+impl KeptBlocks {
+    fn new(blocks: usize) -> Self {
+        KeptBlocks(vec![Vec::new(); blocks])
+    }
+}
+
+// SAFETY: each block's vector has room for its floats, and is touched
+// again only in `written`.
+unsafe impl BlockOut for KeptBlocks {
+    fn start(&mut self, index: usize, floats: usize) -> *mut f32 {
+        self.0[index] = Vec::with_capacity(floats);
+        self.0[index].as_mut_ptr()
+    }
+
+    unsafe fn written(&mut self, index: usize, floats: usize) {
+        // SAFETY: the caller's promise.
+        unsafe { self.0[index].set_len(floats) };
+    }
+}
+
+/// Every block into one buffer, handed to a sink as soon as it is written
+/// (while it is still in the core's cache) and then overwritten by the
+/// next.
+struct SunkBlocks<'s> {
+    buffer: Vec<f32>,
+    sink: &'s mut dyn BlockSink,
+}
+
+impl<'s> SunkBlocks<'s> {
+    fn new(sink: &'s mut dyn BlockSink) -> Self {
+        SunkBlocks {
+            buffer: Vec::new(),
+            sink,
+        }
+    }
+}
+
+// SAFETY: the buffer has room for the block, and is read only in
+// `written`, by the sink, before the next block's `start`.
+unsafe impl BlockOut for SunkBlocks<'_> {
+    fn start(&mut self, _: usize, floats: usize) -> *mut f32 {
+        self.buffer.clear();
+        self.buffer.reserve(floats);
+        self.buffer.as_mut_ptr()
+    }
+
+    unsafe fn written(&mut self, index: usize, floats: usize) {
+        // SAFETY: the caller's promise.
+        unsafe { self.buffer.set_len(floats) };
+        self.sink.block(index, &self.buffer);
+    }
+}
+
+/// The whole gather as one block, into memory the caller lent (a
+/// [`GatherTarget`]'s).
+struct WrittenAt(*mut f32);
+
+// SAFETY: made only from a target checked to hold the gather's floats
+// (`CpuBackend::gather_into`).
+unsafe impl BlockOut for WrittenAt {
+    fn start(&mut self, _: usize, _: usize) -> *mut f32 {
+        self.0
+    }
+
+    unsafe fn written(&mut self, _: usize, _: usize) {}
+}
+
+/// Pools each feature of a [`BatchLayout`] into its own block
+/// ([`CpuBackend::gather_layout`]).
+struct BlockPooler<'b, O> {
+    backend: &'b CpuBackend,
+    out: &'b mut O,
+}
+
+impl<O: BlockOut> EntrySink for BlockPooler<'_, O> {
     fn feature<'v, K: Fn(usize) -> Key<'v>>(
         &mut self,
         block: usize,
@@ -510,12 +601,10 @@ impl EntrySink for BlockPooler<'_> {
         entries: FeatureEntries<'_, K>,
     ) {
         let backend = self.backend;
-        let d = backend.spec.dim;
-        let block = &mut self.blocks[block];
-        assert!(block.capacity() >= slots * d, "room for the block");
-        let out = block.as_mut_ptr();
+        let floats = slots * backend.spec.dim;
+        let out = self.out.start(block, floats);
         let quiet = || {
-            // SAFETY: `out` has room for `slots` rows (asserted).
+            // SAFETY: `out` has room for `slots` rows (`BlockOut`'s promise).
             unsafe { pool_feature_reading::<K, false>(backend, &entries, slots, out) }
         };
         if !backend.storing.try_read(quiet) {
@@ -524,7 +613,7 @@ impl EntrySink for BlockPooler<'_> {
             unsafe { pool_feature_reading::<K, true>(backend, &entries, slots, out) };
         }
         // SAFETY: the pooling wrote all `slots` rows.
-        unsafe { block.set_len(slots * d) };
+        unsafe { self.out.written(block, floats) };
     }
 }
 
@@ -702,51 +791,32 @@ impl CpuBackend {
     }
 
     /// Pools a plan whose slots never decrease (what a batch plans, except
-    /// bags of multi-chunk features) into one block per feature, cut at
-    /// `bounds`. Each block is written once, straight from the rows: no
-    /// `[num_slots, dim]` buffer to zero first, none to cut afterwards.
-    fn gather_in_slot_order(&self, plan: &GatherPlan, bounds: &[usize]) -> Vec<Vec<f32>> {
-        let d = self.spec.dim;
-        let mut blocks: Vec<Vec<f32>> = bounds
-            .windows(2)
-            .map(|slots| Vec::with_capacity((slots[1] - slots[0]) * d))
-            .collect();
-        let starts: Vec<*mut f32> = blocks.iter_mut().map(Vec::as_mut_ptr).collect();
-        // SAFETY: block `k` has room for its `bounds[k + 1] - bounds[k]`
-        // slots of `d` floats.
-        unsafe { self.pool_in_slot_order(plan, bounds, &starts) };
-        for (block, slots) in blocks.iter_mut().zip(bounds.windows(2)) {
-            // SAFETY: the pooling wrote every slot of the block.
-            unsafe { block.set_len((slots[1] - slots[0]) * d) };
-        }
-        blocks
-    }
-
-    /// Pools a plan whose slots never decrease one slot after the other,
-    /// the slots of block `k` (`bounds[k]..bounds[k + 1]`) to consecutive
-    /// rows from `starts[k]`: each slot is summed while it sits in L1 and
-    /// its output row written once, never read back. Each block is read
+    /// bags of multi-chunk features) one slot after the other, the slots of
+    /// block `k` (`bounds[k]..bounds[k + 1]`) to consecutive rows where
+    /// `out` puts the block: each slot is summed while it sits in L1 and
+    /// its output row written once, never read back (no `[num_slots, dim]`
+    /// buffer to zero first, none to cut afterwards). Each block is read
     /// without stripes unless a store overlaps it (then again, with them):
     /// a block at a time, so a push's store wastes at most one block's
     /// reads.
-    ///
-    /// # Safety
-    ///
-    /// `starts[k]` is valid for writes of `(bounds[k + 1] - bounds[k]) *
-    /// dim` floats, for every block.
-    unsafe fn pool_in_slot_order(&self, plan: &GatherPlan, bounds: &[usize], starts: &[*mut f32]) {
+    fn pool_in_slot_order(&self, plan: &GatherPlan, bounds: &[usize], out: &mut impl BlockOut) {
+        let d = self.spec.dim;
         let mut first = 0;
-        for (slots, &start) in bounds.windows(2).zip(starts) {
+        for (index, slots) in bounds.windows(2).enumerate() {
             let slots = slots[0]..slots[1];
+            let floats = slots.len() * d;
+            let start = out.start(index, floats);
             let mut next = first;
             let quiet = || {
-                // SAFETY: the caller's promise, for this block.
+                // SAFETY: `start` has room for the block (`BlockOut`'s promise).
                 next = unsafe { self.pool_block::<false>(plan, first, slots.clone(), start) };
             };
             if !self.storing.try_read(quiet) {
                 // SAFETY: as above.
                 next = unsafe { self.pool_block::<true>(plan, first, slots.clone(), start) };
             }
+            // SAFETY: the pooling wrote every slot of the block.
+            unsafe { out.written(index, floats) };
             first = next;
         }
     }
@@ -1135,15 +1205,60 @@ impl CpuBackend {
         Ok(())
     }
 
+    /// [`Backend::gather_layout`], each block written where `out` puts it.
+    fn gather_layout_with(
+        &self,
+        layout: &BatchLayout<'_>,
+        out: &mut impl BlockOut,
+    ) -> Result<(), EngineError> {
+        if layout.rows_end() > self.spec.rows || layout.chunk_dim != self.spec.dim {
+            return Err(EngineError::invalid(
+                "rows",
+                format!(
+                    "the batch hashes into rows up to {} of {} floats but the table holds {} of {}",
+                    layout.rows_end(),
+                    layout.chunk_dim,
+                    self.spec.rows,
+                    self.spec.dim
+                ),
+            ));
+        }
+        if !layout.sums_entries() {
+            // Each entry its own output row: the gather is a copy per
+            // entry, and hashing in a loop of its own first, several
+            // values at once, is faster (in-process lookups of 4,096 × 26
+            // single values: 73–86 M rows/s planned, 47–65 streamed).
+            // The plan's rows and slots come from the layout checked above,
+            // so its entries are not checked again (3.4 % of a lookup's
+            // samples).
+            let gather = gather_plan(layout, None);
+            self.gather_checked_blocks(&gather, &layout.block_bounds(), out);
+            return Ok(());
+        }
+        layout.for_each_feature(&mut BlockPooler { backend: self, out });
+        Ok(())
+    }
+
     /// [`Backend::gather_blocks`] of a plan whose rows, slots and `bounds`
     /// are known to be valid. (An invalid one would panic on a slice
     /// index, never write outside its output: both loops index their
     /// output by the slots of `bounds`, or by checked slices.)
-    fn gather_checked_blocks(&self, plan: &GatherPlan, bounds: &[usize]) -> Vec<Vec<f32>> {
+    fn gather_checked_blocks(&self, plan: &GatherPlan, bounds: &[usize], out: &mut impl BlockOut) {
         if plan.slots_ascend() {
-            return self.gather_in_slot_order(plan, bounds);
+            return self.pool_in_slot_order(plan, bounds, out);
         }
-        super::cut_at(self.gather_in_any_order(plan), bounds, self.spec.dim)
+        let d = self.spec.dim;
+        let whole = self.gather_in_any_order(plan);
+        for (index, slots) in bounds.windows(2).enumerate() {
+            let block = &whole[slots[0] * d..slots[1] * d];
+            let start = out.start(index, block.len());
+            // SAFETY: `start` has room for the block (`BlockOut`'s
+            // promise), memory of its own.
+            unsafe {
+                std::ptr::copy_nonoverlapping(block.as_ptr(), start, block.len());
+                out.written(index, block.len());
+            }
+        }
     }
 
     /// Pools a plan's entries, in any slot order, into one zeroed
@@ -1180,8 +1295,9 @@ impl Backend for CpuBackend {
     fn gather(&self, plan: &GatherPlan) -> Result<Vec<f32>, EngineError> {
         plan.check(&self.spec)?;
         if plan.slots_ascend() {
-            let mut whole = self.gather_in_slot_order(plan, &[0, plan.num_slots]);
-            return Ok(whole.pop().unwrap_or_default());
+            let mut whole = KeptBlocks::new(1);
+            self.pool_in_slot_order(plan, &[0, plan.num_slots], &mut whole);
+            return Ok(whole.0.pop().unwrap_or_default());
         }
         Ok(self.gather_in_any_order(plan))
     }
@@ -1193,15 +1309,30 @@ impl Backend for CpuBackend {
     ) -> Result<Vec<Vec<f32>>, EngineError> {
         plan.check(&self.spec)?;
         plan.check_bounds(bounds)?;
-        Ok(self.gather_checked_blocks(plan, bounds))
+        let mut blocks = KeptBlocks::new(bounds.len().saturating_sub(1));
+        self.gather_checked_blocks(plan, bounds, &mut blocks);
+        Ok(blocks.0)
+    }
+
+    fn gather_blocks_to(
+        &self,
+        plan: &GatherPlan,
+        bounds: &[usize],
+        sink: &mut dyn BlockSink,
+    ) -> Result<(), EngineError> {
+        plan.check(&self.spec)?;
+        plan.check_bounds(bounds)?;
+        self.gather_checked_blocks(plan, bounds, &mut SunkBlocks::new(sink));
+        Ok(())
     }
 
     fn gather_into(&self, plan: &GatherPlan, out: &mut GatherTarget) -> Result<(), EngineError> {
         plan.check(&self.spec)?;
         out.check_len(plan.num_slots.saturating_mul(self.spec.dim))?;
         if plan.slots_ascend() {
-            // SAFETY: `out` holds the plan's `num_slots` rows (checked).
-            unsafe { self.pool_in_slot_order(plan, &[0, plan.num_slots], &[out.as_mut_ptr()]) };
+            // `out` holds the plan's `num_slots` rows (checked).
+            let mut at = WrittenAt(out.as_mut_ptr());
+            self.pool_in_slot_order(plan, &[0, plan.num_slots], &mut at);
             return Ok(());
         }
         out.write(&self.gather_in_any_order(plan));
@@ -1209,39 +1340,17 @@ impl Backend for CpuBackend {
     }
 
     fn gather_layout(&self, layout: &BatchLayout<'_>) -> Result<Vec<Vec<f32>>, EngineError> {
-        if layout.rows_end() > self.spec.rows || layout.chunk_dim != self.spec.dim {
-            return Err(EngineError::invalid(
-                "rows",
-                format!(
-                    "the batch hashes into rows up to {} of {} floats but the table holds {} of {}",
-                    layout.rows_end(),
-                    layout.chunk_dim,
-                    self.spec.rows,
-                    self.spec.dim
-                ),
-            ));
-        }
-        if !layout.sums_entries() {
-            // Each entry its own output row: the gather is a copy per
-            // entry, and hashing in a loop of its own first, several
-            // values at once, is faster (in-process lookups of 4,096 × 26
-            // single values: 73–86 M rows/s planned, 47–65 streamed).
-            // The plan's rows and slots come from the layout checked above,
-            // so its entries are not checked again (3.4 % of a lookup's
-            // samples).
-            let gather = gather_plan(layout, None);
-            return Ok(self.gather_checked_blocks(&gather, &layout.block_bounds()));
-        }
-        let mut blocks: Vec<Vec<f32>> = layout
-            .outputs
-            .iter()
-            .map(|o| Vec::with_capacity(o.rows * o.width))
-            .collect();
-        layout.for_each_feature(&mut BlockPooler {
-            backend: self,
-            blocks: &mut blocks,
-        });
-        Ok(blocks)
+        let mut blocks = KeptBlocks::new(layout.outputs.len());
+        self.gather_layout_with(layout, &mut blocks)?;
+        Ok(blocks.0)
+    }
+
+    fn gather_layout_to(
+        &self,
+        layout: &BatchLayout<'_>,
+        sink: &mut dyn BlockSink,
+    ) -> Result<(), EngineError> {
+        self.gather_layout_with(layout, &mut SunkBlocks::new(sink))
     }
 
     fn apply(&self, update: &RowGradients) -> Result<(), EngineError> {
@@ -1323,6 +1432,26 @@ mod tests {
         out
     }
 
+    /// What a [`BlockSink`] got from `gather`: each block's floats, checked
+    /// to come in batch order, each once.
+    fn sunk(gather: impl FnOnce(&mut dyn BlockSink) -> Result<(), EngineError>) -> Vec<Vec<f32>> {
+        struct Collected(Vec<(usize, Vec<f32>)>);
+        impl BlockSink for Collected {
+            fn block(&mut self, index: usize, floats: &[f32]) {
+                self.0.push((index, floats.to_vec()));
+            }
+        }
+        let mut collected = Collected(Vec::new());
+        gather(&mut collected).unwrap();
+        let order: Vec<usize> = collected.0.iter().map(|&(index, _)| index).collect();
+        assert_eq!(
+            order,
+            (0..order.len()).collect::<Vec<_>>(),
+            "blocks in order"
+        );
+        collected.0.into_iter().map(|(_, floats)| floats).collect()
+    }
+
     /// The loops each CPU may run: the baseline ones, and the AVX ones
     /// where the CPU has AVX.
     fn loops() -> Vec<bool> {
@@ -1375,6 +1504,12 @@ mod tests {
                 assert_eq!(blocks[0], expected[..2 * dim]);
                 assert!(blocks[1].is_empty());
                 assert_eq!(blocks[2], expected[2 * dim..]);
+                // Block by block through one reused buffer: the same blocks.
+                let bounds = [0, 2, 2, 5];
+                assert_eq!(
+                    sunk(|sink| backend.gather_blocks_to(&plan, &bounds, sink)),
+                    blocks
+                );
                 for bad in [&[0, 4][..], &[1, 5], &[0, 3, 2, 5], &[]] {
                     let err = backend.gather_blocks(&plan, bad).unwrap_err();
                     assert!(err.to_string().contains("block bounds"), "{err}");
@@ -1451,6 +1586,10 @@ mod tests {
                 let expected = reference(&backend, &plan.gather);
                 let streamed = backend.gather_layout(&layout).unwrap();
                 assert_eq!(streamed.concat(), expected, "dim {dim}, avx {avx}");
+                assert_eq!(
+                    sunk(|sink| backend.gather_layout_to(&layout, sink)),
+                    streamed
+                );
             }
         }
     }

@@ -16,6 +16,7 @@
 //! backend do one upload and one download per batch, and means the
 //! differential test compares exactly the part that differs.
 
+pub mod block_sink;
 pub mod candle;
 pub mod cpu;
 pub mod download;
@@ -23,6 +24,7 @@ pub mod gather_target;
 pub mod row_ops;
 pub mod serving;
 
+pub use self::block_sink::BlockSink;
 pub use self::gather_target::GatherTarget;
 use crate::error::EngineError;
 use crate::init::Initializer;
@@ -156,6 +158,19 @@ pub trait Backend: Send + Sync {
         Ok(cut_at(self.gather(plan)?, bounds, self.spec().dim))
     }
 
+    /// [`Self::gather_blocks`] handed to `sink` one block at a time. This
+    /// default gathers every block first; a backend that pools block after
+    /// block hands each on as it finishes it.
+    fn gather_blocks_to(
+        &self,
+        plan: &GatherPlan,
+        bounds: &[usize],
+        sink: &mut dyn BlockSink,
+    ) -> Result<(), EngineError> {
+        block_sink::feed(&self.gather_blocks(plan, bounds)?, sink);
+        Ok(())
+    }
+
     /// [`Self::gather`]'s `[num_slots, dim]` output written into `out`
     /// (exactly that many floats), memory another process may share. This
     /// default gathers and copies; a backend that can write each output
@@ -172,6 +187,17 @@ pub trait Backend: Send + Sync {
     /// value as its gather reaches it does so (see [`crate::layout`]).
     fn gather_layout(&self, layout: &BatchLayout<'_>) -> Result<Vec<Vec<f32>>, EngineError> {
         self.gather_blocks(&gather_plan(layout, None), &layout.block_bounds())
+    }
+
+    /// [`Self::gather_layout`] handed to `sink` one block at a time (this
+    /// default as [`Self::gather_blocks_to`]'s).
+    fn gather_layout_to(
+        &self,
+        layout: &BatchLayout<'_>,
+        sink: &mut dyn BlockSink,
+    ) -> Result<(), EngineError> {
+        block_sink::feed(&self.gather_layout(layout)?, sink);
+        Ok(())
     }
 
     /// Applies one optimizer step to each row in `update`.

@@ -16,11 +16,11 @@ use crate::dedup::PushDedup;
 use crate::error::{ApiError, ErrorKind};
 use crate::replication::ReplicaStatus;
 use crate::tickets::{Ticket, TicketCache};
-use featmux_engine::backend::{GatherPlan, GatherTarget, RowGradients};
+use featmux_engine::backend::{BlockSink, GatherPlan, GatherTarget, RowGradients};
 use featmux_engine::batch::{Batch, FeatureEmbeddings, Values};
 use featmux_engine::error::EngineError;
 use featmux_engine::gradients::GradientSource;
-use featmux_engine::layout::OutputBlock;
+use featmux_engine::layout::{BatchLayout, OutputBlock};
 use featmux_engine::occupancy::OccupancyReport;
 use featmux_engine::plan::BatchPlan;
 use featmux_engine::registry::Feature;
@@ -252,25 +252,74 @@ impl Api {
         want_ticket: bool,
         encoding: Encoding,
     ) -> Result<LookupResult, ApiError> {
+        let (embeddings, ticket) = self.lookup_by(
+            table,
+            batch,
+            want_ticket,
+            encoding,
+            (),
+            |table, layout, ()| table.lookup_layout(batch, layout),
+            |table, plan, ()| table.lookup_plan(plan),
+        )?;
+        Ok(LookupResult { embeddings, ticket })
+    }
+
+    /// [`Self::lookup`] with each block handed to `sink` as the gather
+    /// finishes it (see [`BlockSink`]): returns the blocks' names and
+    /// shapes, in the order `sink` got them, and the ticket.
+    pub fn lookup_to(
+        &self,
+        table: &str,
+        batch: &Batch,
+        want_ticket: bool,
+        encoding: Encoding,
+        sink: &mut dyn BlockSink,
+    ) -> Result<(Vec<OutputBlock>, Option<u64>), ApiError> {
+        self.lookup_by(
+            table,
+            batch,
+            want_ticket,
+            encoding,
+            sink,
+            |table, layout, sink| {
+                table.lookup_layout_to(batch, layout, sink)?;
+                Ok(layout.outputs.clone())
+            },
+            |table, plan, sink| {
+                table.lookup_plan_to(plan, sink)?;
+                Ok(plan.outputs.clone())
+            },
+        )
+    }
+
+    /// What [`Self::lookup`] and [`Self::lookup_to`] share: without a
+    /// ticket no plan is kept, and `unplanned` gathers the batch's layout
+    /// (the table may hash each value as its gather reaches it); with one,
+    /// `planned` gathers the plan the ticket keeps. `out` is what the
+    /// gather writes to, handed to whichever runs.
+    #[allow(clippy::too_many_arguments)]
+    fn lookup_by<O, T>(
+        &self,
+        table: &str,
+        batch: &Batch,
+        want_ticket: bool,
+        encoding: Encoding,
+        out: O,
+        unplanned: impl FnOnce(&Table, &BatchLayout<'_>, O) -> Result<T, EngineError>,
+        planned: impl FnOnce(&Table, &BatchPlan, O) -> Result<T, EngineError>,
+    ) -> Result<(T, Option<u64>), ApiError> {
         if !want_ticket {
-            // No plan to keep: the table may hash each value as its
-            // gather reaches it.
             let table = self.catalog.table(table)?;
             self.check_size(batch)?;
             let layout = table.layout(batch, self.limits.max_batch_values)?;
             self.check_output(&layout.outputs, encoding)?;
-            let embeddings = table.lookup_layout(batch, &layout)?;
+            let gathered = unplanned(&table, &layout, out)?;
             self.counters.rows_looked_up.inc_by(layout.entries as u64);
-            return Ok(LookupResult {
-                embeddings,
-                ticket: None,
-            });
+            return Ok((gathered, None));
         }
-        let (embeddings, ticket) =
-            self.lookup_with(table, batch, want_ticket, encoding, |table, plan, _| {
-                Ok(table.lookup_plan(plan)?)
-            })?;
-        Ok(LookupResult { embeddings, ticket })
+        self.lookup_with(table, batch, want_ticket, encoding, |table, plan, _| {
+            Ok(planned(table, plan, out)?)
+        })
     }
 
     /// [`Self::lookup`] written into memory the caller lends once it knows

@@ -112,20 +112,25 @@ fn lookup_lane(shared: &Shared, req: &pb::LookupRequest) -> Lane {
 }
 
 /// A lookup, answered in the precision it asks for. Runs in the lookup's
-/// lane, conversion included; an f32 answer's payloads are the gathered
-/// buffers themselves (no copy).
+/// lane, conversion included: an f32 answer's payloads are the gathered
+/// buffers themselves (no copy); a 16-bit one converts each block as the
+/// gather finishes it.
 fn lookup(api: &Api, req: pb::LookupRequest) -> Result<pb::LookupResponse, ApiError> {
     let precision = Precision::from_field(req.precision).map_err(ApiError::invalid)?;
     let batch = convert::batch_from_pb(req.batch)?;
-    let result = api.lookup(
-        &req.table,
-        &batch,
-        req.want_ticket,
-        Encoding::Binary(precision),
-    )?;
+    let (table, want_ticket, encoding) = (&req.table, req.want_ticket, Encoding::Binary(precision));
+    let (embeddings, ticket) = if precision == Precision::F32 {
+        let result = api.lookup(table, &batch, want_ticket, encoding)?;
+        (convert::embeddings_to_pb(result.embeddings), result.ticket)
+    } else {
+        let mut payloads = convert::EncodedPayloads::new(precision);
+        let (outputs, ticket) =
+            api.lookup_to(table, &batch, want_ticket, encoding, &mut payloads)?;
+        (payloads.into_pb(outputs), ticket)
+    };
     Ok(pb::LookupResponse {
-        embeddings: convert::embeddings_to_pb(result.embeddings, precision),
-        ticket: result.ticket.unwrap_or(0),
+        embeddings,
+        ticket: ticket.unwrap_or(0),
     })
 }
 

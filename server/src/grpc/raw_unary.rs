@@ -150,7 +150,7 @@ mod tests {
         let embeddings = vec![block("a", 64, 16), block("b", 32, 8)];
         let pointers: Vec<*const u8> = embeddings.iter().map(|e| e.data.as_ptr().cast()).collect();
         let chunks = encode_response(pb::LookupResponse {
-            embeddings: convert::embeddings_to_pb(embeddings, Precision::F32),
+            embeddings: convert::embeddings_to_pb(embeddings),
             ticket: 0,
         });
         assert_eq!(chunks.len(), 4);
