@@ -42,7 +42,7 @@ pub mod optimizer;
 pub mod partition;
 pub mod plan;
 pub mod pooling;
-mod prefetch;
+pub mod prefetch;
 mod radix;
 pub mod registry;
 pub mod schema;

@@ -11,7 +11,7 @@ pub(crate) const CACHE_LINE: usize = 64;
 /// Asks the CPU to start loading the cache lines of `values` (a no-op
 /// where no hint is available).
 #[inline(always)]
-pub(crate) fn prefetch<T>(values: &[T]) {
+pub fn prefetch<T>(values: &[T]) {
     prefetch_bytes(values.as_ptr().cast(), std::mem::size_of_val(values));
 }
 

@@ -11,6 +11,7 @@ pub mod v1 {
 }
 
 pub mod grpc_frame;
+pub mod payload_gradients;
 pub mod precision;
 
 /// Embeddings and gradients travel as raw little-endian `f32` bytes: no

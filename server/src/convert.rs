@@ -3,6 +3,7 @@
 //! [`featmux_proto::engine`], shared with cluster clients, and are
 //! re-exported here for the handlers. Decoding names the field at fault.
 
+use featmux_proto::payload_gradients::PayloadGradients;
 use featmux_proto::precision;
 use featmux_proto::v1 as pb;
 use featmux_proto::v1::Precision;
@@ -78,21 +79,21 @@ impl BlockSink for EncodedPayloads {
     }
 }
 
-/// Gradient blocks from their payloads, each float in `precision` (widened
-/// to f32 as they are read).
+/// Gradient blocks from their payloads, each float in `precision`, read
+/// in place by the push (widened to f32 as it sums them).
 pub fn gradients_from_pb(
     gradients: Vec<pb::Gradient>,
     precision: Precision,
-) -> Result<Vec<GradientBlock>, ApiError> {
+) -> Result<Vec<GradientBlock<PayloadGradients>>, ApiError> {
     gradients
         .into_iter()
         .enumerate()
         .map(|(i, g)| {
-            let data = precision::decode(&g.data, precision).ok_or_else(|| {
+            let bytes = g.data.len();
+            let data = PayloadGradients::new(g.data, precision).ok_or_else(|| {
                 ApiError::invalid(format!(
-                    "gradient block {i} (`{}`) has {} bytes, not a whole number of {}",
+                    "gradient block {i} (`{}`) has {bytes} bytes, not a whole number of {}",
                     g.feature,
-                    g.data.len(),
                     precision.name()
                 ))
             })?;
@@ -252,6 +253,7 @@ pub fn occupancy_to_pb(o: OccupancyReport) -> pb::OccupancyResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use featmux_engine::gradients::GradientSource;
 
     #[test]
     fn ragged_gradients_name_their_block() {
@@ -273,7 +275,7 @@ mod tests {
             err.message.contains("7 bytes, not a whole number of bf16"),
             "{err}"
         );
-        let widened = gradients_from_pb(ragged, Precision::F16).unwrap();
-        assert_eq!(widened[0].data, vec![0.0; 3]);
+        let halves = gradients_from_pb(ragged, Precision::F16).unwrap();
+        assert_eq!(halves[0].data.floats(), 3);
     }
 }
