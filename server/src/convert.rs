@@ -30,7 +30,7 @@ pub fn embeddings_to_pb(embeddings: Vec<FeatureEmbeddings>) -> Vec<pb::Embedding
     embeddings
         .into_iter()
         .map(|e| pb::Embeddings {
-            data: precision::encode(e.data, Precision::F32),
+            data: featmux_proto::payload::encode_owned(e.data),
             rows: e.rows as u32,
             width: e.width as u32,
             feature: e.feature,
