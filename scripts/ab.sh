@@ -11,7 +11,9 @@
 # service and engine print M rows/s (4,096 examples x 26 single-valued
 # features x 16 floats, row-wise Adagrad, 8 clients), service also the
 # server's CPU per request (all its threads, from /proc/PID/stat: on a
-# host whose throughput drifts, the steadier figure); http prints the
+# host whose throughput drifts, the steadier figure) and how it splits
+# between the server's threads (bulk: the engine's lane; flusher; rocksdb:
+# RocksDB's flushes and compactions; tokio: the network); http prints the
 # server's CPU per single-example lookup with the open-loop p50 and p99
 # at RATE requests/s.
 # TRANSPORT_A / TRANSPORT_B (tcp, unix or region, default tcp) pick how
@@ -33,6 +35,15 @@ HTTP=127.0.0.1:8181
 shape="${SHAPE:---examples 4096 --features 26 --values 1 --vocab 100000 --concurrency 8 --batches 4}"
 train="--table rwa --optimizer row-wise-adagrad --lr 0.05"
 
+# threads PID: each thread of PID with the CPU ticks it has used
+# (user + system), "NAME TICKS" per line: how the server's CPU splits (a
+# thread that exits mid-run counts in the total only).
+threads() {
+    for task in /proc/"$1"/task/*; do
+        printf '%s %s\n' "$(cat "$task/comm")" "$(awk '{print $14 + $15}' "$task/stat")"
+    done
+}
+
 # one BIN TRANSPORT: one measured run; prints its figure.
 one() {
     work=$(mktemp -d)
@@ -53,14 +64,27 @@ one() {
             ;;
         service)
             before=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+            threads "$pid" >"$work/threads-before"
             $bench --workload "$what" $train $shape --duration "$DURATION" >"$work/run.json"
+            threads "$pid" >"$work/threads-after"
             after=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-            python3 - "$work/run.json" "$before" "$after" <<'PY'
-import json, os, sys
+            python3 - "$work/run.json" "$before" "$after" "$work/threads-before" "$work/threads-after" <<'PY'
+import collections, json, os, re, sys
 run = json.load(open(sys.argv[1]))
-ticks = int(sys.argv[3]) - int(sys.argv[2])
-ms = 1e3 * ticks / os.sysconf("SC_CLK_TCK") / run["requests"]
-print(f"{run['rows_per_s'] / 1e6:.2f} M rows/s, server {ms:.2f} ms/request")
+def groups(path):
+    ticks = collections.Counter()
+    for line in open(path):
+        name, t = line.rsplit(" ", 1)
+        # featmux-bulk-0 -> bulk, rocksdb:low -> rocksdb, tokio-rt-worker -> tokio
+        group = re.sub(r"^featmux-|[-:].*$", "", re.sub(r"-\d+$", "", name))
+        ticks[group] += int(t)
+    return ticks
+per = 1e3 / os.sysconf("SC_CLK_TCK") / run["requests"]
+total = (int(sys.argv[3]) - int(sys.argv[2])) * per
+before, after = groups(sys.argv[4]), groups(sys.argv[5])
+ms = {g: (after[g] - before[g]) * per for g in after if after[g] > before[g]}
+split = ", ".join(f"{g} {v:.2f}" for g, v in sorted(ms.items(), key=lambda kv: -kv[1]))
+print(f"{run['rows_per_s'] / 1e6:.2f} M rows/s, server {total:.2f} ms/request ({split})")
 PY
             ;;
         http)

@@ -49,6 +49,10 @@ pub struct StorageConfig {
     pub sync_flushes: bool,
     /// Most bytes of RocksDB write-ahead log kept (what a restart replays).
     pub max_wal_bytes: u64,
+    /// Full 64 MiB memtables of rows that RocksDB merges into one file per
+    /// flush: a row pushed in several flushes reaches the disk once, for
+    /// memory (see `StoreOptions::memtables_per_flush`). 1: no merging.
+    pub memtables_per_flush: usize,
     /// Write-ahead log kept for replicas after RocksDB is done with it, in
     /// MiB (checked every 10 minutes): a replica further behind than this
     /// copies the whole database again. 0 keeps none.
@@ -68,6 +72,7 @@ impl Default for StorageConfig {
             max_dirty_rows: catalog.max_dirty_rows,
             sync_flushes: catalog.sync_flushes,
             max_wal_bytes: catalog.store.max_wal_bytes,
+            memtables_per_flush: catalog.store.memtables_per_flush,
             retained_wal_mb: catalog.store.retained_wal_mb,
             retained_wal_secs: catalog.store.retained_wal_secs,
             replication_buffer_mb: (catalog.store.recent_log_bytes >> 20) as u64,
@@ -608,7 +613,7 @@ impl ServerConfig {
         // upper bounds keep arithmetic on them (`now + ttl`, timers, prost's
         // 2 GiB message limit, u32 entry counts) from overflowing.
         const DAY_SECS: u64 = 24 * 3600;
-        let ranges: [(&'static str, u64, u64, u64); 18] = [
+        let ranges: [(&'static str, u64, u64, u64); 19] = [
             (
                 "limits.max_batch_values",
                 self.limits.max_batch_values as u64,
@@ -638,6 +643,12 @@ impl ServerConfig {
                 self.storage.flush_interval_ms,
                 1,
                 3600 * 1000,
+            ),
+            (
+                "storage.memtables_per_flush",
+                self.storage.memtables_per_flush as u64,
+                1,
+                16,
             ),
             ("tickets.ttl_secs", self.tickets.ttl_secs, 1, DAY_SECS),
             (
@@ -820,6 +831,7 @@ impl ServerConfig {
             sync_flushes: self.storage.sync_flushes,
             store: StoreOptions {
                 max_wal_bytes: self.storage.max_wal_bytes,
+                memtables_per_flush: self.storage.memtables_per_flush,
                 retained_wal_mb: self.storage.retained_wal_mb,
                 retained_wal_secs: self.storage.retained_wal_secs,
                 recent_log_bytes: (self.storage.replication_buffer_mb as usize) << 20,
@@ -1008,7 +1020,7 @@ mod tests {
     #[test]
     fn numeric_keys_outside_their_range_are_refused() {
         type Set = fn(&mut ServerConfig);
-        let cases: [(&str, Set); 13] = [
+        let cases: [(&str, Set); 15] = [
             ("tickets.ttl_secs", |c| c.tickets.ttl_secs = u64::MAX),
             ("tickets.ttl_secs", |c| c.tickets.ttl_secs = 0),
             ("shutdown_grace_secs", |c| c.shutdown_grace_secs = u64::MAX),
@@ -1025,6 +1037,12 @@ mod tests {
                 c.limits.max_batch_values = usize::MAX
             }),
             ("storage.max_dirty_rows", |c| c.storage.max_dirty_rows = 0),
+            ("storage.memtables_per_flush", |c| {
+                c.storage.memtables_per_flush = 0
+            }),
+            ("storage.memtables_per_flush", |c| {
+                c.storage.memtables_per_flush = 17
+            }),
             ("tickets.max_bytes", |c| c.tickets.max_bytes = usize::MAX),
             ("execution.bulk_nice", |c| c.execution.bulk_nice = 20),
             ("execution.bulk_nice", |c| c.execution.bulk_nice = -5),

@@ -64,6 +64,19 @@ pub struct StoreOptions {
     pub block_cache_bytes: usize,
     /// Memtable size per column family: larger means fewer, bigger flushes.
     pub write_buffer_bytes: usize,
+    /// Full memtables of the rows family that RocksDB merges into one file
+    /// when it flushes them (RocksDB's `min_write_buffer_number_to_merge`;
+    /// 1: each memtable is flushed alone). The flusher rewrites every row
+    /// a push touched since the last flush, so a hot row has a version in
+    /// each memtable: merged, only the newest reaches the file, and the
+    /// files and the compactions that rewrite them shrink by up to this
+    /// factor. With every row rewritten each second, RocksDB's threads took
+    /// 0.87 ms of CPU per push with 3 where they took 2.0 with 1
+    /// (docs/results/profile.md, section 23). Costs memory: up to this
+    /// many memtables, plus the one being filled, wait in memory (and in
+    /// the write-ahead log, so keep `max_wal_bytes` above them or the log's
+    /// bound flushes them first).
+    pub memtables_per_flush: usize,
     /// Most bytes of write-ahead log kept. RocksDB keeps a log until every
     /// column family that wrote to it has flushed its memtable, and the
     /// rarely written `meta` family would otherwise pin every log up to
@@ -133,6 +146,7 @@ impl Default for StoreOptions {
         StoreOptions {
             block_cache_bytes: 256 << 20,
             write_buffer_bytes: 64 << 20,
+            memtables_per_flush: 3,
             max_wal_bytes: 256 << 20,
             max_info_log_bytes: 16 << 20,
             retained_wal_mb: 1024,
@@ -435,6 +449,10 @@ impl Store {
         // it and 69.6 MB without, and compressing cost 2.8 % of a server's
         // samples under pushes (docs/results/profile.md, section 11).
         rows_options.set_compression_type(DBCompressionType::None);
+        let merged = options.memtables_per_flush.max(1);
+        rows_options.set_min_write_buffer_number_to_merge(merged as i32);
+        // One more, filled while the merged ones are flushed.
+        rows_options.set_max_write_buffer_number(merged as i32 + 1);
         // The unused default family gets our options too: after a full disk
         // RocksDB resumes writes by itself once the largest memtable of any
         // family fits in the free space, and the crate would open it with
@@ -973,6 +991,69 @@ mod tests {
                 "{cf}: {want}"
             );
         }
+    }
+
+    /// The flusher rewrites the same rows flush after flush: RocksDB keeps
+    /// the rows family's full memtables until `memtables_per_flush` of them
+    /// can be merged, then writes one file with each row once. Each
+    /// memtable flushed alone (RocksDB's default) would have written a file
+    /// per memtable, every row in each.
+    #[test]
+    fn full_memtables_of_rows_are_merged_into_one_file() {
+        const ROWS: u64 = 1_000;
+        const VALUE_BYTES: usize = 512;
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            write_buffer_bytes: 1 << 20,
+            memtables_per_flush: 3,
+            ..StoreOptions::default()
+        };
+        let (store, _) = Store::open(dir.path(), options, featmux_migrations::MIGRATIONS).unwrap();
+        let property = |name: &str| {
+            store
+                .db
+                .property_int_value_cf(store.cf(ROWS_CF), name)
+                .unwrap()
+                .unwrap()
+        };
+        // Every row again, half a memtable, as a flush of a busy table.
+        let rewrite = |round: u64| {
+            let mut batch = store.batch();
+            for row in 0..ROWS {
+                batch.put_in(ROWS_CF, &row.to_be_bytes(), &[round as u8; VALUE_BYTES]);
+            }
+            batch.commit(false).unwrap();
+        };
+        let mut round = 0;
+        while property("rocksdb.num-immutable-mem-table") < 2 {
+            assert!(
+                round < 40,
+                "never two full memtables waiting: each was flushed alone"
+            );
+            rewrite(round);
+            round += 1;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            property("rocksdb.num-files-at-level0"),
+            0,
+            "flushed before 3 were full"
+        );
+        while property("rocksdb.num-files-at-level0") == 0 {
+            assert!(round < 80, "no flush after {round} rewrites");
+            rewrite(round);
+            round += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The merged memtables held several versions of every row.
+        assert!(round >= 5, "{round} rewrites");
+        assert_eq!(property("rocksdb.num-files-at-level0"), 1);
+        let file_bytes = property("rocksdb.total-sst-files-size");
+        let one_version = ROWS * (8 + VALUE_BYTES as u64);
+        assert!(
+            file_bytes < 2 * one_version,
+            "{file_bytes} bytes of files for {one_version} bytes of rows"
+        );
     }
 
     /// The flush sizes its batch by `row_record_bytes`: it must cover what
