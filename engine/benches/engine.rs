@@ -1,6 +1,7 @@
-//! Engine benchmarks (criterion): hashing keys/s, and lookup / push rows/s
-//! per optimizer for both backends on a 10^6-row table with chunk_dim 16 and
-//! 64, batches of 4,096 examples × 26 single-valued features (Criteo-shaped).
+//! Engine benchmarks (criterion): hashing keys/s (and the check of packed
+//! string keys before it), and lookup / push rows/s per optimizer for both
+//! backends on a 10^6-row table with chunk_dim 16 and 64, batches of 4,096
+//! examples × 26 single-valued features (Criteo-shaped).
 //!
 //!     cargo bench -p featmux-engine --bench engine
 //!
@@ -9,10 +10,11 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use featmux_engine::backend::serving::RowFormat;
 use featmux_engine::backend::BackendKind;
-use featmux_engine::batch::{Batch, FeatureBatch};
+use featmux_engine::batch::{Batch, FeatureBatch, PackedStrings};
 use featmux_engine::hashing::{chunk_seed, hash_key, Key};
 use featmux_engine::occupancy;
 use featmux_engine::optimizer::Optimizer;
@@ -93,6 +95,23 @@ fn hashing(c: &mut Criterion) {
     });
     group.bench_function("int64_keys", |b| {
         b.iter(|| (0..BATCH_ROWS as i64).fold(0u64, |acc, v| acc ^ hash_key(Key::Int(v), seed)))
+    });
+    // What the server does to each packed string feature of a request
+    // before it hashes any: the UTF-8 checks and the values' end offsets
+    // (26 features of 4,096 keys shaped like the load generator's).
+    let features: Vec<(Bytes, Vec<u8>)> = (0..FEATURES)
+        .map(|f| {
+            let keys: Vec<String> = (0..EXAMPLES).map(|i| format!("k{}", i * 37 + f)).collect();
+            let lengths = keys.iter().flat_map(|k| (k.len() as u32).to_le_bytes());
+            (Bytes::from(keys.concat()), lengths.collect())
+        })
+        .collect();
+    group.bench_function("packed_strings_checked", |b| {
+        b.iter(|| {
+            for (data, lengths) in &features {
+                black_box(PackedStrings::new(data.clone(), lengths).unwrap());
+            }
+        })
     });
     group.finish();
 }

@@ -45,5 +45,6 @@ pub mod pooling;
 pub mod prefetch;
 mod radix;
 pub mod registry;
+mod running_sums;
 pub mod schema;
 pub mod table;
