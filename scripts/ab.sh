@@ -37,10 +37,13 @@ train="--table rwa --optimizer row-wise-adagrad --lr 0.05"
 
 # threads PID: each thread of PID with the CPU ticks it has used
 # (user + system), "NAME TICKS" per line: how the server's CPU splits (a
-# thread that exits mid-run counts in the total only).
+# thread that exits mid-run counts in the total only, and one that exits
+# while it is read is left out).
 threads() {
     for task in /proc/"$1"/task/*; do
-        printf '%s %s\n' "$(cat "$task/comm")" "$(awk '{print $14 + $15}' "$task/stat")"
+        { name=$(cat "$task/comm") && ticks=$(awk '{print $14 + $15}' "$task/stat"); } 2>/dev/null ||
+            continue
+        printf '%s %s\n' "$name" "$ticks"
     done
 }
 
