@@ -47,7 +47,6 @@ fn scan_sse2(lengths: &[u8], ends: &mut [MaybeUninit<u32>]) {
         __m128i, _mm_add_epi32, _mm_cvtsi128_si32, _mm_loadu_si128, _mm_setzero_si128,
         _mm_shuffle_epi32, _mm_slli_si128, _mm_storeu_si128,
     };
-    let quads = ends.len() / 4;
     let mut carry = _mm_setzero_si128();
     for (src, dst) in lengths.chunks_exact(16).zip(ends.chunks_exact_mut(4)) {
         // SAFETY: `src` is 16 bytes, read unaligned (which this load
@@ -60,7 +59,8 @@ fn scan_sse2(lengths: &[u8], ends: &mut [MaybeUninit<u32>]) {
         unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast::<__m128i>(), x) };
         carry = _mm_shuffle_epi32::<0xFF>(x);
     }
-    let done = quads * 4;
+    // The ends the loop above wrote four at a time; the rest one by one.
+    let done = ends.len() / 4 * 4;
     scan(
         &lengths[done * 4..],
         &mut ends[done..],
