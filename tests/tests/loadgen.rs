@@ -301,6 +301,45 @@ fn peers_run_through_the_same_harness() {
     assert!(keys > 1000 && keys <= 2000, "{keys} keys");
 }
 
+/// An in-process request never waits, so a client that did not give way
+/// after each one would keep its runtime worker for the whole run: with
+/// more clients than workers, the others (and their batches) never ran,
+/// and the engine's rate was measured on a fraction of the rows the
+/// service runs touch. One worker, three clients: each must get turns.
+#[test]
+fn in_process_clients_take_turns_on_the_runtime() {
+    for workload in ["engine-lookup", "engine-push", "engine-train"] {
+        let out = Command::new(featmux_binary())
+            .env("TOKIO_WORKER_THREADS", "1")
+            .args(["--json", "bench", "--workload", workload])
+            .args(["--rows", "10000", "--examples", "32", "--features", "4"])
+            .args(["--vocab", "500", "--concurrency", "3", "--duration", "0.5"])
+            .output()
+            .expect("run featmux bench");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{workload}: {stdout}");
+        let report: Value = serde_json::from_str(&stdout).expect("JSON report");
+        let per_client: Vec<u64> = report["requests_per_client"]
+            .as_array()
+            .expect("requests per client")
+            .iter()
+            .map(|n| n.as_u64().unwrap())
+            .collect();
+        assert_eq!(per_client.len(), 3, "{report}");
+        assert_eq!(
+            per_client.iter().sum::<u64>(),
+            report["requests"].as_u64().unwrap(),
+            "{report}"
+        );
+        // Turns alternate, so no client falls far behind another.
+        let (least, most) = (per_client.iter().min(), per_client.iter().max());
+        assert!(
+            least.unwrap() * 2 >= *most.unwrap() && *least.unwrap() > 0,
+            "{workload}: {per_client:?}"
+        );
+    }
+}
+
 /// A `redis-server` on a free loopback port, without persistence; killed on
 /// drop.
 struct RedisServer {

@@ -164,10 +164,12 @@ pub async fn run(options: ClientOptions, json: bool, args: BenchArgs) -> anyhow:
     let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
     let (mut requests, mut errors, mut payload) = (0u64, 0u64, 0u64);
     let mut first_error = None;
+    let mut requests_per_client = Vec::with_capacity(tasks.len());
     for task in tasks {
         let m = task.await?;
         latency.add(&m.latency)?;
         requests += m.requests;
+        requests_per_client.push(m.requests);
         errors += m.errors;
         payload += m.payload_bytes;
         first_error = first_error.or(m.first_error);
@@ -204,6 +206,9 @@ pub async fn run(options: ClientOptions, json: bool, args: BenchArgs) -> anyhow:
         "rate": args.rate,
         "elapsed_s": elapsed,
         "requests": requests,
+        // Each client's share: a client that never got to run means the
+        // run measured fewer distinct batches than it claims.
+        "requests_per_client": requests_per_client,
         "errors": errors,
         "first_error": first_error,
         "requests_per_s": requests as f64 / elapsed,
