@@ -15,7 +15,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use featmux_engine::backend::serving::RowFormat;
 use featmux_engine::backend::BackendKind;
 use featmux_engine::batch::{Batch, FeatureBatch, PackedStrings};
-use featmux_engine::hashing::{chunk_seed, hash_key, Key};
+use featmux_engine::hashing::{chunk_seed, hash_key, push_int_hashes, Key};
 use featmux_engine::occupancy;
 use featmux_engine::optimizer::Optimizer;
 use featmux_engine::schema::{FeatureSpec, TableSpec, ValueType};
@@ -96,6 +96,17 @@ fn hashing(c: &mut Criterion) {
     group.bench_function("int64_keys", |b| {
         b.iter(|| (0..BATCH_ROWS as i64).fold(0u64, |acc, v| acc ^ hash_key(Key::Int(v), seed)))
     });
+    // A whole column at once, as planning hashes a single-valued int64
+    // feature (in vector lanes where the CPU has them).
+    let ids: Vec<i64> = (0..BATCH_ROWS as i64).map(|v| v * 7919).collect();
+    let mut hashes = Vec::with_capacity(ids.len());
+    group.bench_function("int64_column", |b| {
+        b.iter(|| {
+            hashes.clear();
+            push_int_hashes(black_box(&ids), seed, &mut hashes);
+            black_box(&hashes);
+        })
+    });
     // What the server does to each packed string feature of a request
     // before it hashes any: the UTF-8 checks and the values' end offsets
     // (26 features of 4,096 keys shaped like the load generator's).
@@ -141,10 +152,13 @@ fn lookup(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new(format!("{name}/plan+gather"), dim), |b| {
                 b.iter(|| black_box(table.lookup(&batch).unwrap()))
             });
-            // The same without occupancy statistics: what observing costs.
-            table.sample_occupancy_every(0);
-            let id = BenchmarkId::new(format!("{name}/plan+gather-unobserved"), dim);
-            group.bench_function(id, |b| b.iter(|| black_box(table.lookup(&batch).unwrap())));
+            // The same without occupancy statistics, and observing every
+            // batch: the two bound what observing costs.
+            for (every, label) in [(0, "unobserved"), (1, "observed")] {
+                table.sample_occupancy_every(every);
+                let id = BenchmarkId::new(format!("{name}/plan+gather-{label}"), dim);
+                group.bench_function(id, |b| b.iter(|| black_box(table.lookup(&batch).unwrap())));
+            }
             table.sample_occupancy_every(occupancy::DEFAULT_SAMPLE_EVERY);
         }
     }
