@@ -35,6 +35,9 @@ pub(crate) struct FeatureLayout {
     pub(crate) seeds: Vec<u64>,
     pub(crate) pooling: Pooling,
     pub(crate) first_slot: usize,
+    /// Every example has exactly one value: found while the lengths are
+    /// summed, so planning need not read them again.
+    pub(crate) single_valued: bool,
 }
 
 /// A batch checked against a table: every feature known, of the right
@@ -116,8 +119,8 @@ impl<'a> BatchLayout<'a> {
                     ),
                 ));
             }
-            validate_feature_batch(feature, fb)?;
-            layout.add_feature(table, feature, fb)?;
+            let single_valued = validate_feature_batch(feature, fb)?;
+            layout.add_feature(table, feature, fb, single_valued)?;
         }
         Ok(layout)
     }
@@ -127,6 +130,7 @@ impl<'a> BatchLayout<'a> {
         table: &TableSpec,
         feature: &Feature,
         fb: &'a FeatureBatch,
+        single_valued: bool,
     ) -> Result<(), EngineError> {
         let rows = match feature.pooling {
             Pooling::None => fb.values.len(),
@@ -153,6 +157,7 @@ impl<'a> BatchLayout<'a> {
                 .collect(),
             pooling: feature.pooling,
             first_slot,
+            single_valued,
         };
         self.features.push((layout, fb));
         Ok(())
@@ -362,7 +367,9 @@ impl<'v, K: Fn(usize) -> Key<'v>> Bags<'_, K> {
     }
 }
 
-fn validate_feature_batch(feature: &Feature, fb: &FeatureBatch) -> Result<(), EngineError> {
+/// Checks `fb` against its feature; returns whether every example has
+/// exactly one value.
+fn validate_feature_batch(feature: &Feature, fb: &FeatureBatch) -> Result<bool, EngineError> {
     let name = &fb.feature;
     match (&fb.values, feature.value_type) {
         // A column of empty bags has no type to check (a client that saw
@@ -380,7 +387,7 @@ fn validate_feature_batch(feature: &Feature, fb: &FeatureBatch) -> Result<(), En
             return Err(EngineError::batch(name, "expects string values, got int64"));
         }
     }
-    let total: u64 = fb.lengths.iter().map(|&l| l as u64).sum();
+    let (total, single_valued) = lengths_total(&fb.lengths);
     if total != fb.values.len() as u64 {
         return Err(EngineError::batch(
             name,
@@ -404,5 +411,38 @@ fn validate_feature_batch(feature: &Feature, fb: &FeatureBatch) -> Result<(), En
             ));
         }
     }
-    Ok(())
+    Ok(single_valued)
+}
+
+/// The sum of `lengths`, and whether each is 1, in one pass: a batch's
+/// lengths arrive from memory the CPU has not read yet, and reading them
+/// was most of what validating and planning a single-valued feature took
+/// besides hashing. Vectorised by the compiler (two independent
+/// accumulators, no early exit).
+fn lengths_total(lengths: &[u32]) -> (u64, bool) {
+    let (total, not_one) = lengths.iter().fold((0u64, 0u32), |(total, not_one), &len| {
+        (total + u64::from(len), not_one | (len ^ 1))
+    });
+    (total, not_one == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lengths_are_summed_and_single_values_told_apart() {
+        assert_eq!(lengths_total(&[]), (0, true));
+        assert_eq!(lengths_total(&[1; 37]), (37, true));
+        // As many values as examples, but not one each.
+        assert_eq!(lengths_total(&[0, 2]), (2, false));
+        assert_eq!(lengths_total(&[1, 1, 3, 1]), (6, false));
+        let mut lengths = vec![1; 1000];
+        lengths[999] = 0;
+        assert_eq!(lengths_total(&lengths), (999, false));
+        assert_eq!(
+            lengths_total(&[u32::MAX, u32::MAX]),
+            (2 * u64::from(u32::MAX), false)
+        );
+    }
 }

@@ -329,7 +329,7 @@ fn add_entries<'a>(
     }
 
     let unweighted_chunk = chunks == 1 && fb.weights.is_none();
-    if unweighted_chunk && fb.lengths.iter().all(|&len| len == 1) {
+    if unweighted_chunk && layout.single_valued {
         // Single-valued (the commonest feature): entry i is slot i of
         // the block, weighted by a bag of one's scale. Two plain fills
         // instead of the general loop below (a third of planning). The
