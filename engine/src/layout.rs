@@ -9,7 +9,7 @@
 //! way from memory (planning first ran the hashing and the cache misses one
 //! after the other).
 
-use crate::batch::{Batch, FeatureBatch, FeatureEmbeddings, Values};
+use crate::batch::{Batch, FeatureBatch, FeatureEmbeddings, PackedStrings, Values};
 use crate::error::EngineError;
 use crate::hashing::{chunk_seed, hash_key, Key, RowSpan};
 use crate::optimizer::first_non_finite;
@@ -186,15 +186,14 @@ impl<'a> BatchLayout<'a> {
             let slots = self.outputs[block].rows * layout.seeds.len();
             match &fb.values {
                 Values::Strings(values) => {
-                    let key = |i: usize| Key::Str(values[i].as_bytes());
+                    let key = values.as_slice();
                     sink.feature(block, slots, FeatureEntries { layout, fb, key });
                 }
-                Values::PackedStrings(values) => {
-                    let key = |i: usize| Key::Str(values.get(i));
+                Values::PackedStrings(key) => {
                     sink.feature(block, slots, FeatureEntries { layout, fb, key });
                 }
                 Values::Int64(values) => {
-                    let key = |i: usize| Key::Int(values[i]);
+                    let key = values.as_slice();
                     sink.feature(block, slots, FeatureEntries { layout, fb, key });
                 }
             }
@@ -251,7 +250,7 @@ pub struct Entry {
 /// ([`BatchLayout::for_each_feature`]).
 pub trait EntrySink {
     /// Feature `block` of the batch, whose output takes `slots` slots.
-    fn feature<'v, K: Fn(usize) -> Key<'v>>(
+    fn feature<'v, K: KeyColumn<'v>>(
         &mut self,
         block: usize,
         slots: usize,
@@ -259,7 +258,50 @@ pub trait EntrySink {
     );
 }
 
-/// One feature's entries, hashed as they are handed out: `key(i)` is its
+/// A feature's values as the loops that hash them while they gather read
+/// them: one type per value type, so that each gets its own loop.
+pub trait KeyColumn<'v> {
+    /// The `i`-th value as a hashing key.
+    fn key(&self, i: usize) -> Key<'v>;
+
+    /// Asks the CPU to start loading the `i`-th value, if there is one. A
+    /// batch's values arrive from memory no one has read since the request
+    /// did, one allocation per feature, and the hardware's prefetcher
+    /// restarts at every page. Only int64 values ask: a string's bytes are
+    /// found through a load (its header, its end offset), and asking for a
+    /// packed value's end offset and, from an earlier one, its bytes made
+    /// bags of 20 packed strings 17 % slower in-process.
+    #[inline(always)]
+    fn prefetch(&self, _i: usize) {}
+}
+
+impl<'v> KeyColumn<'v> for &'v [i64] {
+    #[inline(always)]
+    fn key(&self, i: usize) -> Key<'v> {
+        Key::Int(self[i])
+    }
+
+    #[inline(always)]
+    fn prefetch(&self, i: usize) {
+        crate::prefetch::prefetch(self.get(i..=i).unwrap_or_default());
+    }
+}
+
+impl<'v> KeyColumn<'v> for &'v [String] {
+    #[inline(always)]
+    fn key(&self, i: usize) -> Key<'v> {
+        Key::Str(self[i].as_bytes())
+    }
+}
+
+impl<'v> KeyColumn<'v> for &'v PackedStrings {
+    #[inline(always)]
+    fn key(&self, i: usize) -> Key<'v> {
+        Key::Str(self.get(i))
+    }
+}
+
+/// One feature's entries, hashed as they are handed out: `key.key(i)` is its
 /// `i`-th value.
 pub struct FeatureEntries<'l, K> {
     layout: &'l FeatureLayout,
@@ -267,7 +309,7 @@ pub struct FeatureEntries<'l, K> {
     key: K,
 }
 
-impl<'v, K: Fn(usize) -> Key<'v>> FeatureEntries<'_, K> {
+impl<'v, K: KeyColumn<'v>> FeatureEntries<'_, K> {
     /// This feature as plain [`Bags`], if it is one: one chunk, pooled,
     /// no per-value weights.
     pub fn bags(&self) -> Option<Bags<'_, K>> {
@@ -325,7 +367,7 @@ impl<'v, K: Fn(usize) -> Key<'v>> FeatureEntries<'_, K> {
                     let slot = (out_row * chunks + j) as u32;
                     for v in values.clone() {
                         emit(Entry {
-                            row: span.row(hash_key((self.key)(v), seed)),
+                            row: span.row(hash_key(self.key.key(v), seed)),
                             slot,
                             weight: weight(scale, v),
                         });
@@ -352,11 +394,11 @@ pub struct Bags<'l, K> {
     key: &'l K,
 }
 
-impl<'v, K: Fn(usize) -> Key<'v>> Bags<'_, K> {
+impl<'v, K: KeyColumn<'v>> Bags<'_, K> {
     /// The row of value `i`, as [`FeatureEntries::for_each`] hashes it.
     #[inline(always)]
     pub fn row(&self, i: usize) -> u64 {
-        self.span.row(hash_key((self.key)(i), self.seed))
+        self.span.row(hash_key(self.key.key(i), self.seed))
     }
 
     /// The weight of every value of a bag of `len` values (as
@@ -364,6 +406,12 @@ impl<'v, K: Fn(usize) -> Key<'v>> Bags<'_, K> {
     #[inline(always)]
     pub fn weight(&self, len: usize) -> f32 {
         self.pooling.scale(len)
+    }
+
+    /// Asks the CPU to start loading value `i` (see [`KeyColumn::prefetch`]).
+    #[inline(always)]
+    pub fn prefetch_value(&self, i: usize) {
+        self.key.prefetch(i);
     }
 }
 

@@ -36,8 +36,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use super::{Backend, BlockSink, GatherPlan, GatherTarget, RowData, RowGradients, StorageSpec};
 use crate::error::EngineError;
-use crate::hashing::Key;
-use crate::layout::{Bags, BatchLayout, Entry, EntrySink, FeatureEntries};
+use crate::layout::{Bags, BatchLayout, Entry, EntrySink, FeatureEntries, KeyColumn};
 use crate::optimizer::all_finite;
 use crate::plan::gather_plan;
 use crate::prefetch::CACHE_LINE;
@@ -62,6 +61,10 @@ const PREFETCH_AHEAD: usize = 16;
 /// 64.5 against 47.9 M rows/s on one client, 122.9 against 118.6 and
 /// 108.5 on eight (64 ahead: 66.8 and 103.7).
 const HASHED_AHEAD: usize = 32;
+/// How many values ahead of the one it pools [`CpuBackend::pool_bags`]
+/// asks for the value itself, which it hashes [`HASHED_AHEAD`] values
+/// ahead: 1 KiB of int64 values further on than that.
+const VALUES_AHEAD: usize = HASHED_AHEAD + 128;
 
 /// A flat array of rows, each float kept as its bits in an `AtomicU32`, so
 /// a reader may copy a row while a writer changes it (and then retries, see
@@ -594,7 +597,7 @@ struct BlockPooler<'b, O> {
 }
 
 impl<O: BlockOut> EntrySink for BlockPooler<'_, O> {
-    fn feature<'v, K: Fn(usize) -> Key<'v>>(
+    fn feature<'v, K: KeyColumn<'v>>(
         &mut self,
         block: usize,
         slots: usize,
@@ -624,7 +627,7 @@ impl<O: BlockOut> EntrySink for BlockPooler<'_, O> {
 ///
 /// As [`CpuBackend::pool_entries`].
 #[inline(always)]
-unsafe fn pool_feature_reading<'v, K: Fn(usize) -> Key<'v>, const STRIPED: bool>(
+unsafe fn pool_feature_reading<'v, K: KeyColumn<'v>, const STRIPED: bool>(
     backend: &CpuBackend,
     entries: &FeatureEntries<'_, K>,
     slots: usize,
@@ -649,7 +652,7 @@ unsafe fn pool_feature_reading<'v, K: Fn(usize) -> Key<'v>, const STRIPED: bool>
 ///
 /// As [`CpuBackend::pool_entries`]; with `AVX`, the CPU has AVX.
 #[inline(always)]
-unsafe fn pool_feature<'v, K: Fn(usize) -> Key<'v>, const AVX: bool, const STRIPED: bool>(
+unsafe fn pool_feature<'v, K: KeyColumn<'v>, const AVX: bool, const STRIPED: bool>(
     backend: &CpuBackend,
     entries: &FeatureEntries<'_, K>,
     slots: usize,
@@ -682,7 +685,7 @@ unsafe fn pool_feature<'v, K: Fn(usize) -> Key<'v>, const AVX: bool, const STRIP
 ///
 /// As [`CpuBackend::pool_entries`], and the CPU has AVX.
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx"))]
-unsafe fn pool_feature_avx<'v, K: Fn(usize) -> Key<'v>, const STRIPED: bool>(
+unsafe fn pool_feature_avx<'v, K: KeyColumn<'v>, const STRIPED: bool>(
     backend: &CpuBackend,
     entries: &FeatureEntries<'_, K>,
     slots: usize,
@@ -960,7 +963,7 @@ impl CpuBackend {
     unsafe fn pool_entries<
         'v,
         const D: usize,
-        K: Fn(usize) -> Key<'v>,
+        K: KeyColumn<'v>,
         const AVX: bool,
         const STRIPED: bool,
     >(
@@ -1033,7 +1036,7 @@ impl CpuBackend {
     unsafe fn pool_bags<
         'v,
         const D: usize,
-        K: Fn(usize) -> Key<'v>,
+        K: KeyColumn<'v>,
         const AVX: bool,
         const STRIPED: bool,
     >(
@@ -1080,7 +1083,7 @@ impl CpuBackend {
     /// next [`HASHED_AHEAD`] values), whose place then takes the row
     /// [`HASHED_AHEAD`] values on, hashed and prefetched.
     #[inline(always)]
-    fn next_bag_row<'v, K: Fn(usize) -> Key<'v>>(
+    fn next_bag_row<'v, K: KeyColumn<'v>>(
         &self,
         bags: &Bags<'_, K>,
         ahead: &mut [u64; HASHED_AHEAD],
@@ -1089,6 +1092,7 @@ impl CpuBackend {
     ) -> u64 {
         let place = &mut ahead[value % HASHED_AHEAD];
         let row = *place;
+        bags.prefetch_value(value + VALUES_AHEAD);
         if value + HASHED_AHEAD < bags.values {
             *place = bags.row(value + HASHED_AHEAD);
             self.weights.prefetch_known_width(*place as usize, d);
