@@ -48,12 +48,31 @@ pub const BLOCK_ROWS: u64 = 64;
 /// unrelated reader retry, few enough that all versions fit in L1/L2 cache.
 pub const STRIPES: usize = 4096;
 
-/// How many rows ahead gathers and updates prefetch: enough to cover a
-/// memory access with the work on the rows in between. Measured on this
-/// project's 2-core host (in-process lookup of 4,096 × 26 single-valued,
-/// 16 floats per row): 8 rows ahead 50–55 M rows/s, 16 ahead 60–66 M, 24
-/// and 32 no better than 16.
+/// How many rows ahead updates (and the reference gather) prefetch:
+/// enough to cover a memory access with the work on the rows in between.
+/// A push's loads of 16 rows ahead ran as fast as 64 ahead.
 const PREFETCH_AHEAD: usize = 16;
+/// How far ahead, in bytes of rows, a plan's gather prefetches: the lead a
+/// row's load needs is one memory latency, and fewer wide rows than
+/// narrow ones take that long to copy. Measured in-process (4,096 × 26
+/// single-valued int64 keys, 8 clients whose 32 batches take turns), in
+/// rows ahead: at 16 floats a row, 16 ahead 125–133 M rows/s, 32 ahead
+/// 151–157, 64 ahead 163–180 (128 no better); at 64 floats, 64 ahead was
+/// 2–13 % slower than 16 (and 4 to 32 within noise of each other).
+const GATHER_BYTES_AHEAD: usize = 4096;
+
+/// Rows of `width` floats in [`GATHER_BYTES_AHEAD`], within 4..=128.
+const fn gather_rows_ahead(width: usize) -> usize {
+    let row_bytes = if width == 0 { 4 } else { width * 4 };
+    let rows = GATHER_BYTES_AHEAD / row_bytes;
+    if rows < 4 {
+        4
+    } else if rows > 128 {
+        128
+    } else {
+        rows
+    }
+}
 /// How many entries ahead of the one it pools [`CpuBackend::pool_entries`]
 /// (and [`CpuBackend::pool_bags`]) hashes and prefetches. A loop that also hashes takes more instructions
 /// per row, so fewer rows' loads are under way at once without the hint
@@ -918,6 +937,7 @@ impl CpuBackend {
         let (rows, entry_slots, weights) = (&plan.rows[..n], &plan.slots[..n], &plan.weights[..n]);
         let mut scratch = RowScratch::<D>::new();
         let (row, sum) = scratch.row_and_sum(d);
+        let ahead = gather_rows_ahead(d);
         let mut e = first;
         for (i, slot) in slots.enumerate() {
             // SAFETY: slot `i` of the block is within what the caller
@@ -928,7 +948,7 @@ impl CpuBackend {
             // as 0 + 1·x, but for the sign of a zero).
             let alone = entry_slots.get(e + 1).is_none_or(|&s| s as usize != slot);
             if e < n && entry_slots[e] as usize == slot && weights[e] == 1.0 && alone {
-                self.prefetch_ahead::<D>(rows, e);
+                self.prefetch_entry_row::<D>(rows, e + ahead);
                 // SAFETY: `out` has room for one row (above).
                 unsafe { self.read_weights_to::<AVX, STRIPED>(rows[e], out, d) };
                 e += 1;
@@ -936,7 +956,7 @@ impl CpuBackend {
             }
             sum.fill(0.0);
             while e < n && entry_slots[e] as usize == slot {
-                self.prefetch_ahead::<D>(rows, e);
+                self.prefetch_entry_row::<D>(rows, e + ahead);
                 self.read_weights::<AVX, STRIPED>(rows[e], row);
                 add_scaled(sum, weights[e], row);
                 e += 1;
@@ -1140,13 +1160,13 @@ impl CpuBackend {
         add_scaled(sum, e.weight, row);
     }
 
-    /// Prefetches the row [`PREFETCH_AHEAD`] entries after entry `e` (rows
-    /// of `D` floats, 0: the table's width).
+    /// Prefetches the row of entry `e`, if there is one (rows of `D`
+    /// floats, 0: the table's width).
     #[inline(always)]
-    fn prefetch_ahead<const D: usize>(&self, rows: &[u64], e: usize) {
-        if let Some(&ahead) = rows.get(e + PREFETCH_AHEAD) {
+    fn prefetch_entry_row<const D: usize>(&self, rows: &[u64], e: usize) {
+        if let Some(&row) = rows.get(e) {
             let d = if D == 0 { self.spec.dim } else { D };
-            self.weights.prefetch_known_width(ahead as usize, d);
+            self.weights.prefetch_known_width(row as usize, d);
         }
     }
 
