@@ -360,9 +360,9 @@ fn write_ceilings(w: &mut String, results: &Results) -> Result<(), String> {
          its payload through loopback TCP, on the cores the client uses too. With E the \
          in-process payload rate and T the plain TCP exchange's (`tcp-blast`), the service \
          reaches at most T / (E + T) of the in-process rate. An estimate: it takes TCP's cost \
-         per byte to be the same both ways, and leaves out the server's durability work (its \
-         flusher), which the in-process runs do not do. E and T are the medians of their \
-         rounds; *reached* is the median of the rounds' shares.\n"
+         per byte to be the same both ways; the in-process runs do the server's durability \
+         work (its flusher) too. E and T are the medians of their rounds; *reached* is the \
+         median of the rounds' shares.\n"
     )
     .unwrap();
     writeln!(

@@ -61,17 +61,11 @@ const PREFETCH_AHEAD: usize = 16;
 /// 2–13 % slower than 16 (and 4 to 32 within noise of each other).
 const GATHER_BYTES_AHEAD: usize = 4096;
 
-/// Rows of `width` floats in [`GATHER_BYTES_AHEAD`], within 4..=128.
-const fn gather_rows_ahead(width: usize) -> usize {
-    let row_bytes = if width == 0 { 4 } else { width * 4 };
-    let rows = GATHER_BYTES_AHEAD / row_bytes;
-    if rows < 4 {
-        4
-    } else if rows > 128 {
-        128
-    } else {
-        rows
-    }
+/// Rows of `width` floats in [`GATHER_BYTES_AHEAD`], within 4..=128
+/// (folded to a constant where the width is one).
+#[inline(always)]
+fn gather_rows_ahead(width: usize) -> usize {
+    (GATHER_BYTES_AHEAD / (width.max(1) * 4)).clamp(4, 128)
 }
 
 /// How many entries ahead of the one it pools [`CpuBackend::pool_entries`]
