@@ -316,6 +316,23 @@ impl Table {
         }
     }
 
+    /// [`Self::lookup_layout`] written into `out`, the blocks one after
+    /// the other in batch order (`[rows, width]` each, as
+    /// `layout.outputs` lists them): memory another process may share,
+    /// see [`GatherTarget`].
+    pub fn lookup_layout_into(
+        &self,
+        batch: &Batch,
+        layout: &BatchLayout<'_>,
+        out: &mut GatherTarget,
+    ) -> Result<(), EngineError> {
+        self.check_whole()?;
+        match self.observed_plan(batch, layout) {
+            Some(plan) => self.backend.gather_into(&plan.gather, out),
+            None => self.backend.gather_layout_into(layout, out),
+        }
+    }
+
     /// The plan of `batch` (laid out as `layout`) when the occupancy
     /// statistics observe it, as they need its rows; otherwise none, and
     /// the backend may hash each value as its gather reaches it.

@@ -592,15 +592,18 @@ unsafe impl BlockOut for SunkBlocks<'_> {
     }
 }
 
-/// The whole gather as one block, into memory the caller lent (a
-/// [`GatherTarget`]'s).
-struct WrittenAt(*mut f32);
+/// The blocks one after the other, into memory the caller lent (a
+/// [`GatherTarget`]'s): each block starts where the one before ended.
+struct BackToBack(*mut f32);
 
-// SAFETY: made only from a target checked to hold the gather's floats
-// (`CpuBackend::gather_into`).
-unsafe impl BlockOut for WrittenAt {
-    fn start(&mut self, _: usize, _: usize) -> *mut f32 {
-        self.0
+// SAFETY: made only from a target checked to hold all the blocks' floats
+// (`CpuBackend::gather_into`, `CpuBackend::gather_layout_into`); each
+// block's range follows the last one's.
+unsafe impl BlockOut for BackToBack {
+    fn start(&mut self, _: usize, floats: usize) -> *mut f32 {
+        let start = self.0;
+        self.0 = start.wrapping_add(floats);
+        start
     }
 
     unsafe fn written(&mut self, _: usize, _: usize) {}
@@ -1353,7 +1356,7 @@ impl Backend for CpuBackend {
         out.check_len(plan.num_slots.saturating_mul(self.spec.dim))?;
         if plan.slots_ascend() {
             // `out` holds the plan's `num_slots` rows (checked).
-            let mut at = WrittenAt(out.as_mut_ptr());
+            let mut at = BackToBack(out.as_mut_ptr());
             self.pool_in_slot_order(plan, &[0, plan.num_slots], &mut at);
             return Ok(());
         }
@@ -1373,6 +1376,16 @@ impl Backend for CpuBackend {
         sink: &mut dyn BlockSink,
     ) -> Result<(), EngineError> {
         self.gather_layout_with(layout, &mut SunkBlocks::new(sink))
+    }
+
+    fn gather_layout_into(
+        &self,
+        layout: &BatchLayout<'_>,
+        out: &mut GatherTarget,
+    ) -> Result<(), EngineError> {
+        out.check_len(layout.num_slots.saturating_mul(self.spec.dim))?;
+        // `out` holds every block (checked), back to back.
+        self.gather_layout_with(layout, &mut BackToBack(out.as_mut_ptr()))
     }
 
     fn apply(&self, update: &RowGradients) -> Result<(), EngineError> {

@@ -200,6 +200,18 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
+    /// [`Self::gather_layout`]'s blocks written one after the other into
+    /// `out` (exactly their floats), memory another process may share:
+    /// a lookup into a shared-memory region that keeps no ticket. This
+    /// default plans the layout and gathers the plan into `out`.
+    fn gather_layout_into(
+        &self,
+        layout: &BatchLayout<'_>,
+        out: &mut GatherTarget,
+    ) -> Result<(), EngineError> {
+        self.gather_into(&gather_plan(layout, None), out)
+    }
+
     /// Applies one optimizer step to each row in `update`.
     fn apply(&self, update: &RowGradients) -> Result<(), EngineError>;
 

@@ -8,6 +8,7 @@ use std::ptr::NonNull;
 
 use featmux_engine::backend::{BackendKind, GatherTarget};
 use featmux_engine::batch::{Batch, FeatureBatch, FeatureEmbeddings};
+use featmux_engine::error::EngineError;
 use featmux_engine::optimizer::Optimizer;
 use featmux_engine::pooling::Pooling;
 use featmux_engine::schema::{FeatureSpec, Placement, TableSpec, ValueType};
@@ -120,16 +121,30 @@ fn random_batch(rng: &mut impl Rng) -> Batch {
 /// The first element where `cpu` and `candle` differ by more than 1e-5
 /// relative (1e-8 absolute near zero), described.
 /// `batch` looked up into memory lent through a [`GatherTarget`] (what a
-/// shared-memory region lookup does), which starts as NaN so that a float
-/// the gather skipped shows.
-fn lookup_into(table: &Table, batch: &Batch) -> Vec<f32> {
+/// shared-memory region lookup does), planned (with a ticket) and laid out
+/// (without), each target starting as NaN so that a float the gather
+/// skipped shows.
+fn lookups_into(table: &Table, batch: &Batch) -> [Vec<f32>; 2] {
     let plan = table.plan(batch).unwrap();
     let floats = plan.outputs.iter().map(|o| o.rows * o.width).sum();
+    let planned = into_target(floats, |target| table.lookup_plan_into(&plan, target));
+    let layout = table.layout(batch, usize::MAX).unwrap();
+    let laid_out = into_target(floats, |target| {
+        table.lookup_layout_into(batch, &layout, target)
+    });
+    [planned, laid_out]
+}
+
+/// `floats` NaNs, lent to `gather` as a target.
+fn into_target(
+    floats: usize,
+    gather: impl FnOnce(&mut GatherTarget) -> Result<(), EngineError>,
+) -> Vec<f32> {
     let mut out = vec![f32::NAN; floats];
     let start = NonNull::new(out.as_mut_ptr()).unwrap();
     // SAFETY: `out` is ours and unused until the target is gone.
     let mut target = unsafe { GatherTarget::new(start, floats) };
-    table.lookup_plan_into(&plan, &mut target).unwrap();
+    gather(&mut target).unwrap();
     out
 }
 
@@ -180,7 +195,9 @@ fn cpu_and_candle_backends_agree_on_a_random_workload() {
             }
             for (table, blocks) in [(&cpu, &out_cpu), (&candle, &out_candle)] {
                 let whole: Vec<f32> = blocks.iter().flat_map(|b| b.data.clone()).collect();
-                assert_eq!(lookup_into(table, &batch), whole, "{what}: into a target");
+                let [planned, laid_out] = lookups_into(table, &batch);
+                assert_eq!(planned, whole, "{what}: planned into a target");
+                assert_eq!(laid_out, whole, "{what}: laid out into a target");
             }
             if rng.random_bool(0.5) {
                 lookups += 1;

@@ -96,6 +96,11 @@ pub struct LookupResult {
     pub ticket: Option<u64>,
 }
 
+/// The floats of `outputs` together: what a lookup writes.
+fn output_floats(outputs: &[OutputBlock]) -> usize {
+    outputs.iter().map(|o| o.rows * o.width).sum()
+}
+
 /// Checks the blocks against the batch's features (count and, where given,
 /// names) and returns their data in batch order.
 fn match_gradients<'a, D>(
@@ -258,8 +263,8 @@ impl Api {
             want_ticket,
             encoding,
             (),
-            |table, layout, ()| table.lookup_layout(batch, layout),
-            |table, plan, ()| table.lookup_plan(plan),
+            |table, layout, ()| Ok(table.lookup_layout(batch, layout)?),
+            |table, plan, ()| Ok(table.lookup_plan(plan)?),
         )?;
         Ok(LookupResult { embeddings, ticket })
     }
@@ -292,11 +297,11 @@ impl Api {
         )
     }
 
-    /// What [`Self::lookup`] and [`Self::lookup_to`] share: without a
-    /// ticket no plan is kept, and `unplanned` gathers the batch's layout
-    /// (the table may hash each value as its gather reaches it); with one,
-    /// `planned` gathers the plan the ticket keeps. `out` is what the
-    /// gather writes to, handed to whichever runs.
+    /// What [`Self::lookup`], [`Self::lookup_to`] and [`Self::lookup_into`]
+    /// share: without a ticket no plan is kept, and `unplanned` gathers the
+    /// batch's layout (the table may hash each value as its gather reaches
+    /// it); with one, `planned` gathers the plan the ticket keeps. `out` is
+    /// what the gather writes to, handed to whichever runs.
     #[allow(clippy::too_many_arguments)]
     fn lookup_by<O, T>(
         &self,
@@ -305,11 +310,11 @@ impl Api {
         want_ticket: bool,
         encoding: Encoding,
         out: O,
-        unplanned: impl FnOnce(&Table, &BatchLayout<'_>, O) -> Result<T, EngineError>,
-        planned: impl FnOnce(&Table, &BatchPlan, O) -> Result<T, EngineError>,
+        unplanned: impl FnOnce(&Table, &BatchLayout<'_>, O) -> Result<T, ApiError>,
+        planned: impl FnOnce(&Table, &BatchPlan, O) -> Result<T, ApiError>,
     ) -> Result<(T, Option<u64>), ApiError> {
+        let table = self.catalog.table(table)?;
         if !want_ticket {
-            let table = self.catalog.table(table)?;
             self.check_size(batch)?;
             let layout = table.layout(batch, self.limits.max_batch_values)?;
             self.check_output(&layout.outputs, encoding)?;
@@ -317,9 +322,17 @@ impl Api {
             self.counters.rows_looked_up.inc_by(layout.entries as u64);
             return Ok((gathered, None));
         }
-        self.lookup_with(table, batch, want_ticket, encoding, |table, plan, _| {
-            Ok(planned(table, plan, out)?)
-        })
+        let plan = self.plan(&table, batch)?;
+        self.check_output(&plan.outputs, encoding)?;
+        let gathered = planned(&table, &plan, out)?;
+        self.counters
+            .rows_looked_up
+            .inc_by(plan.gather.rows.len() as u64);
+        let ticket = self.tickets.insert(Ticket {
+            table,
+            plan: Arc::new(plan),
+        })?;
+        Ok((gathered, Some(ticket)))
     }
 
     /// [`Self::lookup`] written into memory the caller lends once it knows
@@ -333,13 +346,20 @@ impl Api {
         want_ticket: bool,
         target: impl FnOnce(usize) -> Result<GatherTarget<'a>, ApiError>,
     ) -> Result<(Vec<OutputBlock>, Option<u64>), ApiError> {
-        self.lookup_with(
+        self.lookup_by(
             table,
             batch,
             want_ticket,
             Encoding::Binary(Precision::F32),
-            |table, plan, floats| {
-                table.lookup_plan_into(plan, &mut target(floats)?)?;
+            target,
+            |table, layout, target| {
+                let mut out = target(output_floats(&layout.outputs))?;
+                table.lookup_layout_into(batch, layout, &mut out)?;
+                Ok(layout.outputs.clone())
+            },
+            |table, plan, target| {
+                let mut out = target(output_floats(&plan.outputs))?;
+                table.lookup_plan_into(plan, &mut out)?;
                 Ok(plan.outputs.clone())
             },
         )
@@ -348,7 +368,7 @@ impl Api {
     /// The floats `outputs` hold, if their response in `encoding` fits
     /// `limits.max_message_bytes` (checked before anything is gathered).
     fn check_output(&self, outputs: &[OutputBlock], encoding: Encoding) -> Result<usize, ApiError> {
-        let floats: usize = outputs.iter().map(|o| o.rows * o.width).sum();
+        let floats = output_floats(outputs);
         let bytes = floats.saturating_mul(encoding.bytes_per_float());
         let max = self.limits.max_output_bytes;
         if bytes > max {
@@ -359,35 +379,6 @@ impl Api {
             )));
         }
         Ok(floats)
-    }
-
-    /// What [`Self::lookup`] with a ticket and [`Self::lookup_into`]
-    /// share: the plan, its size checked, `gather(table, plan, floats)`,
-    /// the counter and the ticket.
-    fn lookup_with<T>(
-        &self,
-        table: &str,
-        batch: &Batch,
-        want_ticket: bool,
-        encoding: Encoding,
-        gather: impl FnOnce(&Table, &BatchPlan, usize) -> Result<T, ApiError>,
-    ) -> Result<(T, Option<u64>), ApiError> {
-        let table = self.catalog.table(table)?;
-        let plan = self.plan(&table, batch)?;
-        let floats = self.check_output(&plan.outputs, encoding)?;
-        let gathered = gather(&table, &plan, floats)?;
-        self.counters
-            .rows_looked_up
-            .inc_by(plan.gather.rows.len() as u64);
-        let ticket = if want_ticket {
-            Some(self.tickets.insert(Ticket {
-                table,
-                plan: Arc::new(plan),
-            })?)
-        } else {
-            None
-        };
-        Ok((gathered, ticket))
     }
 
     /// Pushes gradients: one block per batch feature, in batch order. A
