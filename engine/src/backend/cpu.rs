@@ -173,24 +173,31 @@ impl RowArray {
     #[inline(always)]
     fn load<const AVX: bool>(&self, row: usize, dst: &mut [f32]) {
         // SAFETY: `dst` is valid for writes of its length.
-        unsafe { self.load_to::<AVX>(row, dst.as_mut_ptr(), dst.len()) }
+        unsafe { self.load_to::<AVX, false>(row, dst.as_mut_ptr(), dst.len()) }
     }
 
     /// [`Self::load`] through a raw pointer (a gather's output may be
     /// memory another process shares, see [`super::GatherTarget`]).
-    /// `AVX`: with 32-byte loads ([`load_by_8`]).
+    /// `AVX`: with 32-byte loads ([`load_by_8`]); `STREAM`: with
+    /// non-temporal stores (see [`BlockOut::STREAMED`]).
     ///
     /// # Safety
     ///
     /// `dst` is valid for writes of `width` floats; with `AVX`, the CPU
-    /// has AVX.
+    /// has AVX; with `STREAM`, `AVX` too, `dst` is 32-byte aligned and
+    /// `width` a multiple of 8.
     #[inline(always)]
-    unsafe fn load_to<const AVX: bool>(&self, row: usize, dst: *mut f32, width: usize) {
+    unsafe fn load_to<const AVX: bool, const STREAM: bool>(
+        &self,
+        row: usize,
+        dst: *mut f32,
+        width: usize,
+    ) {
         let cells = self.cells(row, width);
         // SAFETY: the caller's promise, for the `width` floats of `cells`.
         unsafe {
             let copied = if AVX {
-                load_by_8(cells, dst)
+                load_by_8::<STREAM>(cells, dst)
             } else {
                 load_by_4(cells, dst)
             };
@@ -294,14 +301,16 @@ unsafe fn load_by_4(_cells: &[AtomicU32], _dst: *mut f32) -> usize {
 /// [`load_by_4`] with one 32-byte load per 8 floats: half the
 /// instructions per row. Copies the leading groups of 8 only; the caller
 /// copies the rest float by float (none at the common widths, 8 to 64).
+/// `STREAM`: each group stored past the caches ([`BlockOut::STREAMED`]).
 ///
 /// # Safety
 ///
-/// As [`load_by_4`], and the CPU has AVX.
+/// As [`load_by_4`], and the CPU has AVX; with `STREAM`, `dst` is 32-byte
+/// aligned.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
 #[inline]
-unsafe fn load_by_8(cells: &[AtomicU32], dst: *mut f32) -> usize {
+unsafe fn load_by_8<const STREAM: bool>(cells: &[AtomicU32], dst: *mut f32) -> usize {
     use std::arch::x86_64::{__m256, _mm256_storeu_ps};
     let n = cells.len() / 8 * 8;
     for i in (0..n).step_by(8) {
@@ -314,15 +323,51 @@ unsafe fn load_by_8(cells: &[AtomicU32], dst: *mut f32) -> usize {
                 group = out(ymm_reg) group,
                 options(nostack, preserves_flags, readonly),
             );
-            _mm256_storeu_ps(dst.add(i), group);
+            if STREAM {
+                std::arch::x86_64::_mm256_stream_ps(dst.add(i), group);
+            } else {
+                _mm256_storeu_ps(dst.add(i), group);
+            }
         }
     }
     n
 }
 
+/// Copies `row` to `dst` with non-temporal 32-byte stores
+/// ([`BlockOut::STREAMED`]).
+///
+/// # Safety
+///
+/// The CPU has AVX; `row` is a multiple of 8 floats long; `dst` is
+/// 32-byte aligned and valid for writes of as many floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[inline]
+unsafe fn stream_row(row: &[f32], dst: *mut f32) {
+    use std::arch::x86_64::{_mm256_loadu_ps, _mm256_stream_ps};
+    for i in (0..row.len()).step_by(8) {
+        // SAFETY: the caller's promise, for the 8 floats from `i`.
+        unsafe { _mm256_stream_ps(dst.add(i), _mm256_loadu_ps(row.as_ptr().add(i))) };
+    }
+}
+
 /// Never called elsewhere ([`CpuBackend::avx`] is false).
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn load_by_8(_cells: &[AtomicU32], _dst: *mut f32) -> usize {
+unsafe fn stream_row(_row: &[f32], _dst: *mut f32) {}
+
+/// Orders the non-temporal stores before it ahead of every later store
+/// (a block's rows before the block is handed on).
+fn store_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is part of x86-64.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
+}
+
+/// Never called elsewhere ([`CpuBackend::avx`] is false).
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn load_by_8<const STREAM: bool>(_cells: &[AtomicU32], _dst: *mut f32) -> usize {
     0
 }
 
@@ -524,6 +569,18 @@ impl BlockCursor {
 /// which nothing else reads or writes until [`Self::written`] for the
 /// same block.
 unsafe trait BlockOut {
+    /// The blocks go to memory this process never reads back (a region
+    /// another process maps): a plan's rows are then written with
+    /// non-temporal stores, where the CPU has AVX and the rows are whole
+    /// groups of 8 floats at 32-byte aligned addresses. An ordinary store
+    /// first reads the line it writes into the cache; a lookup's answer is
+    /// megabytes that this core would read in only to evict again, along
+    /// with table rows the next lookups need (region lookups, 8 clients:
+    /// server CPU per request 4 % lower, docs/results/profile.md section
+    /// 26). A buffer the caller reads next (every other lookup's) keeps
+    /// ordinary stores: streaming it slowed in-process lookups 5–8 %.
+    const STREAMED: bool = false;
+
     /// Where block `index`, `floats` floats long, is to be written.
     fn start(&mut self, index: usize, floats: usize) -> *mut f32;
 
@@ -600,6 +657,8 @@ struct BackToBack(*mut f32);
 // (`CpuBackend::gather_into`, `CpuBackend::gather_layout_into`); each
 // block's range follows the last one's.
 unsafe impl BlockOut for BackToBack {
+    const STREAMED: bool = true;
+
     fn start(&mut self, _: usize, floats: usize) -> *mut f32 {
         let start = self.0;
         self.0 = start.wrapping_add(floats);
@@ -791,13 +850,15 @@ impl CpuBackend {
         }
     }
 
-    /// [`Self::read_weights`] through a raw pointer.
+    /// [`Self::read_weights`] through a raw pointer; `STREAM`: with
+    /// non-temporal stores.
     ///
     /// # Safety
     ///
-    /// `dst` is valid for writes of the table's width in floats.
+    /// `dst` is valid for writes of the table's width in floats; with
+    /// `STREAM`, as [`WeightCells::load_to`] asks.
     #[inline(always)]
-    unsafe fn read_weights_to<const AVX: bool, const STRIPED: bool>(
+    unsafe fn read_weights_to<const AVX: bool, const STRIPED: bool, const STREAM: bool>(
         &self,
         row: u64,
         dst: *mut f32,
@@ -805,11 +866,16 @@ impl CpuBackend {
     ) {
         if STRIPED {
             // SAFETY: the caller's promise.
-            self.stripe(row)
-                .read(|| unsafe { self.weights.load_to::<AVX>(row as usize, dst, width) });
+            self.stripe(row).read(|| unsafe {
+                self.weights
+                    .load_to::<AVX, STREAM>(row as usize, dst, width)
+            });
         } else {
             // SAFETY: the caller's promise.
-            unsafe { self.weights.load_to::<AVX>(row as usize, dst, width) };
+            unsafe {
+                self.weights
+                    .load_to::<AVX, STREAM>(row as usize, dst, width)
+            };
         }
     }
 
@@ -822,21 +888,30 @@ impl CpuBackend {
     /// without stripes unless a store overlaps it (then again, with them):
     /// a block at a time, so a push's store wastes at most one block's
     /// reads.
-    fn pool_in_slot_order(&self, plan: &GatherPlan, bounds: &[usize], out: &mut impl BlockOut) {
+    fn pool_in_slot_order<O: BlockOut>(&self, plan: &GatherPlan, bounds: &[usize], out: &mut O) {
         let d = self.spec.dim;
         let mut first = 0;
         for (index, slots) in bounds.windows(2).enumerate() {
             let slots = slots[0]..slots[1];
             let floats = slots.len() * d;
             let start = out.start(index, floats);
+            let stream = O::STREAMED && self.avx && d % 8 == 0 && start as usize % 32 == 0;
             let mut next = first;
             let quiet = || {
-                // SAFETY: `start` has room for the block (`BlockOut`'s promise).
-                next = unsafe { self.pool_block::<false>(plan, first, slots.clone(), start) };
+                // SAFETY: `start` has room for the block (`BlockOut`'s
+                // promise); `stream` only where it is aligned for it.
+                next =
+                    unsafe { self.pool_block::<false>(plan, first, slots.clone(), start, stream) };
             };
             if !self.storing.try_read(quiet) {
                 // SAFETY: as above.
-                next = unsafe { self.pool_block::<true>(plan, first, slots.clone(), start) };
+                next =
+                    unsafe { self.pool_block::<true>(plan, first, slots.clone(), start, stream) };
+            }
+            if stream {
+                // Non-temporal stores are ordered by nothing else: all of
+                // them are done before the block is handed on.
+                store_fence();
             }
             // SAFETY: the pooling wrote every slot of the block.
             unsafe { out.written(index, floats) };
@@ -847,11 +922,14 @@ impl CpuBackend {
     /// Pools the `slots` of one block of a plan in slot order, from entry
     /// `first` on, to consecutive rows from `start`; returns the entry after
     /// the block's last. Compiled for AVX where the CPU has it; `STRIPED`:
-    /// each row read under its stripe.
+    /// each row read under its stripe; `stream`: each row written with
+    /// non-temporal stores (see [`BlockOut::STREAMED`]).
     ///
     /// # Safety
     ///
-    /// `start` is valid for writes of `slots.len() * dim` floats.
+    /// `start` is valid for writes of `slots.len() * dim` floats; with
+    /// `stream`, the CPU has AVX, `start` is 32-byte aligned and `dim` a
+    /// multiple of 8.
     #[inline(always)]
     unsafe fn pool_block<const STRIPED: bool>(
         &self,
@@ -859,13 +937,19 @@ impl CpuBackend {
         first: usize,
         slots: Range<usize>,
         start: *mut f32,
+        stream: bool,
     ) -> usize {
-        if self.avx {
-            // SAFETY: the caller's promise; the CPU has AVX.
-            return unsafe { self.pool_block_avx::<STRIPED>(plan, first, slots, start) };
+        // SAFETY: the caller's promise; the AVX loops run only where the
+        // CPU has AVX.
+        unsafe {
+            match (self.avx, stream) {
+                (true, true) => self.pool_block_avx::<STRIPED, true>(plan, first, slots, start),
+                (true, false) => self.pool_block_avx::<STRIPED, false>(plan, first, slots, start),
+                (false, _) => {
+                    self.pool_block_with::<false, STRIPED, false>(plan, first, slots, start)
+                }
+            }
         }
-        // SAFETY: the caller's promise.
-        unsafe { self.pool_block_with::<false, STRIPED>(plan, first, slots, start) }
     }
 
     /// [`Self::pool_block`] compiled for AVX.
@@ -874,7 +958,7 @@ impl CpuBackend {
     ///
     /// As [`Self::pool_block`], and the CPU has AVX.
     #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx"))]
-    unsafe fn pool_block_avx<const STRIPED: bool>(
+    unsafe fn pool_block_avx<const STRIPED: bool, const STREAM: bool>(
         &self,
         plan: &GatherPlan,
         first: usize,
@@ -882,16 +966,17 @@ impl CpuBackend {
         start: *mut f32,
     ) -> usize {
         // SAFETY: the caller's promise.
-        unsafe { self.pool_block_with::<true, STRIPED>(plan, first, slots, start) }
+        unsafe { self.pool_block_with::<true, STRIPED, STREAM>(plan, first, slots, start) }
     }
 
-    /// [`Self::pool_block`], `AVX`: with [`load_by_8`].
+    /// [`Self::pool_block`], `AVX`: with [`load_by_8`]; `STREAM`: its
+    /// `stream`.
     ///
     /// # Safety
     ///
     /// As [`Self::pool_block`]; with `AVX`, the CPU has AVX.
     #[inline(always)]
-    unsafe fn pool_block_with<const AVX: bool, const STRIPED: bool>(
+    unsafe fn pool_block_with<const AVX: bool, const STRIPED: bool, const STREAM: bool>(
         &self,
         plan: &GatherPlan,
         first: usize,
@@ -905,11 +990,11 @@ impl CpuBackend {
         // SAFETY: the caller's promise, which every arm passes on.
         unsafe {
             match self.spec.dim {
-                8 => self.pool_slots::<8, AVX, STRIPED>(plan, first, slots, start),
-                16 => self.pool_slots::<16, AVX, STRIPED>(plan, first, slots, start),
-                32 => self.pool_slots::<32, AVX, STRIPED>(plan, first, slots, start),
-                64 => self.pool_slots::<64, AVX, STRIPED>(plan, first, slots, start),
-                _ => self.pool_slots::<0, AVX, STRIPED>(plan, first, slots, start),
+                8 => self.pool_slots::<8, AVX, STRIPED, STREAM>(plan, first, slots, start),
+                16 => self.pool_slots::<16, AVX, STRIPED, STREAM>(plan, first, slots, start),
+                32 => self.pool_slots::<32, AVX, STRIPED, STREAM>(plan, first, slots, start),
+                64 => self.pool_slots::<64, AVX, STRIPED, STREAM>(plan, first, slots, start),
+                _ => self.pool_slots::<0, AVX, STRIPED, STREAM>(plan, first, slots, start),
             }
         }
     }
@@ -926,7 +1011,12 @@ impl CpuBackend {
     ///
     /// As [`Self::pool_block`].
     #[inline(always)]
-    unsafe fn pool_slots<const D: usize, const AVX: bool, const STRIPED: bool>(
+    unsafe fn pool_slots<
+        const D: usize,
+        const AVX: bool,
+        const STRIPED: bool,
+        const STREAM: bool,
+    >(
         &self,
         plan: &GatherPlan,
         first: usize,
@@ -951,7 +1041,7 @@ impl CpuBackend {
             if e < n && entry_slots[e] as usize == slot && weights[e] == 1.0 && alone {
                 self.prefetch_entry_row::<D>(rows, e + ahead);
                 // SAFETY: `out` has room for one row (above).
-                unsafe { self.read_weights_to::<AVX, STRIPED>(rows[e], out, d) };
+                unsafe { self.read_weights_to::<AVX, STRIPED, STREAM>(rows[e], out, d) };
                 e += 1;
                 continue;
             }
@@ -963,7 +1053,13 @@ impl CpuBackend {
                 e += 1;
             }
             // SAFETY: as above; `sum` is this function's own memory.
-            unsafe { std::ptr::copy_nonoverlapping(sum.as_ptr(), out, d) };
+            unsafe {
+                if STREAM {
+                    stream_row(sum, out);
+                } else {
+                    std::ptr::copy_nonoverlapping(sum.as_ptr(), out, d);
+                }
+            }
         }
         e
     }
@@ -1084,7 +1180,7 @@ impl CpuBackend {
                 // Alone in its bag with weight 1: the row is the output.
                 let r = self.next_bag_row(&bags, &mut ahead, value, d);
                 // SAFETY: `target` has room for one row.
-                unsafe { self.read_weights_to::<AVX, STRIPED>(r, target, d) };
+                unsafe { self.read_weights_to::<AVX, STRIPED, false>(r, target, d) };
                 value += 1;
                 continue;
             }
@@ -1145,7 +1241,7 @@ impl CpuBackend {
                 // Alone in its slot with weight 1: the row is the output.
                 // SAFETY: `slot < block.slots` (asserted).
                 unsafe {
-                    self.read_weights_to::<AVX, STRIPED>(
+                    self.read_weights_to::<AVX, STRIPED, false>(
                         e.row,
                         block.out.add(slot * sum.len()),
                         sum.len(),
@@ -1197,10 +1293,16 @@ impl CpuBackend {
             // above, and `load_to` writes every one of them before the
             // lengths take them in.
             unsafe {
-                self.weights
-                    .load_to::<false>(row as usize, weights.as_mut_ptr().add(i * d), d);
-                self.state
-                    .load_to::<false>(row as usize, state.as_mut_ptr().add(i * sw), sw);
+                self.weights.load_to::<false, false>(
+                    row as usize,
+                    weights.as_mut_ptr().add(i * d),
+                    d,
+                );
+                self.state.load_to::<false, false>(
+                    row as usize,
+                    state.as_mut_ptr().add(i * sw),
+                    sw,
+                );
                 weights.set_len((i + 1) * d);
                 state.set_len((i + 1) * sw);
             }

@@ -122,30 +122,47 @@ fn random_batch(rng: &mut impl Rng) -> Batch {
 /// relative (1e-8 absolute near zero), described.
 /// `batch` looked up into memory lent through a [`GatherTarget`] (what a
 /// shared-memory region lookup does), planned (with a ticket) and laid out
-/// (without), each target starting as NaN so that a float the gather
-/// skipped shows.
-fn lookups_into(table: &Table, batch: &Batch) -> [Vec<f32>; 2] {
+/// (without), each into a target 32-byte aligned (where the CPU backend
+/// streams its stores) and one that is not: the four outputs, named.
+fn lookups_into(table: &Table, batch: &Batch) -> Vec<(String, Vec<f32>)> {
     let plan = table.plan(batch).unwrap();
     let floats = plan.outputs.iter().map(|o| o.rows * o.width).sum();
-    let planned = into_target(floats, |target| table.lookup_plan_into(&plan, target));
     let layout = table.layout(batch, usize::MAX).unwrap();
-    let laid_out = into_target(floats, |target| {
-        table.lookup_layout_into(batch, &layout, target)
-    });
-    [planned, laid_out]
+    let mut outputs = Vec::new();
+    for misaligned in [0, 1] {
+        let planned = into_target(floats, misaligned, |target| {
+            table.lookup_plan_into(&plan, target)
+        });
+        outputs.push((
+            format!("planned, {misaligned} floats past 32 bytes"),
+            planned,
+        ));
+        let laid_out = into_target(floats, misaligned, |target| {
+            table.lookup_layout_into(batch, &layout, target)
+        });
+        outputs.push((
+            format!("laid out, {misaligned} floats past 32 bytes"),
+            laid_out,
+        ));
+    }
+    outputs
 }
 
-/// `floats` NaNs, lent to `gather` as a target.
+/// `floats` NaNs, lent to `gather` as a target that starts `misaligned`
+/// floats past a 32-byte boundary.
 fn into_target(
     floats: usize,
+    misaligned: usize,
     gather: impl FnOnce(&mut GatherTarget) -> Result<(), EngineError>,
 ) -> Vec<f32> {
-    let mut out = vec![f32::NAN; floats];
+    let mut memory = vec![f32::NAN; floats + 8];
+    let skip = memory.as_ptr().align_offset(32) + misaligned;
+    let out = &mut memory[skip..skip + floats];
     let start = NonNull::new(out.as_mut_ptr()).unwrap();
     // SAFETY: `out` is ours and unused until the target is gone.
     let mut target = unsafe { GatherTarget::new(start, floats) };
     gather(&mut target).unwrap();
-    out
+    out.to_vec()
 }
 
 fn first_mismatch(what: &str, cpu: &[f32], candle: &[f32]) -> Option<String> {
@@ -195,9 +212,9 @@ fn cpu_and_candle_backends_agree_on_a_random_workload() {
             }
             for (table, blocks) in [(&cpu, &out_cpu), (&candle, &out_candle)] {
                 let whole: Vec<f32> = blocks.iter().flat_map(|b| b.data.clone()).collect();
-                let [planned, laid_out] = lookups_into(table, &batch);
-                assert_eq!(planned, whole, "{what}: planned into a target");
-                assert_eq!(laid_out, whole, "{what}: laid out into a target");
+                for (how, into) in lookups_into(table, &batch) {
+                    assert_eq!(into, whole, "{what}: {how} into a target");
+                }
             }
             if rng.random_bool(0.5) {
                 lookups += 1;
