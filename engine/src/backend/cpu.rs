@@ -179,12 +179,12 @@ impl RowArray {
     /// [`Self::load`] through a raw pointer (a gather's output may be
     /// memory another process shares, see [`super::GatherTarget`]).
     /// `AVX`: with 32-byte loads ([`load_by_8`]); `STREAM`: with
-    /// non-temporal stores (see [`BlockOut::STREAMED`]).
+    /// non-temporal stores (see [`BlockOut::streams`]).
     ///
     /// # Safety
     ///
     /// `dst` is valid for writes of `width` floats; with `AVX`, the CPU
-    /// has AVX; with `STREAM`, `AVX` too, `dst` is 32-byte aligned and
+    /// has AVX; with `STREAM`, `AVX` too, `dst` is 16-byte aligned and
     /// `width` a multiple of 8.
     #[inline(always)]
     unsafe fn load_to<const AVX: bool, const STREAM: bool>(
@@ -301,11 +301,12 @@ unsafe fn load_by_4(_cells: &[AtomicU32], _dst: *mut f32) -> usize {
 /// [`load_by_4`] with one 32-byte load per 8 floats: half the
 /// instructions per row. Copies the leading groups of 8 only; the caller
 /// copies the rest float by float (none at the common widths, 8 to 64).
-/// `STREAM`: each group stored past the caches ([`BlockOut::STREAMED`]).
+/// `STREAM`: each group stored past the caches, 16 bytes at a time (what
+/// `malloc` aligns to; [`BlockOut::streams`]).
 ///
 /// # Safety
 ///
-/// As [`load_by_4`], and the CPU has AVX; with `STREAM`, `dst` is 32-byte
+/// As [`load_by_4`], and the CPU has AVX; with `STREAM`, `dst` is 16-byte
 /// aligned.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
@@ -324,7 +325,11 @@ unsafe fn load_by_8<const STREAM: bool>(cells: &[AtomicU32], dst: *mut f32) -> u
                 options(nostack, preserves_flags, readonly),
             );
             if STREAM {
-                std::arch::x86_64::_mm256_stream_ps(dst.add(i), group);
+                use std::arch::x86_64::{
+                    _mm256_castps256_ps128, _mm256_extractf128_ps, _mm_stream_ps,
+                };
+                _mm_stream_ps(dst.add(i), _mm256_castps256_ps128(group));
+                _mm_stream_ps(dst.add(i + 4), _mm256_extractf128_ps::<1>(group));
             } else {
                 _mm256_storeu_ps(dst.add(i), group);
             }
@@ -333,21 +338,20 @@ unsafe fn load_by_8<const STREAM: bool>(cells: &[AtomicU32], dst: *mut f32) -> u
     n
 }
 
-/// Copies `row` to `dst` with non-temporal 32-byte stores
-/// ([`BlockOut::STREAMED`]).
+/// Copies `row` to `dst` with non-temporal 16-byte stores
+/// ([`BlockOut::streams`]).
 ///
 /// # Safety
 ///
-/// The CPU has AVX; `row` is a multiple of 8 floats long; `dst` is
-/// 32-byte aligned and valid for writes of as many floats.
+/// `row` is a multiple of 4 floats long; `dst` is 16-byte aligned and
+/// valid for writes of as many floats.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-#[inline]
+#[inline(always)]
 unsafe fn stream_row(row: &[f32], dst: *mut f32) {
-    use std::arch::x86_64::{_mm256_loadu_ps, _mm256_stream_ps};
-    for i in (0..row.len()).step_by(8) {
-        // SAFETY: the caller's promise, for the 8 floats from `i`.
-        unsafe { _mm256_stream_ps(dst.add(i), _mm256_loadu_ps(row.as_ptr().add(i))) };
+    use std::arch::x86_64::{_mm_loadu_ps, _mm_stream_ps};
+    for i in (0..row.len()).step_by(4) {
+        // SAFETY: the caller's promise, for the 4 floats from `i`.
+        unsafe { _mm_stream_ps(dst.add(i), _mm_loadu_ps(row.as_ptr().add(i))) };
     }
 }
 
@@ -569,17 +573,17 @@ impl BlockCursor {
 /// which nothing else reads or writes until [`Self::written`] for the
 /// same block.
 unsafe trait BlockOut {
-    /// The blocks go to memory this process never reads back (a region
-    /// another process maps): a plan's rows are then written with
-    /// non-temporal stores, where the CPU has AVX and the rows are whole
-    /// groups of 8 floats at 32-byte aligned addresses. An ordinary store
-    /// first reads the line it writes into the cache; a lookup's answer is
-    /// megabytes that this core would read in only to evict again, along
-    /// with table rows the next lookups need (region lookups, 8 clients:
-    /// server CPU per request 4 % lower, docs/results/profile.md section
-    /// 26). A buffer the caller reads next (every other lookup's) keeps
-    /// ordinary stores: streaming it slowed in-process lookups 5–8 %.
-    const STREAMED: bool = false;
+    /// Whether a gather of `floats` floats in all writes its rows with
+    /// non-temporal stores (where the CPU has AVX, the rows are whole
+    /// groups of 8 floats and each block starts 16-byte aligned). An
+    /// ordinary store first reads the line it writes into the cache: for
+    /// memory this process never reads back (a region another process
+    /// maps), or an answer too large for the caches to keep until its
+    /// next reader, that read is wasted, and it evicts table rows the next
+    /// rows need. See docs/results/profile.md, section 26.
+    fn streams(&self, _floats: usize) -> bool {
+        false
+    }
 
     /// Where block `index`, `floats` floats long, is to be written.
     fn start(&mut self, index: usize, floats: usize) -> *mut f32;
@@ -593,6 +597,13 @@ unsafe trait BlockOut {
     unsafe fn written(&mut self, index: usize, floats: usize);
 }
 
+/// The size above which a lookup's answer is written with non-temporal
+/// stores ([`BlockOut::streams`]). Measured in-process (4,096 × 26 single
+/// values, 8 clients): answers of 6.8 and 13.6 MB ran 22 % and 15–22 %
+/// slower streamed, the caches still holding much of them for the next
+/// request's stores; one of 27 MB (64 floats a row) ran 22–27 % faster.
+const STREAM_ABOVE_BYTES: usize = 16 << 20;
+
 /// Each block into a vector of its own: what a lookup returns.
 struct KeptBlocks(Vec<Vec<f32>>);
 
@@ -605,6 +616,10 @@ impl KeptBlocks {
 // SAFETY: each block's vector has room for its floats, and is touched
 // again only in `written`.
 unsafe impl BlockOut for KeptBlocks {
+    fn streams(&self, floats: usize) -> bool {
+        floats.saturating_mul(4) > STREAM_ABOVE_BYTES
+    }
+
     fn start(&mut self, index: usize, floats: usize) -> *mut f32 {
         self.0[index] = Vec::with_capacity(floats);
         self.0[index].as_mut_ptr()
@@ -657,7 +672,10 @@ struct BackToBack(*mut f32);
 // (`CpuBackend::gather_into`, `CpuBackend::gather_layout_into`); each
 // block's range follows the last one's.
 unsafe impl BlockOut for BackToBack {
-    const STREAMED: bool = true;
+    /// Always: the memory is another process's to read.
+    fn streams(&self, _: usize) -> bool {
+        true
+    }
 
     fn start(&mut self, _: usize, floats: usize) -> *mut f32 {
         let start = self.0;
@@ -888,14 +906,16 @@ impl CpuBackend {
     /// without stripes unless a store overlaps it (then again, with them):
     /// a block at a time, so a push's store wastes at most one block's
     /// reads.
-    fn pool_in_slot_order<O: BlockOut>(&self, plan: &GatherPlan, bounds: &[usize], out: &mut O) {
+    fn pool_in_slot_order(&self, plan: &GatherPlan, bounds: &[usize], out: &mut impl BlockOut) {
         let d = self.spec.dim;
+        let total = bounds.last().copied().unwrap_or(0).saturating_mul(d);
+        let streams = self.avx && d % 8 == 0 && out.streams(total);
         let mut first = 0;
         for (index, slots) in bounds.windows(2).enumerate() {
             let slots = slots[0]..slots[1];
             let floats = slots.len() * d;
             let start = out.start(index, floats);
-            let stream = O::STREAMED && self.avx && d % 8 == 0 && start as usize % 32 == 0;
+            let stream = streams && start as usize % 16 == 0;
             let mut next = first;
             let quiet = || {
                 // SAFETY: `start` has room for the block (`BlockOut`'s
@@ -923,12 +943,12 @@ impl CpuBackend {
     /// `first` on, to consecutive rows from `start`; returns the entry after
     /// the block's last. Compiled for AVX where the CPU has it; `STRIPED`:
     /// each row read under its stripe; `stream`: each row written with
-    /// non-temporal stores (see [`BlockOut::STREAMED`]).
+    /// non-temporal stores (see [`BlockOut::streams`]).
     ///
     /// # Safety
     ///
     /// `start` is valid for writes of `slots.len() * dim` floats; with
-    /// `stream`, the CPU has AVX, `start` is 32-byte aligned and `dim` a
+    /// `stream`, the CPU has AVX, `start` is 16-byte aligned and `dim` a
     /// multiple of 8.
     #[inline(always)]
     unsafe fn pool_block<const STRIPED: bool>(
@@ -1652,6 +1672,34 @@ mod tests {
                     assert!(err.to_string().contains("block bounds"), "{err}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn an_answer_too_large_to_cache_is_streamed_to_the_same_sums() {
+        let dim = 64;
+        let slots = STREAM_ABOVE_BYTES / (dim * 4) + 1;
+        let (mut rows, mut entry_slots, mut weights) = (Vec::new(), Vec::new(), Vec::new());
+        for slot in 0..slots {
+            // Every seventh slot sums two rows; the rest are one row each.
+            for extra in 0..=usize::from(slot % 7 == 0) {
+                rows.push(((slot + extra * 31) % 1000) as u64);
+                entry_slots.push(slot as u32);
+                weights.push(if extra == 0 { 1.0 } else { 0.5 });
+            }
+        }
+        let plan = GatherPlan {
+            rows,
+            slots: entry_slots,
+            weights,
+            num_slots: slots,
+        };
+        for avx in loops() {
+            let backend = backend(1000, dim, avx);
+            assert!(KeptBlocks::new(2).streams(slots * dim));
+            let expected = reference(&backend, &plan);
+            let blocks = backend.gather_blocks(&plan, &[0, 5, slots]).unwrap();
+            assert_eq!(blocks.concat(), expected, "avx: {avx}");
         }
     }
 

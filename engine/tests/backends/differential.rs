@@ -122,14 +122,15 @@ fn random_batch(rng: &mut impl Rng) -> Batch {
 /// relative (1e-8 absolute near zero), described.
 /// `batch` looked up into memory lent through a [`GatherTarget`] (what a
 /// shared-memory region lookup does), planned (with a ticket) and laid out
-/// (without), each into a target 32-byte aligned (where the CPU backend
-/// streams its stores) and one that is not: the four outputs, named.
+/// (without), each into targets 0, 1 and 4 floats past a 32-byte boundary
+/// (the CPU backend streams its stores to the 16-byte aligned ones): the
+/// six outputs, named.
 fn lookups_into(table: &Table, batch: &Batch) -> Vec<(String, Vec<f32>)> {
     let plan = table.plan(batch).unwrap();
     let floats = plan.outputs.iter().map(|o| o.rows * o.width).sum();
     let layout = table.layout(batch, usize::MAX).unwrap();
     let mut outputs = Vec::new();
-    for misaligned in [0, 1] {
+    for misaligned in [0, 1, 4] {
         let planned = into_target(floats, misaligned, |target| {
             table.lookup_plan_into(&plan, target)
         });
