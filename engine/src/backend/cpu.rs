@@ -579,8 +579,8 @@ unsafe trait BlockOut {
     /// ordinary store first reads the line it writes into the cache: for
     /// memory this process never reads back (a region another process
     /// maps), or an answer too large for the caches to keep until its
-    /// next reader, that read is wasted, and it evicts table rows the next
-    /// rows need. See docs/results/profile.md, section 26.
+    /// next reader, that read is wasted, and it evicts table rows that
+    /// later gathers read. See docs/results/profile.md, section 26.
     fn streams(&self, _floats: usize) -> bool {
         false
     }
