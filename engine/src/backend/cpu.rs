@@ -312,7 +312,9 @@ unsafe fn load_by_4(_cells: &[AtomicU32], _dst: *mut f32) -> usize {
 #[target_feature(enable = "avx")]
 #[inline]
 unsafe fn load_by_8<const STREAM: bool>(cells: &[AtomicU32], dst: *mut f32) -> usize {
-    use std::arch::x86_64::{__m256, _mm256_storeu_ps};
+    use std::arch::x86_64::{
+        __m256, _mm256_castps256_ps128, _mm256_extractf128_ps, _mm256_storeu_ps, _mm_stream_ps,
+    };
     let n = cells.len() / 8 * 8;
     for i in (0..n).step_by(8) {
         let group: __m256;
@@ -325,9 +327,6 @@ unsafe fn load_by_8<const STREAM: bool>(cells: &[AtomicU32], dst: *mut f32) -> u
                 options(nostack, preserves_flags, readonly),
             );
             if STREAM {
-                use std::arch::x86_64::{
-                    _mm256_castps256_ps128, _mm256_extractf128_ps, _mm_stream_ps,
-                };
                 _mm_stream_ps(dst.add(i), _mm256_castps256_ps128(group));
                 _mm_stream_ps(dst.add(i + 4), _mm256_extractf128_ps::<1>(group));
             } else {
@@ -874,7 +873,7 @@ impl CpuBackend {
     /// # Safety
     ///
     /// `dst` is valid for writes of the table's width in floats; with
-    /// `STREAM`, as [`WeightCells::load_to`] asks.
+    /// `STREAM`, as [`RowArray::load_to`] asks.
     #[inline(always)]
     unsafe fn read_weights_to<const AVX: bool, const STRIPED: bool, const STREAM: bool>(
         &self,
@@ -929,8 +928,9 @@ impl CpuBackend {
                     unsafe { self.pool_block::<true>(plan, first, slots.clone(), start, stream) };
             }
             if stream {
-                // Non-temporal stores are ordered by nothing else: all of
-                // them are done before the block is handed on.
+                // Non-temporal stores are weakly ordered: the fence makes
+                // every one of them visible before the block is handed on
+                // (to its reader, or to the client with the answer).
                 store_fence();
             }
             // SAFETY: the pooling wrote every slot of the block.

@@ -36,7 +36,7 @@ pub fn push_int_hashes(values: &[i64], chunk_seed: u64, out: &mut Vec<u64>) {
 }
 
 /// xxh3's 8-byte path in AVX2 lanes. AVX2 has no 64-bit multiply, so each
-/// is built from three 32 × 32 → 64-bit ones ([`avx2::mul_by`]).
+/// is built from three 32 × 32 → 64-bit ones (`mul_by` in `avx2`).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
