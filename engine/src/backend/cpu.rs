@@ -354,9 +354,13 @@ unsafe fn stream_row(row: &[f32], dst: *mut f32) {
     }
 }
 
-/// Never called elsewhere ([`CpuBackend::avx`] is false).
+/// Elsewhere never called ([`CpuBackend::avx`] is false); a plain copy,
+/// so that it would still be correct if it were.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn stream_row(_row: &[f32], _dst: *mut f32) {}
+unsafe fn stream_row(row: &[f32], dst: *mut f32) {
+    // SAFETY: the caller's promise.
+    unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst, row.len()) };
+}
 
 /// Orders the non-temporal stores before it ahead of every later store
 /// (a block's rows before the block is handed on).
