@@ -163,9 +163,23 @@ impl RowArray {
     /// [`Self::prefetch`] with the width passed in (see [`Self::cells`]).
     #[inline(always)]
     fn prefetch_known_width(&self, row: usize, width: usize) {
+        crate::prefetch::prefetch(self.row_or_empty(row, width));
+    }
+
+    /// [`Self::prefetch_known_width`] for a row that is only read, once: a
+    /// gather's (see [`crate::prefetch::prefetch_to_l2`]).
+    #[inline(always)]
+    fn prefetch_to_read(&self, row: usize, width: usize) {
+        crate::prefetch::prefetch_to_l2(self.row_or_empty(row, width));
+    }
+
+    /// `row`'s cells, or none if it is past the end (a hint for it is then
+    /// skipped, never a panic).
+    #[inline(always)]
+    fn row_or_empty(&self, row: usize, width: usize) -> &[AtomicU32] {
         debug_assert_eq!(width, self.width);
         let start = self.skip + row * width;
-        crate::prefetch::prefetch(self.cells.get(start..start + width).unwrap_or_default());
+        self.cells.get(start..start + width).unwrap_or_default()
     }
 
     /// Copies `row` into `dst`. Whole only if no write overlapped: readers
@@ -1125,7 +1139,7 @@ impl CpuBackend {
         let mut ahead = [Entry::default(); HASHED_AHEAD];
         let (mut hashed, mut pooled) = (0, 0);
         entries.for_each(|e| {
-            self.weights.prefetch_known_width(e.row as usize, d);
+            self.weights.prefetch_to_read(e.row as usize, d);
             if hashed - pooled == HASHED_AHEAD {
                 let next = ahead[(pooled + 1) % HASHED_AHEAD].slot;
                 // SAFETY: the caller's promise.
@@ -1193,7 +1207,7 @@ impl CpuBackend {
         let mut ahead = [0u64; HASHED_AHEAD];
         for (i, r) in ahead.iter_mut().enumerate().take(bags.values) {
             *r = bags.row(i);
-            self.weights.prefetch_known_width(*r as usize, d);
+            self.weights.prefetch_to_read(*r as usize, d);
         }
         let mut value = 0;
         for (slot, &len) in bags.lengths.iter().enumerate() {
@@ -1236,7 +1250,7 @@ impl CpuBackend {
         bags.prefetch_value(value + VALUES_AHEAD);
         if value + HASHED_AHEAD < bags.values {
             *place = bags.row(value + HASHED_AHEAD);
-            self.weights.prefetch_known_width(*place as usize, d);
+            self.weights.prefetch_to_read(*place as usize, d);
         }
         row
     }
@@ -1287,7 +1301,7 @@ impl CpuBackend {
     fn prefetch_entry_row<const D: usize>(&self, rows: &[u64], e: usize) {
         if let Some(&row) = rows.get(e) {
             let d = if D == 0 { self.spec.dim } else { D };
-            self.weights.prefetch_known_width(row as usize, d);
+            self.weights.prefetch_to_read(row as usize, d);
         }
     }
 
@@ -1421,7 +1435,7 @@ impl CpuBackend {
         let entries = plan.rows.iter().zip(&plan.slots).zip(&plan.weights);
         for (i, ((&r, &slot), &weight)) in entries.enumerate() {
             if let Some(&ahead) = plan.rows.get(i + PREFETCH_AHEAD) {
-                self.weights.prefetch(ahead as usize);
+                self.weights.prefetch_to_read(ahead as usize, d);
             }
             self.read_weights::<false, true>(r, &mut row);
             add_scaled(
