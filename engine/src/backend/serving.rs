@@ -312,10 +312,10 @@ impl Backend for ServingBackend {
     }
 
     /// Each block pooled into a vector of its own, as the CPU backend's
-    /// are, not one `[num_slots, dim]` output cut up afterwards: that was a
-    /// copy of the whole answer, and at 4,096 × 26 × 64 floats a fresh
-    /// 27 MB mapping to fault in. A replica's lookups of 4,096 × 26 ran
-    /// 24–41 % faster without (docs/results/profile.md, section 27).
+    /// are, not one `[num_slots, dim]` output cut up afterwards: that cost
+    /// a second copy of the whole answer (27 MB at 4,096 × 26 × 64 floats)
+    /// besides its zeroing. A replica's lookups of 4,096 × 26 ran 24–41 %
+    /// faster without (docs/results/profile.md, section 27).
     fn gather_blocks(
         &self,
         plan: &GatherPlan,
