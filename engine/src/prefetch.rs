@@ -30,9 +30,9 @@ pub fn prefetch<T>(values: &[T]) {
 /// of wide rows (4 lines each at 64 floats) runs out of them long before
 /// memory does; a hint into the second level waits in that cache's larger
 /// queue instead. In-process lookups of 64-float rows ran 28–30 % faster
-/// (single values) and 41–45 % (bags of 20), of 16-float rows 0–8 %;
+/// (single values) and 41–45 % (bags of 20), of 16-float rows −2 to +9 %;
 /// region lookups, whose streamed stores take fill buffers too, 11–20 %.
-/// Pushes, which write the rows they load, ran 5 % slower with it, so
+/// Pushes, which write the rows they load, ran 1–8 % slower with it, so
 /// they keep [`prefetch`] (docs/results/profile.md, section 27).
 #[inline(always)]
 pub(crate) fn prefetch_to_l2<T>(values: &[T]) {
