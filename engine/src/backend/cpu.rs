@@ -34,6 +34,7 @@ use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 
+use super::streamed::{answer_streams, store_fence, stream_row};
 use super::{Backend, BlockSink, GatherPlan, GatherTarget, RowData, RowGradients, StorageSpec};
 use crate::error::EngineError;
 use crate::layout::{Bags, BatchLayout, Entry, EntrySink, FeatureEntries, KeyColumn};
@@ -59,7 +60,7 @@ const PREFETCH_AHEAD: usize = 16;
 /// rows ahead: at 16 floats a row, 16 ahead 125–133 M rows/s, 32 ahead
 /// 151–157, 64 ahead 163–180 (128 no better); at 64 floats, 64 ahead was
 /// 2–13 % slower than 16 (and 4 to 32 within noise of each other).
-const GATHER_BYTES_AHEAD: usize = 4096;
+pub(super) const GATHER_BYTES_AHEAD: usize = 4096;
 
 /// Rows of `width` floats in [`GATHER_BYTES_AHEAD`], within 4..=128
 /// (folded to a constant where the width is one).
@@ -351,41 +352,6 @@ unsafe fn load_by_8<const STREAM: bool>(cells: &[AtomicU32], dst: *mut f32) -> u
     n
 }
 
-/// Copies `row` to `dst` with non-temporal 16-byte stores
-/// ([`BlockOut::streams`]).
-///
-/// # Safety
-///
-/// `row` is a multiple of 4 floats long; `dst` is 16-byte aligned and
-/// valid for writes of as many floats.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn stream_row(row: &[f32], dst: *mut f32) {
-    use std::arch::x86_64::{_mm_loadu_ps, _mm_stream_ps};
-    for i in (0..row.len()).step_by(4) {
-        // SAFETY: the caller's promise, for the 4 floats from `i`.
-        unsafe { _mm_stream_ps(dst.add(i), _mm_loadu_ps(row.as_ptr().add(i))) };
-    }
-}
-
-/// Elsewhere never called ([`CpuBackend::avx`] is false); a plain copy,
-/// so that it would still be correct if it were.
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn stream_row(row: &[f32], dst: *mut f32) {
-    // SAFETY: the caller's promise.
-    unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst, row.len()) };
-}
-
-/// Orders the non-temporal stores before it ahead of every later store
-/// (a block's rows before the block is handed on).
-fn store_fence() {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: SSE is part of x86-64.
-    unsafe {
-        std::arch::x86_64::_mm_sfence()
-    };
-}
-
 /// Never called elsewhere ([`CpuBackend::avx`] is false).
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn load_by_8<const STREAM: bool>(_cells: &[AtomicU32], _dst: *mut f32) -> usize {
@@ -614,13 +580,6 @@ unsafe trait BlockOut {
     unsafe fn written(&mut self, index: usize, floats: usize);
 }
 
-/// The size above which a lookup's answer is written with non-temporal
-/// stores ([`BlockOut::streams`]). Measured in-process (4,096 × 26 single
-/// values, 8 clients): answers of 6.8 and 13.6 MB ran 22 % and 15–22 %
-/// slower streamed, the caches still holding much of them for the next
-/// request's stores; one of 27 MB (64 floats a row) ran 22–27 % faster.
-const STREAM_ABOVE_BYTES: usize = 16 << 20;
-
 /// Each block into a vector of its own: what a lookup returns.
 struct KeptBlocks(Vec<Vec<f32>>);
 
@@ -634,7 +593,7 @@ impl KeptBlocks {
 // again only in `written`.
 unsafe impl BlockOut for KeptBlocks {
     fn streams(&self, floats: usize) -> bool {
-        floats.saturating_mul(4) > STREAM_ABOVE_BYTES
+        answer_streams(floats)
     }
 
     fn start(&mut self, index: usize, floats: usize) -> *mut f32 {
@@ -1582,6 +1541,7 @@ impl Backend for CpuBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::streamed::STREAM_ABOVE_BYTES;
     use crate::batch::{Batch, FeatureBatch};
     use crate::init::Initializer;
     use crate::optimizer::Optimizer;

@@ -23,6 +23,7 @@ pub mod download;
 pub mod gather_target;
 pub mod row_ops;
 pub mod serving;
+mod streamed;
 
 pub use self::block_sink::BlockSink;
 pub use self::gather_target::GatherTarget;

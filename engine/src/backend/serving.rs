@@ -24,8 +24,11 @@ use std::ops::Range;
 use half::{f16, slice::HalfFloatSliceExt};
 use parking_lot::RwLock;
 
+use super::cpu::GATHER_BYTES_AHEAD;
+use super::streamed::{answer_streams, store_fence, stream_row};
 use super::{cut_at, Backend, GatherPlan, RowData, RowGradients, StorageSpec};
 use crate::error::EngineError;
+use crate::prefetch::{prefetch_to_l2, CACHE_LINE};
 
 /// How a serving copy stores each row's weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -75,12 +78,43 @@ impl std::str::FromStr for RowFormat {
     }
 }
 
+/// A format's values with row 0 on a cache line ([`CACHE_LINE`]), as the
+/// training table's are: the allocator's large blocks start 16 bytes past
+/// one, which puts every 64-byte row across two lines (two cache misses
+/// per row).
+struct LineAligned<T> {
+    values: Vec<T>,
+    /// Values before row 0, skipped to reach a cache line.
+    skip: usize,
+    len: usize,
+}
+
+impl<T: Copy> LineAligned<T> {
+    /// `len` values of `zero`, or `None` if they cannot be allocated.
+    fn zeroed(len: usize, zero: T) -> Option<Self> {
+        let slack = (CACHE_LINE / std::mem::size_of::<T>()).saturating_sub(1);
+        let mut values = Vec::new();
+        values.try_reserve_exact(len.checked_add(slack)?).ok()?;
+        values.resize(len + slack, zero);
+        let skip = values.as_ptr().align_offset(CACHE_LINE).min(slack);
+        Some(LineAligned { values, skip, len })
+    }
+
+    fn get(&self) -> &[T] {
+        &self.values[self.skip..self.skip + self.len]
+    }
+
+    fn get_mut(&mut self) -> &mut [T] {
+        &mut self.values[self.skip..self.skip + self.len]
+    }
+}
+
 /// The rows, in their format.
 enum Rows {
-    F32(Vec<f32>),
-    F16(Vec<f16>),
+    F32(LineAligned<f32>),
+    F16(LineAligned<f16>),
     Int8 {
-        codes: Vec<u8>,
+        codes: LineAligned<u8>,
         /// `(scale, bias)` per row.
         scale_bias: Vec<[f32; 2]>,
     },
@@ -111,19 +145,18 @@ impl Rows {
                 format.row_bytes(dim)
             ),
         };
-        fn zeroed<T: Clone>(len: usize, zero: T) -> Option<Vec<T>> {
-            let mut v = Vec::new();
-            v.try_reserve_exact(len).ok()?;
-            v.resize(len, zero);
-            Some(v)
-        }
         let len = rows.checked_mul(dim).ok_or_else(refused)?;
         Ok(match format {
-            RowFormat::F32 => Rows::F32(zeroed(len, 0.0).ok_or_else(refused)?),
-            RowFormat::F16 => Rows::F16(zeroed(len, f16::ZERO).ok_or_else(refused)?),
+            RowFormat::F32 => Rows::F32(LineAligned::zeroed(len, 0.0).ok_or_else(refused)?),
+            RowFormat::F16 => Rows::F16(LineAligned::zeroed(len, f16::ZERO).ok_or_else(refused)?),
             RowFormat::Int8 => Rows::Int8 {
-                codes: zeroed(len, 0).ok_or_else(refused)?,
-                scale_bias: zeroed(rows, [0.0; 2]).ok_or_else(refused)?,
+                codes: LineAligned::zeroed(len, 0).ok_or_else(refused)?,
+                scale_bias: {
+                    let mut v = Vec::new();
+                    v.try_reserve_exact(rows).map_err(|_| refused())?;
+                    v.resize(rows, [0.0; 2]);
+                    v
+                },
             },
         })
     }
@@ -132,10 +165,10 @@ impl Rows {
     fn store(&mut self, first: usize, dim: usize, values: &[f32]) {
         let (start, end) = (first * dim, first * dim + values.len());
         match self {
-            Rows::F32(v) => v[start..end].copy_from_slice(values),
-            Rows::F16(v) => v[start..end].convert_from_f32_slice(values),
+            Rows::F32(v) => v.get_mut()[start..end].copy_from_slice(values),
+            Rows::F16(v) => v.get_mut()[start..end].convert_from_f32_slice(values),
             Rows::Int8 { codes, scale_bias } => {
-                let rows = codes[start..end].chunks_exact_mut(dim);
+                let rows = codes.get_mut()[start..end].chunks_exact_mut(dim);
                 for (i, (codes, row)) in rows.zip(values.chunks_exact(dim)).enumerate() {
                     scale_bias[first + i] = quantize_int8(row, codes);
                 }
@@ -144,109 +177,307 @@ impl Rows {
     }
 }
 
-/// How many entries ahead a gather prefetches (as the CPU backend does).
-const PREFETCH_AHEAD: usize = 8;
+/// How one format turns its rows into floats: the only part of the
+/// pooling loop ([`pool_slots`]) that differs between formats.
+trait RowRead {
+    /// Bytes one row of `d` elements takes.
+    fn row_bytes(&self, d: usize) -> usize;
 
-/// Asks the CPU to start loading `values[at]`: rows are read in hash order,
-/// at random, and each would otherwise be a full memory stall.
-fn prefetch<T>(values: &[T], at: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(value) = values.get(at) {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: a prefetch reads nothing architecturally and cannot
-        // fault; SSE is part of the x86_64 baseline.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>((value as *const T).cast::<i8>()) };
+    /// How many entries ahead a gather hints rows: the training table's
+    /// distance in bytes ([`GATHER_BYTES_AHEAD`]), within 4..=128 rows.
+    fn rows_ahead(&self, d: usize) -> usize {
+        (GATHER_BYTES_AHEAD / self.row_bytes(d).max(1)).clamp(4, 128)
+    }
+
+    /// Asks the CPU to start loading `row` into its second-level cache
+    /// (see [`crate::prefetch::prefetch_to_l2`]), or nothing past the end.
+    fn hint(&self, row: usize, d: usize);
+
+    /// `dst = weight · row`.
+    fn scaled(&self, row: usize, weight: f32, dst: &mut [f32]);
+
+    /// `dst += weight · row`.
+    fn add_scaled(&self, row: usize, weight: f32, dst: &mut [f32]);
+}
+
+/// `row`'s `d` values of `values`, or none past the end (for hints).
+fn row_or_empty<T>(values: &[T], row: usize, d: usize) -> &[T] {
+    values.get(row * d..(row + 1) * d).unwrap_or_default()
+}
+
+impl RowRead for [f32] {
+    fn row_bytes(&self, d: usize) -> usize {
+        4 * d
+    }
+
+    #[inline(always)]
+    fn hint(&self, row: usize, d: usize) {
+        prefetch_to_l2(row_or_empty(self, row, d));
+    }
+
+    #[inline(always)]
+    fn scaled(&self, row: usize, weight: f32, dst: &mut [f32]) {
+        let d = dst.len();
+        for (o, &x) in dst.iter_mut().zip(&self[row * d..(row + 1) * d]) {
+            *o = weight * x;
+        }
+    }
+
+    #[inline(always)]
+    fn add_scaled(&self, row: usize, weight: f32, dst: &mut [f32]) {
+        let d = dst.len();
+        for (o, &x) in dst.iter_mut().zip(&self[row * d..(row + 1) * d]) {
+            *o += weight * x;
+        }
     }
 }
 
-/// Runs the plan's entries `entries` in order: `add(row, weight, out_row)`,
-/// `out_row` being the entry's slot counted from `first_slot`, with
-/// `prefetch(row)` issued [`PREFETCH_AHEAD`] entries early.
-fn pool(
-    plan: &GatherPlan,
-    entries: Range<usize>,
-    first_slot: usize,
-    d: usize,
-    out: &mut [f32],
-    prefetch: impl Fn(usize),
-    mut add: impl FnMut(usize, f32, &mut [f32]),
-) {
-    for i in entries {
-        if let Some(&next) = plan.rows.get(i + PREFETCH_AHEAD) {
-            prefetch(next as usize);
-        }
-        let slot = plan.slots[i] as usize - first_slot;
-        add(
-            plan.rows[i] as usize,
-            plan.weights[i],
-            &mut out[slot * d..(slot + 1) * d],
-        );
+/// Elements an f16 row is converted in at a time (on the stack).
+const F16_CHUNK: usize = 16;
+
+impl RowRead for [f16] {
+    fn row_bytes(&self, d: usize) -> usize {
+        2 * d
     }
+
+    #[inline(always)]
+    fn hint(&self, row: usize, d: usize) {
+        prefetch_to_l2(row_or_empty(self, row, d));
+    }
+
+    #[inline(always)]
+    fn scaled(&self, row: usize, weight: f32, dst: &mut [f32]) {
+        let d = dst.len();
+        // Whole runs at once: F16C when the CPU has it.
+        self[row * d..(row + 1) * d].convert_to_f32_slice(dst);
+        if weight != 1.0 {
+            dst.iter_mut().for_each(|o| *o *= weight);
+        }
+    }
+
+    #[inline(always)]
+    fn add_scaled(&self, row: usize, weight: f32, dst: &mut [f32]) {
+        let d = dst.len();
+        let mut floats = [0.0f32; F16_CHUNK];
+        let halves = self[row * d..(row + 1) * d].chunks(F16_CHUNK);
+        for (out, half) in dst.chunks_mut(F16_CHUNK).zip(halves) {
+            let floats = &mut floats[..half.len()];
+            half.convert_to_f32_slice(floats);
+            for (o, &x) in out.iter_mut().zip(floats.iter()) {
+                *o += weight * x;
+            }
+        }
+    }
+}
+
+/// An int8 copy's codes and their per-row `(scale, bias)`.
+struct Int8Rows<'a> {
+    codes: &'a [u8],
+    scale_bias: &'a [[f32; 2]],
+}
+
+impl RowRead for Int8Rows<'_> {
+    fn row_bytes(&self, d: usize) -> usize {
+        d + 8
+    }
+
+    #[inline(always)]
+    fn hint(&self, row: usize, d: usize) {
+        prefetch_to_l2(row_or_empty(self.codes, row, d));
+        prefetch_to_l2(row_or_empty(self.scale_bias, row, 1));
+    }
+
+    #[inline(always)]
+    fn scaled(&self, row: usize, weight: f32, dst: &mut [f32]) {
+        let d = dst.len();
+        let [scale, bias] = self.scale_bias[row];
+        let (scale, bias) = (weight * scale, weight * bias);
+        for (o, &q) in dst.iter_mut().zip(&self.codes[row * d..(row + 1) * d]) {
+            *o = q as f32 * scale + bias;
+        }
+    }
+
+    #[inline(always)]
+    fn add_scaled(&self, row: usize, weight: f32, dst: &mut [f32]) {
+        let d = dst.len();
+        let [scale, bias] = self.scale_bias[row];
+        let (scale, bias) = (weight * scale, weight * bias);
+        for (o, &q) in dst.iter_mut().zip(&self.codes[row * d..(row + 1) * d]) {
+            *o += q as f32 * scale + bias;
+        }
+    }
+}
+
+/// Pools the slots `slots` of a plan whose slots ascend, from entry
+/// `first` on, appending one row of `d` floats per slot to `out`; returns
+/// the entry after the last one pooled. Each slot's row is its first
+/// entry's row scaled, plus the others' (a slot with no entry is zeros),
+/// summed on the stack and written once: the output is never zeroed and
+/// read back. Rows of `D` floats (0: `d`, known only at run time), so
+/// common widths unroll; `STREAM`: written with non-temporal stores.
+/// Each row is written into room reserved beforehand: `extend_from_slice`'s
+/// capacity check per row cost 12 % at 16 floats (section 28).
+///
+/// # Safety
+///
+/// `out` has room for `slots.len() * d` more floats; with `STREAM`, its
+/// end is 16-byte aligned and `d` is a multiple of 4.
+#[inline(always)]
+unsafe fn pool_slots<const D: usize, const STREAM: bool, R: RowRead + ?Sized>(
+    rows: &R,
+    plan: &GatherPlan,
+    first: usize,
+    slots: Range<usize>,
+    d: usize,
+    out: &mut Vec<f32>,
+) -> usize {
+    let d = if D == 0 { d } else { D };
+    let n = plan.rows.len();
+    let (entry_rows, entry_slots, weights) =
+        (&plan.rows[..n], &plan.slots[..n], &plan.weights[..n]);
+    let ahead = rows.rows_ahead(d);
+    let mut stack = [0.0f32; D];
+    let mut heap = Vec::new();
+    let sum: &mut [f32] = if D == 0 {
+        heap.resize(d, 0.0);
+        &mut heap
+    } else {
+        &mut stack
+    };
+    let mut e = first;
+    for slot in slots {
+        if e < n && entry_slots[e] as usize == slot {
+            if let Some(&row) = entry_rows.get(e + ahead) {
+                rows.hint(row as usize, d);
+            }
+            rows.scaled(entry_rows[e] as usize, weights[e], sum);
+            e += 1;
+            while e < n && entry_slots[e] as usize == slot {
+                if let Some(&row) = entry_rows.get(e + ahead) {
+                    rows.hint(row as usize, d);
+                }
+                rows.add_scaled(entry_rows[e] as usize, weights[e], sum);
+                e += 1;
+            }
+        } else {
+            sum.fill(0.0);
+        }
+        // SAFETY: the caller's promise: room for this slot's row and,
+        // streamed, an end that stays 16-byte aligned (whole groups of 4).
+        unsafe {
+            let end = out.as_mut_ptr().add(out.len());
+            if STREAM {
+                stream_row(sum, end);
+            } else {
+                std::ptr::copy_nonoverlapping(sum.as_ptr(), end, d);
+            }
+            out.set_len(out.len() + d);
+        }
+    }
+    e
+}
+
+/// Pools one block of slots into a new vector (see [`pool_slots`]), with
+/// the width known at compile time where it is a common one; `stream`:
+/// with non-temporal stores where the vector's start allows them.
+fn pool_block<R: RowRead + ?Sized>(
+    rows: &R,
+    plan: &GatherPlan,
+    first: &mut usize,
+    slots: Range<usize>,
+    d: usize,
+    stream: bool,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(slots.len() * d);
+    let stream = stream && d % 4 == 0 && out.as_ptr() as usize % 16 == 0;
+    let (e, slots) = (*first, slots);
+    // SAFETY: `out` has room for the whole block; with streaming, it
+    // starts 16-byte aligned and `d` is a multiple of 4 (checked above).
+    *first = unsafe {
+        match (d, stream) {
+            (8, false) => pool_slots::<8, false, R>(rows, plan, e, slots, d, &mut out),
+            (8, true) => pool_slots::<8, true, R>(rows, plan, e, slots, d, &mut out),
+            (16, false) => pool_slots::<16, false, R>(rows, plan, e, slots, d, &mut out),
+            (16, true) => pool_slots::<16, true, R>(rows, plan, e, slots, d, &mut out),
+            (32, false) => pool_slots::<32, false, R>(rows, plan, e, slots, d, &mut out),
+            (32, true) => pool_slots::<32, true, R>(rows, plan, e, slots, d, &mut out),
+            (64, false) => pool_slots::<64, false, R>(rows, plan, e, slots, d, &mut out),
+            (64, true) => pool_slots::<64, true, R>(rows, plan, e, slots, d, &mut out),
+            (_, false) => pool_slots::<0, false, R>(rows, plan, e, slots, d, &mut out),
+            (_, true) => pool_slots::<0, true, R>(rows, plan, e, slots, d, &mut out),
+        }
+    };
+    if stream {
+        store_fence();
+    }
+    out
 }
 
 impl Rows {
-    /// Pools the plan's entries `entries` into `out`, which holds the
-    /// slots from `first_slot` on (`[slots, d]`, zeroed): one loop per
-    /// format, so the format is not re-checked per entry.
-    fn pool_into(
-        &self,
-        plan: &GatherPlan,
-        entries: Range<usize>,
-        first_slot: usize,
-        d: usize,
-        out: &mut [f32],
-    ) {
+    /// Pools a plan whose slots ascend into one vector per block of
+    /// `bounds` (see [`pool_slots`]): one loop per format, so the format
+    /// is not re-checked per entry.
+    fn pool_blocks(&self, plan: &GatherPlan, bounds: &[usize], d: usize) -> Vec<Vec<f32>> {
         match self {
-            Rows::F32(v) => pool(
-                plan,
-                entries,
-                first_slot,
-                d,
-                out,
-                |r| prefetch(v, r * d),
-                |r, w, dst| {
-                    for (o, &x) in dst.iter_mut().zip(&v[r * d..(r + 1) * d]) {
-                        *o += w * x;
-                    }
-                },
-            ),
-            Rows::F16(v) => {
-                let mut row = vec![0.0f32; d];
-                pool(
-                    plan,
-                    entries,
-                    first_slot,
-                    d,
-                    out,
-                    |r| prefetch(v, r * d),
-                    |r, w, dst| {
-                        // Whole rows at once: F16C when the CPU has it.
-                        v[r * d..(r + 1) * d].convert_to_f32_slice(&mut row);
-                        for (o, &x) in dst.iter_mut().zip(&row) {
-                            *o += w * x;
-                        }
-                    },
-                )
+            Rows::F32(v) => blocks_of(v.get(), plan, bounds, d),
+            Rows::F16(v) => blocks_of(v.get(), plan, bounds, d),
+            Rows::Int8 { codes, scale_bias } => {
+                let rows = Int8Rows {
+                    codes: codes.get(),
+                    scale_bias,
+                };
+                blocks_of(&rows, plan, bounds, d)
             }
-            Rows::Int8 { codes, scale_bias } => pool(
-                plan,
-                entries,
-                first_slot,
-                d,
-                out,
-                |r| {
-                    prefetch(codes, r * d);
-                    prefetch(scale_bias, r);
-                },
-                |r, w, dst| {
-                    let [scale, bias] = scale_bias[r];
-                    let (scale, bias) = (w * scale, w * bias);
-                    for (o, &q) in dst.iter_mut().zip(&codes[r * d..(r + 1) * d]) {
-                        *o += q as f32 * scale + bias;
-                    }
-                },
-            ),
         }
+    }
+
+    /// Adds every entry of a plan, in any slot order, into `out` (`[slots,
+    /// d]`, zeroed).
+    fn add_all(&self, plan: &GatherPlan, d: usize, out: &mut [f32]) {
+        match self {
+            Rows::F32(v) => add_entries(v.get(), plan, d, out),
+            Rows::F16(v) => add_entries(v.get(), plan, d, out),
+            Rows::Int8 { codes, scale_bias } => {
+                let rows = Int8Rows {
+                    codes: codes.get(),
+                    scale_bias,
+                };
+                add_entries(&rows, plan, d, out)
+            }
+        }
+    }
+}
+
+/// [`Rows::pool_blocks`] for one format; an answer too large for the
+/// caches is streamed (see [`answer_streams`]).
+fn blocks_of<R: RowRead + ?Sized>(
+    rows: &R,
+    plan: &GatherPlan,
+    bounds: &[usize],
+    d: usize,
+) -> Vec<Vec<f32>> {
+    let total = bounds.last().copied().unwrap_or(0).saturating_mul(d);
+    let stream = answer_streams(total);
+    let mut first = 0;
+    bounds
+        .windows(2)
+        .map(|block| pool_block(rows, plan, &mut first, block[0]..block[1], d, stream))
+        .collect()
+}
+
+/// [`Rows::add_all`] for one format.
+fn add_entries<R: RowRead + ?Sized>(rows: &R, plan: &GatherPlan, d: usize, out: &mut [f32]) {
+    let ahead = rows.rows_ahead(d);
+    for (i, (&row, &slot)) in plan.rows.iter().zip(&plan.slots).enumerate() {
+        if let Some(&next) = plan.rows.get(i + ahead) {
+            rows.hint(next as usize, d);
+        }
+        let slot = slot as usize;
+        rows.add_scaled(
+            row as usize,
+            plan.weights[i],
+            &mut out[slot * d..(slot + 1) * d],
+        );
     }
 }
 
@@ -304,10 +535,13 @@ impl Backend for ServingBackend {
     fn gather(&self, plan: &GatherPlan) -> Result<Vec<f32>, EngineError> {
         plan.check(&self.spec)?;
         let d = self.spec.dim;
+        let rows = self.rows.read();
+        if plan.slots_ascend() {
+            let mut whole = rows.pool_blocks(plan, &[0, plan.num_slots], d);
+            return Ok(whole.pop().unwrap_or_default());
+        }
         let mut out = vec![0.0f32; plan.num_slots * d];
-        self.rows
-            .read()
-            .pool_into(plan, 0..plan.rows.len(), 0, d, &mut out);
+        rows.add_all(plan, d, &mut out);
         Ok(out)
     }
 
@@ -327,22 +561,7 @@ impl Backend for ServingBackend {
             return Ok(cut_at(self.gather(plan)?, bounds, d));
         }
         plan.check(&self.spec)?;
-        let rows = self.rows.read();
-        // Entries in slot order: each block's are the run before the
-        // first entry of the next block's slots.
-        let mut first = 0;
-        let blocks = bounds
-            .windows(2)
-            .map(|block| {
-                let (from, to) = (block[0], block[1]);
-                let end = first + plan.slots[first..].partition_point(|&s| (s as usize) < to);
-                let mut out = vec![0.0f32; (to - from) * d];
-                rows.pool_into(plan, first..end, from, d, &mut out);
-                first = end;
-                out
-            })
-            .collect();
-        Ok(blocks)
+        Ok(self.rows.read().pool_blocks(plan, bounds, d))
     }
 
     fn apply(&self, _update: &RowGradients) -> Result<(), EngineError> {
@@ -386,6 +605,7 @@ impl Backend for ServingBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::streamed::STREAM_ABOVE_BYTES;
     use crate::init::Initializer;
     use crate::optimizer::Optimizer;
 
@@ -431,6 +651,93 @@ mod tests {
                 let blocks = backend.gather_blocks(plan, &bounds).unwrap();
                 assert_eq!(blocks, whole, "{format:?}, slots {:?}", plan.slots);
             }
+        }
+    }
+
+    /// `plan`'s entries with the even slots' first: the same sums, by
+    /// the loop for plans whose slots do not ascend (each entry added to
+    /// a zeroed output, in the order each slot's entries had).
+    fn interleaved(plan: &GatherPlan) -> GatherPlan {
+        let mut order: Vec<usize> = (0..plan.rows.len()).collect();
+        order.sort_by_key(|&i| plan.slots[i] % 2);
+        GatherPlan {
+            rows: order.iter().map(|&i| plan.rows[i]).collect(),
+            slots: order.iter().map(|&i| plan.slots[i]).collect(),
+            weights: order.iter().map(|&i| plan.weights[i]).collect(),
+            num_slots: plan.num_slots,
+        }
+    }
+
+    #[test]
+    fn pooling_in_slot_order_sums_what_adding_each_entry_sums() {
+        // Slot 1 has no entry, slot 3 three, slot 4 one of weight 1.
+        let ascending = GatherPlan {
+            rows: vec![5, 9, 0, 3, 3, 7, 1, 2, 8],
+            slots: vec![0, 2, 2, 3, 3, 3, 4, 5, 6],
+            weights: vec![2.0, 0.5, -2.0, 1.0, 0.25, 3.0, 1.0, 1.5, 1.0],
+            num_slots: 7,
+        };
+        let other = interleaved(&ascending);
+        assert!(!other.slots_ascend());
+        let bounds = [0, 2, 3, 5, 7];
+        // 12: a width without a loop of its own.
+        for dim in [8, 12, 16, 64] {
+            for format in [RowFormat::F32, RowFormat::F16, RowFormat::Int8] {
+                let backend = ServingBackend::new(spec(10, dim), format).unwrap();
+                let want = backend.gather(&other).unwrap();
+                assert_eq!(
+                    backend.gather(&ascending).unwrap(),
+                    want,
+                    "{format:?} {dim}"
+                );
+                let blocks = backend.gather_blocks(&ascending, &bounds).unwrap();
+                assert_eq!(blocks, cut_at(want, &bounds, dim), "{format:?} {dim}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_answer_too_large_to_cache_is_streamed_to_the_same_sums() {
+        let dim = 64;
+        let slots = STREAM_ABOVE_BYTES / (dim * 4) + 1;
+        let (mut rows, mut entry_slots, mut weights) = (Vec::new(), Vec::new(), Vec::new());
+        for slot in 0..slots {
+            // Every seventh slot sums two rows; the rest are one row each.
+            for extra in 0..=usize::from(slot % 7 == 0) {
+                rows.push(((slot + extra * 31) % 1000) as u64);
+                entry_slots.push(slot as u32);
+                weights.push(if extra == 0 { 1.0 } else { 0.5 });
+            }
+        }
+        let plan = GatherPlan {
+            rows,
+            slots: entry_slots,
+            weights,
+            num_slots: slots,
+        };
+        let bounds = [0, slots / 3, slots];
+        for format in [RowFormat::F32, RowFormat::F16, RowFormat::Int8] {
+            let backend = ServingBackend::new(spec(1000, dim), format).unwrap();
+            let want = cut_at(backend.gather(&interleaved(&plan)).unwrap(), &bounds, dim);
+            let blocks = backend.gather_blocks(&plan, &bounds).unwrap();
+            assert!(blocks == want, "{format:?}");
+        }
+    }
+
+    #[test]
+    fn rows_start_on_a_cache_line() {
+        // Several of each: one could start on a line by chance.
+        for len in (1..=8).map(|n| n * 100) {
+            let f32s = LineAligned::zeroed(len, 0.0f32).unwrap();
+            let f16s = LineAligned::zeroed(len, f16::ZERO).unwrap();
+            let bytes = LineAligned::zeroed(len, 0u8).unwrap();
+            assert_eq!(f32s.get().as_ptr() as usize % CACHE_LINE, 0);
+            assert_eq!(f16s.get().as_ptr() as usize % CACHE_LINE, 0);
+            assert_eq!(bytes.get().as_ptr() as usize % CACHE_LINE, 0);
+            assert_eq!(
+                (f32s.get().len(), f16s.get().len(), bytes.get().len()),
+                (len, len, len)
+            );
         }
     }
 
