@@ -316,7 +316,8 @@ impl RowRead for Int8Rows<'_> {
 /// read back. Rows of `D` floats (0: `d`, known only at run time), so
 /// common widths unroll; `STREAM`: written with non-temporal stores.
 /// Each row is written into room reserved beforehand: `extend_from_slice`'s
-/// capacity check per row cost 12 % at 16 floats (section 28).
+/// capacity check per row cost 12 % at 16 floats (docs/results/profile.md,
+/// section 28).
 ///
 /// # Safety
 ///
@@ -390,7 +391,7 @@ fn pool_block<R: RowRead + ?Sized>(
 ) -> Vec<f32> {
     let mut out = Vec::with_capacity(slots.len() * d);
     let stream = stream && d % 4 == 0 && out.as_ptr() as usize % 16 == 0;
-    let (e, slots) = (*first, slots);
+    let e = *first;
     // SAFETY: `out` has room for the whole block; with streaming, it
     // starts 16-byte aligned and `d` is a multiple of 4 (checked above).
     *first = unsafe {
