@@ -26,7 +26,7 @@ use parking_lot::RwLock;
 
 use super::cpu::GATHER_BYTES_AHEAD;
 use super::streamed::{answer_streams, store_fence, stream_row};
-use super::{cut_at, Backend, GatherPlan, RowData, RowGradients, StorageSpec};
+use super::{cut_at, Backend, GatherPlan, GatherTarget, RowData, RowGradients, StorageSpec};
 use crate::error::EngineError;
 use crate::prefetch::{prefetch_to_l2, CACHE_LINE};
 
@@ -309,20 +309,20 @@ impl RowRead for Int8Rows<'_> {
 }
 
 /// Pools the slots `slots` of a plan whose slots ascend, from entry
-/// `first` on, appending one row of `d` floats per slot to `out`; returns
-/// the entry after the last one pooled. Each slot's row is its first
-/// entry's row scaled, plus the others' (a slot with no entry is zeros),
-/// summed on the stack and written once: the output is never zeroed and
-/// read back. Rows of `D` floats (0: `d`, known only at run time), so
-/// common widths unroll; `STREAM`: written with non-temporal stores.
-/// Each row is written into room reserved beforehand: `extend_from_slice`'s
-/// capacity check per row cost 12 % at 16 floats (docs/results/profile.md,
-/// section 28).
+/// `first` on, into one row of `d` floats per slot from `out`; returns the
+/// entry after the last one pooled. Each slot's row is its first entry's
+/// row scaled, plus the others' (a slot with no entry is zeros), summed
+/// on the stack and written once: the output is never zeroed and read
+/// back. Rows of `D` floats (0: `d`, known only at run time), so common
+/// widths unroll; `STREAM`: written with non-temporal stores. Rows are
+/// written through a pointer to room reserved beforehand:
+/// `extend_from_slice`'s capacity check per row cost 12 % at 16 floats
+/// (docs/results/profile.md, section 28).
 ///
 /// # Safety
 ///
-/// `out` has room for `slots.len() * d` more floats; with `STREAM`, its
-/// end is 16-byte aligned and `d` is a multiple of 4.
+/// `out` is valid for writes of `slots.len() * d` floats; with `STREAM`,
+/// it is 16-byte aligned and `d` is a multiple of 4.
 #[inline(always)]
 unsafe fn pool_slots<const D: usize, const STREAM: bool, R: RowRead + ?Sized>(
     rows: &R,
@@ -330,7 +330,7 @@ unsafe fn pool_slots<const D: usize, const STREAM: bool, R: RowRead + ?Sized>(
     first: usize,
     slots: Range<usize>,
     d: usize,
-    out: &mut Vec<f32>,
+    out: *mut f32,
 ) -> usize {
     let d = if D == 0 { d } else { D };
     let n = plan.rows.len();
@@ -346,7 +346,7 @@ unsafe fn pool_slots<const D: usize, const STREAM: bool, R: RowRead + ?Sized>(
         &mut stack
     };
     let mut e = first;
-    for slot in slots {
+    for (i, slot) in slots.enumerate() {
         if e < n && entry_slots[e] as usize == slot {
             if let Some(&row) = entry_rows.get(e + ahead) {
                 rows.hint(row as usize, d);
@@ -363,122 +363,182 @@ unsafe fn pool_slots<const D: usize, const STREAM: bool, R: RowRead + ?Sized>(
         } else {
             sum.fill(0.0);
         }
-        // SAFETY: the caller's promise: room for this slot's row and,
-        // streamed, an end that stays 16-byte aligned (whole groups of 4).
+        // SAFETY: the caller's promise: room for the block's `i`-th row
+        // and, streamed, 16-byte aligned (whole groups of 4 from `out`).
         unsafe {
-            let end = out.as_mut_ptr().add(out.len());
+            let row = out.add(i * d);
             if STREAM {
-                stream_row(sum, end);
+                stream_row(sum, row);
             } else {
-                std::ptr::copy_nonoverlapping(sum.as_ptr(), end, d);
+                std::ptr::copy_nonoverlapping(sum.as_ptr(), row, d);
             }
-            out.set_len(out.len() + d);
         }
     }
     e
 }
 
-/// Pools one block of slots into a new vector (see [`pool_slots`]), with
-/// the width known at compile time where it is a common one; `stream`:
-/// with non-temporal stores where the vector's start allows them.
-fn pool_block<R: RowRead + ?Sized>(
+/// [`pool_slots`] with the width known at compile time where it is a
+/// common one; `stream`: with non-temporal stores where `out` allows them.
+///
+/// # Safety
+///
+/// `out` is valid for writes of `slots.len() * d` floats.
+unsafe fn pool_to<R: RowRead + ?Sized>(
     rows: &R,
     plan: &GatherPlan,
-    first: &mut usize,
+    first: usize,
     slots: Range<usize>,
     d: usize,
     stream: bool,
-) -> Vec<f32> {
-    let mut out = Vec::with_capacity(slots.len() * d);
-    let stream = stream && d % 4 == 0 && out.as_ptr() as usize % 16 == 0;
-    let e = *first;
-    // SAFETY: `out` has room for the whole block; with streaming, it
-    // starts 16-byte aligned and `d` is a multiple of 4 (checked above).
-    *first = unsafe {
+    out: *mut f32,
+) -> usize {
+    let stream = stream && d % 4 == 0 && out as usize % 16 == 0;
+    let e = first;
+    // SAFETY: the caller's promise; streamed only where `out` is 16-byte
+    // aligned and `d` a multiple of 4 (checked above).
+    let next = unsafe {
         match (d, stream) {
-            (8, false) => pool_slots::<8, false, R>(rows, plan, e, slots, d, &mut out),
-            (8, true) => pool_slots::<8, true, R>(rows, plan, e, slots, d, &mut out),
-            (16, false) => pool_slots::<16, false, R>(rows, plan, e, slots, d, &mut out),
-            (16, true) => pool_slots::<16, true, R>(rows, plan, e, slots, d, &mut out),
-            (32, false) => pool_slots::<32, false, R>(rows, plan, e, slots, d, &mut out),
-            (32, true) => pool_slots::<32, true, R>(rows, plan, e, slots, d, &mut out),
-            (64, false) => pool_slots::<64, false, R>(rows, plan, e, slots, d, &mut out),
-            (64, true) => pool_slots::<64, true, R>(rows, plan, e, slots, d, &mut out),
-            (_, false) => pool_slots::<0, false, R>(rows, plan, e, slots, d, &mut out),
-            (_, true) => pool_slots::<0, true, R>(rows, plan, e, slots, d, &mut out),
+            (8, false) => pool_slots::<8, false, R>(rows, plan, e, slots, d, out),
+            (8, true) => pool_slots::<8, true, R>(rows, plan, e, slots, d, out),
+            (16, false) => pool_slots::<16, false, R>(rows, plan, e, slots, d, out),
+            (16, true) => pool_slots::<16, true, R>(rows, plan, e, slots, d, out),
+            (32, false) => pool_slots::<32, false, R>(rows, plan, e, slots, d, out),
+            (32, true) => pool_slots::<32, true, R>(rows, plan, e, slots, d, out),
+            (64, false) => pool_slots::<64, false, R>(rows, plan, e, slots, d, out),
+            (64, true) => pool_slots::<64, true, R>(rows, plan, e, slots, d, out),
+            (_, false) => pool_slots::<0, false, R>(rows, plan, e, slots, d, out),
+            (_, true) => pool_slots::<0, true, R>(rows, plan, e, slots, d, out),
         }
     };
     if stream {
+        // Streamed stores are weakly ordered: all of them land before
+        // the output is handed on.
         store_fence();
     }
-    out
+    next
+}
+
+/// Something done with a copy's rows whatever their format: the one
+/// place that matches on the format ([`Rows::visit`]), so each use is
+/// compiled once per format and the format is not re-checked per entry.
+trait WithRows {
+    type Output;
+
+    fn with<R: RowRead + ?Sized>(self, rows: &R) -> Self::Output;
 }
 
 impl Rows {
-    /// Pools a plan whose slots ascend into one vector per block of
-    /// `bounds` (see [`pool_slots`]): one loop per format, so the format
-    /// is not re-checked per entry.
-    fn pool_blocks(&self, plan: &GatherPlan, bounds: &[usize], d: usize) -> Vec<Vec<f32>> {
+    /// Runs `work` on the rows as their format reads them.
+    fn visit<W: WithRows>(&self, work: W) -> W::Output {
         match self {
-            Rows::F32(v) => blocks_of(v.get(), plan, bounds, d),
-            Rows::F16(v) => blocks_of(v.get(), plan, bounds, d),
-            Rows::Int8 { codes, scale_bias } => {
-                let rows = Int8Rows {
-                    codes: codes.get(),
-                    scale_bias,
-                };
-                blocks_of(&rows, plan, bounds, d)
-            }
-        }
-    }
-
-    /// Adds every entry of a plan, in any slot order, into `out` (`[slots,
-    /// d]`, zeroed).
-    fn add_all(&self, plan: &GatherPlan, d: usize, out: &mut [f32]) {
-        match self {
-            Rows::F32(v) => add_entries(v.get(), plan, d, out),
-            Rows::F16(v) => add_entries(v.get(), plan, d, out),
-            Rows::Int8 { codes, scale_bias } => {
-                let rows = Int8Rows {
-                    codes: codes.get(),
-                    scale_bias,
-                };
-                add_entries(&rows, plan, d, out)
-            }
+            Rows::F32(v) => work.with(v.get()),
+            Rows::F16(v) => work.with(v.get()),
+            Rows::Int8 { codes, scale_bias } => work.with(&Int8Rows {
+                codes: codes.get(),
+                scale_bias,
+            }),
         }
     }
 }
 
-/// [`Rows::pool_blocks`] for one format; an answer too large for the
-/// caches is streamed (see [`answer_streams`]).
-fn blocks_of<R: RowRead + ?Sized>(
-    rows: &R,
-    plan: &GatherPlan,
-    bounds: &[usize],
+/// A plan whose slots ascend pooled into one vector per block of
+/// `bounds` (see [`pool_slots`]); an answer too large for the caches is
+/// streamed (see [`answer_streams`]).
+struct IntoBlocks<'p> {
+    plan: &'p GatherPlan,
+    bounds: &'p [usize],
     d: usize,
-) -> Vec<Vec<f32>> {
-    let total = bounds.last().copied().unwrap_or(0).saturating_mul(d);
-    let stream = answer_streams(total);
-    let mut first = 0;
-    bounds
-        .windows(2)
-        .map(|block| pool_block(rows, plan, &mut first, block[0]..block[1], d, stream))
-        .collect()
 }
 
-/// [`Rows::add_all`] for one format.
-fn add_entries<R: RowRead + ?Sized>(rows: &R, plan: &GatherPlan, d: usize, out: &mut [f32]) {
-    let ahead = rows.rows_ahead(d);
-    for (i, (&row, &slot)) in plan.rows.iter().zip(&plan.slots).enumerate() {
-        if let Some(&next) = plan.rows.get(i + ahead) {
-            rows.hint(next as usize, d);
+impl WithRows for IntoBlocks<'_> {
+    type Output = Vec<Vec<f32>>;
+
+    fn with<R: RowRead + ?Sized>(self, rows: &R) -> Vec<Vec<f32>> {
+        let (plan, d) = (self.plan, self.d);
+        let total = self.bounds.last().copied().unwrap_or(0).saturating_mul(d);
+        let stream = answer_streams(total);
+        let mut first = 0;
+        self.bounds
+            .windows(2)
+            .map(|block| {
+                let floats = (block[1] - block[0]) * d;
+                let mut out = Vec::with_capacity(floats);
+                // SAFETY: `out` has room for the block's floats, which
+                // the pooling writes, every one.
+                unsafe {
+                    first = pool_to(
+                        rows,
+                        plan,
+                        first,
+                        block[0]..block[1],
+                        d,
+                        stream,
+                        out.as_mut_ptr(),
+                    );
+                    out.set_len(floats);
+                }
+                out
+            })
+            .collect()
+    }
+}
+
+/// A plan whose slots ascend pooled straight into memory another process
+/// reads (a shared-memory region), always streamed: this process never
+/// reads it back.
+struct IntoTarget<'p, 't> {
+    plan: &'p GatherPlan,
+    d: usize,
+    /// Checked to hold the plan's `[num_slots, d]` floats.
+    out: &'p mut GatherTarget<'t>,
+}
+
+impl WithRows for IntoTarget<'_, '_> {
+    type Output = ();
+
+    fn with<R: RowRead + ?Sized>(self, rows: &R) {
+        let slots = 0..self.plan.num_slots;
+        // SAFETY: the target holds `num_slots * d` floats (checked before
+        // this was made).
+        unsafe {
+            pool_to(
+                rows,
+                self.plan,
+                0,
+                slots,
+                self.d,
+                true,
+                self.out.as_mut_ptr(),
+            )
+        };
+    }
+}
+
+/// Every entry of a plan, in any slot order, added into `out` (`[slots,
+/// d]`, zeroed).
+struct AddEach<'p> {
+    plan: &'p GatherPlan,
+    d: usize,
+    out: &'p mut [f32],
+}
+
+impl WithRows for AddEach<'_> {
+    type Output = ();
+
+    fn with<R: RowRead + ?Sized>(self, rows: &R) {
+        let (plan, d) = (self.plan, self.d);
+        let ahead = rows.rows_ahead(d);
+        for (i, (&row, &slot)) in plan.rows.iter().zip(&plan.slots).enumerate() {
+            if let Some(&next) = plan.rows.get(i + ahead) {
+                rows.hint(next as usize, d);
+            }
+            let slot = slot as usize;
+            rows.add_scaled(
+                row as usize,
+                plan.weights[i],
+                &mut self.out[slot * d..(slot + 1) * d],
+            );
         }
-        let slot = slot as usize;
-        rows.add_scaled(
-            row as usize,
-            plan.weights[i],
-            &mut out[slot * d..(slot + 1) * d],
-        );
     }
 }
 
@@ -538,11 +598,20 @@ impl Backend for ServingBackend {
         let d = self.spec.dim;
         let rows = self.rows.read();
         if plan.slots_ascend() {
-            let mut whole = rows.pool_blocks(plan, &[0, plan.num_slots], d);
+            let bounds = [0, plan.num_slots];
+            let mut whole = rows.visit(IntoBlocks {
+                plan,
+                bounds: &bounds,
+                d,
+            });
             return Ok(whole.pop().unwrap_or_default());
         }
         let mut out = vec![0.0f32; plan.num_slots * d];
-        rows.add_all(plan, d, &mut out);
+        rows.visit(AddEach {
+            plan,
+            d,
+            out: &mut out,
+        });
         Ok(out)
     }
 
@@ -562,7 +631,21 @@ impl Backend for ServingBackend {
             return Ok(cut_at(self.gather(plan)?, bounds, d));
         }
         plan.check(&self.spec)?;
-        Ok(self.rows.read().pool_blocks(plan, bounds, d))
+        Ok(self.rows.read().visit(IntoBlocks { plan, bounds, d }))
+    }
+
+    /// Pooled straight into the target (a lookup into a shared-memory
+    /// region), not gathered and then copied there.
+    fn gather_into(&self, plan: &GatherPlan, out: &mut GatherTarget) -> Result<(), EngineError> {
+        plan.check(&self.spec)?;
+        let d = self.spec.dim;
+        out.check_len(plan.num_slots.saturating_mul(d))?;
+        if plan.slots_ascend() {
+            self.rows.read().visit(IntoTarget { plan, d, out });
+            return Ok(());
+        }
+        out.write(&self.gather(plan)?);
+        Ok(())
     }
 
     fn apply(&self, _update: &RowGradients) -> Result<(), EngineError> {
@@ -693,6 +776,51 @@ mod tests {
                 );
                 let blocks = backend.gather_blocks(&ascending, &bounds).unwrap();
                 assert_eq!(blocks, cut_at(want, &bounds, dim), "{format:?} {dim}");
+            }
+        }
+    }
+
+    /// `plan` gathered into a target over a buffer of NaNs, `offset`
+    /// floats into it (1: not 16-byte aligned, so not streamed).
+    fn gathered_into(
+        backend: &ServingBackend,
+        plan: &GatherPlan,
+        len: usize,
+        offset: usize,
+    ) -> Result<Vec<f32>, EngineError> {
+        let mut buffer = vec![f32::NAN; offset + len];
+        let start = std::ptr::NonNull::new(buffer[offset..].as_mut_ptr()).unwrap();
+        // SAFETY: `buffer` outlives the target, and nothing else touches
+        // it meanwhile.
+        let mut target = unsafe { GatherTarget::new(start, len) };
+        backend.gather_into(plan, &mut target)?;
+        Ok(buffer.split_off(offset))
+    }
+
+    #[test]
+    fn a_gather_into_shared_memory_writes_every_float_of_the_sums() {
+        let ascending = GatherPlan {
+            rows: vec![5, 9, 0, 3, 3, 7, 1, 2, 8],
+            slots: vec![0, 2, 2, 3, 3, 3, 4, 5, 6],
+            weights: vec![2.0, 0.5, -2.0, 1.0, 0.25, 3.0, 1.0, 1.5, 1.0],
+            num_slots: 7,
+        };
+        let other = interleaved(&ascending);
+        for dim in [8, 12, 16, 64] {
+            for format in [RowFormat::F32, RowFormat::F16, RowFormat::Int8] {
+                let backend = ServingBackend::new(spec(10, dim), format).unwrap();
+                let want = backend.gather(&other).unwrap();
+                for offset in [0, 1] {
+                    for plan in [&ascending, &other] {
+                        let got = gathered_into(&backend, plan, 7 * dim, offset).unwrap();
+                        assert_eq!(got, want, "{format:?} {dim}, offset {offset}");
+                    }
+                }
+                let short = gathered_into(&backend, &ascending, 7 * dim - 1, 0).unwrap_err();
+                assert!(
+                    short.to_string().contains(&(7 * dim).to_string()),
+                    "{short}"
+                );
             }
         }
     }
