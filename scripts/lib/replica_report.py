@@ -109,7 +109,7 @@ def main(results):
     out += ["", "The primary also keeps occupancy statistics for every batch it plans and "
             "holds optimizer state; replicas do neither. In-process, one thread "
             "gathering 4,096 × 26 from an f32 copy takes 1.15× the training table's "
-            "time at 16 floats and 1.5× at 64, an int8 copy about 1× at 64 "
+            "time at 16 floats and 1.25–1.5× at 64, an int8 copy about 1× at 64 "
             "(`cargo bench -p featmux-engine --bench engine -- serving`; "
             "profile.md, section 28)."]
 
