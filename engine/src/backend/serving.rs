@@ -689,7 +689,7 @@ impl Backend for ServingBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::streamed::STREAM_ABOVE_BYTES;
+    use crate::backend::streamed::streamed_answer_plan;
     use crate::init::Initializer;
     use crate::optimizer::Optimizer;
 
@@ -828,22 +828,8 @@ mod tests {
     #[test]
     fn an_answer_too_large_to_cache_is_streamed_to_the_same_sums() {
         let dim = 64;
-        let slots = STREAM_ABOVE_BYTES / (dim * 4) + 1;
-        let (mut rows, mut entry_slots, mut weights) = (Vec::new(), Vec::new(), Vec::new());
-        for slot in 0..slots {
-            // Every seventh slot sums two rows; the rest are one row each.
-            for extra in 0..=usize::from(slot % 7 == 0) {
-                rows.push(((slot + extra * 31) % 1000) as u64);
-                entry_slots.push(slot as u32);
-                weights.push(if extra == 0 { 1.0 } else { 0.5 });
-            }
-        }
-        let plan = GatherPlan {
-            rows,
-            slots: entry_slots,
-            weights,
-            num_slots: slots,
-        };
+        let plan = streamed_answer_plan(dim);
+        let slots = plan.num_slots;
         let bounds = [0, slots / 3, slots];
         for format in [RowFormat::F32, RowFormat::F16, RowFormat::Int8] {
             let backend = ServingBackend::new(spec(1000, dim), format).unwrap();

@@ -11,7 +11,7 @@
 /// answers of 6.8 and 13.6 MB ran 22 % and 15–22 % slower streamed, the
 /// caches still holding much of them for the next request's stores; one
 /// of 27 MB (64 floats a row) ran 22–27 % faster.
-pub(super) const STREAM_ABOVE_BYTES: usize = 16 << 20;
+const STREAM_ABOVE_BYTES: usize = 16 << 20;
 
 /// Whether an answer of `floats` floats in all is written streamed.
 pub(super) fn answer_streams(floats: usize) -> bool {
@@ -55,4 +55,27 @@ pub(super) fn store_fence() {
     unsafe {
         std::arch::x86_64::_mm_sfence()
     };
+}
+
+/// A plan over rows `0..1000` whose answer at `dim` floats a row is just
+/// over [`STREAM_ABOVE_BYTES`], so a gather of it streams: every seventh
+/// slot sums two rows (the second at weight 0.5), the rest hold one row
+/// at weight 1.
+#[cfg(test)]
+pub(super) fn streamed_answer_plan(dim: usize) -> super::GatherPlan {
+    let slots = STREAM_ABOVE_BYTES / (dim * 4) + 1;
+    let (mut rows, mut entry_slots, mut weights) = (Vec::new(), Vec::new(), Vec::new());
+    for slot in 0..slots {
+        for extra in 0..=usize::from(slot % 7 == 0) {
+            rows.push(((slot + extra * 31) % 1000) as u64);
+            entry_slots.push(slot as u32);
+            weights.push(if extra == 0 { 1.0 } else { 0.5 });
+        }
+    }
+    super::GatherPlan {
+        rows,
+        slots: entry_slots,
+        weights,
+        num_slots: slots,
+    }
 }
