@@ -1,11 +1,13 @@
 //! A real etcd (Debian's `etcd-server`, which `./dev` installs) for the
-//! cluster tests: one member or several, on free loopback ports.
+//! cluster tests: one member or several, on free loopback ports (ones a
+//! stopped member can be started again on).
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use featmux_cluster::ClusterStore;
+
+use crate::ports::restartable_port;
 
 /// An etcd cluster of `members` members on free loopback ports, each in
 /// its own temp dir; killed on drop.
@@ -16,14 +18,6 @@ pub struct Etcd {
     /// `127.0.0.1:port` of each member's client URL.
     pub endpoints: Vec<String>,
     _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn spawn(args: &[String]) -> Child {
@@ -42,7 +36,9 @@ impl Etcd {
 
     pub fn cluster(members: usize) -> Etcd {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<(u16, u16)> = (0..members).map(|_| (free_port(), free_port())).collect();
+        let ports: Vec<(u16, u16)> = (0..members)
+            .map(|_| (restartable_port(), restartable_port()))
+            .collect();
         let initial = ports
             .iter()
             .enumerate()

@@ -11,9 +11,11 @@
 //! - [`requests`]: configs and an HTTP helper for the service tests.
 //! - [`refusals`]: the fixture of the bad-request tests.
 //! - [`server`]: a real `featmux serve` process on ephemeral ports.
+//! - [`ports`]: ports a stopped server can be started again on.
 
 pub mod crash;
 pub mod etcd;
+pub mod ports;
 pub mod refusals;
 pub mod requests;
 pub mod server;

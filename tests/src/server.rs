@@ -67,6 +67,13 @@ impl TestServer {
         Self::start_at(data_dir, settings, any, any)
     }
 
+    /// Starts a server on ports it can be started again on once stopped
+    /// (see [`crate::ports`]) and waits until it is ready.
+    pub fn start_restartable(data_dir: &Path, settings: &ServerSettings) -> TestServer {
+        let at = || SocketAddr::from(([127, 0, 0, 1], crate::ports::restartable_port()));
+        Self::start_at(data_dir, settings, at(), at())
+    }
+
     /// Starts a server listening on the given addresses and waits until
     /// it is ready.
     pub fn start_at(

@@ -74,7 +74,8 @@ fn a_killed_shard_fails_only_its_partitions_and_recovers_what_it_flushed() {
     let mut shards: Vec<Option<TestServer>> = ids
         .iter()
         .map(|id| {
-            Some(TestServer::start(
+            // s1 is started again at its address once killed.
+            Some(TestServer::start_restartable(
                 &dir.path().join(id),
                 &settings(&etcd, id),
             ))

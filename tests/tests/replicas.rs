@@ -266,7 +266,7 @@ fn a_replica_resumes_after_kill_9_and_serves_on_while_its_primary_is_down() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let primary_dir = dir.path().join("primary");
     let replica_dir = dir.path().join("replica");
-    let primary = TestServer::start(&primary_dir, &primary_settings(""));
+    let primary = TestServer::start_restartable(&primary_dir, &primary_settings(""));
     let primary_grpc = primary.grpc;
     let primary_http = primary.http;
     let p = runtime.block_on(primary.client(None));

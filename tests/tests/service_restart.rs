@@ -40,7 +40,7 @@ fn a_table_trained_over_grpc_survives_a_graceful_restart() {
         extra_toml: "[storage]\nflush_interval_ms = 3600000\n".into(),
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = TestServer::start(&data_dir, &settings);
+    let server = TestServer::start_restartable(&data_dir, &settings);
     let (trained, version) = runtime.block_on(async {
         let client = server.client(None).await;
         client
