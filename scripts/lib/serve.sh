@@ -15,21 +15,25 @@ serve() {
     start_server "$1" "$2" "$3" "$work"
 }
 
-# start_server BIN GRPC_ADDR HTTP_ADDR DIR: a server on DIR/data, its Unix
-# socket DIR/grpc.sock and its log DIR/featmux.log; sets $server, or exits
-# with the log if it did not come up.
+# start_server BIN GRPC_ADDR HTTP_ADDR DIR [FLAGS...]: a server on DIR/data,
+# its Unix socket DIR/grpc.sock and its log DIR/featmux.log, with FLAGS
+# passed on to `featmux serve`; sets $server, or exits with the log if it
+# did not come up within 60 s (a replica copies its primary first).
 start_server() {
-    "$1" serve --data-dir "$4/data" --grpc-addr "$2" --http-addr "$3" \
-        --grpc-unix-socket "$4/grpc.sock" >"$4/featmux.log" 2>&1 &
+    _bin=$1 _grpc=$2 _http=$3 _dir=$4
+    shift 4
+    "$_bin" serve --data-dir "$_dir/data" --grpc-addr "$_grpc" --http-addr "$_http" \
+        --grpc-unix-socket "$_dir/grpc.sock" "$@" >"$_dir/featmux.log" 2>&1 &
     server=$!
-    for _ in $(seq 100); do
-        curl -sf "http://$3/readyz" >/dev/null 2>&1 && break
+    for _ in $(seq 600); do
+        curl -sf "http://$_http/readyz" >/dev/null 2>&1 && break
+        kill -0 "$server" 2>/dev/null || break
         sleep 0.1
     done
     # Ready, and ours: another server already on these ports would answer too.
-    if ! curl -sf "http://$3/readyz" >/dev/null || ! kill -0 "$server" 2>/dev/null; then
-        echo "featmux serve did not start (ports $2 / $3 taken?):" >&2
-        cat "$4/featmux.log" >&2
+    if ! curl -sf "http://$_http/readyz" >/dev/null || ! kill -0 "$server" 2>/dev/null; then
+        echo "featmux serve did not start (ports $_grpc / $_http taken?):" >&2
+        cat "$_dir/featmux.log" >&2
         exit 1
     fi
 }
