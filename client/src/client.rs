@@ -13,8 +13,9 @@ use tonic::{Code, Request, Status};
 
 use featmux_engine::backend::{GatherPlan, RowGradients};
 
-use crate::embeddings::{encode_gradients, Lookup};
+use crate::embeddings::Lookup;
 use crate::error::source_chain;
+use crate::gradients::IntoGradients;
 use crate::options::Auth;
 use crate::pb::admin_service_client::AdminServiceClient;
 use crate::pb::embedding_service_client::EmbeddingServiceClient;
@@ -243,12 +244,13 @@ impl Client {
         .await
     }
 
-    /// Pushes gradients (one block per batch feature, in batch order).
+    /// Pushes gradients (one block per batch feature, in batch order;
+    /// owned or shared ones are sent without a copy, see [`IntoGradients`]).
     pub async fn push(
         &self,
         table: &str,
         batch: &pb::Batch,
-        grads: &[Vec<f32>],
+        grads: impl IntoGradients,
     ) -> Result<pb::PushResponse, ClientError> {
         self.push_to(table, pb::push_request::Target::Batch(batch.clone()), grads)
             .await
@@ -259,7 +261,7 @@ impl Client {
         &self,
         table: &str,
         ticket: u64,
-        grads: &[Vec<f32>],
+        grads: impl IntoGradients,
     ) -> Result<pb::PushResponse, ClientError> {
         self.push_to(table, pb::push_request::Target::Ticket(ticket), grads)
             .await
@@ -269,14 +271,14 @@ impl Client {
         &self,
         table: &str,
         target: pb::push_request::Target,
-        grads: &[Vec<f32>],
+        grads: impl IntoGradients,
     ) -> Result<pb::PushResponse, ClientError> {
         // One id for every attempt: a retry of a push the server applied
         // (its answer lost with the connection) gets that answer again.
         let request = pb::PushRequest {
             table: table.to_owned(),
             target: Some(target),
-            gradients: encode_gradients(grads, self.options.push_precision),
+            gradients: grads.into_gradients(self.options.push_precision),
             request_id: self.request_ids.next(),
             precision: self.options.push_precision.into(),
         };

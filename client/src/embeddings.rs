@@ -1,5 +1,5 @@
-//! Embedding and gradient payloads: a lookup response decoded into float
-//! blocks (checked against their shapes), gradients encoded for a push.
+//! Embedding payloads: a lookup response decoded into float blocks
+//! (checked against their shapes).
 
 use featmux_proto::precision;
 
@@ -63,16 +63,4 @@ pub fn decode_lookup(response: pb::LookupResponse) -> Result<Lookup, ClientError
         embeddings,
         ticket: (response.ticket != 0).then_some(response.ticket),
     })
-}
-
-/// Gradient blocks in wire form, each float in `precision` (names left
-/// empty: order is what counts).
-pub fn encode_gradients(grads: &[Vec<f32>], precision: pb::Precision) -> Vec<pb::Gradient> {
-    grads
-        .iter()
-        .map(|g| pb::Gradient {
-            feature: String::new(),
-            data: precision::encode_slice(g, precision),
-        })
-        .collect()
 }

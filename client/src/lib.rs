@@ -16,7 +16,8 @@
 //! let batch = batch.build()?;
 //! let looked_up = client.lookup("ads", &batch, true).await?;
 //! let grads: Vec<Vec<f32>> = looked_up.embeddings.iter().map(|e| vec![0.1; e.data.len()]).collect();
-//! client.push_ticket("ads", looked_up.ticket.unwrap(), &grads).await?;
+//! // Handed over, not borrowed: the message carries the vectors' own memory.
+//! client.push_ticket("ads", looked_up.ticket.unwrap(), grads).await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -29,6 +30,8 @@
 //!   trainer on the server's machine.
 //! - [`BatchBuilder`] (`batch`): typed KeyedJaggedTensor batches.
 //! - [`Lookup`], [`Embedding`] (`embeddings`): decoded payloads.
+//! - [`IntoGradients`], [`SharedGradients`] (`gradients`): a push's
+//!   gradients, sent from the caller's memory where they can be.
 //! - [`ClientError`] (`error`).
 //! - [`spec`]: text specs of tables and features for command lines.
 //! - [`ClusterClient`] (`cluster`): a table sharded by row range over
@@ -40,6 +43,7 @@ mod client;
 mod cluster;
 mod embeddings;
 mod error;
+mod gradients;
 mod options;
 mod raw_unary;
 mod region;
@@ -49,10 +53,11 @@ mod train;
 pub use batch::{BatchBuilder, BatchError, PackedStringsBuilder};
 pub use client::Client;
 pub use cluster::{ClusterClient, ClusterTicket, PartitionMap, ReadFrom, ShardPush};
-pub use embeddings::{decode_lookup, encode_gradients, Embedding, Lookup};
+pub use embeddings::{decode_lookup, Embedding, Lookup};
 pub use error::ClientError;
 pub use featmux_proto::engine::lengths_to_pb;
 pub use featmux_proto::v1 as pb;
+pub use gradients::{IntoGradients, SharedGradients};
 pub use options::{Auth, ClientOptions};
 pub use region::SharedRegion;
 pub use tonic::Code;

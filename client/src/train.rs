@@ -29,7 +29,7 @@ use crate::raw_unary::{
     Malformed,
 };
 use crate::region::SharedRegion;
-use crate::{encode_gradients, pb, ClientError, Lookup};
+use crate::{pb, ClientError, IntoGradients, Lookup};
 
 /// Request chunks queued for HTTP/2 before `send` waits for it to take
 /// them (a push is about two chunks per feature).
@@ -126,17 +126,18 @@ impl TrainStream {
         .await
     }
 
-    /// Sends a push for a ticket; returns its request id.
+    /// Sends a push for a ticket; returns its request id. Owned or shared
+    /// gradients are sent without a copy (see [`IntoGradients`]).
     pub async fn send_push_ticket(
         &mut self,
         table: &str,
         ticket: u64,
-        grads: &[Vec<f32>],
+        grads: impl IntoGradients,
     ) -> Result<u64, ClientError> {
         self.send(pb::train_request::Op::Push(pb::PushRequest {
             table: table.to_owned(),
             target: Some(pb::push_request::Target::Ticket(ticket)),
-            gradients: encode_gradients(grads, self.push_precision),
+            gradients: grads.into_gradients(self.push_precision),
             // A stream is not retried: its messages need no request id.
             request_id: 0,
             precision: self.push_precision.into(),
@@ -340,7 +341,7 @@ impl TrainStream {
         &mut self,
         table: &str,
         ticket: u64,
-        grads: &[Vec<f32>],
+        grads: impl IntoGradients,
     ) -> Result<pb::PushResponse, ClientError> {
         self.send_push_ticket(table, ticket, grads).await?;
         match self.recv().await?.1? {

@@ -312,7 +312,10 @@ fn from_examples(feature: &str, examples: &Bound<'_, PyAny>) -> PyResult<pb::Fea
     Ok(column.into_pb(lengths, Vec::new()))
 }
 
-/// Gradient blocks from arrays of any shape (C-contiguous `float32`).
+/// Gradient blocks from arrays of any shape (C-contiguous `float32`),
+/// copied once out of Python's memory (which Python code may change while
+/// the push runs without the GIL); the push then sends these copies
+/// themselves.
 pub fn to_gradients(blocks: Vec<PyReadonlyArray1<'_, f32>>) -> PyResult<Vec<Vec<f32>>> {
     blocks
         .iter()

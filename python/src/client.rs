@@ -155,11 +155,11 @@ impl NativeClient {
                 let batch = batch::to_batch(batch)?;
                 self.run(
                     py,
-                    move |c| async move { c.push(&table, &batch, &grads).await },
+                    move |c| async move { c.push(&table, &batch, grads).await },
                 )?
             }
             (None, Some(ticket)) => self.run(py, move |c| async move {
-                c.push_ticket(&table, ticket, &grads).await
+                c.push_ticket(&table, ticket, grads).await
             })?,
             _ => {
                 return Err(PyValueError::new_err(
@@ -332,7 +332,7 @@ impl NativeTrainStream {
     ) -> PyResult<u64> {
         let grads = batch::to_gradients(gradients)?;
         self.with_stream(py, async |s| {
-            s.send_push_ticket(&table, ticket, &grads).await
+            s.send_push_ticket(&table, ticket, grads).await
         })
     }
 

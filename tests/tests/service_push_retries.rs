@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use featmux_client::{pb, BatchBuilder, Client, ClientOptions};
+use featmux_client::{pb, BatchBuilder, Client, ClientOptions, IntoGradients};
 use featmux_tests::requests::{feature, sgd_table};
 use featmux_tests::server::{ServerSettings, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -181,7 +181,7 @@ fn a_repeated_request_id_returns_the_first_answer() {
         let request = pb::PushRequest {
             table: "t".into(),
             target: Some(pb::push_request::Target::Ticket(looked_up.ticket.unwrap())),
-            gradients: featmux_client::encode_gradients(&[vec![0.5; 4]], pb::Precision::F32),
+            gradients: [vec![0.5; 4]].as_slice().into_gradients(pb::Precision::F32),
             request_id: 0xfeed,
             precision: pb::Precision::F32.into(),
         };

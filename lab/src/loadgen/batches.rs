@@ -2,7 +2,7 @@
 //! drawn uniformly or Zipf-distributed, the same batch in every form a
 //! workload needs (protobuf, engine, JSON, Redis keys) and its gradients.
 
-use featmux_client::{pb, BatchBuilder};
+use featmux_client::{pb, BatchBuilder, SharedGradients};
 use featmux_engine::batch::Batch;
 use featmux_server::convert;
 use rand::rngs::StdRng;
@@ -52,8 +52,9 @@ pub(super) struct Prepared {
     pub(super) redis: Option<redis::RedisBatch>,
     /// Size of the encoded gRPC LookupRequest (`tcp-blast` sends as much).
     pub(super) request_bytes: usize,
-    /// Gradient blocks (push / train), one per feature.
-    pub(super) grads: Vec<Vec<f32>>,
+    /// Gradient blocks (push / train), one per feature: shared, so each
+    /// push sends them as a trainer hands over its own (no copy).
+    pub(super) grads: SharedGradients,
 }
 
 pub(super) fn prepare(args: &BenchArgs, keys: &Keys, rng: &mut StdRng) -> Prepared {
@@ -112,6 +113,7 @@ pub(super) fn prepare(args: &BenchArgs, keys: &Keys, rng: &mut StdRng) -> Prepar
         request_bytes,
         grads: (0..args.features)
             .map(|_| vec![0.001; args.examples * width])
-            .collect(),
+            .collect::<Vec<_>>()
+            .into(),
     }
 }

@@ -46,7 +46,12 @@ pub(super) async fn send(
     input: &Prepared,
 ) -> anyhow::Result<u64> {
     let floats = |e: &[featmux_client::Embedding]| e.iter().map(|b| b.data.len() as u64 * 4).sum();
-    let grad_bytes: u64 = input.grads.iter().map(|g| g.len() as u64 * 4).sum();
+    let grad_bytes: u64 = input
+        .grads
+        .blocks()
+        .iter()
+        .map(|g| g.len() as u64 * 4)
+        .sum();
     match (args.workload, transport) {
         (Workload::Lookup, Transport::Grpc(c)) => c
             .lookup(&args.table, &input.batch, false)
@@ -59,7 +64,7 @@ pub(super) async fn send(
             .map(|(l, _)| floats(&l.embeddings))
             .map_err(Into::into),
         (Workload::Push, Transport::Cluster(c)) => c
-            .push(&args.table, &input.batch, &input.grads)
+            .push(&args.table, &input.batch, input.grads.blocks())
             .await
             .map(|_| grad_bytes)
             .map_err(Into::into),
@@ -90,7 +95,8 @@ pub(super) async fn send(
                 .lookup_into_region(&args.table, input.batch.clone(), true, 0)
                 .await?;
             let features = answer.blocks.iter().map(|b| &b.feature);
-            let (gradients, _) = gradients_into_region(stream, *grads_at, features, &input.grads)?;
+            let (gradients, _) =
+                gradients_into_region(stream, *grads_at, features, input.grads.blocks())?;
             stream
                 .push_ticket_from_region(&args.table, answer.ticket, gradients)
                 .await?;
@@ -99,7 +105,8 @@ pub(super) async fn send(
         (Workload::Push, Transport::Region(stream, _)) => {
             // The gradients from the region's start, the batch after them.
             let features = input.batch.features.iter().map(|f| &f.feature);
-            let (gradients, end) = gradients_into_region(stream, 0, features, &input.grads)?;
+            let (gradients, end) =
+                gradients_into_region(stream, 0, features, input.grads.blocks())?;
             stream
                 .push_batch_from_region(&args.table, input.batch.clone(), gradients, end)
                 .await?;
@@ -127,11 +134,11 @@ pub(super) async fn send(
         }
         (Workload::EngineTrain, Transport::Engine(e)) => e.train_step(
             input.engine.as_ref().expect("prepared for the engine"),
-            &input.grads,
+            input.grads.blocks(),
         ),
         (Workload::EnginePush, Transport::Engine(e)) => e.push(
             input.engine.as_ref().expect("prepared for the engine"),
-            &input.grads,
+            input.grads.blocks(),
         ),
         (Workload::RedisMget, Transport::Redis(conn, pooled)) => {
             let width = (args.chunks * args.chunk_dim) as usize;

@@ -307,7 +307,7 @@ impl Sparse {
     async fn push(&self, table: &str, ticket: Ticket, grads: Vec<Vec<f32>>) -> anyhow::Result<()> {
         match (self, ticket) {
             (Sparse::Service(client), Ticket::Service(id)) => client
-                .push_ticket(table, id, &grads)
+                .push_ticket(table, id, grads)
                 .await
                 .map(drop)
                 .map_err(Into::into),
