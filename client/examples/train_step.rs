@@ -42,7 +42,9 @@ async fn main() -> Result<(), ClientError> {
         .map(|e| e.data.clone())
         .collect();
     let ticket = looked_up.ticket.expect("asked for a ticket");
-    let pushed = client.push_ticket(&table, ticket, &grads).await?;
+    // Handed over, so the message carries these vectors as they are (a
+    // borrowed `&grads` would be copied into it).
+    let pushed = client.push_ticket(&table, ticket, grads).await?;
     let after = norm(&client.lookup(&table, &batch, false).await?.embeddings[0].data);
     println!(
         "pushed version {}: {} rows updated; user_id embedding norm {before:.4} -> {after:.4}",
