@@ -27,7 +27,7 @@ pub fn batch_to_pb(batch: Batch) -> pb::Batch {
                     })
                 }
                 Values::Int64(values) => {
-                    pb::feature_values::Values::Int64s(pb::Int64Values { values })
+                    pb::feature_values::Values::PackedInt64s(pb::PackedInt64s::from_values(values))
                 }
             }),
             lengths: f.lengths,

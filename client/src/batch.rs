@@ -82,7 +82,7 @@ impl Column {
     fn into_pb(self) -> Values {
         match self {
             Column::Strings(packed) => Values::PackedStrings(packed.build()),
-            Column::Int64(values) => Values::Int64s(pb::Int64Values { values }),
+            Column::Int64(values) => Values::PackedInt64s(pb::PackedInt64s::from_values(values)),
         }
     }
 }

@@ -12,6 +12,7 @@ use featmux_engine::pooling::Pooling;
 use featmux_engine::registry::{Feature, FeatureRegistry};
 use featmux_engine::schema::{FeatureSpec, Placement, TableSpec, ValueType};
 
+use crate::payload;
 use crate::v1 as pb;
 
 /// A message that does not describe a valid engine value; the text names
@@ -44,8 +45,18 @@ pub fn values_from_pb(fv: &mut pb::FeatureValues) -> Result<Values, WireError> {
                 })
         }
         Some(pb::feature_values::Values::Int64s(v)) => Ok(Values::Int64(v.values)),
+        Some(pb::feature_values::Values::PackedInt64s(p)) => payload::decode_int64s(&p.data)
+            .map(Values::Int64)
+            .ok_or_else(|| {
+                WireError::new(format!(
+                    "feature `{}`: `packed_int64s` has {} bytes, not a whole number of \
+                     8-byte integers",
+                    fv.feature,
+                    p.data.len()
+                ))
+            }),
         None => Err(WireError::new(format!(
-            "feature `{}`: set `strings` or `int64s`",
+            "feature `{}`: set `strings` or `int64s` (or their packed forms)",
             fv.feature
         ))),
     }
@@ -443,6 +454,43 @@ mod tests {
         };
         let err = batch_from_pb(Some(no_values)).unwrap_err();
         assert!(err.0.contains("`strings` or `int64s`"), "{err}");
+    }
+
+    #[test]
+    fn packed_int64s_are_the_batch_int64s_are_and_ragged_ones_are_refused() {
+        let values = vec![3, -1, i64::MAX, 0, i64::MIN, 42];
+        let feature = |values| pb::Batch {
+            features: vec![pb::FeatureValues {
+                feature: "f".into(),
+                values: Some(values),
+                values_per_example: 2,
+                ..Default::default()
+            }],
+        };
+        let varints = feature(pb::feature_values::Values::Int64s(pb::Int64Values {
+            values: values.clone(),
+        }));
+        let packed = pb::PackedInt64s {
+            data: payload::encode_int64s(values),
+        };
+        let ragged = pb::PackedInt64s {
+            data: packed.data.slice(..44),
+        };
+        let packed = feature(pb::feature_values::Values::PackedInt64s(packed));
+        assert_eq!(
+            batch_from_pb(Some(packed)).unwrap(),
+            batch_from_pb(Some(varints)).unwrap()
+        );
+        let err = batch_from_pb(Some(feature(pb::feature_values::Values::PackedInt64s(
+            ragged,
+        ))))
+        .unwrap_err();
+        assert!(
+            err.0.contains(
+                "feature `f`: `packed_int64s` has 44 bytes, not a whole number of 8-byte integers"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -10,13 +10,24 @@ pub mod v1 {
     tonic::include_proto!("featmux.v1");
 }
 
+impl v1::PackedInt64s {
+    /// `values` as the message carries them: on a little-endian machine
+    /// the vector itself, with no copy.
+    pub fn from_values(values: Vec<i64>) -> Self {
+        v1::PackedInt64s {
+            data: payload::encode_int64s(values),
+        }
+    }
+}
+
 pub mod grpc_frame;
 pub mod payload_gradients;
 pub mod precision;
 
-/// Embeddings and gradients travel as raw little-endian `f32` bytes: no
-/// per-float tags as with `repeated float`, and a straight copy on
-/// little-endian machines.
+/// Embeddings and gradients travel as raw little-endian `f32` bytes, and
+/// int64 feature values as raw little-endian `i64`s: no per-value tags or
+/// varints as with `repeated float` / `repeated int64`, and a straight copy
+/// on little-endian machines.
 pub mod payload {
     use bytes::Bytes;
 
@@ -40,20 +51,45 @@ pub mod payload {
     /// embeddings are megabytes).
     pub fn encode_owned(values: Vec<f32>) -> Bytes {
         if cfg!(target_endian = "little") {
-            Bytes::from_owner(LittleEndianFloats(values))
+            Bytes::from_owner(LittleEndian(values))
         } else {
             encode(&values)
         }
     }
 
-    /// Floats viewed as their in-memory bytes (the wire's little-endian
+    /// Values viewed as their in-memory bytes (the wire's little-endian
     /// encoding where the machine is little-endian).
-    struct LittleEndianFloats(Vec<f32>);
+    struct LittleEndian<T>(Vec<T>);
 
-    impl AsRef<[u8]> for LittleEndianFloats {
+    impl<T: bytemuck::Pod> AsRef<[u8]> for LittleEndian<T> {
         fn as_ref(&self) -> &[u8] {
             bytemuck::cast_slice(&self.0)
         }
+    }
+
+    /// Int64 values as [`crate::v1::PackedInt64s`] carries them: on a
+    /// little-endian machine the vector itself, with no copy.
+    pub fn encode_int64s(values: Vec<i64>) -> Bytes {
+        if cfg!(target_endian = "little") {
+            Bytes::from_owner(LittleEndian(values))
+        } else {
+            values
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>()
+                .into()
+        }
+    }
+
+    /// Decodes little-endian 8-byte integers; `None` if the length is not
+    /// a multiple of 8. (A vectorised copy, as [`decode`].)
+    pub fn decode_int64s(bytes: &[u8]) -> Option<Vec<i64>> {
+        (bytes.len() % 8 == 0).then(|| {
+            bytes
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                .collect()
+        })
     }
 
     /// `floats` floats whose little-endian bytes `fill` writes straight
@@ -108,6 +144,18 @@ pub mod payload {
                 Ok::<_, ()>(())
             });
             assert_eq!(filled.unwrap(), values);
+        }
+
+        #[test]
+        fn int64s_round_trip_at_any_offset_and_refuse_ragged_lengths() {
+            let values = vec![0, -1, i64::MAX, i64::MIN, 1 << 40, 7];
+            let bytes = super::encode_int64s(values.clone());
+            assert_eq!(bytes.len(), 48);
+            assert_eq!(&bytes[8..16], &(-1i64).to_le_bytes());
+            assert_eq!(super::decode_int64s(&bytes).unwrap(), values);
+            let shifted = [&[0u8][..], &bytes].concat();
+            assert_eq!(super::decode_int64s(&shifted[1..]).unwrap(), values);
+            assert!(super::decode_int64s(&bytes[..47]).is_none());
         }
     }
 }

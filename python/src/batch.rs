@@ -162,10 +162,10 @@ impl<'a> Column<'a> {
         let (lengths, values_per_example) = lengths_to_pb(lengths, count);
         let values = match self.values {
             Values::Strings(packed) => Wire::PackedStrings(packed.build()),
-            Values::Int64(values) => Wire::Int64s(pb::Int64Values { values }),
+            Values::Int64(values) => Wire::PackedInt64s(pb::PackedInt64s::from_values(values)),
             // No value at all (empty bags only): an empty column of either
             // type means the same to the server; int64 carries no bytes.
-            Values::Unknown => Wire::Int64s(pb::Int64Values { values: Vec::new() }),
+            Values::Unknown => Wire::PackedInt64s(pb::PackedInt64s::default()),
         };
         pb::FeatureValues {
             feature: self.feature.to_owned(),

@@ -118,6 +118,22 @@ fn every_endpoint_works_through_the_client_and_raw_http() {
                 assert_close(&floats(&body["examples"][i][&e.feature]), row);
             }
         }
+        // The client sends int64s packed; the same batch with them as
+        // varints (`Int64Values`, what other gRPC clients send) gets the
+        // same answer.
+        let mut varints = example_batch();
+        let age = &mut varints.features[2];
+        let Some(pb::feature_values::Values::PackedInt64s(packed)) = age.values.take() else {
+            panic!("the client sends int64s packed: {age:?}");
+        };
+        let values = packed
+            .data
+            .chunks(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        age.values = Some(pb::feature_values::Values::Int64s(pb::Int64Values { values }));
+        let from_varints = data.lookup("ads", &varints, false).await.unwrap();
+        assert_eq!(from_varints.embeddings, grpc.embeddings);
         // Concatenated, in table order, every feature (missing = zeros).
         let (status, body) = http.post("/v1/tables/ads/lookup", DATA, json!({"examples": examples, "concat": true})).await;
         assert_eq!(status, 200, "{body}");

@@ -138,6 +138,23 @@ fn malformed_batches_are_invalid_arguments() {
             Code::InvalidArgument,
             "`lengths` has 11 bytes",
         );
+        let mut ragged_int64s = probe();
+        ragged_int64s.features[1].values =
+            Some(pb::feature_values::Values::PackedInt64s(pb::PackedInt64s {
+                data: vec![0; 12].into(),
+            }));
+        for needle in ["feature `n`", "`packed_int64s` has 12 bytes"] {
+            expect_status(
+                data.lookup("t", &ragged_int64s, false).await,
+                Code::InvalidArgument,
+                needle,
+            );
+            expect_status(
+                data.push("t", &ragged_int64s, good_grads).await,
+                Code::InvalidArgument,
+                needle,
+            );
+        }
         let mut wrong_type = probe();
         wrong_type.features[1] = column("n", &["7", "-1"], vec![1, 1]);
         expect_status(

@@ -101,6 +101,7 @@ fn batch_values(batch: Option<&pb::Batch>) -> usize {
         Some(Values::Strings(v)) => v.values.len(),
         Some(Values::Int64s(v)) => v.values.len(),
         Some(Values::PackedStrings(v)) => v.lengths.len() / 4,
+        Some(Values::PackedInt64s(v)) => v.data.len() / 8,
         None => 0,
     };
     batch.map_or(0, |b| b.features.iter().map(values).sum())
