@@ -5,7 +5,8 @@
 # the machine's speed hits both; prints each one's median examples/s and
 # their ratio. Then a PyTorch training step (4,096 x 26 int64 features,
 # MLP) with its embeddings in featmux vs in an in-process nn.EmbeddingBag
-# of the same size (python/benchmarks/train_step.py).
+# of the same size (python/benchmarks/train_step.py), run with OpenMP's
+# default wait policy and again with OMP_WAIT_POLICY=PASSIVE.
 #
 #   scripts/bench-python.sh [seconds per run, default 10] [rounds, default 3]
 #
@@ -38,8 +39,15 @@ cpu = statistics.median(run["client_cpu_ms_per_request"] for run in runs["python
 print(f"python / rust:  {rate['python'] / rate['rust']:.0%} "
       f"(python client CPU: {cpu:.1f} ms per 4,096-example request)")
 PY
+# The step twice: with OpenMP's default wait policy (torch's threads spin
+# between operations, which suits an in-process table) and with it passive
+# (they sleep, leaving the cores to a server on the same machine).
 "$py" python/benchmarks/train_step.py --addr "$addr" 2>/dev/null >"$work/step.json"
-"$py" - "$work/step.json" <<'PY'
+OMP_WAIT_POLICY=PASSIVE "$py" python/benchmarks/train_step.py --addr "$addr" 2>/dev/null >"$work/step-passive.json"
+for policy in default passive; do
+    [ "$policy" = default ] && json="$work/step.json" || json="$work/step-passive.json"
+    echo "OpenMP wait policy: $policy"
+    "$py" - "$json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 bag, fm, fa = r["embedding_bag"], r["featmux"], r["featmux_async_push"]
@@ -50,3 +58,4 @@ print(f"  featmux:                    {fm['step_ms']:.1f} ms/step, lookup {fm['l
       f"({(fm['lookup_ms'] + fm['push_ms']) / fm['step_ms']:.0%}); {fm['step_ms'] / bag['step_ms']:.2f}x the EmbeddingBag step")
 print(f"  featmux, async push:        {fa['step_ms']:.1f} ms/step; {fa['step_ms'] / bag['step_ms']:.2f}x the EmbeddingBag step")
 PY
+done

@@ -22,6 +22,11 @@ must hold a batch's embeddings (4 bytes × examples × summed widths). The
 embeddings are copied out of the region into the output tensors: autograd
 keeps a layer's input for backward, and the next lookup reuses the region.
 
+A trainer sharing its machine's cores with the server runs faster with
+``OMP_WAIT_POLICY=PASSIVE`` set before torch is imported: torch's OpenMP
+threads otherwise spin between operations on the cores the server's
+lookups and pushes need (``scripts/bench-python.sh`` measures both).
+
 ``torch`` is an optional dependency of the package; import this module only
 where it is installed.
 """
