@@ -12,6 +12,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
 use featmux_engine::backend::{GatherPlan, RowGradients};
+use featmux_proto::payload;
 
 use crate::embeddings::Lookup;
 use crate::error::source_chain;
@@ -303,17 +304,18 @@ impl Client {
         let request = pb::LookupRowsRequest {
             table: table.to_owned(),
             num_slots: plan.num_slots as u32,
-            rows: plan.rows,
-            slots: plan.slots,
-            weights: plan.weights,
+            packed_rows: payload::encode_values(plan.rows),
+            packed_slots: payload::encode_values(plan.slots),
+            packed_weights: payload::encode_values(plan.weights),
             map_epoch,
+            ..Default::default()
         };
         let response = self
             .call_idempotent(&self.embedding(), request, |mut c, r| async move {
                 c.lookup_rows(r).await
             })
             .await?;
-        featmux_proto::payload::decode(&response.data)
+        payload::decode(&response.data)
             .ok_or_else(|| ClientError::Response("ragged row-level lookup payload".into()))
     }
 
@@ -328,10 +330,11 @@ impl Client {
     ) -> Result<pb::PushResponse, ClientError> {
         let request = pb::PushRowsRequest {
             table: table.to_owned(),
-            gradients: featmux_proto::payload::encode(&update.grads),
-            rows: update.rows,
+            gradients: payload::encode_owned(update.grads),
+            packed_rows: payload::encode_values(update.rows),
             request_id: self.request_ids.next(),
             map_epoch,
+            ..Default::default()
         };
         self.call_idempotent(&self.embedding(), request, |mut c, r| async move {
             c.push_rows(r).await

@@ -45,7 +45,7 @@ pub fn values_from_pb(fv: &mut pb::FeatureValues) -> Result<Values, WireError> {
                 })
         }
         Some(pb::feature_values::Values::Int64s(v)) => Ok(Values::Int64(v.values)),
-        Some(pb::feature_values::Values::PackedInt64s(p)) => payload::decode_int64s(&p.data)
+        Some(pb::feature_values::Values::PackedInt64s(p)) => payload::decode_values(&p.data)
             .map(Values::Int64)
             .ok_or_else(|| {
                 WireError::new(format!(
@@ -471,7 +471,7 @@ mod tests {
             values: values.clone(),
         }));
         let packed = pb::PackedInt64s {
-            data: payload::encode_int64s(values),
+            data: payload::encode_values(values),
         };
         let ragged = pb::PackedInt64s {
             data: packed.data.slice(..44),

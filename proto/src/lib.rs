@@ -15,7 +15,7 @@ impl v1::PackedInt64s {
     /// the vector itself, with no copy.
     pub fn from_values(values: Vec<i64>) -> Self {
         v1::PackedInt64s {
-            data: payload::encode_int64s(values),
+            data: payload::encode_values(values),
         }
     }
 }
@@ -50,10 +50,44 @@ pub mod payload {
     /// the vector itself becomes the payload, with no copy (a lookup's
     /// embeddings are megabytes).
     pub fn encode_owned(values: Vec<f32>) -> Bytes {
+        encode_values(values)
+    }
+
+    /// A number a payload carries as its little-endian bytes.
+    pub trait LittleEndianValue: bytemuck::Pod + Send {
+        /// The value of its `size_of::<Self>()` little-endian bytes.
+        fn from_le(bytes: &[u8]) -> Self;
+        /// Its little-endian bytes, appended to `out`.
+        fn put_le(self, out: &mut Vec<u8>);
+    }
+
+    macro_rules! little_endian_value {
+        ($($t:ty),*) => {$(
+            impl LittleEndianValue for $t {
+                #[inline(always)]
+                fn from_le(bytes: &[u8]) -> Self {
+                    <$t>::from_le_bytes(bytes.try_into().expect("one value's bytes"))
+                }
+                fn put_le(self, out: &mut Vec<u8>) {
+                    out.extend_from_slice(&self.to_le_bytes());
+                }
+            }
+        )*};
+    }
+    little_endian_value!(f32, i64, u64, u32);
+
+    /// Values the caller is done with as a payload: on a little-endian
+    /// machine the vector itself, with no copy (int64 feature values,
+    /// a cluster's rows and slots).
+    pub fn encode_values<T: LittleEndianValue>(values: Vec<T>) -> Bytes {
         if cfg!(target_endian = "little") {
             Bytes::from_owner(LittleEndian(values))
         } else {
-            encode(&values)
+            let mut out = Vec::with_capacity(std::mem::size_of_val(values.as_slice()));
+            for v in values {
+                v.put_le(&mut out);
+            }
+            out.into()
         }
     }
 
@@ -67,29 +101,13 @@ pub mod payload {
         }
     }
 
-    /// Int64 values as [`crate::v1::PackedInt64s`] carries them: on a
-    /// little-endian machine the vector itself, with no copy.
-    pub fn encode_int64s(values: Vec<i64>) -> Bytes {
-        if cfg!(target_endian = "little") {
-            Bytes::from_owner(LittleEndian(values))
-        } else {
-            values
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect::<Vec<u8>>()
-                .into()
-        }
-    }
-
-    /// Decodes little-endian 8-byte integers; `None` if the length is not
-    /// a multiple of 8. (A vectorised copy, as [`decode`].)
-    pub fn decode_int64s(bytes: &[u8]) -> Option<Vec<i64>> {
-        (bytes.len() % 8 == 0).then(|| {
-            bytes
-                .chunks_exact(8)
-                .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
-                .collect()
-        })
+    /// Decodes little-endian values back to back; `None` if the length is
+    /// not a whole number of them. (This compiles to a vectorised copy at
+    /// memcpy speed; the bytes may sit at any alignment in the message
+    /// buffer, so they cannot be viewed as values in place.)
+    pub fn decode_values<T: LittleEndianValue>(bytes: &[u8]) -> Option<Vec<T>> {
+        let size = std::mem::size_of::<T>();
+        (bytes.len() % size == 0).then(|| bytes.chunks_exact(size).map(T::from_le).collect())
     }
 
     /// `floats` floats whose little-endian bytes `fill` writes straight
@@ -110,19 +128,9 @@ pub mod payload {
     }
 
     /// Decodes little-endian `f32` bytes; `None` if the length is not a
-    /// multiple of 4. (This compiles to a vectorised copy at memcpy speed;
-    /// the bytes may sit at any alignment in the message buffer, so they
-    /// cannot be viewed as floats in place.)
+    /// multiple of 4.
     pub fn decode(bytes: &[u8]) -> Option<Vec<f32>> {
-        if bytes.len() % 4 != 0 {
-            return None;
-        }
-        Some(
-            bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-        )
+        decode_values(bytes)
     }
 
     #[cfg(test)]
@@ -147,15 +155,24 @@ pub mod payload {
         }
 
         #[test]
-        fn int64s_round_trip_at_any_offset_and_refuse_ragged_lengths() {
+        fn int64s_u64s_and_u32s_round_trip_at_any_offset_and_refuse_ragged_lengths() {
             let values = vec![0, -1, i64::MAX, i64::MIN, 1 << 40, 7];
-            let bytes = super::encode_int64s(values.clone());
+            let bytes = super::encode_values(values.clone());
             assert_eq!(bytes.len(), 48);
             assert_eq!(&bytes[8..16], &(-1i64).to_le_bytes());
-            assert_eq!(super::decode_int64s(&bytes).unwrap(), values);
+            assert_eq!(super::decode_values::<i64>(&bytes).unwrap(), values);
             let shifted = [&[0u8][..], &bytes].concat();
-            assert_eq!(super::decode_int64s(&shifted[1..]).unwrap(), values);
-            assert!(super::decode_int64s(&bytes[..47]).is_none());
+            assert_eq!(super::decode_values::<i64>(&shifted[1..]).unwrap(), values);
+            assert!(super::decode_values::<i64>(&bytes[..47]).is_none());
+            let rows = vec![u64::MAX, 0, 1 << 33];
+            let bytes = super::encode_values(rows.clone());
+            assert_eq!(&bytes[..8], &u64::MAX.to_le_bytes());
+            assert_eq!(super::decode_values::<u64>(&bytes).unwrap(), rows);
+            let slots = vec![u32::MAX, 5, 0];
+            let bytes = super::encode_values(slots.clone());
+            assert_eq!(bytes.len(), 12);
+            assert_eq!(super::decode_values::<u32>(&bytes).unwrap(), slots);
+            assert!(super::decode_values::<u32>(&bytes[..11]).is_none());
         }
     }
 }

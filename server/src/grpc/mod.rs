@@ -155,9 +155,9 @@ fn push(api: &Api, req: pb::PushRequest) -> Result<pb::PushResponse, ApiError> {
 
 fn lookup_rows(api: &Api, req: pb::LookupRowsRequest) -> Result<pb::LookupRowsResponse, ApiError> {
     let plan = GatherPlan {
-        rows: req.rows,
-        slots: req.slots,
-        weights: req.weights,
+        rows: entries("rows", req.rows, &req.packed_rows)?,
+        slots: entries("slots", req.slots, &req.packed_slots)?,
+        weights: entries("weights", req.weights, &req.packed_weights)?,
         num_slots: req.num_slots as usize,
     };
     let pooled = api.lookup_rows(&req.table, plan, req.map_epoch)?;
@@ -174,11 +174,41 @@ fn push_rows(api: &Api, req: pb::PushRowsRequest) -> Result<pb::PushResponse, Ap
         ))
     })?;
     let update = RowGradients {
-        rows: req.rows,
+        rows: entries("rows", req.rows, &req.packed_rows)?,
         grads,
     };
     api.push_rows(&req.table, update, req.request_id, req.map_epoch)
         .map(convert::push_result_to_pb)
+}
+
+/// The gather entries a row-level lookup carries, in either form: what
+/// decides its lane before anything is decoded.
+fn entries_sent(req: &pb::LookupRowsRequest) -> usize {
+    req.rows.len() + req.packed_rows.len() / 8
+}
+
+/// A row-level request's `field`, sent as its repeated field or packed
+/// (`packed_<field>`), refused if sent both ways or ragged.
+fn entries<T: payload::LittleEndianValue>(
+    field: &str,
+    repeated: Vec<T>,
+    packed: &[u8],
+) -> Result<Vec<T>, ApiError> {
+    if packed.is_empty() {
+        return Ok(repeated);
+    }
+    if !repeated.is_empty() {
+        return Err(ApiError::invalid(format!(
+            "`{field}` and `packed_{field}` are both set: send one"
+        )));
+    }
+    payload::decode_values(packed).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "`packed_{field}` has {} bytes, not a whole number of {}-byte values",
+            packed.len(),
+            std::mem::size_of::<T>()
+        ))
+    })
 }
 
 /// `EmbeddingService`: lookup, push and the train stream.
@@ -220,7 +250,8 @@ impl EmbeddingService for EmbeddingGrpc {
         self.shared
             .grpc_unary(
                 "LookupRows",
-                self.shared.lookup_lane(false, request.get_ref().rows.len()),
+                self.shared
+                    .lookup_lane(false, entries_sent(request.get_ref())),
                 request,
                 lookup_rows,
             )
@@ -494,5 +525,42 @@ impl AdminService for AdminGrpc {
                 Ok(convert::occupancy_to_pb(api.occupancy(&req.table)?))
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_level_entries_come_packed_or_repeated_but_not_both() {
+        let rows = vec![7u64, 1 << 40, 3];
+        let packed = payload::encode_values(rows.clone());
+        assert_eq!(entries("rows", rows.clone(), &[]).unwrap(), rows);
+        assert_eq!(entries("rows", Vec::<u64>::new(), &packed).unwrap(), rows);
+        let both = entries("rows", rows.clone(), &packed).unwrap_err();
+        assert!(
+            both.to_string()
+                .contains("`rows` and `packed_rows` are both set"),
+            "{both}"
+        );
+        let ragged = entries("slots", Vec::<u32>::new(), &packed[..10]).unwrap_err();
+        assert!(
+            ragged
+                .to_string()
+                .contains("`packed_slots` has 10 bytes, not a whole number of 4-byte values"),
+            "{ragged}"
+        );
+    }
+
+    #[test]
+    fn a_row_level_lookups_entries_count_in_either_form() {
+        let request = |rows: Vec<u64>, packed: Vec<u64>| pb::LookupRowsRequest {
+            rows,
+            packed_rows: payload::encode_values(packed),
+            ..Default::default()
+        };
+        assert_eq!(entries_sent(&request(vec![1; 5], vec![])), 5);
+        assert_eq!(entries_sent(&request(vec![], vec![1; 9000])), 9000);
     }
 }
