@@ -25,9 +25,9 @@ pub mod payload_gradients;
 pub mod precision;
 
 /// Embeddings and gradients travel as raw little-endian `f32` bytes, and
-/// int64 feature values as raw little-endian `i64`s: no per-value tags or
-/// varints as with `repeated float` / `repeated int64`, and a straight copy
-/// on little-endian machines.
+/// int64 feature values and a cluster's rows and slots as raw little-endian
+/// integers: no per-value tags or varints as with `repeated float` /
+/// `repeated int64`, and a straight copy on little-endian machines.
 pub mod payload {
     use bytes::Bytes;
 
