@@ -19,7 +19,6 @@ use crate::error::source_chain;
 use crate::gradients::IntoGradients;
 use crate::options::Auth;
 use crate::pb::admin_service_client::AdminServiceClient;
-use crate::pb::embedding_service_client::EmbeddingServiceClient;
 use crate::raw_unary;
 use crate::{pb, ClientError, ClientOptions, TrainStream};
 
@@ -135,14 +134,6 @@ impl Client {
     fn connection(&self) -> Transport {
         let i = self.next_connection.fetch_add(1, Ordering::Relaxed);
         self.connections[i % self.connections.len()].clone()
-    }
-
-    /// The data-plane client of the next connection in turn.
-    fn embedding(&self) -> EmbeddingServiceClient<Transport> {
-        let max = self.options.max_message_bytes;
-        EmbeddingServiceClient::new(self.connection())
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max)
     }
 
     /// Runs one unary call with a deadline, retrying on UNAVAILABLE (the
@@ -310,13 +301,11 @@ impl Client {
             map_epoch,
             ..Default::default()
         };
-        let response = self
-            .call_idempotent(&self.embedding(), request, |mut c, r| async move {
-                c.lookup_rows(r).await
-            })
-            .await?;
-        payload::decode(&response.data)
-            .ok_or_else(|| ClientError::Response("ragged row-level lookup payload".into()))
+        let max = self.options.max_message_bytes;
+        self.call_idempotent(&self.connection(), request, |c, r| {
+            raw_unary::lookup_rows(c, r, max)
+        })
+        .await
     }
 
     /// Row-level push: one summed gradient (`chunk_dim` floats, row-major)
@@ -336,8 +325,9 @@ impl Client {
             map_epoch,
             ..Default::default()
         };
-        self.call_idempotent(&self.embedding(), request, |mut c, r| async move {
-            c.push_rows(r).await
+        let max = self.options.max_message_bytes;
+        self.call_idempotent(&self.connection(), request, |c, r| {
+            raw_unary::push_rows(c, r, max)
         })
         .await
     }

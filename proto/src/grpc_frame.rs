@@ -1,5 +1,6 @@
 //! gRPC's message framing, for the methods the server and the client serve
-//! and call below tonic's codec (`Lookup`, `Push` and `Train`).
+//! and call below tonic's codec (`Lookup`, `Push`, `Train` and a cluster's
+//! row-level `LookupRows` and `PushRows`).
 //!
 //! tonic's codec copies every message once more than the wire needs: its
 //! encoder writes the whole message into one buffer (its `EncodeBuf` takes
@@ -24,6 +25,12 @@ pub const PUSH_PATH: &str = "/featmux.v1.EmbeddingService/Push";
 
 /// The path of `EmbeddingService.Train`.
 pub const TRAIN_PATH: &str = "/featmux.v1.EmbeddingService/Train";
+
+/// The path of `EmbeddingService.LookupRows`.
+pub const LOOKUP_ROWS_PATH: &str = "/featmux.v1.EmbeddingService/LookupRows";
+
+/// The path of `EmbeddingService.PushRows`.
+pub const PUSH_ROWS_PATH: &str = "/featmux.v1.EmbeddingService/PushRows";
 
 /// A gRPC message's frame header: a compression flag (0: none) and the
 /// message's length as a big-endian u32.

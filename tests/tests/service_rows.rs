@@ -10,6 +10,7 @@ use featmux_client::{pb, BatchBuilder, Client, ClientError, Code};
 use featmux_engine::backend::{GatherPlan, RowGradients};
 use featmux_engine::plan::BatchPlan;
 use featmux_proto::engine::{batch_from_pb, table_from_pb};
+use featmux_proto::payload;
 use featmux_tests::requests::{adagrad_table, feature};
 use featmux_tests::server::{ServerSettings, TestServer};
 
@@ -226,6 +227,102 @@ fn row_level_lookups_and_pushes_equal_the_batch_calls() {
             flat(client.lookup("rows", &batch, false).await.unwrap()),
             before
         );
+    });
+    assert!(server.stop().success());
+}
+
+/// The row-level calls as tonic's generated client sends them (the
+/// repeated fields an older cluster client sends, or both forms at once):
+/// the server, which reads them below tonic's codec, answers the repeated
+/// form as the packed one and refuses both at once, or a ragged packed
+/// field, by name; a path the service lacks is UNIMPLEMENTED.
+#[test]
+fn row_level_calls_from_tonics_client_read_as_prost_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &ServerSettings::default());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = server.client(None).await;
+        client
+            .create_table(adagrad_table("rows", ROWS, DIM as u32, 0.1), features())
+            .await
+            .unwrap();
+        let batch = batch();
+        let gather = plan(&client, "rows", &batch).await.gather;
+        let packed = lookup_rows(&client, "rows", &gather).await.unwrap();
+
+        let mut generated =
+            pb::embedding_service_client::EmbeddingServiceClient::connect(server.grpc_url())
+                .await
+                .unwrap();
+        let repeated = pb::LookupRowsRequest {
+            table: "rows".into(),
+            rows: gather.rows.clone(),
+            slots: gather.slots.clone(),
+            weights: gather.weights.clone(),
+            num_slots: gather.num_slots as u32,
+            ..Default::default()
+        };
+        let answer = generated.lookup_rows(repeated.clone()).await.unwrap();
+        assert_eq!(payload::decode(&answer.get_ref().data).unwrap(), packed);
+
+        let both = pb::LookupRowsRequest {
+            packed_rows: payload::encode_values(gather.rows.clone()),
+            ..repeated.clone()
+        };
+        let status = generated.lookup_rows(both).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains("`rows` and `packed_rows` are both set"),
+            "{status:?}"
+        );
+        let ragged = pb::PushRowsRequest {
+            table: "rows".into(),
+            packed_rows: payload::encode_values(vec![3u64]).slice(..7),
+            gradients: payload::encode(&[0.1; DIM]),
+            ..Default::default()
+        };
+        let status = generated.push_rows(ragged).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains("`packed_rows` has 7 bytes, not a whole number of 8-byte values"),
+            "{status:?}"
+        );
+        let pushed = generated
+            .push_rows(pb::PushRowsRequest {
+                table: "rows".into(),
+                rows: vec![3],
+                gradients: payload::encode(&[0.1; DIM]),
+                request_id: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(pushed.get_ref().unique_rows, 1);
+
+        let channel = tonic::transport::Channel::from_shared(server.grpc_url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.unwrap();
+        let status = grpc
+            .unary(
+                tonic::Request::new(pb::TableName {
+                    table: "rows".into(),
+                }),
+                http::uri::PathAndQuery::from_static("/featmux.v1.EmbeddingService/Nope"),
+                tonic_prost::ProstCodec::<pb::TableName, pb::TableName>::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+        assert!(status.message().contains("no method at"), "{status:?}");
     });
     assert!(server.stop().success());
 }

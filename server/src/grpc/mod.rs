@@ -1,7 +1,7 @@
 //! The gRPC transport: `EmbeddingService` for trainers and `AdminService`
 //! for operators, both thin wrappers around [`Api`]; [`auth`] checks tokens
-//! before a message is decoded, and [`EmbeddingRoutes`] serves `Lookup`,
-//! `Push` and `Train` below tonic's codec.
+//! before a message is decoded, and [`EmbeddingRoutes`] serves every
+//! `EmbeddingService` method below tonic's codec.
 
 pub mod auth;
 mod raw_train;
@@ -13,7 +13,6 @@ use shared_memory::StreamRegion;
 
 pub use routes::EmbeddingRoutes;
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,10 +20,8 @@ use featmux_engine::backend::{GatherPlan, RowGradients};
 use featmux_proto::payload;
 use featmux_proto::v1 as pb;
 use featmux_proto::v1::admin_service_server::AdminService;
-use featmux_proto::v1::embedding_service_server::EmbeddingService;
 use featmux_proto::v1::Precision;
-use tokio_stream::Stream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 
 use crate::api::{Api, Encoding, PushTarget, Scope};
 use crate::convert;
@@ -181,8 +178,13 @@ fn push_rows(api: &Api, req: pb::PushRowsRequest) -> Result<pb::PushResponse, Ap
         .map(convert::push_result_to_pb)
 }
 
-/// The gather entries a row-level lookup carries, in either form: what
-/// decides its lane before anything is decoded.
+/// The lane a row-level lookup runs in, decided before its entries are
+/// decoded.
+fn lookup_rows_lane(shared: &Shared, req: &pb::LookupRowsRequest) -> Lane {
+    shared.lookup_lane(false, entries_sent(req))
+}
+
+/// The gather entries a row-level lookup carries, in either form.
 fn entries_sent(req: &pb::LookupRowsRequest) -> usize {
     req.rows.len() + req.packed_rows.len() / 8
 }
@@ -209,72 +211,6 @@ fn entries<T: payload::LittleEndianValue>(
             std::mem::size_of::<T>()
         ))
     })
-}
-
-/// `EmbeddingService`: lookup, push and the train stream.
-pub struct EmbeddingGrpc {
-    pub(super) shared: Arc<Shared>,
-}
-
-type TrainStream = Pin<Box<dyn Stream<Item = Result<pb::TrainResponse, Status>> + Send>>;
-
-/// What tonic's generated service answers for the methods
-/// [`EmbeddingRoutes`], the only way this service is served, takes before
-/// tonic does: never sent.
-fn served_by_routes(method: &str) -> Status {
-    Status::internal(format!(
-        "{method} is served by EmbeddingRoutes, not tonic's generated service"
-    ))
-}
-
-#[tonic::async_trait]
-impl EmbeddingService for EmbeddingGrpc {
-    async fn lookup(
-        &self,
-        _request: Request<pb::LookupRequest>,
-    ) -> Result<Response<pb::LookupResponse>, Status> {
-        Err(served_by_routes("Lookup"))
-    }
-
-    async fn push(
-        &self,
-        _request: Request<pb::PushRequest>,
-    ) -> Result<Response<pb::PushResponse>, Status> {
-        Err(served_by_routes("Push"))
-    }
-
-    async fn lookup_rows(
-        &self,
-        request: Request<pb::LookupRowsRequest>,
-    ) -> Result<Response<pb::LookupRowsResponse>, Status> {
-        self.shared
-            .grpc_unary(
-                "LookupRows",
-                self.shared
-                    .lookup_lane(false, entries_sent(request.get_ref())),
-                request,
-                lookup_rows,
-            )
-            .await
-    }
-
-    async fn push_rows(
-        &self,
-        request: Request<pb::PushRowsRequest>,
-    ) -> Result<Response<pb::PushResponse>, Status> {
-        self.shared
-            .grpc_unary("PushRows", Lane::Bulk, request, push_rows)
-            .await
-    }
-
-    type TrainStream = TrainStream;
-
-    async fn train(
-        &self,
-        _request: Request<Streaming<pb::TrainRequest>>,
-    ) -> Result<Response<TrainStream>, Status> {
-        Err(served_by_routes("Train"))
-    }
 }
 
 /// Answers one message of a Train stream: runs it in the bulk lane and

@@ -1,4 +1,6 @@
-//! `Lookup` and `Push` served below tonic's codec.
+//! The unary methods that carry embeddings and gradients (`Lookup`,
+//! `Push`, and a cluster's row-level `LookupRows` and `PushRows`) served
+//! below tonic's codec.
 //!
 //! A lookup's answer is its embeddings, already gathered into buffers of
 //! their own: the response body is the message's few bytes of protobuf
@@ -13,7 +15,6 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use featmux_proto::grpc_frame::{encode_chunks, Frames, HEADER_BYTES};
-use featmux_proto::v1 as pb;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use prost::Message;
@@ -23,52 +24,52 @@ use tonic::Status;
 use super::routes::{
     grpc_response, malformed, ok_trailers, refusal, refuse_compression, too_large,
 };
-use super::{lookup, lookup_lane, push};
+use crate::api::Api;
+use crate::error::ApiError;
 use crate::execution::Lane;
 use crate::shared::Shared;
 
-/// Serves one `Lookup`.
-pub(super) async fn serve_lookup(
-    shared: Arc<Shared>,
-    max_message_bytes: usize,
-    request: http::Request<Body>,
-) -> http::Response<Body> {
-    let (parts, body) = request.into_parts();
-    let message = match read_message(&parts.headers, body, max_message_bytes).await {
-        Ok(message) => message,
-        Err(status) => return status.into_http(),
-    };
-    let lane = lookup_lane(&shared, &message);
-    let request = tonic::Request::from_http(http::Request::from_parts(parts, message));
-    let looked_up = shared.grpc_unary("Lookup", lane, request, lookup).await;
-    match looked_up {
-        Ok(result) => answer(encode_response(result.into_inner())),
-        Err(status) => status.into_http(),
-    }
+/// One unary method as served here: its name (for metrics), the lane a
+/// request runs in (decided before anything in it is decoded further) and
+/// what answers it.
+pub(super) struct Unary<Req, Resp> {
+    pub endpoint: &'static str,
+    pub lane: fn(&Shared, &Req) -> Lane,
+    pub op: fn(&Api, Req) -> Result<Resp, ApiError>,
 }
 
-/// Serves one `Push`.
-pub(super) async fn serve_push(
+/// Serves one call of `method`: the request read from its frames, the
+/// answer's large `bytes` fields written as the buffers they are
+/// ([`encode_chunks`]).
+pub(super) async fn serve_unary<Req, Resp>(
     shared: Arc<Shared>,
     max_message_bytes: usize,
+    method: Unary<Req, Resp>,
     request: http::Request<Body>,
-) -> http::Response<Body> {
+) -> http::Response<Body>
+where
+    Req: Message + Default + Send + 'static,
+    Resp: Message + Send + 'static,
+{
     let (parts, body) = request.into_parts();
-    let message: pb::PushRequest = match read_message(&parts.headers, body, max_message_bytes).await
-    {
+    let message: Req = match read_message(&parts.headers, body, max_message_bytes).await {
         Ok(message) => message,
         Err(status) => return status.into_http(),
     };
+    let lane = (method.lane)(&shared, &message);
     let request = tonic::Request::from_http(http::Request::from_parts(parts, message));
-    match shared.grpc_unary("Push", Lane::Bulk, request, push).await {
-        Ok(pushed) => answer(encode_chunks(pushed.get_ref())),
+    match shared
+        .grpc_unary(method.endpoint, lane, request, method.op)
+        .await
+    {
+        Ok(answer) => respond(encode_chunks(answer.get_ref())),
         Err(status) => status.into_http(),
     }
 }
 
 /// A successful unary answer: the framed message's chunks, then an OK
 /// status.
-fn answer(chunks: Vec<Bytes>) -> http::Response<Body> {
+fn respond(chunks: Vec<Bytes>) -> http::Response<Body> {
     let frames = chunks
         .into_iter()
         .map(Frame::data)
@@ -120,18 +121,13 @@ async fn read_message<M: Message + Default>(
     M::decode(message).map_err(malformed)
 }
 
-/// The framed `LookupResponse` as body chunks: the blocks' payloads stay
-/// the buffers they are ([`encode_chunks`]).
-fn encode_response(response: pb::LookupResponse) -> Vec<Bytes> {
-    encode_chunks(&response)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::convert;
     use featmux_engine::batch::FeatureEmbeddings;
     use featmux_proto::grpc_frame::header;
+    use featmux_proto::v1 as pb;
     use featmux_proto::v1::Precision;
 
     fn block(feature: &str, rows: usize, width: usize) -> FeatureEmbeddings {
@@ -149,7 +145,7 @@ mod tests {
     fn payloads_are_not_copied() {
         let embeddings = vec![block("a", 64, 16), block("b", 32, 8)];
         let pointers: Vec<*const u8> = embeddings.iter().map(|e| e.data.as_ptr().cast()).collect();
-        let chunks = encode_response(pb::LookupResponse {
+        let chunks = encode_chunks(&pb::LookupResponse {
             embeddings: convert::embeddings_to_pb(embeddings),
             ticket: 0,
         });

@@ -1,12 +1,10 @@
-//! How the server routes `EmbeddingService`: `Lookup` and `Push` are served
-//! below tonic's codec (`raw_unary.rs`), and so is `Train`
-//! (`raw_train.rs`); every other method goes through tonic's generated
-//! service.
+//! How the server serves `EmbeddingService`: every method below tonic's
+//! codec, the unary ones by `raw_unary.rs` and `Train` by `raw_train.rs`.
 //!
 //! tonic's codec copies every message once more than the wire needs (its
 //! encoder writes the whole message into one buffer, its decoder joins every
-//! received HTTP/2 frame into one), and these three methods carry
-//! megabytes of embeddings and gradients. Everything else about a call is
+//! received HTTP/2 frame into one), and these methods carry megabytes of
+//! embeddings and gradients. Everything else about a call is
 //! what tonic's path gives: tokens are checked by
 //! [`super::auth::GrpcAuthLayer`] outside this service, and the message
 //! size limit, lanes, metrics and status codes are the same; these helpers
@@ -19,16 +17,20 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use featmux_proto::grpc_frame::{FrameError, LOOKUP_PATH, PUSH_PATH, TRAIN_PATH};
-use featmux_proto::v1::embedding_service_server::EmbeddingServiceServer;
+use featmux_proto::grpc_frame::{
+    FrameError, LOOKUP_PATH, LOOKUP_ROWS_PATH, PUSH_PATH, PUSH_ROWS_PATH, TRAIN_PATH,
+};
+use featmux_proto::v1 as pb;
+use featmux_proto::v1::embedding_service_server::SERVICE_NAME;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::Status;
 use tower::Service;
 
 use super::raw_train::serve_train;
-use super::raw_unary::{serve_lookup, serve_push};
-use super::EmbeddingGrpc;
+use super::raw_unary::{serve_unary, Unary};
+use super::{lookup, lookup_lane, lookup_rows, lookup_rows_lane, push, push_rows};
+use crate::execution::Lane;
 use crate::shared::Shared;
 use crate::shared_region::Regions;
 
@@ -39,7 +41,6 @@ pub struct EmbeddingRoutes {
     max_message_bytes: usize,
     /// Set on the Unix socket's routes: Train streams may open regions.
     regions: Option<Arc<Regions>>,
-    tonic: EmbeddingServiceServer<EmbeddingGrpc>,
 }
 
 impl EmbeddingRoutes {
@@ -50,22 +51,16 @@ impl EmbeddingRoutes {
         max_message_bytes: usize,
         regions: Option<Arc<Regions>>,
     ) -> Self {
-        let tonic = EmbeddingServiceServer::new(EmbeddingGrpc {
-            shared: shared.clone(),
-        })
-        .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(max_message_bytes);
         EmbeddingRoutes {
             shared,
             max_message_bytes,
             regions,
-            tonic,
         }
     }
 }
 
 impl NamedService for EmbeddingRoutes {
-    const NAME: &'static str = <EmbeddingServiceServer<EmbeddingGrpc> as NamedService>::NAME;
+    const NAME: &'static str = SERVICE_NAME;
 }
 
 type ResponseFuture =
@@ -76,25 +71,61 @@ impl Service<http::Request<Body>> for EmbeddingRoutes {
     type Error = Infallible;
     type Future = ResponseFuture;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        <EmbeddingServiceServer<EmbeddingGrpc> as Service<http::Request<Body>>>::poll_ready(
-            &mut self.tonic,
-            cx,
-        )
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let (shared, max) = (self.shared.clone(), self.max_message_bytes);
         match request.uri().path() {
-            LOOKUP_PATH => Box::pin(async move { Ok(serve_lookup(shared, max, request).await) }),
-            PUSH_PATH => Box::pin(async move { Ok(serve_push(shared, max, request).await) }),
+            LOOKUP_PATH => boxed(serve_unary(shared, max, LOOKUP, request)),
+            PUSH_PATH => boxed(serve_unary(shared, max, PUSH, request)),
+            LOOKUP_ROWS_PATH => boxed(serve_unary(shared, max, LOOKUP_ROWS, request)),
+            PUSH_ROWS_PATH => boxed(serve_unary(shared, max, PUSH_ROWS, request)),
             TRAIN_PATH => {
                 let regions = self.regions.clone();
                 Box::pin(async move { Ok(serve_train(shared, max, regions, request).await) })
             }
-            _ => Box::pin(self.tonic.call(request)),
+            path => {
+                let status =
+                    Status::unimplemented(format!("{SERVICE_NAME} has no method at {path}"));
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
         }
     }
+}
+
+const LOOKUP: Unary<pb::LookupRequest, pb::LookupResponse> = Unary {
+    endpoint: "Lookup",
+    lane: lookup_lane,
+    op: lookup,
+};
+
+const PUSH: Unary<pb::PushRequest, pb::PushResponse> = Unary {
+    endpoint: "Push",
+    lane: bulk,
+    op: push,
+};
+
+const LOOKUP_ROWS: Unary<pb::LookupRowsRequest, pb::LookupRowsResponse> = Unary {
+    endpoint: "LookupRows",
+    lane: lookup_rows_lane,
+    op: lookup_rows,
+};
+
+const PUSH_ROWS: Unary<pb::PushRowsRequest, pb::PushResponse> = Unary {
+    endpoint: "PushRows",
+    lane: bulk,
+    op: push_rows,
+};
+
+/// Pushes run in the bulk lane whatever they carry.
+fn bulk<Req>(_: &Shared, _: &Req) -> Lane {
+    Lane::Bulk
+}
+
+fn boxed(answer: impl Future<Output = http::Response<Body>> + Send + 'static) -> ResponseFuture {
+    Box::pin(async move { Ok(answer.await) })
 }
 
 /// A gRPC answer with `body` (its messages, then its trailers).
