@@ -1,8 +1,8 @@
 //! Which rows changed since they were last persisted.
 //!
-//! One bit per row in atomic words: marking is a `fetch_or` per row (no lock,
-//! so pushes never wait for the flusher), draining swaps each non-zero word
-//! with zero. A row updated while it is being flushed is simply marked again
+//! One bit per row in atomic words: marking is a `fetch_or` per word (no
+//! lock, so pushes never wait for the flusher), draining swaps each non-zero
+//! word with zero. A row updated while it is being flushed is simply marked again
 //! and goes out with the next flush. 10^8 rows cost 12.5 MB.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -26,15 +26,28 @@ impl DirtyRows {
         }
     }
 
-    /// Marks `rows` dirty.
+    /// Marks `rows` dirty. Consecutive rows of one word (a push's rows
+    /// are sorted) are set by one `fetch_or`: a locked instruction per row
+    /// was 4 % of an in-process push's samples.
     pub fn mark(&self, rows: &[u64]) {
         let mut newly = 0i64;
+        let mut set = |word: usize, bits: u64| {
+            let before = self.words[word].fetch_or(bits, Ordering::AcqRel);
+            newly += i64::from((bits & !before).count_ones());
+        };
+        let Some(&first) = rows.first() else {
+            return;
+        };
+        let (mut word, mut bits) = ((first / 64) as usize, 0u64);
         for &row in rows {
-            let bit = 1u64 << (row % 64);
-            if self.words[(row / 64) as usize].fetch_or(bit, Ordering::AcqRel) & bit == 0 {
-                newly += 1;
+            let w = (row / 64) as usize;
+            if w != word {
+                set(word, bits);
+                (word, bits) = (w, 0);
             }
+            bits |= 1 << (row % 64);
         }
+        set(word, bits);
         self.count.fetch_add(newly, Ordering::Relaxed);
     }
 
@@ -73,9 +86,12 @@ mod tests {
     #[test]
     fn marks_are_drained_once_in_order() {
         let dirty = DirtyRows::new(200);
-        dirty.mark(&[130, 5, 64, 5, 199]);
-        assert_eq!(dirty.len(), 4);
-        assert_eq!(dirty.drain(), [5, 64, 130, 199]);
+        dirty.mark(&[130, 5, 64, 5, 199, 6, 7]);
+        assert_eq!(dirty.len(), 6);
+        dirty.mark(&[7, 8]);
+        assert_eq!(dirty.len(), 7);
+        dirty.mark(&[]);
+        assert_eq!(dirty.drain(), [5, 6, 7, 8, 64, 130, 199]);
         assert!(dirty.is_empty());
         assert!(dirty.drain().is_empty());
     }
