@@ -22,8 +22,9 @@ use std::ptr::NonNull;
 use crate::optimizer::first_non_finite;
 
 /// One output block of a push's gradients (`[rows, width]` floats, row
-/// major), as [`crate::plan::BatchPlan::row_gradients`] reads it.
-pub trait GradientSource {
+/// major), as [`crate::plan::BatchPlan::row_gradients`] reads it (from
+/// several threads at once: [`crate::fanout`]).
+pub trait GradientSource: Sync {
     /// Floats in the block.
     fn floats(&self) -> usize;
 
@@ -38,7 +39,7 @@ pub trait GradientSource {
     fn first_non_finite(&self) -> Option<(usize, f32)>;
 }
 
-impl<T: AsRef<[f32]>> GradientSource for T {
+impl<T: AsRef<[f32]> + Sync> GradientSource for T {
     fn floats(&self) -> usize {
         self.as_ref().len()
     }
@@ -72,6 +73,13 @@ pub struct SharedGradients<'a> {
     len: usize,
     memory: PhantomData<&'a ()>,
 }
+
+// SAFETY: the floats are only ever read, by value, through the pointer
+// (`new`'s contract: nothing in this process writes them meanwhile), so
+// the block may be handed to another thread for `'a`...
+unsafe impl Send for SharedGradients<'_> {}
+// SAFETY: ...and threads may read it at once (a push's summing does).
+unsafe impl Sync for SharedGradients<'_> {}
 
 impl<'a> SharedGradients<'a> {
     /// # Safety

@@ -24,6 +24,8 @@
 //! - [`backend`]: the storage trait, with [`backend::cpu`], [`backend::candle`]
 //!   and [`backend::serving`] (a replica's quantized rows).
 //! - [`table`]: the table object tying the above together.
+//! - [`fanout`]: one request's work split over threads that would
+//!   otherwise wait.
 //! - [`dirty`]: rows changed by pushes since persistence last drained them.
 //! - [`occupancy`]: how crowded a table is: distinct values, occupied rows,
 //!   collisions, cross-feature sharing.
@@ -33,6 +35,7 @@ pub mod backend;
 pub mod batch;
 pub mod dirty;
 pub mod error;
+pub mod fanout;
 pub mod gradients;
 pub mod hashing;
 pub mod init;

@@ -14,9 +14,14 @@
 //! slots, one per (output row, chunk); slot `s` is floats `[s*d, (s+1)*d)`,
 //! so a block's floats are exactly its row-major `[rows, chunks*d]` output.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+
 use crate::backend::{cut_at, GatherPlan, RowGradients};
 use crate::batch::{Batch, FeatureBatch, FeatureEmbeddings, Values};
 use crate::error::EngineError;
+use crate::fanout;
 use crate::gradients::GradientSource;
 use crate::hashing::{hash_key, push_int_hashes, Key};
 use crate::layout::{block_bounds, embeddings, BatchLayout, FeatureLayout, OutputBlock};
@@ -186,34 +191,37 @@ impl BatchPlan {
             })
             .collect();
         let entries = crate::radix::sort_stable_by_key(entries, |x| x.row);
-        // At most one row per entry: room for that up front, or the
-        // gradients (6.8 MB for 4,096 × 26 rows of 16 floats) are copied
-        // each time they outgrow their buffer.
-        let mut update = RowGradients {
-            rows: Vec::with_capacity(entries.len()),
-            grads: Vec::with_capacity(entries.len() * d),
-        };
-        for (k, x) in entries.iter().enumerate() {
-            // In row order the gradients are read at random: ask for the
-            // one a few entries on while summing this one.
-            if let Some(ahead) = entries.get(k + PREFETCH_AHEAD) {
-                grads[ahead.block as usize].prefetch(ahead.offset as usize * d, d);
-            }
-            if update.rows.last() != Some(&x.row) {
-                update.rows.push(x.row);
-                update.grads.resize(update.grads.len() + d, 0.0);
-            }
-            let acc = update.grads.len() - d;
-            grads[x.block as usize].add_scaled_to(
-                x.offset as usize * d,
-                x.weight,
-                &mut update.grads[acc..],
-            );
+        // Summing is cut into runs of whole rows that threads the caller
+        // has to spare sum at once (`fanout`): a row's sum is one piece's.
+        let fanout = fanout::current();
+        let pieces = fanout::pieces_for(&*fanout, entries.len(), MIN_ENTRIES_PER_PIECE);
+        let (rows, cuts) = rows_and_cuts(&entries, pieces);
+        let mut summed = Vec::with_capacity(rows.len() * d);
+        let mut outs = Vec::with_capacity(cuts.len());
+        let mut rest = &mut summed.spare_capacity_mut()[..rows.len() * d];
+        for pair in cuts.windows(2) {
+            let (out, tail) = rest.split_at_mut((pair[1].row - pair[0].row) * d);
+            outs.push(Mutex::new(Some(out)));
+            rest = tail;
         }
-        if first_non_finite(&update.grads).is_some() {
+        let non_finite = AtomicBool::new(false);
+        fanout.run(outs.len(), &|p| {
+            let out = fanout::zeroed(outs[p].lock().take().expect("each piece runs once"));
+            sum_rows(&entries[cuts[p].entry..cuts[p + 1].entry], grads, d, out);
+            if first_non_finite(out).is_some() {
+                non_finite.store(true, Ordering::Relaxed);
+            }
+        });
+        // SAFETY: `run` returned, so every piece zeroed its part (together
+        // all `rows.len() * d` floats) before summing into it.
+        unsafe { summed.set_len(rows.len() * d) };
+        if non_finite.into_inner() {
             return Err(self.non_finite_gradient(grads));
         }
-        Ok(update)
+        Ok(RowGradients {
+            rows,
+            grads: summed,
+        })
     }
 
     /// The error for a push whose summed gradients are not all finite: the
@@ -239,6 +247,67 @@ struct SummedEntry {
     weight: f32,
     block: u32,
     offset: u32,
+}
+
+/// Entries a piece of a push's summing takes at least: fewer are summed
+/// before another thread would have woken up to take them.
+const MIN_ENTRIES_PER_PIECE: usize = 16_384;
+
+/// Where a piece of the summing starts: its first entry, and the index of
+/// its first row among the unique rows.
+struct Cut {
+    entry: usize,
+    row: usize,
+}
+
+/// The unique rows of `entries` (sorted by row), and the entries cut into
+/// at most `pieces` runs of whole rows of about equal length: each run
+/// starts at a [`Cut`], the last ends at the closing one.
+fn rows_and_cuts(entries: &[SummedEntry], pieces: usize) -> (Vec<u64>, Vec<Cut>) {
+    let mut rows = Vec::with_capacity(entries.len());
+    let mut cuts = Vec::with_capacity(pieces + 1);
+    let mut next_cut = 0;
+    for (k, x) in entries.iter().enumerate() {
+        if rows.last() != Some(&x.row) {
+            if k >= next_cut && cuts.len() < pieces {
+                cuts.push(Cut {
+                    entry: k,
+                    row: rows.len(),
+                });
+                next_cut = cuts.len() * entries.len() / pieces;
+            }
+            rows.push(x.row);
+        }
+    }
+    if cuts.is_empty() {
+        cuts.push(Cut { entry: 0, row: 0 });
+    }
+    cuts.push(Cut {
+        entry: entries.len(),
+        row: rows.len(),
+    });
+    (rows, cuts)
+}
+
+/// Sums `entries` (sorted by row) into `out`, one `d`-float sum per row in
+/// order (zeroed before).
+fn sum_rows<G: GradientSource>(entries: &[SummedEntry], grads: &[G], d: usize, out: &mut [f32]) {
+    let mut acc = 0;
+    for (k, x) in entries.iter().enumerate() {
+        // In row order the gradients are read at random: ask for the one a
+        // few entries on while summing this one.
+        if let Some(ahead) = entries.get(k + PREFETCH_AHEAD) {
+            grads[ahead.block as usize].prefetch(ahead.offset as usize * d, d);
+        }
+        if k > 0 && entries[k - 1].row != x.row {
+            acc += d;
+        }
+        grads[x.block as usize].add_scaled_to(
+            x.offset as usize * d,
+            x.weight,
+            &mut out[acc..acc + d],
+        );
+    }
 }
 
 /// The rows and slots of every (value, chunk) entry of a validated batch,
@@ -380,3 +449,90 @@ fn add_entries<'a>(
 
 /// How many entries ahead [`BatchPlan::row_gradients`] prefetches.
 const PREFETCH_AHEAD: usize = 8;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendKind;
+    use crate::batch::Batch;
+    use crate::fanout::test_pool::threads;
+    use crate::schema::{FeatureSpec, TableSpec};
+    use crate::table::Table;
+
+    fn entry(row: u64) -> SummedEntry {
+        SummedEntry {
+            row,
+            weight: 1.0,
+            block: 0,
+            offset: 0,
+        }
+    }
+
+    #[test]
+    fn cuts_fall_between_rows_and_cover_every_entry() {
+        let rows = [1u64, 1, 1, 2, 3, 3, 3, 3, 3, 3, 4, 5, 5, 6];
+        let entries: Vec<SummedEntry> = rows.iter().map(|&r| entry(r)).collect();
+        for pieces in 1..=20 {
+            let (unique, cuts) = rows_and_cuts(&entries, pieces);
+            assert_eq!(unique, [1, 2, 3, 4, 5, 6]);
+            assert!(cuts.len() >= 2 && cuts.len() <= pieces + 1, "{pieces}");
+            assert_eq!((cuts[0].entry, cuts[0].row), (0, 0));
+            let last = cuts.last().unwrap();
+            assert_eq!((last.entry, last.row), (entries.len(), unique.len()));
+            for pair in cuts.windows(2) {
+                assert!(pair[0].entry < pair[1].entry, "{pieces}: an empty piece");
+                let at = pair[1].entry;
+                if at < entries.len() {
+                    assert_ne!(rows[at - 1], rows[at], "{pieces}: a row cut in two");
+                    assert_eq!(unique[pair[1].row], rows[at]);
+                }
+            }
+        }
+        // One row throughout: one piece, however many are asked for.
+        let same: Vec<SummedEntry> = (0..100).map(|_| entry(7)).collect();
+        assert_eq!(rows_and_cuts(&same, 4).1.len(), 2);
+        assert_eq!(rows_and_cuts(&[], 4).1.len(), 2);
+    }
+
+    /// A push large enough to be cut into pieces sums to the same bits on
+    /// four threads as on one (each row's sum is one piece's, in entry
+    /// order), and a NaN in any piece is refused by name either way.
+    #[test]
+    fn row_gradients_summed_in_pieces_equal_the_serial_sums() {
+        let table = Table::create(TableSpec::new("t", 3_000, 8), BackendKind::Cpu).unwrap();
+        let examples = 4096;
+        let mut features = Vec::new();
+        for f in 0..12 {
+            let name = format!("f{f}");
+            table.add_feature(FeatureSpec::new(&name)).unwrap();
+            let values = (0..examples).map(|e| format!("v{}", (e * 7 + f * 13) % 5_000));
+            features.push(FeatureBatch::strings(&name, values, vec![1; examples]));
+        }
+        let plan = table.plan(&Batch::new(features)).unwrap();
+        assert!(plan.gather.rows.len() >= 3 * MIN_ENTRIES_PER_PIECE);
+        let grads: Vec<Vec<f32>> = plan
+            .outputs
+            .iter()
+            .map(|o| {
+                (0..o.rows * o.width)
+                    .map(|i| ((i * 31 % 1009) as f32 - 504.0) * 1e-3)
+                    .collect()
+            })
+            .collect();
+        let mut nan = grads.clone();
+        nan[5][77] = f32::NAN;
+        let serial = plan.row_gradients(&grads).unwrap();
+        let refused = plan.row_gradients(&nan).unwrap_err().to_string();
+        assert!(refused.contains("`f5`"), "{refused}");
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    fanout::install(threads(3));
+                    assert_eq!(plan.row_gradients(&grads).unwrap(), serial);
+                    assert_eq!(plan.row_gradients(&nan).unwrap_err().to_string(), refused);
+                })
+                .join()
+                .unwrap();
+        });
+    }
+}

@@ -20,18 +20,25 @@
 //!   cores when nothing else wants them. Jobs run in arrival order; one
 //!   that waited longer than `execution.bulk_max_wait_ms` is refused with
 //!   RESOURCE_EXHAUSTED instead of run (its client has likely given up).
+//!   A job's large pieces of work (a push's summing and optimizer steps)
+//!   are shared with the bulk threads that are idle at the time
+//!   ([`featmux_engine::fanout`]): one trainer's push no longer runs on
+//!   one core while the others wait.
 //! - **Serving**: lookups without a ticket of at most
 //!   `execution.serving_max_values` values, and admin calls, run where they
 //!   did (tokio's blocking pool at normal priority; the smallest HTTP
 //!   lookups inline).
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use prometheus::{Histogram, IntGauge};
+
+use featmux_engine::fanout::{self, Fanout};
 
 use crate::error::{ApiError, ErrorKind};
 
@@ -49,7 +56,9 @@ type Job = Box<dyn FnOnce() + Send>;
 /// Fixed threads at lowered CPU priority running bulk work in arrival
 /// order.
 pub struct BulkPool {
-    jobs: mpsc::Sender<Job>,
+    /// The one strong reference: dropping the pool closes the queue (the
+    /// threads' fanouts hold weak ones), which ends the threads.
+    jobs: Arc<mpsc::Sender<Job>>,
     max_wait: Duration,
     /// Jobs submitted and not yet started.
     queued: IntGauge,
@@ -69,16 +78,25 @@ impl BulkPool {
     /// waited longer than `max_wait` are refused.
     pub fn start(threads: usize, nice: i32, max_wait: Duration, metrics: BulkMetrics) -> Self {
         let (sender, receiver) = mpsc::channel::<Job>();
+        let sender = Arc::new(sender);
         let receiver = Arc::new(Mutex::new(receiver));
+        let idle = Arc::new(AtomicUsize::new(0));
+        let helpers: Arc<dyn Fanout> = Arc::new(IdleBulkThreads {
+            jobs: Arc::downgrade(&sender),
+            idle: idle.clone(),
+        });
         for i in 0..threads.max(1) {
-            let receiver = receiver.clone();
+            let (receiver, idle, helpers) = (receiver.clone(), idle.clone(), helpers.clone());
             std::thread::Builder::new()
                 .name(format!("featmux-bulk-{i}"))
                 .spawn(move || {
                     lower_priority(nice);
+                    fanout::install(helpers);
                     // Ends when the pool (its sender) is dropped.
                     loop {
+                        idle.fetch_add(1, Ordering::Relaxed);
                         let job = receiver.lock().recv();
+                        idle.fetch_sub(1, Ordering::Relaxed);
                         match job {
                             Ok(job) => job(),
                             Err(_) => return,
@@ -147,6 +165,31 @@ impl BulkPool {
     }
 }
 
+/// The fanout of a bulk thread: the pool's threads idle at the time take
+/// pieces of its job, through the pool's queue.
+struct IdleBulkThreads {
+    jobs: Weak<mpsc::Sender<Job>>,
+    /// Threads waiting for a job.
+    idle: Arc<AtomicUsize>,
+}
+
+impl Fanout for IdleBulkThreads {
+    fn threads(&self) -> usize {
+        1 + self.idle.load(Ordering::Relaxed)
+    }
+
+    fn run(&self, pieces: usize, piece: &(dyn Fn(usize) + Sync)) {
+        let jobs = self.jobs.upgrade();
+        fanout::run_with_helpers(pieces, piece, |helper| {
+            // Once the pool is gone nobody helps: the caller takes every
+            // piece itself.
+            if let Some(jobs) = &jobs {
+                let _ = jobs.send(helper);
+            }
+        });
+    }
+}
+
 /// Lowers the calling thread's CPU priority to nice `nice` (Linux: each
 /// thread has its own); raising it back needs privileges, lowering never
 /// does.
@@ -195,6 +238,40 @@ mod tests {
         assert_eq!(panicked.unwrap_err().kind, ErrorKind::Internal);
         // The one thread is still there.
         assert_eq!(pool.run(|| Ok("alive")).await.unwrap(), "alive");
+    }
+
+    /// A bulk job's pieces are taken by the pool's idle thread: both run
+    /// at once (each piece waits for the other to start).
+    #[tokio::test]
+    async fn an_idle_bulk_thread_takes_pieces_of_a_running_job() {
+        let pool = BulkPool::start(2, 0, Duration::from_secs(5), metrics());
+        let threads = pool
+            .run(|| {
+                let fanout = fanout::current();
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while fanout.threads() < 2 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                let started = AtomicUsize::new(0);
+                let ran_on = Mutex::new(Vec::new());
+                fanout.run(2, &|_| {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    while started.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    ran_on
+                        .lock()
+                        .push(std::thread::current().name().map(str::to_owned));
+                });
+                Ok(ran_on.into_inner())
+            })
+            .await
+            .unwrap();
+        assert_eq!(threads.len(), 2);
+        assert_ne!(threads[0], threads[1], "{threads:?}");
+        assert!(threads
+            .iter()
+            .all(|t| t.as_deref().is_some_and(|n| n.starts_with("featmux-bulk-"))));
     }
 
     #[cfg(target_os = "linux")]

@@ -29,6 +29,7 @@
 //! `8·d + 4`, `8·d` bytes for sgd, row-wise adagrad, adagrad, adam, ftrl),
 //! plus a fixed 32 KiB of stripe versions.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
@@ -37,6 +38,7 @@ use parking_lot::{Mutex, MutexGuard};
 use super::streamed::{answer_streams, store_fence, stream_row};
 use super::{Backend, BlockSink, GatherPlan, GatherTarget, RowData, RowGradients, StorageSpec};
 use crate::error::EngineError;
+use crate::fanout;
 use crate::layout::{Bags, BatchLayout, Entry, EntrySink, FeatureEntries, KeyColumn};
 use crate::optimizer::all_finite;
 use crate::plan::gather_plan;
@@ -53,6 +55,11 @@ pub const STRIPES: usize = 4096;
 /// enough to cover a memory access with the work on the rows in between.
 /// A push's loads of 16 rows ahead ran as fast as 64 ahead.
 const PREFETCH_AHEAD: usize = 16;
+
+/// Rows a piece of a push's optimizer steps takes at least: fewer are
+/// stepped before another thread would have woken up to take them.
+const MIN_ROWS_PER_PIECE: usize = 8_192;
+
 /// How far ahead, in bytes of rows, a plan's gather prefetches: the lead a
 /// row's load needs is one memory latency, and fewer wide rows than
 /// narrow ones take that long to copy. Measured in-process (4,096 × 26
@@ -1267,6 +1274,50 @@ impl CpuBackend {
     /// [`Backend::apply`] for rows of `D` floats (0: the table's width,
     /// known at run time).
     #[inline(always)]
+    /// Loads `rows` into `weights` and `state` (`d` and `state.width`
+    /// floats a row, in order) and steps each with its `d` gradients:
+    /// the first row whose step is not finite, if one is (the rows after
+    /// it are left unloaded). The caller holds the writer's turn.
+    fn step_rows<const D: usize>(
+        &self,
+        rows: &[u64],
+        grads: &[f32],
+        weights: &mut [MaybeUninit<f32>],
+        state: &mut [MaybeUninit<f32>],
+    ) -> Option<u64> {
+        let d = if D == 0 { self.spec.dim } else { D };
+        let sw = self.state.width;
+        assert!(weights.len() == rows.len() * d && state.len() == rows.len() * sw);
+        for (i, &row) in rows.iter().enumerate() {
+            if let Some(&next) = rows.get(i + PREFETCH_AHEAD) {
+                self.weights.prefetch_known_width(next as usize, d);
+                self.state.prefetch(next as usize);
+            }
+            let (w, s) = (
+                &mut weights[i * d..(i + 1) * d],
+                &mut state[i * sw..(i + 1) * sw],
+            );
+            // SAFETY: `w` and `s` are row `i`'s `d` and `sw` floats (the
+            // lengths were asserted above), which `load_to` writes every
+            // one of before they are read as floats.
+            let (w, s) = unsafe {
+                self.weights
+                    .load_to::<false, false>(row as usize, w.as_mut_ptr().cast(), d);
+                self.state
+                    .load_to::<false, false>(row as usize, s.as_mut_ptr().cast(), sw);
+                (
+                    &mut *(w as *mut [MaybeUninit<f32>] as *mut [f32]),
+                    &mut *(s as *mut [MaybeUninit<f32>] as *mut [f32]),
+                )
+            };
+            self.spec.optimizer.step(w, s, &grads[i * d..(i + 1) * d]);
+            if !all_finite(w) || !all_finite(s) {
+                return Some(row);
+            }
+        }
+        None
+    }
+
     fn apply_rows<const D: usize>(&self, update: &RowGradients) -> Result<(), EngineError> {
         let d = if D == 0 { self.spec.dim } else { D };
         let sw = self.state.width;
@@ -1276,40 +1327,51 @@ impl CpuBackend {
         // stripe).
         let turn = self.writer.lock();
         // 1. Every row's next value, computed beside the table and checked:
-        //    a step that would overflow refuses the whole push.
-        //    Not zeroed first: each row is loaded into the room past the
-        //    rows before it, which then counts as theirs.
+        //    a step that would overflow refuses the whole push. Runs of
+        //    rows are stepped at once by threads the caller has to spare
+        //    (`fanout`); with the turn held, they only read the table.
+        //    Not zeroed first: each row is loaded into its place, and the
+        //    lengths take the rows in once every piece has loaded its own.
+        let fanout = fanout::current();
+        let pieces = fanout::pieces_for(&*fanout, rows.len(), MIN_ROWS_PER_PIECE);
+        let bounds: Vec<usize> = (0..=pieces).map(|p| p * rows.len() / pieces).collect();
         let mut weights = Vec::<f32>::with_capacity(rows.len() * d);
         let mut state = Vec::<f32>::with_capacity(rows.len() * sw);
-        for (i, &row) in rows.iter().enumerate() {
-            if let Some(&next) = rows.get(i + PREFETCH_AHEAD) {
-                self.weights.prefetch_known_width(next as usize, d);
-                self.state.prefetch(next as usize);
+        let mut outs = Vec::with_capacity(pieces);
+        let (mut w_rest, mut s_rest) = (
+            &mut weights.spare_capacity_mut()[..rows.len() * d],
+            &mut state.spare_capacity_mut()[..rows.len() * sw],
+        );
+        for pair in bounds.windows(2) {
+            let n = pair[1] - pair[0];
+            let (w, w_tail) = w_rest.split_at_mut(n * d);
+            let (s, s_tail) = s_rest.split_at_mut(n * sw);
+            outs.push(Mutex::new(Some((w, s))));
+            (w_rest, s_rest) = (w_tail, s_tail);
+        }
+        // The first piece's first overflowing row, as stepping in order
+        // would find it.
+        let overflow = Mutex::new(None::<(usize, u64)>);
+        fanout.run(pieces, &|p| {
+            let (w, s) = outs[p].lock().take().expect("each piece runs once");
+            let range = bounds[p]..bounds[p + 1];
+            let grads = &update.grads[range.start * d..range.end * d];
+            if let Some(row) = self.step_rows::<D>(&rows[range], grads, w, s) {
+                let mut first = overflow.lock();
+                if first.is_none_or(|(q, _)| p < q) {
+                    *first = Some((p, row));
+                }
             }
-            // SAFETY: row `i`'s floats are within the capacity reserved
-            // above, and `load_to` writes every one of them before the
-            // lengths take them in.
-            unsafe {
-                self.weights.load_to::<false, false>(
-                    row as usize,
-                    weights.as_mut_ptr().add(i * d),
-                    d,
-                );
-                self.state.load_to::<false, false>(
-                    row as usize,
-                    state.as_mut_ptr().add(i * sw),
-                    sw,
-                );
-                weights.set_len((i + 1) * d);
-                state.set_len((i + 1) * sw);
-            }
-            let (w, s) = (&mut weights[i * d..], &mut state[i * sw..]);
-            self.spec
-                .optimizer
-                .step(w, s, &update.grads[i * d..(i + 1) * d]);
-            if !all_finite(w) || !all_finite(s) {
-                return Err(EngineError::NonFiniteUpdate { row });
-            }
+        });
+        if let Some((_, row)) = overflow.into_inner() {
+            return Err(EngineError::NonFiniteUpdate { row });
+        }
+        // SAFETY: `run` returned and no piece found an overflow, so every
+        // piece loaded each of its rows' `d` weights and `sw` state floats
+        // into its part, and together the parts are all of them.
+        unsafe {
+            weights.set_len(rows.len() * d);
+            state.set_len(rows.len() * sw);
         }
         // 2. Commit, one block at a time (readers see old or new rows,
         //    never a torn one).
@@ -1609,6 +1671,64 @@ mod tests {
         .unwrap();
         backend.avx = avx;
         backend
+    }
+
+    /// A push large enough to be stepped in pieces on several threads
+    /// leaves every row as stepping it on one thread does; an overflow
+    /// refuses it naming the first overflowing row either way, and changes
+    /// nothing.
+    #[test]
+    fn updates_stepped_in_pieces_equal_serial_steps() {
+        let (rows, dim) = (40_000u64, 16);
+        let make = || {
+            CpuBackend::new(StorageSpec {
+                rows,
+                first_row: 0,
+                dim,
+                seed: 3,
+                initializer: Initializer::default(),
+                optimizer: Optimizer::Sgd { lr: 1e10 },
+            })
+            .unwrap()
+        };
+        let update = RowGradients {
+            rows: (0..rows).collect(),
+            grads: (0..rows as usize * dim)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) * 1e-12)
+                .collect(),
+        };
+        let mut overflowing = update.clone();
+        overflowing.grads[35_000 * dim] = 1e30;
+        overflowing.grads[12_000 * dim + 3] = -1e30;
+        let all: Vec<u64> = (0..rows).collect();
+        let serial = make();
+        let refused = serial.apply(&overflowing).unwrap_err();
+        assert!(
+            matches!(refused, EngineError::NonFiniteUpdate { row: 12_000 }),
+            "{refused}"
+        );
+        let untouched = serial.read_rows(&all).unwrap();
+        serial.apply(&update).unwrap();
+        let stepped = serial.read_rows(&all).unwrap();
+        assert_ne!(stepped.weights, untouched.weights);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    fanout::install(crate::fanout::test_pool::threads(3));
+                    assert_eq!(fanout::current().threads(), 4);
+                    let fanned = make();
+                    let refused = fanned.apply(&overflowing).unwrap_err();
+                    assert!(matches!(
+                        refused,
+                        EngineError::NonFiniteUpdate { row: 12_000 }
+                    ));
+                    assert_eq!(fanned.read_rows(&all).unwrap(), untouched);
+                    fanned.apply(&update).unwrap();
+                    assert_eq!(fanned.read_rows(&all).unwrap(), stepped);
+                })
+                .join()
+                .unwrap();
+        });
     }
 
     #[test]

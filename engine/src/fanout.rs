@@ -1,0 +1,328 @@
+//! One request's work split over threads that would otherwise wait.
+//!
+//! A trainer waits for each push, and a server answering one trainer at a
+//! time ran each push on one core while its others idled. Work whose pieces
+//! are independent (a push's rows, cut into ranges) asks [`current`] how
+//! many threads could take a piece now, cuts itself into that many pieces
+//! and [`Fanout::run`]s them. A thread gets a fanout with [`install`]: the
+//! server installs its bulk pool's on every bulk thread, so a push fans out
+//! only to bulk threads that are idle (and run at the bulk lane's lowered
+//! priority); on every other thread, the in-process engine's included,
+//! pieces run one after another on the caller's thread ([`Serial`]).
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
+
+/// Runs the pieces of one piece of work on the threads that can take one.
+pub trait Fanout: Send + Sync {
+    /// Threads that could run a piece now, the caller's included (at
+    /// least 1).
+    fn threads(&self) -> usize;
+
+    /// Calls `piece(i)` once for each `i` in `0..pieces`, on the caller's
+    /// thread and any thread that joins; returns once every call has
+    /// returned. A piece's panic is raised again on the caller's thread.
+    fn run(&self, pieces: usize, piece: &(dyn Fn(usize) + Sync));
+}
+
+/// Every piece on the caller's thread, in order.
+pub struct Serial;
+
+impl Fanout for Serial {
+    fn threads(&self) -> usize {
+        1
+    }
+
+    fn run(&self, pieces: usize, piece: &(dyn Fn(usize) + Sync)) {
+        (0..pieces).for_each(piece);
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Arc<dyn Fanout>>> = const { RefCell::new(None) };
+}
+
+/// Makes `fanout` the calling thread's: what [`current`] answers on it
+/// from now on.
+pub fn install(fanout: Arc<dyn Fanout>) {
+    CURRENT.with(|current| *current.borrow_mut() = Some(fanout));
+}
+
+/// The calling thread's fanout: the one [`install`]ed on it, or [`Serial`].
+pub fn current() -> Arc<dyn Fanout> {
+    CURRENT.with(|current| current.borrow().clone().unwrap_or_else(|| Arc::new(Serial)))
+}
+
+/// How many pieces to cut `items` into on `fanout`: one per thread that
+/// could take one, but no piece under `min_per_piece` items (handing a
+/// piece to another thread costs a wake-up, tens of microseconds).
+pub fn pieces_for(fanout: &dyn Fanout, items: usize, min_per_piece: usize) -> usize {
+    (items / min_per_piece.max(1)).clamp(1, fanout.threads().max(1))
+}
+
+/// Runs `piece` for `0..pieces` on the caller's thread and on helpers: it
+/// hands `send` one job per helper wanted (`pieces - 1`), to run on
+/// another thread whenever that thread gets to it. Helpers and the caller
+/// take pieces in turn until none is left; a helper that starts after
+/// that does nothing. The tool a [`Fanout`] over a thread pool is built
+/// with.
+pub fn run_with_helpers(
+    pieces: usize,
+    piece: &(dyn Fn(usize) + Sync),
+    mut send: impl FnMut(Box<dyn FnOnce() + Send>),
+) {
+    if pieces <= 1 {
+        (0..pieces).for_each(piece);
+        return;
+    }
+    // SAFETY: the erased reference is only called by `Claims::take`'s
+    // callers between claiming a piece and `finish`, and only while the
+    // claims are open; `CloseOnDrop` closes them and waits for every such
+    // call to return before this function returns or unwinds, so `piece`
+    // outlives every call through it.
+    let erased: &'static (dyn Fn(usize) + Sync) = unsafe { std::mem::transmute(piece) };
+    let claims = Arc::new(Claims {
+        state: Mutex::new(ClaimState {
+            next: 0,
+            running: 0,
+            closed: false,
+            panic: None,
+        }),
+        finished: Condvar::new(),
+        pieces,
+        piece: erased,
+    });
+    for _ in 1..pieces {
+        let claims = claims.clone();
+        send(Box::new(move || claims.work()));
+    }
+    let open = CloseOnDrop(&claims);
+    claims.work();
+    drop(open);
+    let panic = claims.state.lock().panic.take();
+    if let Some(panic) = panic {
+        resume_unwind(panic);
+    }
+}
+
+/// The pieces of one [`run_with_helpers`], claimed one at a time.
+struct Claims {
+    state: Mutex<ClaimState>,
+    /// Signalled when the last running piece finishes.
+    finished: Condvar,
+    pieces: usize,
+    piece: &'static (dyn Fn(usize) + Sync),
+}
+
+struct ClaimState {
+    /// The next piece nobody has taken.
+    next: usize,
+    /// Pieces taken and not finished.
+    running: usize,
+    /// Set once the caller stops waiting: nothing is taken after.
+    closed: bool,
+    /// The first panic of a piece run by a helper.
+    panic: Option<Box<dyn Any + Send>>,
+}
+
+impl Claims {
+    /// Takes and runs pieces until none is left.
+    fn work(&self) {
+        while let Some(i) = self.take() {
+            let result = catch_unwind(AssertUnwindSafe(|| (self.piece)(i)));
+            let mut state = self.state.lock();
+            state.running -= 1;
+            if let Err(panic) = result {
+                state.panic.get_or_insert(panic);
+            }
+            if state.running == 0 {
+                self.finished.notify_all();
+            }
+        }
+    }
+
+    fn take(&self) -> Option<usize> {
+        let mut state = self.state.lock();
+        if state.closed || state.next == self.pieces {
+            return None;
+        }
+        state.next += 1;
+        state.running += 1;
+        Some(state.next - 1)
+    }
+}
+
+/// Closes the claims and waits for the pieces still running, however the
+/// caller leaves [`run_with_helpers`].
+struct CloseOnDrop<'a>(&'a Claims);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock();
+        state.closed = true;
+        while state.running > 0 {
+            self.0.finished.wait(&mut state);
+        }
+    }
+}
+
+/// `part` filled with zeros, as the floats it now holds.
+pub fn zeroed(part: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    part.fill(MaybeUninit::new(0.0));
+    // SAFETY: every element was just written.
+    unsafe { &mut *(part as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// A fanout over plain threads, for the engine's tests.
+#[cfg(test)]
+pub(crate) mod test_pool {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// A fanout over `n` threads of its own (they end with it).
+    pub(crate) struct Threads {
+        jobs: Mutex<mpsc::Sender<Box<dyn FnOnce() + Send>>>,
+        n: usize,
+    }
+
+    pub(crate) fn threads(n: usize) -> Arc<Threads> {
+        let (sender, receiver) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..n {
+            let receiver = receiver.clone();
+            std::thread::spawn(move || loop {
+                let job = receiver.lock().recv();
+                match job {
+                    Ok(job) => job(),
+                    Err(_) => return,
+                }
+            });
+        }
+        Arc::new(Threads {
+            jobs: Mutex::new(sender),
+            n,
+        })
+    }
+
+    impl Threads {
+        /// Sends `job` to the threads, behind what they have queued.
+        pub(crate) fn send(&self, job: Box<dyn FnOnce() + Send>) {
+            self.jobs.lock().send(job).unwrap();
+        }
+    }
+
+    impl Fanout for Threads {
+        fn threads(&self) -> usize {
+            self.n + 1
+        }
+
+        fn run(&self, pieces: usize, piece: &(dyn Fn(usize) + Sync)) {
+            run_with_helpers(pieces, piece, |job| self.send(job));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_pool::threads;
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+
+    #[test]
+    fn every_piece_runs_once_on_several_threads() {
+        let pool = threads(3);
+        let counts: Vec<AtomicUsize> = (0..64).map(|_| AtomicUsize::new(0)).collect();
+        let seen = Mutex::new(std::collections::HashSet::new());
+        pool.run(64, &|i| {
+            counts[i].fetch_add(1, Ordering::Relaxed);
+            seen.lock().insert(std::thread::current().id());
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        });
+        assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1));
+        assert!(seen.lock().len() > 1, "the helpers took pieces");
+    }
+
+    /// Helpers that start only after the caller took every piece do
+    /// nothing, and the borrowed closure is not touched after `run`
+    /// returns (the caller does not wait for them).
+    #[test]
+    fn late_helpers_do_nothing() {
+        let pool = threads(1);
+        let (hold, held) = mpsc::channel::<()>();
+        pool.send(Box::new(move || held.recv().unwrap()));
+        {
+            let ran = AtomicUsize::new(0);
+            pool.run(4, &|_| {
+                ran.fetch_add(1, Ordering::Relaxed);
+            });
+            assert_eq!(ran.load(Ordering::Relaxed), 4);
+        }
+        hold.send(()).unwrap();
+        // The late helper runs now, on a closure that is gone: it must not
+        // call it. Another run proves the thread survived it.
+        let again = AtomicUsize::new(0);
+        pool.run(2, &|_| {
+            again.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(again.load(Ordering::Relaxed), 2);
+    }
+
+    /// A helper's panic is raised on the caller, which first waits for
+    /// the helper to have taken its piece; the pool keeps working.
+    #[test]
+    fn a_helpers_panic_is_raised_on_the_caller() {
+        let pool = threads(1);
+        let caller = std::thread::current().id();
+        let helper_took_one = std::sync::atomic::AtomicBool::new(false);
+        let raised = catch_unwind(AssertUnwindSafe(|| {
+            pool.run(2, &|_| {
+                if std::thread::current().id() == caller {
+                    while !helper_took_one.load(Ordering::Acquire) {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                } else {
+                    helper_took_one.store(true, Ordering::Release);
+                    panic!("piece failed");
+                }
+            })
+        }));
+        let panic = raised.expect_err("the helper's panic reaches the caller");
+        assert_eq!(panic.downcast_ref::<&str>(), Some(&"piece failed"));
+        let ran = AtomicUsize::new(0);
+        pool.run(3, &|_| {
+            ran.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(ran.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn the_current_fanout_is_the_threads_own() {
+        assert_eq!(current().threads(), 1);
+        std::thread::spawn(|| {
+            install(threads(2));
+            assert_eq!(current().threads(), 3);
+            assert_eq!(pieces_for(&*current(), 100, 10), 3);
+            assert_eq!(pieces_for(&*current(), 25, 10), 2);
+            assert_eq!(pieces_for(&*current(), 5, 10), 1);
+        })
+        .join()
+        .unwrap();
+        assert_eq!(current().threads(), 1, "another thread's install");
+    }
+
+    #[test]
+    fn zeroed_parts_are_zeros() {
+        let mut v: Vec<f32> = Vec::with_capacity(10);
+        let part = zeroed(&mut v.spare_capacity_mut()[..10]);
+        part[3] = 1.5;
+        // SAFETY: zeroed wrote all ten.
+        unsafe { v.set_len(10) };
+        assert_eq!(v.iter().sum::<f32>(), 1.5);
+    }
+}
