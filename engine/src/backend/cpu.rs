@@ -60,6 +60,10 @@ const PREFETCH_AHEAD: usize = 16;
 /// stepped before another thread would have woken up to take them.
 const MIN_ROWS_PER_PIECE: usize = 8_192;
 
+/// Entries a piece of a gather takes at least (see [`MIN_ROWS_PER_PIECE`];
+/// a gather does less per entry than a push does per row).
+const MIN_ENTRIES_PER_PIECE: usize = 16_384;
+
 /// How far ahead, in bytes of rows, a plan's gather prefetches: the lead a
 /// row's load needs is one memory latency, and fewer wide rows than
 /// narrow ones take that long to copy. Measured in-process (4,096 × 26
@@ -455,6 +459,30 @@ fn advise_huge_pages(values: &mut [f32]) {
     }
 }
 
+/// Where a block of a gather's output starts, handed to the threads that
+/// pool its parts.
+struct BlockStart(*mut f32);
+
+// SAFETY: each piece of a gather (`pool_in_slot_order`) writes only its own
+// slots' rows of the block, and nothing reads them until every piece is
+// done.
+unsafe impl Sync for BlockStart {}
+
+/// The `slots` of a plan (entries in slot order) cut into at most `pieces`
+/// runs of about equal entries, never inside a slot: run `p` is slots
+/// `cuts[p]..cuts[p + 1]`.
+fn slot_cuts(plan: &GatherPlan, slots: usize, pieces: usize) -> Vec<usize> {
+    let mut cuts = vec![0];
+    for p in 1..pieces {
+        let slot = plan.slots[p * plan.rows.len() / pieces] as usize;
+        if slot > *cuts.last().unwrap() && slot < slots {
+            cuts.push(slot);
+        }
+    }
+    cuts.push(slots);
+    cuts
+}
+
 /// The stripe guarding `row`'s block.
 fn stripe_index(row: u64) -> usize {
     (row / BLOCK_ROWS) as usize % STRIPES
@@ -580,6 +608,13 @@ unsafe trait BlockOut {
         false
     }
 
+    /// Whether every block's memory is its own, so that all blocks may be
+    /// started before any is written (and written by several threads at
+    /// once); [`SunkBlocks`] reuses one buffer.
+    fn blocks_apart(&self) -> bool {
+        true
+    }
+
     /// Where block `index`, `floats` floats long, is to be written.
     fn start(&mut self, index: usize, floats: usize) -> *mut f32;
 
@@ -639,6 +674,10 @@ impl<'s> SunkBlocks<'s> {
 // SAFETY: the buffer has room for the block, and is read only in
 // `written`, by the sink, before the next block's `start`.
 unsafe impl BlockOut for SunkBlocks<'_> {
+    fn blocks_apart(&self) -> bool {
+        false
+    }
+
     fn start(&mut self, _: usize, floats: usize) -> *mut f32 {
         self.buffer.clear();
         self.buffer.reserve(floats);
@@ -898,34 +937,99 @@ impl CpuBackend {
         let d = self.spec.dim;
         let total = bounds.last().copied().unwrap_or(0).saturating_mul(d);
         let streams = self.avx && d % 8 == 0 && out.streams(total);
-        let mut first = 0;
-        for (index, slots) in bounds.windows(2).enumerate() {
-            let slots = slots[0]..slots[1];
-            let floats = slots.len() * d;
-            let start = out.start(index, floats);
-            let stream = streams && start as usize % 16 == 0;
-            let mut next = first;
-            let quiet = || {
+        let blocks = bounds.len().saturating_sub(1);
+        let fanout = fanout::current();
+        let pieces = if out.blocks_apart() {
+            fanout::pieces_for(&*fanout, plan.rows.len(), MIN_ENTRIES_PER_PIECE)
+        } else {
+            1
+        };
+        if pieces <= 1 {
+            let mut first = 0;
+            for (index, slots) in bounds.windows(2).enumerate() {
+                let floats = (slots[1] - slots[0]) * d;
+                let start = out.start(index, floats);
                 // SAFETY: `start` has room for the block (`BlockOut`'s
-                // promise); `stream` only where it is aligned for it.
-                next =
-                    unsafe { self.pool_block::<false>(plan, first, slots.clone(), start, stream) };
-            };
-            if !self.storing.try_read(quiet) {
-                // SAFETY: as above.
-                next =
-                    unsafe { self.pool_block::<true>(plan, first, slots.clone(), start, stream) };
+                // promise).
+                first = unsafe {
+                    self.pool_whole_block(plan, first, slots[0]..slots[1], start, streams)
+                };
+                // SAFETY: the pooling wrote every slot of the block.
+                unsafe { out.written(index, floats) };
             }
-            if stream {
-                // Non-temporal stores are weakly ordered: the fence makes
-                // every one of them visible before the block is handed on
-                // (to its reader, or to the client with the answer).
-                store_fence();
-            }
-            // SAFETY: the pooling wrote every slot of the block.
-            unsafe { out.written(index, floats) };
-            first = next;
+            return;
         }
+        // Runs of slots of about equal entries, pooled at once by threads
+        // the caller has to spare: every block's place is taken first (the
+        // output's blocks are apart), and each run starts at the first
+        // entry of its first slot (entries come in slot order) and pools
+        // its part of each block it spans.
+        let starts: Vec<BlockStart> = bounds
+            .windows(2)
+            .enumerate()
+            .map(|(index, slots)| BlockStart(out.start(index, (slots[1] - slots[0]) * d)))
+            .collect();
+        let cuts = slot_cuts(plan, bounds[blocks], pieces);
+        fanout.run(cuts.len() - 1, &|p| {
+            let run = cuts[p]..cuts[p + 1];
+            let mut first = plan.slots.partition_point(|&s| (s as usize) < run.start);
+            let from_block = bounds[1..].partition_point(|&end| end <= run.start);
+            for index in from_block..blocks {
+                let block = bounds[index]..bounds[index + 1];
+                if block.start >= run.end {
+                    break;
+                }
+                let part = block.start.max(run.start)..block.end.min(run.end);
+                // SAFETY: block `index` has room for its slots from
+                // `starts[index]` on, and only this piece writes `part`.
+                first = unsafe {
+                    let start = starts[index].0.add((part.start - block.start) * d);
+                    self.pool_whole_block(plan, first, part, start, streams)
+                };
+            }
+        });
+        for (index, slots) in bounds.windows(2).enumerate() {
+            // SAFETY: `run` returned: every block was pooled whole.
+            unsafe { out.written(index, (slots[1] - slots[0]) * d) };
+        }
+    }
+
+    /// Pools one block's `slots` from entry `first` on to `start`, every
+    /// row under its stripe if a store overlapped, and fences
+    /// non-temporal stores (`streams`, where `start` is aligned for them)
+    /// before the block is handed on; returns the entry after the block's
+    /// last.
+    ///
+    /// # Safety
+    ///
+    /// `start` is valid for writes of `slots.len() * dim` floats, which
+    /// nothing else reads or writes meanwhile.
+    unsafe fn pool_whole_block(
+        &self,
+        plan: &GatherPlan,
+        first: usize,
+        slots: Range<usize>,
+        start: *mut f32,
+        streams: bool,
+    ) -> usize {
+        let stream = streams && start as usize % 16 == 0;
+        let mut next = first;
+        let quiet = || {
+            // SAFETY: `start` has room for the block (the caller's
+            // promise); `stream` only where it is aligned for it.
+            next = unsafe { self.pool_block::<false>(plan, first, slots.clone(), start, stream) };
+        };
+        if !self.storing.try_read(quiet) {
+            // SAFETY: as above.
+            next = unsafe { self.pool_block::<true>(plan, first, slots.clone(), start, stream) };
+        }
+        if stream {
+            // Non-temporal stores are weakly ordered: the fence makes every
+            // one of them visible before the block is handed on (to its
+            // reader, or to the client with the answer).
+            store_fence();
+        }
+        next
     }
 
     /// Pools the `slots` of one block of a plan in slot order, from entry
@@ -1787,6 +1891,45 @@ mod tests {
                 checked += 1;
             }
         });
+    }
+
+    /// A gather large enough to be pooled in pieces on several threads
+    /// writes the same blocks as one thread, whether a run of slots spans
+    /// several blocks or one block spans several runs, into blocks of
+    /// their own or one after the other.
+    #[test]
+    fn gathers_pooled_in_pieces_equal_serial_gathers() {
+        for avx in loops() {
+            let backend = backend(5_000, 16, avx);
+            // Blocks of 9,000, 0, 3 and 31,000 slots; one to three entries
+            // a slot, rows spread over the table.
+            let bounds = [0, 9_000, 9_000, 9_003, 40_003];
+            let mut plan = GatherPlan {
+                num_slots: 40_003,
+                ..GatherPlan::default()
+            };
+            for slot in 0..plan.num_slots {
+                for k in 0..1 + slot % 3 {
+                    plan.rows.push(((slot * 7 + k * 131) % 5_000) as u64);
+                    plan.slots.push(slot as u32);
+                    plan.weights.push(1.0 / (1 + k) as f32);
+                }
+            }
+            let serial = backend.gather_blocks(&plan, &bounds).unwrap();
+            let whole = backend.gather(&plan).unwrap();
+            assert_eq!(serial.concat(), whole);
+            std::thread::scope(|scope| {
+                scope
+                    .spawn(|| {
+                        fanout::install(crate::fanout::test_pool::threads(3));
+                        assert!(slot_cuts(&plan, 40_003, 4).len() == 5);
+                        assert_eq!(backend.gather_blocks(&plan, &bounds).unwrap(), serial);
+                        assert_eq!(backend.gather(&plan).unwrap(), whole);
+                    })
+                    .join()
+                    .unwrap();
+            });
+        }
     }
 
     #[test]
