@@ -53,9 +53,15 @@ pub fn install(fanout: Arc<dyn Fanout>) {
     CURRENT.with(|current| *current.borrow_mut() = Some(fanout));
 }
 
-/// The calling thread's fanout: the one [`install`]ed on it, or [`Serial`].
+/// The calling thread's fanout: the one [`install`]ed on it, or [`Serial`]
+/// (made once per thread: serving lookups ask on every call).
 pub fn current() -> Arc<dyn Fanout> {
-    CURRENT.with(|current| current.borrow().clone().unwrap_or_else(|| Arc::new(Serial)))
+    CURRENT.with(|current| {
+        current
+            .borrow_mut()
+            .get_or_insert_with(|| Arc::new(Serial))
+            .clone()
+    })
 }
 
 /// How many pieces to cut `items` into on `fanout`: one per thread that
