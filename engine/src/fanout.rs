@@ -7,18 +7,20 @@
 //! and [`Fanout::run`]s them. A thread gets a fanout with [`install`]: the
 //! server installs its bulk pool's on every bulk thread, so a push fans out
 //! only to bulk threads that are idle (and run at the bulk lane's lowered
-//! priority); on every other thread, the in-process engine's included,
-//! pieces run one after another on the caller's thread ([`Serial`]).
+//! priority); on every other thread (serving threads, the in-process
+//! engine's) pieces run one after another on the caller's thread
+//! ([`Serial`]). A hand-off costs a wake-up: a radix sort cut into pieces
+//! (four hand-offs per sort) made one trainer's push slower here, and was
+//! dropped (docs/results/profile.md, section 30).
 
 use std::any::Any;
 use std::cell::RefCell;
-use std::mem::MaybeUninit;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
 
-/// Runs the pieces of one piece of work on the threads that can take one.
+/// Runs the pieces of one job on the threads that can take one.
 pub trait Fanout: Send + Sync {
     /// Threads that could run a piece now, the caller's included (at
     /// least 1).
@@ -177,13 +179,6 @@ impl Drop for CloseOnDrop<'_> {
     }
 }
 
-/// `part` filled with zeros, as the floats it now holds.
-pub fn zeroed(part: &mut [MaybeUninit<f32>]) -> &mut [f32] {
-    part.fill(MaybeUninit::new(0.0));
-    // SAFETY: every element was just written.
-    unsafe { &mut *(part as *mut [MaybeUninit<f32>] as *mut [f32]) }
-}
-
 /// A fanout over plain threads, for the engine's tests.
 #[cfg(test)]
 pub(crate) mod test_pool {
@@ -320,15 +315,5 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(current().threads(), 1, "another thread's install");
-    }
-
-    #[test]
-    fn zeroed_parts_are_zeros() {
-        let mut v: Vec<f32> = Vec::with_capacity(10);
-        let part = zeroed(&mut v.spare_capacity_mut()[..10]);
-        part[3] = 1.5;
-        // SAFETY: zeroed wrote all ten.
-        unsafe { v.set_len(10) };
-        assert_eq!(v.iter().sum::<f32>(), 1.5);
     }
 }

@@ -14,6 +14,7 @@
 //! slots, one per (output row, chunk); slot `s` is floats `[s*d, (s+1)*d)`,
 //! so a block's floats are exactly its row-major `[rows, chunks*d]` output.
 
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
@@ -206,7 +207,7 @@ impl BatchPlan {
         }
         let non_finite = AtomicBool::new(false);
         fanout.run(outs.len(), &|p| {
-            let out = fanout::zeroed(outs[p].lock().take().expect("each piece runs once"));
+            let out = zeroed(outs[p].lock().take().expect("each piece runs once"));
             sum_rows(&entries[cuts[p].entry..cuts[p + 1].entry], grads, d, out);
             if first_non_finite(out).is_some() {
                 non_finite.store(true, Ordering::Relaxed);
@@ -287,6 +288,14 @@ fn rows_and_cuts(entries: &[SummedEntry], pieces: usize) -> (Vec<u64>, Vec<Cut>)
         row: rows.len(),
     });
     (rows, cuts)
+}
+
+/// `part` filled with zeros, as the floats it now holds: each piece of a
+/// push's summing zeroes its own part of the sums.
+fn zeroed(part: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    part.fill(MaybeUninit::new(0.0));
+    // SAFETY: every element was just written.
+    unsafe { &mut *(part as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// Sums `entries` (sorted by row) into `out`, one `d`-float sum per row in

@@ -1380,13 +1380,11 @@ impl CpuBackend {
         }
     }
 
-    /// [`Backend::apply`] for rows of `D` floats (0: the table's width,
-    /// known at run time).
-    #[inline(always)]
     /// Loads `rows` into `weights` and `state` (`d` and `state.width`
     /// floats a row, in order) and steps each with its `d` gradients:
     /// the first row whose step is not finite, if one is (the rows after
     /// it are left unloaded). The caller holds the writer's turn.
+    #[inline(always)]
     fn step_rows<const D: usize>(
         &self,
         rows: &[u64],
@@ -1427,6 +1425,9 @@ impl CpuBackend {
         None
     }
 
+    /// [`Backend::apply`] for rows of `D` floats (0: the table's width,
+    /// known at run time).
+    #[inline(always)]
     fn apply_rows<const D: usize>(&self, update: &RowGradients) -> Result<(), EngineError> {
         let d = if D == 0 { self.spec.dim } else { D };
         let sw = self.state.width;
