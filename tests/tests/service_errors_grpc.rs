@@ -427,12 +427,13 @@ fn bytes_that_are_not_protobuf_are_invalid_arguments() {
     run(async |f| {
         let Fixture { admin, .. } = f;
         let before = snapshot(admin).await;
-        // Lookup and Push are served below tonic's codec
-        // (grpc/raw_unary.rs), PushRows through it: all refuse alike.
+        // EmbeddingService's unary methods are served below tonic's codec
+        // (grpc/raw_unary.rs): all refuse as tonic's codec did.
         for path in [
             "/featmux.v1.EmbeddingService/Push",
             "/featmux.v1.EmbeddingService/Lookup",
             "/featmux.v1.EmbeddingService/PushRows",
+            "/featmux.v1.EmbeddingService/LookupRows",
         ] {
             let status = raw::call(
                 f.server.grpc_url(),
@@ -447,6 +448,11 @@ fn bytes_that_are_not_protobuf_are_invalid_arguments() {
                 "{path}: {status:?}"
             );
         }
+        // A method the service lacks, as tonic's generated service answered.
+        let path = "/featmux.v1.EmbeddingService/Nope";
+        let status = raw::call(f.server.grpc_url(), path, Some(DATA), Vec::new()).await;
+        assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+        assert!(status.message().contains("no method at"), "{status:?}");
         unchanged!(admin, before, "gRPC malformed protobuf");
     });
 }
