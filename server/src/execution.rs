@@ -20,10 +20,10 @@
 //!   cores when nothing else wants them. Jobs run in arrival order; one
 //!   that waited longer than `execution.bulk_max_wait_ms` is refused with
 //!   RESOURCE_EXHAUSTED instead of run (its client has likely given up).
-//!   A job's large pieces of work (a push's summing and optimizer steps)
-//!   are shared with the bulk threads that are idle at the time
-//!   ([`featmux_engine::fanout`]): one trainer's push no longer runs on
-//!   one core while the others wait.
+//!   A job's large independent work (a push's sums, optimizer steps and
+//!   commit, a lookup's gather) is shared with the bulk threads that are
+//!   idle at the time ([`featmux_engine::fanout`]): one trainer's request
+//!   no longer runs on one core while the others wait.
 //! - **Serving**: lookups without a ticket of at most
 //!   `execution.serving_max_values` values, and admin calls, run where they
 //!   did (tokio's blocking pool at normal priority; the smallest HTTP
