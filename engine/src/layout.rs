@@ -202,6 +202,23 @@ impl<'a> BatchLayout<'a> {
 
     /// Where each feature's output begins among the slots, and where the
     /// last ends.
+    /// The features cut into at most `pieces` runs of about equal entries:
+    /// run `p` is features `cuts[p]..cuts[p + 1]`, none empty.
+    pub(crate) fn feature_cuts(&self, pieces: usize) -> Vec<usize> {
+        let mut cuts = vec![0];
+        let mut entries = 0;
+        for (i, (feature, fb)) in self.features.iter().enumerate() {
+            let target = cuts.len() * self.entries / pieces.max(1);
+            if entries >= target && i > *cuts.last().unwrap() {
+                cuts.push(i);
+            }
+            entries += fb.values.len() * feature.seeds.len();
+        }
+        cuts.push(self.features.len());
+        cuts.dedup();
+        cuts
+    }
+
     pub fn block_bounds(&self) -> Vec<usize> {
         block_bounds(&self.outputs, self.num_slots)
     }

@@ -15,6 +15,7 @@
 //! so a block's floats are exactly its row-major `[rows, chunks*d]` output.
 
 use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
@@ -325,17 +326,32 @@ fn sum_rows<G: GradientSource>(entries: &[SummedEntry], grads: &[G], d: usize, o
 /// single-example HTTP lookup 26 allocations and their frees).
 pub(crate) fn gather_plan(
     layout: &BatchLayout<'_>,
+    value_hashes: Option<&mut Vec<u64>>,
+) -> GatherPlan {
+    gather_plan_of(layout, 0..layout.features.len(), value_hashes)
+}
+
+/// [`gather_plan`] for the layout's `features` only, at the layout's
+/// slots: the plan of one piece of a gather cut by feature.
+pub(crate) fn gather_plan_of(
+    layout: &BatchLayout<'_>,
+    features: Range<usize>,
     mut value_hashes: Option<&mut Vec<u64>>,
 ) -> GatherPlan {
+    let features = &layout.features[features];
+    let entries = features
+        .iter()
+        .map(|(feature, fb)| fb.values.len() * feature.seeds.len())
+        .sum();
     let mut gather = GatherPlan {
         // Sized once for every feature's entries (growing per feature
         // copied the vectors over again).
-        rows: Vec::with_capacity(layout.entries),
-        slots: Vec::with_capacity(layout.entries),
-        weights: Vec::with_capacity(layout.entries),
+        rows: Vec::with_capacity(entries),
+        slots: Vec::with_capacity(entries),
+        weights: Vec::with_capacity(entries),
         num_slots: layout.num_slots,
     };
-    for (feature, fb) in &layout.features {
+    for (feature, fb) in features {
         let hashes = value_hashes.as_deref_mut();
         match &fb.values {
             Values::Strings(values) => {
@@ -475,6 +491,42 @@ mod tests {
             block: 0,
             offset: 0,
         }
+    }
+
+    /// A lookup large enough to be hashed and pooled in pieces answers
+    /// on four threads what it answers on one, a multi-chunk feature whose
+    /// one bag of two puts its entries out of slot order included.
+    #[test]
+    fn lookups_planned_and_pooled_in_pieces_equal_serial_lookups() {
+        let table = Table::create(TableSpec::new("t", 30_000, 16), BackendKind::Cpu).unwrap();
+        let examples = 4096usize;
+        let mut features = Vec::new();
+        for f in 0..10 {
+            let name = format!("f{f}");
+            table
+                .add_feature(FeatureSpec::new(&name).chunks(1 + f % 2))
+                .unwrap();
+            let values = (0..examples).map(|e| format!("v{}", (e * 7 + f as usize * 13) % 50_000));
+            features.push(FeatureBatch::strings(&name, values, vec![1; examples]));
+        }
+        table.add_feature(FeatureSpec::new("m").chunks(2)).unwrap();
+        let mut lengths = vec![0; examples];
+        lengths[3] = 2;
+        features.insert(4, FeatureBatch::strings("m", ["a", "b"], lengths));
+        let batch = Batch::new(features);
+        let serial = table.lookup(&batch).unwrap();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    fanout::install(threads(3));
+                    let layout = table.layout(&batch, usize::MAX).unwrap();
+                    assert!(!layout.sums_entries());
+                    assert!(layout.feature_cuts(4).len() > 2, "cut into pieces");
+                    assert_eq!(table.lookup(&batch).unwrap(), serial);
+                })
+                .join()
+                .unwrap();
+        });
     }
 
     #[test]

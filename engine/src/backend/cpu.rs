@@ -38,10 +38,10 @@ use parking_lot::{Mutex, MutexGuard};
 use super::streamed::{answer_streams, store_fence, stream_row};
 use super::{Backend, BlockSink, GatherPlan, GatherTarget, RowData, RowGradients, StorageSpec};
 use crate::error::EngineError;
-use crate::fanout;
+use crate::fanout::{self, Fanout};
 use crate::layout::{Bags, BatchLayout, Entry, EntrySink, FeatureEntries, KeyColumn};
 use crate::optimizer::all_finite;
-use crate::plan::gather_plan;
+use crate::plan::{gather_plan, gather_plan_of};
 use crate::prefetch::CACHE_LINE;
 
 /// Rows per block: the unit of locking and of flushing.
@@ -1534,12 +1534,82 @@ impl CpuBackend {
             // The plan's rows and slots come from the layout checked above,
             // so its entries are not checked again (3.4 % of a lookup's
             // samples).
+            let bounds = layout.block_bounds();
+            let fanout = fanout::current();
+            if out.blocks_apart() {
+                let pieces = fanout::pieces_for(&*fanout, layout.entries, MIN_ENTRIES_PER_PIECE);
+                if pieces > 1 {
+                    self.plan_and_pool_in_pieces(layout, &bounds, out, &*fanout, pieces);
+                    return Ok(());
+                }
+            }
             let gather = gather_plan(layout, None);
-            self.gather_checked_blocks(&gather, &layout.block_bounds(), out);
+            self.gather_checked_blocks(&gather, &bounds, out);
             return Ok(());
         }
         layout.for_each_feature(&mut BlockPooler { backend: self, out });
         Ok(())
+    }
+
+    /// The single-valued gather of [`Self::gather_layout_with`] cut into
+    /// runs of whole features (one block each) of about equal entries,
+    /// each piece hashing its features and pooling their blocks on a
+    /// thread the caller has to spare: planning is half of such a
+    /// lookup's work, and done in one piece before the gather it would
+    /// leave the other threads waiting.
+    fn plan_and_pool_in_pieces(
+        &self,
+        layout: &BatchLayout<'_>,
+        bounds: &[usize],
+        out: &mut impl BlockOut,
+        fanout: &dyn Fanout,
+        pieces: usize,
+    ) {
+        let d = self.spec.dim;
+        let total = bounds.last().copied().unwrap_or(0).saturating_mul(d);
+        let streams = self.avx && d % 8 == 0 && out.streams(total);
+        let starts: Vec<BlockStart> = bounds
+            .windows(2)
+            .enumerate()
+            .map(|(index, slots)| BlockStart(out.start(index, (slots[1] - slots[0]) * d)))
+            .collect();
+        let cuts = layout.feature_cuts(pieces);
+        fanout.run(cuts.len() - 1, &|p| {
+            let features = cuts[p]..cuts[p + 1];
+            let plan = gather_plan_of(layout, features.clone(), None);
+            if !plan.slots_ascend() {
+                // Entries out of slot order (bags of multi-chunk features,
+                // rare where entries do not outnumber slots): pooled whole,
+                // then copied into the blocks.
+                let whole = self.gather_in_any_order(&plan);
+                for index in features {
+                    let block = &whole[bounds[index] * d..bounds[index + 1] * d];
+                    // SAFETY: `starts[index]` has room for the block, which
+                    // only this piece writes.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(block.as_ptr(), starts[index].0, block.len())
+                    };
+                }
+                return;
+            }
+            let mut first = 0;
+            for index in features {
+                // SAFETY: as above.
+                first = unsafe {
+                    self.pool_whole_block(
+                        &plan,
+                        first,
+                        bounds[index]..bounds[index + 1],
+                        starts[index].0,
+                        streams,
+                    )
+                };
+            }
+        });
+        for (index, slots) in bounds.windows(2).enumerate() {
+            // SAFETY: `run` returned: every block was written whole.
+            unsafe { out.written(index, (slots[1] - slots[0]) * d) };
+        }
     }
 
     /// [`Backend::gather_blocks`] of a plan whose rows, slots and `bounds`
