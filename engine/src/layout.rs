@@ -9,6 +9,8 @@
 //! way from memory (planning first ran the hashing and the cache misses one
 //! after the other).
 
+use std::ops::Range;
+
 use crate::batch::{Batch, FeatureBatch, FeatureEmbeddings, PackedStrings, Values};
 use crate::error::EngineError;
 use crate::hashing::{chunk_seed, hash_key, Key, RowSpan};
@@ -182,7 +184,19 @@ impl<'a> BatchLayout<'a> {
     /// Hands `sink` each feature's entries in batch order, each value type
     /// through its own monomorphic loop.
     pub fn for_each_feature(&self, sink: &mut impl EntrySink) {
-        for (block, (layout, fb)) in self.features.iter().enumerate() {
+        self.for_each_feature_in(0..self.features.len(), sink);
+    }
+
+    /// [`Self::for_each_feature`] for `features` only (a piece of a
+    /// gather cut by feature).
+    pub(crate) fn for_each_feature_in(&self, features: Range<usize>, sink: &mut impl EntrySink) {
+        for (block, (layout, fb)) in self
+            .features
+            .iter()
+            .enumerate()
+            .take(features.end)
+            .skip(features.start)
+        {
             let slots = self.outputs[block].rows * layout.seeds.len();
             match &fb.values {
                 Values::Strings(values) => {
@@ -200,8 +214,6 @@ impl<'a> BatchLayout<'a> {
         }
     }
 
-    /// Where each feature's output begins among the slots, and where the
-    /// last ends.
     /// The features cut into at most `pieces` runs of about equal entries:
     /// run `p` is features `cuts[p]..cuts[p + 1]`, none empty.
     pub(crate) fn feature_cuts(&self, pieces: usize) -> Vec<usize> {
@@ -219,6 +231,8 @@ impl<'a> BatchLayout<'a> {
         cuts
     }
 
+    /// Where each feature's output begins among the slots, and where the
+    /// last ends.
     pub fn block_bounds(&self) -> Vec<usize> {
         block_bounds(&self.outputs, self.num_slots)
     }

@@ -494,8 +494,9 @@ mod tests {
     }
 
     /// A lookup large enough to be hashed and pooled in pieces answers
-    /// on four threads what it answers on one, a multi-chunk feature whose
-    /// one bag of two puts its entries out of slot order included.
+    /// on four threads what it answers on one: single values (a
+    /// multi-chunk feature whose one bag of two puts its entries out of
+    /// slot order included) and bags.
     #[test]
     fn lookups_planned_and_pooled_in_pieces_equal_serial_lookups() {
         let table = Table::create(TableSpec::new("t", 30_000, 16), BackendKind::Cpu).unwrap();
@@ -514,7 +515,16 @@ mod tests {
         lengths[3] = 2;
         features.insert(4, FeatureBatch::strings("m", ["a", "b"], lengths));
         let batch = Batch::new(features);
-        let serial = table.lookup(&batch).unwrap();
+        // Bags of three: entries outnumber slots, pooled feature by feature.
+        let bags = Batch::new(
+            (0..10)
+                .map(|f| {
+                    let values = (0..3 * examples).map(|v| format!("b{}", (v * 11 + f) % 50_000));
+                    FeatureBatch::strings(format!("f{f}"), values, vec![3; examples])
+                })
+                .collect(),
+        );
+        let serial = (table.lookup(&batch).unwrap(), table.lookup(&bags).unwrap());
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
@@ -522,7 +532,9 @@ mod tests {
                     let layout = table.layout(&batch, usize::MAX).unwrap();
                     assert!(!layout.sums_entries());
                     assert!(layout.feature_cuts(4).len() > 2, "cut into pieces");
-                    assert_eq!(table.lookup(&batch).unwrap(), serial);
+                    assert_eq!(table.lookup(&batch).unwrap(), serial.0);
+                    assert!(table.layout(&bags, usize::MAX).unwrap().sums_entries());
+                    assert_eq!(table.lookup(&bags).unwrap(), serial.1);
                 })
                 .join()
                 .unwrap();

@@ -463,10 +463,55 @@ fn advise_huge_pages(values: &mut [f32]) {
 /// pool its parts.
 struct BlockStart(*mut f32);
 
-// SAFETY: each piece of a gather (`pool_in_slot_order`) writes only its own
-// slots' rows of the block, and nothing reads them until every piece is
-// done.
+// SAFETY: each piece of a gather ([`write_blocks_in_pieces`]) writes only
+// its own slots' rows of the block, and nothing reads them until every
+// piece is done.
 unsafe impl Sync for BlockStart {}
+
+/// Writes `out`'s blocks (slots `bounds`, `d` floats each) in `runs`
+/// pieces on `fanout`: every block is started first, `write(p, starts)`
+/// writes run `p`'s part of them, and every block is marked written once
+/// all runs are done.
+///
+/// # Safety
+///
+/// `out`'s blocks are apart ([`BlockOut::blocks_apart`]), and the runs
+/// together write every float of every block, each exactly once.
+unsafe fn write_blocks_in_pieces(
+    out: &mut impl BlockOut,
+    bounds: &[usize],
+    d: usize,
+    fanout: &dyn Fanout,
+    runs: usize,
+    write: &(dyn Fn(usize, &[BlockStart]) + Sync),
+) {
+    let starts: Vec<BlockStart> = bounds
+        .windows(2)
+        .enumerate()
+        .map(|(index, slots)| BlockStart(out.start(index, (slots[1] - slots[0]) * d)))
+        .collect();
+    fanout.run(runs, &|p| write(p, &starts));
+    for (index, slots) in bounds.windows(2).enumerate() {
+        // SAFETY: `run` returned, and the runs wrote every block whole
+        // (the caller's promise).
+        unsafe { out.written(index, (slots[1] - slots[0]) * d) };
+    }
+}
+
+/// Blocks an output started before the gather that writes them
+/// ([`write_blocks_in_pieces`]): a piece's [`BlockPooler`] writes each of
+/// its blocks where it starts.
+struct Prestarted<'a>(&'a [BlockStart]);
+
+// SAFETY: each block was started by an output whose blocks are apart, with
+// room for its floats, and is written by one piece only.
+unsafe impl BlockOut for Prestarted<'_> {
+    fn start(&mut self, index: usize, _: usize) -> *mut f32 {
+        self.0[index].0
+    }
+
+    unsafe fn written(&mut self, _: usize, _: usize) {}
+}
 
 /// The `slots` of a plan (entries in slot order) cut into at most `pieces`
 /// runs of about equal entries, never inside a slot: run `p` is slots
@@ -960,17 +1005,11 @@ impl CpuBackend {
             return;
         }
         // Runs of slots of about equal entries, pooled at once by threads
-        // the caller has to spare: every block's place is taken first (the
-        // output's blocks are apart), and each run starts at the first
-        // entry of its first slot (entries come in slot order) and pools
-        // its part of each block it spans.
-        let starts: Vec<BlockStart> = bounds
-            .windows(2)
-            .enumerate()
-            .map(|(index, slots)| BlockStart(out.start(index, (slots[1] - slots[0]) * d)))
-            .collect();
+        // the caller has to spare: each run starts at the first entry of
+        // its first slot (entries come in slot order) and pools its part of
+        // each block it spans.
         let cuts = slot_cuts(plan, bounds[blocks], pieces);
-        fanout.run(cuts.len() - 1, &|p| {
+        let pool_run = |p: usize, starts: &[BlockStart]| {
             let run = cuts[p]..cuts[p + 1];
             let mut first = plan.slots.partition_point(|&s| (s as usize) < run.start);
             let from_block = bounds[1..].partition_point(|&end| end <= run.start);
@@ -981,17 +1020,15 @@ impl CpuBackend {
                 }
                 let part = block.start.max(run.start)..block.end.min(run.end);
                 // SAFETY: block `index` has room for its slots from
-                // `starts[index]` on, and only this piece writes `part`.
+                // `starts[index]` on, and only this run writes `part`.
                 first = unsafe {
                     let start = starts[index].0.add((part.start - block.start) * d);
                     self.pool_whole_block(plan, first, part, start, streams)
                 };
             }
-        });
-        for (index, slots) in bounds.windows(2).enumerate() {
-            // SAFETY: `run` returned: every block was pooled whole.
-            unsafe { out.written(index, (slots[1] - slots[0]) * d) };
-        }
+        };
+        // SAFETY: the runs' parts are every slot of every block, once.
+        unsafe { write_blocks_in_pieces(out, bounds, d, &*fanout, cuts.len() - 1, &pool_run) };
     }
 
     /// Pools one block's `slots` from entry `first` on to `start`, every
@@ -1526,6 +1563,15 @@ impl CpuBackend {
                 ),
             ));
         }
+        // Large gathers are cut into pieces that threads the caller has to
+        // spare take (`fanout`), where the output's blocks are apart.
+        let bounds = layout.block_bounds();
+        let fanout = fanout::current();
+        let pieces = if out.blocks_apart() {
+            fanout::pieces_for(&*fanout, layout.entries, MIN_ENTRIES_PER_PIECE)
+        } else {
+            1
+        };
         if !layout.sums_entries() {
             // Each entry its own output row: the gather is a copy per
             // entry, and hashing in a loop of its own first, several
@@ -1534,17 +1580,29 @@ impl CpuBackend {
             // The plan's rows and slots come from the layout checked above,
             // so its entries are not checked again (3.4 % of a lookup's
             // samples).
-            let bounds = layout.block_bounds();
-            let fanout = fanout::current();
-            if out.blocks_apart() {
-                let pieces = fanout::pieces_for(&*fanout, layout.entries, MIN_ENTRIES_PER_PIECE);
-                if pieces > 1 {
-                    self.plan_and_pool_in_pieces(layout, &bounds, out, &*fanout, pieces);
-                    return Ok(());
-                }
+            if pieces > 1 {
+                self.plan_and_pool_in_pieces(layout, &bounds, out, &*fanout, pieces);
+                return Ok(());
             }
             let gather = gather_plan(layout, None);
             self.gather_checked_blocks(&gather, &bounds, out);
+            return Ok(());
+        }
+        if pieces > 1 {
+            // Runs of whole features, each pooled by one piece as the
+            // serial loop pools it.
+            let cuts = layout.feature_cuts(pieces);
+            let pool_run = |p: usize, starts: &[BlockStart]| {
+                let mut out = Prestarted(starts);
+                let mut pooler = BlockPooler {
+                    backend: self,
+                    out: &mut out,
+                };
+                layout.for_each_feature_in(cuts[p]..cuts[p + 1], &mut pooler);
+            };
+            let d = self.spec.dim;
+            // SAFETY: each run pools every block of its features, whole.
+            unsafe { write_blocks_in_pieces(out, &bounds, d, &*fanout, cuts.len() - 1, &pool_run) };
             return Ok(());
         }
         layout.for_each_feature(&mut BlockPooler { backend: self, out });
@@ -1568,13 +1626,8 @@ impl CpuBackend {
         let d = self.spec.dim;
         let total = bounds.last().copied().unwrap_or(0).saturating_mul(d);
         let streams = self.avx && d % 8 == 0 && out.streams(total);
-        let starts: Vec<BlockStart> = bounds
-            .windows(2)
-            .enumerate()
-            .map(|(index, slots)| BlockStart(out.start(index, (slots[1] - slots[0]) * d)))
-            .collect();
         let cuts = layout.feature_cuts(pieces);
-        fanout.run(cuts.len() - 1, &|p| {
+        let plan_and_pool = |p: usize, starts: &[BlockStart]| {
             let features = cuts[p]..cuts[p + 1];
             let plan = gather_plan_of(layout, features.clone(), None);
             if !plan.slots_ascend() {
@@ -1605,11 +1658,9 @@ impl CpuBackend {
                     )
                 };
             }
-        });
-        for (index, slots) in bounds.windows(2).enumerate() {
-            // SAFETY: `run` returned: every block was written whole.
-            unsafe { out.written(index, (slots[1] - slots[0]) * d) };
-        }
+        };
+        // SAFETY: each run writes every block of its features, whole.
+        unsafe { write_blocks_in_pieces(out, bounds, d, fanout, cuts.len() - 1, &plan_and_pool) };
     }
 
     /// [`Backend::gather_blocks`] of a plan whose rows, slots and `bounds`
