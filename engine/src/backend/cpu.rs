@@ -1565,7 +1565,6 @@ impl CpuBackend {
         }
         // Large gathers are cut into pieces that threads the caller has to
         // spare take (`fanout`), where the output's blocks are apart.
-        let bounds = layout.block_bounds();
         let fanout = fanout::current();
         let pieces = if out.blocks_apart() {
             fanout::pieces_for(&*fanout, layout.entries, MIN_ENTRIES_PER_PIECE)
@@ -1573,6 +1572,7 @@ impl CpuBackend {
             1
         };
         if !layout.sums_entries() {
+            let bounds = layout.block_bounds();
             // Each entry its own output row: the gather is a copy per
             // entry, and hashing in a loop of its own first, several
             // values at once, is faster (in-process lookups of 4,096 × 26
@@ -1600,7 +1600,7 @@ impl CpuBackend {
                 };
                 layout.for_each_feature_in(cuts[p]..cuts[p + 1], &mut pooler);
             };
-            let d = self.spec.dim;
+            let (bounds, d) = (layout.block_bounds(), self.spec.dim);
             // SAFETY: each run pools every block of its features, whole.
             unsafe { write_blocks_in_pieces(out, &bounds, d, &*fanout, cuts.len() - 1, &pool_run) };
             return Ok(());
