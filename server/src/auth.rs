@@ -4,7 +4,7 @@
 //! unless `auth.public_metrics` opens it. Tokens are compared in constant
 //! time.
 //!
-//! gRPC calls are authorized by [`GrpcAuthLayer`], before tonic decodes the
+//! gRPC calls are authorized by [`GrpcAuthLayer`](crate::grpc::auth::GrpcAuthLayer), before tonic decodes the
 //! message: an anonymous client must not be able to make the server decode
 //! (and allocate for) a message up to `limits.max_message_bytes`.
 

@@ -2,7 +2,7 @@
 //! in, embeddings out as one object or one concatenated vector per example.
 //!
 //! - [`read`]: the request's examples, read straight into a batch;
-//! - [`write`]: the looked-up embeddings, written per example.
+//! - [`write`](mod@write): the looked-up embeddings, written per example.
 
 pub mod read;
 pub mod write;

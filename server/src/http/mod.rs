@@ -7,7 +7,7 @@
 //! - this file: the router, its auth and metrics middleware and the hop
 //!   to the blocking pool;
 //! - [`extract`]: extractors that refuse in the API's error format;
-//! - [`bodies`]: request and response bodies; [`openapi`]: the document;
+//! - [`bodies`]: request and response bodies; [`openapi`](mod@openapi): the document;
 //! - `serving`, `admin`, `operations`: the handlers.
 
 mod admin;

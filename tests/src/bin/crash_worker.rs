@@ -11,7 +11,7 @@
 //! A line `stop` on stdin asks for a graceful shutdown (`Catalog::close`),
 //! after which it prints `closed` and exits 0.
 //!
-//! usage: crash_worker <data-dir> <round> <flush-interval-ms>
+//! usage: `crash_worker <data-dir> <round> <flush-interval-ms>`
 
 use std::io::BufRead;
 use std::sync::atomic::{AtomicBool, Ordering};
