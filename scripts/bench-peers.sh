@@ -165,6 +165,26 @@ for round in $(seq "${PAIRS:-3}"); do
         fresh_server
     done
 done
+# One trainer (one client), where a request's work can use every core:
+# the server shares it with its idle bulk threads (engine::fanout), the
+# in-process engine runs it on the caller's thread. Paired in rounds too.
+one="--examples 4096 --features 26 --values 1 --vocab 100000 --concurrency 1"
+for round in $(seq "${PAIRS:-3}"); do
+    bench "engine-lookup-c1-$round" --workload engine-lookup --table single $one
+    bench "lookup-c1-$round" --workload lookup --table single $one
+    bench_region "lookup-region-c1-$round" --workload lookup --table single $one
+    for op in push train; do
+        bench "engine-$op-c1-$round" --workload "engine-$op" --table rwa \
+            --optimizer row-wise-adagrad --lr 0.05 $one
+        fresh_server
+        bench "$op-c1-$round" --workload "$op" --table rwa --optimizer row-wise-adagrad \
+            --lr 0.05 $one
+        fresh_server
+        bench_region "$op-region-c1-$round" --workload "$op" --table rwa \
+            --optimizer row-wise-adagrad --lr 0.05 $one
+        fresh_server
+    done
+done
 bench redis-mget --workload redis-mget $single
 bench redis-mget-pipelined --workload redis-mget --mget-keys 1000 $single
 
