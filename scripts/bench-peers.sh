@@ -119,12 +119,13 @@ bench_unix() {
 bench_region() {
     bench_unix "$@" --shared-region
 }
+# With TRAINER_CPUS set (a taskset list), the benchmark runs on those CPUs.
 bench_at() {
     addr=$1
     name=$2
     shift 2
     echo "== $name ($addr): $*" >&2
-    "$FEATMUX" --addr "$addr" --json bench --http "http://$HTTP" \
+    ${TRAINER_CPUS:+taskset -c "$TRAINER_CPUS"} "$FEATMUX" --addr "$addr" --json bench --http "http://$HTTP" \
         --redis "127.0.0.1:$REDIS_PORT" --duration "$DURATION" --batches 4 "$@" \
         >"$RESULTS/$name.json"
 }
@@ -185,6 +186,30 @@ for round in $(seq "${PAIRS:-3}"); do
         fresh_server
     done
 done
+# Split cores: the server on the first half of the CPUs, the trainer on
+# the rest, and the in-process engine (its clients beside it) on the
+# server's half. This is what the wire costs a server whose trainer has
+# cores of its own, the nearest this one machine comes to two: loopback
+# TCP still does the receiving side's protocol work on the sender's core.
+half=$(($(nproc) / 2))
+if [ "$half" -ge 1 ]; then
+    server_cpus="0-$((half - 1))"
+    trainer_cpus="$half-$(($(nproc) - 1))"
+    for round in $(seq "${PAIRS:-3}"); do
+        SERVER_CPUS=$server_cpus fresh_server
+        TRAINER_CPUS=$server_cpus bench "split-engine-lookup-$round" --workload engine-lookup \
+            --table single $single
+        TRAINER_CPUS=$trainer_cpus bench "split-lookup-$round" --workload lookup --table single \
+            $single
+        for op in push train; do
+            TRAINER_CPUS=$server_cpus bench "split-engine-$op-$round" --workload "engine-$op" \
+                --table rwa $train
+            SERVER_CPUS=$server_cpus fresh_server
+            TRAINER_CPUS=$trainer_cpus bench "split-$op-$round" --workload "$op" --table rwa $train
+        done
+    done
+    fresh_server
+fi
 bench redis-mget --workload redis-mget $single
 bench redis-mget-pipelined --workload redis-mget --mget-keys 1000 $single
 

@@ -18,11 +18,12 @@ serve() {
 # start_server BIN GRPC_ADDR HTTP_ADDR DIR [FLAGS...]: a server on DIR/data,
 # its Unix socket DIR/grpc.sock and its log DIR/featmux.log, with FLAGS
 # passed on to `featmux serve`; sets $server, or exits with the log if it
-# did not come up within 60 s (a replica copies its primary first).
+# did not come up within 60 s (a replica copies its primary first). With
+# SERVER_CPUS set (a taskset list), the server runs on those CPUs only.
 start_server() {
     _bin=$1 _grpc=$2 _http=$3 _dir=$4
     shift 4
-    "$_bin" serve --data-dir "$_dir/data" --grpc-addr "$_grpc" --http-addr "$_http" \
+    ${SERVER_CPUS:+taskset -c "$SERVER_CPUS"} "$_bin" serve --data-dir "$_dir/data" --grpc-addr "$_grpc" --http-addr "$_http" \
         --grpc-unix-socket "$_dir/grpc.sock" "$@" >"$_dir/featmux.log" 2>&1 &
     server=$!
     for _ in $(seq 600); do
