@@ -168,7 +168,7 @@ for round in $(seq "${PAIRS:-3}"); do
 done
 # One trainer (one client), where a request's work can use every core:
 # the server shares it with its idle bulk threads (engine::fanout), the
-# in-process engine runs it on the caller's thread. Paired in rounds too.
+# in-process engine with its helper threads. Paired in rounds too.
 one="--examples 4096 --features 26 --values 1 --vocab 100000 --concurrency 1"
 for round in $(seq "${PAIRS:-3}"); do
     bench "engine-lookup-c1-$round" --workload engine-lookup --table single $one

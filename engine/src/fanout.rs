@@ -7,16 +7,17 @@
 //! and [`Fanout::run`]s them. A thread gets a fanout with [`install`]: the
 //! server installs its bulk pool's on every bulk thread, so a push fans out
 //! only to bulk threads that are idle (and run at the bulk lane's lowered
-//! priority); on every other thread (serving threads, the in-process
-//! engine's) pieces run one after another on the caller's thread
-//! ([`Serial`]). A hand-off costs a wake-up: a radix sort cut into pieces
+//! priority); the in-process engine installs one over [`HelperThreads`]
+//! on its callers' threads; on every other thread (serving threads)
+//! pieces run one after another on the caller's thread ([`Serial`]). A hand-off costs a wake-up: a radix sort cut into pieces
 //! (four hand-offs per sort) made one trainer's push slower here, and was
 //! dropped (docs/results/profile.md, section 30).
 
 use std::any::Any;
 use std::cell::RefCell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -179,33 +180,84 @@ impl Drop for CloseOnDrop<'_> {
     }
 }
 
-/// A fanout over plain threads, for the engine's tests.
+/// Threads that only take pieces of other threads' jobs: the helpers of
+/// callers that belong to no pool of their own (the in-process engine's,
+/// whose callers are a benchmark's or a trainer's threads). A piece goes
+/// to a helper only while one waits ([`Fanout::threads`] counts the idle
+/// ones), so helpers never queue behind each other. They end when this
+/// is dropped.
+pub struct HelperThreads {
+    jobs: Mutex<mpsc::Sender<Box<dyn FnOnce() + Send>>>,
+    /// Helpers waiting for a piece.
+    idle: Arc<AtomicUsize>,
+}
+
+impl HelperThreads {
+    /// Starts `n` helpers named `name-0`, `name-1`, ….
+    pub fn start(n: usize, name: &str) -> Self {
+        let (sender, receiver) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        let idle = Arc::new(AtomicUsize::new(0));
+        for i in 0..n {
+            let (receiver, idle) = (receiver.clone(), idle.clone());
+            std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || loop {
+                    idle.fetch_add(1, Ordering::Relaxed);
+                    let job = receiver.lock().recv();
+                    idle.fetch_sub(1, Ordering::Relaxed);
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                })
+                .expect("spawning a helper thread");
+        }
+        HelperThreads {
+            jobs: Mutex::new(sender),
+            idle,
+        }
+    }
+
+    /// Helpers waiting for a piece now.
+    pub fn idle(&self) -> usize {
+        self.idle.load(Ordering::Relaxed)
+    }
+
+    /// Sends `job` to the helpers, behind what they have queued.
+    fn send(&self, job: Box<dyn FnOnce() + Send>) {
+        // The receivers live as long as the threads, which only end once
+        // this sender is dropped.
+        let _ = self.jobs.lock().send(job);
+    }
+}
+
+impl Fanout for HelperThreads {
+    fn threads(&self) -> usize {
+        1 + self.idle()
+    }
+
+    fn run(&self, pieces: usize, piece: &(dyn Fn(usize) + Sync)) {
+        run_with_helpers(pieces, piece, |job| self.send(job));
+    }
+}
+
+/// A fanout over plain threads for the engine's tests, which cuts every
+/// job for all its threads whether or not they are idle yet (a test must
+/// not depend on when a helper reaches its queue).
 #[cfg(test)]
 pub(crate) mod test_pool {
     use super::*;
-    use std::sync::mpsc;
 
-    /// A fanout over `n` threads of its own (they end with it).
     pub(crate) struct Threads {
-        jobs: Mutex<mpsc::Sender<Box<dyn FnOnce() + Send>>>,
+        helpers: HelperThreads,
         n: usize,
     }
 
+    /// A fanout over `n` helpers of its own (they end with it).
     pub(crate) fn threads(n: usize) -> Arc<Threads> {
-        let (sender, receiver) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
-        let receiver = Arc::new(Mutex::new(receiver));
-        for _ in 0..n {
-            let receiver = receiver.clone();
-            std::thread::spawn(move || loop {
-                let job = receiver.lock().recv();
-                match job {
-                    Ok(job) => job(),
-                    Err(_) => return,
-                }
-            });
-        }
         Arc::new(Threads {
-            jobs: Mutex::new(sender),
+            helpers: HelperThreads::start(n, "featmux-test-helper"),
             n,
         })
     }
@@ -213,7 +265,7 @@ pub(crate) mod test_pool {
     impl Threads {
         /// Sends `job` to the threads, behind what they have queued.
         pub(crate) fn send(&self, job: Box<dyn FnOnce() + Send>) {
-            self.jobs.lock().send(job).unwrap();
+            self.helpers.send(job);
         }
     }
 
@@ -223,7 +275,7 @@ pub(crate) mod test_pool {
         }
 
         fn run(&self, pieces: usize, piece: &(dyn Fn(usize) + Sync)) {
-            run_with_helpers(pieces, piece, |job| self.send(job));
+            self.helpers.run(pieces, piece);
         }
     }
 }
@@ -232,8 +284,6 @@ pub(crate) mod test_pool {
 mod tests {
     use super::test_pool::threads;
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::mpsc;
 
     #[test]
     fn every_piece_runs_once_on_several_threads() {
@@ -300,6 +350,35 @@ mod tests {
             ran.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(ran.load(Ordering::Relaxed), 3);
+    }
+
+    /// Waits up to 5 s for `ready`.
+    fn wait_until(ready: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !ready() {
+            assert!(std::time::Instant::now() < deadline, "timed out");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Only helpers waiting for a piece count: one busy with another job
+    /// is not offered a piece.
+    #[test]
+    fn helper_threads_count_only_the_idle_ones() {
+        let helpers = HelperThreads::start(2, "featmux-test-helper");
+        wait_until(|| helpers.idle() == 2);
+        assert_eq!(helpers.threads(), 3);
+        let (hold, held) = mpsc::channel::<()>();
+        helpers.send(Box::new(move || held.recv().unwrap()));
+        wait_until(|| helpers.idle() == 1);
+        assert_eq!(helpers.threads(), 2);
+        let ran = AtomicUsize::new(0);
+        helpers.run(8, &|_| {
+            ran.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(ran.load(Ordering::Relaxed), 8);
+        hold.send(()).unwrap();
+        wait_until(|| helpers.idle() == 2);
     }
 
     #[test]

@@ -269,7 +269,7 @@ const RATIOS: &[Ratio] = &[
         unit: "examples/s",
     },
     Ratio {
-        what: "one trainer (`--concurrency 1`; the server shares each request with its idle bulk threads, the in-process engine runs it on the caller's thread): lookup over TCP vs in-process (examples/s)",
+        what: "one trainer (`--concurrency 1`; the server shares each request with its idle bulk threads, the in-process engine with its helper threads): lookup over TCP vs in-process (examples/s)",
         target: "",
         featmux: ("lookup-c1", "/examples_per_s"),
         peer: ("engine-lookup-c1", "/examples_per_s"),
