@@ -180,55 +180,63 @@ impl Drop for CloseOnDrop<'_> {
     }
 }
 
-/// Threads that only take pieces of other threads' jobs: the helpers of
-/// callers that belong to no pool of their own (the in-process engine's,
-/// whose callers are a benchmark's or a trainer's threads). A piece goes
-/// to a helper only while one waits ([`Fanout::threads`] counts the idle
-/// ones), so helpers never queue behind each other. They end when this
-/// is dropped.
+/// Threads that run jobs from one queue in arrival order, counting those
+/// that wait: as a [`Fanout`], they take pieces of other threads' jobs,
+/// offered only while one waits ([`Fanout::threads`] counts the idle ones),
+/// so a piece never queues behind other work. The in-process engine's
+/// callers use them as helpers; the server's bulk pool is built on them,
+/// its own jobs and their pieces sharing the queue. They end when this is
+/// dropped.
 pub struct HelperThreads {
-    jobs: Mutex<mpsc::Sender<Box<dyn FnOnce() + Send>>>,
-    /// Helpers waiting for a piece.
+    jobs: mpsc::Sender<Box<dyn FnOnce() + Send>>,
+    /// Threads waiting for a job.
     idle: Arc<AtomicUsize>,
 }
 
 impl HelperThreads {
-    /// Starts `n` helpers named `name-0`, `name-1`, ….
+    /// Starts `n` threads named `name-0`, `name-1`, ….
     pub fn start(n: usize, name: &str) -> Self {
+        Self::start_with(n, name, || {})
+    }
+
+    /// The same, each thread calling `on_start` before its first job (to
+    /// lower its priority, install a fanout of its own).
+    pub fn start_with(n: usize, name: &str, on_start: impl Fn() + Send + Sync + 'static) -> Self {
         let (sender, receiver) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
         let receiver = Arc::new(Mutex::new(receiver));
         let idle = Arc::new(AtomicUsize::new(0));
+        let on_start = Arc::new(on_start);
         for i in 0..n {
-            let (receiver, idle) = (receiver.clone(), idle.clone());
+            let (receiver, idle, on_start) = (receiver.clone(), idle.clone(), on_start.clone());
             std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
-                .spawn(move || loop {
-                    idle.fetch_add(1, Ordering::Relaxed);
-                    let job = receiver.lock().recv();
-                    idle.fetch_sub(1, Ordering::Relaxed);
-                    match job {
-                        Ok(job) => job(),
-                        Err(_) => return,
+                .spawn(move || {
+                    on_start();
+                    loop {
+                        idle.fetch_add(1, Ordering::Relaxed);
+                        let job = receiver.lock().recv();
+                        idle.fetch_sub(1, Ordering::Relaxed);
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
                     }
                 })
                 .expect("spawning a helper thread");
         }
-        HelperThreads {
-            jobs: Mutex::new(sender),
-            idle,
-        }
+        HelperThreads { jobs: sender, idle }
     }
 
-    /// Helpers waiting for a piece now.
+    /// Threads waiting for a job now.
     pub fn idle(&self) -> usize {
         self.idle.load(Ordering::Relaxed)
     }
 
-    /// Sends `job` to the helpers, behind what they have queued.
-    fn send(&self, job: Box<dyn FnOnce() + Send>) {
-        // The receivers live as long as the threads, which only end once
-        // this sender is dropped.
-        let _ = self.jobs.lock().send(job);
+    /// Queues `job` behind what the threads have queued; false when no
+    /// thread will run it (none was started). A job that panics ends its
+    /// thread: jobs catch their own panics.
+    pub fn send(&self, job: Box<dyn FnOnce() + Send>) -> bool {
+        self.jobs.send(job).is_ok()
     }
 }
 
@@ -238,7 +246,10 @@ impl Fanout for HelperThreads {
     }
 
     fn run(&self, pieces: usize, piece: &(dyn Fn(usize) + Sync)) {
-        run_with_helpers(pieces, piece, |job| self.send(job));
+        run_with_helpers(pieces, piece, |job| {
+            // Unsent, it is never run and the caller takes its piece.
+            self.send(job);
+        });
     }
 }
 
@@ -265,7 +276,7 @@ pub(crate) mod test_pool {
     impl Threads {
         /// Sends `job` to the threads, behind what they have queued.
         pub(crate) fn send(&self, job: Box<dyn FnOnce() + Send>) {
-            self.helpers.send(job);
+            assert!(self.helpers.send(job), "the test pool has threads");
         }
     }
 

@@ -30,15 +30,12 @@
 //!   lookups inline).
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use prometheus::{Histogram, IntGauge};
 
-use featmux_engine::fanout::{self, Fanout};
+use featmux_engine::fanout::{self, Fanout, HelperThreads};
 
 use crate::error::{ApiError, ErrorKind};
 
@@ -51,14 +48,12 @@ pub enum Lane {
     Serving,
 }
 
-type Job = Box<dyn FnOnce() + Send>;
-
 /// Fixed threads at lowered CPU priority running bulk work in arrival
 /// order.
 pub struct BulkPool {
     /// The one strong reference: dropping the pool closes the queue (the
     /// threads' fanouts hold weak ones), which ends the threads.
-    jobs: Arc<mpsc::Sender<Job>>,
+    threads: Arc<HelperThreads>,
     max_wait: Duration,
     /// Jobs submitted and not yet started.
     queued: IntGauge,
@@ -77,36 +72,15 @@ impl BulkPool {
     /// Starts `threads` threads at nice `nice` (0: unchanged); jobs that
     /// waited longer than `max_wait` are refused.
     pub fn start(threads: usize, nice: i32, max_wait: Duration, metrics: BulkMetrics) -> Self {
-        let (sender, receiver) = mpsc::channel::<Job>();
-        let sender = Arc::new(sender);
-        let receiver = Arc::new(Mutex::new(receiver));
-        let idle = Arc::new(AtomicUsize::new(0));
-        let helpers: Arc<dyn Fanout> = Arc::new(IdleBulkThreads {
-            jobs: Arc::downgrade(&sender),
-            idle: idle.clone(),
+        let threads = Arc::new_cyclic(|pool: &Weak<HelperThreads>| {
+            let helpers: Arc<dyn Fanout> = Arc::new(IdleBulkThreads(pool.clone()));
+            HelperThreads::start_with(threads.max(1), "featmux-bulk", move || {
+                lower_priority(nice);
+                fanout::install(helpers.clone());
+            })
         });
-        for i in 0..threads.max(1) {
-            let (receiver, idle, helpers) = (receiver.clone(), idle.clone(), helpers.clone());
-            std::thread::Builder::new()
-                .name(format!("featmux-bulk-{i}"))
-                .spawn(move || {
-                    lower_priority(nice);
-                    fanout::install(helpers);
-                    // Ends when the pool (its sender) is dropped.
-                    loop {
-                        idle.fetch_add(1, Ordering::Relaxed);
-                        let job = receiver.lock().recv();
-                        idle.fetch_sub(1, Ordering::Relaxed);
-                        match job {
-                            Ok(job) => job(),
-                            Err(_) => return,
-                        }
-                    }
-                })
-                .expect("spawning a bulk thread");
-        }
         BulkPool {
-            jobs: sender,
+            threads,
             max_wait,
             queued: metrics.queued,
             waited: metrics.waited,
@@ -127,7 +101,7 @@ impl BulkPool {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let submitted = Instant::now();
         let (queued, max_wait, waited) = (self.queued.clone(), self.max_wait, self.waited.clone());
-        let job: Job = Box::new(move || {
+        let job = Box::new(move || {
             queued.dec();
             let wait = submitted.elapsed();
             waited.observe(wait.as_secs_f64());
@@ -153,7 +127,7 @@ impl BulkPool {
             let _ = tx.send(result);
         });
         self.queued.inc();
-        if self.jobs.send(job).is_err() {
+        if !self.threads.send(job) {
             self.queued.dec();
             return Err(ApiError::new(
                 ErrorKind::Unavailable,
@@ -167,26 +141,20 @@ impl BulkPool {
 
 /// The fanout of a bulk thread: the pool's threads idle at the time take
 /// pieces of its job, through the pool's queue.
-struct IdleBulkThreads {
-    jobs: Weak<mpsc::Sender<Job>>,
-    /// Threads waiting for a job.
-    idle: Arc<AtomicUsize>,
-}
+struct IdleBulkThreads(Weak<HelperThreads>);
 
 impl Fanout for IdleBulkThreads {
     fn threads(&self) -> usize {
-        1 + self.idle.load(Ordering::Relaxed)
+        self.0.upgrade().map_or(1, |pool| pool.threads())
     }
 
     fn run(&self, pieces: usize, piece: &(dyn Fn(usize) + Sync)) {
-        let jobs = self.jobs.upgrade();
-        fanout::run_with_helpers(pieces, piece, |helper| {
+        match self.0.upgrade() {
+            Some(pool) => pool.run(pieces, piece),
             // Once the pool is gone nobody helps: the caller takes every
             // piece itself.
-            if let Some(jobs) = &jobs {
-                let _ = jobs.send(helper);
-            }
-        });
+            None => (0..pieces).for_each(piece),
+        }
     }
 }
 
@@ -218,6 +186,8 @@ fn lower_priority(nice: i32) {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use parking_lot::Mutex;
 
     use super::*;
 
