@@ -9,9 +9,10 @@
 //! only to bulk threads that are idle (and run at the bulk lane's lowered
 //! priority); the in-process engine installs one over [`HelperThreads`]
 //! on its callers' threads; on every other thread (serving threads)
-//! pieces run one after another on the caller's thread ([`Serial`]). A hand-off costs a wake-up: a radix sort cut into pieces
-//! (four hand-offs per sort) made one trainer's push slower here, and was
-//! dropped (docs/results/profile.md, section 30).
+//! pieces run one after another on the caller's thread ([`Serial`]). A
+//! hand-off costs a wake-up: a radix sort cut into pieces (four hand-offs
+//! per sort) made one trainer's push slower here, and was dropped
+//! (docs/results/profile.md, section 30).
 
 use std::any::Any;
 use std::cell::RefCell;
